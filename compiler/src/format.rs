@@ -1,0 +1,1 @@
+pub fn format_file(_s: &str) -> Option<String> { None }
