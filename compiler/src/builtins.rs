@@ -492,7 +492,7 @@ pub const SECTIONS: &[SectionSchema] = &[
         doc: "entropy controls: a bonus or a regulariser per token",
         keys: &[
             key("value", K::Num, L::Token, R::None, true, None, "the per-token entropy term"),
-            key("coef", K::Num, L::Step, R::AtLeast(0.0), false, Some("0"), "weight of the bonus (subtracted from the loss)"),
+            key("coef", K::Num, L::Step, R::AtLeast(0.0), false, Some("0"), "weight of the entropy term added to the loss (write `value = -entropy` for a bonus)"),
         ],
     },
     SectionSchema {

@@ -887,7 +887,7 @@ impl<'p> Checker<'p> {
             let is_branch = b.ret == Ret::Branches && i > 0;
             if want_bool && !info.ty.is_bool() {
                 self.type_error(ctx, *sp, &format!("`{}` needs a bool here", b.name), &info.ty);
-            } else if !want_bool && !is_branch && !info.ty.is_numeric() {
+            } else if !want_bool && !is_branch && b.name != "count" && !info.ty.is_numeric() {
                 self.type_error(ctx, *sp, &format!("`{}` needs a number here", b.name), &info.ty);
             }
         }

@@ -728,7 +728,9 @@ pub fn syntax_diagnostic(file: FileId, e: &SyntaxError) -> Diagnostic {
                     },
                 ),
             );
-            d = d.with_help(if found.contains("`=`") && expected.iter().any(|x| x == "`}`") {
+            d = d.with_help(if found == "`if`" {
+                "an `if` inside a larger expression needs parentheses: `x * (if c then a else b)`".to_string()
+            } else if found.contains("`=`") && expected.iter().any(|x| x == "`}`") {
                 "the previous line looks unfinished; complete its expression".to_string()
             } else if expected.iter().any(|x| x == "an expression") {
                 "write a value here, such as a number, a name or a call".to_string()
