@@ -516,6 +516,9 @@ impl<'p> Checker<'p> {
                 .collect();
             let d = self.unknown_name(ctx, name, span, candidates);
             d.notes.push("a function body sees only its parameters and the built-in inputs".into());
+            if d.help.as_deref().is_some_and(|h| h.starts_with("define it")) {
+                d.help = Some(format!("pass `{name}` to the function as a parameter"));
+            }
             return Info::unknown();
         }
         // 2. the current section
@@ -752,8 +755,13 @@ impl<'p> Checker<'p> {
         if let Some(m) = self.prog.modules.get(ctx.module) {
             names.extend(m.scope.iter().filter(|(_, t)| matches!(t, Target::Fn { .. })).map(|(n, _)| n.clone()));
         }
+        let home = crate::stdlib::FILES.iter().find(|(_, text)| {
+            text.contains(&format!("fn {}(", func.name))
+        });
         let help = if builtins::input(&func.name).is_some() || builtins::section(&func.name).is_some() {
             format!("`{}` is a value, not a function", func.name)
+        } else if let Some((module, _)) = home {
+            format!("`{}` is defined in `std/{module}`: add `import std/{module}`", func.name)
         } else {
             match suggest(&func.name, names.iter().map(|s| s.as_str())) {
                 Some(s) => format!("did you mean `{s}`?"),
@@ -1170,7 +1178,7 @@ impl<'p> Checker<'p> {
                             format!("`let {}` is never used", e.name),
                             Label::new(e.file, e.name_span, "defined here"),
                         )
-                        .with_help(format!("remove it, or prefix nothing: lets are private to `{}`", sec.name)),
+                        .with_help(format!("remove it, or use it in a key of `{}` (lets are private to their section)", sec.name)),
                     );
                 }
                 if builtins::input(&e.name).is_some() {
@@ -1526,7 +1534,7 @@ impl<'p> Checker<'p> {
 
     fn check_recipe_rules(&mut self) {
         let r = self.recipe;
-        if r.section("objective").and_then(|s| s.entry("loss")).is_none() {
+        if !r.base_missing && r.section("objective").and_then(|s| s.entry("loss")).is_none() {
             let mut d = Diagnostic::error(
                 codes::NO_LOSS,
                 format!("recipe `{}` defines no loss", r.name),

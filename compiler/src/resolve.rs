@@ -82,6 +82,8 @@ pub struct Merged {
     pub bases: Vec<String>,
     pub sections: Vec<SectionDef>,
     pub guards: Vec<GuardDef>,
+    /// Whether some base could not be resolved (its contents are missing).
+    pub base_missing: bool,
 }
 
 impl Merged {
@@ -330,7 +332,8 @@ impl Program {
         let recipe = self.recipe(module, index)?.clone();
         let file = self.modules[module].file;
         if stack.contains(&(module, index)) {
-            if report {
+            // Reported even for a base: each recipe of the cycle is wrong.
+            {
                 self.diagnostics.push(
                     Diagnostic::error(
                         codes::CYCLIC_EXTENDS,
@@ -352,6 +355,7 @@ impl Program {
                 bases: Vec::new(),
                 sections: Vec::new(),
                 guards: Vec::new(),
+                base_missing: false,
             },
             Some(path) => {
                 let base = self.find_base(module, file, path);
@@ -375,6 +379,7 @@ impl Program {
                         bases: Vec::new(),
                         sections: Vec::new(),
                         guards: Vec::new(),
+                        base_missing: true,
                     },
                 }
             }

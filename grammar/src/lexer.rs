@@ -124,6 +124,10 @@ pub enum Tok {
     /// `// ...` to the end of the line; never reaches the parser.
     #[regex(r"//[^\n]*")]
     Comment,
+    /// `# ...`: a comment in another language's syntax; reported, then
+    /// skipped like a comment so it costs one error, not a cascade.
+    #[regex(r"#[^\n]*")]
+    HashComment,
     /// A string literal with no closing quote on its line.
     #[regex(r#""([^"\\\n]|\\[^\n])*"#, priority = 1)]
     UnterminatedStr,
@@ -138,7 +142,7 @@ impl fmt::Display for Tok {
             Tok::Ident(s) => return write!(f, "identifier `{s}`"),
             Tok::Int(s) | Tok::Float(s) => return write!(f, "number `{s}`"),
             Tok::Str(_) => "a string",
-            Tok::Comment => "a comment",
+            Tok::Comment | Tok::HashComment => "a comment",
             Tok::UnterminatedStr => "an unterminated string",
             Tok::Error => "an unreadable character",
             other => return write!(f, "`{}`", other.text()),
@@ -201,6 +205,7 @@ impl Tok {
             | Tok::Float(_)
             | Tok::Str(_)
             | Tok::Comment
+            | Tok::HashComment
             | Tok::UnterminatedStr
             | Tok::Error => "",
         }
@@ -246,6 +251,10 @@ pub fn lex(src: &str) -> Lexed {
                     span,
                     text: src[r.clone()].to_string(),
                 });
+                continue;
+            }
+            Ok(Tok::HashComment) => {
+                errors.push(LexError::BadChar(Span::new(r.start, r.start + 1)));
                 continue;
             }
             Ok(Tok::UnterminatedStr) => {
