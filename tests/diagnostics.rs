@@ -188,3 +188,20 @@ fn explain_returns_the_entry() {
     assert!(!text.contains("## E0203"));
     assert!(keel_compiler::codes::explain("E9999").is_none());
 }
+
+#[test]
+fn pathological_nesting_is_an_error_not_a_crash() {
+    let deep = format!("recipe r {{ objective.loss = {}logp{} }}\n", "(".repeat(20_000), ")".repeat(20_000));
+    let c = check_str(&deep);
+    assert_eq!(codes(&c), ["E0007"], "{}", render(&c));
+    let long_sum = format!("recipe r {{ objective.loss = logp{} }}\n", " + logp".repeat(50_000));
+    let c = check_str(&long_sum);
+    assert_eq!(codes(&c), ["E0007"]);
+    let unary = format!("recipe r {{ objective.loss = {}logp }}\n", "-".repeat(50_000));
+    assert_eq!(codes(&check_str(&unary)), ["E0007"]);
+    // Right at the limit is fine.
+    let ok = format!("recipe r {{ objective.loss = {}logp{} }}\n", "(".repeat(200), ")".repeat(200));
+    assert!(check_str(&ok).diagnostics.is_empty());
+}
+
+case!(e0007_too_deep, "E0007", &format!("recipe r {{\n    objective.loss = logp{}\n}}\n", " + 1".repeat(300)));

@@ -91,3 +91,12 @@ fn extends_overrides_single_hyperparameters() {
     assert!(dapo.value("divergence", "value").is_none(), "divergence = none removes the KL");
     assert_eq!(dapo.value("clip", "eps_high").map(|v| v.defined_in.as_str()), Some("dapo"));
 }
+
+#[test]
+fn generated_benchmark_recipe_is_clean_and_long() {
+    let src = keel_tests::generated_recipe(1000);
+    let lines = src.lines().count();
+    assert!((950..=1050).contains(&lines), "{lines} lines");
+    let c = keel_tests::check_str(&src);
+    assert!(c.diagnostics.is_empty(), "{}", render(&c));
+}

@@ -77,3 +77,43 @@ pub fn render(checked: &Checked) -> String {
 pub fn codes(checked: &Checked) -> Vec<&'static str> {
     checked.diagnostics.iter().map(|d| d.code.0).collect()
 }
+
+/// A generated recipe of about `lines` lines that checks clean: many lets,
+/// keys, monitors and guards that refer to each other, on top of GRPO.
+pub fn generated_recipe(lines: usize) -> String {
+    let blocks = lines.saturating_sub(20) / 18;
+    let mut s = String::from("// generated for benchmarks\nimport std/ppo\nimport std/grpo\nimport std/kl\n\nrecipe big extends grpo {\n");
+    s.push_str("    clip { eps_low = 0.2, eps_high = 0.28 }\n");
+    s.push_str("    objective {\n");
+    s.push_str("        let ratio = exp(clamp(logp - old_logp, -20, 20))\n");
+    s.push_str("        let t0 = clip_loss(ratio, credit, 1 - eps_low, 1 + eps_high)\n");
+    for i in 1..=blocks * 6 {
+        let prev = i - 1;
+        s.push_str(&format!(
+            "        let t{i} = 0.5 * t{prev} + where(credit > 0, min(t{prev}, ratio * {i}.0), stopgrad(t{prev})) / (1 + {i})\n"
+        ));
+    }
+    s.push_str(&format!("        loss = t{}\n    }}\n", blocks * 6));
+    s.push_str("    credit {\n");
+    for i in 0..blocks * 3 {
+        s.push_str(&format!("        c{i} = (reward - mean(reward) over group) / (std(reward) over group + 1e-{})\n", i % 9 + 1));
+    }
+    s.push_str("        value = c0\n    }\n    monitor {\n");
+    for i in 0..blocks * 3 {
+        s.push_str(&format!("        m{i} = mean(kl_k3(logp, ref_logp) * {i}) over batch + max(abs(logp - old_logp)) over batch\n"));
+    }
+    s.push_str("    }\n    state {\n");
+    for i in 0..blocks * 2 {
+        s.push_str(&format!("        s{i} = {i}.5\n"));
+    }
+    s.push_str("    }\n    update {\n");
+    for i in 0..blocks * 2 {
+        s.push_str(&format!("        s{i} = 0.9 * s{i} + 0.1 * mean(entropy) over batch\n"));
+    }
+    s.push_str("    }\n");
+    for i in 0..blocks * 2 {
+        s.push_str(&format!("    guard g{i}: mean(entropy) over batch < 0.01 * s{i} for {} steps => optimizer.lr *= 0.5\n", i + 1));
+    }
+    s.push_str("}\n");
+    s
+}

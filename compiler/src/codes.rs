@@ -23,6 +23,7 @@ codes! {
     UNTERMINATED_STRING = "E0004": "unterminated string";
     UNCLOSED_DELIMITER = "E0005": "unclosed delimiter";
     UNOPENED_DELIMITER = "E0006": "closing delimiter with nothing to close";
+    TOO_DEEP = "E0007": "expression nested too deeply";
     // Names and structure.
     UNKNOWN_NAME = "E0100": "unknown name";
     UNKNOWN_MODULE = "E0101": "module not found";

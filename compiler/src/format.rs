@@ -239,7 +239,13 @@ impl Formatter<'_> {
 
     /// `head { stmts }`, inline when short and plain.
     fn block(&mut self, depth: usize, head: &str, body: &[Stmt], span: Span) {
+        // Sections of expressions read better one definition per line.
+        let expression_section = matches!(
+            head,
+            "reward" | "credit" | "objective" | "divergence" | "entropy" | "update" | "monitor"
+        );
         let plain = body.len() <= 4
+            && !expression_section
             && body.iter().all(|s| match s {
                 Stmt::Assign(a) => a.path.len() == 1 && is_simple(&a.value),
                 _ => false,

@@ -35,8 +35,26 @@ impl Checked {
     }
 }
 
+/// Stack for the front end's thread: long `let` chains recurse once per link.
+const STACK: usize = 256 << 20;
+
 /// Parse, resolve and check the file `name` with contents `text`.
+///
+/// Runs on a thread of its own with a large stack, so that long chains of
+/// definitions cannot overflow the caller's (possibly small) stack.
 pub fn check_source(db: &dyn SourceDb, name: &str, text: &str) -> Checked {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("keel-check".into())
+            .stack_size(STACK)
+            .spawn_scoped(s, || check_on_this_thread(db, name, text))
+            .ok()
+            .and_then(|h| h.join().ok())
+    })
+    .unwrap_or_else(|| check_on_this_thread(db, name, text))
+}
+
+fn check_on_this_thread(db: &dyn SourceDb, name: &str, text: &str) -> Checked {
     let mut program = Program::load(db, name, text);
     let merged = program.merge_all(0);
     let mut diagnostics = std::mem::take(&mut program.diagnostics);

@@ -781,6 +781,12 @@ pub fn syntax_diagnostic(file: FileId, e: &SyntaxError) -> Diagnostic {
         )
         .with_label(Label::new(file, Span::new(*at, *at), format!("`{closer}` assumed here")))
         .with_help(format!("add the matching `{closer}`")),
+        SyntaxError::TooDeep { span } => Diagnostic::error(
+            codes::TOO_DEEP,
+            format!("this expression is nested more than {} levels deep", keel_grammar::MAX_DEPTH),
+            Label::new(file, *span, "too deep"),
+        )
+        .with_help("split it into `let` bindings"),
         SyntaxError::Unopened { span, ch } => Diagnostic::error(
             codes::UNOPENED_DELIMITER,
             format!("`{ch}` closes nothing"),

@@ -9,7 +9,7 @@ use keel_grammar::Span;
 pub struct FileId(pub usize);
 
 /// Where module paths are looked up.
-pub trait SourceDb {
+pub trait SourceDb: Sync {
     /// Load a file by a path relative to the importing file's directory (or
     /// absolute). `None` when it does not exist or cannot be read.
     fn load(&self, path: &str) -> Option<String>;

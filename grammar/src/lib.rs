@@ -7,6 +7,7 @@
 //! [`SyntaxError`]s into its diagnostics.
 
 pub mod ast;
+mod depth;
 pub mod lexer;
 mod sexp;
 
@@ -19,6 +20,7 @@ lalrpop_mod!(
 
 pub use ast::*;
 pub use lexer::{LexError, Tok};
+pub use depth::MAX_DEPTH;
 pub use sexp::sexp;
 
 /// An error the parser recovered from.
@@ -47,6 +49,8 @@ pub enum SyntaxError {
     },
     /// A closing bracket with nothing to close.
     Unopened { span: Span, ch: String },
+    /// An expression nested deeper than [`MAX_DEPTH`]; replaced by an error node.
+    TooDeep { span: Span },
 }
 
 impl SyntaxError {
@@ -56,7 +60,8 @@ impl SyntaxError {
             SyntaxError::Unexpected { span, .. }
             | SyntaxError::BadChar { span, .. }
             | SyntaxError::UnterminatedStr { span }
-            | SyntaxError::Unopened { span, .. } => *span,
+            | SyntaxError::Unopened { span, .. }
+            | SyntaxError::TooDeep { span } => *span,
             SyntaxError::UnexpectedEof { at, .. } => Span::new(*at, *at),
             SyntaxError::Unclosed { open, .. } => *open,
         }
@@ -121,18 +126,17 @@ pub fn parse(src: &str) -> (File, Vec<SyntaxError>) {
             Vec::new()
         }
     };
+    let mut file = File {
+        items,
+        comments: lexed.comments,
+    };
+    depth::limit_depth(&mut file, &mut errors);
     errors.extend(recovered.into_iter().map(|r| convert(r.error)));
     // A synthetic closer (empty span) is already reported as `Unclosed`.
     errors.retain(|e| !matches!(e, SyntaxError::Unexpected { span, .. } if span.is_empty()));
     errors.sort_by_key(|e| e.span());
     errors.dedup();
-    (
-        File {
-            items,
-            comments: lexed.comments,
-        },
-        errors,
-    )
+    (file, errors)
 }
 
 fn convert(e: lalrpop_util::ParseError<usize, Tok, LexError>) -> SyntaxError {
