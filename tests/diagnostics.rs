@@ -11,7 +11,12 @@ macro_rules! case {
         #[test]
         fn $name() {
             let c = check_str($src);
-            assert!(codes(&c).contains(&$code), "expected {} in:\n{}", $code, render(&c));
+            assert!(
+                codes(&c).contains(&$code),
+                "expected {} in:\n{}",
+                $code,
+                render(&c)
+            );
             insta::assert_snapshot!(stringify!($name), render(&c));
         }
     };
@@ -21,21 +26,56 @@ const G: &str = "import std/grpo\n";
 
 // ----- syntax ----------------------------------------------------------------
 
-case!(e0001_missing_value, "E0001", "import std/grpo\nrecipe r extends grpo {\n    clip { eps_low = , eps_high = 0.2 }\n}\n");
-case!(e0001_if_needs_parens, "E0001", "import std/grpo\nrecipe r extends grpo {\n    reward = 2 * if correct then 1 else 0\n}\n");
+case!(
+    e0001_missing_value,
+    "E0001",
+    "import std/grpo\nrecipe r extends grpo {\n    clip { eps_low = , eps_high = 0.2 }\n}\n"
+);
+case!(
+    e0001_if_needs_parens,
+    "E0001",
+    "import std/grpo\nrecipe r extends grpo {\n    reward = 2 * if correct then 1 else 0\n}\n"
+);
 case!(e0002_eof, "E0002", "recipe r extends");
-case!(e0003_bad_char, "E0003", "import std/grpo\nrecipe r extends grpo {\n    reward = float(correct) & 1\n}\n");
-case!(e0003_hash_comment, "E0003", "# a python comment\nimport std/grpo\nrecipe r extends grpo {}\n");
-case!(e0004_unterminated_string, "E0004", "import std/grpo\nrecipe r extends grpo {\n    guard mean(entropy) over batch < 0.1 => warn \"low entropy\n}\n");
-case!(e0005_unclosed_brace, "E0005", "import std/grpo\nrecipe r extends grpo {\n    clip { eps_low = 0.1\n}\n");
-case!(e0005_unclosed_paren, "E0005", "import std/grpo\nrecipe r extends grpo {\n    reward = float(correct\n}\n");
-case!(e0006_unopened, "E0006", "import std/grpo\nrecipe r extends grpo {\n    reward = float(correct))\n}\n");
+case!(
+    e0003_bad_char,
+    "E0003",
+    "import std/grpo\nrecipe r extends grpo {\n    reward = float(correct) & 1\n}\n"
+);
+case!(
+    e0003_hash_comment,
+    "E0003",
+    "# a python comment\nimport std/grpo\nrecipe r extends grpo {}\n"
+);
+case!(
+    e0004_unterminated_string,
+    "E0004",
+    "import std/grpo\nrecipe r extends grpo {\n    guard mean(entropy) over batch < 0.1 => warn \"low entropy\n}\n"
+);
+case!(
+    e0005_unclosed_brace,
+    "E0005",
+    "import std/grpo\nrecipe r extends grpo {\n    clip { eps_low = 0.1\n}\n"
+);
+case!(
+    e0005_unclosed_paren,
+    "E0005",
+    "import std/grpo\nrecipe r extends grpo {\n    reward = float(correct\n}\n"
+);
+case!(
+    e0006_unopened,
+    "E0006",
+    "import std/grpo\nrecipe r extends grpo {\n    reward = float(correct))\n}\n"
+);
 
 #[test]
 fn several_syntax_errors_are_all_reported() {
     let src = "recipe r {\n    clip { eps_low = , eps_high = }\n    credit = reward @ 2\n    objective { loss = -(logp * }\n}\n";
     let c = check_str(src);
-    let syntax: Vec<_> = codes(&c).into_iter().filter(|c| c.starts_with("E000")).collect();
+    let syntax: Vec<_> = codes(&c)
+        .into_iter()
+        .filter(|c| c.starts_with("E000"))
+        .collect();
     assert!(syntax.len() >= 4, "{}", render(&c));
     insta::assert_snapshot!("several_syntax_errors", render(&c));
     // The partial tree still has the recipe and its sections.
@@ -44,82 +84,338 @@ fn several_syntax_errors_are_all_reported() {
 
 // ----- names and structure -------------------------------------------------------
 
-case!(e0100_typo, "E0100", "import std/grpo\nrecipe r extends grpo {\n    credit = (reward - mean(rewrd) over group)\n}\n");
-case!(e0100_ambiguous, "E0100", "import std/grpo\nrecipe r extends grpo {\n    clip { beta = 1.0 }\n    divergence { beta = 2.0 }\n    objective.loss = beta * logp\n}\n");
-case!(e0100_fn_body_scope, "E0100", "import std/grpo\nfn scaled(x) = x * eps_low\nrecipe r extends grpo {\n    objective.loss = scaled(logp)\n}\n");
-case!(e0100_guard_target, "E0100", "import std/grpo\nrecipe r extends grpo {\n    guard mean(entropy) over batch < 0.1 => learning_rate *= 0.5\n}\n");
-case!(e0101_unknown_std, "E0101", "import std/grop\nrecipe r { objective.loss = logp }\n");
-case!(e0101_missing_file, "E0101", "import \"./base.recipe\"\nrecipe r { objective.loss = logp }\n");
-case!(e0102_stdlib_not_imported, "E0102", "recipe r extends grpo {}\n");
-case!(e0102_typo, "E0102", "recipe base { objective.loss = -logp }\nrecipe r extends bsae {}\n");
-case!(e0103_cycle, "E0103", "recipe a extends b { objective.loss = logp }\nrecipe b extends a {}\n");
-case!(e0104_duplicate_key, "E0104", "import std/grpo\nrecipe r extends grpo {\n    clip { eps_low = 0.1, eps_low = 0.2 }\n}\n");
-case!(e0104_duplicate_recipe, "E0104", "recipe r { objective.loss = logp }\nrecipe r { objective.loss = -logp }\n");
-case!(e0104_builtin_fn_name, "E0104", "fn exp(x) = x\nrecipe r { objective.loss = logp }\n");
-case!(e0105_unknown_section, "E0105", "import std/grpo\nrecipe r extends grpo {\n    critic { gamma = 0.99 }\n}\n");
-case!(e0106_unknown_key, "E0106", "import std/grpo\nrecipe r extends grpo {\n    rollout { temprature = 0.7 }\n}\n");
-case!(e0107_cycle, "E0107", "import std/grpo\nrecipe r extends grpo {\n    credit { a = b, b = a * 2, value = a }\n}\n");
-case!(e0108_path_too_long, "E0108", "import std/grpo\nrecipe r extends grpo {\n    clip.eps.high = 0.3\n}\n");
-case!(e0108_dotted_in_section, "E0108", "import std/grpo\nrecipe r extends grpo {\n    objective { clip.eps_low = 0.1 }\n}\n");
-case!(e0109_unknown_field, "E0109", "import std/grpo\nrecipe r extends grpo {\n    objective.loss = logp * clip.eps_hihg\n}\n");
-case!(e0109_let_is_private, "E0109", "import std/grpo\nrecipe r extends grpo {\n    objective.loss = logp * credit.mu\n}\n");
-case!(e0110_missing_argument, "E0110", "import std/grpo\nrecipe r extends grpo {\n    objective.loss = clamp(logp, -1)\n}\n");
-case!(e0110_unknown_parameter, "E0110", "import std/grpo\nrecipe r extends grpo {\n    credit = whiten(reward, epsilon = 1e-8) over batch\n}\n");
-case!(e0110_user_fn_arity, "E0110", "import std/grpo\nimport std/kl\nrecipe r extends grpo {\n    divergence.value = kl_k3(logp)\n}\n");
-case!(e0111_unknown_function, "E0111", "import std/grpo\nrecipe r extends grpo {\n    divergence.value = kl_k4(logp, ref_logp)\n}\n");
-case!(e0111_not_imported, "E0111", "import std/grpo\nrecipe r extends grpo {\n    divergence.value = kl_k2(logp, ref_logp)\n}\n");
-case!(e0112_recursive, "E0112", "fn f(x) = f(x) + 1\nrecipe r { objective.loss = f(logp) }\n");
-case!(e0113_section_needs_block, "E0113", "import std/grpo\nrecipe r extends grpo {\n    clip = 0.2\n}\n");
+case!(
+    e0100_typo,
+    "E0100",
+    "import std/grpo\nrecipe r extends grpo {\n    credit = (reward - mean(rewrd) over group)\n}\n"
+);
+case!(
+    e0100_ambiguous,
+    "E0100",
+    "import std/grpo\nrecipe r extends grpo {\n    clip { beta = 1.0 }\n    divergence { beta = 2.0 }\n    objective.loss = beta * logp\n}\n"
+);
+case!(
+    e0100_fn_body_scope,
+    "E0100",
+    "import std/grpo\nfn scaled(x) = x * eps_low\nrecipe r extends grpo {\n    objective.loss = scaled(logp)\n}\n"
+);
+case!(
+    e0100_guard_target,
+    "E0100",
+    "import std/grpo\nrecipe r extends grpo {\n    guard mean(entropy) over batch < 0.1 => learning_rate *= 0.5\n}\n"
+);
+case!(
+    e0101_unknown_std,
+    "E0101",
+    "import std/grop\nrecipe r { objective.loss = logp }\n"
+);
+case!(
+    e0101_missing_file,
+    "E0101",
+    "import \"./base.recipe\"\nrecipe r { objective.loss = logp }\n"
+);
+case!(
+    e0102_stdlib_not_imported,
+    "E0102",
+    "recipe r extends grpo {}\n"
+);
+case!(
+    e0102_typo,
+    "E0102",
+    "recipe base { objective.loss = -logp }\nrecipe r extends bsae {}\n"
+);
+case!(
+    e0103_cycle,
+    "E0103",
+    "recipe a extends b { objective.loss = logp }\nrecipe b extends a {}\n"
+);
+case!(
+    e0104_duplicate_key,
+    "E0104",
+    "import std/grpo\nrecipe r extends grpo {\n    clip { eps_low = 0.1, eps_low = 0.2 }\n}\n"
+);
+case!(
+    e0104_duplicate_recipe,
+    "E0104",
+    "recipe r { objective.loss = logp }\nrecipe r { objective.loss = -logp }\n"
+);
+case!(
+    e0104_builtin_fn_name,
+    "E0104",
+    "fn exp(x) = x\nrecipe r { objective.loss = logp }\n"
+);
+case!(
+    e0105_unknown_section,
+    "E0105",
+    "import std/grpo\nrecipe r extends grpo {\n    critic { gamma = 0.99 }\n}\n"
+);
+case!(
+    e0106_unknown_key,
+    "E0106",
+    "import std/grpo\nrecipe r extends grpo {\n    rollout { temprature = 0.7 }\n}\n"
+);
+case!(
+    e0107_cycle,
+    "E0107",
+    "import std/grpo\nrecipe r extends grpo {\n    credit { a = b, b = a * 2, value = a }\n}\n"
+);
+case!(
+    e0108_path_too_long,
+    "E0108",
+    "import std/grpo\nrecipe r extends grpo {\n    clip.eps.high = 0.3\n}\n"
+);
+case!(
+    e0108_dotted_in_section,
+    "E0108",
+    "import std/grpo\nrecipe r extends grpo {\n    objective { clip.eps_low = 0.1 }\n}\n"
+);
+case!(
+    e0109_unknown_field,
+    "E0109",
+    "import std/grpo\nrecipe r extends grpo {\n    objective.loss = logp * clip.eps_hihg\n}\n"
+);
+case!(
+    e0109_let_is_private,
+    "E0109",
+    "import std/grpo\nrecipe r extends grpo {\n    objective.loss = logp * credit.mu\n}\n"
+);
+case!(
+    e0110_missing_argument,
+    "E0110",
+    "import std/grpo\nrecipe r extends grpo {\n    objective.loss = clamp(logp, -1)\n}\n"
+);
+case!(
+    e0110_unknown_parameter,
+    "E0110",
+    "import std/grpo\nrecipe r extends grpo {\n    credit = whiten(reward, epsilon = 1e-8) over batch\n}\n"
+);
+case!(
+    e0110_user_fn_arity,
+    "E0110",
+    "import std/grpo\nimport std/kl\nrecipe r extends grpo {\n    divergence.value = kl_k3(logp)\n}\n"
+);
+case!(
+    e0111_unknown_function,
+    "E0111",
+    "import std/grpo\nrecipe r extends grpo {\n    divergence.value = kl_k4(logp, ref_logp)\n}\n"
+);
+case!(
+    e0111_not_imported,
+    "E0111",
+    "import std/grpo\nrecipe r extends grpo {\n    divergence.value = kl_k2(logp, ref_logp)\n}\n"
+);
+case!(
+    e0112_recursive,
+    "E0112",
+    "fn f(x) = f(x) + 1\nrecipe r { objective.loss = f(logp) }\n"
+);
+case!(
+    e0113_section_needs_block,
+    "E0113",
+    "import std/grpo\nrecipe r extends grpo {\n    clip = 0.2\n}\n"
+);
 
 // ----- types and levels ----------------------------------------------------------
 
-case!(e0200_bool_arithmetic, "E0200", "import std/grpo\nrecipe r extends grpo {\n    reward = correct + 1\n}\n");
-case!(e0200_if_branches, "E0200", "import std/grpo\nrecipe r extends grpo {\n    reward = if correct then 1 else \"no\"\n}\n");
-case!(e0200_integer_key, "E0200", "import std/grpo\nrecipe r extends grpo {\n    rollout { group = 2.5 }\n}\n");
-case!(e0200_condition_not_bool, "E0200", "import std/grpo\nrecipe r extends grpo {\n    guard mean(entropy) over batch => stop\n}\n");
-case!(e0202_monitor_token, "E0202", "import std/grpo\nrecipe r extends grpo {\n    monitor { ratio = exp(logp - old_logp) }\n}\n");
-case!(e0202_hyperparameter_reads_data, "E0202", "import std/grpo\nrecipe r extends grpo {\n    clip { eps_low = mean(reward) over batch }\n}\n");
-case!(e0202_reward_token_level, "E0202", "import std/grpo\nrecipe r extends grpo {\n    reward = logp\n}\n");
-case!(e0202_vocab_unreduced, "E0202", "import std/grpo\nrecipe r extends grpo {\n    entropy.value = logits\n}\n");
-case!(e0202_guard_condition, "E0202", "import std/grpo\nrecipe r extends grpo {\n    guard entropy < 0.1 => stop\n}\n");
-case!(e0203_missing_over, "E0203", "import std/grpo\nrecipe r extends grpo {\n    credit = reward - mean(reward)\n}\n");
-case!(e0203_min_of_one, "E0203", "import std/grpo\nrecipe r extends grpo {\n    credit = reward - min(reward)\n}\n");
-case!(e0204_over_on_elementwise, "E0204", "import std/grpo\nrecipe r extends grpo {\n    credit = exp(reward) over group\n}\n");
-case!(e0205_same_level, "E0205", "import std/grpo\nrecipe r extends grpo {\n    credit = reward - mean(reward) over seq\n}\n");
-case!(e0205_constant, "E0205", "import std/grpo\nrecipe r extends grpo {\n    monitor { one = mean(1.0) over batch }\n}\n");
-case!(e0206_unknown_level, "E0206", "import std/grpo\nrecipe r extends grpo {\n    credit = reward - mean(reward) over prompt\n}\n");
-case!(e0207_none_in_expression, "E0207", "import std/grpo\nrecipe r extends grpo {\n    credit = reward * none\n}\n");
+case!(
+    e0200_bool_arithmetic,
+    "E0200",
+    "import std/grpo\nrecipe r extends grpo {\n    reward = correct + 1\n}\n"
+);
+case!(
+    e0200_if_branches,
+    "E0200",
+    "import std/grpo\nrecipe r extends grpo {\n    reward = if correct then 1 else \"no\"\n}\n"
+);
+case!(
+    e0200_integer_key,
+    "E0200",
+    "import std/grpo\nrecipe r extends grpo {\n    rollout { group = 2.5 }\n}\n"
+);
+case!(
+    e0200_condition_not_bool,
+    "E0200",
+    "import std/grpo\nrecipe r extends grpo {\n    guard mean(entropy) over batch => stop\n}\n"
+);
+case!(
+    e0202_monitor_token,
+    "E0202",
+    "import std/grpo\nrecipe r extends grpo {\n    monitor { ratio = exp(logp - old_logp) }\n}\n"
+);
+case!(
+    e0202_hyperparameter_reads_data,
+    "E0202",
+    "import std/grpo\nrecipe r extends grpo {\n    clip { eps_low = mean(reward) over batch }\n}\n"
+);
+case!(
+    e0202_reward_token_level,
+    "E0202",
+    "import std/grpo\nrecipe r extends grpo {\n    reward = logp\n}\n"
+);
+case!(
+    e0202_vocab_unreduced,
+    "E0202",
+    "import std/grpo\nrecipe r extends grpo {\n    entropy.value = logits\n}\n"
+);
+case!(
+    e0202_guard_condition,
+    "E0202",
+    "import std/grpo\nrecipe r extends grpo {\n    guard entropy < 0.1 => stop\n}\n"
+);
+case!(
+    e0203_missing_over,
+    "E0203",
+    "import std/grpo\nrecipe r extends grpo {\n    credit = reward - mean(reward)\n}\n"
+);
+case!(
+    e0203_min_of_one,
+    "E0203",
+    "import std/grpo\nrecipe r extends grpo {\n    credit = reward - min(reward)\n}\n"
+);
+case!(
+    e0204_over_on_elementwise,
+    "E0204",
+    "import std/grpo\nrecipe r extends grpo {\n    credit = exp(reward) over group\n}\n"
+);
+case!(
+    e0205_same_level,
+    "E0205",
+    "import std/grpo\nrecipe r extends grpo {\n    credit = reward - mean(reward) over seq\n}\n"
+);
+case!(
+    e0205_constant,
+    "E0205",
+    "import std/grpo\nrecipe r extends grpo {\n    monitor { one = mean(1.0) over batch }\n}\n"
+);
+case!(
+    e0206_unknown_level,
+    "E0206",
+    "import std/grpo\nrecipe r extends grpo {\n    credit = reward - mean(reward) over prompt\n}\n"
+);
+case!(
+    e0207_none_in_expression,
+    "E0207",
+    "import std/grpo\nrecipe r extends grpo {\n    credit = reward * none\n}\n"
+);
 
 // ----- hyperparameters -------------------------------------------------------------
 
-case!(e0300_eps_not_an_epsilon, "E0300", "import std/grpo\nrecipe r extends grpo {\n    clip.eps_high = 1.28\n}\n");
-case!(e0300_temperature_zero, "E0300", "import std/grpo\nrecipe r extends grpo {\n    rollout { temperature = 0 }\n}\n");
-case!(e0300_dual_clip, "E0300", "import std/grpo\nrecipe r extends grpo {\n    clip.dual = 0.5\n}\n");
-case!(e0301_group_of_one, "E0301", "import std/grpo\nrecipe r extends grpo {\n    rollout { group = 1 }\n}\n");
-case!(e0302_negative_kl, "E0302", "import std/grpo\nrecipe r extends grpo {\n    divergence.coef = -0.001\n}\n");
-case!(e0303_rollout_schedule, "E0303", "import std/grpo\nrecipe r extends grpo {\n    rollout { max_tokens = 16 * step }\n}\n");
-case!(e0303_state_init, "E0303", "import std/grpo\nrecipe r extends grpo {\n    state { seen = progress }\n}\n");
-case!(e0304_bad_reduce, "E0304", "import std/grpo\nrecipe r extends grpo {\n    objective.reduce = token_man\n}\n");
-case!(e0304_bad_optimizer, "E0304", "import std/grpo\nrecipe r extends grpo {\n    optimizer { name = \"adamw\" }\n}\n");
+case!(
+    e0300_eps_not_an_epsilon,
+    "E0300",
+    "import std/grpo\nrecipe r extends grpo {\n    clip.eps_high = 1.28\n}\n"
+);
+case!(
+    e0300_temperature_zero,
+    "E0300",
+    "import std/grpo\nrecipe r extends grpo {\n    rollout { temperature = 0 }\n}\n"
+);
+case!(
+    e0300_dual_clip,
+    "E0300",
+    "import std/grpo\nrecipe r extends grpo {\n    clip.dual = 0.5\n}\n"
+);
+case!(
+    e0301_group_of_one,
+    "E0301",
+    "import std/grpo\nrecipe r extends grpo {\n    rollout { group = 1 }\n}\n"
+);
+case!(
+    e0302_negative_kl,
+    "E0302",
+    "import std/grpo\nrecipe r extends grpo {\n    divergence.coef = -0.001\n}\n"
+);
+case!(
+    e0303_rollout_schedule,
+    "E0303",
+    "import std/grpo\nrecipe r extends grpo {\n    rollout { max_tokens = 16 * step }\n}\n"
+);
+case!(
+    e0303_state_init,
+    "E0303",
+    "import std/grpo\nrecipe r extends grpo {\n    state { seen = progress }\n}\n"
+);
+case!(
+    e0304_bad_reduce,
+    "E0304",
+    "import std/grpo\nrecipe r extends grpo {\n    objective.reduce = token_man\n}\n"
+);
+case!(
+    e0304_bad_optimizer,
+    "E0304",
+    "import std/grpo\nrecipe r extends grpo {\n    optimizer { name = \"adamw\" }\n}\n"
+);
 
 // ----- recipe rules ----------------------------------------------------------------
 
-case!(e0400_unknown_action, "E0400", "import std/grpo\nrecipe r extends grpo {\n    guard mean(entropy) over batch < 0.1 => { rollbak 10 }\n}\n");
-case!(e0400_rollback_without_steps, "E0400", "import std/grpo\nrecipe r extends grpo {\n    guard mean(entropy) over batch < 0.1 => rollback\n}\n");
-case!(e0401_missing_equals, "E0401", "import std/grpo\nrecipe r extends grpo {\n    clip { eps_low 0.1 }\n}\n");
-case!(e0402_update_not_state, "E0402", "import std/grpo\nrecipe r extends grpo {\n    state { avg = 0.0 }\n    update { avgg = mean(entropy) over batch }\n}\n");
-case!(e0403_compound_in_section, "E0403", "import std/grpo\nrecipe r extends grpo {\n    optimizer { lr *= 0.5 }\n}\n");
-case!(e0403_compound_at_recipe_level, "E0403", "import std/grpo\nrecipe r extends grpo {\n    optimizer.lr *= 0.5\n}\n");
-case!(e0404_window_zero, "E0404", "import std/grpo\nrecipe r extends grpo {\n    guard mean(entropy) over batch < 0.1 for 0 steps => stop\n}\n");
-case!(e0404_window_unit, "E0404", "import std/grpo\nrecipe r extends grpo {\n    guard mean(entropy) over batch < 0.1 for 3 epochs => stop\n}\n");
-case!(e0405_no_loss, "E0405", "recipe r {\n    rollout { group = 4 }\n}\n");
+case!(
+    e0400_unknown_action,
+    "E0400",
+    "import std/grpo\nrecipe r extends grpo {\n    guard mean(entropy) over batch < 0.1 => { rollbak 10 }\n}\n"
+);
+case!(
+    e0400_rollback_without_steps,
+    "E0400",
+    "import std/grpo\nrecipe r extends grpo {\n    guard mean(entropy) over batch < 0.1 => rollback\n}\n"
+);
+case!(
+    e0401_missing_equals,
+    "E0401",
+    "import std/grpo\nrecipe r extends grpo {\n    clip { eps_low 0.1 }\n}\n"
+);
+case!(
+    e0402_update_not_state,
+    "E0402",
+    "import std/grpo\nrecipe r extends grpo {\n    state { avg = 0.0 }\n    update { avgg = mean(entropy) over batch }\n}\n"
+);
+case!(
+    e0403_compound_in_section,
+    "E0403",
+    "import std/grpo\nrecipe r extends grpo {\n    optimizer { lr *= 0.5 }\n}\n"
+);
+case!(
+    e0403_compound_at_recipe_level,
+    "E0403",
+    "import std/grpo\nrecipe r extends grpo {\n    optimizer.lr *= 0.5\n}\n"
+);
+case!(
+    e0404_window_zero,
+    "E0404",
+    "import std/grpo\nrecipe r extends grpo {\n    guard mean(entropy) over batch < 0.1 for 0 steps => stop\n}\n"
+);
+case!(
+    e0404_window_unit,
+    "E0404",
+    "import std/grpo\nrecipe r extends grpo {\n    guard mean(entropy) over batch < 0.1 for 3 epochs => stop\n}\n"
+);
+case!(
+    e0405_no_loss,
+    "E0405",
+    "recipe r {\n    rollout { group = 4 }\n}\n"
+);
 
 // ----- warnings ------------------------------------------------------------------------
 
-case!(w0001_unused_let, "W0001", "import std/grpo\nrecipe r extends grpo {\n    objective { let unused = 2 * logp }\n}\n");
-case!(w0002_typo_key, "W0002", "import std/grpo\nrecipe r extends grpo {\n    clip.eps_hgh = 0.28\n}\n");
-case!(w0003_large_lr, "W0003", "import std/grpo\nrecipe r extends grpo {\n    optimizer { lr = 0.5 }\n}\n");
-case!(w0004_let_shadows_input, "W0004", "import std/grpo\nrecipe r extends grpo {\n    objective {\n        let logp = old_logp\n        loss = -logp\n    }\n}\n");
+case!(
+    w0001_unused_let,
+    "W0001",
+    "import std/grpo\nrecipe r extends grpo {\n    objective { let unused = 2 * logp }\n}\n"
+);
+case!(
+    w0002_typo_key,
+    "W0002",
+    "import std/grpo\nrecipe r extends grpo {\n    clip.eps_hgh = 0.28\n}\n"
+);
+case!(
+    w0003_large_lr,
+    "W0003",
+    "import std/grpo\nrecipe r extends grpo {\n    optimizer { lr = 0.5 }\n}\n"
+);
+case!(
+    w0004_let_shadows_input,
+    "W0004",
+    "import std/grpo\nrecipe r extends grpo {\n    objective {\n        let logp = old_logp\n        loss = -logp\n    }\n}\n"
+);
 
 #[test]
 fn syntax_errors_in_imported_file_are_reported_at_the_import() {
@@ -135,7 +431,10 @@ fn syntax_errors_in_imported_file_are_reported_at_the_import() {
 fn relative_imports_resolve() {
     let c = check_with(
         "import \"./lib/base.recipe\"\nrecipe r extends base { clip.eps_high = 0.3 }\n",
-        &[("lib/base.recipe", "import std/grpo\nrecipe base extends grpo {}\n")],
+        &[(
+            "lib/base.recipe",
+            "import std/grpo\nrecipe base extends grpo {}\n",
+        )],
     );
     assert!(c.diagnostics.is_empty(), "{}", render(&c));
     let r = c.recipes.first().expect("r");
@@ -144,14 +443,18 @@ fn relative_imports_resolve() {
 
 #[test]
 fn warnings_alone_do_not_fail() {
-    let c = check_str(&format!("{G}recipe r extends grpo {{ clip.eps_hgh = 0.28 }}\n"));
+    let c = check_str(&format!(
+        "{G}recipe r extends grpo {{ clip.eps_hgh = 0.28 }}\n"
+    ));
     assert!(!c.has_errors());
     assert_eq!(codes(&c), ["W0002"]);
 }
 
 #[test]
 fn json_form_carries_code_span_and_help() {
-    let c = check_str(&format!("{G}recipe r extends grpo {{ credit = mean(rewrd) over group }}\n"));
+    let c = check_str(&format!(
+        "{G}recipe r extends grpo {{ credit = mean(rewrd) over group }}\n"
+    ));
     let j = c.diagnostics[0].to_json(c.sources());
     assert_eq!(j["code"], "E0100");
     assert_eq!(j["severity"], "error");
@@ -176,7 +479,11 @@ fn every_code_has_a_snapshot_and_an_index_entry() {
         if !all.contains(&format!("[{}]", code.0)) {
             missing.push(code.0);
         }
-        assert!(keel_compiler::codes::explain(code.0).is_some(), "{} has no entry in docs/errors.md", code.0);
+        assert!(
+            keel_compiler::codes::explain(code.0).is_some(),
+            "{} has no entry in docs/errors.md",
+            code.0
+        );
     }
     assert!(missing.is_empty(), "codes without a snapshot: {missing:?}");
 }
@@ -191,17 +498,38 @@ fn explain_returns_the_entry() {
 
 #[test]
 fn pathological_nesting_is_an_error_not_a_crash() {
-    let deep = format!("recipe r {{ objective.loss = {}logp{} }}\n", "(".repeat(20_000), ")".repeat(20_000));
+    let deep = format!(
+        "recipe r {{ objective.loss = {}logp{} }}\n",
+        "(".repeat(20_000),
+        ")".repeat(20_000)
+    );
     let c = check_str(&deep);
     assert_eq!(codes(&c), ["E0007"], "{}", render(&c));
-    let long_sum = format!("recipe r {{ objective.loss = logp{} }}\n", " + logp".repeat(50_000));
+    let long_sum = format!(
+        "recipe r {{ objective.loss = logp{} }}\n",
+        " + logp".repeat(50_000)
+    );
     let c = check_str(&long_sum);
     assert_eq!(codes(&c), ["E0007"]);
-    let unary = format!("recipe r {{ objective.loss = {}logp }}\n", "-".repeat(50_000));
+    let unary = format!(
+        "recipe r {{ objective.loss = {}logp }}\n",
+        "-".repeat(50_000)
+    );
     assert_eq!(codes(&check_str(&unary)), ["E0007"]);
     // Right at the limit is fine.
-    let ok = format!("recipe r {{ objective.loss = {}logp{} }}\n", "(".repeat(200), ")".repeat(200));
+    let ok = format!(
+        "recipe r {{ objective.loss = {}logp{} }}\n",
+        "(".repeat(200),
+        ")".repeat(200)
+    );
     assert!(check_str(&ok).diagnostics.is_empty());
 }
 
-case!(e0007_too_deep, "E0007", &format!("recipe r {{\n    objective.loss = logp{}\n}}\n", " + 1".repeat(300)));
+case!(
+    e0007_too_deep,
+    "E0007",
+    &format!(
+        "recipe r {{\n    objective.loss = logp{}\n}}\n",
+        " + 1".repeat(300)
+    )
+);

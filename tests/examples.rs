@@ -5,17 +5,27 @@
 use keel_tests::{all_recipes, codes, recipes_in, render};
 
 fn expectation(text: &str) -> Option<Vec<String>> {
-    let line = text.lines().find(|l| l.trim_start().starts_with("// expect:"))?;
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("// expect:"))?;
     let rest = line.trim_start().trim_start_matches("// expect:").trim();
     if rest == "pass" {
         return Some(Vec::new());
     }
-    let codes = rest.strip_prefix("error")?.split_whitespace().map(String::from).collect();
+    let codes = rest
+        .strip_prefix("error")?
+        .split_whitespace()
+        .map(String::from)
+        .collect();
     Some(codes)
 }
 
 fn check_file(name: &str, text: &str) -> keel_compiler::Checked {
-    keel_compiler::check_source(&keel_compiler::Disk, &keel_tests::root().join(name).to_string_lossy(), text)
+    keel_compiler::check_source(
+        &keel_compiler::Disk,
+        &keel_tests::root().join(name).to_string_lossy(),
+        text,
+    )
 }
 
 #[test]
@@ -25,17 +35,25 @@ fn stdlib_checks_clean() {
     for (name, text) in files {
         let c = check_file(&name, &text);
         assert!(c.diagnostics.is_empty(), "{name}:\n{}", render(&c));
-        assert!(!c.recipes.is_empty() || name.ends_with("kl.recipe"), "{name} defines no recipe");
+        assert!(
+            !c.recipes.is_empty() || name.ends_with("kl.recipe"),
+            "{name} defines no recipe"
+        );
     }
 }
 
 #[test]
 fn embedded_stdlib_matches_files() {
     for (name, text) in keel_compiler::stdlib::FILES {
-        let on_disk = std::fs::read_to_string(keel_tests::root().join(format!("stdlib/{name}.recipe")));
+        let on_disk =
+            std::fs::read_to_string(keel_tests::root().join(format!("stdlib/{name}.recipe")));
         assert_eq!(on_disk.ok().as_deref(), Some(*text), "stdlib/{name}.recipe");
     }
-    assert_eq!(keel_compiler::stdlib::FILES.len(), recipes_in("stdlib").len(), "every stdlib file is embedded");
+    assert_eq!(
+        keel_compiler::stdlib::FILES.len(),
+        recipes_in("stdlib").len(),
+        "every stdlib file is embedded"
+    );
 }
 
 #[test]
@@ -44,12 +62,21 @@ fn examples_meet_their_headers() {
     assert!(files.len() >= 3);
     files.extend(recipes_in("tests/fail"));
     for (name, text) in files {
-        let want = expectation(&text).unwrap_or_else(|| panic!("{name} has no `// expect:` header"));
+        let want =
+            expectation(&text).unwrap_or_else(|| panic!("{name} has no `// expect:` header"));
         let c = check_file(&name, &text);
-        let got: Vec<String> = codes(&c).into_iter().filter(|c| c.starts_with('E')).map(String::from).collect();
+        let got: Vec<String> = codes(&c)
+            .into_iter()
+            .filter(|c| c.starts_with('E'))
+            .map(String::from)
+            .collect();
         assert_eq!(got, want, "{name}:\n{}", render(&c));
         if want.is_empty() {
-            assert!(c.diagnostics.is_empty(), "{name} should be clean:\n{}", render(&c));
+            assert!(
+                c.diagnostics.is_empty(),
+                "{name} should be clean:\n{}",
+                render(&c)
+            );
         }
     }
 }
@@ -67,9 +94,16 @@ fn every_file_declares_its_expectation_or_is_stdlib() {
 fn stdlib_recipes_record_their_inputs() {
     let text = keel_compiler::stdlib::get("grpo").unwrap_or_default();
     let c = check_file("stdlib/grpo.recipe", text);
-    let grpo = c.recipes.iter().find(|r| r.name == "grpo").expect("grpo is checked");
+    let grpo = c
+        .recipes
+        .iter()
+        .find(|r| r.name == "grpo")
+        .expect("grpo is checked");
     let inputs: Vec<&str> = grpo.inputs.keys().map(|s| s.as_str()).collect();
-    assert_eq!(inputs, ["entropy", "logp", "old_logp", "ref_logp", "reward"]);
+    assert_eq!(
+        inputs,
+        ["entropy", "logp", "old_logp", "ref_logp", "reward"]
+    );
     assert_eq!(grpo.bases, ["ppo"]);
     // The merged credit is group-level z-scoring: sequence-level.
     let credit = grpo.value("credit", "value").expect("credit");
@@ -86,10 +120,23 @@ fn extends_overrides_single_hyperparameters() {
     let c = check_file("stdlib/dapo.recipe", text);
     let dapo = c.recipes.iter().find(|r| r.name == "dapo").expect("dapo");
     assert_eq!(dapo.bases, ["grpo", "ppo"]);
-    assert_eq!(dapo.value("clip", "eps_high").and_then(|v| v.info.constant), Some(0.28));
-    assert_eq!(dapo.value("clip", "eps_low").and_then(|v| v.info.constant), Some(0.2));
-    assert!(dapo.value("divergence", "value").is_none(), "divergence = none removes the KL");
-    assert_eq!(dapo.value("clip", "eps_high").map(|v| v.defined_in.as_str()), Some("dapo"));
+    assert_eq!(
+        dapo.value("clip", "eps_high").and_then(|v| v.info.constant),
+        Some(0.28)
+    );
+    assert_eq!(
+        dapo.value("clip", "eps_low").and_then(|v| v.info.constant),
+        Some(0.2)
+    );
+    assert!(
+        dapo.value("divergence", "value").is_none(),
+        "divergence = none removes the KL"
+    );
+    assert_eq!(
+        dapo.value("clip", "eps_high")
+            .map(|v| v.defined_in.as_str()),
+        Some("dapo")
+    );
 }
 
 #[test]

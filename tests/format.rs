@@ -7,15 +7,23 @@ use keel_tests::all_recipes;
 /// Format, then check the three properties on the result.
 fn roundtrip(name: &str, src: &str) -> String {
     let once = format_source(src).unwrap_or_else(|n| panic!("{name}: {n} syntax errors"));
-    let twice = format_source(&once).unwrap_or_else(|n| panic!("{name}: formatted text has {n} syntax errors:\n{once}"));
+    let twice = format_source(&once)
+        .unwrap_or_else(|n| panic!("{name}: formatted text has {n} syntax errors:\n{once}"));
     assert_eq!(once, twice, "{name}: formatting is not idempotent");
     let (a, _) = parse(src);
     let (b, _) = parse(&once);
     assert_eq!(sexp(&a), sexp(&b), "{name}: formatting changed the tree");
     let comments = |f: &keel_grammar::File, t: &str| -> Vec<String> {
-        f.comments.iter().map(|c| t[c.span.start..c.span.end].trim_end().to_string()).collect()
+        f.comments
+            .iter()
+            .map(|c| t[c.span.start..c.span.end].trim_end().to_string())
+            .collect()
     };
-    assert_eq!(comments(&a, src), comments(&b, &once), "{name}: comments changed");
+    assert_eq!(
+        comments(&a, src),
+        comments(&b, &once),
+        "{name}: comments changed"
+    );
     once
 }
 
@@ -25,7 +33,10 @@ fn stdlib_and_examples_round_trip() {
     assert!(files.len() >= 9);
     for (name, text) in files {
         let formatted = roundtrip(&name, &text);
-        assert_eq!(formatted, text, "{name} is not formatted; run `keel fmt {name}`");
+        assert_eq!(
+            formatted, text,
+            "{name} is not formatted; run `keel fmt {name}`"
+        );
     }
 }
 
@@ -69,7 +80,10 @@ fn broken_files_are_not_formatted() {
 fn empty_and_comment_only_files() {
     assert_eq!(format_source("").as_deref(), Ok(""));
     assert_eq!(format_source("   \n\n").as_deref(), Ok(""));
-    assert_eq!(format_source("// just a note\n").as_deref(), Ok("// just a note\n"));
+    assert_eq!(
+        format_source("// just a note\n").as_deref(),
+        Ok("// just a note\n")
+    );
 }
 
 #[test]

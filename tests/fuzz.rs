@@ -4,7 +4,7 @@
 //! formatter. Nothing may panic, and every diagnostic must carry a valid span.
 //! Together the tests below run well over 100,000 cases.
 
-use keel_compiler::{check_source, Checked, NoFiles};
+use keel_compiler::{Checked, NoFiles, check_source};
 use keel_tests::all_recipes;
 use proptest::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +21,10 @@ fn exercise(src: &str, render: bool) {
             let text = &file.text;
             assert!(l.span.start <= l.span.end, "{d:?}");
             assert!(l.span.end <= text.len(), "span past the end: {d:?}");
-            assert!(text.is_char_boundary(l.span.start) && text.is_char_boundary(l.span.end), "{d:?}");
+            assert!(
+                text.is_char_boundary(l.span.start) && text.is_char_boundary(l.span.end),
+                "{d:?}"
+            );
         }
         assert!(!d.message.is_empty());
         assert!(d.help.is_some(), "every diagnostic says what to do: {d:?}");
@@ -34,17 +37,100 @@ fn exercise(src: &str, render: bool) {
     if errors.is_empty()
         && let Ok(once) = keel_compiler::format::format_source(src)
     {
-        assert_eq!(keel_compiler::format::format_source(&once).as_deref(), Ok(once.as_str()));
+        assert_eq!(
+            keel_compiler::format::format_source(&once).as_deref(),
+            Ok(once.as_str())
+        );
     }
 }
 
 const TOKENS: &[&str] = &[
-    "recipe", "extends", "import", "std/grpo", "std/dapo", "\"./x.recipe\"", "as", "let", "fn", "guard", "for",
-    "steps", "over", "if", "then", "else", "and", "or", "not", "true", "false", "none", "{", "}", "(", ")", "[", "]",
-    ",", ";", ":", ".", "=>", "=", "+=", "*=", "==", "!=", "<", "<=", ">", "+", "-", "*", "/", "^", "x", "grpo",
-    "clip", "eps_low", "credit", "objective", "loss", "reduce", "token_mean", "reward", "logp", "entropy", "mean",
-    "std", "min", "clamp", "where", "rscan", "group", "seq", "batch", "token", "vocab", "rollout", "state",
-    "update", "monitor", "stop", "rollback", "0", "1", "0.2", "1e-6", "3", "\"msg\"", "// c\n", "\n", "@", "é", "#x\n",
+    "recipe",
+    "extends",
+    "import",
+    "std/grpo",
+    "std/dapo",
+    "\"./x.recipe\"",
+    "as",
+    "let",
+    "fn",
+    "guard",
+    "for",
+    "steps",
+    "over",
+    "if",
+    "then",
+    "else",
+    "and",
+    "or",
+    "not",
+    "true",
+    "false",
+    "none",
+    "{",
+    "}",
+    "(",
+    ")",
+    "[",
+    "]",
+    ",",
+    ";",
+    ":",
+    ".",
+    "=>",
+    "=",
+    "+=",
+    "*=",
+    "==",
+    "!=",
+    "<",
+    "<=",
+    ">",
+    "+",
+    "-",
+    "*",
+    "/",
+    "^",
+    "x",
+    "grpo",
+    "clip",
+    "eps_low",
+    "credit",
+    "objective",
+    "loss",
+    "reduce",
+    "token_mean",
+    "reward",
+    "logp",
+    "entropy",
+    "mean",
+    "std",
+    "min",
+    "clamp",
+    "where",
+    "rscan",
+    "group",
+    "seq",
+    "batch",
+    "token",
+    "vocab",
+    "rollout",
+    "state",
+    "update",
+    "monitor",
+    "stop",
+    "rollback",
+    "0",
+    "1",
+    "0.2",
+    "1e-6",
+    "3",
+    "\"msg\"",
+    "// c\n",
+    "\n",
+    "@",
+    "é",
+    "#x\n",
 ];
 
 fn soup() -> impl Strategy<Value = String> {
@@ -78,7 +164,15 @@ proptest! {
 /// stdlib and example file.
 #[test]
 fn prefixes_and_mutations_of_real_recipes() {
-    let edits: &[Option<u8>] = &[None, Some(b'{'), Some(b'}'), Some(b'('), Some(b'"'), Some(b'='), Some(b'x')];
+    let edits: &[Option<u8>] = &[
+        None,
+        Some(b'{'),
+        Some(b'}'),
+        Some(b'('),
+        Some(b'"'),
+        Some(b'='),
+        Some(b'x'),
+    ];
     let mut n = 0;
     for (name, text) in all_recipes() {
         let bytes = text.as_bytes();
@@ -104,5 +198,8 @@ fn prefixes_and_mutations_of_real_recipes() {
         assert!(n > 0, "{name}");
     }
     assert!(n >= 50_000, "only {n} prefix/mutation cases");
-    eprintln!("prefixes and mutations: {n} cases; all fuzz tests so far: {}", CASES.load(Ordering::Relaxed));
+    eprintln!(
+        "prefixes and mutations: {n} cases; all fuzz tests so far: {}",
+        CASES.load(Ordering::Relaxed)
+    );
 }

@@ -1,7 +1,7 @@
 //! Shared helpers of Keel's integration tests. This is the only place the
 //! tests call the compiler API; test files use these one-liners.
 
-use keel_compiler::{check_source, Checked, SourceDb};
+use keel_compiler::{Checked, SourceDb, check_source};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -22,7 +22,10 @@ pub fn recipes_in(dir: &str) -> Vec<(String, String)> {
     for e in entries.flatten() {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "recipe") {
-            let name = format!("{dir}/{}", p.file_name().and_then(|n| n.to_str()).unwrap_or(""));
+            let name = format!(
+                "{dir}/{}",
+                p.file_name().and_then(|n| n.to_str()).unwrap_or("")
+            );
             let text = std::fs::read_to_string(&p).unwrap_or_default();
             out.push((name, text));
         }
@@ -55,7 +58,12 @@ pub fn check_str(src: &str) -> Checked {
 
 /// Check with extra in-memory files available to `import "./NAME"`.
 pub fn check_with(src: &str, files: &[(&str, &str)]) -> Checked {
-    let db = MemFiles(files.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect());
+    let db = MemFiles(
+        files
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect(),
+    );
     check_source(&db, "test.recipe", src)
 }
 
@@ -82,7 +90,9 @@ pub fn codes(checked: &Checked) -> Vec<&'static str> {
 /// keys, monitors and guards that refer to each other, on top of GRPO.
 pub fn generated_recipe(lines: usize) -> String {
     let blocks = lines.saturating_sub(20) / 18;
-    let mut s = String::from("// generated for benchmarks\nimport std/ppo\nimport std/grpo\nimport std/kl\n\nrecipe big extends grpo {\n");
+    let mut s = String::from(
+        "// generated for benchmarks\nimport std/ppo\nimport std/grpo\nimport std/kl\n\nrecipe big extends grpo {\n",
+    );
     s.push_str("    clip { eps_low = 0.2, eps_high = 0.28 }\n");
     s.push_str("    objective {\n");
     s.push_str("        let ratio = exp(clamp(logp - old_logp, -20, 20))\n");
@@ -108,7 +118,9 @@ pub fn generated_recipe(lines: usize) -> String {
     }
     s.push_str("    }\n    update {\n");
     for i in 0..blocks * 2 {
-        s.push_str(&format!("        s{i} = 0.9 * s{i} + 0.1 * mean(entropy) over batch\n"));
+        s.push_str(&format!(
+            "        s{i} = 0.9 * s{i} + 0.1 * mean(entropy) over batch\n"
+        ));
     }
     s.push_str("    }\n");
     for i in 0..blocks * 2 {

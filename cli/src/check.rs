@@ -1,7 +1,7 @@
 //! `keel check FILE...`
 
 use crate::{Color, ErrorFormat};
-use keel_compiler::{check_source, Disk, Severity};
+use keel_compiler::{Disk, Severity, check_source};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
@@ -54,12 +54,26 @@ pub fn run(files: &[String], format: ErrorFormat, color: Color) -> ExitCode {
                     eprintln!("{}", d.plain_line(sources));
                 }
                 if !checked.diagnostics.is_empty() {
-                    let sev = |n: usize, w: &str| if n == 1 { format!("1 {w}") } else { format!("{n} {w}s") };
-                    eprintln!("{path}: {}, {}", sev(errors, "error"), sev(warnings, "warning"));
+                    let sev = |n: usize, w: &str| {
+                        if n == 1 {
+                            format!("1 {w}")
+                        } else {
+                            format!("{n} {w}s")
+                        }
+                    };
+                    eprintln!(
+                        "{path}: {}, {}",
+                        sev(errors, "error"),
+                        sev(warnings, "warning")
+                    );
                 }
             }
         }
         let _ = Severity::Error;
     }
-    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -16,7 +16,9 @@ pub fn run(files: &[String], check: bool) -> ExitCode {
         let formatted = match keel_compiler::format::format_source(&text) {
             Ok(f) => f,
             Err(n) => {
-                eprintln!("{path}: not formatted: it has {n} syntax error(s); run `keel check {path}`");
+                eprintln!(
+                    "{path}: not formatted: it has {n} syntax error(s); run `keel check {path}`"
+                );
                 failed = true;
                 continue;
             }
@@ -32,5 +34,9 @@ pub fn run(files: &[String], check: bool) -> ExitCode {
             failed = true;
         }
     }
-    if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "keel", version, about = "Keel: a language and compiler for ML training recipes")]
+#[command(
+    name = "keel",
+    version,
+    about = "Keel: a language and compiler for ML training recipes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

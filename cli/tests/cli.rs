@@ -13,7 +13,10 @@ fn keel(args: &[&str]) -> Output {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn text(b: &[u8]) -> String {
@@ -36,7 +39,9 @@ fn check_passes_on_stdlib_and_examples() {
             files.push(format!("{dir}/{}", e.file_name().to_string_lossy()));
         }
     }
-    let args: Vec<&str> = std::iter::once("check").chain(files.iter().map(|s| s.as_str())).collect();
+    let args: Vec<&str> = std::iter::once("check")
+        .chain(files.iter().map(|s| s.as_str()))
+        .collect();
     let out = keel(&args);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stderr), "");
@@ -44,19 +49,28 @@ fn check_passes_on_stdlib_and_examples() {
 
 #[test]
 fn check_fails_with_plain_lines_and_never_panics() {
-    let p = temp_recipe("bad.recipe", "import std/grpo\nrecipe r extends grpo {\n    credit = mean(rewrd) over group\n}\n");
+    let p = temp_recipe(
+        "bad.recipe",
+        "import std/grpo\nrecipe r extends grpo {\n    credit = mean(rewrd) over group\n}\n",
+    );
     let ps = p.to_string_lossy().to_string();
     let out = keel(&["check", "--color", "never", &ps]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains(&format!("{ps}:3:19: error[E0100]: cannot find `rewrd`")), "{err}");
+    assert!(
+        err.contains(&format!("{ps}:3:19: error[E0100]: cannot find `rewrd`")),
+        "{err}"
+    );
     assert!(err.contains("Help: did you mean `reward`?"), "{err}");
     assert!(!err.contains("panicked"));
 }
 
 #[test]
 fn warnings_exit_zero() {
-    let p = temp_recipe("warn.recipe", "import std/grpo\nrecipe r extends grpo { clip.eps_hgh = 0.3 }\n");
+    let p = temp_recipe(
+        "warn.recipe",
+        "import std/grpo\nrecipe r extends grpo { clip.eps_hgh = 0.3 }\n",
+    );
     let out = keel(&["check", "--error-format", "short", &p.to_string_lossy()]);
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stderr).contains("warning[W0002]"));
@@ -67,7 +81,8 @@ fn json_error_format() {
     let p = temp_recipe("json.recipe", "recipe r { objective.loss = logp * eps }\n");
     let out = keel(&["check", "--error-format", "json", &p.to_string_lossy()]);
     assert_eq!(out.status.code(), Some(1));
-    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).expect("one JSON object");
+    let v: serde_json::Value =
+        serde_json::from_str(text(&out.stdout).trim()).expect("one JSON object");
     assert_eq!(v["errors"], 1);
     assert_eq!(v["diagnostics"][0]["code"], "E0100");
     assert_eq!(v["diagnostics"][0]["primary"]["line"], 1);
@@ -101,10 +116,16 @@ fn fmt_check_and_write() {
     assert!(text(&out.stderr).contains("would be reformatted"));
     let out = keel(&["fmt", &ps]);
     assert!(out.status.success());
-    assert_eq!(std::fs::read_to_string(&p).unwrap_or_default(), "recipe r {\n    objective.loss = -logp\n}\n");
+    assert_eq!(
+        std::fs::read_to_string(&p).unwrap_or_default(),
+        "recipe r {\n    objective.loss = -logp\n}\n"
+    );
     assert!(keel(&["fmt", "--check", &ps]).status.success());
     let broken = temp_recipe("broken.recipe", "recipe r { objective.loss = }\n");
     let out = keel(&["fmt", &broken.to_string_lossy()]);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(std::fs::read_to_string(&broken).unwrap_or_default(), "recipe r { objective.loss = }\n");
+    assert_eq!(
+        std::fs::read_to_string(&broken).unwrap_or_default(),
+        "recipe r { objective.loss = }\n"
+    );
 }

@@ -16,7 +16,7 @@
 
 use crate::builtins::{self, FnKind, KeyTy, Level, Range, Ret, Ty};
 use crate::codes::{self, Code};
-use crate::diagnostic::{suggest, Diagnostic, Label};
+use crate::diagnostic::{Diagnostic, Label, suggest};
 use crate::resolve::{Entry, Merged, Program, Target};
 use crate::source::FileId;
 use keel_grammar::{Arg, AssignOp, BinOp, Expr, ExprKind, Guard, Span, Stmt, UnOp};
@@ -126,7 +126,14 @@ impl<'p> Checker<'p> {
             .unwrap_or(0)
     }
 
-    fn err(&mut self, code: Code, msg: impl Into<String>, file: FileId, span: Span, label: impl Into<String>) -> &mut Diagnostic {
+    fn err(
+        &mut self,
+        code: Code,
+        msg: impl Into<String>,
+        file: FileId,
+        span: Span,
+        label: impl Into<String>,
+    ) -> &mut Diagnostic {
         self.diags
             .push(Diagnostic::error(code, msg, Label::new(file, span, label)));
         let last = self.diags.len() - 1;
@@ -205,9 +212,13 @@ impl<'p> Checker<'p> {
                 "defined in terms of itself",
             )
             .notes
-            .push(format!("the cycle: {} → {section}.{name}", cycle.join(" → ")));
+            .push(format!(
+                "the cycle: {} → {section}.{name}",
+                cycle.join(" → ")
+            ));
             if let Some(d) = self.diags.last_mut() {
-                d.help = Some("break the cycle: one of these values must not use the others".into());
+                d.help =
+                    Some("break the cycle: one of these values must not use the others".into());
             }
             self.memo.insert(key, Info::unknown());
             return Info::unknown();
@@ -222,7 +233,9 @@ impl<'p> Checker<'p> {
         };
         let schema_key = builtins::section(section).and_then(|s| s.key(name));
         let info = match schema_key.map(|k| k.ty) {
-            Some(KeyTy::Sym(options)) if !entry.is_let => self.check_symbol(&ctx, &entry.value, section, name, options),
+            Some(KeyTy::Sym(options)) if !entry.is_let => {
+                self.check_symbol(&ctx, &entry.value, section, name, options)
+            }
             _ => self.check_expr(&ctx, &entry.value),
         };
         self.in_progress.pop();
@@ -230,7 +243,14 @@ impl<'p> Checker<'p> {
         info
     }
 
-    fn check_symbol(&mut self, ctx: &Ctx, e: &Expr, section: &str, name: &str, options: &[&str]) -> Info {
+    fn check_symbol(
+        &mut self,
+        ctx: &Ctx,
+        e: &Expr,
+        section: &str,
+        name: &str,
+        options: &[&str],
+    ) -> Info {
         if let ExprKind::Var(id) = &e.kind
             && options.contains(&id.name.as_str())
         {
@@ -326,12 +346,18 @@ impl<'p> Checker<'p> {
                             let a = a.clone();
                             self.err(
                                 codes::TYPE_MISMATCH,
-                                format!("list elements must share a type; found {} and {}", a.name(), b.name()),
+                                format!(
+                                    "list elements must share a type; found {} and {}",
+                                    a.name(),
+                                    b.name()
+                                ),
                                 ctx.file,
                                 it.span,
                                 format!("this is a {}", b.name()),
                             )
-                            .help = Some("make every element of the list the same kind of value".into());
+                            .help = Some(
+                                "make every element of the list the same kind of value".into(),
+                            );
                             a
                         }
                     };
@@ -384,7 +410,9 @@ impl<'p> Checker<'p> {
                     constant,
                 }
             }
-            ExprKind::Call { func, args, over } => self.check_call(ctx, e.span, func, args, over.as_ref()),
+            ExprKind::Call { func, args, over } => {
+                self.check_call(ctx, e.span, func, args, over.as_ref())
+            }
         }
     }
 
@@ -400,7 +428,7 @@ impl<'p> Checker<'p> {
             format!("{what}, but this is a {}", found.name()),
             ctx.file,
             span,
-            format!("{}", found.name()),
+            found.name(),
         )
         .help = Some(help.into());
     }
@@ -413,7 +441,11 @@ impl<'p> Checker<'p> {
             (x, y) => {
                 self.err(
                     codes::TYPE_MISMATCH,
-                    format!("{what} must have the same type; found {} and {}", x.name(), y.name()),
+                    format!(
+                        "{what} must have the same type; found {} and {}",
+                        x.name(),
+                        y.name()
+                    ),
                     ctx.file,
                     span,
                     format!("this is a {}", y.name()),
@@ -453,8 +485,17 @@ impl<'p> Checker<'p> {
             let ok = (ai.ty.is_numeric() && bi.ty.is_numeric())
                 || (eq && (ai.ty == bi.ty || ai.ty == Ty::Unknown || bi.ty == Ty::Unknown));
             if !ok {
-                let bad = if ai.ty.is_numeric() { (&bi, b) } else { (&ai, a) };
-                self.type_error(ctx, bad.1.span, &format!("`{}` compares numbers", op.text()), &bad.0.ty);
+                let bad = if ai.ty.is_numeric() {
+                    (&bi, b)
+                } else {
+                    (&ai, a)
+                };
+                self.type_error(
+                    ctx,
+                    bad.1.span,
+                    &format!("`{}` compares numbers", op.text()),
+                    &bad.0.ty,
+                );
             }
             let constant = both.map(|(x, y)| {
                 let r = match op {
@@ -475,11 +516,19 @@ impl<'p> Checker<'p> {
         }
         for (i, x) in [(&ai, a), (&bi, b)] {
             if !i.ty.is_numeric() {
-                self.type_error(ctx, x.span, &format!("`{}` needs numbers", op.text()), &i.ty);
+                self.type_error(
+                    ctx,
+                    x.span,
+                    &format!("`{}` needs numbers", op.text()),
+                    &i.ty,
+                );
                 return Info::new(Ty::Unknown, level);
             }
         }
-        let ty = if ai.ty == Ty::Int && bi.ty == Ty::Int && matches!(op, BinOp::Add | BinOp::Sub | BinOp::Mul) {
+        let ty = if ai.ty == Ty::Int
+            && bi.ty == Ty::Int
+            && matches!(op, BinOp::Add | BinOp::Sub | BinOp::Mul)
+        {
             Ty::Int
         } else if ai.ty == Ty::Unknown || bi.ty == Ty::Unknown {
             Ty::Unknown
@@ -493,7 +542,11 @@ impl<'p> Checker<'p> {
             BinOp::Div => x / y,
             _ => x.powf(y),
         });
-        Info { ty, level, constant }
+        Info {
+            ty,
+            level,
+            constant,
+        }
     }
 
     fn note_input(&mut self, name: &str, file: FileId, span: Span) {
@@ -515,8 +568,12 @@ impl<'p> Checker<'p> {
                 .chain(builtins::INPUTS.iter().map(|i| i.name))
                 .collect();
             let d = self.unknown_name(ctx, name, span, candidates);
-            d.notes.push("a function body sees only its parameters and the built-in inputs".into());
-            if d.help.as_deref().is_some_and(|h| h.starts_with("define it")) {
+            d.notes
+                .push("a function body sees only its parameters and the built-in inputs".into());
+            if d.help
+                .as_deref()
+                .is_some_and(|h| h.starts_with("define it"))
+            {
                 d.help = Some(format!("pass `{name}` to the function as a parameter"));
             }
             return Info::unknown();
@@ -525,7 +582,8 @@ impl<'p> Checker<'p> {
         if ctx.me != Some(name)
             && let Some(e) = self.entry(ctx.section, name)
         {
-            self.used.insert((ctx.section.to_string(), name.to_string()));
+            self.used
+                .insert((ctx.section.to_string(), name.to_string()));
             let _ = e;
             return self.eval_entry(ctx.section, name);
         }
@@ -563,7 +621,11 @@ impl<'p> Checker<'p> {
             }
             [] => {}
             many => {
-                let list = many.iter().map(|s| format!("`{s}.{name}`")).collect::<Vec<_>>().join(", ");
+                let list = many
+                    .iter()
+                    .map(|s| format!("`{s}.{name}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 self.err(
                     codes::UNKNOWN_NAME,
                     format!("`{name}` is ambiguous"),
@@ -579,7 +641,9 @@ impl<'p> Checker<'p> {
             && name != ctx.section
         {
             let help = match p.principal {
-                Some(k) => format!("section `{name}` has no value here; define `{name} = ...` or `{name}.{k}`"),
+                Some(k) => format!(
+                    "section `{name}` has no value here; define `{name} = ...` or `{name}.{k}`"
+                ),
                 None => format!("section `{name}` is a group of keys; write `{name}.KEY`"),
             };
             self.err(
@@ -601,7 +665,12 @@ impl<'p> Checker<'p> {
         }
         for s in &self.recipe.sections {
             candidates.push(s.name.clone());
-            candidates.extend(s.entries.iter().filter(|e| !e.is_let).map(|e| e.name.clone()));
+            candidates.extend(
+                s.entries
+                    .iter()
+                    .filter(|e| !e.is_let)
+                    .map(|e| e.name.clone()),
+            );
         }
         candidates.extend(builtins::INPUTS.iter().map(|i| i.name.to_string()));
         let cands: Vec<&str> = candidates.iter().map(|s| s.as_str()).collect();
@@ -609,7 +678,13 @@ impl<'p> Checker<'p> {
         Info::unknown()
     }
 
-    fn unknown_name(&mut self, ctx: &Ctx, name: &str, span: Span, candidates: Vec<&str>) -> &mut Diagnostic {
+    fn unknown_name(
+        &mut self,
+        ctx: &Ctx,
+        name: &str,
+        span: Span,
+        candidates: Vec<&str>,
+    ) -> &mut Diagnostic {
         let help = if builtins::builtin(name).is_some() {
             format!("`{name}` is a function; call it: `{name}(...)`")
         } else {
@@ -631,7 +706,12 @@ impl<'p> Checker<'p> {
 
     fn check_field(&mut self, ctx: &Ctx, base: &Expr, field: &keel_grammar::Ident) -> Info {
         let sec_name = match &base.kind {
-            ExprKind::Var(id) if builtins::section(&id.name).is_some() || self.recipe.section(&id.name).is_some() => id.name.clone(),
+            ExprKind::Var(id)
+                if builtins::section(&id.name).is_some()
+                    || self.recipe.section(&id.name).is_some() =>
+            {
+                id.name.clone()
+            }
             _ => {
                 let b = self.check_expr(ctx, base);
                 if b.ty != Ty::Unknown {
@@ -656,7 +736,10 @@ impl<'p> Checker<'p> {
                     field.span,
                     "not visible outside its section",
                 )
-                .help = Some(format!("make it a key: write `{} = ...` instead of `let {} = ...`", field.name, field.name));
+                .help = Some(format!(
+                    "make it a key: write `{} = ...` instead of `let {} = ...`",
+                    field.name, field.name
+                ));
                 return Info::unknown();
             }
             let mut i = self.eval_entry(&sec_name, &field.name);
@@ -686,7 +769,13 @@ impl<'p> Checker<'p> {
         let mut names: Vec<&str> = self
             .recipe
             .section(&sec_name)
-            .map(|s| s.entries.iter().filter(|e| !e.is_let).map(|e| e.name.as_str()).collect())
+            .map(|s| {
+                s.entries
+                    .iter()
+                    .filter(|e| !e.is_let)
+                    .map(|e| e.name.as_str())
+                    .collect()
+            })
             .unwrap_or_default();
         if let Some(s) = schema {
             names.extend(s.keys.iter().map(|k| k.name));
@@ -744,28 +833,49 @@ impl<'p> Checker<'p> {
         if let Some(b) = builtins::builtin(&func.name) {
             return self.check_builtin(ctx, span, b, func, args, over);
         }
-        let target = self.prog.modules.get(ctx.module).and_then(|m| m.scope.get(&func.name)).copied();
+        let target = self
+            .prog
+            .modules
+            .get(ctx.module)
+            .and_then(|m| m.scope.get(&func.name))
+            .copied();
         if let Some(Target::Fn { module, index }) = target {
             return self.check_user_call(ctx, span, module, index, func, args, over);
         }
         for a in args {
             self.check_expr(ctx, &a.value);
         }
-        let mut names: Vec<String> = builtins::BUILTINS.iter().map(|b| b.name.to_string()).collect();
+        let mut names: Vec<String> = builtins::BUILTINS
+            .iter()
+            .map(|b| b.name.to_string())
+            .collect();
         if let Some(m) = self.prog.modules.get(ctx.module) {
-            names.extend(m.scope.iter().filter(|(_, t)| matches!(t, Target::Fn { .. })).map(|(n, _)| n.clone()));
+            names.extend(
+                m.scope
+                    .iter()
+                    .filter(|(_, t)| matches!(t, Target::Fn { .. }))
+                    .map(|(n, _)| n.clone()),
+            );
         }
-        let home = crate::stdlib::FILES.iter().find(|(_, text)| {
-            text.contains(&format!("fn {}(", func.name))
-        });
-        let help = if builtins::input(&func.name).is_some() || builtins::section(&func.name).is_some() {
+        let home = crate::stdlib::FILES
+            .iter()
+            .find(|(_, text)| text.contains(&format!("fn {}(", func.name)));
+        let help = if builtins::input(&func.name).is_some()
+            || builtins::section(&func.name).is_some()
+        {
             format!("`{}` is a value, not a function", func.name)
         } else if let Some((module, _)) = home {
-            format!("`{}` is defined in `std/{module}`: add `import std/{module}`", func.name)
+            format!(
+                "`{}` is defined in `std/{module}`: add `import std/{module}`",
+                func.name
+            )
         } else {
             match suggest(&func.name, names.iter().map(|s| s.as_str())) {
                 Some(s) => format!("did you mean `{s}`?"),
-                None => "define it with `fn NAME(params) = expr`, or import the module that defines it".into(),
+                None => {
+                    "define it with `fn NAME(params) = expr`, or import the module that defines it"
+                        .into()
+                }
             }
         };
         self.err(
@@ -802,7 +912,11 @@ impl<'p> Checker<'p> {
                     if positional >= params.len() {
                         self.err(
                             codes::BAD_ARGUMENTS,
-                            format!("`{}` takes {} argument(s), but more were given", func.name, params.len()),
+                            format!(
+                                "`{}` takes {} argument(s), but more were given",
+                                func.name,
+                                params.len()
+                            ),
                             ctx.file,
                             a.value.span,
                             "extra argument",
@@ -829,7 +943,10 @@ impl<'p> Checker<'p> {
                     Some(i) => bound[i] = Some(&a.value),
                     None => {
                         let help = match suggest(&n.name, params.iter().map(|(p, _)| p.as_str())) {
-                            Some(s) => format!("did you mean `{s}`? the signature is `{}({sig})`", func.name),
+                            Some(s) => format!(
+                                "did you mean `{s}`? the signature is `{}({sig})`",
+                                func.name
+                            ),
                             None => format!("the signature is `{}({sig})`", func.name),
                         };
                         self.err(
@@ -894,12 +1011,25 @@ impl<'p> Checker<'p> {
             let want_bool = b.bool_first && i == 0;
             let is_branch = b.ret == Ret::Branches && i > 0;
             if want_bool && !info.ty.is_bool() {
-                self.type_error(ctx, *sp, &format!("`{}` needs a bool here", b.name), &info.ty);
+                self.type_error(
+                    ctx,
+                    *sp,
+                    &format!("`{}` needs a bool here", b.name),
+                    &info.ty,
+                );
             } else if !want_bool && !is_branch && b.name != "count" && !info.ty.is_numeric() {
-                self.type_error(ctx, *sp, &format!("`{}` needs a number here", b.name), &info.ty);
+                self.type_error(
+                    ctx,
+                    *sp,
+                    &format!("`{}` needs a number here", b.name),
+                    &info.ty,
+                );
             }
         }
-        let first = infos.first().and_then(|s| s.as_ref()).map(|(i, _)| i.clone());
+        let first = infos
+            .first()
+            .and_then(|s| s.as_ref())
+            .map(|(i, _)| i.clone());
         let arg_level = infos
             .iter()
             .flatten()
@@ -914,8 +1044,16 @@ impl<'p> Checker<'p> {
                 _ => Ty::Num,
             },
             Ret::Branches => {
-                let t1 = infos.get(1).and_then(|s| s.as_ref()).map(|(i, _)| i.ty.clone()).unwrap_or(Ty::Unknown);
-                let t2 = infos.get(2).and_then(|s| s.as_ref()).map(|(i, _)| i.ty.clone()).unwrap_or(Ty::Unknown);
+                let t1 = infos
+                    .get(1)
+                    .and_then(|s| s.as_ref())
+                    .map(|(i, _)| i.ty.clone())
+                    .unwrap_or(Ty::Unknown);
+                let t2 = infos
+                    .get(2)
+                    .and_then(|s| s.as_ref())
+                    .map(|(i, _)| i.ty.clone())
+                    .unwrap_or(Ty::Unknown);
                 self.unify(ctx, &t1, &t2, span, "the branches of `where`")
             }
         };
@@ -929,12 +1067,18 @@ impl<'p> Checker<'p> {
             if over.is_some() && given == 2 {
                 self.err(
                     codes::UNEXPECTED_OVER,
-                    format!("`{}` of two values is elementwise; it takes no `over`", b.name),
+                    format!(
+                        "`{}` of two values is elementwise; it takes no `over`",
+                        b.name
+                    ),
                     ctx.file,
                     span,
                     "two arguments and `over`",
                 )
-                .help = Some(format!("write `{0}(a, b)` for elementwise, or `{0}(x) over LEVEL` to reduce", b.name));
+                .help = Some(format!(
+                    "write `{0}(a, b)` for elementwise, or `{0}(x) over LEVEL` to reduce",
+                    b.name
+                ));
                 return Info::unknown();
             }
             if over.is_none() && given == 1 {
@@ -945,7 +1089,10 @@ impl<'p> Checker<'p> {
                     span,
                     "missing `over`",
                 )
-                .help = Some(format!("write `{}(x) over seq` (or token, group, batch)", b.name));
+                .help = Some(format!(
+                    "write `{}(x) over seq` (or token, group, batch)",
+                    b.name
+                ));
                 return Info::unknown();
             }
         }
@@ -962,7 +1109,8 @@ impl<'p> Checker<'p> {
             }
             let constant = match (b.kind, infos.as_slice()) {
                 (FnKind::Elementwise | FnKind::ElementwiseOrReduce, _) => {
-                    let cs: Option<Vec<f64>> = infos.iter().flatten().map(|(i, _)| i.constant).collect();
+                    let cs: Option<Vec<f64>> =
+                        infos.iter().flatten().map(|(i, _)| i.constant).collect();
                     cs.and_then(|cs| const_fn(b.name, &cs))
                 }
                 _ => None,
@@ -1006,7 +1154,10 @@ impl<'p> Checker<'p> {
                 span,
                 "missing `over`",
             )
-            .help = Some(format!("write `{}(...) over seq` (or token, group, batch, vocab)", b.name));
+            .help = Some(format!(
+                "write `{}(...) over seq` (or token, group, batch, vocab)",
+                b.name
+            ));
             return Info::unknown();
         };
         let Some(target) = self.over_level(ctx, o) else {
@@ -1017,9 +1168,16 @@ impl<'p> Checker<'p> {
         let operand_known = first.as_ref().is_none_or(|f| f.ty != Ty::Unknown);
         if operand_known && operand <= target {
             let what = if target == Level::Token {
-                format!("`over {}` reduces a vocabulary-level value to one per token", o.name)
+                format!(
+                    "`over {}` reduces a vocabulary-level value to one per token",
+                    o.name
+                )
             } else {
-                format!("`over {}` reduces to one value per {}", o.name, target.name())
+                format!(
+                    "`over {}` reduces to one value per {}",
+                    o.name,
+                    target.name()
+                )
             };
             self.err(
                 codes::BAD_REDUCTION_LEVEL,
@@ -1035,7 +1193,9 @@ impl<'p> Checker<'p> {
                 what,
             )
             .help = Some(match operand {
-                Level::Step => "this value is the same everywhere; there is nothing to reduce".to_string(),
+                Level::Step => {
+                    "this value is the same everywhere; there is nothing to reduce".to_string()
+                }
                 l => format!(
                     "it is already {}; reduce over a coarser level ({}) or drop the reduction",
                     l.adj(),
@@ -1044,7 +1204,11 @@ impl<'p> Checker<'p> {
             });
             return Info::unknown();
         }
-        let level = if b.kind == FnKind::Normalize { operand } else { target };
+        let level = if b.kind == FnKind::Normalize {
+            operand
+        } else {
+            target
+        };
         let ty = if b.kind == FnKind::Normalize && b.ret == Ret::Bool {
             Ty::Bool
         } else {
@@ -1081,7 +1245,10 @@ impl<'p> Checker<'p> {
         if let Some(o) = over {
             self.err(
                 codes::UNEXPECTED_OVER,
-                format!("`{}` is a function, not a reduction; it takes no `over`", func.name),
+                format!(
+                    "`{}` is a function, not a reduction; it takes no `over`",
+                    func.name
+                ),
                 ctx.file,
                 o.span,
                 "`over` not allowed here",
@@ -1142,7 +1309,11 @@ impl<'p> Checker<'p> {
         let info = self.check_expr(&body_ctx, &def.body);
         for d in &mut self.diags[before..] {
             if d.primary.file != ctx.file || !span.contains(d.primary.span.start) {
-                d.secondary.push(Label::new(ctx.file, span, format!("in this call of `{}`", func.name)));
+                d.secondary.push(Label::new(
+                    ctx.file,
+                    span,
+                    format!("in this call of `{}`", func.name),
+                ));
             }
         }
         self.fn_stack.pop();
@@ -1154,7 +1325,11 @@ impl<'p> Checker<'p> {
     fn check_section(&mut self, sec: &crate::resolve::SectionDef) {
         let schema = builtins::section(&sec.name);
         if schema.is_none() {
-            self.diags.push(crate::resolve::unknown_section(sec.file, &sec.name, sec.name_span));
+            self.diags.push(crate::resolve::unknown_section(
+                sec.file,
+                &sec.name,
+                sec.name_span,
+            ));
         }
         for (file, stmt) in &sec.stray {
             self.stray_statement(*file, &sec.name, stmt);
@@ -1171,7 +1346,9 @@ impl<'p> Checker<'p> {
                 .cloned()
                 .unwrap_or_else(Info::unknown);
             if e.is_let {
-                if e.file == self.recipe.file && !self.used.contains(&(sec.name.clone(), e.name.clone())) {
+                if e.file == self.recipe.file
+                    && !self.used.contains(&(sec.name.clone(), e.name.clone()))
+                {
                     self.diags.push(
                         Diagnostic::warning(
                             codes::UNUSED_LET,
@@ -1201,7 +1378,10 @@ impl<'p> Checker<'p> {
                 self.diags.push(
                     Diagnostic::error(
                         codes::NOT_STATE,
-                        format!("`update` assigns `{}`, which is not a state variable", e.name),
+                        format!(
+                            "`update` assigns `{}`, which is not a state variable",
+                            e.name
+                        ),
                         Label::new(e.file, e.name_span, "not declared in `state`"),
                     )
                     .with_help(help),
@@ -1255,7 +1435,9 @@ impl<'p> Checker<'p> {
             // Type.
             let ty_ok = match key.map(|k| k.ty) {
                 Some(KeyTy::Num) => info.ty.is_numeric(),
-                Some(KeyTy::Int) => info.ty == Ty::Int || info.constant.is_some_and(|c| c.fract() == 0.0),
+                Some(KeyTy::Int) => {
+                    info.ty == Ty::Int || info.constant.is_some_and(|c| c.fract() == 0.0)
+                }
                 Some(KeyTy::Bool) => info.ty.is_bool(),
                 Some(KeyTy::Str) => info.ty == Ty::Str,
                 Some(KeyTy::Sym(_)) | Some(KeyTy::Any) => true,
@@ -1274,8 +1456,17 @@ impl<'p> Checker<'p> {
                 self.diags.push(
                     Diagnostic::error(
                         codes::TYPE_MISMATCH,
-                        format!("`{}.{}` must be {want}, but this is a {}", sec.name, e.name, info.ty.name()),
-                        Label::new(e.file, e.value.span, format!("this is a {}", info.ty.name())),
+                        format!(
+                            "`{}.{}` must be {want}, but this is a {}",
+                            sec.name,
+                            e.name,
+                            info.ty.name()
+                        ),
+                        Label::new(
+                            e.file,
+                            e.value.span,
+                            format!("this is a {}", info.ty.name()),
+                        ),
                     )
                     .with_help(match info.ty {
                         Ty::Bool => "turn a bool into a number with `float(b)`".to_string(),
@@ -1285,18 +1476,33 @@ impl<'p> Checker<'p> {
                 continue;
             }
             // Known before training?
-            let needs_constant = matches!(sec.name.as_str(), "model" | "task" | "rollout" | "state");
-            if needs_constant && info.constant.is_none() && info.ty != Ty::Str && !matches!(info.ty, Ty::Sym(_)) {
+            let needs_constant =
+                matches!(sec.name.as_str(), "model" | "task" | "rollout" | "state");
+            if needs_constant
+                && info.constant.is_none()
+                && info.ty != Ty::Str
+                && !matches!(info.ty, Ty::Sym(_))
+            {
                 self.diags.push(
                     Diagnostic::error(
                         codes::NOT_CONSTANT,
-                        format!("`{}.{}` must be fixed before training starts", sec.name, e.name),
-                        Label::new(e.file, e.value.span, "depends on the training step or on state"),
+                        format!(
+                            "`{}.{}` must be fixed before training starts",
+                            sec.name, e.name
+                        ),
+                        Label::new(
+                            e.file,
+                            e.value.span,
+                            "depends on the training step or on state",
+                        ),
                     )
                     .with_help(if sec.name == "state" {
                         "give the initial value as a number; change it in `update`".to_string()
                     } else {
-                        format!("write a constant; `{}` cannot change during a run", sec.name)
+                        format!(
+                            "write a constant; `{}` cannot change during a run",
+                            sec.name
+                        )
                     }),
                 );
                 continue;
@@ -1314,7 +1520,13 @@ impl<'p> Checker<'p> {
                 } else {
                     (codes::SUSPICIOUS_VALUE, false)
                 };
-                let msg = format!("`{}.{}` is {}, but it must be {}", sec.name, e.name, fmt_num(c), k.range.describe());
+                let msg = format!(
+                    "`{}.{}` is {}, but it must be {}",
+                    sec.name,
+                    e.name,
+                    fmt_num(c),
+                    k.range.describe()
+                );
                 let label = Label::new(e.file, e.value.span, format!("= {}", fmt_num(c)));
                 let mut d = if strict {
                     Diagnostic::error(code, msg, label)
@@ -1332,14 +1544,27 @@ impl<'p> Checker<'p> {
 
     fn suspicious(&mut self, e: &Entry, section: &str, key: &str, c: f64) {
         let msg = match (section, key) {
-            ("optimizer", "lr") if c > 0.01 => format!("a learning rate of {} is unusually large for RL fine-tuning", fmt_num(c)),
-            ("rollout", "temperature") if c > 2.0 => format!("sampling at temperature {} produces mostly noise", fmt_num(c)),
-            ("entropy", "coef") if c > 0.1 => format!("an entropy coefficient of {} usually dominates the loss", fmt_num(c)),
+            ("optimizer", "lr") if c > 0.01 => format!(
+                "a learning rate of {} is unusually large for RL fine-tuning",
+                fmt_num(c)
+            ),
+            ("rollout", "temperature") if c > 2.0 => format!(
+                "sampling at temperature {} produces mostly noise",
+                fmt_num(c)
+            ),
+            ("entropy", "coef") if c > 0.1 => format!(
+                "an entropy coefficient of {} usually dominates the loss",
+                fmt_num(c)
+            ),
             _ => return,
         };
         self.diags.push(
-            Diagnostic::warning(codes::SUSPICIOUS_VALUE, msg, Label::new(e.file, e.value.span, "this value"))
-                .with_help("double-check the value; this is a warning, the recipe still runs"),
+            Diagnostic::warning(
+                codes::SUSPICIOUS_VALUE,
+                msg,
+                Label::new(e.file, e.value.span, "this value"),
+            )
+            .with_help("double-check the value; this is a warning, the recipe still runs"),
         );
     }
 
@@ -1349,14 +1574,19 @@ impl<'p> Checker<'p> {
             (_, Level::Step) => format!(
                 "`{section}` values are fixed on the host before the batch is seen; compute data-dependent values in `objective`/`credit`, or reduce them over the batch into `state` via `update`"
             ),
-            (_, Level::Batch) => format!("reduce it to one number per step, e.g. `mean(...) over batch`"),
+            (_, Level::Batch) => "reduce it to one number per step, e.g. `mean(...) over batch`".to_string(),
             (_, Level::Seq) => "the reward is per sequence; reduce token values with `sum(x) over seq`".to_string(),
             _ => format!("reduce it with `... over {}`", allowed.name()),
         };
         self.diags.push(
             Diagnostic::error(
                 codes::LEVEL_MISMATCH,
-                format!("`{section}.{}` must be at most {}, but its value is {}", e.name, allowed.adj(), found.adj()),
+                format!(
+                    "`{section}.{}` must be at most {}, but its value is {}",
+                    e.name,
+                    allowed.adj(),
+                    found.adj()
+                ),
                 Label::new(e.file, e.value.span, format!("{} value", found.adj())),
             )
             .with_help(help),
@@ -1368,7 +1598,10 @@ impl<'p> Checker<'p> {
             Stmt::Command { name, arg, span } => {
                 let help = match arg {
                     Some(_) => format!("did you mean `{} = ...`? definitions need `=`", name.name),
-                    None => format!("write `{} = VALUE`; actions like `stop` belong in a guard", name.name),
+                    None => format!(
+                        "write `{} = VALUE`; actions like `stop` belong in a guard",
+                        name.name
+                    ),
                 };
                 self.diags.push(
                     Diagnostic::error(
@@ -1419,7 +1652,10 @@ impl<'p> Checker<'p> {
             self.diags.push(
                 Diagnostic::error(
                     codes::LEVEL_MISMATCH,
-                    format!("a guard condition must be one value per step, but this is {}", c.level.adj()),
+                    format!(
+                        "a guard condition must be one value per step, but this is {}",
+                        c.level.adj()
+                    ),
                     Label::new(file, g.cond.span, format!("{} condition", c.level.adj())),
                 )
                 .with_help("reduce it over the batch, e.g. `mean(entropy) over batch < 0.05`"),
@@ -1436,40 +1672,70 @@ impl<'p> Checker<'p> {
                     (n.span, "not a positive whole number".to_string())
                 };
                 self.diags.push(
-                    Diagnostic::error(codes::BAD_WINDOW, "a guard window is `for N steps` with N a positive whole number", Label::new(file, span, label))
-                        .with_help("write e.g. `for 20 steps`"),
+                    Diagnostic::error(
+                        codes::BAD_WINDOW,
+                        "a guard window is `for N steps` with N a positive whole number",
+                        Label::new(file, span, label),
+                    )
+                    .with_help("write e.g. `for 20 steps`"),
                 );
             }
         }
         for a in &g.actions {
             match a {
                 Stmt::Command { name, arg, span } => {
-                    let Some((_, arg_ty, _)) = builtins::ACTIONS.iter().find(|(n, _, _)| *n == name.name) else {
-                        let names: Vec<&str> = builtins::ACTIONS.iter().map(|(n, _, _)| *n).collect();
+                    let Some((_, arg_ty, _)) =
+                        builtins::ACTIONS.iter().find(|(n, _, _)| *n == name.name)
+                    else {
+                        let names: Vec<&str> =
+                            builtins::ACTIONS.iter().map(|(n, _, _)| *n).collect();
                         let help = match suggest(&name.name, names.iter().copied()) {
                             Some(s) => format!("did you mean `{s}`?"),
-                            None => format!("actions are {}, or `name = value` / `name *= factor`", names.join(", ")),
+                            None => format!(
+                                "actions are {}, or `name = value` / `name *= factor`",
+                                names.join(", ")
+                            ),
                         };
                         self.diags.push(
-                            Diagnostic::error(codes::BAD_ACTION, format!("`{}` is not a guard action", name.name), Label::new(file, name.span, "unknown action"))
-                                .with_help(help),
+                            Diagnostic::error(
+                                codes::BAD_ACTION,
+                                format!("`{}` is not a guard action", name.name),
+                                Label::new(file, name.span, "unknown action"),
+                            )
+                            .with_help(help),
                         );
                         continue;
                     };
                     let arg_info = arg.as_ref().map(|e| (self.check_expr(&ctx, e), e.span));
                     let bad = match (arg_ty, &arg_info) {
-                        (Some(_), None) => Some(format!("`{}` needs a number of steps, e.g. `{} 50`", name.name, name.name)),
-                        (Some(_), Some((i, _))) if !i.constant.is_some_and(|v| v >= 1.0 && v.fract() == 0.0) => {
-                            Some(format!("`{}` needs a positive whole number of steps", name.name))
+                        (Some(_), None) => Some(format!(
+                            "`{}` needs a number of steps, e.g. `{} 50`",
+                            name.name, name.name
+                        )),
+                        (Some(_), Some((i, _)))
+                            if !i.constant.is_some_and(|v| v >= 1.0 && v.fract() == 0.0) =>
+                        {
+                            Some(format!(
+                                "`{}` needs a positive whole number of steps",
+                                name.name
+                            ))
                         }
-                        (None, Some((i, _))) if name.name == "warn" && i.ty != Ty::Str => Some("`warn` takes an optional message string".to_string()),
-                        (None, Some(_)) if name.name != "warn" => Some(format!("`{}` takes no argument", name.name)),
+                        (None, Some((i, _))) if name.name == "warn" && i.ty != Ty::Str => {
+                            Some("`warn` takes an optional message string".to_string())
+                        }
+                        (None, Some(_)) if name.name != "warn" => {
+                            Some(format!("`{}` takes no argument", name.name))
+                        }
                         _ => None,
                     };
                     if let Some(msg) = bad {
                         self.diags.push(
-                            Diagnostic::error(codes::BAD_ACTION, msg.clone(), Label::new(file, *span, "malformed action"))
-                                .with_help(msg),
+                            Diagnostic::error(
+                                codes::BAD_ACTION,
+                                msg.clone(),
+                                Label::new(file, *span, "malformed action"),
+                            )
+                            .with_help(msg),
                         );
                     }
                 }
@@ -1480,12 +1746,21 @@ impl<'p> Checker<'p> {
                                 .recipe
                                 .sections
                                 .iter()
-                                .filter(|s| s.entries.iter().any(|e| e.name == k.name && !e.is_let) || builtins::section(&s.name).and_then(|x| x.key(&k.name)).is_some())
+                                .filter(|s| {
+                                    s.entries.iter().any(|e| e.name == k.name && !e.is_let)
+                                        || builtins::section(&s.name)
+                                            .and_then(|x| x.key(&k.name))
+                                            .is_some()
+                                })
                                 .filter(|s| s.name != "update" && s.name != "monitor")
                                 .map(|s| s.name.clone())
                                 .collect();
                             let owners = if owners.is_empty() {
-                                builtins::SECTIONS.iter().filter(|s| s.key(&k.name).is_some()).map(|s| s.name.to_string()).collect()
+                                builtins::SECTIONS
+                                    .iter()
+                                    .filter(|s| s.key(&k.name).is_some())
+                                    .map(|s| s.name.to_string())
+                                    .collect()
                             } else {
                                 owners
                             };
@@ -1494,7 +1769,11 @@ impl<'p> Checker<'p> {
                                 _ => None,
                             }
                         }
-                        [s, k] => (self.entry(&s.name, &k.name).is_some() || builtins::section(&s.name).and_then(|x| x.key(&k.name)).is_some()).then(|| s.name.clone()),
+                        [s, k] => (self.entry(&s.name, &k.name).is_some()
+                            || builtins::section(&s.name)
+                                .and_then(|x| x.key(&k.name))
+                                .is_some())
+                        .then(|| s.name.clone()),
                         _ => None,
                     };
                     if target.is_none() {
@@ -1514,7 +1793,10 @@ impl<'p> Checker<'p> {
                         self.diags.push(
                             Diagnostic::error(
                                 codes::LEVEL_MISMATCH,
-                                format!("a guard action assigns one value per step, but this is {}", v.level.adj()),
+                                format!(
+                                    "a guard action assigns one value per step, but this is {}",
+                                    v.level.adj()
+                                ),
                                 Label::new(file, asg.value.span, "too fine"),
                             )
                             .with_help("reduce it over the batch first"),
@@ -1523,8 +1805,12 @@ impl<'p> Checker<'p> {
                 }
                 Stmt::Let { name, .. } => {
                     self.diags.push(
-                        Diagnostic::error(codes::BAD_ACTION, "`let` is not a guard action", Label::new(file, name.span, "let inside a guard"))
-                            .with_help("compute the value in the condition, or in `state`/`update`"),
+                        Diagnostic::error(
+                            codes::BAD_ACTION,
+                            "`let` is not a guard action",
+                            Label::new(file, name.span, "let inside a guard"),
+                        )
+                        .with_help("compute the value in the condition, or in `state`/`update`"),
                     );
                 }
                 Stmt::Error(_) => {}
@@ -1534,13 +1820,19 @@ impl<'p> Checker<'p> {
 
     fn check_recipe_rules(&mut self) {
         let r = self.recipe;
-        if !r.base_missing && r.section("objective").and_then(|s| s.entry("loss")).is_none() {
+        if !r.base_missing
+            && r.section("objective")
+                .and_then(|s| s.entry("loss"))
+                .is_none()
+        {
             let mut d = Diagnostic::error(
                 codes::NO_LOSS,
                 format!("recipe `{}` defines no loss", r.name),
                 Label::new(r.file, r.name_span, "no `objective.loss`"),
             )
-            .with_help("add `objective { loss = ... }`, or extend a stdlib recipe: `extends std/grpo`");
+            .with_help(
+                "add `objective { loss = ... }`, or extend a stdlib recipe: `extends std/grpo`",
+            );
             if !r.bases.is_empty() {
                 d = d.with_note(format!("inherited from: {}", r.bases.join(" → ")));
             }

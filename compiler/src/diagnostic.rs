@@ -110,7 +110,10 @@ impl Diagnostic {
         };
         let mut report = Report::build(
             kind,
-            (name(self.primary.file), clamp(self.primary.file, self.primary.span)),
+            (
+                name(self.primary.file),
+                clamp(self.primary.file, self.primary.span),
+            ),
         )
         .with_config(
             Config::default()
@@ -132,8 +135,8 @@ impl Diagnostic {
         }
         report = report.with_label(primary);
         for (i, l) in self.secondary.iter().enumerate() {
-            let mut label = ALabel::new((name(l.file), clamp(l.file, l.span)))
-                .with_order(i as i32 + 1);
+            let mut label =
+                ALabel::new((name(l.file), clamp(l.file, l.span))).with_order(i as i32 + 1);
             if !l.message.is_empty() {
                 label = label.with_message(&l.message);
             }
@@ -148,7 +151,11 @@ impl Diagnostic {
         if let Some(h) = &self.help {
             report = report.with_help(h);
         }
-        let cache = ariadne::sources(sources.iter().map(|(_, s)| (s.name.clone(), s.text.clone())));
+        let cache = ariadne::sources(
+            sources
+                .iter()
+                .map(|(_, s)| (s.name.clone(), s.text.clone())),
+        );
         let mut out = Vec::new();
         if report.finish().write(cache, &mut out).is_err() {
             return self.plain_line(sources);

@@ -12,8 +12,8 @@
 //! stays on one line: `rollout { group = 8, temperature = 1.0 }`.
 
 use keel_grammar::{
-    parse, Arg, Assign, Comment, Expr, ExprKind, File, FnDef, Guard, Item, Member, ModPath,
-    Recipe, Span, Stmt, UnOp,
+    Arg, Assign, Comment, Expr, ExprKind, File, FnDef, Guard, Item, Member, ModPath, Recipe, Span,
+    Stmt, UnOp, parse,
 };
 
 const INDENT: &str = "    ";
@@ -136,7 +136,9 @@ impl Formatter<'_> {
         for item in items {
             if let Some(p) = prev {
                 let both_imports = matches!(p, Item::Import(_)) && matches!(item, Item::Import(_));
-                if !both_imports || self.blank_between(p.span().end, self.comment_start(item.span().start)) {
+                if !both_imports
+                    || self.blank_between(p.span().end, self.comment_start(item.span().start))
+                {
                     self.blank();
                 }
             }
@@ -179,7 +181,12 @@ impl Formatter<'_> {
         self.leading(0, f.body.span.start);
         self.line(
             0,
-            &format!("fn {}({}) = {}", f.name.name, params.join(", "), expr(&f.body)),
+            &format!(
+                "fn {}({}) = {}",
+                f.name.name,
+                params.join(", "),
+                expr(&f.body)
+            ),
         );
         self.hoist_inside(0, f.span);
     }
@@ -311,7 +318,11 @@ impl Formatter<'_> {
 
 fn is_simple(e: &Expr) -> bool {
     match &e.kind {
-        ExprKind::Number { .. } | ExprKind::Bool(_) | ExprKind::Str(_) | ExprKind::Var(_) | ExprKind::None => true,
+        ExprKind::Number { .. }
+        | ExprKind::Bool(_)
+        | ExprKind::Str(_)
+        | ExprKind::Var(_)
+        | ExprKind::None => true,
         ExprKind::Unary(UnOp::Neg, x) => is_simple(x),
         _ => false,
     }
@@ -367,7 +378,11 @@ pub fn expr(e: &Expr) -> String {
         ExprKind::Unary(UnOp::Neg, x) => format!("-{}", expr(x)),
         ExprKind::Unary(UnOp::Not, x) => format!("not {}", expr(x)),
         ExprKind::Binary(op, a, b) => format!("{} {} {}", expr(a), op.text(), expr(b)),
-        ExprKind::Call { func, args: a, over } => {
+        ExprKind::Call {
+            func,
+            args: a,
+            over,
+        } => {
             let mut s = format!("{}({})", func.name, args(a));
             if let Some(o) = over {
                 s.push_str(&format!(" over {}", o.name));

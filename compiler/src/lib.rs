@@ -92,10 +92,21 @@ fn check_on_this_thread(db: &dyn SourceDb, name: &str, text: &str) -> Checked {
         recipes.push(checked);
     }
     diagnostics.sort_by(|a, b| {
-        (a.primary.file, a.primary.span.start, a.primary.span.end, a.code)
-            .cmp(&(b.primary.file, b.primary.span.start, b.primary.span.end, b.code))
+        (
+            a.primary.file,
+            a.primary.span.start,
+            a.primary.span.end,
+            a.code,
+        )
+            .cmp(&(
+                b.primary.file,
+                b.primary.span.start,
+                b.primary.span.end,
+                b.code,
+            ))
     });
-    diagnostics.dedup_by(|a, b| a.primary == b.primary && a.code == b.code && a.message == b.message);
+    diagnostics
+        .dedup_by(|a, b| a.primary == b.primary && a.code == b.code && a.message == b.message);
     Checked {
         program,
         recipes,

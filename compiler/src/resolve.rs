@@ -9,12 +9,12 @@
 
 use crate::builtins;
 use crate::codes::{self, Code};
-use crate::diagnostic::{suggest, Diagnostic, Label};
+use crate::diagnostic::{Diagnostic, Label, suggest};
 use crate::source::{FileId, SourceDb, Sources};
 use crate::stdlib;
 use keel_grammar::{
-    parse, Assign, AssignOp, Expr, ExprKind, File, FnDef, Guard, Ident, Item, Member, ModPath,
-    Recipe, Span, Stmt, SyntaxError,
+    Assign, AssignOp, Expr, ExprKind, File, FnDef, Guard, Ident, Item, Member, ModPath, Recipe,
+    Span, Stmt, SyntaxError, parse,
 };
 use std::collections::HashMap;
 
@@ -154,7 +154,13 @@ impl Program {
         let items = self.modules[index].ast.items.clone();
         for (i, item) in items.iter().enumerate() {
             let (name, target) = match item {
-                Item::Recipe(r) => (&r.name, Target::Recipe { module: index, index: i }),
+                Item::Recipe(r) => (
+                    &r.name,
+                    Target::Recipe {
+                        module: index,
+                        index: i,
+                    },
+                ),
                 Item::Fn(f) => {
                     if builtins::builtin(&f.name.name).is_some() {
                         self.diagnostics.push(
@@ -167,7 +173,13 @@ impl Program {
                         );
                         continue;
                     }
-                    (&f.name, Target::Fn { module: index, index: i })
+                    (
+                        &f.name,
+                        Target::Fn {
+                            module: index,
+                            index: i,
+                        },
+                    )
                 }
                 _ => continue,
             };
@@ -197,8 +209,20 @@ impl Program {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, it)| match it {
-                    Item::Recipe(r) => Some((r.name.name.clone(), Target::Recipe { module: m, index: i })),
-                    Item::Fn(f) => Some((f.name.name.clone(), Target::Fn { module: m, index: i })),
+                    Item::Recipe(r) => Some((
+                        r.name.name.clone(),
+                        Target::Recipe {
+                            module: m,
+                            index: i,
+                        },
+                    )),
+                    Item::Fn(f) => Some((
+                        f.name.name.clone(),
+                        Target::Fn {
+                            module: m,
+                            index: i,
+                        },
+                    )),
                     _ => None,
                 })
                 .collect();
@@ -248,9 +272,11 @@ impl Program {
                 let names: Vec<&str> = segs.iter().map(|s| s.name.as_str()).collect();
                 match names.as_slice() {
                     ["std", name] => match stdlib::get(name) {
-                        Some(text) => {
-                            Some(self.add_module(db, format!("std/{name}.recipe"), text.to_string()))
-                        }
+                        Some(text) => Some(self.add_module(
+                            db,
+                            format!("std/{name}.recipe"),
+                            text.to_string(),
+                        )),
                         None => {
                             let mut d = Diagnostic::error(
                                 codes::UNKNOWN_MODULE,
@@ -309,7 +335,11 @@ impl Program {
 
     /// Merge every recipe declared in module `module`.
     pub fn merge_all(&mut self, module: usize) -> Vec<Merged> {
-        let count = self.modules.get(module).map(|m| m.ast.items.len()).unwrap_or(0);
+        let count = self
+            .modules
+            .get(module)
+            .map(|m| m.ast.items.len())
+            .unwrap_or(0);
         let mut out = Vec::new();
         for i in 0..count {
             if self.recipe(module, i).is_some() {
@@ -418,7 +448,9 @@ impl Program {
                                 "`{0}` is in the stdlib: add `import std/{0}` or write `extends std/{0}`",
                                 name.name
                             ));
-                        } else if let Some(s) = suggest(&name.name, candidates.iter().map(|s| s.as_str())) {
+                        } else if let Some(s) =
+                            suggest(&name.name, candidates.iter().map(|s| s.as_str()))
+                        {
                             d = d.with_help(format!("did you mean `{s}`?"));
                         } else {
                             d = d.with_help("define the recipe in this file or import it");
@@ -444,9 +476,16 @@ impl Program {
                             Diagnostic::error(
                                 codes::UNKNOWN_MODULE,
                                 format!("`{full}` is not imported"),
-                                Label::new(file, path.span(), "extends a file that was not imported"),
+                                Label::new(
+                                    file,
+                                    path.span(),
+                                    "extends a file that was not imported",
+                                ),
                             )
-                            .with_help(format!("add `import \"{}\"` at the top of the file", path.display())),
+                            .with_help(format!(
+                                "add `import \"{}\"` at the top of the file",
+                                path.display()
+                            )),
                         );
                         return None;
                     }
@@ -547,7 +586,9 @@ fn apply_members(merged: &mut Merged, recipe: &Recipe, file: FileId, diags: &mut
                     }
                 }
             }
-            Member::Assign(a) => apply_assign(merged, a, file, &recipe.name.name, diags, &mut note_own),
+            Member::Assign(a) => {
+                apply_assign(merged, a, file, &recipe.name.name, diags, &mut note_own)
+            }
             Member::Guard(g) => {
                 if let Some(n) = &g.name {
                     if !note_own(format!("guard {}", n.name), n.span, diags) {
@@ -579,10 +620,16 @@ fn apply_assign(
         diags.push(
             Diagnostic::error(
                 codes::COMPOUND_OUTSIDE_GUARD,
-                format!("`{}` can only change a value inside a guard action", a.op.text()),
+                format!(
+                    "`{}` can only change a value inside a guard action",
+                    a.op.text()
+                ),
                 Label::new(file, a.span, "compound assignment here"),
             )
-            .with_help(format!("write `{} = ...` with the new value", a.path_text())),
+            .with_help(format!(
+                "write `{} = ...` with the new value",
+                a.path_text()
+            )),
         );
         return;
     }
@@ -664,7 +711,12 @@ pub(crate) fn unknown_section(file: FileId, name: &str, span: Span) -> Diagnosti
     }
 }
 
-fn section_mut<'a>(merged: &'a mut Merged, name: &str, file: FileId, span: Span) -> &'a mut SectionDef {
+fn section_mut<'a>(
+    merged: &'a mut Merged,
+    name: &str,
+    file: FileId,
+    span: Span,
+) -> &'a mut SectionDef {
     let pos = match merged.sections.iter().position(|s| s.name == name) {
         Some(p) => p,
         None => {
@@ -681,7 +733,14 @@ fn section_mut<'a>(merged: &'a mut Merged, name: &str, file: FileId, span: Span)
     &mut merged.sections[pos]
 }
 
-fn upsert(def: &mut SectionDef, name: &Ident, is_let: bool, value: Expr, file: FileId, owner: &str) {
+fn upsert(
+    def: &mut SectionDef,
+    name: &Ident,
+    is_let: bool,
+    value: Expr,
+    file: FileId,
+    owner: &str,
+) {
     let entry = Entry {
         name: name.name.clone(),
         is_let,
@@ -734,7 +793,8 @@ pub fn syntax_diagnostic(file: FileId, e: &SyntaxError) -> Diagnostic {
                 ),
             );
             d = d.with_help(if found == "`if`" {
-                "an `if` inside a larger expression needs parentheses: `x * (if c then a else b)`".to_string()
+                "an `if` inside a larger expression needs parentheses: `x * (if c then a else b)`"
+                    .to_string()
             } else if found.contains("`=`") && expected.iter().any(|x| x == "`}`") {
                 "the previous line looks unfinished; complete its expression".to_string()
             } else if expected.iter().any(|x| x == "an expression") {
@@ -779,11 +839,18 @@ pub fn syntax_diagnostic(file: FileId, e: &SyntaxError) -> Diagnostic {
             format!("this delimiter is never closed; expected `{closer}`"),
             Label::new(file, *open, "opened here"),
         )
-        .with_label(Label::new(file, Span::new(*at, *at), format!("`{closer}` assumed here")))
+        .with_label(Label::new(
+            file,
+            Span::new(*at, *at),
+            format!("`{closer}` assumed here"),
+        ))
         .with_help(format!("add the matching `{closer}`")),
         SyntaxError::TooDeep { span } => Diagnostic::error(
             codes::TOO_DEEP,
-            format!("this expression is nested more than {} levels deep", keel_grammar::MAX_DEPTH),
+            format!(
+                "this expression is nested more than {} levels deep",
+                keel_grammar::MAX_DEPTH
+            ),
             Label::new(file, *span, "too deep"),
         )
         .with_help("split it into `let` bindings"),

@@ -6,8 +6,8 @@
 //! expression nested deeper than [`MAX_DEPTH`] with an error node and reports
 //! it. The walk and the disposal of the cut subtree are iterative.
 
-use crate::ast::*;
 use crate::SyntaxError;
+use crate::ast::*;
 
 /// Deeper than any hand-written recipe, shallow enough for every recursive
 /// pass on a small thread stack.
@@ -27,7 +27,9 @@ pub(crate) fn limit_depth(file: &mut File, errors: &mut Vec<SyntaxError>) {
             Item::Recipe(r) => {
                 for m in &mut r.members {
                     match m {
-                        Member::Section(s) => s.body.iter_mut().for_each(|st| limit_stmt(st, errors)),
+                        Member::Section(s) => {
+                            s.body.iter_mut().for_each(|st| limit_stmt(st, errors))
+                        }
                         Member::Assign(a) => limit(&mut a.value, errors),
                         Member::Guard(g) => {
                             limit(&mut g.cond, errors);

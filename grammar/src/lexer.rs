@@ -220,7 +220,11 @@ pub enum LexError {
     /// A string with no closing quote on its line.
     UnterminatedStr(Span),
     /// An opening bracket never closed; `at_eof` is where the closer was assumed.
-    Unclosed { open: Span, at_eof: usize, closer: char },
+    Unclosed {
+        open: Span,
+        at_eof: usize,
+        closer: char,
+    },
     /// A closing bracket with no matching opener; it is dropped.
     Unopened(Span),
 }

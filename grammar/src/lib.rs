@@ -19,8 +19,8 @@ lalrpop_mod!(
 );
 
 pub use ast::*;
-pub use lexer::{LexError, Tok};
 pub use depth::MAX_DEPTH;
+pub use lexer::{LexError, Tok};
 pub use sexp::sexp;
 
 /// An error the parser recovered from.
@@ -42,11 +42,7 @@ pub enum SyntaxError {
     /// A string literal with no closing quote.
     UnterminatedStr { span: Span },
     /// A bracket that is never closed.
-    Unclosed {
-        open: Span,
-        at: usize,
-        closer: char,
-    },
+    Unclosed { open: Span, at: usize, closer: char },
     /// A closing bracket with nothing to close.
     Unopened { span: Span, ch: String },
     /// An expression nested deeper than [`MAX_DEPTH`]; replaced by an error node.
@@ -205,14 +201,26 @@ fn tidy_expected(expected: Vec<String>) -> Vec<String> {
     out.dedup();
     // Collapse the long "any expression" lists into one phrase.
     let expr_starts = ["`(`", "`-`", "`not`", "`if`", "`[`", "integer", "float"];
-    if expr_starts.iter().filter(|s| out.contains(&s.to_string())).count() >= 5 {
-        out.retain(|s| !expr_starts.contains(&s.as_str()) && s != "`true`" && s != "`false`" && s != "`none`" && s != "string" && s != "identifier");
+    if expr_starts
+        .iter()
+        .filter(|s| out.contains(&s.to_string()))
+        .count()
+        >= 5
+    {
+        out.retain(|s| {
+            !expr_starts.contains(&s.as_str())
+                && s != "`true`"
+                && s != "`false`"
+                && s != "`none`"
+                && s != "string"
+                && s != "identifier"
+        });
         out.insert(0, "an expression".to_string());
     }
     // Collapse the operators that could continue an expression.
     let ops = [
-        "`!=`", "`*`", "`+`", "`-`", "`/`", "`<=`", "`<`", "`==`", "`>=`", "`>`", "`^`",
-        "`and`", "`or`", "`.`", "`[`", "`(`",
+        "`!=`", "`*`", "`+`", "`-`", "`/`", "`<=`", "`<`", "`==`", "`>=`", "`>`", "`^`", "`and`",
+        "`or`", "`.`", "`[`", "`(`",
     ];
     if ops.iter().filter(|s| out.contains(&s.to_string())).count() >= 6 {
         out.retain(|s| !ops.contains(&s.as_str()));

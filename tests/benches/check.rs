@@ -1,7 +1,7 @@
 //! `keel check` of a generated 1,000-line recipe: parse, resolve (with the
 //! stdlib imports), check, and render nothing (it is clean).
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 
 fn bench_check(c: &mut Criterion) {
@@ -14,7 +14,9 @@ fn bench_check(c: &mut Criterion) {
             black_box(checked.recipes.len())
         })
     });
-    group.bench_function("parse_1000_lines", |b| b.iter(|| black_box(keel_grammar::parse(black_box(&src)).1.len())));
+    group.bench_function("parse_1000_lines", |b| {
+        b.iter(|| black_box(keel_grammar::parse(black_box(&src)).1.len()))
+    });
     group.bench_function("format_1000_lines", |b| {
         b.iter(|| black_box(keel_compiler::format::format_source(black_box(&src)).map(|s| s.len())))
     });
