@@ -147,3 +147,30 @@ fn generated_benchmark_recipe_is_clean_and_long() {
     let c = keel_tests::check_str(&src);
     assert!(c.diagnostics.is_empty(), "{}", render(&c));
 }
+
+#[test]
+fn language_reference_lists_every_builtin_and_input() {
+    let doc =
+        std::fs::read_to_string(keel_tests::root().join("docs/language.md")).unwrap_or_default();
+    for b in keel_compiler::builtins::BUILTINS {
+        assert!(
+            doc.contains(b.name),
+            "docs/language.md does not mention `{}`",
+            b.name
+        );
+    }
+    for i in keel_compiler::builtins::INPUTS {
+        assert!(
+            doc.contains(&format!("`{}`", i.name)),
+            "docs/language.md does not list input `{}`",
+            i.name
+        );
+    }
+    for s in keel_compiler::builtins::SECTIONS {
+        assert!(
+            doc.contains(&format!("`{}`", s.name)),
+            "docs/language.md does not list section `{}`",
+            s.name
+        );
+    }
+}

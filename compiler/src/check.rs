@@ -860,24 +860,23 @@ impl<'p> Checker<'p> {
         let home = crate::stdlib::FILES
             .iter()
             .find(|(_, text)| text.contains(&format!("fn {}(", func.name)));
-        let help = if builtins::input(&func.name).is_some()
-            || builtins::section(&func.name).is_some()
-        {
-            format!("`{}` is a value, not a function", func.name)
-        } else if let Some((module, _)) = home {
-            format!(
-                "`{}` is defined in `std/{module}`: add `import std/{module}`",
-                func.name
-            )
-        } else {
-            match suggest(&func.name, names.iter().map(|s| s.as_str())) {
+        let help =
+            if builtins::input(&func.name).is_some() || builtins::section(&func.name).is_some() {
+                format!("`{}` is a value, not a function", func.name)
+            } else if let Some((module, _)) = home {
+                format!(
+                    "`{}` is defined in `std/{module}`: add `import std/{module}`",
+                    func.name
+                )
+            } else {
+                match suggest(&func.name, names.iter().map(|s| s.as_str())) {
                 Some(s) => format!("did you mean `{s}`?"),
                 None => {
                     "define it with `fn NAME(params) = expr`, or import the module that defines it"
                         .into()
                 }
             }
-        };
+            };
         self.err(
             codes::UNKNOWN_FUNCTION,
             format!("cannot find function `{}`", func.name),
