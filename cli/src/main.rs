@@ -1,8 +1,11 @@
 //! `keel`: the command-line tool. One module per subcommand.
 
 mod check;
+mod compile;
 mod explain;
 mod fmt;
+mod loss;
+mod report;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
@@ -55,10 +58,56 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
-    /// Explain an error code (e.g. `keel explain E0202`).
+    /// Explain an error code (`keel explain E0202`) or a recipe's objective
+    /// (`keel explain stdlib/grpo.recipe`).
     Explain {
-        /// The code, such as E0202 or W0001.
-        code: String,
+        /// An error code such as E0202, or a recipe file.
+        what: String,
+        /// Which recipe of the file (default: the one named like the file, else the last).
+        #[arg(long)]
+        recipe: Option<String>,
+    },
+    /// Compute a recipe's loss, gradient and metrics on one batch file.
+    Loss {
+        /// The recipe file.
+        recipe: String,
+        /// A safetensors batch (see docs/batch-format.md).
+        #[arg(long)]
+        batch: String,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Write d_logp, advantages (and d_logits) to this safetensors file.
+        #[arg(long)]
+        grad_out: Option<String>,
+        /// Override a hyperparameter: `--set clip.eps_high=0.28` (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// `interp` (the f64 reference interpreter) or `kernel`.
+        #[arg(long, default_value = "interp")]
+        backend: String,
+        /// Which recipe of the file.
+        #[arg(long = "recipe")]
+        name: Option<String>,
+        #[arg(long, value_enum, default_value = "human")]
+        error_format: ErrorFormat,
+        #[arg(long, value_enum, default_value = "auto")]
+        color: Color,
+    },
+    /// Show what the compiler makes of a recipe (`--emit ir`).
+    Compile {
+        file: String,
+        #[arg(long, default_value = "ir")]
+        emit: String,
+        #[arg(long)]
+        recipe: Option<String>,
+        /// Compile for a batch that carries logits and tokens.
+        #[arg(long)]
+        logits: bool,
+        #[arg(long, value_enum, default_value = "human")]
+        error_format: ErrorFormat,
+        #[arg(long, value_enum, default_value = "auto")]
+        color: Color,
     },
 }
 
@@ -71,6 +120,35 @@ fn main() -> ExitCode {
             color,
         } => check::run(&files, error_format, color),
         Command::Fmt { files, check } => fmt::run(&files, check),
-        Command::Explain { code } => explain::run(&code),
+        Command::Explain { what, recipe } => explain::run(&what, recipe.as_deref()),
+        Command::Loss {
+            recipe,
+            batch,
+            json,
+            grad_out,
+            set,
+            backend,
+            name,
+            error_format,
+            color,
+        } => loss::run(loss::Args {
+            recipe,
+            batch,
+            json,
+            grad_out,
+            set,
+            backend,
+            name,
+            error_format,
+            color,
+        }),
+        Command::Compile {
+            file,
+            emit,
+            recipe,
+            logits,
+            error_format,
+            color,
+        } => compile::run(&file, &emit, recipe.as_deref(), logits, error_format, color),
     }
 }

@@ -262,6 +262,7 @@ builtins! {
     "next"("x", "fill?") Scan Same false "the value at the next token; `fill` (0) after the last";
     "prev"("x", "fill?") Scan Same false "the value at the previous token; `fill` (0) before the first";
     "pick"("x") Pick Num false "the sampled token's entry of a vocabulary-level value";
+    "rand"("like", "seed") Elementwise Num false "a uniform [0, 1) number per element of `like`'s level, a pure function of `seed` and the element's position";
 }
 
 pub fn builtin(name: &str) -> Option<&'static Builtin> {
@@ -759,7 +760,7 @@ pub const SECTIONS: &[SectionSchema] = &[
                 L::Step,
                 R::AtLeast(0.0),
                 true,
-                Some("0.001"),
+                Some("1"),
                 "weight of the divergence in the loss",
             ),
         ],
@@ -786,7 +787,7 @@ pub const SECTIONS: &[SectionSchema] = &[
                 L::Step,
                 R::AtLeast(0.0),
                 false,
-                Some("0"),
+                Some("1"),
                 "weight of the entropy term added to the loss (write `value = -entropy` for a bonus)",
             ),
         ],

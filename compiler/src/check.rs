@@ -48,6 +48,29 @@ impl Info {
     }
 }
 
+/// What a name (or `section.key`, or a call) in the source refers to; the
+/// lowering to IR follows these, so it never re-implements name lookup.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Res {
+    FnParam(String),
+    Entry(String, String),
+    State(String),
+    Input(String),
+    /// A schema key the recipe does not set, with its default.
+    Default {
+        section: String,
+        key: String,
+        value: f64,
+    },
+    UserFn {
+        module: usize,
+        index: usize,
+    },
+}
+
+/// Keyed by file and the span of the name, field access or call.
+pub type Resolutions = HashMap<(FileId, usize, usize), Res>;
+
 /// A checked section entry.
 #[derive(Clone, Debug)]
 pub struct Value {
@@ -70,6 +93,7 @@ pub struct CheckedRecipe {
     /// Built-in inputs the recipe reads, with the first place that reads each.
     pub inputs: BTreeMap<String, (FileId, Span)>,
     pub values: Vec<Value>,
+    pub resolutions: Resolutions,
 }
 
 impl CheckedRecipe {
@@ -101,6 +125,7 @@ pub(crate) struct Checker<'p> {
     used: HashSet<(String, String)>,
     group_use: Option<(FileId, Span)>,
     fn_stack: Vec<(usize, usize)>,
+    res: Resolutions,
 }
 
 impl<'p> Checker<'p> {
@@ -115,6 +140,7 @@ impl<'p> Checker<'p> {
             used: HashSet::new(),
             group_use: None,
             fn_stack: Vec::new(),
+            res: HashMap::new(),
         }
     }
 
@@ -181,6 +207,7 @@ impl<'p> Checker<'p> {
             bases: recipe.bases.clone(),
             inputs: self.inputs,
             values,
+            resolutions: self.res,
         };
         (checked, self.diags)
     }
@@ -315,7 +342,7 @@ impl<'p> Checker<'p> {
             ExprKind::Error => Info::unknown(),
             ExprKind::Paren(x) => self.check_expr(ctx, x),
             ExprKind::Var(id) => self.lookup(ctx, &id.name, id.span),
-            ExprKind::Field(base, field) => self.check_field(ctx, base, field),
+            ExprKind::Field(base, field) => self.check_field(ctx, e.span, base, field),
             ExprKind::Index(base, idx) => {
                 let b = self.check_expr(ctx, base);
                 let i = self.check_expr(ctx, idx);
@@ -553,13 +580,20 @@ impl<'p> Checker<'p> {
         self.inputs.entry(name.to_string()).or_insert((file, span));
     }
 
+    fn resolve(&mut self, ctx: &Ctx, span: Span, r: Res) {
+        self.res.insert((ctx.file, span.start, span.end), r);
+    }
+
     fn lookup(&mut self, ctx: &Ctx, name: &str, span: Span) -> Info {
         if let Some(params) = ctx.params {
             if let Some(i) = params.get(name) {
-                return i.clone();
+                let i = i.clone();
+                self.resolve(ctx, span, Res::FnParam(name.to_string()));
+                return i;
             }
             if let Some(inp) = builtins::input(name) {
                 self.note_input(name, ctx.file, span);
+                self.resolve(ctx, span, Res::Input(name.to_string()));
                 return Info::new(inp.ty.ty(), inp.level);
             }
             let candidates: Vec<&str> = params
@@ -585,12 +619,18 @@ impl<'p> Checker<'p> {
             self.used
                 .insert((ctx.section.to_string(), name.to_string()));
             let _ = e;
+            self.resolve(
+                ctx,
+                span,
+                Res::Entry(ctx.section.to_string(), name.to_string()),
+            );
             return self.eval_entry(ctx.section, name);
         }
         // 3. state variables
         if ctx.section != "state" && self.entry("state", name).is_some() {
             let mut i = self.eval_entry("state", name);
             i.constant = None; // state changes during training
+            self.resolve(ctx, span, Res::State(name.to_string()));
             return i;
         }
         // 4. another section's principal value
@@ -598,11 +638,13 @@ impl<'p> Checker<'p> {
             && let Some(p) = builtins::section(name).and_then(|s| s.principal)
             && self.entry(name, p).is_some()
         {
+            self.resolve(ctx, span, Res::Entry(name.to_string(), p.to_string()));
             return self.eval_entry(name, p);
         }
         // 5. built-in inputs
         if let Some(inp) = builtins::input(name) {
             self.note_input(name, ctx.file, span);
+            self.resolve(ctx, span, Res::Input(name.to_string()));
             return Info::new(inp.ty.ty(), inp.level);
         }
         // 6. a key of exactly one other section
@@ -617,6 +659,7 @@ impl<'p> Checker<'p> {
         match owners.as_slice() {
             [one] => {
                 let one = one.to_string();
+                self.resolve(ctx, span, Res::Entry(one.clone(), name.to_string()));
                 return self.eval_entry(&one, name);
             }
             [] => {}
@@ -704,7 +747,13 @@ impl<'p> Checker<'p> {
         d
     }
 
-    fn check_field(&mut self, ctx: &Ctx, base: &Expr, field: &keel_grammar::Ident) -> Info {
+    fn check_field(
+        &mut self,
+        ctx: &Ctx,
+        span: Span,
+        base: &Expr,
+        field: &keel_grammar::Ident,
+    ) -> Info {
         let sec_name = match &base.kind {
             ExprKind::Var(id)
                 if builtins::section(&id.name).is_some()
@@ -745,6 +794,9 @@ impl<'p> Checker<'p> {
             let mut i = self.eval_entry(&sec_name, &field.name);
             if sec_name == "state" {
                 i.constant = None;
+                self.resolve(ctx, span, Res::State(field.name.clone()));
+            } else {
+                self.resolve(ctx, span, Res::Entry(sec_name.clone(), field.name.clone()));
             }
             return i;
         }
@@ -760,6 +812,17 @@ impl<'p> Checker<'p> {
                 _ => Ty::Num,
             };
             let constant = keel_grammar::number_value(d);
+            if !constant.is_nan() {
+                self.resolve(
+                    ctx,
+                    span,
+                    Res::Default {
+                        section: sec_name.clone(),
+                        key: field.name.clone(),
+                        value: constant,
+                    },
+                );
+            }
             return Info {
                 ty,
                 level: Level::Step,
@@ -840,6 +903,7 @@ impl<'p> Checker<'p> {
             .and_then(|m| m.scope.get(&func.name))
             .copied();
         if let Some(Target::Fn { module, index }) = target {
+            self.resolve(ctx, span, Res::UserFn { module, index });
             return self.check_user_call(ctx, span, module, index, func, args, over);
         }
         for a in args {

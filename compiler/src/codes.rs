@@ -60,6 +60,17 @@ codes! {
     COMPOUND_OUTSIDE_GUARD = "E0403": "compound assignment outside a guard";
     BAD_WINDOW = "E0404": "malformed guard window";
     NO_LOSS = "E0405": "recipe defines no loss";
+    // Compiling and running the loss.
+    NOT_LOWERABLE = "E0500": "value cannot be compiled";
+    NOT_DIFFERENTIABLE = "E0501": "gradient cannot flow through an operation";
+    NON_FINITE_RESULT = "E0502": "the loss or its gradient is not finite";
+    // Batches and settings.
+    BATCH_MISSING = "E0600": "batch lacks a tensor the recipe reads";
+    BATCH_DTYPE = "E0601": "batch tensor has the wrong dtype";
+    BATCH_SHAPE = "E0602": "batch tensor has the wrong shape";
+    BATCH_NONFINITE = "E0603": "batch tensor holds NaN or infinity";
+    BATCH_UNREADABLE = "E0604": "batch file cannot be read";
+    UNKNOWN_SETTING = "E0605": "`--set` names no hyperparameter";
     // Warnings.
     UNUSED_LET = "W0001": "unused `let`";
     PROBABLE_TYPO_KEY = "W0002": "new key that looks like a typo of an inherited one";

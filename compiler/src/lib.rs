@@ -1,26 +1,39 @@
-//! `keel-compiler`: resolution, checking and diagnostics for Keel recipes.
+//! `keel-compiler`: from recipe text to a checked recipe, its IR, its derived
+//! gradient and the reference interpreter.
 //!
-//! The front end's entry point is [`check_source`]: give it a root text and a
-//! [`SourceDb`] for imports; it returns every recipe it could check and every
-//! diagnostic, sorted. It never panics on user input and does no IO itself.
+//! Entry points: [`check_source`] (front end: parse, resolve, check) and
+//! [`check_source_with`] (the same with `--set` overrides), then
+//! [`compile_loss`] (IR + autodiff for one recipe and one batch's inputs) and
+//! [`run_loss`] (the f64 reference interpreter). None of them panics on user
+//! input or does IO itself.
 
+pub mod autodiff;
+pub mod batch;
 pub mod builtins;
 pub mod check;
 pub mod codes;
 pub mod diagnostic;
+pub mod explain;
 pub mod format;
+pub mod interp;
+pub mod ir;
+pub mod lower;
 pub mod resolve;
 pub mod source;
 pub mod stdlib;
 
 pub use check::CheckedRecipe;
 pub use diagnostic::{Diagnostic, Label, Severity};
-pub use resolve::Program;
+pub use resolve::{Merged, Program};
 pub use source::{Disk, FileId, NoFiles, SourceDb, Sources};
+
+use keel_grammar::Span;
 
 /// The result of checking one file.
 pub struct Checked {
     pub program: Program,
+    /// The recipes of the root file, with `extends` flattened.
+    pub merged: Vec<Merged>,
     pub recipes: Vec<CheckedRecipe>,
     /// Sorted by file, then position; duplicates removed.
     pub diagnostics: Vec<Diagnostic>,
@@ -33,30 +46,85 @@ impl Checked {
     pub fn sources(&self) -> &Sources {
         &self.program.sources
     }
+    /// The recipe a command acts on: the one named, or the one named like the
+    /// file, or the last one in the file.
+    pub fn main_recipe(&self, name: Option<&str>) -> Option<usize> {
+        if let Some(n) = name {
+            return self.recipes.iter().position(|r| r.name == n);
+        }
+        let root = self
+            .program
+            .sources
+            .get(FileId(0))
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        let stem = root
+            .rsplit('/')
+            .next()
+            .unwrap_or(&root)
+            .trim_end_matches(".recipe")
+            .to_string();
+        self.recipes
+            .iter()
+            .position(|r| r.name == stem)
+            .or_else(|| self.recipes.len().checked_sub(1))
+    }
 }
 
 /// Stack for the front end's thread: long `let` chains recurse once per link.
 const STACK: usize = 256 << 20;
 
-/// Parse, resolve and check the file `name` with contents `text`.
-///
-/// Runs on a thread of its own with a large stack, so that long chains of
-/// definitions cannot overflow the caller's (possibly small) stack.
-pub fn check_source(db: &dyn SourceDb, name: &str, text: &str) -> Checked {
-    std::thread::scope(|s| {
-        std::thread::Builder::new()
-            .name("keel-check".into())
+/// Run `f` on a thread with a large stack (on this thread if none can be
+/// started). A panic inside `f` is a compiler bug; it propagates unchanged.
+fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    let mut f = Some(f);
+    let out = std::thread::scope(|s| {
+        let job = &mut f;
+        let handle = std::thread::Builder::new()
+            .name("keel-front".into())
             .stack_size(STACK)
-            .spawn_scoped(s, || check_on_this_thread(db, name, text))
-            .ok()
-            .and_then(|h| h.join().ok())
-    })
-    .unwrap_or_else(|| check_on_this_thread(db, name, text))
+            .spawn_scoped(s, move || job.take().map(|f| f()));
+        match handle {
+            Ok(h) => match h.join() {
+                Ok(v) => v,
+                Err(payload) => std::panic::resume_unwind(payload),
+            },
+            Err(_) => None,
+        }
+    });
+    match (out, f) {
+        (Some(v), _) => v,
+        (None, Some(f)) => f(),
+        (None, None) => std::panic::resume_unwind(Box::new("keel-front produced no value")),
+    }
 }
 
-fn check_on_this_thread(db: &dyn SourceDb, name: &str, text: &str) -> Checked {
+/// Parse, resolve and check the file `name` with contents `text`.
+pub fn check_source(db: &dyn SourceDb, name: &str, text: &str) -> Checked {
+    check_source_with(db, name, text, &[])
+}
+
+/// Like [`check_source`], with hyperparameter overrides `(section.key, value
+/// text)` applied to the root file's recipes before checking, as
+/// `keel loss --set` does. The value is an expression (`0.28`,
+/// `seq_mean_token_mean`).
+pub fn check_source_with(
+    db: &dyn SourceDb,
+    name: &str,
+    text: &str,
+    overrides: &[(String, String)],
+) -> Checked {
+    on_big_stack(|| check_on_this_thread(db, name, text, overrides))
+}
+
+fn check_on_this_thread(
+    db: &dyn SourceDb,
+    name: &str,
+    text: &str,
+    overrides: &[(String, String)],
+) -> Checked {
     let mut program = Program::load(db, name, text);
-    let merged = program.merge_all(0);
+    let mut merged = program.merge_all(0);
     let mut diagnostics = std::mem::take(&mut program.diagnostics);
     // Only the root file's syntax errors matter here; an imported file with
     // errors is reported where it is imported from.
@@ -85,6 +153,9 @@ fn check_on_this_thread(db: &dyn SourceDb, name: &str, text: &str) -> Checked {
             );
         }
     }
+    for (path, value) in overrides {
+        apply_override(&mut program, &mut merged, path, value, &mut diagnostics);
+    }
     let mut recipes = Vec::new();
     for m in &merged {
         let (checked, diags) = check::Checker::new(&program, m).run();
@@ -109,8 +180,108 @@ fn check_on_this_thread(db: &dyn SourceDb, name: &str, text: &str) -> Checked {
         .dedup_by(|a, b| a.primary == b.primary && a.code == b.code && a.message == b.message);
     Checked {
         program,
+        merged,
         recipes,
         diagnostics,
+    }
+}
+
+/// Replace (or add) `section.key` in every root recipe that has the section.
+fn apply_override(
+    program: &mut Program,
+    merged: &mut [Merged],
+    path: &str,
+    value: &str,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let file = program
+        .sources
+        .add(format!("--set {path}"), value.to_string());
+    let whole = Span::new(0, value.len());
+    let parts: Vec<&str> = path.split('.').collect();
+    let expr = match keel_grammar::parse_expr(value) {
+        Ok(e) => e,
+        Err(errs) => {
+            for e in errs {
+                diags.push(resolve::syntax_diagnostic(file, &e));
+            }
+            return;
+        }
+    };
+    let [section, key] = parts.as_slice() else {
+        diags.push(
+            Diagnostic::error(
+                codes::UNKNOWN_SETTING,
+                format!("`--set {path}=...` must name `section.key`"),
+                Label::new(file, whole, "the value set"),
+            )
+            .with_help("write e.g. `--set clip.eps_high=0.28`"),
+        );
+        return;
+    };
+    let mut applied = false;
+    for m in merged.iter_mut() {
+        let known_key = builtins::section(section)
+            .and_then(|s| s.key(key))
+            .is_some();
+        let Some(sec) = m.sections.iter_mut().find(|s| s.name == *section) else {
+            continue;
+        };
+        match sec.entries.iter_mut().find(|e| e.name == *key && !e.is_let) {
+            Some(e) => {
+                e.value = expr.clone();
+                e.file = file;
+                e.name_span = whole;
+                applied = true;
+            }
+            None if known_key => {
+                sec.entries.push(resolve::Entry {
+                    name: key.to_string(),
+                    is_let: false,
+                    value: expr.clone(),
+                    file,
+                    name_span: whole,
+                    defined_in: "--set".into(),
+                    overrides: None,
+                });
+                applied = true;
+            }
+            None => {}
+        }
+    }
+    if !applied {
+        let mut names: Vec<String> = merged
+            .iter()
+            .flat_map(|m| {
+                m.sections
+                    .iter()
+                    .filter(|s| !matches!(s.name.as_str(), "update" | "monitor"))
+                    .flat_map(|s| {
+                        s.entries
+                            .iter()
+                            .filter(|e| !e.is_let)
+                            .map(move |e| format!("{}.{}", s.name, e.name))
+                    })
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        let near = diagnostic::suggest(path, names.iter().map(|s| s.as_str()));
+        let help = match near {
+            Some(s) => format!(
+                "did you mean `{s}`? the recipe's hyperparameters are: {}",
+                names.join(", ")
+            ),
+            None => format!("the recipe's hyperparameters are: {}", names.join(", ")),
+        };
+        diags.push(
+            Diagnostic::error(
+                codes::UNKNOWN_SETTING,
+                format!("`--set {path}` names no hyperparameter of this recipe"),
+                Label::new(file, whole, "value for an unknown name"),
+            )
+            .with_help(help),
+        );
     }
 }
 
@@ -118,16 +289,122 @@ fn is_syntax(d: &Diagnostic) -> bool {
     d.code.0.starts_with("E000")
 }
 
-fn import_span(program: &Program, name: &str) -> keel_grammar::Span {
+fn import_span(program: &Program, name: &str) -> Span {
     let Some(root) = program.modules.first() else {
-        return keel_grammar::Span::default();
+        return Span::default();
     };
     for item in &root.ast.items {
         if let keel_grammar::Item::Import(i) = item
-            && name.ends_with(&i.path.display().trim_start_matches("./").to_string())
+            && name.ends_with(i.path.display().trim_start_matches("./"))
         {
             return i.path.span();
         }
     }
-    keel_grammar::Span::default()
+    Span::default()
+}
+
+/// A loss program compiled for one recipe and the inputs a batch provides.
+pub struct CompiledLoss {
+    pub graph: ir::Graph,
+    pub skipped_metrics: Vec<String>,
+}
+
+/// Compile recipe `index` of `checked` into its loss program (IR with the
+/// derived gradient), for a batch that has the tensors `have` says.
+pub fn compile_loss(
+    checked: &Checked,
+    index: usize,
+    have: &dyn lower::Available,
+) -> Result<CompiledLoss, Vec<Diagnostic>> {
+    let (Some(m), Some(c)) = (checked.merged.get(index), checked.recipes.get(index)) else {
+        return Err(Vec::new());
+    };
+    on_big_stack(|| lower::loss_program(&checked.program, m, c, have)).map(|p| CompiledLoss {
+        graph: p.graph,
+        skipped_metrics: p.skipped_metrics,
+    })
+}
+
+/// What `keel loss` reports.
+#[derive(Clone, Debug)]
+pub struct LossResult {
+    pub loss: f64,
+    pub metrics: Vec<(String, f64)>,
+    pub skipped_metrics: Vec<String>,
+    pub b: usize,
+    pub t: usize,
+    pub v: Option<usize>,
+    pub d_logp: Vec<f64>,
+    pub advantages: Option<Vec<f64>>,
+    pub d_logits: Option<Vec<f64>>,
+}
+
+/// Compile and run recipe `index` on a batch with the reference interpreter.
+pub fn run_loss(
+    checked: &Checked,
+    index: usize,
+    batch: &batch::Batch,
+    batch_name: &str,
+) -> Result<LossResult, Vec<Diagnostic>> {
+    let have = |n: &str| batch.has(n);
+    let compiled = compile_loss(checked, index, &have)?;
+    let recipe = checked.recipes.get(index).ok_or_else(Vec::new)?;
+    let prepared = batch::prepare(batch, batch_name, &compiled.graph, recipe)?;
+    let env = interp::Env {
+        shape: prepared.shape.clone(),
+        mask: &prepared.mask,
+        inputs: &prepared.inputs,
+    };
+    let vals = interp::run(&compiled.graph, &env).map_err(|e| {
+        vec![
+            Diagnostic::error(
+                codes::BATCH_SHAPE,
+                e.0.clone(),
+                Label::new(
+                    recipe.file,
+                    recipe.name_span,
+                    "while evaluating this recipe",
+                ),
+            )
+            .with_help("check the batch tensors against docs/batch-format.md"),
+        ]
+    })?;
+    let g = &compiled.graph;
+    let get = |name: &str| g.output(name).and_then(|id| vals.get(id)).cloned();
+    let loss = get("loss")
+        .and_then(|v| v.first().copied())
+        .unwrap_or(f64::NAN);
+    let d_logp = get("d_logp").unwrap_or_default();
+    if !loss.is_finite() || d_logp.iter().any(|x| !x.is_finite()) {
+        let what = if loss.is_finite() {
+            "its gradient"
+        } else {
+            "the loss"
+        };
+        return Err(vec![Diagnostic::error(
+            codes::NON_FINITE_RESULT,
+            format!("{what} is not finite on batch `{batch_name}` (loss = {loss})"),
+            Label::new(recipe.file, recipe.name_span, "in this recipe"),
+        )
+        .with_help("look for a division by a zero count, a whitening over one token, or a log of a non-positive value")]);
+    }
+    let metrics = g
+        .outputs
+        .iter()
+        .filter_map(|(n, id)| {
+            n.strip_prefix("metric.")
+                .map(|m| (m.to_string(), vals[*id][0]))
+        })
+        .collect();
+    Ok(LossResult {
+        loss,
+        metrics,
+        skipped_metrics: compiled.skipped_metrics,
+        b: prepared.shape.b,
+        t: prepared.shape.t,
+        v: batch.has("logits").then_some(prepared.shape.v),
+        d_logp,
+        advantages: get("advantages"),
+        d_logits: get("d_logits"),
+    })
 }

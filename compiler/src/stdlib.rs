@@ -9,6 +9,18 @@ pub const FILES: &[(&str, &str)] = &[
     ("grpo", include_str!("../../stdlib/grpo.recipe")),
     ("dapo", include_str!("../../stdlib/dapo.recipe")),
     ("dr_grpo", include_str!("../../stdlib/dr_grpo.recipe")),
+    ("gspo", include_str!("../../stdlib/gspo.recipe")),
+    ("rloo", include_str!("../../stdlib/rloo.recipe")),
+    (
+        "reinforce_pp",
+        include_str!("../../stdlib/reinforce_pp.recipe"),
+    ),
+    (
+        "reinforce_pp_baseline",
+        include_str!("../../stdlib/reinforce_pp_baseline.recipe"),
+    ),
+    ("kl_cov", include_str!("../../stdlib/kl_cov.recipe")),
+    ("clip_cov", include_str!("../../stdlib/clip_cov.recipe")),
 ];
 
 pub fn get(name: &str) -> Option<&'static str> {

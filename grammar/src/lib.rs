@@ -135,6 +135,46 @@ pub fn parse(src: &str) -> (File, Vec<SyntaxError>) {
     (file, errors)
 }
 
+/// Parse a single expression (for `--set NAME=VALUE`). Fails with the
+/// syntax errors when the text is not exactly one well-formed expression.
+pub fn parse_expr(src: &str) -> Result<Expr, Vec<SyntaxError>> {
+    let lexed = lexer::lex(src);
+    let mut errors: Vec<SyntaxError> = Vec::new();
+    if !lexed.errors.is_empty() || lexed.tokens.iter().any(|(_, t, _)| *t == Tok::Error) {
+        let (_, errs) = parse(src);
+        return Err(errs);
+    }
+    let mut recovered = Vec::new();
+    let tokens = lexed.tokens.into_iter().map(Ok::<_, LexError>);
+    match grammar::ExprParser::new().parse(&mut recovered, tokens) {
+        Ok(mut e) if recovered.is_empty() => {
+            let mut file = File {
+                items: vec![Item::Fn(FnDef {
+                    name: Ident {
+                        name: String::new(),
+                        span: e.span,
+                    },
+                    params: Vec::new(),
+                    body: e.clone(),
+                    span: e.span,
+                })],
+                comments: Vec::new(),
+            };
+            depth::limit_depth(&mut file, &mut errors);
+            if let Some(Item::Fn(f)) = file.items.pop() {
+                e = f.body;
+            }
+            if errors.is_empty() {
+                Ok(e)
+            } else {
+                Err(errors)
+            }
+        }
+        Ok(_) => Err(recovered.into_iter().map(|r| convert(r.error)).collect()),
+        Err(err) => Err(vec![convert(err)]),
+    }
+}
+
 fn convert(e: lalrpop_util::ParseError<usize, Tok, LexError>) -> SyntaxError {
     use lalrpop_util::ParseError as P;
     match e {

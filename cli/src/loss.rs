@@ -1,0 +1,151 @@
+//! `keel loss RECIPE --batch BATCH.safetensors [--json] [--grad-out GRAD]
+//! [--set NAME=VALUE]... [--backend interp|kernel]`
+
+use crate::{Color, ErrorFormat, report};
+use keel_compiler::batch::Batch;
+use keel_compiler::{Disk, check_source_with, run_loss};
+use std::process::ExitCode;
+
+pub struct Args {
+    pub recipe: String,
+    pub batch: String,
+    pub json: bool,
+    pub grad_out: Option<String>,
+    pub set: Vec<String>,
+    pub backend: String,
+    pub name: Option<String>,
+    pub error_format: ErrorFormat,
+    pub color: Color,
+}
+
+pub fn run(a: Args) -> ExitCode {
+    let color = report::use_color(a.color);
+    let Some(text) = report::read(&a.recipe) else {
+        return ExitCode::from(1);
+    };
+    let mut overrides = Vec::new();
+    for s in &a.set {
+        match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                overrides.push((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => {
+                eprintln!("error: `--set {s}` must look like `--set section.key=VALUE`");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    if a.backend != "interp" {
+        eprintln!(
+            "error: backend `{}` is not available in this build; the generated-kernel backend arrives with the device-code work",
+            a.backend
+        );
+        eprintln!("help: use `--backend interp` (the f64 reference interpreter)");
+        return ExitCode::from(1);
+    }
+    let checked = check_source_with(&Disk, &a.recipe, &text, &overrides);
+    if checked.has_errors() {
+        report::print(
+            &a.recipe,
+            &checked.diagnostics,
+            checked.sources(),
+            a.error_format,
+            color,
+        );
+        return ExitCode::from(1);
+    }
+    let Some(index) = checked.main_recipe(a.name.as_deref()) else {
+        let names: Vec<&str> = checked.recipes.iter().map(|r| r.name.as_str()).collect();
+        eprintln!(
+            "error: `{}` has no recipe{}",
+            a.recipe,
+            a.name
+                .as_ref()
+                .map(|n| format!(" named `{n}`"))
+                .unwrap_or_default()
+        );
+        if !names.is_empty() {
+            eprintln!("help: recipes in the file: {}", names.join(", "));
+        }
+        return ExitCode::from(1);
+    };
+    let bytes = match std::fs::read(&a.batch) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{}:1:1: error[E0604]: cannot read batch file: {e}", a.batch);
+            return ExitCode::from(1);
+        }
+    };
+    let batch = match Batch::from_bytes(&bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{}:1:1: error[E0604]: {e}", a.batch);
+            eprintln!("help: a batch is a safetensors file; see docs/batch-format.md");
+            return ExitCode::from(1);
+        }
+    };
+    let result = match run_loss(&checked, index, &batch, &a.batch) {
+        Ok(r) => r,
+        Err(diags) => {
+            report::print(&a.recipe, &diags, checked.sources(), a.error_format, color);
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(path) = &a.grad_out {
+        let mut out = Batch::default();
+        out.insert(
+            "d_logp",
+            "f32",
+            vec![result.b, result.t],
+            result.d_logp.clone(),
+        );
+        if let Some(adv) = &result.advantages {
+            out.insert("advantages", "f32", vec![result.b, result.t], adv.clone());
+        }
+        if let (Some(d), Some(v)) = (&result.d_logits, result.v) {
+            out.insert("d_logits", "f32", vec![result.b, result.t, v], d.clone());
+        }
+        let written = out
+            .to_bytes()
+            .map_err(|e| e.to_string())
+            .and_then(|b| std::fs::write(path, b).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            eprintln!("error: cannot write `{path}`: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let recipe_name = checked
+        .recipes
+        .get(index)
+        .map(|r| r.name.clone())
+        .unwrap_or_default();
+    if a.json {
+        let metrics: serde_json::Map<String, serde_json::Value> = result
+            .metrics
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+            .collect();
+        let out = serde_json::json!({
+            "recipe": recipe_name,
+            "loss": result.loss,
+            "metrics": metrics,
+            "skipped_metrics": result.skipped_metrics,
+            "backend": "interp",
+        });
+        println!("{out}");
+    } else {
+        println!("recipe   {recipe_name}");
+        println!("backend  interp (f64 reference)");
+        println!("loss     {:.9}", result.loss);
+        for (k, v) in &result.metrics {
+            println!("metric   {k:<16} {v:.9}");
+        }
+        if !result.skipped_metrics.is_empty() {
+            println!(
+                "skipped  {} (the batch lacks inputs they read)",
+                result.skipped_metrics.join(", ")
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,70 @@
+//! Printing diagnostics the same way for every subcommand.
+
+use crate::{Color, ErrorFormat};
+use keel_compiler::{Diagnostic, Sources};
+use std::io::IsTerminal;
+
+pub fn use_color(color: Color) -> bool {
+    match color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    }
+}
+
+/// Print diagnostics to stderr (JSON goes to stdout as one object).
+pub fn print(
+    path: &str,
+    diags: &[Diagnostic],
+    sources: &Sources,
+    format: ErrorFormat,
+    color: bool,
+) {
+    let errors = diags.iter().filter(|d| d.is_error()).count();
+    let warnings = diags.len() - errors;
+    match format {
+        ErrorFormat::Json => {
+            let out = serde_json::json!({
+                "file": path,
+                "errors": errors,
+                "warnings": warnings,
+                "diagnostics": diags.iter().map(|d| d.to_json(sources)).collect::<Vec<_>>(),
+            });
+            println!("{out}");
+        }
+        ErrorFormat::Short => {
+            for d in diags {
+                eprintln!("{}", d.plain_line(sources));
+            }
+        }
+        ErrorFormat::Human => {
+            for d in diags {
+                eprint!("{}", d.render(sources, color));
+            }
+            for d in diags {
+                eprintln!("{}", d.plain_line(sources));
+            }
+            if !diags.is_empty() {
+                let n = |k: usize, w: &str| {
+                    if k == 1 {
+                        format!("1 {w}")
+                    } else {
+                        format!("{k} {w}s")
+                    }
+                };
+                eprintln!("{path}: {}, {}", n(errors, "error"), n(warnings, "warning"));
+            }
+        }
+    }
+}
+
+/// Read a recipe file, or print a located error.
+pub fn read(path: &str) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            eprintln!("{path}:1:1: error[E0101]: cannot read file: {e}");
+            None
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! The f64 reference interpreter: the definition of every IR node.
+//!
+//! Simple and obviously correct, never the production path: kernels and host
+//! code are tested against it. Values are flat `Vec<f64>` whose length the
+//! level decides (step and batch: 1; group: G; seq: B; token: B·T;
+//! vocabulary: B·T·V). Bools are 1/0, integers are exact in f64.
+//!
+//! Masking: token (and vocabulary) elements whose `mask` is 0 are not members
+//! of any reduction, rank, quantile or scan, except that a reduction over the
+//! vocabulary (to token level) takes all V entries. Reductions of an empty
+//! unit give 0. Scans run over each sequence's valid tokens; masked
+//! positions get 0.
+
+use crate::builtins::Level;
+use crate::ir::{Bin, Graph, Op, Red, ScanOp, Un};
+
+/// The shapes and index maps of one batch.
+#[derive(Clone, Debug)]
+pub struct Shape {
+    pub b: usize,
+    pub t: usize,
+    pub v: usize,
+    /// For each sequence, the index of its group (0..n_groups).
+    pub group_of: Vec<usize>,
+    pub n_groups: usize,
+}
+
+impl Shape {
+    pub fn len(&self, level: Level) -> usize {
+        match level {
+            Level::Step | Level::Batch => 1,
+            Level::Group => self.n_groups,
+            Level::Seq => self.b,
+            Level::Token => self.b * self.t,
+            Level::Vocab => self.b * self.t * self.v,
+        }
+    }
+
+    /// The index at coarser level `to` of element `i` at level `from`.
+    pub fn parent(&self, from: Level, i: usize, to: Level) -> usize {
+        if to >= from {
+            return i;
+        }
+        // Walk down one level at a time.
+        let (next, j) = match from {
+            Level::Vocab => (Level::Token, i / self.v.max(1)),
+            Level::Token => (Level::Seq, i / self.t.max(1)),
+            Level::Seq => (Level::Group, self.group_of.get(i).copied().unwrap_or(0)),
+            Level::Group => (Level::Batch, 0),
+            Level::Batch | Level::Step => return 0,
+        };
+        if next <= to {
+            if next == to { j } else { 0 }
+        } else {
+            self.parent(next, j, to)
+        }
+    }
+}
+
+/// Inputs of one evaluation.
+pub struct Env<'a> {
+    pub shape: Shape,
+    /// [B·T], 1 or 0.
+    pub mask: &'a [f64],
+    /// Named input tensors, flat, in level order.
+    pub inputs: &'a std::collections::HashMap<String, Vec<f64>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InterpError(pub String);
+
+/// Evaluate every node; returns all values (indexed by node id).
+pub fn run(g: &Graph, env: &Env) -> Result<Vec<Vec<f64>>, InterpError> {
+    let sh = &env.shape;
+    let mut vals: Vec<Vec<f64>> = Vec::with_capacity(g.nodes.len());
+    for n in &g.nodes {
+        let len = sh.len(n.level);
+        let arg = |k: usize| -> &Vec<f64> { &vals[n.args[k]] };
+        let v: Vec<f64> = match &n.op {
+            Op::Const(c) => vec![*c; len],
+            Op::Param { value, .. } => vec![*value; len],
+            Op::PaddedLength => vec![sh.t as f64; len],
+            Op::Input(name) => match env.inputs.get(name) {
+                Some(x) if x.len() == len => x.clone(),
+                Some(x) => {
+                    return Err(InterpError(format!(
+                        "input `{name}` has {} values, expected {len}",
+                        x.len()
+                    )));
+                }
+                None => return Err(InterpError(format!("input `{name}` was not provided"))),
+            },
+            Op::Unary(u) => arg(0).iter().map(|&x| unary(*u, x)).collect(),
+            Op::Binary(b) => arg(0)
+                .iter()
+                .zip(arg(1))
+                .map(|(&x, &y)| binary(*b, x, y))
+                .collect(),
+            Op::Where => (0..len)
+                .map(|i| {
+                    if arg(0)[i] != 0.0 {
+                        arg(1)[i]
+                    } else {
+                        arg(2)[i]
+                    }
+                })
+                .collect(),
+            Op::Clamp => (0..len)
+                .map(|i| clamp(arg(0)[i], arg(1)[i], arg(2)[i]))
+                .collect(),
+            Op::StopGrad => arg(0).clone(),
+            Op::Broadcast => {
+                let from = g.nodes[n.args[0]].level;
+                (0..len)
+                    .map(|i| arg(0)[sh.parent(n.level, i, from)])
+                    .collect()
+            }
+            Op::Reduce(r) => {
+                let from = g.nodes[n.args[0]].level;
+                let init = match r {
+                    Red::Sum => 0.0,
+                    Red::Max => f64::NEG_INFINITY,
+                    Red::Min => f64::INFINITY,
+                };
+                let mut out = vec![init; len];
+                let mut seen = vec![false; len];
+                for (i, &x) in arg(0).iter().enumerate() {
+                    if !member(sh, env.mask, from, i, n.level) {
+                        continue;
+                    }
+                    let p = sh.parent(from, i, n.level);
+                    seen[p] = true;
+                    out[p] = match r {
+                        Red::Sum => out[p] + x,
+                        Red::Max => out[p].max(x),
+                        Red::Min => out[p].min(x),
+                    };
+                }
+                for (o, s) in out.iter_mut().zip(seen) {
+                    if !s {
+                        *o = 0.0;
+                    }
+                }
+                out
+            }
+            Op::Rank { over } => {
+                let from = n.level;
+                let mut out = vec![f64::INFINITY; len];
+                for members in units(sh, env.mask, from, *over) {
+                    let mut idx = members;
+                    idx.sort_by(|&a, &b| arg(0)[b].total_cmp(&arg(0)[a]).then(a.cmp(&b)));
+                    for (r, i) in idx.into_iter().enumerate() {
+                        out[i] = r as f64;
+                    }
+                }
+                out
+            }
+            Op::Quantile { over } => {
+                let from = g.nodes[n.args[0]].level;
+                let qlevel = g.nodes[n.args[1]].level;
+                let mut out = vec![0.0; len];
+                for (u, members) in units(sh, env.mask, from, *over).into_iter().enumerate() {
+                    let mut xs: Vec<f64> = members.iter().map(|&i| arg(0)[i]).collect();
+                    if xs.is_empty() {
+                        continue;
+                    }
+                    xs.sort_by(f64::total_cmp);
+                    let q = arg(1)[sh.parent(*over, u, qlevel)];
+                    let pos = q.clamp(0.0, 1.0) * (xs.len() - 1) as f64;
+                    let lo = pos.floor() as usize;
+                    let hi = pos.ceil() as usize;
+                    out[u] = xs[lo] + (xs[hi] - xs[lo]) * (pos - lo as f64);
+                }
+                out
+            }
+            Op::Scan(s) => scan(
+                sh,
+                env.mask,
+                *s,
+                arg(0),
+                n.args.get(1).map(|a| (&vals[*a], g.nodes[*a].level)),
+            ),
+            Op::Pick => {
+                let tokens = env.inputs.get("tokens").ok_or_else(|| {
+                    InterpError("`tokens` is needed to read the sampled token's entry".into())
+                })?;
+                let mut out = vec![0.0; len];
+                for (i, o) in out.iter_mut().enumerate() {
+                    let tok = token_index(tokens[i], sh.v, i)?;
+                    *o = arg(0)[i * sh.v + tok];
+                }
+                out
+            }
+            Op::OneHot => {
+                let tokens = env.inputs.get("tokens").ok_or_else(|| {
+                    InterpError("`tokens` is needed to scatter into the vocabulary".into())
+                })?;
+                let mut out = vec![0.0; len];
+                for (i, &gi) in arg(0).iter().enumerate() {
+                    let tok = token_index(tokens[i], sh.v, i)?;
+                    out[i * sh.v + tok] = gi;
+                }
+                out
+            }
+            Op::Rand => {
+                let seed = arg(0)[0];
+                (0..len).map(|i| uniform(seed, i)).collect()
+            }
+        };
+        vals.push(v);
+    }
+    Ok(vals)
+}
+
+fn token_index(t: f64, v: usize, i: usize) -> Result<usize, InterpError> {
+    if t >= 0.0 && (t as usize) < v && t.fract() == 0.0 {
+        Ok(t as usize)
+    } else {
+        Err(InterpError(format!(
+            "`tokens` at flat position {i} is {t}, outside the vocabulary [0, {v})"
+        )))
+    }
+}
+
+/// Whether element `i` at level `from` takes part in an aggregation to `to`.
+fn member(sh: &Shape, mask: &[f64], from: Level, i: usize, to: Level) -> bool {
+    match from {
+        Level::Vocab if to == Level::Token => true,
+        Level::Vocab => mask.get(i / sh.v.max(1)).is_some_and(|m| *m != 0.0),
+        Level::Token => mask.get(i).is_some_and(|m| *m != 0.0),
+        _ => true,
+    }
+}
+
+/// The valid members of each unit of level `over`, as indices at level `from`.
+fn units(sh: &Shape, mask: &[f64], from: Level, over: Level) -> Vec<Vec<usize>> {
+    let mut out = vec![Vec::new(); sh.len(over)];
+    for i in 0..sh.len(from) {
+        if member(sh, mask, from, i, over) {
+            out[sh.parent(from, i, over)].push(i);
+        }
+    }
+    out
+}
+
+fn scan(
+    sh: &Shape,
+    mask: &[f64],
+    op: ScanOp,
+    x: &[f64],
+    p: Option<(&Vec<f64>, Level)>,
+) -> Vec<f64> {
+    let mut out = vec![0.0; x.len()];
+    for b in 0..sh.b {
+        let valid: Vec<usize> = (b * sh.t..(b + 1) * sh.t)
+            .filter(|&i| mask.get(i).is_some_and(|m| *m != 0.0))
+            .collect();
+        let param = |i: usize| {
+            p.map(|(v, l)| v[sh.parent(Level::Token, i, l)])
+                .unwrap_or(0.0)
+        };
+        match op {
+            ScanOp::RScan => {
+                let mut acc = 0.0;
+                for &i in valid.iter().rev() {
+                    acc = x[i] + param(i) * acc;
+                    out[i] = acc;
+                }
+            }
+            ScanOp::FScan => {
+                let mut acc = 0.0;
+                for &i in &valid {
+                    acc = x[i] + param(i) * acc;
+                    out[i] = acc;
+                }
+            }
+            ScanOp::RScanMin => {
+                let mut acc = f64::INFINITY;
+                for &i in valid.iter().rev() {
+                    acc = x[i].min(acc);
+                    out[i] = acc;
+                }
+            }
+            ScanOp::Next => {
+                for (k, &i) in valid.iter().enumerate() {
+                    out[i] = valid.get(k + 1).map(|&j| x[j]).unwrap_or_else(|| param(i));
+                }
+            }
+            ScanOp::Prev => {
+                for (k, &i) in valid.iter().enumerate() {
+                    out[i] = if k == 0 { param(i) } else { x[valid[k - 1]] };
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A uniform number in [0, 1) from a seed and an index (SplitMix64).
+pub fn uniform(seed: f64, i: usize) -> f64 {
+    let mut z = (seed as i64 as u64) ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+pub fn unary(u: Un, x: f64) -> f64 {
+    match u {
+        Un::Neg => -x,
+        Un::Exp => x.exp(),
+        Un::Log => x.ln(),
+        Un::Log1p => x.ln_1p(),
+        Un::Expm1 => x.exp_m1(),
+        Un::Sqrt => x.sqrt(),
+        Un::Abs => x.abs(),
+        Un::Sign => {
+            if x > 0.0 {
+                1.0
+            } else if x < 0.0 {
+                -1.0
+            } else {
+                0.0
+            }
+        }
+        Un::Sigmoid => {
+            if x >= 0.0 {
+                1.0 / (1.0 + (-x).exp())
+            } else {
+                let e = x.exp();
+                e / (1.0 + e)
+            }
+        }
+        Un::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
+        Un::Tanh => x.tanh(),
+        Un::Relu => x.max(0.0),
+        Un::Cos => x.cos(),
+        Un::Sin => x.sin(),
+        Un::Floor => x.floor(),
+        Un::Ceil => x.ceil(),
+        Un::Round => x.round(),
+        Un::Not => b(x == 0.0),
+    }
+}
+
+fn b(v: bool) -> f64 {
+    if v { 1.0 } else { 0.0 }
+}
+
+/// Binary operations. `min`/`max` propagate NaN (like torch.minimum).
+pub fn binary(op: Bin, x: f64, y: f64) -> f64 {
+    match op {
+        Bin::Add => x + y,
+        Bin::Sub => x - y,
+        Bin::Mul => x * y,
+        Bin::Div => x / y,
+        Bin::Pow => x.powf(y),
+        Bin::Min => {
+            if x.is_nan() || y.is_nan() {
+                f64::NAN
+            } else {
+                x.min(y)
+            }
+        }
+        Bin::Max => {
+            if x.is_nan() || y.is_nan() {
+                f64::NAN
+            } else {
+                x.max(y)
+            }
+        }
+        Bin::Lt => b(x < y),
+        Bin::Le => b(x <= y),
+        Bin::Gt => b(x > y),
+        Bin::Ge => b(x >= y),
+        Bin::Eq => b(x == y),
+        Bin::Ne => b(x != y),
+        Bin::And => b(x != 0.0 && y != 0.0),
+        Bin::Or => b(x != 0.0 || y != 0.0),
+    }
+}
+
+/// `min(max(x, lo), hi)`, NaN-propagating, like torch.clamp.
+pub fn clamp(x: f64, lo: f64, hi: f64) -> f64 {
+    if x.is_nan() { x } else { x.max(lo).min(hi) }
+}
+
+/// Fold a pointwise op over constants (the builder's constant folding).
+pub fn fold(op: &Op, a: &[f64]) -> Option<f64> {
+    Some(match (op, a) {
+        (Op::Unary(u), [x]) => unary(*u, *x),
+        (Op::Binary(bn), [x, y]) => binary(*bn, *x, *y),
+        (Op::Where, [c, t, e]) => {
+            if *c != 0.0 {
+                *t
+            } else {
+                *e
+            }
+        }
+        (Op::Clamp, [x, lo, hi]) => clamp(*x, *lo, *hi),
+        _ => return None,
+    })
+}

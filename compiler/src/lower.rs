@@ -1,0 +1,912 @@
+//! Lowering a checked recipe to the IR, and assembling the loss program.
+//!
+//! Lowering follows the checker's [`Resolutions`](crate::check::Resolutions)
+//! for every name, so it never re-implements lookup. Built-in functions
+//! become compositions of a few primitive nodes (a mean is a masked sum over
+//! a masked count, a standard deviation is built from sums, a softmax from a
+//! stop-gradient max, a sum and an exp), which keeps the interpreter, the
+//! autodiff rules and the kernel backend small.
+//!
+//! The loss program's outputs:
+//! - `loss`: `reduce(objective.loss) + divergence.coef · reduce(divergence.value)
+//!   + entropy.coef · reduce(entropy.value)`, each reduced as
+//!   `objective.reduce` says;
+//! - `advantages`: the credit broadcast to tokens and masked;
+//! - `d_logp` (and `d_logits` when the batch has logits): the gradient of
+//!   `loss`, derived by [`crate::autodiff`];
+//! - one output per `monitor` key: `metric.NAME`.
+
+use crate::autodiff;
+use crate::builtins::{self, Level};
+use crate::check::{CheckedRecipe, Res};
+use crate::codes;
+use crate::diagnostic::{Diagnostic, Label};
+use crate::ir::{Bin, Builder, DType, Graph, NodeId, Op, Red, ScanOp, Un};
+use crate::resolve::{Merged, Program};
+use crate::source::FileId;
+use keel_grammar::{Arg, Expr, ExprKind, Span, UnOp};
+use std::collections::HashMap;
+
+/// What the batch provides, which decides how inputs are derived.
+pub trait Available: Sync {
+    fn has(&self, name: &str) -> bool;
+}
+
+impl<F: Fn(&str) -> bool + Sync> Available for F {
+    fn has(&self, name: &str) -> bool {
+        self(name)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    file: FileId,
+    section: &'a str,
+    env: Option<&'a HashMap<String, NodeId>>,
+}
+
+pub struct Lowering<'a> {
+    prog: &'a Program,
+    merged: &'a Merged,
+    checked: &'a CheckedRecipe,
+    have: &'a dyn Available,
+    pub b: Builder,
+    entries: HashMap<(String, String), NodeId>,
+    inputs: HashMap<String, NodeId>,
+    pub errors: Vec<Diagnostic>,
+}
+
+type L<T> = Result<T, ()>;
+
+impl<'a> Lowering<'a> {
+    pub fn new(
+        prog: &'a Program,
+        merged: &'a Merged,
+        checked: &'a CheckedRecipe,
+        have: &'a dyn Available,
+    ) -> Self {
+        Lowering {
+            prog,
+            merged,
+            checked,
+            have,
+            b: Builder::new(),
+            entries: HashMap::new(),
+            inputs: HashMap::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn error(&mut self, file: FileId, span: Span, msg: impl Into<String>, help: impl Into<String>) {
+        self.errors.push(
+            Diagnostic::error(codes::NOT_LOWERABLE, msg, Label::new(file, span, "here"))
+                .with_help(help),
+        );
+    }
+
+    fn module_of(&self, file: FileId) -> usize {
+        self.prog
+            .modules
+            .iter()
+            .position(|m| m.file == file)
+            .unwrap_or(0)
+    }
+
+    /// A built-in input, derived from others where the batch lacks it.
+    pub fn input(&mut self, name: &str) -> NodeId {
+        if let Some(&id) = self.inputs.get(name) {
+            return id;
+        }
+        let from_logits = self.have.has("logits") && self.have.has("tokens");
+        let id = match name {
+            "logp" if from_logits || !self.have.has("logp") && self.have.has("logits") => {
+                let logits = self.raw_input("logits");
+                let ls = self.log_softmax(logits, Level::Token);
+                self.b.add(Op::Pick, vec![ls], Level::Token, DType::F64)
+            }
+            "entropy" if self.have.has("logits") => {
+                // H = logsumexp(z) - sum(softmax(z) * z), over the vocabulary.
+                let z = self.raw_input("logits");
+                let lse = self.logsumexp(z, Level::Token);
+                let p = self.softmax(z, Level::Token);
+                let pz = self.b.binary(Bin::Mul, p, z);
+                let s = self.b.reduce(Red::Sum, pz, Level::Token);
+                self.b.binary(Bin::Sub, lse, s)
+            }
+            "length" if !self.have.has("length") => {
+                let one = self.b.c(1.0);
+                let ones = self.b.broadcast(one, Level::Token);
+                self.b.reduce(Red::Sum, ones, Level::Seq)
+            }
+            _ => self.raw_input(name),
+        };
+        self.inputs.insert(name.to_string(), id);
+        id
+    }
+
+    fn raw_input(&mut self, name: &str) -> NodeId {
+        let (level, dtype) = match builtins::input(name) {
+            Some(i) => (
+                i.level,
+                match i.ty {
+                    builtins::Ty0::Num => DType::F64,
+                    builtins::Ty0::Int => DType::I64,
+                    builtins::Ty0::Bool => DType::Bool,
+                },
+            ),
+            None => (Level::Token, DType::F64),
+        };
+        self.b
+            .add(Op::Input(name.to_string()), Vec::new(), level, dtype)
+    }
+
+    /// The node of a section entry (memoized).
+    pub fn entry(&mut self, section: &str, name: &str) -> L<NodeId> {
+        let key = (section.to_string(), name.to_string());
+        if let Some(&id) = self.entries.get(&key) {
+            return Ok(id);
+        }
+        // Given advantages replace the recipe's credit.
+        if section == "credit" && name == "value" && self.have.has("advantages") {
+            let id = self.raw_input("advantages");
+            self.entries.insert(key, id);
+            return Ok(id);
+        }
+        let Some(entry) = self.merged.section(section).and_then(|s| s.entry(name)) else {
+            return Err(());
+        };
+        let id = if !entry.is_let && is_literal(&entry.value) {
+            let value = self
+                .checked
+                .value(section, name)
+                .and_then(|v| v.info.constant)
+                .unwrap_or(f64::NAN);
+            let prefix = if section == "state" { "state" } else { section };
+            self.b.add(
+                Op::Param {
+                    name: format!("{prefix}.{name}"),
+                    value,
+                },
+                Vec::new(),
+                Level::Step,
+                DType::F64,
+            )
+        } else {
+            let ctx = Ctx {
+                file: entry.file,
+                section,
+                env: None,
+            };
+            let value = entry.value.clone();
+            self.expr(&ctx, &value)?
+        };
+        self.entries.insert(key, id);
+        Ok(id)
+    }
+
+    fn expr(&mut self, ctx: &Ctx, e: &Expr) -> L<NodeId> {
+        Ok(match &e.kind {
+            ExprKind::Number { value, .. } => self.b.c(*value),
+            ExprKind::Bool(v) => self.b.add(
+                Op::Const(f64::from(u8::from(*v))),
+                Vec::new(),
+                Level::Step,
+                DType::Bool,
+            ),
+            ExprKind::Paren(x) => self.expr(ctx, x)?,
+            ExprKind::Var(_) | ExprKind::Field(..) => self.name(ctx, e)?,
+            ExprKind::Unary(UnOp::Neg, x) => {
+                let x = self.expr(ctx, x)?;
+                self.b.unary(Un::Neg, x)
+            }
+            ExprKind::Unary(UnOp::Not, x) => {
+                let x = self.expr(ctx, x)?;
+                self.b.unary(Un::Not, x)
+            }
+            ExprKind::Binary(op, x, y) => {
+                let x = self.expr(ctx, x)?;
+                let y = self.expr(ctx, y)?;
+                use keel_grammar::BinOp as B;
+                let op = match op {
+                    B::Add => Bin::Add,
+                    B::Sub => Bin::Sub,
+                    B::Mul => Bin::Mul,
+                    B::Div => Bin::Div,
+                    B::Pow => Bin::Pow,
+                    B::Eq => Bin::Eq,
+                    B::Ne => Bin::Ne,
+                    B::Lt => Bin::Lt,
+                    B::Le => Bin::Le,
+                    B::Gt => Bin::Gt,
+                    B::Ge => Bin::Ge,
+                    B::And => Bin::And,
+                    B::Or => Bin::Or,
+                };
+                self.b.binary(op, x, y)
+            }
+            ExprKind::If(c, a, b) => {
+                let c = self.expr(ctx, c)?;
+                let a = self.expr(ctx, a)?;
+                let b = self.expr(ctx, b)?;
+                self.b.where_(c, a, b)
+            }
+            ExprKind::Index(list, i) => {
+                let items = self.list(ctx, list)?;
+                let i = self.expr(ctx, i)?;
+                let i = self.b.unary(Un::Floor, i);
+                let mut acc = self.b.c(f64::NAN);
+                for (k, item) in items.into_iter().enumerate().rev() {
+                    let kk = self.b.c(k as f64);
+                    let hit = self.b.binary(Bin::Eq, i, kk);
+                    acc = self.b.where_(hit, item, acc);
+                }
+                acc
+            }
+            ExprKind::Call { func, args, over } => {
+                self.call(ctx, e.span, func, args, over.as_ref())?
+            }
+            ExprKind::List(_) => {
+                self.error(
+                    ctx.file,
+                    e.span,
+                    "a list is not a value of the loss",
+                    "index it: `list[i]`",
+                );
+                return Err(());
+            }
+            ExprKind::Str(_) | ExprKind::None | ExprKind::Error => {
+                self.error(
+                    ctx.file,
+                    e.span,
+                    "this cannot be computed",
+                    "use a number here",
+                );
+                return Err(());
+            }
+        })
+    }
+
+    fn list(&mut self, ctx: &Ctx, e: &Expr) -> L<Vec<NodeId>> {
+        match &e.kind {
+            ExprKind::Paren(x) => self.list(ctx, x),
+            ExprKind::List(items) => items.iter().map(|x| self.expr(ctx, x)).collect(),
+            ExprKind::Var(_) | ExprKind::Field(..) => {
+                let res = self
+                    .checked
+                    .resolutions
+                    .get(&(ctx.file, e.span.start, e.span.end))
+                    .cloned();
+                if let Some(Res::Entry(s, n)) = res
+                    && let Some(entry) = self.merged.section(&s).and_then(|x| x.entry(&n))
+                {
+                    let c = Ctx {
+                        file: entry.file,
+                        section: &s,
+                        env: None,
+                    };
+                    let v = entry.value.clone();
+                    return self.list(&c, &v);
+                }
+                self.error(
+                    ctx.file,
+                    e.span,
+                    "only a list can be indexed",
+                    "index a list literal or a key holding one",
+                );
+                Err(())
+            }
+            _ => {
+                self.error(
+                    ctx.file,
+                    e.span,
+                    "only a list can be indexed",
+                    "index a list literal or a key holding one",
+                );
+                Err(())
+            }
+        }
+    }
+
+    fn name(&mut self, ctx: &Ctx, e: &Expr) -> L<NodeId> {
+        let res = self
+            .checked
+            .resolutions
+            .get(&(ctx.file, e.span.start, e.span.end))
+            .cloned();
+        match res {
+            Some(Res::FnParam(n)) => ctx.env.and_then(|env| env.get(&n).copied()).ok_or(()),
+            Some(Res::Input(n)) => Ok(self.input(&n)),
+            Some(Res::Entry(s, n)) => self.entry(&s, &n),
+            Some(Res::State(n)) => self.entry("state", &n),
+            Some(Res::Default {
+                section,
+                key,
+                value,
+            }) => Ok(self.b.add(
+                Op::Param {
+                    name: format!("{section}.{key}"),
+                    value,
+                },
+                Vec::new(),
+                Level::Step,
+                DType::F64,
+            )),
+            Some(Res::UserFn { .. }) | None => {
+                self.error(
+                    ctx.file,
+                    e.span,
+                    "this name could not be resolved",
+                    "run `keel check` first",
+                );
+                Err(())
+            }
+        }
+    }
+
+    fn call(
+        &mut self,
+        ctx: &Ctx,
+        span: Span,
+        func: &keel_grammar::Ident,
+        args: &[Arg],
+        over: Option<&keel_grammar::Ident>,
+    ) -> L<NodeId> {
+        if let Some(Res::UserFn { module, index }) = self
+            .checked
+            .resolutions
+            .get(&(ctx.file, span.start, span.end))
+            .cloned()
+        {
+            return self.user_call(ctx, module, index, args);
+        }
+        let Some(bi) = builtins::builtin(&func.name) else {
+            self.error(
+                ctx.file,
+                func.span,
+                "unknown function",
+                "run `keel check` first",
+            );
+            return Err(());
+        };
+        // Bind arguments by parameter name.
+        let names: Vec<&str> = bi.params.iter().map(|p| p.trim_end_matches('?')).collect();
+        let mut bound: Vec<Option<NodeId>> = vec![None; names.len()];
+        let mut pos = 0;
+        for a in args {
+            let v = self.expr(ctx, &a.value)?;
+            let slot = match &a.name {
+                Some(n) => names.iter().position(|p| *p == n.name),
+                None => {
+                    pos += 1;
+                    Some(pos - 1)
+                }
+            };
+            if let Some(i) = slot.filter(|i| *i < bound.len()) {
+                bound[i] = Some(v);
+            }
+        }
+        let level = over.and_then(|o| Level::from_over(&o.name));
+        let x = bound.first().copied().flatten();
+        let arg = |k: usize| bound.get(k).copied().flatten();
+        let need = |v: Option<NodeId>| v.ok_or(());
+        let b = &mut self.b;
+        Ok(match (bi.name, level) {
+            ("exp", _) => b.unary(Un::Exp, need(x)?),
+            ("log", _) => b.unary(Un::Log, need(x)?),
+            ("log1p", _) => b.unary(Un::Log1p, need(x)?),
+            ("expm1", _) => b.unary(Un::Expm1, need(x)?),
+            ("sqrt", _) => b.unary(Un::Sqrt, need(x)?),
+            ("abs", _) => b.unary(Un::Abs, need(x)?),
+            ("sign", _) => b.unary(Un::Sign, need(x)?),
+            ("sigmoid", _) => b.unary(Un::Sigmoid, need(x)?),
+            ("softplus", _) => b.unary(Un::Softplus, need(x)?),
+            ("tanh", _) => b.unary(Un::Tanh, need(x)?),
+            ("relu", _) => b.unary(Un::Relu, need(x)?),
+            ("cos", _) => b.unary(Un::Cos, need(x)?),
+            ("sin", _) => b.unary(Un::Sin, need(x)?),
+            ("floor", _) => b.unary(Un::Floor, need(x)?),
+            ("ceil", _) => b.unary(Un::Ceil, need(x)?),
+            ("round", _) => b.unary(Un::Round, need(x)?),
+            ("pow", _) => b.binary(Bin::Pow, need(x)?, need(arg(1))?),
+            ("clamp", _) => b.clamp(need(x)?, need(arg(1))?, need(arg(2))?),
+            ("where", _) => b.where_(need(x)?, need(arg(1))?, need(arg(2))?),
+            ("float", _) => b.float(need(x)?),
+            ("stopgrad", _) => b.stopgrad(need(x)?),
+            ("broadcast", _) => need(x)?,
+            ("min", None) => b.binary(Bin::Min, need(x)?, need(arg(1))?),
+            ("max", None) => b.binary(Bin::Max, need(x)?, need(arg(1))?),
+            ("min", Some(l)) => b.reduce(Red::Min, need(x)?, l),
+            ("max", Some(l)) => b.reduce(Red::Max, need(x)?, l),
+            ("sum", Some(l)) => {
+                let x = b.float(need(x)?);
+                b.reduce(Red::Sum, x, l)
+            }
+            ("count", Some(l)) => self.count(x, l),
+            ("mean", Some(l)) => self.mean(need(x)?, l),
+            ("var", Some(l)) => self.var(need(x)?, l, false),
+            ("std", Some(l)) => self.var(need(x)?, l, true),
+            ("logsumexp", Some(l)) => self.logsumexp(need(x)?, l),
+            ("any", Some(l)) => {
+                let f = b.float(need(x)?);
+                let m = b.reduce(Red::Max, f, l);
+                let half = b.c(0.5);
+                b.binary(Bin::Gt, m, half)
+            }
+            ("all", Some(l)) => {
+                let f = b.float(need(x)?);
+                let m = b.reduce(Red::Min, f, l);
+                let half = b.c(0.5);
+                b.binary(Bin::Gt, m, half)
+            }
+            ("quantile", Some(l)) => {
+                let q = need(arg(1))?;
+                b.add(Op::Quantile { over: l }, vec![need(x)?, q], l, DType::F64)
+            }
+            ("whiten", Some(l)) => {
+                let eps = match arg(1) {
+                    Some(e) => e,
+                    None => b.c(1e-8),
+                };
+                self.whiten(need(x)?, eps, l)
+            }
+            ("softmax", Some(l)) => self.softmax(need(x)?, l),
+            ("log_softmax", Some(l)) => self.log_softmax(need(x)?, l),
+            ("rank", Some(l)) => self.rank(need(x)?, l),
+            ("topk", Some(l)) => {
+                let x = need(x)?;
+                let r = self.rank(x, l);
+                let k = need(arg(1))?;
+                self.b.binary(Bin::Lt, r, k)
+            }
+            ("top_frac", Some(l)) => {
+                let x = need(x)?;
+                let r = self.rank(x, l);
+                let n = self.count(Some(x), l);
+                let f = need(arg(1))?;
+                let fk = self.b.binary(Bin::Mul, f, n);
+                let k = self.b.unary(Un::Ceil, fk);
+                self.b.binary(Bin::Lt, r, k)
+            }
+            ("rscan", _) => self.scan(ScanOp::RScan, need(x)?, need(arg(1))?),
+            ("cumsum", _) => {
+                let one = self.b.c(1.0);
+                self.scan(ScanOp::FScan, need(x)?, one)
+            }
+            ("rscan_min", _) => {
+                let x = self.b.broadcast(need(x)?, Level::Token);
+                self.b.add(
+                    Op::Scan(ScanOp::RScanMin),
+                    vec![x],
+                    Level::Token,
+                    DType::F64,
+                )
+            }
+            ("next" | "prev", _) => {
+                let fill = match arg(1) {
+                    Some(f) => f,
+                    None => self.b.c(0.0),
+                };
+                let op = if bi.name == "next" {
+                    ScanOp::Next
+                } else {
+                    ScanOp::Prev
+                };
+                self.scan(op, need(x)?, fill)
+            }
+            ("pick", _) => self
+                .b
+                .add(Op::Pick, vec![need(x)?], Level::Token, DType::F64),
+            ("rand", _) => {
+                let like = need(x)?;
+                let l = self.b.level(like);
+                self.b.add(Op::Rand, vec![need(arg(1))?], l, DType::F64)
+            }
+            _ => {
+                self.error(
+                    ctx.file,
+                    span,
+                    format!("`{}` cannot be lowered here", bi.name),
+                    "run `keel check` first",
+                );
+                return Err(());
+            }
+        })
+    }
+
+    fn user_call(&mut self, ctx: &Ctx, module: usize, index: usize, args: &[Arg]) -> L<NodeId> {
+        let Some((file, def)) = self.prog.fn_def(module, index) else {
+            return Err(());
+        };
+        let def = def.clone();
+        let mut env = HashMap::new();
+        let mut pos = 0;
+        let mut given: HashMap<String, NodeId> = HashMap::new();
+        for a in args {
+            let v = self.expr(ctx, &a.value)?;
+            match &a.name {
+                Some(n) => {
+                    given.insert(n.name.clone(), v);
+                }
+                None => {
+                    if let Some(p) = def.params.get(pos) {
+                        given.insert(p.name.name.clone(), v);
+                    }
+                    pos += 1;
+                }
+            }
+        }
+        for p in &def.params {
+            let v = match (given.get(&p.name.name), &p.default) {
+                (Some(v), _) => *v,
+                (None, Some(d)) => {
+                    let empty = HashMap::new();
+                    let dctx = Ctx {
+                        file,
+                        section: ctx.section,
+                        env: Some(&empty),
+                    };
+                    self.expr(&dctx, d)?
+                }
+                (None, None) => return Err(()),
+            };
+            env.insert(p.name.name.clone(), v);
+        }
+        let body_ctx = Ctx {
+            file,
+            section: ctx.section,
+            env: Some(&env),
+        };
+        let _ = self.module_of(file);
+        self.expr(&body_ctx, &def.body)
+    }
+
+    // ----- compositions ------------------------------------------------------
+
+    fn scan(&mut self, op: ScanOp, x: NodeId, p: NodeId) -> NodeId {
+        let x = self.b.broadcast(x, Level::Token);
+        self.b
+            .add(Op::Scan(op), vec![x, p], Level::Token, DType::F64)
+    }
+
+    /// Valid members of each unit (`count(x) over l`; true entries for bools).
+    fn count(&mut self, x: Option<NodeId>, l: Level) -> NodeId {
+        let ones = match x {
+            Some(x) if self.b.dtype(x) == DType::Bool => self.b.float(x),
+            Some(x) => {
+                let one = self.b.c(1.0);
+                let xl = self.b.level(x);
+                self.b.broadcast(one, xl)
+            }
+            None => {
+                let one = self.b.c(1.0);
+                self.b.broadcast(one, Level::Token)
+            }
+        };
+        self.b.reduce(Red::Sum, ones, l)
+    }
+
+    /// Masked mean; an empty unit gives 0.
+    fn mean(&mut self, x: NodeId, l: Level) -> NodeId {
+        let x = self.b.float(x);
+        let s = self.b.reduce(Red::Sum, x, l);
+        let n = self.count(Some(x), l);
+        let one = self.b.c(1.0);
+        let n1 = self.b.binary(Bin::Max, n, one);
+        self.b.binary(Bin::Div, s, n1)
+    }
+
+    /// Unbiased variance (or std); a one-member unit gives 1.
+    fn var(&mut self, x: NodeId, l: Level, std: bool) -> NodeId {
+        let x = self.b.float(x);
+        let xl = self.b.level(x);
+        let n = self.count(Some(x), l);
+        let mu = self.mean(x, l);
+        let mu = self.b.broadcast(mu, xl);
+        let d = self.b.binary(Bin::Sub, x, mu);
+        let d2 = self.b.binary(Bin::Mul, d, d);
+        let ss = self.b.reduce(Red::Sum, d2, l);
+        let one = self.b.c(1.0);
+        let nm1 = self.b.binary(Bin::Sub, n, one);
+        let nm1 = self.b.binary(Bin::Max, nm1, one);
+        let v = self.b.binary(Bin::Div, ss, nm1);
+        let v = if std { self.b.unary(Un::Sqrt, v) } else { v };
+        let many = self.b.binary(Bin::Gt, n, one);
+        self.b.where_(many, v, one)
+    }
+
+    /// verl's `masked_whiten`: mean and unbiased variance with 1e-8 guards.
+    fn whiten(&mut self, x: NodeId, eps: NodeId, l: Level) -> NodeId {
+        let x = self.b.float(x);
+        let xl = self.b.level(x);
+        let n = self.count(Some(x), l);
+        let tiny = self.b.c(1e-8);
+        let n_eps = self.b.binary(Bin::Add, n, tiny);
+        let s = self.b.reduce(Red::Sum, x, l);
+        let mu = self.b.binary(Bin::Div, s, n_eps);
+        let mub = self.b.broadcast(mu, xl);
+        let d = self.b.binary(Bin::Sub, x, mub);
+        let d2 = self.b.binary(Bin::Mul, d, d);
+        let ss = self.b.reduce(Red::Sum, d2, l);
+        let var = self.b.binary(Bin::Div, ss, n_eps);
+        let one = self.b.c(1.0);
+        let nm1 = self.b.binary(Bin::Sub, n, one);
+        let bessel = self.b.binary(Bin::Div, n, nm1);
+        let var = self.b.binary(Bin::Mul, var, bessel);
+        let ve = self.b.binary(Bin::Add, var, eps);
+        let sd = self.b.unary(Un::Sqrt, ve);
+        let sd = self.b.broadcast(sd, xl);
+        self.b.binary(Bin::Div, d, sd)
+    }
+
+    fn logsumexp(&mut self, x: NodeId, l: Level) -> NodeId {
+        let xl = self.b.level(x);
+        let m = self.b.reduce(Red::Max, x, l);
+        let m = self.b.stopgrad(m);
+        let mb = self.b.broadcast(m, xl);
+        let sh = self.b.binary(Bin::Sub, x, mb);
+        let e = self.b.unary(Un::Exp, sh);
+        let s = self.b.reduce(Red::Sum, e, l);
+        let ls = self.b.unary(Un::Log, s);
+        self.b.binary(Bin::Add, m, ls)
+    }
+
+    fn softmax(&mut self, x: NodeId, l: Level) -> NodeId {
+        let xl = self.b.level(x);
+        let m = self.b.reduce(Red::Max, x, l);
+        let m = self.b.stopgrad(m);
+        let mb = self.b.broadcast(m, xl);
+        let sh = self.b.binary(Bin::Sub, x, mb);
+        let e = self.b.unary(Un::Exp, sh);
+        let s = self.b.reduce(Red::Sum, e, l);
+        let sb = self.b.broadcast(s, xl);
+        self.b.binary(Bin::Div, e, sb)
+    }
+
+    fn log_softmax(&mut self, x: NodeId, l: Level) -> NodeId {
+        let xl = self.b.level(x);
+        let lse = self.logsumexp(x, l);
+        let lb = self.b.broadcast(lse, xl);
+        self.b.binary(Bin::Sub, x, lb)
+    }
+
+    fn rank(&mut self, x: NodeId, l: Level) -> NodeId {
+        let x = self.b.float(x);
+        let xl = self.b.level(x);
+        let x = self.b.stopgrad(x);
+        self.b.add(Op::Rank { over: l }, vec![x], xl, DType::F64)
+    }
+
+    /// `objective.reduce` applied to a token-level value.
+    fn aggregate(&mut self, x: NodeId, mode: &str, norm: Option<NodeId>) -> NodeId {
+        let x = self.b.broadcast(x, Level::Token);
+        let b = &mut self.b;
+        match mode {
+            "seq_mean_token_sum" | "seq_mean_token_mean" => {
+                let s = b.reduce(Red::Sum, x, Level::Seq);
+                let one = b.c(1.0);
+                let ones = b.broadcast(one, Level::Token);
+                let n = b.reduce(Red::Sum, ones, Level::Seq);
+                let zero = b.c(0.0);
+                let valid = b.binary(Bin::Gt, n, zero);
+                let per = if mode == "seq_mean_token_mean" {
+                    let tiny = b.c(1e-8);
+                    let den = b.binary(Bin::Add, n, tiny);
+                    b.binary(Bin::Div, s, den)
+                } else {
+                    s
+                };
+                let kept = b.where_(valid, per, zero);
+                let num = b.reduce(Red::Sum, kept, Level::Batch);
+                let vf = b.float(valid);
+                let den = b.reduce(Red::Sum, vf, Level::Batch);
+                b.binary(Bin::Div, num, den)
+            }
+            "seq_mean_token_sum_norm" => {
+                let s = b.reduce(Red::Sum, x, Level::Batch);
+                let norm = match norm {
+                    Some(n) => n,
+                    None => b.add(Op::PaddedLength, Vec::new(), Level::Batch, DType::F64),
+                };
+                b.binary(Bin::Div, s, norm)
+            }
+            _ => {
+                let s = b.reduce(Red::Sum, x, Level::Batch);
+                let one = b.c(1.0);
+                let ones = b.broadcast(one, Level::Token);
+                let n = b.reduce(Red::Sum, ones, Level::Batch);
+                b.binary(Bin::Div, s, n)
+            }
+        }
+    }
+}
+
+fn is_literal(e: &Expr) -> bool {
+    match &e.kind {
+        ExprKind::Number { .. } | ExprKind::Bool(_) => true,
+        ExprKind::Unary(UnOp::Neg, x) | ExprKind::Paren(x) => is_literal(x),
+        _ => false,
+    }
+}
+
+/// A compiled loss program and what it needs.
+pub struct Program0 {
+    pub graph: Graph,
+    /// Monitor keys left out because the batch lacks an input they read.
+    pub skipped_metrics: Vec<String>,
+}
+
+/// Build the loss program of a checked recipe.
+pub fn loss_program(
+    prog: &Program,
+    merged: &Merged,
+    checked: &CheckedRecipe,
+    have: &dyn Available,
+) -> Result<Program0, Vec<Diagnostic>> {
+    let mut lw = Lowering::new(prog, merged, checked, have);
+    let mode = match checked.value("objective", "reduce").map(|v| &v.info.ty) {
+        Some(builtins::Ty::Sym(s)) => s.clone(),
+        _ => "token_mean".to_string(),
+    };
+    let fail = |lw: Lowering| lw.errors;
+    let Ok(loss) = lw.entry("objective", "loss") else {
+        if lw.errors.is_empty() {
+            lw.errors.push(
+                Diagnostic::error(
+                    codes::NO_LOSS,
+                    format!("recipe `{}` defines no loss", merged.name),
+                    Label::new(merged.file, merged.name_span, "no `objective.loss`"),
+                )
+                .with_help("add `objective { loss = ... }`"),
+            );
+        }
+        return Err(fail(lw));
+    };
+    let norm = match merged.section("objective").and_then(|s| s.entry("norm")) {
+        Some(_) => lw.entry("objective", "norm").ok(),
+        None => None,
+    };
+    let mut total = lw.aggregate(loss, &mode, norm);
+    for sec in ["divergence", "entropy"] {
+        if merged.section(sec).and_then(|s| s.entry("value")).is_none() {
+            continue;
+        }
+        let Ok(v) = lw.entry(sec, "value") else {
+            return Err(fail(lw));
+        };
+        let coef = if merged.section(sec).and_then(|s| s.entry("coef")).is_some() {
+            let Ok(c) = lw.entry(sec, "coef") else {
+                return Err(fail(lw));
+            };
+            c
+        } else {
+            lw.b.c(1.0)
+        };
+        let agg = lw.aggregate(v, &mode, norm);
+        let term = lw.b.binary(Bin::Mul, coef, agg);
+        total = lw.b.binary(Bin::Add, total, term);
+    }
+    let mut outputs = vec![("loss".to_string(), total)];
+    let mask = lw.input("mask");
+    if merged
+        .section("credit")
+        .and_then(|s| s.entry("value"))
+        .is_some()
+        || have.has("advantages")
+    {
+        let Ok(c) = lw.entry("credit", "value") else {
+            return Err(fail(lw));
+        };
+        let c = lw.b.float(c);
+        let c = lw.b.stopgrad(c);
+        let ct = lw.b.broadcast(c, Level::Token);
+        let adv = lw.b.binary(Bin::Mul, ct, mask);
+        outputs.push(("advantages".to_string(), adv));
+    }
+    // Gradients.
+    let logp = lw.input("logp");
+    let mut wrt = vec![logp];
+    let logits = (have.has("logits")).then(|| lw.input("logits"));
+    if let Some(z) = logits {
+        wrt.push(z);
+    }
+    let grads = match autodiff::gradients(&mut lw.b, total, &wrt) {
+        Ok(g) => g,
+        Err(msg) => {
+            lw.errors.push(
+                Diagnostic::error(
+                    codes::NOT_DIFFERENTIABLE,
+                    msg.clone(),
+                    Label::new(merged.file, merged.name_span, "in this recipe's loss"),
+                )
+                .with_help(msg),
+            );
+            return Err(fail(lw));
+        }
+    };
+    let zero = lw.b.c(0.0);
+    let d_logp = match grads.first().copied().flatten() {
+        Some(g) => lw.b.binary(Bin::Mul, g, mask),
+        None => lw.b.broadcast(zero, Level::Token),
+    };
+    outputs.push(("d_logp".to_string(), d_logp));
+    if logits.is_some() {
+        let d = match grads.get(1).copied().flatten() {
+            Some(g) => lw.b.binary(Bin::Mul, g, mask),
+            None => lw.b.broadcast(zero, Level::Vocab),
+        };
+        outputs.push(("d_logits".to_string(), d));
+    }
+    // Metrics.
+    let mut skipped = Vec::new();
+    if let Some(mon) = merged.section("monitor") {
+        for e in &mon.entries {
+            if e.is_let {
+                continue;
+            }
+            let before = lw.errors.len();
+            match lw.entry("monitor", &e.name) {
+                Ok(id) => {
+                    let id = lw.b.float(id);
+                    outputs.push((format!("metric.{}", e.name), id));
+                }
+                Err(()) => {
+                    lw.errors.truncate(before);
+                    skipped.push(e.name.clone());
+                }
+            }
+        }
+    }
+    if !lw.errors.is_empty() {
+        return Err(lw.errors);
+    }
+    let mut graph = lw.b.graph;
+    graph.outputs = outputs;
+    // Metrics that read inputs the batch lacks are dropped, not errors.
+    let mut kept = Vec::new();
+    for (name, id) in std::mem::take(&mut graph.outputs) {
+        if let Some(m) = name.strip_prefix("metric.") {
+            let missing = inputs_of(&graph, id)
+                .into_iter()
+                .any(|i| !have.has(&i) && !derivable(&i, have));
+            if missing {
+                skipped.push(m.to_string());
+                continue;
+            }
+        }
+        kept.push((name, id));
+    }
+    graph.outputs = kept;
+    Ok(Program0 {
+        graph,
+        skipped_metrics: skipped,
+    })
+}
+
+/// Inputs the loader can make up when the batch lacks them.
+pub fn derivable(name: &str, have: &dyn Available) -> bool {
+    match name {
+        "position" | "length" => true,
+        "logp" | "entropy" => have.has("logits") && have.has("tokens"),
+        _ => false,
+    }
+}
+
+/// The inputs a node transitively reads.
+pub fn inputs_of(g: &Graph, id: NodeId) -> Vec<String> {
+    let mut seen = vec![false; g.nodes.len()];
+    let mut stack = vec![id];
+    let mut out = Vec::new();
+    while let Some(i) = stack.pop() {
+        if seen[i] {
+            continue;
+        }
+        seen[i] = true;
+        if let Op::Input(n) = &g.nodes[i].op {
+            out.push(n.clone());
+        }
+        stack.extend(g.nodes[i].args.iter().copied());
+    }
+    out.sort();
+    out.dedup();
+    out
+}
