@@ -129,3 +129,55 @@ pub fn generated_recipe(lines: usize) -> String {
     s.push_str("}\n");
     s
 }
+
+/// Load a safetensors batch from `tests/golden/NAME.safetensors`.
+pub fn golden_batch(name: &str) -> keel_compiler::batch::Batch {
+    let bytes = std::fs::read(root().join("tests/golden").join(format!("{name}.safetensors"))).unwrap_or_default();
+    keel_compiler::batch::Batch::from_bytes(&bytes).unwrap_or_default()
+}
+
+/// The recipe file of a preset: `stdlib/NAME.recipe`, else `tests/golden/NAME.recipe`.
+pub fn preset_path(name: &str) -> PathBuf {
+    let std = root().join("stdlib").join(format!("{name}.recipe"));
+    if std.exists() { std } else { root().join("tests/golden").join(format!("{name}.recipe")) }
+}
+
+/// Check a recipe file (with `--set`-style overrides).
+pub fn check_file(path: &Path, sets: &[(&str, &str)]) -> Checked {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let sets: Vec<(String, String)> = sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    keel_compiler::check_source_with(&keel_compiler::Disk, &path.to_string_lossy(), &text, &sets)
+}
+
+/// Run the main recipe of a checked file on a batch, panicking with the
+/// rendered diagnostics on failure.
+pub fn loss_of(c: &Checked, batch: &keel_compiler::batch::Batch) -> keel_compiler::LossResult {
+    assert!(!c.has_errors(), "{}", render(c));
+    let i = c.main_recipe(None).expect("a recipe");
+    match keel_compiler::run_loss(c, i, batch, "batch") {
+        Ok(r) => r,
+        Err(d) => {
+            let mut out = String::new();
+            for x in &d {
+                out.push_str(&x.render(c.sources(), false));
+            }
+            panic!("{out}")
+        }
+    }
+}
+
+/// Run an in-memory recipe on a batch.
+pub fn loss_str(src: &str, batch: &keel_compiler::batch::Batch) -> keel_compiler::LossResult {
+    let c = keel_compiler::check_source(&MemFiles::default(), "test.recipe", src);
+    loss_of(&c, batch)
+}
+
+/// A batch builder for worked examples: `b.f("logp", &[B, T], data)`.
+pub fn batch() -> keel_compiler::batch::Batch {
+    keel_compiler::batch::Batch::default()
+}
+
+/// Relative closeness with an absolute floor.
+pub fn close(a: f64, b: f64, rel: f64, abs: f64) -> bool {
+    (a - b).abs() <= rel * b.abs() + abs
+}

@@ -10,7 +10,7 @@
 //! 2. lets and keys of `S` (an entry never sees itself, so
 //!    `entropy = mean(entropy) over batch` reads the input);
 //! 3. `state` variables;
-//! 4. another section's principal value by the section's name (`credit`);
+//! 4. the value of section `reward` or `credit`, by the section's name;
 //! 5. built-in inputs (`logp`, `reward`, …);
 //! 6. a key of another section, when exactly one section has it (`eps_low`).
 
@@ -633,8 +633,9 @@ impl<'p> Checker<'p> {
             self.resolve(ctx, span, Res::State(name.to_string()));
             return i;
         }
-        // 4. another section's principal value
+        // 4. the value of `reward` or `credit` by the section's name
         if name != ctx.section
+            && matches!(name, "reward" | "credit")
             && let Some(p) = builtins::section(name).and_then(|s| s.principal)
             && self.entry(name, p).is_some()
         {

@@ -69,11 +69,31 @@ pub struct Env<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct InterpError(pub String);
 
-/// Evaluate every node; returns all values (indexed by node id).
+/// Evaluate every live node; returns all values (indexed by node id; dead
+/// nodes get an empty vector).
 pub fn run(g: &Graph, env: &Env) -> Result<Vec<Vec<f64>>, InterpError> {
+    run_with(g, env, None)
+}
+
+/// Evaluate with the values of every `stopgrad` and `rank` node taken from
+/// `frozen` (a previous run): finite differences of this function are the
+/// gradient the autodiff defines, detached parts held fixed.
+pub fn run_with(g: &Graph, env: &Env, frozen: Option<&[Vec<f64>]>) -> Result<Vec<Vec<f64>>, InterpError> {
     let sh = &env.shape;
+    let live = g.live();
     let mut vals: Vec<Vec<f64>> = Vec::with_capacity(g.nodes.len());
-    for n in &g.nodes {
+    for (id, n) in g.nodes.iter().enumerate() {
+        if !live[id] {
+            vals.push(Vec::new());
+            continue;
+        }
+        if let Some(fz) = frozen
+            && matches!(n.op, Op::StopGrad | Op::Rank { .. })
+            && let Some(v) = fz.get(id)
+        {
+            vals.push(v.clone());
+            continue;
+        }
         let len = sh.len(n.level);
         let arg = |k: usize| -> &Vec<f64> { &vals[n.args[k]] };
         let v: Vec<f64> = match &n.op {
