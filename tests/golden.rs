@@ -21,7 +21,10 @@ const PRESETS: &[&str] = &[
 ];
 
 fn tensor(b: &Batch, name: &str) -> Vec<f64> {
-    b.tensors.get(name).map(|t| t.data.clone()).unwrap_or_default()
+    b.tensors
+        .get(name)
+        .map(|t| t.data.clone())
+        .unwrap_or_default()
 }
 
 /// Loss, d_logp and advantages agree with the verl reference (1e-5 relative)
@@ -37,16 +40,26 @@ fn verl_parity_on_randomized_batches() {
             assert!(b.has("expect.loss"), "missing fixture {p}__{variant}");
             let r = loss_of(&c, &b);
             let want = tensor(&b, "expect.loss")[0];
-            assert!(close(r.loss, want, 1e-5, 1e-9), "{p}/{variant}: loss {} vs verl {want}", r.loss);
+            assert!(
+                close(r.loss, want, 1e-5, 1e-9),
+                "{p}/{variant}: loss {} vs verl {want}",
+                r.loss
+            );
             let wd = tensor(&b, "expect.d_logp");
             assert_eq!(r.d_logp.len(), wd.len());
             for (i, (x, y)) in r.d_logp.iter().zip(&wd).enumerate() {
-                assert!(close(*x, *y, 1e-5, 1e-8), "{p}/{variant}: d_logp[{i}] = {x} vs verl {y}");
+                assert!(
+                    close(*x, *y, 1e-5, 1e-8),
+                    "{p}/{variant}: d_logp[{i}] = {x} vs verl {y}"
+                );
             }
             let wa = tensor(&b, "expect.advantages");
             let adv = r.advantages.clone().expect("advantages");
             for (i, (x, y)) in adv.iter().zip(&wa).enumerate() {
-                assert!(close(*x, *y, 1e-5, 1e-8), "{p}/{variant}: advantages[{i}] = {x} vs verl {y}");
+                assert!(
+                    close(*x, *y, 1e-5, 1e-8),
+                    "{p}/{variant}: advantages[{i}] = {x} vs verl {y}"
+                );
             }
             checked_files += 1;
         }
@@ -62,7 +75,8 @@ fn fd_check(c: &keel_compiler::Checked, b: &Batch, wrt: &str, samples: usize) ->
     let compiled = keel_compiler::compile_loss(c, i, &have).expect("compiles");
     let g = &compiled.graph;
     let prep = keel_compiler::batch::prepare(b, "batch", g, &c.recipes[i]).expect("batch fits");
-    let run = |inputs: &std::collections::HashMap<String, Vec<f64>>, frozen: Option<&[Vec<f64>]>| {
+    let run = |inputs: &std::collections::HashMap<String, Vec<f64>>,
+               frozen: Option<&[Vec<f64>]>| {
         let env = interp::Env {
             shape: prep.shape.clone(),
             mask: &prep.mask,
@@ -72,7 +86,13 @@ fn fd_check(c: &keel_compiler::Checked, b: &Batch, wrt: &str, samples: usize) ->
     };
     let base = run(&prep.inputs, None);
     let loss_id = g.output("loss").expect("loss");
-    let grad_id = g.output(if wrt == "logits" { "d_logits" } else { "d_logp" }).expect("gradient");
+    let grad_id = g
+        .output(if wrt == "logits" {
+            "d_logits"
+        } else {
+            "d_logp"
+        })
+        .expect("gradient");
     let grad = &base[grad_id];
     let x = prep.inputs.get(wrt).expect("input").clone();
     let h = 1e-6;
@@ -91,7 +111,11 @@ fn fd_check(c: &keel_compiler::Checked, b: &Batch, wrt: &str, samples: usize) ->
             run(&inputs, Some(&base))[loss_id][0]
         };
         let fd = (at(h) - at(-h)) / (2.0 * h);
-        assert!(close(grad[k], fd, 1e-5, 1e-8), "d/d{wrt}[{k}]: derived {} vs finite difference {fd}", grad[k]);
+        assert!(
+            close(grad[k], fd, 1e-5, 1e-8),
+            "d/d{wrt}[{k}]: derived {} vs finite difference {fd}",
+            grad[k]
+        );
         checked += 1;
     }
     checked
@@ -115,13 +139,17 @@ fn logits_batch(seed: u64) -> Batch {
     let (bs, t, v) = (4usize, 6usize, 64usize);
     let mut s = seed;
     let mut rnd = || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((s >> 11) as f64) / ((1u64 << 53) as f64)
     };
     let logits: Vec<f64> = (0..bs * t * v).map(|_| rnd() * 4.0 - 2.0).collect();
     let tokens: Vec<f64> = (0..bs * t).map(|_| (rnd() * v as f64).floor()).collect();
     let lengths = [6, 4, 5, 2];
-    let mask: Vec<f64> = (0..bs * t).map(|i| f64::from(u8::from(i % t < lengths[i / t]))).collect();
+    let mask: Vec<f64> = (0..bs * t)
+        .map(|i| f64::from(u8::from(i % t < lengths[i / t])))
+        .collect();
     let old: Vec<f64> = (0..bs * t).map(|_| -1.5 - rnd()).collect();
     let refl: Vec<f64> = (0..bs * t).map(|_| -1.5 - rnd()).collect();
     let mut b = batch();
@@ -146,7 +174,11 @@ fn d_logits_matches_finite_differences_with_entropy_bonus() {
         let d = r.d_logits.expect("d_logits");
         assert_eq!(d.len(), 4 * 6 * 64);
         // Masked-out positions get no gradient.
-        assert!(d[(3 * 6 + 4) * 64..(3 * 6 + 5) * 64].iter().all(|x| *x == 0.0));
+        assert!(
+            d[(3 * 6 + 4) * 64..(3 * 6 + 5) * 64]
+                .iter()
+                .all(|x| *x == 0.0)
+        );
         assert!(d.iter().any(|x| *x != 0.0));
     }
 }
@@ -170,29 +202,45 @@ fn loss_aggregations_unit_test() {
         ("seq_mean_token_mean", 2.25),
         ("seq_mean_token_sum_norm", 2.0),
     ] {
-        let r = loss_str(&format!("recipe r {{ objective {{ loss = logp, reduce = {mode} }} }}"), &b);
+        let r = loss_str(
+            &format!("recipe r {{ objective {{ loss = logp, reduce = {mode} }} }}"),
+            &b,
+        );
         assert!(close(r.loss, want, 1e-7, 1e-12), "{mode}: {}", r.loss);
         // d loss / d logp is the aggregation weight of each token.
         assert_eq!(r.d_logp[2], 0.0);
     }
-    let r = loss_str("recipe r { objective { loss = logp, reduce = seq_mean_token_sum_norm, norm = 4 } }", &b);
+    let r = loss_str(
+        "recipe r { objective { loss = logp, reduce = seq_mean_token_sum_norm, norm = 4 } }",
+        &b,
+    );
     assert!(close(r.loss, 1.5, 1e-12, 0.0));
 }
 
 #[test]
 fn ppo_dual_clip_unit_tests() {
     // eps_low 0.2, eps_high 0.28, c = 3 (DAPO's clip with PPO's dual clip).
-    let cases = [(1.0, 1.5, -1.28), (1.0, 0.5, -0.5), (-1.0, 0.5, 0.8), (-1.0, 5.0, 3.0), (-1.0, 1.1, 1.1)];
+    let cases: [(f64, f64, f64); 5] = [
+        (1.0, 1.5, -1.28),
+        (1.0, 0.5, -0.5),
+        (-1.0, 0.5, 0.8),
+        (-1.0, 5.0, 3.0),
+        (-1.0, 1.1, 1.1),
+    ];
     let src = "import std/dapo\nrecipe r extends dapo {}\n";
     for (a, ratio, want) in cases {
         let mut b = batch();
-        bt(&mut b, "logp", &[&[(ratio as f64).ln()]]);
+        bt(&mut b, "logp", &[&[ratio.ln()]]);
         bt(&mut b, "old_logp", &[&[0.0]]);
         bt(&mut b, "mask", &[&[1.0]]);
         bt(&mut b, "advantages", &[&[a]]);
         b.insert("reward", "f32", vec![1], vec![0.0]);
         let r = loss_str(src, &b);
-        assert!(close(r.loss, want, 1e-6, 1e-9), "A={a} ratio={ratio}: {} vs {want}", r.loss);
+        assert!(
+            close(r.loss, want, 1e-6, 1e-9),
+            "A={a} ratio={ratio}: {} vs {want}",
+            r.loss
+        );
     }
 }
 
@@ -202,11 +250,21 @@ fn kl_estimators_unit_test() {
     bt(&mut b, "logp", &[&[-1.0]]);
     bt(&mut b, "ref_logp", &[&[-1.5]]);
     bt(&mut b, "mask", &[&[1.0]]);
-    for (f, want, grad) in [("kl_k1", 0.5, 1.0), ("kl_k2", 0.125, 0.5), ("kl_k3", 0.106531, 1.0 - (-0.5f64).exp()), ("kl_k3_plus", 0.106531, 0.5), ("kl_abs", 0.5, 1.0)] {
+    for (f, want, grad) in [
+        ("kl_k1", 0.5, 1.0),
+        ("kl_k2", 0.125, 0.5),
+        ("kl_k3", 0.106531, 1.0 - (-0.5f64).exp()),
+        ("kl_k3_plus", 0.106531, 0.5),
+        ("kl_abs", 0.5, 1.0),
+    ] {
         let src = format!("import std/kl\nrecipe r {{ objective.loss = {f}(logp, ref_logp) }}");
         let r = loss_str(&src, &b);
         assert!(close(r.loss, want, 1e-5, 1e-9), "{f}: {}", r.loss);
-        assert!(close(r.d_logp[0], grad, 1e-9, 1e-12), "{f} gradient: {}", r.d_logp[0]);
+        assert!(
+            close(r.d_logp[0], grad, 1e-9, 1e-12),
+            "{f} gradient: {}",
+            r.d_logp[0]
+        );
     }
 }
 
@@ -214,7 +272,9 @@ fn group_batch(rewards: &[f64], lengths: &[usize]) -> Batch {
     let t = *lengths.iter().max().unwrap_or(&1);
     let n = rewards.len();
     let mut b = batch();
-    let mask: Vec<f64> = (0..n * t).map(|i| f64::from(u8::from(i % t < lengths[i / t]))).collect();
+    let mask: Vec<f64> = (0..n * t)
+        .map(|i| f64::from(u8::from(i % t < lengths[i / t])))
+        .collect();
     b.insert("mask", "f32", vec![n, t], mask);
     b.insert("logp", "f32", vec![n, t], vec![-1.0; n * t]);
     b.insert("old_logp", "f32", vec![n, t], vec![-1.0; n * t]);
@@ -239,12 +299,24 @@ fn group_credit_worked_examples() {
             assert!(close(*g, *w, 1e-6, 1e-9), "{got:?} vs {want:?}");
         }
     };
-    expect(seq_advantages("grpo", &b, &[]), &[1.499997, -0.499999, -0.499999, -0.499999]);
-    expect(seq_advantages("dr_grpo", &b, &[]), &[0.75, -0.25, -0.25, -0.25]);
-    expect(seq_advantages("rloo", &b, &[]), &[1.0, -1.0 / 3.0, -1.0 / 3.0, -1.0 / 3.0]);
+    expect(
+        seq_advantages("grpo", &b, &[]),
+        &[1.499997, -0.499999, -0.499999, -0.499999],
+    );
+    expect(
+        seq_advantages("dr_grpo", &b, &[]),
+        &[0.75, -0.25, -0.25, -0.25],
+    );
+    expect(
+        seq_advantages("rloo", &b, &[]),
+        &[1.0, -1.0 / 3.0, -1.0 / 3.0, -1.0 / 3.0],
+    );
     let same = group_batch(&[1.0, 1.0, 1.0, 1.0], &[1, 1, 1, 1]);
     for p in ["grpo", "dr_grpo", "rloo"] {
-        assert!(seq_advantages(p, &same, &[]).iter().all(|x| *x == 0.0), "{p}");
+        assert!(
+            seq_advantages(p, &same, &[]).iter().all(|x| *x == 0.0),
+            "{p}"
+        );
     }
     // A one-member group: mean 0, std 1, so GRPO's credit is the reward.
     let mut single = group_batch(&[0.7], &[2]);
@@ -273,7 +345,10 @@ fn rscan_discounted_returns() {
     bt(&mut b, "step_reward", &[&[-0.01, -0.02, 0.97]]);
     bt(&mut b, "mask", &[&[1.0, 1.0, 1.0]]);
     bt(&mut b, "logp", &[&[0.0, 0.0, 0.0]]);
-    let r = loss_str("recipe r { credit = rscan(step_reward, 0.99), objective.loss = logp * credit }", &b);
+    let r = loss_str(
+        "recipe r { credit = rscan(step_reward, 0.99), objective.loss = logp * credit }",
+        &b,
+    );
     let adv = r.advantages.expect("advantages");
     for (g, w) in adv.iter().zip([0.920897, 0.9403, 0.97]) {
         assert!(close(*g, w, 1e-6, 0.0), "{adv:?}");
@@ -290,7 +365,10 @@ fn gae_worked_example() {
     bt(&mut b, "logp", &[&[-1.0, -1.0, -1.0]]);
     bt(&mut b, "old_logp", &[&[-1.0, -1.0, -1.0]]);
     b.insert("reward", "f32", vec![1], vec![1.0]);
-    let adv = seq_tokens(&check_file(&preset_path("ppo"), &[("credit.lam", "0.95")]), &b);
+    let adv = seq_tokens(
+        &check_file(&preset_path("ppo"), &[("credit.lam", "0.95")]),
+        &b,
+    );
     for (g, w) in adv.iter().zip([0.991344, 0.017092, -1.008436]) {
         assert!(close(*g, w, 1e-5, 0.0), "{adv:?}");
     }
@@ -305,11 +383,19 @@ fn dapo_overlong_shaping_worked_example() {
     // L_max 20480, buffer 4096, penalty 1: 16000 -> 0, 16384 -> 0,
     // 18000 -> -0.39453125, 20480 -> -1. One-member groups, so the credit is
     // the shaped reward / (1 + 1e-6).
-    for (len, want) in [(16000.0, 0.0), (16384.0, 0.0), (18000.0, -0.39453125), (20480.0, -1.0)] {
+    for (len, want) in [
+        (16000.0, 0.0),
+        (16384.0, 0.0),
+        (18000.0, -0.39453125),
+        (20480.0, -1.0),
+    ] {
         let mut b = group_batch(&[0.0], &[1]);
         b.insert("length", "i64", vec![1], vec![len]);
         let adv = seq_advantages("dapo", &b, &[]);
-        assert!(close(adv[0], want / (1.0 + 1e-6), 1e-9, 1e-12), "L={len}: {adv:?}");
+        assert!(
+            close(adv[0], want / (1.0 + 1e-6), 1e-9, 1e-12),
+            "L={len}: {adv:?}"
+        );
     }
 }
 
@@ -319,27 +405,127 @@ fn set_overrides_change_the_result_as_expected() {
     let grpo = loss_of(&check_file(&preset_path("grpo"), &[]), &b).loss;
     let dapo = loss_of(&check_file(&preset_path("dapo"), &[]), &b).loss;
     // GRPO with DAPO's clip and no KL is DAPO (the overlong shaping is 0 here).
-    let as_dapo = loss_of(&check_file(&preset_path("grpo"), &[("clip.eps_high", "0.28"), ("divergence.coef", "0")]), &b).loss;
+    let as_dapo = loss_of(
+        &check_file(
+            &preset_path("grpo"),
+            &[("clip.eps_high", "0.28"), ("divergence.coef", "0")],
+        ),
+        &b,
+    )
+    .loss;
     assert!(close(as_dapo, dapo, 1e-12, 1e-15), "{as_dapo} vs {dapo}");
     assert!((grpo - dapo).abs() > 1e-6);
     // The KL term is linear in its coefficient.
-    let k2 = loss_of(&check_file(&preset_path("grpo"), &[("divergence.coef", "0.002")]), &b).loss;
-    let k0 = loss_of(&check_file(&preset_path("grpo"), &[("divergence.coef", "0")]), &b).loss;
+    let k2 = loss_of(
+        &check_file(&preset_path("grpo"), &[("divergence.coef", "0.002")]),
+        &b,
+    )
+    .loss;
+    let k0 = loss_of(
+        &check_file(&preset_path("grpo"), &[("divergence.coef", "0")]),
+        &b,
+    )
+    .loss;
     assert!(close(k2 - grpo, grpo - k0, 1e-9, 1e-12));
     // Options can be set too.
-    let seq = loss_of(&check_file(&preset_path("grpo"), &[("objective.reduce", "seq_mean_token_mean")]), &b).loss;
+    let seq = loss_of(
+        &check_file(
+            &preset_path("grpo"),
+            &[("objective.reduce", "seq_mean_token_mean")],
+        ),
+        &b,
+    )
+    .loss;
     assert!((seq - grpo).abs() > 1e-6);
 }
 
 #[test]
 fn bad_set_overrides_are_located_errors() {
     let c = check_file(&preset_path("grpo"), &[("clip.eps_hihg", "0.3")]);
-    let lines: Vec<String> = c.diagnostics.iter().map(|d| d.plain_line(c.sources())).collect();
-    assert!(lines.iter().any(|l| l.contains("error[E0605]")), "{lines:?}");
+    let lines: Vec<String> = c
+        .diagnostics
+        .iter()
+        .map(|d| d.plain_line(c.sources()))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.contains("error[E0605]")),
+        "{lines:?}"
+    );
     let help = c.diagnostics[0].help.clone().unwrap_or_default();
     assert!(help.contains("did you mean `clip.eps_high`?"), "{help}");
     let c = check_file(&preset_path("grpo"), &[("clip.eps_high", "1.5")]);
     assert!(c.diagnostics.iter().any(|d| d.code.0 == "E0300"));
     let c = check_file(&preset_path("grpo"), &[("clip.eps_high", "0.2 +")]);
     assert!(c.diagnostics.iter().any(|d| d.code.0 == "E0002"));
+}
+
+// ----- the IR and `explain` --------------------------------------------------------------
+
+fn grpo_ir() -> String {
+    let c = check_file(&preset_path("grpo"), &[]);
+    let have = |n: &str| !matches!(n, "logits" | "tokens" | "teacher_logits" | "advantages");
+    let compiled = keel_compiler::compile_loss(&c, c.main_recipe(None).expect("grpo"), &have)
+        .expect("compiles");
+    compiled.graph.print()
+}
+
+#[test]
+fn grpo_ir_is_readable() {
+    let ir = grpo_ir();
+    insta::assert_snapshot!("grpo_ir", ir);
+    // Hyperparameters stay named; outputs are listed.
+    assert!(ir.contains("param clip.eps_high = 0.2"));
+    assert!(ir.contains("param divergence.coef = 0.001"));
+    for out in [
+        "out loss",
+        "out advantages",
+        "out d_logp",
+        "out metric.approx_kl",
+    ] {
+        assert!(ir.contains(out), "{out}");
+    }
+}
+
+#[test]
+fn ir_folds_constants_and_shares_subexpressions() {
+    let src = "recipe r { objective.loss = exp(1 + 2) * (logp * old_logp) + logp * old_logp }";
+    let c = keel_tests::check_str(src);
+    let have = |_: &str| true;
+    let g = keel_compiler::compile_loss(&c, 0, &have)
+        .expect("compiles")
+        .graph;
+    let ir = g.print();
+    assert!(ir.contains(&format!("const {}", 3f64.exp())), "{ir}");
+    let muls = g
+        .nodes
+        .iter()
+        .filter(|n| {
+            matches!(
+                n.op,
+                keel_compiler::ir::Op::Binary(keel_compiler::ir::Bin::Mul)
+            )
+        })
+        .filter(|n| {
+            n.args
+                .iter()
+                .all(|a| matches!(g.nodes[*a].op, keel_compiler::ir::Op::Input(_)))
+        })
+        .count();
+    assert_eq!(muls, 1, "logp * old_logp is computed once:\n{ir}");
+}
+
+#[test]
+fn explain_prints_the_formula() {
+    let src = std::fs::read_to_string(preset_path("grpo")).unwrap_or_default();
+    let c = keel_compiler::check_source(&keel_compiler::NoFiles, "stdlib/grpo.recipe", &src);
+    let text = keel_compiler::explain::explain_recipe(&c, c.main_recipe(None).expect("grpo"));
+    assert!(
+        text.contains("loss = token_mean(objective.loss) + 0.001 · token_mean(divergence.value)"),
+        "{text}"
+    );
+    assert!(text.contains("DeepSeekMath"), "{text}");
+    insta::assert_snapshot!(
+        "grpo_explain",
+        text.replace(&keel_tests::root().to_string_lossy().to_string(), "<root>")
+    );
 }

@@ -95,12 +95,12 @@ pub fn generated_recipe(lines: usize) -> String {
     );
     s.push_str("    clip { eps_low = 0.2, eps_high = 0.28 }\n");
     s.push_str("    objective {\n");
-    s.push_str("        let ratio = exp(clamp(logp - old_logp, -20, 20))\n");
-    s.push_str("        let t0 = clip_loss(ratio, credit, 1 - eps_low, 1 + eps_high)\n");
+    s.push_str("        let r0 = exp(clamp(logp - old_logp, -20, 20))\n");
+    s.push_str("        let t0 = clip_loss(r0, credit, 1 - eps_low, 1 + eps_high)\n");
     for i in 1..=blocks * 6 {
         let prev = i - 1;
         s.push_str(&format!(
-            "        let t{i} = 0.5 * t{prev} + where(credit > 0, min(t{prev}, ratio * {i}.0), stopgrad(t{prev})) / (1 + {i})\n"
+            "        let t{i} = 0.5 * t{prev} + where(credit > 0, min(t{prev}, r0 * {i}.0), stopgrad(t{prev})) / (1 + {i})\n"
         ));
     }
     s.push_str(&format!("        loss = t{}\n    }}\n", blocks * 6));
@@ -132,20 +132,32 @@ pub fn generated_recipe(lines: usize) -> String {
 
 /// Load a safetensors batch from `tests/golden/NAME.safetensors`.
 pub fn golden_batch(name: &str) -> keel_compiler::batch::Batch {
-    let bytes = std::fs::read(root().join("tests/golden").join(format!("{name}.safetensors"))).unwrap_or_default();
+    let bytes = std::fs::read(
+        root()
+            .join("tests/golden")
+            .join(format!("{name}.safetensors")),
+    )
+    .unwrap_or_default();
     keel_compiler::batch::Batch::from_bytes(&bytes).unwrap_or_default()
 }
 
 /// The recipe file of a preset: `stdlib/NAME.recipe`, else `tests/golden/NAME.recipe`.
 pub fn preset_path(name: &str) -> PathBuf {
     let std = root().join("stdlib").join(format!("{name}.recipe"));
-    if std.exists() { std } else { root().join("tests/golden").join(format!("{name}.recipe")) }
+    if std.exists() {
+        std
+    } else {
+        root().join("tests/golden").join(format!("{name}.recipe"))
+    }
 }
 
 /// Check a recipe file (with `--set`-style overrides).
 pub fn check_file(path: &Path, sets: &[(&str, &str)]) -> Checked {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let sets: Vec<(String, String)> = sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let sets: Vec<(String, String)> = sets
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     keel_compiler::check_source_with(&keel_compiler::Disk, &path.to_string_lossy(), &text, &sets)
 }
 
@@ -180,4 +192,23 @@ pub fn batch() -> keel_compiler::batch::Batch {
 /// Relative closeness with an absolute floor.
 pub fn close(a: f64, b: f64, rel: f64, abs: f64) -> bool {
     (a - b).abs() <= rel * b.abs() + abs
+}
+
+/// Run an in-memory recipe on a batch and render the errors it reports.
+pub fn loss_errors(src: &str, batch: &keel_compiler::batch::Batch) -> String {
+    let c = keel_compiler::check_source(&MemFiles::default(), "test.recipe", src);
+    assert!(!c.has_errors(), "{}", render(&c));
+    let i = c.main_recipe(None).expect("a recipe");
+    let Err(diags) = keel_compiler::run_loss(&c, i, batch, "b.safetensors") else {
+        panic!("expected the batch to be rejected");
+    };
+    let mut out = String::new();
+    for d in &diags {
+        out.push_str(&d.render(c.sources(), false));
+    }
+    for d in &diags {
+        out.push_str(&d.plain_line(c.sources()));
+        out.push('\n');
+    }
+    out
 }

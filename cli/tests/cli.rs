@@ -129,3 +129,106 @@ fn fmt_check_and_write() {
         "recipe r { objective.loss = }\n"
     );
 }
+
+#[test]
+fn loss_json_and_grad_out() {
+    let grad = std::env::temp_dir().join(format!("keel-grad-{}.safetensors", std::process::id()));
+    let gs = grad.to_string_lossy().to_string();
+    let out = keel(&[
+        "loss",
+        "stdlib/dapo.recipe",
+        "--batch",
+        "tests/golden/dapo__binary.safetensors",
+        "--json",
+        "--grad-out",
+        &gs,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).expect("JSON");
+    assert_eq!(v["backend"], "interp");
+    assert_eq!(v["recipe"], "dapo");
+    assert!(
+        (v["loss"].as_f64().unwrap_or(0.0) - -0.049675508).abs() < 1e-8,
+        "{v}"
+    );
+    for m in ["clip_frac", "approx_kl", "entropy"] {
+        assert!(v["metrics"][m].is_number(), "metric {m}: {v}");
+    }
+    let bytes = std::fs::read(&grad).expect("grad file written");
+    let g = keel_compiler::batch::Batch::from_bytes(&bytes).expect("safetensors");
+    assert_eq!(g.tensors["d_logp"].shape, vec![16, 24]);
+    assert_eq!(g.tensors["advantages"].shape, vec![16, 24]);
+    assert_eq!(g.tensors["d_logp"].dtype, "f32");
+}
+
+#[test]
+fn loss_set_and_errors() {
+    let base = [
+        "loss",
+        "stdlib/grpo.recipe",
+        "--batch",
+        "tests/golden/grpo__real.safetensors",
+        "--json",
+    ];
+    let a = keel(&base);
+    let mut with_set = base.to_vec();
+    with_set.extend(["--set", "divergence.coef=0"]);
+    let b = keel(&with_set);
+    let la: serde_json::Value = serde_json::from_str(text(&a.stdout).trim()).expect("JSON");
+    let lb: serde_json::Value = serde_json::from_str(text(&b.stdout).trim()).expect("JSON");
+    assert_ne!(la["loss"], lb["loss"]);
+    let mut bad = base.to_vec();
+    bad.extend(["--set", "clip.eps_hihg=0.3"]);
+    let out = keel(&bad);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("error[E0605]"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = keel(&[
+        "loss",
+        "stdlib/grpo.recipe",
+        "--batch",
+        "no/such.safetensors",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("no/such.safetensors:1:1: error[E0604]"),
+        "{}",
+        text(&out.stderr)
+    );
+    let junk = temp_recipe("junk.safetensors", "not safetensors");
+    let out = keel(&[
+        "loss",
+        "stdlib/grpo.recipe",
+        "--batch",
+        &junk.to_string_lossy(),
+    ]);
+    assert!(text(&out.stderr).contains("error[E0604]"));
+    let out = keel(&[
+        "loss",
+        "stdlib/grpo.recipe",
+        "--batch",
+        "tests/golden/grpo__real.safetensors",
+        "--backend",
+        "kernel",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("not available"));
+}
+
+#[test]
+fn compile_emit_ir_and_explain_file() {
+    let out = keel(&["compile", "stdlib/grpo.recipe", "--emit", "ir"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("out d_logp = %"));
+    let out = keel(&["compile", "stdlib/grpo.recipe", "--logits"]);
+    assert!(text(&out.stdout).contains("out d_logits = %"));
+    let out = keel(&["explain", "stdlib/grpo.recipe"]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stdout)
+            .contains("loss = token_mean(objective.loss) + 0.001 · token_mean(divergence.value)")
+    );
+}

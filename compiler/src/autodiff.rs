@@ -25,7 +25,7 @@ pub fn gradients(
     bld: &mut Builder,
     loss: NodeId,
     wrt: &[NodeId],
-) -> Result<Vec<Option<NodeId>>, String> {
+) -> Result<Vec<Option<NodeId>>, &'static str> {
     let n = bld.graph.nodes.len();
     let mut adj: Vec<Option<NodeId>> = vec![None; n];
     let seed_level = bld.level(loss);
@@ -246,14 +246,11 @@ pub fn gradients(
                 push(bld, &mut adj, x, d);
             }
             Op::Quantile { .. } => {
-                return Err(
-                    "cannot differentiate through `quantile`; wrap its argument in `stopgrad(...)`"
-                        .into(),
-                );
+                return Err("`quantile`");
             }
             Op::Scan(s) => {
                 if node.args.len() > 1 && bld.grad(a(1)) {
-                    return Err("cannot differentiate a scan with respect to its discount or fill; wrap it in `stopgrad(...)`".into());
+                    return Err("a scan's discount or fill");
                 }
                 let d = match s {
                     ScanOp::RScan => bld.add(
@@ -281,7 +278,7 @@ pub fn gradients(
                         DType::F64,
                     ),
                     ScanOp::RScanMin => {
-                        return Err("cannot differentiate through `rscan_min`; wrap its argument in `stopgrad(...)`".into());
+                        return Err("`rscan_min`");
                     }
                 };
                 push(bld, &mut adj, a(0), d);

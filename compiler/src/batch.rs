@@ -180,6 +180,11 @@ pub struct Prepared {
 
 /// Where a recipe reads an input (for error labels).
 fn reader(checked: &CheckedRecipe, name: &str) -> (FileId, Span, String) {
+    if name == "group"
+        && let Some((f, s)) = checked.group_use
+    {
+        return (f, s, "group statistics need `group`".to_string());
+    }
     match checked.inputs.get(name) {
         Some((f, s)) => (*f, *s, format!("`{name}` is read here")),
         None => {

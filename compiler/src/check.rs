@@ -94,6 +94,8 @@ pub struct CheckedRecipe {
     pub inputs: BTreeMap<String, (FileId, Span)>,
     pub values: Vec<Value>,
     pub resolutions: Resolutions,
+    /// The first `over group`, if the recipe uses group statistics.
+    pub group_use: Option<(FileId, Span)>,
 }
 
 impl CheckedRecipe {
@@ -208,6 +210,7 @@ impl<'p> Checker<'p> {
             inputs: self.inputs,
             values,
             resolutions: self.res,
+            group_use: self.group_use,
         };
         (checked, self.diags)
     }
@@ -1895,7 +1898,10 @@ impl<'p> Checker<'p> {
                 Label::new(r.file, r.name_span, "no `objective.loss`"),
             )
             .with_help(
-                "add `objective { loss = ... }`, or extend a stdlib recipe: `extends std/grpo`",
+                format!(
+                    "add `objective {{ loss = ... }}`, or extend a stdlib recipe: `extends std/NAME` with NAME one of {}",
+                    crate::stdlib::names().collect::<Vec<_>>().join(", ")
+                ),
             );
             if !r.bases.is_empty() {
                 d = d.with_note(format!("inherited from: {}", r.bases.join(" → ")));

@@ -78,7 +78,11 @@ pub fn run(g: &Graph, env: &Env) -> Result<Vec<Vec<f64>>, InterpError> {
 /// Evaluate with the values of every `stopgrad` and `rank` node taken from
 /// `frozen` (a previous run): finite differences of this function are the
 /// gradient the autodiff defines, detached parts held fixed.
-pub fn run_with(g: &Graph, env: &Env, frozen: Option<&[Vec<f64>]>) -> Result<Vec<Vec<f64>>, InterpError> {
+pub fn run_with(
+    g: &Graph,
+    env: &Env,
+    frozen: Option<&[Vec<f64>]>,
+) -> Result<Vec<Vec<f64>>, InterpError> {
     let sh = &env.shape;
     let live = g.live();
     let mut vals: Vec<Vec<f64>> = Vec::with_capacity(g.nodes.len());

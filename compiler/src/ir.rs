@@ -193,7 +193,7 @@ impl Graph {
     }
     /// Whether any node reduces, broadcasts or ranks over groups.
     pub fn uses_groups(&self) -> bool {
-        self.nodes.iter().enumerate().any(|(_, n)| {
+        self.nodes.iter().any(|n| {
             n.level == Level::Group
                 || matches!(
                     n.op,
@@ -377,11 +377,12 @@ impl Builder {
         let x = self.broadcast(x, l);
         let y = self.broadcast(y, l);
         // Algebraic identities that keep derivative graphs small.
-        match (b, self.constant(x), self.constant(y)) {
-            (Bin::Add, Some(z), _) if z == 0.0 => return y,
-            (Bin::Add | Bin::Sub, _, Some(z)) if z == 0.0 => return x,
-            (Bin::Mul, Some(o), _) if o == 1.0 => return y,
-            (Bin::Mul | Bin::Div, _, Some(o)) if o == 1.0 => return x,
+        let (cx, cy) = (self.constant(x), self.constant(y));
+        match b {
+            Bin::Add if cx == Some(0.0) => return y,
+            Bin::Add | Bin::Sub if cy == Some(0.0) => return x,
+            Bin::Mul if cx == Some(1.0) => return y,
+            Bin::Mul | Bin::Div if cy == Some(1.0) => return x,
             _ => {}
         }
         let dt = if b.is_comparison() {

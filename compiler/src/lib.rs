@@ -259,7 +259,7 @@ fn apply_override(
                     .flat_map(|s| {
                         s.entries
                             .iter()
-                            .filter(|e| !e.is_let)
+                            .filter(|e| !e.is_let && is_setting(&e.value))
                             .map(move |e| format!("{}.{}", s.name, e.name))
                     })
             })
@@ -282,6 +282,16 @@ fn apply_override(
             )
             .with_help(help),
         );
+    }
+}
+
+/// A value `--set` is meant for: a literal or an option name.
+fn is_setting(e: &keel_grammar::Expr) -> bool {
+    use keel_grammar::{ExprKind, UnOp};
+    match &e.kind {
+        ExprKind::Number { .. } | ExprKind::Bool(_) | ExprKind::Str(_) | ExprKind::Var(_) => true,
+        ExprKind::Unary(UnOp::Neg, x) | ExprKind::Paren(x) => is_setting(x),
+        _ => false,
     }
 }
 

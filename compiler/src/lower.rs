@@ -141,7 +141,7 @@ impl<'a> Lowering<'a> {
     }
 
     /// The node of a section entry (memoized).
-    pub fn entry(&mut self, section: &str, name: &str) -> L<NodeId> {
+    fn entry(&mut self, section: &str, name: &str) -> L<NodeId> {
         let key = (section.to_string(), name.to_string());
         if let Some(&id) = self.entries.get(&key) {
             return Ok(id);
@@ -811,14 +811,15 @@ pub fn loss_program(
     }
     let grads = match autodiff::gradients(&mut lw.b, total, &wrt) {
         Ok(g) => g,
-        Err(msg) => {
+        Err(op) => {
             lw.errors.push(
                 Diagnostic::error(
                     codes::NOT_DIFFERENTIABLE,
-                    msg.clone(),
+                    format!("the gradient of the loss would flow through {op}, which has no derivative"),
                     Label::new(merged.file, merged.name_span, "in this recipe's loss"),
                 )
-                .with_help(msg),
+                .with_note("the gradient flows from `logp` (and `logits`) through every value that is not under `stopgrad`")
+                .with_help("wrap the argument in `stopgrad(...)`: statistics and selections of advantages usually carry no gradient"),
             );
             return Err(fail(lw));
         }
