@@ -210,7 +210,14 @@ fn arb_tensor() -> impl Strategy<Value = (String, Vec<usize>, Vec<f64>)> {
     (dtype, shape).prop_flat_map(|(d, s)| {
         let n: usize = s.iter().product();
         let vals = prop::collection::vec(
-            prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(0.0), Just(1.0), -100.0..100.0f64, 0.0..70.0f64],
+            prop_oneof![
+                Just(f64::NAN),
+                Just(f64::INFINITY),
+                Just(0.0),
+                Just(1.0),
+                -100.0..100.0f64,
+                0.0..70.0f64
+            ],
             n..=n,
         );
         (Just(d.to_string()), Just(s), vals)

@@ -94,6 +94,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         color: Color,
     },
+    /// Run the language server on stdin/stdout.
+    Lsp,
     /// Show what the compiler makes of a recipe (`--emit ir`).
     Compile {
         file: String,
@@ -142,6 +144,13 @@ fn main() -> ExitCode {
             error_format,
             color,
         }),
+        Command::Lsp => match keel_lsp::run_stdio() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("keel lsp: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Compile {
             file,
             emit,
