@@ -368,7 +368,7 @@ fn stress_random_edits() {
         }
         text = new.into_iter().collect();
         c.change(&u, version + 2, &text);
-        if version.is_multiple_of(50) {
+        if version % 50 == 0 {
             let line = rnd(30) as u32;
             let col = rnd(40) as u32;
             for m in [
