@@ -129,28 +129,32 @@ fn check_on_this_thread(
     // Only the root file's syntax errors matter here; an imported file with
     // errors is reported where it is imported from.
     let root = program.modules.first().map(|m| m.file);
-    let mut broken_imports = Vec::new();
+    let mut broken: Vec<Diagnostic> = Vec::new();
     diagnostics.retain(|d| {
         if Some(d.primary.file) == root || !is_syntax(d) {
             true
         } else {
-            broken_imports.push(d.primary.file);
+            broken.push(d.clone());
             false
         }
     });
-    broken_imports.sort();
-    broken_imports.dedup();
-    for f in broken_imports {
+    let mut broken_files: Vec<FileId> = broken.iter().map(|d| d.primary.file).collect();
+    broken_files.sort();
+    broken_files.dedup();
+    for f in broken_files {
         let name = program.sources.name(f).to_string();
         if let Some(root) = root {
-            diagnostics.push(
-                Diagnostic::error(
-                    codes::UNKNOWN_MODULE,
-                    format!("`{name}` has syntax errors"),
-                    Label::new(root, import_span(&program, &name), "imported here"),
-                )
-                .with_help(format!("run `keel check {name}` to see them")),
-            );
+            // The imported file's own errors come along as related locations.
+            let mut d = Diagnostic::error(
+                codes::UNKNOWN_MODULE,
+                format!("`{name}` has syntax errors"),
+                Label::new(root, import_span(&program, &name), "imported here"),
+            )
+            .with_help(format!("run `keel check {name}` to see them"));
+            for e in broken.iter().filter(|e| e.primary.file == f).take(5) {
+                d = d.with_label(Label::new(f, e.primary.span, format!("{}: {}", e.code.0, e.message)));
+            }
+            diagnostics.push(d);
         }
     }
     for (path, value) in overrides {

@@ -29,7 +29,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 /// How long the editor must be quiet before diagnostics are recomputed.
-pub const DEBOUNCE: Duration = Duration::from_millis(15);
+pub const DEBOUNCE: Duration = Duration::from_millis(5);
 
 /// A request that panics on purpose, to test that the server survives one.
 pub const DEBUG_PANIC: &str = "keel/debugPanic";
@@ -191,7 +191,11 @@ impl Server {
                                 }
                             }
                         }
-                        doc.analysis = None;
+                        // Other open recipes may import this one: recheck them too.
+                        for (u, d) in self.docs.iter_mut() {
+                            d.analysis = None;
+                            self.pending.insert(u.clone());
+                        }
                         self.pending.insert(uri);
                     }
                 }
