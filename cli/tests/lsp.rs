@@ -417,12 +417,21 @@ fn errors_in_imported_files_are_related_information() {
     let user = uri("user.recipe");
     c.open(&base, "recipe base { objective.loss = ( }\n");
     let _ = c.diagnostics(&base);
-    c.open(&user, "import \"./base.recipe\"\nrecipe r extends base {}\n");
+    c.open(
+        &user,
+        "import \"./base.recipe\"\nrecipe r extends base {}\n",
+    );
     let d = c.diagnostics(&user);
     let first = &d[0];
     assert_eq!(first["code"], "E0101", "{d}");
     let related = &first["relatedInformation"][0];
     assert_eq!(related["location"]["uri"], base, "{d}");
-    assert!(related["message"].as_str().unwrap_or("").starts_with("E0005"), "{d}");
+    assert!(
+        related["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("E0005"),
+        "{d}"
+    );
     c.shutdown();
 }

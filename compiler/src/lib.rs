@@ -152,7 +152,11 @@ fn check_on_this_thread(
             )
             .with_help(format!("run `keel check {name}` to see them"));
             for e in broken.iter().filter(|e| e.primary.file == f).take(5) {
-                d = d.with_label(Label::new(f, e.primary.span, format!("{}: {}", e.code.0, e.message)));
+                d = d.with_label(Label::new(
+                    f,
+                    e.primary.span,
+                    format!("{}: {}", e.code.0, e.message),
+                ));
             }
             diagnostics.push(d);
         }
