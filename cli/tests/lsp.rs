@@ -205,13 +205,13 @@ fn session_diagnostics_hover_completion_definition_formatting() {
         "{h}"
     );
     let h = c.at("textDocument/hover", &u, 4, 25);
-    assert!(
-        h["result"]["contents"]["value"]
-            .as_str()
-            .unwrap_or("")
-            .contains("mean(x)"),
-        "{h}"
-    );
+    let v = h["result"]["contents"]["value"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(v.contains("mean(x)"), "{h}");
+    // The level and type of the expression under the cursor.
+    assert!(v.ends_with("this expression: group-level number"), "{h}");
     let h = c.at("textDocument/hover", &u, 2, 23);
     assert!(
         h["result"]["contents"]["value"]

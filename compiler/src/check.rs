@@ -96,6 +96,9 @@ pub struct CheckedRecipe {
     pub resolutions: Resolutions,
     /// The first `over group`, if the recipe uses group statistics.
     pub group_use: Option<(FileId, Span)>,
+    /// The type and level of every expression of the recipe's own text,
+    /// keyed like [`Resolutions`] (for hover).
+    pub types: HashMap<(FileId, usize, usize), Info>,
 }
 
 impl CheckedRecipe {
@@ -128,6 +131,7 @@ pub(crate) struct Checker<'p> {
     group_use: Option<(FileId, Span)>,
     fn_stack: Vec<(usize, usize)>,
     res: Resolutions,
+    types: HashMap<(FileId, usize, usize), Info>,
 }
 
 impl<'p> Checker<'p> {
@@ -143,6 +147,7 @@ impl<'p> Checker<'p> {
             group_use: None,
             fn_stack: Vec::new(),
             res: HashMap::new(),
+            types: HashMap::new(),
         }
     }
 
@@ -211,6 +216,7 @@ impl<'p> Checker<'p> {
             values,
             resolutions: self.res,
             group_use: self.group_use,
+            types: self.types,
         };
         (checked, self.diags)
     }
@@ -317,6 +323,16 @@ impl<'p> Checker<'p> {
     // ----- expressions ---------------------------------------------------
 
     fn check_expr(&mut self, ctx: &Ctx, e: &Expr) -> Info {
+        let info = self.check_expr_inner(ctx, e);
+        // Function bodies are checked once per call; record only recipe text.
+        if ctx.params.is_none() {
+            self.types
+                .insert((ctx.file, e.span.start, e.span.end), info.clone());
+        }
+        info
+    }
+
+    fn check_expr_inner(&mut self, ctx: &Ctx, e: &Expr) -> Info {
         match &e.kind {
             ExprKind::Number { value, is_int, .. } => Info {
                 ty: if *is_int { Ty::Int } else { Ty::Num },

@@ -172,8 +172,26 @@ impl Analysis {
             .cloned()
     }
 
+    /// "token-level number" for the expression with this span, if checked.
+    fn expr_type(&self, recipe: Option<usize>, span: Span) -> Option<String> {
+        let r = self.checked.recipes.get(recipe?)?;
+        let i = r.types.get(&(FileId(0), span.start, span.end))?;
+        Some(format!("{} {}", i.level.adj(), i.ty.name()))
+    }
+
     pub fn hover(&self, offset: usize) -> Option<String> {
         let (found, recipe) = self.at(offset);
+        let here = match &found {
+            Some(Found::Call { span, .. }) => self
+                .expr_type(recipe, *span)
+                .map(|t| format!("\n\n---\nthis expression: {t}")),
+            _ => None,
+        };
+        let text = self.hover_text(found, recipe)?;
+        Some(text + &here.unwrap_or_default())
+    }
+
+    fn hover_text(&self, found: Option<Found>, recipe: Option<usize>) -> Option<String> {
         Some(match found? {
             Found::Name { span, text } => match self.resolution(recipe, span) {
                 Some(Res::Input(n)) => input_doc(&n),
