@@ -206,7 +206,7 @@ fn expected_dtypes(name: &str) -> &'static [&'static str] {
     match name {
         "mask" => &["f32", "f64", "u8", "bool"],
         "tokens" | "group" | "length" | "position" | "source" => &["i64", "i32"],
-        "step_end" | "correct" | "truncated" => &["u8", "bool"],
+        "step_end" | "correct" | "truncated" | "format_ok" | "void" => &["u8", "bool"],
         "logits" | "teacher_logits" => &["f32", "bf16", "f16", "f64"],
         _ => &["f32", "f64", "bf16", "f16"],
     }

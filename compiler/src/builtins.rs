@@ -157,7 +157,12 @@ inputs! {
     "truncated": Seq Bool false "whether generation hit the token limit";
     "budget": Seq Num false "token budget assigned to the sequence";
     "novelty": Seq Num false "novelty score of the sequence within its group";
-    "source": Seq Int false "0 for on-policy samples, 1 for rehearsal samples of the initial policy";
+    "source": Seq Int false "where a sample comes from: 0 on-policy, 1 a second data source (rehearsal samples of the initial policy, a retain set)";
+    "format_ok": Seq Bool false "whether the response has the required format";
+    "judge": Seq Num false "a score from an external judge of the response";
+    "void": Seq Bool false "the trajectory had a turn with neither a tool call nor an answer";
+    "mean_logp": Token Num false "mean over the vocabulary of the current policy's log-probs at the position (from logits when present)";
+    "old_mean_logp": Token Num false "mean over the vocabulary of the behaviour policy's log-probs at the position";
     "step": Step Int false "the training step, from 1";
     "progress": Step Num false "step / total steps, in [0, 1]";
     "epoch": Step Int false "the pass over the data, from 0";
@@ -690,6 +695,15 @@ pub const SECTIONS: &[SectionSchema] = &[
                 true,
                 None,
                 "the constant of `seq_mean_token_sum_norm` (default: padded length)",
+            ),
+            key(
+                "mask",
+                K::Any,
+                L::Token,
+                R::None,
+                true,
+                None,
+                "extra token mask of the loss: tokens where it is 0 or false leave every reduction (numerator and count)",
             ),
         ],
     },

@@ -104,6 +104,15 @@ impl<'a> Lowering<'a> {
                 let ls = self.log_softmax(logits, Level::Token);
                 self.b.add(Op::Pick, vec![ls], Level::Token, DType::F64)
             }
+            "mean_logp" if self.have.has("logits") => {
+                let z = self.raw_input("logits");
+                let ls = self.log_softmax(z, Level::Token);
+                let s = self.b.reduce(Red::Sum, ls, Level::Token);
+                let one = self.b.c(1.0);
+                let ones = self.b.broadcast(one, Level::Vocab);
+                let v = self.b.reduce(Red::Sum, ones, Level::Token);
+                self.b.binary(Bin::Div, s, v)
+            }
             "entropy" if self.have.has("logits") => {
                 // H = logsumexp(z) - sum(softmax(z) * z), over the vocabulary.
                 let z = self.raw_input("logits");
@@ -676,15 +685,29 @@ impl<'a> Lowering<'a> {
         self.b.add(Op::Rank { over: l }, vec![x], xl, DType::F64)
     }
 
-    /// `objective.reduce` applied to a token-level value.
-    fn aggregate(&mut self, x: NodeId, mode: &str, norm: Option<NodeId>) -> NodeId {
+    /// `objective.reduce` applied to a per-token (or per-sequence) value,
+    /// over the tokens where `mask` (and `keep`, from `objective.mask`)
+    /// hold. A value already reduced to one per batch is taken as it is.
+    fn aggregate(&mut self, x: NodeId, mode: &str, norm: Option<NodeId>, keep: Option<NodeId>) -> NodeId {
+        if self.b.level(x) <= Level::Batch {
+            return self.b.broadcast(x, Level::Batch);
+        }
+        let x = self.b.float(x);
         let x = self.b.broadcast(x, Level::Token);
+        let one = self.b.c(1.0);
+        let ones = self.b.broadcast(one, Level::Token);
+        let (x, ones) = match keep {
+            Some(k) => {
+                let k = self.b.float(k);
+                let k = self.b.broadcast(k, Level::Token);
+                (self.b.binary(Bin::Mul, x, k), self.b.binary(Bin::Mul, ones, k))
+            }
+            None => (x, ones),
+        };
         let b = &mut self.b;
         match mode {
             "seq_mean_token_sum" | "seq_mean_token_mean" => {
                 let s = b.reduce(Red::Sum, x, Level::Seq);
-                let one = b.c(1.0);
-                let ones = b.broadcast(one, Level::Token);
                 let n = b.reduce(Red::Sum, ones, Level::Seq);
                 let zero = b.c(0.0);
                 let valid = b.binary(Bin::Gt, n, zero);
@@ -711,8 +734,6 @@ impl<'a> Lowering<'a> {
             }
             _ => {
                 let s = b.reduce(Red::Sum, x, Level::Batch);
-                let one = b.c(1.0);
-                let ones = b.broadcast(one, Level::Token);
                 let n = b.reduce(Red::Sum, ones, Level::Batch);
                 b.binary(Bin::Div, s, n)
             }
@@ -765,7 +786,14 @@ pub fn loss_program(
         Some(_) => lw.entry("objective", "norm").ok(),
         None => None,
     };
-    let mut total = lw.aggregate(loss, &mode, norm);
+    let keep = match merged.section("objective").and_then(|s| s.entry("mask")) {
+        Some(_) => match lw.entry("objective", "mask") {
+            Ok(k) => Some(k),
+            Err(()) => return Err(fail(lw)),
+        },
+        None => None,
+    };
+    let mut total = lw.aggregate(loss, &mode, norm, keep);
     for sec in ["divergence", "entropy"] {
         if merged.section(sec).and_then(|s| s.entry("value")).is_none() {
             continue;
@@ -781,7 +809,7 @@ pub fn loss_program(
         } else {
             lw.b.c(1.0)
         };
-        let agg = lw.aggregate(v, &mode, norm);
+        let agg = lw.aggregate(v, &mode, norm, keep);
         let term = lw.b.binary(Bin::Mul, coef, agg);
         total = lw.b.binary(Bin::Add, total, term);
     }
@@ -887,7 +915,8 @@ pub fn loss_program(
 pub fn derivable(name: &str, have: &dyn Available) -> bool {
     match name {
         "position" | "length" => true,
-        "logp" | "entropy" => have.has("logits") && have.has("tokens"),
+        "logp" => have.has("logits") && have.has("tokens"),
+        "entropy" | "mean_logp" => have.has("logits"),
         _ => false,
     }
 }
