@@ -3,7 +3,6 @@
 //! IR and `explain` outputs.
 
 use keel_compiler::batch::Batch;
-use keel_compiler::interp;
 use keel_tests::{batch, check_file, close, golden_batch, loss_of, loss_str, preset_path};
 
 const PRESETS: &[&str] = &[
@@ -67,67 +66,13 @@ fn verl_parity_on_randomized_batches() {
     assert_eq!(checked_files, 2 * PRESETS.len());
 }
 
-/// Central differences of the interpreter's own forward pass (stop-gradient
-/// and rank nodes held at their values) against the derived gradient.
-fn fd_check(c: &keel_compiler::Checked, b: &Batch, wrt: &str, samples: usize) -> usize {
-    let i = c.main_recipe(None).expect("recipe");
-    let have = |n: &str| b.has(n);
-    let compiled = keel_compiler::compile_loss(c, i, &have).expect("compiles");
-    let g = &compiled.graph;
-    let prep = keel_compiler::batch::prepare(b, "batch", g, &c.recipes[i]).expect("batch fits");
-    let run = |inputs: &std::collections::HashMap<String, Vec<f64>>,
-               frozen: Option<&[Vec<f64>]>| {
-        let env = interp::Env {
-            shape: prep.shape.clone(),
-            mask: &prep.mask,
-            inputs,
-        };
-        interp::run_with(g, &env, frozen).expect("runs")
-    };
-    let base = run(&prep.inputs, None);
-    let loss_id = g.output("loss").expect("loss");
-    let grad_id = g
-        .output(if wrt == "logits" {
-            "d_logits"
-        } else {
-            "d_logp"
-        })
-        .expect("gradient");
-    let grad = &base[grad_id];
-    let x = prep.inputs.get(wrt).expect("input").clone();
-    let h = 1e-6;
-    let mut checked = 0;
-    let step = (x.len() / samples).max(1);
-    for k in (0..x.len()).step_by(step) {
-        let token = if wrt == "logits" { k / prep.shape.v } else { k };
-        if prep.mask[token] == 0.0 {
-            continue;
-        }
-        let mut inputs = prep.inputs.clone();
-        let mut at = |d: f64| {
-            if let Some(v) = inputs.get_mut(wrt) {
-                v[k] = x[k] + d;
-            }
-            run(&inputs, Some(&base))[loss_id][0]
-        };
-        let fd = (at(h) - at(-h)) / (2.0 * h);
-        assert!(
-            close(grad[k], fd, 1e-5, 1e-8),
-            "d/d{wrt}[{k}]: derived {} vs finite difference {fd}",
-            grad[k]
-        );
-        checked += 1;
-    }
-    checked
-}
-
 #[test]
 fn derived_d_logp_matches_finite_differences_for_every_preset() {
     for p in PRESETS {
         let c = check_file(&preset_path(p), &[]);
         for variant in ["binary", "real"] {
             let b = golden_batch(&format!("{p}__{variant}"));
-            let n = fd_check(&c, &b, "logp", 120);
+            let n = keel_tests::fd_check(&c, None, &b, "logp", 120);
             assert!(n >= 40, "{p}: only {n} points checked");
         }
     }
@@ -168,7 +113,7 @@ fn d_logits_matches_finite_differences_with_entropy_bonus() {
     let c = check_file(&preset_path("grpo_entropy"), &[]);
     for seed in [1, 2, 3] {
         let b = logits_batch(seed);
-        let n = fd_check(&c, &b, "logits", 400);
+        let n = keel_tests::fd_check(&c, None, &b, "logits", 400);
         assert!(n >= 250, "only {n} logits checked");
         let r = loss_of(&c, &b);
         let d = r.d_logits.expect("d_logits");

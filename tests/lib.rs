@@ -164,8 +164,17 @@ pub fn check_file(path: &Path, sets: &[(&str, &str)]) -> Checked {
 /// Run the main recipe of a checked file on a batch, panicking with the
 /// rendered diagnostics on failure.
 pub fn loss_of(c: &Checked, batch: &keel_compiler::batch::Batch) -> keel_compiler::LossResult {
+    loss_of_recipe(c, None, batch)
+}
+
+/// Run recipe `name` (or the file's main recipe) on a batch.
+pub fn loss_of_recipe(
+    c: &Checked,
+    name: Option<&str>,
+    batch: &keel_compiler::batch::Batch,
+) -> keel_compiler::LossResult {
     assert!(!c.has_errors(), "{}", render(c));
-    let i = c.main_recipe(None).expect("a recipe");
+    let i = c.main_recipe(name).expect("a recipe");
     match keel_compiler::run_loss(c, i, batch, "batch") {
         Ok(r) => r,
         Err(d) => {
@@ -211,4 +220,65 @@ pub fn loss_errors(src: &str, batch: &keel_compiler::batch::Batch) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Central differences of the interpreter's own forward pass (stop-gradient
+/// and rank nodes held at their values) against the derived gradient.
+pub fn fd_check(
+    c: &Checked,
+    recipe: Option<&str>,
+    b: &keel_compiler::batch::Batch,
+    wrt: &str,
+    samples: usize,
+) -> usize {
+    use keel_compiler::interp;
+    let i = c.main_recipe(recipe).expect("recipe");
+    let have = |n: &str| b.has(n);
+    let compiled = keel_compiler::compile_loss(c, i, &have).expect("compiles");
+    let g = &compiled.graph;
+    let prep = keel_compiler::batch::prepare(b, "batch", g, &c.recipes[i]).expect("batch fits");
+    let run = |inputs: &std::collections::HashMap<String, Vec<f64>>,
+               frozen: Option<&[Vec<f64>]>| {
+        let env = interp::Env {
+            shape: prep.shape.clone(),
+            mask: &prep.mask,
+            inputs,
+        };
+        interp::run_with(g, &env, frozen).expect("runs")
+    };
+    let base = run(&prep.inputs, None);
+    let loss_id = g.output("loss").expect("loss");
+    let grad_id = g
+        .output(if wrt == "logits" {
+            "d_logits"
+        } else {
+            "d_logp"
+        })
+        .expect("gradient");
+    let grad = &base[grad_id];
+    let x = prep.inputs.get(wrt).expect("input").clone();
+    let h = 1e-6;
+    let mut checked = 0;
+    let step = (x.len() / samples).max(1);
+    for k in (0..x.len()).step_by(step) {
+        let token = if wrt == "logits" { k / prep.shape.v } else { k };
+        if prep.mask[token] == 0.0 {
+            continue;
+        }
+        let mut inputs = prep.inputs.clone();
+        let mut at = |d: f64| {
+            if let Some(v) = inputs.get_mut(wrt) {
+                v[k] = x[k] + d;
+            }
+            run(&inputs, Some(&base))[loss_id][0]
+        };
+        let fd = (at(h) - at(-h)) / (2.0 * h);
+        assert!(
+            close(grad[k], fd, 1e-5, 1e-8),
+            "d/d{wrt}[{k}]: derived {} vs finite difference {fd}",
+            grad[k]
+        );
+        checked += 1;
+    }
+    checked
 }

@@ -1430,6 +1430,7 @@ impl<'p> Checker<'p> {
                 .unwrap_or_else(Info::unknown);
             if e.is_let {
                 if e.file == self.recipe.file
+                    && e.defined_in == self.recipe.name
                     && !self.used.contains(&(sec.name.clone(), e.name.clone()))
                 {
                     self.diags.push(

@@ -688,7 +688,13 @@ impl<'a> Lowering<'a> {
     /// `objective.reduce` applied to a per-token (or per-sequence) value,
     /// over the tokens where `mask` (and `keep`, from `objective.mask`)
     /// hold. A value already reduced to one per batch is taken as it is.
-    fn aggregate(&mut self, x: NodeId, mode: &str, norm: Option<NodeId>, keep: Option<NodeId>) -> NodeId {
+    fn aggregate(
+        &mut self,
+        x: NodeId,
+        mode: &str,
+        norm: Option<NodeId>,
+        keep: Option<NodeId>,
+    ) -> NodeId {
         if self.b.level(x) <= Level::Batch {
             return self.b.broadcast(x, Level::Batch);
         }
@@ -700,7 +706,10 @@ impl<'a> Lowering<'a> {
             Some(k) => {
                 let k = self.b.float(k);
                 let k = self.b.broadcast(k, Level::Token);
-                (self.b.binary(Bin::Mul, x, k), self.b.binary(Bin::Mul, ones, k))
+                (
+                    self.b.binary(Bin::Mul, x, k),
+                    self.b.binary(Bin::Mul, ones, k),
+                )
             }
             None => (x, ones),
         };

@@ -1,0 +1,475 @@
+//! The formula sheets' worked examples, one test per method (golden values
+//! within 1e-6 relative unless the sheet gives fewer digits), and a
+//! finite-difference gradient check of every loss-level preset.
+
+use keel_compiler::batch::Batch;
+use keel_tests::{batch, check_file, close, loss_of, loss_str, preset_path};
+
+/// `[B]`-shaped helper: one token per sequence unless lengths say otherwise.
+struct B {
+    b: Batch,
+    n: usize,
+    t: usize,
+}
+
+impl B {
+    fn new(lengths: &[usize]) -> B {
+        let n = lengths.len();
+        let t = *lengths.iter().max().unwrap_or(&1);
+        let mut b = batch();
+        let mask: Vec<f64> = (0..n * t)
+            .map(|i| f64::from(u8::from(i % t < lengths[i / t])))
+            .collect();
+        b.insert("mask", "f32", vec![n, t], mask);
+        for name in ["logp", "old_logp", "ref_logp"] {
+            b.insert(name, "f32", vec![n, t], vec![-1.0; n * t]);
+        }
+        b.insert("entropy", "f32", vec![n, t], vec![1.0; n * t]);
+        b.insert("group", "i64", vec![n], vec![0.0; n]);
+        b.insert("reward", "f32", vec![n], vec![0.0; n]);
+        B { b, n, t }
+    }
+    fn seq(mut self, name: &str, dtype: &str, v: &[f64]) -> B {
+        self.b.insert(name, dtype, vec![self.n], v.to_vec());
+        self
+    }
+    fn tok(mut self, name: &str, v: &[f64]) -> B {
+        self.b.insert(name, "f32", vec![self.n, self.t], v.to_vec());
+        self
+    }
+}
+
+fn per_seq(adv: &[f64], t: usize) -> Vec<f64> {
+    adv.chunks(t).map(|c| c[0]).collect()
+}
+
+fn assert_all(got: &[f64], want: &[f64], rel: f64) {
+    assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
+    for (g, w) in got.iter().zip(want) {
+        assert!(close(*g, *w, rel, 1e-9), "{got:?} vs {want:?}");
+    }
+}
+
+fn run(preset: &str, b: &B) -> keel_compiler::LossResult {
+    loss_of(&check_file(&preset_path(preset), &[]), &b.b)
+}
+
+/// The reward a preset's `reward` section computes, read back through a
+/// recipe whose credit is the reward.
+fn rewards(preset: &str, b: &B) -> Vec<f64> {
+    let src = format!(
+        "import std/{preset}\nrecipe r extends {preset} {{ credit = none\n credit {{ value = reward }} }}\n"
+    );
+    let r = loss_str(&src, &b.b);
+    per_seq(&r.advantages.expect("advantages"), b.t)
+}
+
+#[test]
+fn npo_worked_example() {
+    // beta 0.1: (theta -10, ref -8) -> 11.962777; equal -> 13.862944;
+    // (-20, -8) -> 5.265649; batch mean of the first two 12.91286.
+    for (lp, rf, want) in [
+        (-10.0, -8.0, 11.962777),
+        (-8.0, -8.0, 13.862944),
+        (-20.0, -8.0, 5.265649),
+    ] {
+        let b = B::new(&[1]).tok("logp", &[lp]).tok("ref_logp", &[rf]);
+        let r = run("npo", &b);
+        assert!(close(r.loss, want, 1e-6, 0.0), "{lp}: {}", r.loss);
+        // The gradient weight: dL/dlogp = 2·sigmoid(beta·(lp - ref)).
+        let w = 2.0 / (1.0 + (-(0.1 * (lp - rf)) as f64).exp());
+        assert!(close(r.d_logp[0], w, 1e-9, 0.0), "{} vs {w}", r.d_logp[0]);
+    }
+    let b = B::new(&[1, 1])
+        .tok("logp", &[-10.0, -8.0])
+        .tok("ref_logp", &[-8.0, -8.0]);
+    assert!(close(run("npo", &b).loss, 12.91286, 1e-6, 0.0));
+    // NPO+RT with a retain NLL of 1.3 (two retain tokens at log-prob -1.3).
+    let b = B::new(&[1, 1, 2])
+        .tok("logp", &[-10.0, 0.0, -8.0, 0.0, -1.3, -1.3])
+        .tok("ref_logp", &[-8.0, 0.0, -8.0, 0.0, 0.0, 0.0])
+        .seq("source", "i64", &[0.0, 0.0, 1.0]);
+    assert!(close(run("npo_retain", &b).loss, 14.21286, 1e-6, 0.0));
+}
+
+#[test]
+fn stable_reinforce_worked_examples() {
+    // Advantage filter: A = [1]*9 + [-5]: mean 0.4, std 1.8 -> z = [1/3]*9 + [-3];
+    // the code zeroes -3 (< 0.4 - 3), the paper keeps it.
+    let mut r = vec![1.0; 9];
+    r.push(-5.0);
+    let b = B::new(&[1; 10]).seq("reward", "f32", &r);
+    // The batch's `reward` stands in for the computed one.
+    let code = loss_str(
+        "import std/stable_reinforce\nrecipe r extends stable_reinforce { reward = reward }",
+        &b.b,
+    );
+    let mut want = vec![1.0 / 3.0; 9];
+    want.push(0.0);
+    assert_all(&code.advantages.expect("adv"), &want, 1e-6);
+    let paper = loss_str(
+        "import std/stable_reinforce\nrecipe r extends stable_reinforce_paper { reward = reward }",
+        &b.b,
+    );
+    want[9] = -3.0;
+    assert_all(&paper.advantages.expect("adv"), &want, 1e-6);
+    // Pre-clip: log ratio 8 -> ratio 1000 (with A = -1 the loss is the ratio);
+    // -9 -> 0.001 (with A = 1 the loss is -ratio); 0.3 unchanged.
+    for (lr, a, want) in [
+        (8.0, -1.0, 1000.0),
+        (-9.0, 1.0, -0.001),
+        (0.3, -1.0, (0.3f64).exp()),
+    ] {
+        let b = B::new(&[1])
+            .tok("logp", &[lr])
+            .tok("old_logp", &[0.0])
+            .tok("advantages", &[a])
+            .seq("format_ok", "u8", &[1.0])
+            .seq("correct", "u8", &[1.0])
+            .seq("judge", "f32", &[0.0]);
+        let l = run("stable_reinforce", &b).loss;
+        assert!(close(l, want, 1e-7, 0.0), "log ratio {lr}: {l}");
+    }
+    // Reward: (format, acc, consistency) -> 0.5·f + acc·(1 + 0.5·c).
+    let b = B::new(&[1; 5])
+        .seq("format_ok", "u8", &[1.0, 1.0, 1.0, 0.0, 0.0])
+        .seq("correct", "u8", &[1.0, 1.0, 0.0, 1.0, 0.0])
+        .seq("judge", "f32", &[1.0, -1.0, 1.0, 0.0, -1.0]);
+    assert_all(
+        &rewards("stable_reinforce", &b),
+        &[2.0, 1.0, 0.5, 1.0, 0.0],
+        1e-12,
+    );
+}
+
+#[test]
+fn dler_worked_example() {
+    // prompt1 R' = [1,1,0,0], L = [3,2,4,4]; prompt2 R' = [1,0,0,0], L = [2,3,1,2].
+    let b = B::new(&[3, 2, 4, 4, 2, 3, 1, 2])
+        .seq("reward", "f32", &[1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+        .seq("group", "i64", &[0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+        .seq("truncated", "u8", &[0.0; 8]);
+    let adv = per_seq(&run("dler", &b).advantages.expect("adv"), b.t);
+    assert_all(
+        &adv,
+        &[
+            1.185999, 1.185999, -0.889499, -0.889499, 1.704873, -0.370625, -0.370625, -0.370625,
+        ],
+        1e-5,
+    );
+    // Truncated with score 1: 0.1 (code) or 0 (paper).
+    let b = B::new(&[1, 1])
+        .seq("reward", "f32", &[1.0, 1.0])
+        .seq("truncated", "u8", &[1.0, 0.0]);
+    assert_all(&rewards("dler", &b), &[0.1, 1.0], 1e-12);
+    let src = "import std/dler\nrecipe r extends dler_paper { credit = none\n credit { value = reward } }\n";
+    assert_all(
+        &per_seq(&loss_str(src, &b.b).advantages.expect("adv"), b.t),
+        &[0.0, 1.0],
+        1e-12,
+    );
+}
+
+#[test]
+fn grpo_lambda_worked_example() {
+    // 5 groups with acc [1, .75, .5, .25, 0]; lambda 0.2 -> only group 1 is
+    // efficiency-prioritised; alpha 0.2, lengths [100, 200, 300, 400].
+    let correct = [
+        1., 1., 1., 1., 1., 1., 1., 0., 1., 1., 0., 0., 1., 0., 0., 0., 0., 0., 0., 0.,
+    ];
+    let groups: Vec<f64> = (0..20).map(|i| (i / 4) as f64).collect();
+    let lengths: Vec<f64> = (0..20).map(|i| 100.0 * ((i % 4) + 1) as f64).collect();
+    let b = B::new(&[1; 20])
+        .seq("correct", "u8", &correct)
+        .seq("group", "i64", &groups)
+        .seq("length", "i64", &lengths);
+    let r = rewards("grpo_lambda", &b);
+    assert_all(&r[..4], &[0.958552, 0.921995, 0.878005, 0.841448], 1e-6);
+    assert_all(&r[4..8], &[1.0, 1.0, 1.0, 0.0], 1e-12);
+    let adv = per_seq(&run("grpo_lambda", &b).advantages.expect("adv"), b.t);
+    assert_all(&adv[..4], &[1.146495, 0.430686, -0.430686, -1.146495], 1e-5);
+    // A top group with c = [1,1,0,0], L = [100,300,250,500] -> [0.946212, 0.853788, 0, 0].
+    let mut c2 = correct;
+    c2[..4].copy_from_slice(&[1., 1., 0., 0.]);
+    let mut l2 = lengths.clone();
+    l2[..4].copy_from_slice(&[100., 300., 250., 500.]);
+    let c3: Vec<f64> = c2.to_vec();
+    let b = B::new(&[1; 20])
+        .seq("correct", "u8", &c3)
+        .seq("group", "i64", &groups)
+        .seq("length", "i64", &l2);
+    // acc is now 0.5 for group 1 and 0.75 for group 2: group 2 is on top.
+    let r = rewards("grpo_lambda", &b);
+    assert_all(&r[..4], &[1.0, 1.0, 0.0, 0.0], 1e-12);
+    let mut c4 = c3.clone();
+    c4[4..8].copy_from_slice(&[0., 0., 0., 0.]);
+    c4[8..12].copy_from_slice(&[0., 0., 0., 0.]);
+    let b = B::new(&[1; 20])
+        .seq("correct", "u8", &c4)
+        .seq("group", "i64", &groups)
+        .seq("length", "i64", &l2);
+    let r = rewards("grpo_lambda", &b);
+    assert_all(&r[..4], &[0.946212, 0.853788, 0.0, 0.0], 1e-6);
+}
+
+#[test]
+fn hbpo_worked_example() {
+    // Budgets 512, 512, 1024, 1024; (correct, n) = (1, 400), (1, 900), (1, 600), (0, 1500).
+    let b = B::new(&[1; 4])
+        .seq("budget", "f32", &[512.0, 512.0, 1024.0, 1024.0])
+        .seq("correct", "u8", &[1.0, 1.0, 1.0, 0.0])
+        .seq("length", "i64", &[400.0, 900.0, 600.0, 1500.0])
+        .seq("format_ok", "u8", &[1.0; 4]);
+    assert_all(
+        &rewards("hbpo", &b),
+        &[3.923141, 3.669377, 3.695517, 0.0],
+        1e-6,
+    );
+    let code = per_seq(&run("hbpo", &b).advantages.expect("adv"), b.t);
+    assert_all(&code, &[0.330457, 0.195819, -3.232065, -5.192771], 1e-5);
+    let src = "import std/hbpo\nrecipe r extends hbpo_paper {}\n";
+    let paper = per_seq(&loss_str(src, &b.b).advantages.expect("adv"), b.t);
+    assert_all(&paper, &[0.457339, 0.322701, -1.384307, -3.345013], 1e-5);
+    // A format error scores -1.
+    let b = B::new(&[1])
+        .seq("budget", "f32", &[512.0])
+        .seq("correct", "u8", &[1.0])
+        .seq("length", "i64", &[10.0])
+        .seq("format_ok", "u8", &[0.0]);
+    assert_all(&rewards("hbpo", &b), &[-1.0], 1e-12);
+}
+
+#[test]
+fn evol_rl_worked_example() {
+    // Answers A, A, A, B, C: majority A; raw novelty [0.175, 0.15, 0.325, 0.65, 0.75].
+    let b = B::new(&[1; 5])
+        .seq("correct", "u8", &[1.0, 1.0, 1.0, 0.0, 0.0])
+        .seq("format_ok", "u8", &[1.0; 5])
+        .seq("novelty", "f32", &[0.175, 0.15, 0.325, 0.65, 0.75]);
+    assert_all(
+        &rewards("evol_rl", &b),
+        &[0.571429, 0.5, 1.0, -1.0, -0.5],
+        1e-5,
+    );
+    let adv = per_seq(&run("evol_rl", &b).advantages.expect("adv"), b.t);
+    assert_all(
+        &adv,
+        &[0.550213, 0.464242, 1.066037, -1.341143, -0.739348],
+        1e-5,
+    );
+    // Equal novelty in a class: 0.75 / -0.75; a class of one: 1.0 / -0.5; invalid: -1.
+    let b = B::new(&[1; 5])
+        .seq("correct", "u8", &[1.0, 1.0, 0.0, 0.0, 1.0])
+        .seq("format_ok", "u8", &[1.0, 1.0, 1.0, 1.0, 0.0])
+        .seq("novelty", "f32", &[0.3, 0.3, 0.2, 0.2, 0.9]);
+    assert_all(
+        &rewards("evol_rl", &b),
+        &[0.75, 0.75, -0.75, -0.75, -1.0],
+        1e-9,
+    );
+    let b = B::new(&[1; 2])
+        .seq("correct", "u8", &[1.0, 0.0])
+        .seq("format_ok", "u8", &[1.0, 1.0])
+        .seq("novelty", "f32", &[0.3, 0.2]);
+    assert_all(&rewards("evol_rl", &b), &[1.0, -0.5], 1e-12);
+}
+
+#[test]
+fn degrpo_rewards_and_decoupled_aggregation() {
+    // Control token 0 = <short>, 1 = <think>.
+    let b = B::new(&[3, 2, 4])
+        .tok(
+            "tokens",
+            &[0.0, 5.0, 6.0, 0.0, 1.0, 7.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0],
+        )
+        .seq("correct", "u8", &[1.0, 0.0, 1.0]);
+    let mut b = b;
+    b.b.tensors
+        .get_mut("tokens")
+        .map(|t| t.dtype = "i64".into());
+    assert_all(&rewards("degrpo", &b), &[1.0, -1.0, 0.5], 1e-12);
+    // Loss with ratio 1 everywhere: l = -A; control tokens of 3 sequences,
+    // response tokens 2 + 1 + 3 = 6. Dr.GRPO credit: r - mean = [5/6, -7/6, 2/6].
+    let a = [5.0 / 6.0, -7.0 / 6.0, 2.0 / 6.0];
+    let control = -(a[0] + a[1] + a[2]) / 3.0;
+    let response = -(2.0 * a[0] + a[1] + 3.0 * a[2]) / 6.0;
+    let want = 0.001 * control + response;
+    let r = run("degrpo", &b);
+    // The k3 KL is 0 here (logp = ref_logp).
+    assert!(close(r.loss, want, 1e-9, 1e-12), "{} vs {want}", r.loss);
+    // The control token's gradient is 1/1000 of a response token's scale.
+    assert!(close(r.d_logp[0], 0.001 * -a[0] / 3.0, 1e-9, 1e-12));
+    assert!(close(r.d_logp[1], -a[0] / 6.0, 1e-9, 1e-12));
+}
+
+#[test]
+fn simpletir_masks_void_trajectories_but_keeps_them_in_group_statistics() {
+    let b = B::new(&[2, 3, 1, 2])
+        .seq("reward", "f32", &[1.0, 0.0, 1.0, 0.0])
+        .seq("void", "u8", &[0.0, 1.0, 0.0, 0.0])
+        .tok(
+            "logp",
+            &[
+                -1.0, -1.2, 0.0, -0.8, -0.9, -1.1, -0.5, 0.0, 0.0, -0.7, -1.3, 0.0,
+            ],
+        );
+    let tir = run("simpletir", &b);
+    let adv = tir.advantages.expect("adv");
+    // GRPO over all four responses, void included: mean 0.5, std 0.57735.
+    let z = 0.5 / (0.5773502691896258 + 1e-6);
+    assert_all(&per_seq(&adv, b.t), &[z, -z, z, -z], 1e-9);
+    // The void trajectory's 3 tokens leave the token mean (5 tokens remain)
+    // and get no gradient.
+    assert!(
+        tir.d_logp[3..6].iter().all(|g| *g == 0.0),
+        "{:?}",
+        tir.d_logp
+    );
+    assert!(
+        close(tir.d_logp[0], -z / 5.0, 1e-9, 1e-12),
+        "{:?}",
+        tir.d_logp
+    );
+}
+
+#[test]
+fn rover_worked_example() {
+    // logp [-1, -0.5, -2], old [-1.2, -0.5, -1.5]; u_theta [-10, -9, -11],
+    // u_old [-10.5, -9, -10]; r~ = 0.5 -> loss 0.446667,
+    // d/dlogp = [-0.2, 0.333333, -0.666667].
+    let b = B::new(&[3])
+        .tok("logp", &[-1.0, -0.5, -2.0])
+        .tok("old_logp", &[-1.2, -0.5, -1.5])
+        .tok("mean_logp", &[-10.0, -9.0, -11.0])
+        .tok("old_mean_logp", &[-10.5, -9.0, -10.0])
+        .tok("advantages", &[0.5, 0.5, 0.5]);
+    let r = run("rover", &b);
+    assert!(close(r.loss, 0.446667, 1e-5, 0.0), "{}", r.loss);
+    assert_all(&r.d_logp, &[-0.2, 1.0 / 3.0, -2.0 / 3.0], 1e-6);
+}
+
+#[test]
+fn aepo_worked_example() {
+    // H = [0.2, 1.0, 3.0, 0.5], A = 1: A~ = [0.845314, 0.972236, 1.28954, 0.89291].
+    // With ratio 1 the token loss is -A~ and d/dlogp = -A~/4 (token mean).
+    let b = B::new(&[4])
+        .tok("entropy", &[0.2, 1.0, 3.0, 0.5])
+        .tok("advantages", &[1.0; 4]);
+    let r = run("aepo", &b);
+    let want: Vec<f64> = [0.845314, 0.972236, 1.28954, 0.89291]
+        .iter()
+        .map(|a| -a / 4.0)
+        .collect();
+    assert_all(&r.d_logp, &want, 1e-5);
+    // Gradient coefficient on -A~·grad log pi (one token, H irrelevant):
+    // (A = 1, ratio 1.5) -> 1.28; (A = -1, ratio 0.5) -> 0; (A = 1, ratio 1.1) -> 1.1.
+    for (a, ratio, coef) in [(1.0f64, 1.5f64, 1.28), (-1.0, 0.5, 0.0), (1.0, 1.1, 1.1)] {
+        // ref_logp = logp: the KL term adds no gradient.
+        let b = B::new(&[1])
+            .tok("logp", &[ratio.ln()])
+            .tok("ref_logp", &[ratio.ln()])
+            .tok("old_logp", &[0.0])
+            .tok("entropy", &[1.0])
+            .tok("advantages", &[a]);
+        let r = run("aepo", &b);
+        assert!(
+            close(r.d_logp[0], -a * coef, 1e-9, 1e-12),
+            "A={a} ratio={ratio}: {}",
+            r.d_logp[0]
+        );
+    }
+}
+
+/// A golden batch plus every other input a stdlib method may read, random
+/// but reproducible.
+fn rich_batch() -> Batch {
+    let mut b = keel_tests::golden_batch("grpo__real");
+    let (n, t) = (16usize, 24usize);
+    let mut s: u64 = 42;
+    let mut rnd = move || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((s >> 11) as f64) / ((1u64 << 53) as f64)
+    };
+    let bits: Vec<f64> = (0..n).map(|_| f64::from(u8::from(rnd() < 0.5))).collect();
+    b.insert("correct", "u8", vec![n], bits);
+    b.insert(
+        "format_ok",
+        "u8",
+        vec![n],
+        (0..n).map(|i| f64::from(u8::from(i % 5 != 0))).collect(),
+    );
+    b.insert(
+        "truncated",
+        "u8",
+        vec![n],
+        (0..n).map(|i| f64::from(u8::from(i % 7 == 0))).collect(),
+    );
+    b.insert(
+        "void",
+        "u8",
+        vec![n],
+        (0..n).map(|i| f64::from(u8::from(i % 6 == 1))).collect(),
+    );
+    b.insert(
+        "judge",
+        "f32",
+        vec![n],
+        (0..n).map(|_| rnd() * 2.0 - 1.0).collect(),
+    );
+    b.insert("novelty", "f32", vec![n], (0..n).map(|_| rnd()).collect());
+    b.insert(
+        "budget",
+        "f32",
+        vec![n],
+        (0..n)
+            .map(|i| [512.0, 1024.0, 2048.0, 2560.0][i % 4])
+            .collect(),
+    );
+    b.insert(
+        "source",
+        "i64",
+        vec![n],
+        (0..n).map(|i| (i % 3 == 0) as u8 as f64).collect(),
+    );
+    b.insert(
+        "tokens",
+        "i64",
+        vec![n, t],
+        (0..n * t).map(|i| (i % 5) as f64).collect(),
+    );
+    b.insert(
+        "mean_logp",
+        "f32",
+        vec![n, t],
+        (0..n * t).map(|_| -4.0 - rnd()).collect(),
+    );
+    b.insert(
+        "old_mean_logp",
+        "f32",
+        vec![n, t],
+        (0..n * t).map(|_| -4.0 - rnd()).collect(),
+    );
+    b
+}
+
+/// Every recipe in every stdlib file: `keel loss` runs on a batch from
+/// `tests/`, and the derived d_logp matches central finite differences.
+#[test]
+fn every_stdlib_recipe_runs_and_its_gradient_matches_finite_differences() {
+    let b = rich_batch();
+    let mut n = 0;
+    for (name, _) in keel_compiler::stdlib::FILES {
+        let c = check_file(&preset_path(name), &[]);
+        assert!(!c.has_errors(), "{name}");
+        for r in &c.recipes {
+            let res = keel_tests::loss_of_recipe(&c, Some(&r.name), &b);
+            assert!(res.loss.is_finite(), "{}: {}", r.name, res.loss);
+            let checked = keel_tests::fd_check(&c, Some(&r.name), &b, "logp", 100);
+            assert!(checked >= 30, "{}: only {checked} points", r.name);
+            n += 1;
+        }
+    }
+    assert!(n >= 24, "{n} recipes");
+}
