@@ -454,22 +454,199 @@ fn rich_batch() -> Batch {
     b
 }
 
+/// The rich batch with logits (V = 8) and teacher logits instead of given
+/// log-probs, for recipes that read the full distribution.
+fn rich_logits_batch() -> Batch {
+    let mut b = rich_batch();
+    let (n, t, v) = (16usize, 24usize, 8usize);
+    let mut s: u64 = 7;
+    let mut rnd = move || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((s >> 11) as f64) / ((1u64 << 53) as f64)
+    };
+    b.insert(
+        "logits",
+        "f32",
+        vec![n, t, v],
+        (0..n * t * v).map(|_| rnd() * 3.0 - 1.5).collect(),
+    );
+    b.insert(
+        "teacher_logits",
+        "f32",
+        vec![n, t, v],
+        (0..n * t * v).map(|_| rnd() * 3.0 - 1.5).collect(),
+    );
+    b
+}
+
 /// Every recipe in every stdlib file: `keel loss` runs on a batch from
-/// `tests/`, and the derived d_logp matches central finite differences.
+/// `tests/`, and the derived gradient (d_logp, or d_logits for recipes that
+/// read logits) matches central finite differences.
 #[test]
 fn every_stdlib_recipe_runs_and_its_gradient_matches_finite_differences() {
-    let b = rich_batch();
+    let plain = rich_batch();
+    let with_logits = rich_logits_batch();
     let mut n = 0;
     for (name, _) in keel_compiler::stdlib::FILES {
         let c = check_file(&preset_path(name), &[]);
         assert!(!c.has_errors(), "{name}");
         for r in &c.recipes {
-            let res = keel_tests::loss_of_recipe(&c, Some(&r.name), &b);
+            let reads_logits =
+                r.inputs.contains_key("logits") || r.inputs.contains_key("teacher_logits");
+            let (b, wrt) = if reads_logits {
+                (&with_logits, "logits")
+            } else {
+                (&plain, "logp")
+            };
+            let res = keel_tests::loss_of_recipe(&c, Some(&r.name), b);
             assert!(res.loss.is_finite(), "{}: {}", r.name, res.loss);
-            let checked = keel_tests::fd_check(&c, Some(&r.name), &b, "logp", 100);
+            let checked = keel_tests::fd_check(&c, Some(&r.name), b, wrt, 100);
             assert!(checked >= 30, "{}: only {checked} points", r.name);
             n += 1;
         }
     }
     assert!(n >= 24, "{n} recipes");
+}
+
+#[test]
+fn dph_rl_worked_example() {
+    // One rehearsal response (source 1): log pi_0 = [-0.5, -1, -2],
+    // logp = [-0.7, -0.9, -2.5]; the RL term has no tokens.
+    let b = B::new(&[3])
+        .tok("old_logp", &[-0.5, -1.0, -2.0])
+        .tok("logp", &[-0.7, -0.9, -2.5])
+        .seq("source", "i64", &[1.0]);
+    let run_named = |recipe: &str| {
+        keel_tests::loss_of_recipe(&check_file(&preset_path("dph_rl"), &[]), Some(recipe), &b.b)
+    };
+    let f = run_named("dph_rl");
+    assert!(close(f.loss, 0.01 * 0.043477, 1e-4, 0.0), "{}", f.loss);
+    assert_all(&f.d_logp, &[-0.000604, 0.000351, -0.001312], 2e-3);
+    let js = run_named("dph_rl_js");
+    assert!(close(js.loss, 0.1 * 0.020118, 1e-4, 0.0), "{}", js.loss);
+    let al = run_named("dph_rl_alpha");
+    assert!(close(al.loss, 0.01 * 0.038740, 1e-4, 0.0), "{}", al.loss);
+    let jr = run_named("dph_rl_js_ref");
+    assert!(close(jr.loss, 0.1 * 0.009348, 1e-4, 0.0), "{}", jr.loss);
+    // Gradients: d(js)/dl = u·log(2u/(u+1)), d(alpha)/dl = u·(u^-a - 1)/(-a), / 3 tokens.
+    let u: Vec<f64> = [-0.2f64, 0.1, -0.5].iter().map(|d| d.exp()).collect();
+    let want: Vec<f64> = u
+        .iter()
+        .map(|u| 0.1 * u * (2.0 * u / (u + 1.0)).ln() / 3.0)
+        .collect();
+    assert_all(&js.d_logp, &want, 1e-9);
+    let want: Vec<f64> = u
+        .iter()
+        .map(|u| 0.01 * u * (u.powf(-0.2) - 1.0) / -0.2 / 3.0)
+        .collect();
+    assert_all(&al.d_logp, &want, 1e-9);
+    // RL samples ignore the divergence; rehearsal samples ignore the policy
+    // gradient: adding an RL response (credit 1/(1 + 1e-6), its own group)
+    // adds exactly its clipped loss, token-mean over its 3 tokens.
+    let b2 = B::new(&[3, 3])
+        .tok("old_logp", &[-0.5, -1.0, -2.0, -0.5, -1.0, -2.0])
+        .tok("logp", &[-0.7, -0.9, -2.5, -0.7, -0.9, -2.5])
+        .seq("source", "i64", &[1.0, 0.0])
+        .seq("reward", "f32", &[0.0, 1.0])
+        .seq("group", "i64", &[0.0, 1.0]);
+    let mixed = keel_tests::loss_of(&check_file(&preset_path("dph_rl"), &[]), &b2.b);
+    let a = 1.0 / (1.0 + 1e-6);
+    let pg: f64 = u
+        .iter()
+        .map(|r| (-a * r).max(-a * r.clamp(0.8, 1.28)))
+        .sum::<f64>()
+        / 3.0;
+    assert!(
+        close(mixed.loss, f.loss + pg, 1e-9, 1e-12),
+        "{} vs {}",
+        mixed.loss,
+        f.loss + pg
+    );
+    assert_all(&mixed.d_logp[..3], &f.d_logp, 1e-12);
+}
+
+#[test]
+fn steer_worked_example() {
+    // A = [1, 1, -1, -1], pi_old = [0.9, 0.2, 0.5, 0.05], pi_theta = [0.92, 0.25, 0.45, 0.04],
+    // H = [0.4, 2, 1, 3] -> Omega = [0.025892, 0.575349, 0.099739, 0.168097];
+    // linear w = [1.2, 0.8, 1.146240, 1.096476]; exp w = [0.990008, 0.8, 0.962056, 0.936885].
+    let pt = [0.92f64, 0.25, 0.45, 0.04];
+    let po = [0.9f64, 0.2, 0.5, 0.05];
+    let a = [1.0, 1.0, -1.0, -1.0];
+    let b = B::new(&[1; 4])
+        .tok("logp", &pt.map(f64::ln))
+        .tok("old_logp", &po.map(f64::ln))
+        .tok("entropy", &[0.4, 2.0, 1.0, 3.0])
+        .tok("advantages", &a);
+    // The dual-clip PPO token losses (clip 0.2 / 0.28, c = 10): all ratios inside.
+    let ppo: Vec<f64> = (0..4).map(|i| -a[i] * pt[i] / po[i]).collect();
+    for (recipe, w) in [
+        ("steer", [1.2, 0.8, 1.146240, 1.096476]),
+        ("steer_exp", [0.990008, 0.8, 0.962056, 0.936885]),
+    ] {
+        let r =
+            keel_tests::loss_of_recipe(&check_file(&preset_path("steer"), &[]), Some(recipe), &b.b);
+        let want: f64 = (0..4).map(|i| ppo[i] * w[i]).sum::<f64>() / 4.0;
+        assert!(
+            close(r.loss, want, 1e-5, 1e-9),
+            "{recipe}: {} vs {want}",
+            r.loss
+        );
+        // The weights are detached multipliers of each token's gradient.
+        for i in 0..4 {
+            assert!(
+                close(r.d_logp[i], -a[i] * pt[i] / po[i] * w[i] / 4.0, 1e-5, 1e-9),
+                "{recipe} token {i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn z_loss_worked_example() {
+    // y = [2, 1, 0]: log Z = 2.407606, L_z = 0.000580, gradient [0.000320, 0.000118, 0.000043].
+    let mut b = B::new(&[1]).tok("advantages", &[0.0]);
+    b.b.insert("logits", "f32", vec![1, 1, 3], vec![2.0, 1.0, 0.0]);
+    b.b.insert("tokens", "i64", vec![1, 1], vec![0.0]);
+    b.b.insert(
+        "ref_logp",
+        "f32",
+        vec![1, 1],
+        vec![2.0 - 2.4076059644443806],
+    );
+    let r = run("z_loss", &b);
+    assert!(close(r.loss, 0.000580, 2e-3, 0.0), "{}", r.loss);
+    assert!(close(
+        r.loss,
+        1e-4 * 2.4076059644443806f64.powi(2),
+        1e-6,
+        0.0
+    ));
+    assert_all(
+        &r.d_logits.expect("d_logits"),
+        &[0.000320, 0.000118, 0.000043],
+        1e-2,
+    );
+}
+
+#[test]
+fn bd_kd_worked_example() {
+    // teacher [2, 1, 0.5, -1], student [1.5, 1.2, 0.3, -0.5], tau 1, (w_lo, w_hi) = (1, 2):
+    // the student is less confident, so KL(t||s) + 2·KL(s||t) = 0.172634.
+    let mut b = B::new(&[1]);
+    b.b.insert("logits", "f32", vec![1, 1, 4], vec![1.5, 1.2, 0.3, -0.5]);
+    b.b.insert(
+        "teacher_logits",
+        "f32",
+        vec![1, 1, 4],
+        vec![2.0, 1.0, 0.5, -1.0],
+    );
+    b.b.insert("tokens", "i64", vec![1, 1], vec![0.0]);
+    let r = run("bd_kd", &b);
+    let zs = [1.5f64, 1.2, 0.3, -0.5];
+    let lse = zs.iter().map(|z| z.exp()).sum::<f64>().ln();
+    let ce = lse - zs[0];
+    assert!(close(r.loss - ce, 0.172634, 1e-5, 0.0), "{}", r.loss - ce);
 }

@@ -1512,7 +1512,9 @@ impl<'p> Checker<'p> {
                 None if sec.name == "state" => Level::Step,
                 None => schema.level,
             };
-            if info.level > allowed {
+            // A `let` is an intermediate value: its level is checked where it
+            // ends up (a vocabulary-level let reduced later is fine).
+            if !e.is_let && info.level > allowed {
                 self.level_error(e, &sec.name, info.level, allowed);
                 continue;
             }
@@ -1915,10 +1917,7 @@ impl<'p> Checker<'p> {
                 Label::new(r.file, r.name_span, "no `objective.loss`"),
             )
             .with_help(
-                format!(
-                    "add `objective {{ loss = ... }}`, or extend a stdlib recipe: `extends std/NAME` with NAME one of {}",
-                    crate::stdlib::names().collect::<Vec<_>>().join(", ")
-                ),
+                "add `objective { loss = ... }`, or extend a stdlib recipe: `extends std/NAME` (`stdlib/README.md` lists them)",
             );
             if !r.bases.is_empty() {
                 d = d.with_note(format!("inherited from: {}", r.bases.join(" → ")));

@@ -731,6 +731,7 @@ impl<'a> Lowering<'a> {
                 let num = b.reduce(Red::Sum, kept, Level::Batch);
                 let vf = b.float(valid);
                 let den = b.reduce(Red::Sum, vf, Level::Batch);
+                let den = b.binary(Bin::Max, den, one);
                 b.binary(Bin::Div, num, den)
             }
             "seq_mean_token_sum_norm" => {
@@ -744,6 +745,7 @@ impl<'a> Lowering<'a> {
             _ => {
                 let s = b.reduce(Red::Sum, x, Level::Batch);
                 let n = b.reduce(Red::Sum, ones, Level::Batch);
+                let n = b.binary(Bin::Max, n, one);
                 b.binary(Bin::Div, s, n)
             }
         }
@@ -795,12 +797,17 @@ pub fn loss_program(
         Some(_) => lw.entry("objective", "norm").ok(),
         None => None,
     };
-    let keep = match merged.section("objective").and_then(|s| s.entry("mask")) {
-        Some(_) => match lw.entry("objective", "mask") {
-            Ok(k) => Some(k),
-            Err(()) => return Err(fail(lw)),
-        },
-        None => None,
+    // `S.mask` restricts the tokens of term S; divergence and entropy terms
+    // default to the objective's mask.
+    let mask_of =
+        |lw: &mut Lowering, sec: &str, default: Option<NodeId>| -> Result<Option<NodeId>, ()> {
+            match merged.section(sec).and_then(|s| s.entry("mask")) {
+                Some(_) => lw.entry(sec, "mask").map(Some),
+                None => Ok(default),
+            }
+        };
+    let Ok(keep) = mask_of(&mut lw, "objective", None) else {
+        return Err(fail(lw));
     };
     let mut total = lw.aggregate(loss, &mode, norm, keep);
     for sec in ["divergence", "entropy"] {
@@ -818,7 +825,10 @@ pub fn loss_program(
         } else {
             lw.b.c(1.0)
         };
-        let agg = lw.aggregate(v, &mode, norm, keep);
+        let Ok(term_keep) = mask_of(&mut lw, sec, keep) else {
+            return Err(fail(lw));
+        };
+        let agg = lw.aggregate(v, &mode, norm, term_keep);
         let term = lw.b.binary(Bin::Mul, coef, agg);
         total = lw.b.binary(Bin::Add, total, term);
     }

@@ -285,10 +285,9 @@ impl Program {
                             );
                             d = match suggest(name, stdlib::names()) {
                                 Some(s) => d.with_help(format!("did you mean `std/{s}`?")),
-                                None => d.with_help(format!(
-                                    "the stdlib has: {}",
-                                    stdlib::names().collect::<Vec<_>>().join(", ")
-                                )),
+                                None => d.with_help(
+                                    "stdlib modules are named after their method, `std/NAME`; `stdlib/README.md` lists them",
+                                ),
                             };
                             self.diagnostics.push(d);
                             None
