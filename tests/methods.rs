@@ -77,7 +77,7 @@ fn npo_worked_example() {
         let r = run("npo", &b);
         assert!(close(r.loss, want, 1e-6, 0.0), "{lp}: {}", r.loss);
         // The gradient weight: dL/dlogp = 2·sigmoid(beta·(lp - ref)).
-        let w = 2.0 / (1.0 + (-(0.1 * (lp - rf)) as f64).exp());
+        let w = 2.0 / (1.0 + (-(0.1 * (lp - rf))).exp());
         assert!(close(r.d_logp[0], w, 1e-9, 0.0), "{} vs {w}", r.d_logp[0]);
     }
     let b = B::new(&[1, 1])
@@ -284,9 +284,9 @@ fn degrpo_rewards_and_decoupled_aggregation() {
         )
         .seq("correct", "u8", &[1.0, 0.0, 1.0]);
     let mut b = b;
-    b.b.tensors
-        .get_mut("tokens")
-        .map(|t| t.dtype = "i64".into());
+    if let Some(t) = b.b.tensors.get_mut("tokens") {
+        t.dtype = "i64".into();
+    }
     assert_all(&rewards("degrpo", &b), &[1.0, -1.0, 0.5], 1e-12);
     // Loss with ratio 1 everywhere: l = -A; control tokens of 3 sequences,
     // response tokens 2 + 1 + 3 = 6. Dr.GRPO credit: r - mean = [5/6, -7/6, 2/6].
