@@ -244,7 +244,9 @@ pub fn prepare(
             && (n.level == Level::Group
                 || matches!(
                     n.op,
-                    Op::Rank { over: Level::Group } | Op::Quantile { over: Level::Group }
+                    Op::Rank { over: Level::Group }
+                        | Op::Quantile { over: Level::Group }
+                        | Op::SortedCumsum { over: Level::Group }
                 ))
     });
     if uses_groups {
@@ -308,6 +310,12 @@ pub fn prepare(
             match name.as_str() {
                 "position" => {
                     inputs.insert(name.clone(), (0..b * t).map(|i| (i % t) as f64).collect());
+                }
+                "vocab_index" => {
+                    inputs.insert(
+                        name.clone(),
+                        (0..b * t * v).map(|i| (i % v) as f64).collect(),
+                    );
                 }
                 "length" => {
                     let len = (0..b).map(|i| {

@@ -150,6 +150,7 @@ inputs! {
     "advantages": Token Num false "given advantages, replacing the recipe's credit";
     "tokens": Token Int false "sampled token ids";
     "position": Token Int false "index of the token in its response, from 0";
+    "vocab_index": Vocab Int false "the vocabulary id of each entry of a [B, T, V] value";
     "reward": Seq Num false "outcome reward of each sequence";
     "length": Seq Int false "number of valid response tokens of each sequence";
     "group": Seq Int false "id of the prompt a sequence answers; equal ids form a group";
@@ -261,6 +262,7 @@ builtins! {
     "topk"("x", "k") Normalize Bool false "true for the k largest values in each unit (ties: lower index first)";
     "top_frac"("x", "frac") Normalize Bool false "true for the largest ceil(frac * n) values in each unit";
     "rank"("x") Normalize Num false "0-based rank of x within its unit (ties: lower index first)";
+    "cumsum_by"("x", "key") Normalize Num false "running sum of x within each unit, in descending order of key (ties: lower index first), inclusive";
     "rscan"("x", "gamma") Scan Num false "reverse discounted sum: y_t = x_t + gamma * y_{t+1}";
     "rscan_min"("x") Scan Num false "reverse running minimum: y_t = min(x_t, y_{t+1})";
     "cumsum"("x") Scan Num false "running sum from the first token";

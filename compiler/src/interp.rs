@@ -75,9 +75,10 @@ pub fn run(g: &Graph, env: &Env) -> Result<Vec<Vec<f64>>, InterpError> {
     run_with(g, env, None)
 }
 
-/// Evaluate with the values of every `stopgrad` and `rank` node taken from
-/// `frozen` (a previous run): finite differences of this function are the
-/// gradient the autodiff defines, detached parts held fixed.
+/// Evaluate with the values of every node that passes no gradient —
+/// `stopgrad`, ranks, quantiles, comparisons, rounding — taken from `frozen`
+/// (a previous run): finite differences of this function are the gradient
+/// the autodiff defines, with detached values and selections held fixed.
 pub fn run_with(
     g: &Graph,
     env: &Env,
@@ -92,7 +93,7 @@ pub fn run_with(
             continue;
         }
         if let Some(fz) = frozen
-            && matches!(n.op, Op::StopGrad | Op::Rank { .. })
+            && frozen_op(&n.op)
             && let Some(v) = fz.get(id)
         {
             vals.push(v.clone());
@@ -197,6 +198,20 @@ pub fn run_with(
                 }
                 out
             }
+            Op::SortedCumsum { over } => {
+                let from = n.level;
+                let mut out = vec![0.0; len];
+                for members in units(sh, env.mask, from, *over) {
+                    let mut idx = members;
+                    idx.sort_by(|&a, &b| arg(1)[b].total_cmp(&arg(1)[a]).then(a.cmp(&b)));
+                    let mut acc = 0.0;
+                    for i in idx {
+                        acc += arg(0)[i];
+                        out[i] = acc;
+                    }
+                }
+                out
+            }
             Op::Scan(s) => scan(
                 sh,
                 env.mask,
@@ -234,6 +249,15 @@ pub fn run_with(
         vals.push(v);
     }
     Ok(vals)
+}
+
+fn frozen_op(op: &Op) -> bool {
+    match op {
+        Op::StopGrad | Op::Rank { .. } | Op::Quantile { .. } => true,
+        Op::Binary(b) => b.is_comparison(),
+        Op::Unary(u) => matches!(u, Un::Floor | Un::Ceil | Un::Round | Un::Sign | Un::Not),
+        _ => false,
+    }
 }
 
 fn token_index(t: f64, v: usize, i: usize) -> Result<usize, InterpError> {

@@ -129,6 +129,11 @@ pub enum Op {
     Quantile {
         over: Level,
     },
+    /// (x, key): inclusive running sum of x within each unit of `over`, in
+    /// descending order of key (ties: lower index first); invalid members 0.
+    SortedCumsum {
+        over: Level,
+    },
     /// (x, …)
     Scan(ScanOp),
     /// (x vocab): the entry of the sampled token.
@@ -197,7 +202,9 @@ impl Graph {
             n.level == Level::Group
                 || matches!(
                     n.op,
-                    Op::Rank { over: Level::Group } | Op::Quantile { over: Level::Group }
+                    Op::Rank { over: Level::Group }
+                        | Op::Quantile { over: Level::Group }
+                        | Op::SortedCumsum { over: Level::Group }
                 )
         })
     }
@@ -240,6 +247,9 @@ impl Graph {
                 Op::Rank { over } => format!("rank over {} {}", over.name(), args.join(", ")),
                 Op::Quantile { over } => {
                     format!("quantile over {} {}", over.name(), args.join(", "))
+                }
+                Op::SortedCumsum { over } => {
+                    format!("cumsum_by over {} {}", over.name(), args.join(", "))
                 }
                 Op::Scan(s) => format!("{} {}", format!("{s:?}").to_lowercase(), args.join(", ")),
                 Op::Pick => format!("pick {}", args.join(", ")),

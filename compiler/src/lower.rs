@@ -461,6 +461,16 @@ impl<'a> Lowering<'a> {
             ("softmax", Some(l)) => self.softmax(need(x)?, l),
             ("log_softmax", Some(l)) => self.log_softmax(need(x)?, l),
             ("rank", Some(l)) => self.rank(need(x)?, l),
+            ("cumsum_by", Some(l)) => {
+                let x = self.b.float(need(x)?);
+                let xl = self.b.level(x);
+                let key = need(arg(1))?;
+                let key = self.b.float(key);
+                let key = self.b.stopgrad(key);
+                let key = self.b.broadcast(key, xl);
+                self.b
+                    .add(Op::SortedCumsum { over: l }, vec![x, key], xl, DType::F64)
+            }
             ("topk", Some(l)) => {
                 let x = need(x)?;
                 let r = self.rank(x, l);
@@ -933,7 +943,7 @@ pub fn loss_program(
 /// Inputs the loader can make up when the batch lacks them.
 pub fn derivable(name: &str, have: &dyn Available) -> bool {
     match name {
-        "position" | "length" => true,
+        "position" | "length" | "vocab_index" => true,
         "logp" => have.has("logits") && have.has("tokens"),
         "entropy" | "mean_logp" => have.has("logits"),
         _ => false,
