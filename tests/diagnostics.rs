@@ -326,9 +326,9 @@ case!(
     "import std/grpo\nrecipe r extends grpo {\n    divergence.coef = -0.001\n}\n"
 );
 case!(
-    e0303_rollout_schedule,
+    e0303_model_schedule,
     "E0303",
-    "import std/grpo\nrecipe r extends grpo {\n    rollout { max_tokens = 16 * step }\n}\n"
+    "import std/grpo\nrecipe r extends grpo {\n    model { layers = 2 * step }\n}\n"
 );
 case!(
     e0303_state_init,

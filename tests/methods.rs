@@ -714,3 +714,96 @@ fn cumsum_by_gradient_matches_finite_differences() {
     let c = keel_tests::check_str(src);
     assert!(keel_tests::fd_check(&c, None, &b.b, "logits", 20) >= 10);
 }
+
+fn metric(r: &keel_compiler::LossResult, name: &str) -> f64 {
+    r.metrics
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| *v)
+        .unwrap_or(f64::NAN)
+}
+
+#[test]
+fn epo_worked_examples() {
+    // Phase weight over epochs (E = 150): 0 -> 1, 30 -> 0.889866, 75 -> 0.827067,
+    // 100 -> 0.294304, 150 -> 0.039830.
+    let src = "import std/epo\nrecipe r extends epo { monitor { w = entropy.phase } }";
+    for (e, want) in [
+        (0.0, 1.0),
+        (30.0, 0.889866),
+        (75.0, 0.827067),
+        (100.0, 0.294304),
+        (150.0, 0.039830),
+    ] {
+        let mut b = B::new(&[1]).tok("advantages", &[0.0]);
+        b.b.insert("epoch", "i64", vec![], vec![e]);
+        let r = loss_str(src, &b.b);
+        assert!(
+            close(metric(&r, "w"), want, 1e-5, 0.0),
+            "epoch {e}: {}",
+            metric(&r, "w")
+        );
+    }
+    // Hbar = 1, range (0, 2), penalty 0.05, H = [0.3, 1.0, 2.5] -> P = [0, 0, 0.05].
+    let src = "import std/epo\nrecipe r extends epo {\n state { entropy_sum = 1.0, iterations = 1 }\n entropy { min_ratio = 0, max_ratio = 2.0, out_range_penalty = 0.05 }\n monitor { p = sum(entropy.penalty) over batch\n at = sum(entropy.penalty * position) over batch } }";
+    let mut b = B::new(&[3])
+        .tok("entropy", &[0.3, 1.0, 2.5])
+        .tok("advantages", &[0.0; 3]);
+    b.b.insert("epoch", "i64", vec![], vec![0.0]);
+    let r = loss_str(src, &b.b);
+    assert!(
+        close(metric(&r, "p"), 0.05, 1e-12, 0.0) && close(metric(&r, "at"), 0.1, 1e-12, 0.0),
+        "{:?}",
+        r.metrics
+    );
+}
+
+#[test]
+fn curriculum_presets_schedule_as_the_sheet_says() {
+    // ScalingInter-RL, K = 100, [10, 20, 30]: steps 1, 100 -> 10; 101, 200 -> 20; 201, 500 -> 30.
+    let src = "import std/scaling_inter_rl\nrecipe r extends scaling_inter_rl { monitor { turns = rollout.max_turns } }";
+    for (step, want) in [
+        (1.0, 10.0),
+        (100.0, 10.0),
+        (101.0, 20.0),
+        (200.0, 20.0),
+        (201.0, 30.0),
+        (500.0, 30.0),
+    ] {
+        let mut b = B::new(&[1]);
+        b.b.insert("step", "i64", vec![], vec![step]);
+        let r = loss_str(src, &b.b);
+        assert_eq!(metric(&r, "turns"), want, "step {step}");
+    }
+    // CURE: branching (4 responses, 3 continuations each) in the first 300 steps only.
+    let src = "import std/cure\nrecipe r extends cure { monitor { first = rollout.branch_first } }";
+    for (step, want) in [(1.0, 4.0), (300.0, 4.0), (301.0, 0.0)] {
+        let mut b = B::new(&[1]);
+        b.b.insert("step", "i64", vec![], vec![step]);
+        b.b.insert("length", "i64", vec![1], vec![1.0]);
+        let r = loss_str(src, &b.b);
+        assert_eq!(metric(&r, "first"), want, "step {step}");
+    }
+    // CRAFT-GUI: difficulty thresholds by stage.
+    let src = "import std/craft_gui\nrecipe r extends craft_gui { monitor { d = curriculum.max_difficulty } }";
+    for (step, want) in [(1.0, 0.3), (150.0, 0.6), (1000.0, 1.0)] {
+        let mut b = B::new(&[1]).seq("judge", "f32", &[0.5]);
+        b.b.insert("step", "i64", vec![], vec![step]);
+        let r = loss_str(src, &b.b);
+        assert!(close(metric(&r, "d"), want, 1e-12, 0.0), "step {step}");
+    }
+    // All of them show their schedules in `keel explain`.
+    for p in ["cure", "scaling_inter_rl", "craft_gui", "epo", "dapo"] {
+        let text = std::fs::read_to_string(preset_path(p)).unwrap_or_default();
+        let c = keel_compiler::check_source(
+            &keel_compiler::NoFiles,
+            &format!("stdlib/{p}.recipe"),
+            &text,
+        );
+        let shown = keel_compiler::explain::explain_recipe(&c, c.main_recipe(Some(p)).expect(p));
+        assert!(
+            shown.contains("schedules") || shown.contains("rollout.dynamic_sampling"),
+            "{p}:\n{shown}"
+        );
+    }
+}

@@ -205,10 +205,22 @@ fn err(code: Code, msg: String, at: (FileId, Span, String), help: impl Into<Stri
 fn expected_dtypes(name: &str) -> &'static [&'static str] {
     match name {
         "mask" => &["f32", "f64", "u8", "bool"],
-        "tokens" | "group" | "length" | "position" | "source" => &["i64", "i32"],
-        "step_end" | "correct" | "truncated" | "format_ok" | "void" => &["u8", "bool"],
         "logits" | "teacher_logits" => &["f32", "bf16", "f16", "f64"],
-        _ => &["f32", "f64", "bf16", "f16"],
+        _ => match builtins::input(name).map(|i| i.ty) {
+            Some(builtins::Ty0::Int) => &["i64", "i32"],
+            Some(builtins::Ty0::Bool) => &["u8", "bool"],
+            _ => &["f32", "f64", "bf16", "f16"],
+        },
+    }
+}
+
+/// Step-level inputs a single batch is evaluated at when it does not say:
+/// the first step of a run.
+fn step_default(name: &str) -> Option<f64> {
+    match name {
+        "step" | "total_steps" => Some(1.0),
+        "epoch" | "progress" => Some(0.0),
+        _ => None,
     }
 }
 
@@ -310,6 +322,9 @@ pub fn prepare(
             match name.as_str() {
                 "position" => {
                     inputs.insert(name.clone(), (0..b * t).map(|i| (i % t) as f64).collect());
+                }
+                n if step_default(n).is_some() => {
+                    inputs.insert(name.clone(), vec![step_default(n).unwrap_or(0.0)]);
                 }
                 "vocab_index" => {
                     inputs.insert(

@@ -1562,8 +1562,9 @@ impl<'p> Checker<'p> {
                 continue;
             }
             // Known before training?
-            let needs_constant =
-                matches!(sec.name.as_str(), "model" | "task" | "rollout" | "state");
+            // Rollout settings may follow a schedule of the step (a horizon
+            // curriculum); the model, the task and initial state may not.
+            let needs_constant = matches!(sec.name.as_str(), "model" | "task" | "state");
             if needs_constant
                 && info.constant.is_none()
                 && info.ty != Ty::Str

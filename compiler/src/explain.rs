@@ -209,8 +209,70 @@ pub fn explain_recipe(checked: &Checked, index: usize) -> String {
             let _ = writeln!(out, "  {f}");
         }
     }
+    schedules(&mut out, m);
     hyperparameters(&mut out, m, c);
     out
+}
+
+/// Run-time behaviour: schedules over the step (curriculum, rollout,
+/// optimizer), state updates and guards.
+fn schedules(out: &mut String, m: &Merged) {
+    let mut rows = Vec::new();
+    for sec in ["curriculum", "rollout", "optimizer"] {
+        if let Some(s) = m.section(sec) {
+            for e in s.entries.iter().filter(|e| {
+                !matches!(
+                    e.value.kind,
+                    ExprKind::Number { .. } | ExprKind::Var(_) | ExprKind::Bool(_)
+                )
+            }) {
+                rows.push(format!("  {sec}.{} = {}", e.name, pretty(&e.value)));
+            }
+        }
+    }
+    if let Some(u) = m.section("update") {
+        for e in &u.entries {
+            rows.push(format!("  state.{} <- {}", e.name, pretty(&e.value)));
+        }
+    }
+    for g in &m.guards {
+        let g = &g.guard;
+        let name = g
+            .name
+            .as_ref()
+            .map(|n| format!("{}: ", n.name))
+            .unwrap_or_default();
+        let window = g
+            .window
+            .as_ref()
+            .map(|(n, u)| format!(" for {} {}", pretty(n), u.name))
+            .unwrap_or_default();
+        let actions: Vec<String> = g
+            .actions
+            .iter()
+            .map(|a| match a {
+                keel_grammar::Stmt::Assign(x) => {
+                    format!("{} {} {}", x.path_text(), x.op.text(), pretty(&x.value))
+                }
+                keel_grammar::Stmt::Command { name, arg, .. } => match arg {
+                    Some(a) => format!("{} {}", name.name, pretty(a)),
+                    None => name.name.clone(),
+                },
+                _ => String::new(),
+            })
+            .collect();
+        rows.push(format!(
+            "  guard {name}{}{window} => {}",
+            pretty(&g.cond),
+            actions.join("; ")
+        ));
+    }
+    if !rows.is_empty() {
+        let _ = writeln!(out, "\nschedules, state and guards");
+        for r in rows {
+            let _ = writeln!(out, "{r}");
+        }
+    }
 }
 
 fn hyperparameters(out: &mut String, m: &Merged, c: &CheckedRecipe) {

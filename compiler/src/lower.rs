@@ -943,7 +943,9 @@ pub fn loss_program(
 /// Inputs the loader can make up when the batch lacks them.
 pub fn derivable(name: &str, have: &dyn Available) -> bool {
     match name {
-        "position" | "length" | "vocab_index" => true,
+        "position" | "length" | "vocab_index" | "step" | "epoch" | "progress" | "total_steps" => {
+            true
+        }
         "logp" => have.has("logits") && have.has("tokens"),
         "entropy" | "mean_logp" => have.has("logits"),
         _ => false,
