@@ -303,7 +303,7 @@ case!(
 case!(
     e0300_eps_not_an_epsilon,
     "E0300",
-    "import std/grpo\nrecipe r extends grpo {\n    clip.eps_high = 1.28\n}\n"
+    "import std/grpo\nrecipe r extends grpo {\n    clip.eps_low = 1.2\n}\n"
 );
 case!(
     e0300_temperature_zero,
@@ -405,6 +405,11 @@ case!(
     w0002_typo_key,
     "W0002",
     "import std/grpo\nrecipe r extends grpo {\n    clip.eps_hgh = 0.28\n}\n"
+);
+case!(
+    w0003_loose_clip,
+    "W0003",
+    "import std/grpo\nrecipe r extends grpo {\n    clip.eps_high = 1.28\n}\n"
 );
 case!(
     w0003_large_lr,

@@ -472,12 +472,14 @@ fn rich_logits_batch() -> Batch {
         vec![n, t, v],
         (0..n * t * v).map(|_| rnd() * 3.0 - 1.5).collect(),
     );
-    b.insert(
-        "teacher_logits",
-        "f32",
-        vec![n, t, v],
-        (0..n * t * v).map(|_| rnd() * 3.0 - 1.5).collect(),
-    );
+    for name in ["teacher_logits", "old_logits"] {
+        b.insert(
+            name,
+            "f32",
+            vec![n, t, v],
+            (0..n * t * v).map(|_| rnd() * 3.0 - 1.5).collect(),
+        );
+    }
     b
 }
 
@@ -493,8 +495,9 @@ fn every_stdlib_recipe_runs_and_its_gradient_matches_finite_differences() {
         let c = check_file(&preset_path(name), &[]);
         assert!(!c.has_errors(), "{name}");
         for r in &c.recipes {
-            let reads_logits =
-                r.inputs.contains_key("logits") || r.inputs.contains_key("teacher_logits");
+            let reads_logits = ["logits", "teacher_logits", "old_logits"]
+                .iter()
+                .any(|k| r.inputs.contains_key(*k));
             let (b, wrt) = if reads_logits {
                 (&with_logits, "logits")
             } else {
@@ -806,4 +809,33 @@ fn curriculum_presets_schedule_as_the_sheet_says() {
             "{p}:\n{shown}"
         );
     }
+}
+
+#[test]
+fn lp_reg_worked_example() {
+    // Old policy [0.6, 0.25, 0.1, 0.04, 0.01], kappa 0.02: the last token is
+    // filtered, proxy [0.606061, 0.252525, 0.101010, 0.040404, 0]. Sampled
+    // token 3: pi_old 0.04, pi_theta 0.03, A = -1 -> ratio 0.75; the token is
+    // protected: KL3 = 0.049069, token loss -A r + KL3 = 0.799069,
+    // d(beta·KL3)/dlogp = 1 - 0.040404/0.03 = -0.346801.
+    // Two such negative tokens with rho = 1 make k = 2 > 1, so both qualify.
+    let old = [0.6f64, 0.25, 0.1, 0.04, 0.01].map(f64::ln);
+    let mut b = B::new(&[2])
+        .tok("logp", &[0.03f64.ln(); 2])
+        .tok("old_logp", &[0.04f64.ln(); 2])
+        .tok("advantages", &[-1.0; 2]);
+    b.b.insert("old_logits", "f32", vec![1, 2, 5], [old, old].concat());
+    b.b.insert("tokens", "i64", vec![1, 2], vec![3.0, 3.0]);
+    let c = check_file(&preset_path("lp_reg"), &[("objective.neg_rho", "1")]);
+    let r = loss_of(&c, &b.b);
+    assert!(close(r.loss, 0.799069, 1e-5, 0.0), "{}", r.loss);
+    // d/dlogp of (-A r + KL3), token mean over 2: (0.75 - 0.346801) / 2.
+    assert!(
+        close(r.d_logp[0], (0.75 - 0.346801) / 2.0, 1e-5, 0.0),
+        "{:?}",
+        r.d_logp
+    );
+    // With the default rho (1%), k = 1 and nothing is protected: the clipped loss.
+    let r = run("lp_reg", &b);
+    assert!(close(r.loss, 0.75, 1e-6, 0.0), "{}", r.loss);
 }

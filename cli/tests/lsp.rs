@@ -169,7 +169,7 @@ fn stable(v: &Value) -> String {
     s.replace(&dir, "<tmp>")
 }
 
-const BROKEN: &str = "import std/grpo\n\nrecipe mine extends grpo {\n    clip.eps_high = 1.28\n    credit = (reward - mean(rewrd) over group)\n    objective { loss = -( }\n}\n";
+const BROKEN: &str = "import std/grpo\n\nrecipe mine extends grpo {\n    clip.eps_low = 1.28\n    credit = (reward - mean(rewrd) over group)\n    objective { loss = -( }\n}\n";
 const FIXED: &str = "import std/grpo\n\nrecipe mine extends grpo {\n    clip.eps_high = 0.28\n    credit = (reward - mean(reward) over group)\n    monitor { kl = mean(logp - ref_logp) over batch }\n}\n";
 
 #[test]

@@ -48,7 +48,7 @@ fn neovim_shows_keel_diagnostics() {
     let dir = std::env::temp_dir().join(format!("keel-nvim-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join("broken.recipe");
-    std::fs::write(&file, "import std/grpo\nrecipe r extends grpo {\n    credit = mean(rewrd) over group\n    clip.eps_high = 1.5\n}\n").expect("write");
+    std::fs::write(&file, "import std/grpo\nrecipe r extends grpo {\n    credit = mean(rewrd) over group\n    clip.eps_low = 1.5\n}\n").expect("write");
     let script = dir.join("check.lua");
     std::fs::write(&script, SCRIPT).expect("write script");
     let out = dir.join("diagnostics.txt");
@@ -77,7 +77,7 @@ fn neovim_shows_keel_diagnostics() {
     let got = std::fs::read_to_string(&out).expect("nvim wrote the diagnostics");
     assert_eq!(
         got.trim(),
-        "3:19:cannot find `rewrd` (not defined)\n4:21:`clip.eps_high` is 1.5, but it must be in (0, 1) (= 1.5)",
+        "3:19:cannot find `rewrd` (not defined)\n4:20:`clip.eps_low` is 1.5, but it must be in (0, 1] (= 1.5)",
         "diagnostics Neovim received"
     );
 }

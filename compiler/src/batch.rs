@@ -205,7 +205,7 @@ fn err(code: Code, msg: String, at: (FileId, Span, String), help: impl Into<Stri
 fn expected_dtypes(name: &str) -> &'static [&'static str] {
     match name {
         "mask" => &["f32", "f64", "u8", "bool"],
-        "logits" | "teacher_logits" => &["f32", "bf16", "f16", "f64"],
+        "logits" | "teacher_logits" | "old_logits" => &["f32", "bf16", "f16", "f64"],
         _ => match builtins::input(name).map(|i| i.ty) {
             Some(builtins::Ty0::Int) => &["i64", "i32"],
             Some(builtins::Ty0::Bool) => &["u8", "bool"],
@@ -296,10 +296,9 @@ pub fn prepare(
         )]);
     }
     let (b, t) = (mask_t.shape[0], mask_t.shape[1]);
-    let v = batch
-        .tensors
-        .get("logits")
-        .and_then(|l| l.shape.get(2).copied())
+    let v = ["logits", "teacher_logits", "old_logits"]
+        .iter()
+        .find_map(|n| batch.tensors.get(*n).and_then(|l| l.shape.get(2).copied()))
         .unwrap_or(1);
     let mut inputs: HashMap<String, Vec<f64>> = HashMap::new();
     for name in &needed {

@@ -139,6 +139,7 @@ macro_rules! inputs {
 inputs! {
     "logits": Vocab Num true "current-policy logits [B, T, V]; the full next-token distribution";
     "teacher_logits": Vocab Num false "teacher logits [B, T, V], for distillation";
+    "old_logits": Vocab Num false "behaviour-policy logits [B, T, V]";
     "logp": Token Num true "log-prob of each sampled token under the current policy (differentiable)";
     "old_logp": Token Num false "log-prob under the behaviour policy that sampled the batch";
     "ref_logp": Token Num false "log-prob under the reference (initial) policy";
@@ -756,7 +757,7 @@ pub const SECTIONS: &[SectionSchema] = &[
                 "eps_low",
                 K::Num,
                 L::Step,
-                R::Open(0.0, 1.0),
+                R::OpenClosed(0.0, 1.0),
                 true,
                 Some("0.2"),
                 "lower clip: ratios below 1 - eps_low are clipped",
@@ -765,7 +766,7 @@ pub const SECTIONS: &[SectionSchema] = &[
                 "eps_high",
                 K::Num,
                 L::Step,
-                R::Open(0.0, 1.0),
+                R::Above(0.0),
                 true,
                 Some("0.2"),
                 "upper clip: ratios above 1 + eps_high are clipped",

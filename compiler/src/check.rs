@@ -1635,6 +1635,12 @@ impl<'p> Checker<'p> {
                 "a learning rate of {} is unusually large for RL fine-tuning",
                 fmt_num(c)
             ),
+            ("clip", "eps_high") if (1.0..2.0).contains(&c) => format!(
+                "`clip.eps_high` = {} lets ratios reach {}; did you mean the epsilon {}? (0.28 means up to 1.28)",
+                fmt_num(c),
+                fmt_num(1.0 + c),
+                fmt_num(c - 1.0)
+            ),
             ("rollout", "temperature") if c > 2.0 => format!(
                 "sampling at temperature {} produces mostly noise",
                 fmt_num(c)
@@ -1965,7 +1971,7 @@ fn fmt_num(x: f64) -> String {
 
 fn range_help(section: &str, key: &str, c: f64) -> String {
     match (section, key) {
-        ("clip", "eps_low" | "eps_high") if c >= 1.0 => format!(
+        ("clip", "eps_low" | "eps_high") if c > 1.0 => format!(
             "`{key}` is an epsilon around a ratio of 1 (0.2 means [0.8, 1.2]); to set a ratio bound directly, use `{key} = {}`",
             fmt_num((c - 1.0).abs().clamp(0.01, 0.99))
         ),
