@@ -398,7 +398,7 @@ fn bad_set_overrides_are_located_errors() {
     );
     let help = c.diagnostics[0].help.clone().unwrap_or_default();
     assert!(help.contains("did you mean `clip.eps_high`?"), "{help}");
-    let c = check_file(&preset_path("grpo"), &[("clip.eps_high", "1.5")]);
+    let c = check_file(&preset_path("grpo"), &[("clip.eps_low", "1.5")]);
     assert!(c.diagnostics.iter().any(|d| d.code.0 == "E0300"));
     let c = check_file(&preset_path("grpo"), &[("clip.eps_high", "0.2 +")]);
     assert!(c.diagnostics.iter().any(|d| d.code.0 == "E0002"));
