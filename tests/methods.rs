@@ -451,6 +451,15 @@ fn rich_batch() -> Batch {
         vec![n, t],
         (0..n * t).map(|_| -4.0 - rnd()).collect(),
     );
+    let ends: Vec<f64> = (0..n * t)
+        .map(|i| f64::from(u8::from(i % 5 == 4)))
+        .collect();
+    let step_reward: Vec<f64> = ends
+        .iter()
+        .map(|e| if *e > 0.0 { rnd() * 2.0 - 1.0 } else { 0.0 })
+        .collect();
+    b.insert("step_reward", "f32", vec![n, t], step_reward);
+    b.insert("step_end", "u8", vec![n, t], ends);
     b
 }
 
@@ -838,4 +847,47 @@ fn lp_reg_worked_example() {
     // With the default rho (1%), k = 1 and nothing is protected: the clipped loss.
     let r = run("lp_reg", &b);
     assert!(close(r.loss, 0.75, 1e-6, 0.0), "{}", r.loss);
+}
+
+#[test]
+fn pure_worked_example() {
+    // T = 0.1, n = 2, no KL, coefficient 1, token baseline.
+    // A: 10 tokens, step ends 3, 6, 9, PR [0.8, -0.2, 0.6], solved;
+    // B: 7 tokens, step ends 2, 6, PR [0.5, 0.9], not solved.
+    let mut sr = vec![0.0; 20];
+    let mut ends = vec![0.0; 20];
+    for (t, pr) in [(3, 0.8), (6, -0.2), (9, 0.6)] {
+        sr[t] = pr;
+        ends[t] = 1.0;
+    }
+    for (t, pr) in [(2, 0.5), (6, 0.9)] {
+        sr[10 + t] = pr;
+        ends[10 + t] = 1.0;
+    }
+    let mut b = B::new(&[10, 7])
+        .tok("step_reward", &sr)
+        .seq("correct", "u8", &[1.0, 0.0]);
+    b.b.insert("step_end", "u8", vec![2, 10], ends);
+    // Pre-whitening advantages: the returns, zeroed at step ends.
+    let src = "import std/pure\nrecipe r extends pure { credit.value = returns }";
+    let adv = loss_str(src, &b.b).advantages.expect("adv");
+    let a = [
+        0.293119, 0.293119, 0.293119, 0.0, 0.510452, 0.510452, 0.0, 0.855288, 0.855288, 0.0,
+    ];
+    let bb = [
+        -0.392962, -0.392962, 0.0, -0.923907, -0.923907, -0.923907, 0.0, 0.0, 0.0, 0.0,
+    ];
+    assert_all(&adv[..10], &a, 1e-5);
+    assert_all(&adv[10..], &bb, 1e-5);
+    // The whitened credit is 0 at step ends and has mean 0 over the rest.
+    let r = run("pure", &b);
+    let adv = r.advantages.expect("adv");
+    // Valid tokens are 0..10 (A) and 10..17 (B); step ends 3, 6, 9, 12, 16.
+    let inside: Vec<f64> = (0..17)
+        .filter(|i| ![3, 6, 9, 12, 16].contains(i))
+        .map(|i| adv[i])
+        .collect();
+    let mean = inside.iter().sum::<f64>() / inside.len() as f64;
+    assert!(mean.abs() < 1e-9, "{mean}");
+    assert!([3, 6, 9, 12, 16].iter().all(|i| adv[*i] == 0.0));
 }

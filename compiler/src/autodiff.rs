@@ -289,6 +289,7 @@ pub fn gradients(
                         Level::Token,
                         DType::F64,
                     ),
+                    ScanOp::Latest => return Err("`latest`"),
                     ScanOp::RScanMin => {
                         return Err("`rscan_min`");
                     }

@@ -267,6 +267,7 @@ builtins! {
     "rscan"("x", "gamma") Scan Num false "reverse discounted sum: y_t = x_t + gamma * y_{t+1}";
     "rscan_min"("x") Scan Num false "reverse running minimum: y_t = min(x_t, y_{t+1})";
     "cumsum"("x") Scan Num false "running sum from the first token";
+    "latest"("x", "cond", "fill?") Scan Num false "the value of x at the most recent token (this one included) where cond held; `fill` (0) before the first";
     "next"("x", "fill?") Scan Same false "the value at the next token; `fill` (0) after the last";
     "prev"("x", "fill?") Scan Same false "the value at the previous token; `fill` (0) before the first";
     "pick"("x") Pick Num false "the sampled token's entry of a vocabulary-level value";

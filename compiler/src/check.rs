@@ -1091,7 +1091,7 @@ impl<'p> Checker<'p> {
         // Types.
         for (i, slot) in infos.iter().enumerate() {
             let Some((info, sp)) = slot else { continue };
-            let want_bool = b.bool_first && i == 0;
+            let want_bool = (b.bool_first && i == 0) || (b.name == "latest" && i == 1);
             let is_branch = b.ret == Ret::Branches && i > 0;
             if want_bool && !info.ty.is_bool() {
                 self.type_error(

@@ -212,6 +212,24 @@ pub fn run_with(
                 }
                 out
             }
+            Op::Scan(ScanOp::Latest) => {
+                let level_of = |k: usize| g.nodes[n.args[k]].level;
+                let mut out = vec![0.0; len];
+                for (b, row) in out.chunks_mut(sh.t.max(1)).enumerate().take(sh.b) {
+                    let start = b * sh.t;
+                    let mut cur = arg(2)[sh.parent(Level::Token, start, level_of(2))];
+                    for (k, o) in row.iter_mut().enumerate() {
+                        let i = start + k;
+                        if env.mask.get(i).is_some_and(|m| *m != 0.0) {
+                            if arg(1)[i] != 0.0 {
+                                cur = arg(0)[i];
+                            }
+                            *o = cur;
+                        }
+                    }
+                }
+                out
+            }
             Op::Scan(s) => scan(
                 sh,
                 env.mask,
@@ -339,6 +357,7 @@ fn scan(
                     out[i] = if k == 0 { param(i) } else { x[valid[k - 1]] };
                 }
             }
+            ScanOp::Latest => {}
         }
     }
     out

@@ -94,6 +94,9 @@ pub enum ScanOp {
     Next,
     /// the previous valid token's value, `fill` before the first (args: x, fill)
     Prev,
+    /// x at the most recent valid token where cond held, `fill` before the
+    /// first (args: x, cond, fill)
+    Latest,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -500,6 +500,21 @@ impl<'a> Lowering<'a> {
                     DType::F64,
                 )
             }
+            ("latest", _) => {
+                let fill = match arg(2) {
+                    Some(f) => f,
+                    None => self.b.c(0.0),
+                };
+                let x = self.b.broadcast(need(x)?, Level::Token);
+                let cond = self.b.float(need(arg(1))?);
+                let cond = self.b.broadcast(cond, Level::Token);
+                self.b.add(
+                    Op::Scan(ScanOp::Latest),
+                    vec![x, cond, fill],
+                    Level::Token,
+                    DType::F64,
+                )
+            }
             ("next" | "prev", _) => {
                 let fill = match arg(1) {
                     Some(f) => f,
