@@ -891,3 +891,35 @@ fn pure_worked_example() {
     assert!(mean.abs() < 1e-9, "{mean}");
     assert!([3, 6, 9, 12, 16].iter().all(|i| adv[*i] == 0.0));
 }
+
+#[test]
+fn bapo_worked_examples() {
+    let r = [1.5f64, 0.5, 1.1, 0.7, 0.95, 1.3];
+    let src = "import std/bapo\nrecipe r extends bapo { monitor { lo = objective.c_low\n hi = objective.c_high } }";
+    let batch = |a: &[f64]| {
+        B::new(&[1; 6])
+            .tok("logp", &r.map(f64::ln))
+            .tok("old_logp", &[0.0; 6])
+            .tok("advantages", a)
+    };
+    // Ex. 1: pos/neg = 1.044444 >= 1, no search: bounds (0.6, 1.2), token mean -0.016667.
+    let res = loss_str(src, &batch(&[1.0, -1.0, 0.5, -1.0, -1.0, 0.5]).b);
+    assert!(
+        close(metric(&res, "lo"), 0.6, 1e-12, 0.0) && close(metric(&res, "hi"), 1.2, 1e-12, 0.0),
+        "{:?}",
+        res.metrics
+    );
+    assert!(close(res.loss, -0.016667, 1e-4, 0.0), "{}", res.loss);
+    // Ex. 2: the lower bound saturates at 0.8, the upper at 2.0;
+    // token losses [-1.5, 0.8, -0.55, 0.8, 0.95, -0.39], mean 0.018333.
+    let res = loss_str(src, &batch(&[1.0, -1.0, 0.5, -1.0, -1.0, 0.3]).b);
+    assert!(
+        close(metric(&res, "lo"), 0.8, 1e-12, 0.0) && close(metric(&res, "hi"), 2.0, 1e-12, 0.0),
+        "{:?}",
+        res.metrics
+    );
+    assert!(close(res.loss, 0.018333, 1e-4, 0.0), "{}", res.loss);
+    // The search is deterministic: the same batch, the same bounds.
+    let again = loss_str(src, &batch(&[1.0, -1.0, 0.5, -1.0, -1.0, 0.3]).b);
+    assert_eq!(again.loss, res.loss);
+}

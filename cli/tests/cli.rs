@@ -36,7 +36,10 @@ fn check_passes_on_stdlib_and_examples() {
     let mut files: Vec<String> = Vec::new();
     for dir in ["stdlib", "examples"] {
         for e in std::fs::read_dir(root().join(dir)).expect("dir").flatten() {
-            files.push(format!("{dir}/{}", e.file_name().to_string_lossy()));
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.ends_with(".recipe") {
+                files.push(format!("{dir}/{name}"));
+            }
         }
     }
     let args: Vec<&str> = std::iter::once("check")

@@ -270,6 +270,7 @@ builtins! {
     "latest"("x", "cond", "fill?") Scan Num false "the value of x at the most recent token (this one included) where cond held; `fill` (0) before the first";
     "next"("x", "fill?") Scan Same false "the value at the next token; `fill` (0) after the last";
     "prev"("x", "fill?") Scan Same false "the value at the previous token; `fill` (0) before the first";
+    "search"("f", "lo", "hi", "step") Elementwise Num false "the first c in lo, lo + step, …, hi where the function f(c, args...) holds (else hi); extra arguments after step go to f; the grid must be constant";
     "pick"("x") Pick Num false "the sampled token's entry of a vocabulary-level value";
     "rand"("like", "seed") Elementwise Num false "a uniform [0, 1) number per element of `like`'s level, a pure function of `seed` and the element's position";
 }

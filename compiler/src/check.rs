@@ -913,6 +913,9 @@ impl<'p> Checker<'p> {
         args: &[Arg],
         over: Option<&keel_grammar::Ident>,
     ) -> Info {
+        if func.name == "search" {
+            return self.check_search(ctx, span, func, args, over);
+        }
         if let Some(b) = builtins::builtin(&func.name) {
             return self.check_builtin(ctx, span, b, func, args, over);
         }
@@ -1309,6 +1312,165 @@ impl<'p> Checker<'p> {
             "vocabulary-level argument",
         )
         .help = Some("reduce over the vocabulary first, e.g. `sum(p * x) over vocab`, or read the sampled token with `pick(x)`".into());
+    }
+
+    /// `search(f, lo, hi, step, args...)`: the first of lo, lo + step, …, hi
+    /// (clamped to hi) at which the function `f(c, args...)` holds, else hi.
+    /// The grid must be known before training; the compiler unrolls it into
+    /// one batch reduction per candidate.
+    fn check_search(
+        &mut self,
+        ctx: &Ctx,
+        span: Span,
+        func: &keel_grammar::Ident,
+        args: &[Arg],
+        over: Option<&keel_grammar::Ident>,
+    ) -> Info {
+        let sig = "the form is `search(f, lo, hi, step, args...)`: the first c in lo, lo + step, ..., hi where f(c, args...) holds";
+        if let Some(o) = over {
+            self.err(
+                codes::UNEXPECTED_OVER,
+                "`search` takes no `over`",
+                ctx.file,
+                o.span,
+                "`over` not allowed here",
+            )
+            .help = Some(sig.into());
+        }
+        let named = args.iter().find_map(|a| a.name.as_ref());
+        if args.len() < 4 || named.is_some() {
+            let at = named.map(|n| n.span).unwrap_or(func.span);
+            self.err(
+                codes::BAD_ARGUMENTS,
+                "`search` needs a function, lo, hi and step, in that order",
+                ctx.file,
+                at,
+                "malformed search",
+            )
+            .help = Some(sig.into());
+            for a in args {
+                self.check_expr(ctx, &a.value);
+            }
+            return Info::unknown();
+        }
+        let fname = match &args[0].value.kind {
+            ExprKind::Var(id) => Some(id),
+            _ => None,
+        };
+        let target = fname.and_then(|id| {
+            self.prog
+                .modules
+                .get(ctx.module)
+                .and_then(|m| m.scope.get(&id.name))
+                .copied()
+        });
+        let Some(Target::Fn { module, index }) = target else {
+            self.err(codes::BAD_ARGUMENTS, "the first argument of `search` must name a function", ctx.file, args[0].value.span, "not a function name")
+                .help = Some("define the condition with `fn ok(c, ...) = ...` and write `search(ok, lo, hi, step, ...)`".into());
+            return Info::unknown();
+        };
+        self.resolve(ctx, args[0].value.span, Res::UserFn { module, index });
+        let mut grid = Vec::new();
+        for a in &args[1..4] {
+            let i = self.check_expr(ctx, &a.value);
+            match i.constant {
+                Some(c) if i.level == Level::Step => grid.push(c),
+                _ => {
+                    if i.ty != Ty::Unknown {
+                        self.err(
+                            codes::NOT_CONSTANT,
+                            "the grid of `search` must be known before training",
+                            ctx.file,
+                            a.value.span,
+                            "not a constant",
+                        )
+                        .help = Some("give lo, hi and step as numbers or hyperparameters".into());
+                    }
+                    return Info::unknown();
+                }
+            }
+        }
+        let (lo, hi, step) = (grid[0], grid[1], grid[2]);
+        let count = if step > 0.0 && hi >= lo {
+            ((hi - lo) / step).ceil() + 1.0
+        } else {
+            f64::INFINITY
+        };
+        if !(count.is_finite() && count <= 1000.0) {
+            self.err(
+                codes::BAD_ARGUMENTS,
+                "`search` needs lo <= hi, step > 0 and at most 1000 candidates",
+                ctx.file,
+                span,
+                "bad grid",
+            )
+            .help = Some(sig.into());
+            return Info::unknown();
+        }
+        let extra: Vec<Info> = args[4..]
+            .iter()
+            .map(|a| self.check_expr(ctx, &a.value))
+            .collect();
+        let Some((fn_file, def)) = self.prog.fn_def(module, index) else {
+            return Info::unknown();
+        };
+        if def.params.len() != extra.len() + 1 {
+            self.err(
+                codes::BAD_ARGUMENTS,
+                format!(
+                    "`{}` takes {} parameter(s), but `search` passes {}",
+                    def.name.name,
+                    def.params.len(),
+                    extra.len() + 1
+                ),
+                ctx.file,
+                span,
+                "the candidate and the extra arguments",
+            )
+            .help = Some(sig.into());
+            return Info::unknown();
+        }
+        let mut env = HashMap::new();
+        env.insert(
+            def.params[0].name.name.clone(),
+            Info::new(Ty::Num, Level::Step),
+        );
+        for (p, i) in def.params.iter().skip(1).zip(extra) {
+            env.insert(p.name.name.clone(), i);
+        }
+        let body_ctx = Ctx {
+            file: fn_file,
+            section: ctx.section,
+            module,
+            params: Some(&env),
+            me: None,
+        };
+        let body = self.check_expr(&body_ctx, &def.body);
+        if body.ty != Ty::Unknown && body.ty != Ty::Bool {
+            self.type_error(
+                ctx,
+                args[0].value.span,
+                "the condition of `search` must return a bool",
+                &body.ty,
+            );
+            return Info::unknown();
+        }
+        if body.level > Level::Batch {
+            self.err(
+                codes::LEVEL_MISMATCH,
+                format!(
+                    "the condition of `search` must be one value per batch, but it is {}",
+                    body.level.adj()
+                ),
+                ctx.file,
+                args[0].value.span,
+                "condition too fine",
+            )
+            .help =
+                Some("reduce it inside the function, e.g. `sum(...) over batch >= target`".into());
+            return Info::unknown();
+        }
+        Info::new(Ty::Num, body.level)
     }
 
     #[allow(clippy::too_many_arguments)]

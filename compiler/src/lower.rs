@@ -368,6 +368,9 @@ impl<'a> Lowering<'a> {
         {
             return self.user_call(ctx, module, index, args);
         }
+        if func.name == "search" {
+            return self.search(ctx, args);
+        }
         let Some(bi) = builtins::builtin(&func.name) else {
             self.error(
                 ctx.file,
@@ -545,6 +548,65 @@ impl<'a> Lowering<'a> {
                 return Err(());
             }
         })
+    }
+
+    /// `search(f, lo, hi, step, args...)` unrolled over its grid: one
+    /// condition per candidate, the first that holds chosen by a `where` chain.
+    fn search(&mut self, ctx: &Ctx, args: &[Arg]) -> L<NodeId> {
+        let (Some(f), Some(rest)) = (args.first(), args.get(1..)) else {
+            return Err(());
+        };
+        let Some(Res::UserFn { module, index }) = self
+            .checked
+            .resolutions
+            .get(&(ctx.file, f.value.span.start, f.value.span.end))
+            .cloned()
+        else {
+            return Err(());
+        };
+        let Some((file, def)) = self.prog.fn_def(module, index) else {
+            return Err(());
+        };
+        let def = def.clone();
+        let mut grid = Vec::new();
+        for a in rest.iter().take(3) {
+            let n = self.expr(ctx, &a.value)?;
+            grid.push(match &self.b.graph.nodes[n].op {
+                Op::Const(c) => *c,
+                Op::Param { value, .. } => *value,
+                _ => return Err(()),
+            });
+        }
+        let (lo, hi, step) = (grid[0], grid[1], grid[2]);
+        let extra: Vec<NodeId> = rest
+            .iter()
+            .skip(3)
+            .map(|a| self.expr(ctx, &a.value))
+            .collect::<Result<_, _>>()?;
+        let count = (((hi - lo) / step).ceil().max(0.0) as usize).min(1000);
+        let mut candidates: Vec<f64> = (0..=count)
+            .map(|k| (lo + k as f64 * step).min(hi))
+            .collect();
+        candidates.dedup();
+        let mut result = self.b.c(hi);
+        for &c in candidates.iter().rev() {
+            let mut env = HashMap::new();
+            let cn = self.b.c(c);
+            if let Some(p) = def.params.first() {
+                env.insert(p.name.name.clone(), cn);
+            }
+            for (p, v) in def.params.iter().skip(1).zip(&extra) {
+                env.insert(p.name.name.clone(), *v);
+            }
+            let body_ctx = Ctx {
+                file,
+                section: ctx.section,
+                env: Some(&env),
+            };
+            let ok = self.expr(&body_ctx, &def.body)?;
+            result = self.b.where_(ok, cn, result);
+        }
+        Ok(result)
     }
 
     fn user_call(&mut self, ctx: &Ctx, module: usize, index: usize, args: &[Arg]) -> L<NodeId> {
