@@ -734,13 +734,18 @@ impl<'a> Lowering<'a> {
         self.b.binary(Bin::Div, d, sd)
     }
 
-    fn logsumexp(&mut self, x: NodeId, l: Level) -> NodeId {
+    /// exp(x - m) with m the (detached) maximum of each unit, and m.
+    fn shifted_exp(&mut self, x: NodeId, l: Level) -> (NodeId, NodeId) {
         let xl = self.b.level(x);
         let m = self.b.reduce(Red::Max, x, l);
         let m = self.b.stopgrad(m);
         let mb = self.b.broadcast(m, xl);
         let sh = self.b.binary(Bin::Sub, x, mb);
-        let e = self.b.unary(Un::Exp, sh);
+        (self.b.unary(Un::Exp, sh), m)
+    }
+
+    fn logsumexp(&mut self, x: NodeId, l: Level) -> NodeId {
+        let (e, m) = self.shifted_exp(x, l);
         let s = self.b.reduce(Red::Sum, e, l);
         let ls = self.b.unary(Un::Log, s);
         self.b.binary(Bin::Add, m, ls)
@@ -748,11 +753,7 @@ impl<'a> Lowering<'a> {
 
     fn softmax(&mut self, x: NodeId, l: Level) -> NodeId {
         let xl = self.b.level(x);
-        let m = self.b.reduce(Red::Max, x, l);
-        let m = self.b.stopgrad(m);
-        let mb = self.b.broadcast(m, xl);
-        let sh = self.b.binary(Bin::Sub, x, mb);
-        let e = self.b.unary(Un::Exp, sh);
+        let (e, _) = self.shifted_exp(x, l);
         let s = self.b.reduce(Red::Sum, e, l);
         let sb = self.b.broadcast(s, xl);
         self.b.binary(Bin::Div, e, sb)

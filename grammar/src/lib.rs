@@ -86,26 +86,7 @@ pub fn parse(src: &str) -> (File, Vec<SyntaxError>) {
     let lexed = lexer::lex(src);
     let mut errors = Vec::new();
     for e in lexed.errors {
-        errors.push(match e {
-            LexError::BadChar(span) => SyntaxError::BadChar {
-                span,
-                ch: src.get(span.start..span.end).unwrap_or("?").to_string(),
-            },
-            LexError::UnterminatedStr(span) => SyntaxError::UnterminatedStr { span },
-            LexError::Unclosed {
-                open,
-                at_eof,
-                closer,
-            } => SyntaxError::Unclosed {
-                open,
-                at: at_eof,
-                closer,
-            },
-            LexError::Unopened(span) => SyntaxError::Unopened {
-                span,
-                ch: src.get(span.start..span.end).unwrap_or("?").to_string(),
-            },
-        });
+        errors.push(lex_error(e, Some(src)));
     }
     let mut recovered = Vec::new();
     let tokens = lexed
@@ -199,25 +180,36 @@ fn convert(e: lalrpop_util::ParseError<usize, Tok, LexError>) -> SyntaxError {
             span: Span::new(location, location + 1),
             ch: String::new(),
         },
-        P::User { error } => match error {
-            LexError::BadChar(span) => SyntaxError::BadChar {
-                span,
-                ch: String::new(),
-            },
-            LexError::UnterminatedStr(span) => SyntaxError::UnterminatedStr { span },
-            LexError::Unclosed {
-                open,
-                at_eof,
-                closer,
-            } => SyntaxError::Unclosed {
-                open,
-                at: at_eof,
-                closer,
-            },
-            LexError::Unopened(span) => SyntaxError::Unopened {
-                span,
-                ch: String::new(),
-            },
+        P::User { error } => lex_error(error, None),
+    }
+}
+
+/// A lexer error as a syntax error; with the source, bad characters are
+/// quoted in the message.
+fn lex_error(e: LexError, src: Option<&str>) -> SyntaxError {
+    let text = |span: Span| {
+        src.and_then(|s| s.get(span.start..span.end))
+            .unwrap_or("")
+            .to_string()
+    };
+    match e {
+        LexError::BadChar(span) => SyntaxError::BadChar {
+            span,
+            ch: text(span),
+        },
+        LexError::UnterminatedStr(span) => SyntaxError::UnterminatedStr { span },
+        LexError::Unclosed {
+            open,
+            at_eof,
+            closer,
+        } => SyntaxError::Unclosed {
+            open,
+            at: at_eof,
+            closer,
+        },
+        LexError::Unopened(span) => SyntaxError::Unopened {
+            span,
+            ch: text(span),
         },
     }
 }
