@@ -460,6 +460,12 @@ fn rich_batch() -> Batch {
         .collect();
     b.insert("step_reward", "f32", vec![n, t], step_reward);
     b.insert("step_end", "u8", vec![n, t], ends);
+    let bundles: Vec<f64> = b
+        .tensors
+        .get("group")
+        .map(|g| g.data.iter().map(|x| (x / 2.0).floor()).collect())
+        .unwrap_or_default();
+    b.insert("bundle", "i64", vec![n], bundles);
     b
 }
 
@@ -922,4 +928,75 @@ fn bapo_worked_examples() {
     // The search is deterministic: the same batch, the same bounds.
     let again = loss_str(src, &batch(&[1.0, -1.0, 0.5, -1.0, -1.0, 0.3]).b);
     assert_eq!(again.loss, res.loss);
+}
+
+#[test]
+fn riskpo_worked_example() {
+    // One bundle, 2 questions, 3 responses each: Q1 [1, 0, 1], Q2 [0, 0, 1]
+    // -> papers X = [1, 0, 2], qd 0.4, qu 1.8, mean 1, sd 1;
+    // advantages: paper 0 -> -0.791791, paper 1 -> -3.46408, paper 2 -> 0.
+    let b = B::new(&[1; 6])
+        .seq("reward", "f32", &[1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
+        .seq("group", "i64", &[0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+        .seq("bundle", "i64", &[0.0; 6]);
+    let adv = per_seq(&run("riskpo", &b).advantages.expect("adv"), b.t);
+    assert_all(
+        &adv,
+        &[-0.791791, -3.46408, 0.0, -0.791791, -3.46408, 0.0],
+        1e-5,
+    );
+    // Bundles are independent: a second bundle with other scores does not
+    // change the first one's advantages.
+    let b2 = B::new(&[1; 12])
+        .seq(
+            "reward",
+            "f32",
+            &[1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0],
+        )
+        .seq(
+            "group",
+            "i64",
+            &[0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 3.0, 3.0, 3.0],
+        )
+        .seq(
+            "bundle",
+            "i64",
+            &[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+        );
+    let adv2 = per_seq(&run("riskpo", &b2).advantages.expect("adv"), b2.t);
+    assert_all(&adv2[..6], &adv, 1e-12);
+}
+
+#[test]
+fn keyed_reductions() {
+    // sum_by / min_by / max_by / quantile_by group by any key, with members.
+    let b = B::new(&[1; 5])
+        .seq("reward", "f32", &[1.0, 2.0, 3.0, 4.0, 5.0])
+        .seq("budget", "f32", &[1.0, 2.0, 1.0, 2.0, 1.0]);
+    let src = "recipe r { credit = sum_by(reward, budget) + 10 * max_by(reward, budget, reward < 5) + 100 * quantile_by(reward, 0.5, budget)\n objective.loss = logp * credit }";
+    let adv = per_seq(&loss_str(src, &b.b).advantages.expect("adv"), b.t);
+    // key 1: members 1, 3, 5 (sum 9, max below 5: 3, median 3); key 2: 2, 4 (sum 6, max 4, median 3).
+    assert_all(
+        &adv,
+        &[9.0 + 30.0 + 300.0, 6.0 + 40.0 + 300.0, 339.0, 346.0, 339.0],
+        1e-12,
+    );
+}
+
+/// Writes `tests/golden/all_inputs*.safetensors` (the batches `keel loss`
+/// runs every stdlib recipe on in cli/tests/cli.rs). Run with
+/// `cargo test -p keel-tests --test methods -- --ignored write_batches`.
+#[test]
+#[ignore]
+fn write_batches() {
+    let dir = keel_tests::root().join("tests/golden");
+    for (name, b) in [
+        ("all_inputs", rich_batch()),
+        ("all_inputs_logits", rich_logits_batch()),
+    ] {
+        let mut b = b;
+        b.tensors.retain(|k, _| !k.starts_with("expect."));
+        let bytes = b.to_bytes().expect("serialise");
+        std::fs::write(dir.join(format!("{name}.safetensors")), bytes).expect("write");
+    }
 }

@@ -235,3 +235,45 @@ fn compile_emit_ir_and_explain_file() {
             .contains("loss = token_mean(objective.loss) + 0.001 · token_mean(divergence.value)")
     );
 }
+
+/// `keel loss` runs every recipe of every stdlib file on a batch file from
+/// `tests/golden/` (with logits for the recipes that read the distribution).
+#[test]
+fn loss_runs_every_stdlib_recipe_on_a_batch_file() {
+    let mut n = 0;
+    for e in std::fs::read_dir(root().join("stdlib"))
+        .expect("stdlib")
+        .flatten()
+    {
+        let file = e.file_name().to_string_lossy().to_string();
+        if !file.ends_with(".recipe") || file == "kl.recipe" {
+            continue;
+        }
+        let path = format!("stdlib/{file}");
+        let out = keel(&["check", "--error-format", "json", &path]);
+        let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).expect("JSON");
+        for r in v["recipes"].as_array().into_iter().flatten() {
+            let name = r["name"].as_str().unwrap_or("");
+            let reads_logits = r["inputs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|i| i.as_str().is_some_and(|s| s.ends_with("logits")));
+            let batch = if reads_logits {
+                "tests/golden/all_inputs_logits.safetensors"
+            } else {
+                "tests/golden/all_inputs.safetensors"
+            };
+            let out = keel(&["loss", &path, "--recipe", name, "--batch", batch, "--json"]);
+            assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+            let res: serde_json::Value =
+                serde_json::from_str(text(&out.stdout).trim()).expect("JSON");
+            assert!(
+                res["loss"].as_f64().is_some_and(f64::is_finite),
+                "{name}: {res}"
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 40, "{n} recipes");
+}

@@ -257,6 +257,19 @@ pub fn gradients(
                 let d = bld.binary(Bin::Add, t, g);
                 push(bld, &mut adj, x, d);
             }
+            Op::Keyed(Red::Sum) => {
+                // y_i = sum over members j sharing i's key: member x_j gets the
+                // sum of g over every element with its key.
+                let (x, key, member) = (a(0), a(1), a(2));
+                let l = bld.level(x);
+                let one = bld.c(1.0);
+                let all = bld.broadcast(one, l);
+                let back = bld.add(Op::Keyed(Red::Sum), vec![g, key, all], l, DType::F64);
+                let d = bld.binary(Bin::Mul, back, member);
+                push(bld, &mut adj, x, d);
+            }
+            Op::Keyed(_) => return Err("`min_by`/`max_by`"),
+            Op::KeyedQuantile => return Err("`quantile_by`"),
             Op::Quantile { .. } => {
                 return Err("`quantile`");
             }

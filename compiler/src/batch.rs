@@ -325,6 +325,9 @@ pub fn prepare(
                 n if step_default(n).is_some() => {
                     inputs.insert(name.clone(), vec![step_default(n).unwrap_or(0.0)]);
                 }
+                "index" => {
+                    inputs.insert(name.clone(), (0..b).map(|i| i as f64).collect());
+                }
                 "vocab_index" => {
                     inputs.insert(
                         name.clone(),

@@ -155,6 +155,8 @@ inputs! {
     "reward": Seq Num false "outcome reward of each sequence";
     "length": Seq Int false "number of valid response tokens of each sequence";
     "group": Seq Int false "id of the prompt a sequence answers; equal ids form a group";
+    "bundle": Seq Int false "id of the bundle of prompts a sequence belongs to (RiskPO)";
+    "index": Seq Int false "the row of the sequence in the batch, from 0";
     "correct": Seq Bool false "whether the sequence's answer verified as correct";
     "truncated": Seq Bool false "whether generation hit the token limit";
     "budget": Seq Num false "token budget assigned to the sequence";
@@ -263,6 +265,10 @@ builtins! {
     "topk"("x", "k") Normalize Bool false "true for the k largest values in each unit (ties: lower index first)";
     "top_frac"("x", "frac") Normalize Bool false "true for the largest ceil(frac * n) values in each unit";
     "rank"("x") Normalize Num false "0-based rank of x within its unit (ties: lower index first)";
+    "sum_by"("x", "key", "member?") Elementwise Num false "for each element, the sum of x over the elements sharing its key (where member holds); a grouping beside `group`";
+    "min_by"("x", "key", "member?") Elementwise Num false "for each element, the minimum of x over the elements sharing its key (where member holds)";
+    "max_by"("x", "key", "member?") Elementwise Num false "for each element, the maximum of x over the elements sharing its key (where member holds)";
+    "quantile_by"("x", "q", "key", "member?") Elementwise Num false "for each element, the q-quantile (linear) of x over the elements sharing its key (where member holds)";
     "cumsum_by"("x", "key") Normalize Num false "running sum of x within each unit, in descending order of key (ties: lower index first), inclusive";
     "rscan"("x", "gamma") Scan Num false "reverse discounted sum: y_t = x_t + gamma * y_{t+1}";
     "rscan_min"("x") Scan Num false "reverse running minimum: y_t = min(x_t, y_{t+1})";

@@ -1094,7 +1094,10 @@ impl<'p> Checker<'p> {
         // Types.
         for (i, slot) in infos.iter().enumerate() {
             let Some((info, sp)) = slot else { continue };
-            let want_bool = (b.bool_first && i == 0) || (b.name == "latest" && i == 1);
+            let want_bool = (b.bool_first && i == 0)
+                || (b.name == "latest" && i == 1)
+                || (matches!(b.name, "sum_by" | "min_by" | "max_by") && i == 2)
+                || (b.name == "quantile_by" && i == 3);
             let is_branch = b.ret == Ret::Branches && i > 0;
             if want_bool && !info.ty.is_bool() {
                 self.type_error(

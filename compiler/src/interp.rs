@@ -212,6 +212,51 @@ pub fn run_with(
                 }
                 out
             }
+            Op::Keyed(_) | Op::KeyedQuantile => {
+                let quantile = matches!(n.op, Op::KeyedQuantile);
+                let (xi, ki, mi) = if quantile { (0, 2, 3) } else { (0, 1, 2) };
+                // Members of each key, in index order.
+                let mut keys: Vec<(u64, Vec<usize>)> = Vec::new();
+                for i in 0..len {
+                    let valid = n.level < Level::Token
+                        || env
+                            .mask
+                            .get(i % (sh.b * sh.t).max(1))
+                            .is_some_and(|m| *m != 0.0);
+                    if !valid || arg(mi)[i] == 0.0 {
+                        continue;
+                    }
+                    let k = arg(ki)[i].to_bits();
+                    match keys.iter_mut().find(|(kk, _)| *kk == k) {
+                        Some((_, v)) => v.push(i),
+                        None => keys.push((k, vec![i])),
+                    }
+                }
+                let stat = |members: &[usize], at: usize| -> f64 {
+                    let xs = members.iter().map(|&j| arg(xi)[j]);
+                    match &n.op {
+                        Op::Keyed(Red::Sum) => xs.sum(),
+                        Op::Keyed(Red::Max) => xs.fold(f64::NEG_INFINITY, f64::max),
+                        Op::Keyed(Red::Min) => xs.fold(f64::INFINITY, f64::min),
+                        _ => {
+                            let mut v: Vec<f64> = xs.collect();
+                            v.sort_by(f64::total_cmp);
+                            let pos = arg(1)[at].clamp(0.0, 1.0) * (v.len() - 1) as f64;
+                            let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+                            v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+                        }
+                    }
+                };
+                (0..len)
+                    .map(|i| {
+                        let k = arg(ki)[i].to_bits();
+                        keys.iter()
+                            .find(|(kk, _)| *kk == k)
+                            .map(|(_, m)| stat(m, i))
+                            .unwrap_or(0.0)
+                    })
+                    .collect()
+            }
             Op::Scan(ScanOp::Latest) => {
                 let level_of = |k: usize| g.nodes[n.args[k]].level;
                 let mut out = vec![0.0; len];

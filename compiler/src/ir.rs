@@ -137,6 +137,11 @@ pub enum Op {
     SortedCumsum {
         over: Level,
     },
+    /// (x, key, member): per element, the reduction of x over the members
+    /// that share its key (at this node's level); 0 for a key with no member.
+    Keyed(Red),
+    /// (x, q, key, member): per element, the q-quantile of its key's members.
+    KeyedQuantile,
     /// (x, …)
     Scan(ScanOp),
     /// (x vocab): the entry of the sampled token.
@@ -254,6 +259,10 @@ impl Graph {
                 Op::SortedCumsum { over } => {
                     format!("cumsum_by over {} {}", over.name(), args.join(", "))
                 }
+                Op::Keyed(r) => {
+                    format!("{}_by {}", format!("{r:?}").to_lowercase(), args.join(", "))
+                }
+                Op::KeyedQuantile => format!("quantile_by {}", args.join(", ")),
                 Op::Scan(s) => format!("{} {}", format!("{s:?}").to_lowercase(), args.join(", ")),
                 Op::Pick => format!("pick {}", args.join(", ")),
                 Op::OneHot => format!("onehot {}", args.join(", ")),

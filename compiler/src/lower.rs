@@ -464,6 +464,51 @@ impl<'a> Lowering<'a> {
             ("softmax", Some(l)) => self.softmax(need(x)?, l),
             ("log_softmax", Some(l)) => self.log_softmax(need(x)?, l),
             ("rank", Some(l)) => self.rank(need(x)?, l),
+            ("sum_by" | "min_by" | "max_by", _) => {
+                let red = match bi.name {
+                    "sum_by" => Red::Sum,
+                    "min_by" => Red::Min,
+                    _ => Red::Max,
+                };
+                let x = self.b.float(need(x)?);
+                let key = need(arg(1))?;
+                let member = match arg(2) {
+                    Some(m) => self.b.float(m),
+                    None => self.b.c(1.0),
+                };
+                let l = self
+                    .b
+                    .level(x)
+                    .join(self.b.level(key))
+                    .join(self.b.level(member));
+                let (x, key, member) = (
+                    self.b.broadcast(x, l),
+                    self.b.broadcast(key, l),
+                    self.b.broadcast(member, l),
+                );
+                let key = self.b.stopgrad(key);
+                self.b
+                    .add(Op::Keyed(red), vec![x, key, member], l, DType::F64)
+            }
+            ("quantile_by", _) => {
+                let x = self.b.float(need(x)?);
+                let q = need(arg(1))?;
+                let key = need(arg(2))?;
+                let member = match arg(3) {
+                    Some(m) => self.b.float(m),
+                    None => self.b.c(1.0),
+                };
+                let l = self
+                    .b
+                    .level(x)
+                    .join(self.b.level(key))
+                    .join(self.b.level(member))
+                    .join(self.b.level(q));
+                let (x, q) = (self.b.broadcast(x, l), self.b.broadcast(q, l));
+                let (key, member) = (self.b.broadcast(key, l), self.b.broadcast(member, l));
+                self.b
+                    .add(Op::KeyedQuantile, vec![x, q, key, member], l, DType::F64)
+            }
             ("cumsum_by", Some(l)) => {
                 let x = self.b.float(need(x)?);
                 let xl = self.b.level(x);
@@ -1021,9 +1066,8 @@ pub fn loss_program(
 /// Inputs the loader can make up when the batch lacks them.
 pub fn derivable(name: &str, have: &dyn Available) -> bool {
     match name {
-        "position" | "length" | "vocab_index" | "step" | "epoch" | "progress" | "total_steps" => {
-            true
-        }
+        "position" | "length" | "vocab_index" | "index" | "step" | "epoch" | "progress"
+        | "total_steps" => true,
         "logp" => have.has("logits") && have.has("tokens"),
         "entropy" | "mean_logp" => have.has("logits"),
         _ => false,
