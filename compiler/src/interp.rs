@@ -468,18 +468,25 @@ pub fn binary(op: Bin, x: f64, y: f64) -> f64 {
         Bin::Mul => x * y,
         Bin::Div => x / y,
         Bin::Pow => x.powf(y),
+        // NaN-propagating; otherwise the smaller (larger) value, the first
+        // argument on a tie (so -0 and +0 are deterministic). The host JIT
+        // reproduces exactly this.
         Bin::Min => {
             if x.is_nan() || y.is_nan() {
                 f64::NAN
+            } else if y < x {
+                y
             } else {
-                x.min(y)
+                x
             }
         }
         Bin::Max => {
             if x.is_nan() || y.is_nan() {
                 f64::NAN
+            } else if y > x {
+                y
             } else {
-                x.max(y)
+                x
             }
         }
         Bin::Lt => b(x < y),
@@ -493,9 +500,14 @@ pub fn binary(op: Bin, x: f64, y: f64) -> f64 {
     }
 }
 
-/// `min(max(x, lo), hi)`, NaN-propagating, like torch.clamp.
+/// `min(max(x, lo), hi)`, NaN-propagating in x, like torch.clamp: below lo
+/// gives lo, then above hi gives hi (a NaN bound never wins a comparison).
 pub fn clamp(x: f64, lo: f64, hi: f64) -> f64 {
-    if x.is_nan() { x } else { x.max(lo).min(hi) }
+    if x.is_nan() {
+        return x;
+    }
+    let y = if x < lo { lo } else { x };
+    if y > hi { hi } else { y }
 }
 
 /// Fold a pointwise op over constants (the builder's constant folding).

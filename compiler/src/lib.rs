@@ -15,6 +15,7 @@ pub mod codes;
 pub mod diagnostic;
 pub mod explain;
 pub mod format;
+pub mod host;
 pub mod interp;
 pub mod ir;
 pub mod lower;

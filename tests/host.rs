@@ -1,0 +1,246 @@
+//! Host code: the cranelift JIT against the f64 reference interpreter, bit
+//! for bit, on random expression trees and on column (reward) programs.
+
+use keel_compiler::builtins::Level;
+use keel_compiler::host::Jit;
+use keel_compiler::interp::{self, Env, Shape};
+use keel_compiler::ir::{Bin, Builder, DType, NodeId, Op, Un};
+use proptest::prelude::*;
+use std::collections::HashMap;
+
+const UNARY: &[Un] = &[
+    Un::Neg,
+    Un::Exp,
+    Un::Log,
+    Un::Log1p,
+    Un::Expm1,
+    Un::Sqrt,
+    Un::Abs,
+    Un::Sign,
+    Un::Sigmoid,
+    Un::Softplus,
+    Un::Tanh,
+    Un::Relu,
+    Un::Cos,
+    Un::Sin,
+    Un::Floor,
+    Un::Ceil,
+    Un::Round,
+    Un::Not,
+];
+const BINARY: &[Bin] = &[
+    Bin::Add,
+    Bin::Sub,
+    Bin::Mul,
+    Bin::Div,
+    Bin::Pow,
+    Bin::Min,
+    Bin::Max,
+    Bin::Lt,
+    Bin::Le,
+    Bin::Gt,
+    Bin::Ge,
+    Bin::Eq,
+    Bin::Ne,
+    Bin::And,
+    Bin::Or,
+];
+
+/// A random expression: leaves index into the parameter values.
+#[derive(Clone, Debug)]
+enum E {
+    Leaf(usize),
+    Un(usize, Box<E>),
+    Bin(usize, Box<E>, Box<E>),
+    Where(Box<E>, Box<E>, Box<E>),
+    Clamp(Box<E>, Box<E>, Box<E>),
+}
+
+fn expr() -> impl Strategy<Value = E> {
+    let leaf = (0usize..6).prop_map(E::Leaf);
+    leaf.prop_recursive(6, 40, 3, |inner| {
+        prop_oneof![
+            (0..UNARY.len(), inner.clone()).prop_map(|(u, e)| E::Un(u, Box::new(e))),
+            (0..BINARY.len(), inner.clone(), inner.clone()).prop_map(|(b, x, y)| E::Bin(
+                b,
+                Box::new(x),
+                Box::new(y)
+            )),
+            (inner.clone(), inner.clone(), inner.clone()).prop_map(|(c, a, b)| E::Where(
+                Box::new(c),
+                Box::new(a),
+                Box::new(b)
+            )),
+            (inner.clone(), inner.clone(), inner).prop_map(|(x, l, h)| E::Clamp(
+                Box::new(x),
+                Box::new(l),
+                Box::new(h)
+            )),
+        ]
+    })
+}
+
+fn special() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        Just(0.0),
+        Just(-0.0),
+        Just(1.0),
+        Just(-1.0),
+        Just(f64::NAN),
+        Just(f64::INFINITY),
+        Just(f64::NEG_INFINITY),
+        Just(0.5),
+        -1e3..1e3f64,
+        -3.0..3.0f64,
+    ]
+}
+
+fn build(b: &mut Builder, e: &E, params: &[NodeId]) -> NodeId {
+    match e {
+        E::Leaf(i) => params[*i],
+        E::Un(u, x) => {
+            let x = build(b, x, params);
+            b.add(Op::Unary(UNARY[*u]), vec![x], Level::Step, DType::F64)
+        }
+        E::Bin(o, x, y) => {
+            let (x, y) = (build(b, x, params), build(b, y, params));
+            b.add(Op::Binary(BINARY[*o]), vec![x, y], Level::Step, DType::F64)
+        }
+        E::Where(c, x, y) => {
+            let (c, x, y) = (
+                build(b, c, params),
+                build(b, x, params),
+                build(b, y, params),
+            );
+            b.add(Op::Where, vec![c, x, y], Level::Step, DType::F64)
+        }
+        E::Clamp(x, l, h) => {
+            let (x, l, h) = (
+                build(b, x, params),
+                build(b, l, params),
+                build(b, h, params),
+            );
+            b.add(Op::Clamp, vec![x, l, h], Level::Step, DType::F64)
+        }
+    }
+}
+
+fn same(a: f64, b: f64) -> bool {
+    a.to_bits() == b.to_bits()
+}
+
+fn shape() -> Shape {
+    Shape {
+        b: 1,
+        t: 1,
+        v: 1,
+        group_of: vec![0],
+        n_groups: 1,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// 10,000 random expression trees over parameters with special values
+    /// (NaN, ±inf, ±0): the JIT equals the interpreter bit for bit.
+    #[test]
+    fn jit_equals_interpreter_bit_for_bit(e in expr(), values in prop::collection::vec(special(), 6)) {
+        let mut b = Builder::new();
+        let params: Vec<NodeId> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| b.add(Op::Param { name: format!("p{i}"), value: *v }, Vec::new(), Level::Step, DType::F64))
+            .collect();
+        let out = build(&mut b, &e, &params);
+        let mut g = b.graph;
+        g.outputs = vec![("out".into(), out)];
+        let mask = vec![1.0];
+        let inputs = HashMap::new();
+        let env = Env { shape: shape(), mask: &mask, inputs: &inputs };
+        let want = interp::run(&g, &env).map_err(|e| TestCaseError::fail(e.0))?[out][0];
+        let mut jit = Jit::new().map_err(TestCaseError::fail)?;
+        let f = jit.scalar(&g, &[out]).map_err(TestCaseError::fail)?;
+        let got = f.call(&[])[0];
+        prop_assert!(same(got, want), "jit {got} ({:#x}) vs interpreter {want} ({:#x}) for {e:?} at {values:?}", got.to_bits(), want.to_bits());
+    }
+}
+
+#[test]
+fn column_program_loops_over_samples() {
+    // reward = where(correct, 1 - 0.5 * sigmoid((length - 100) / 10), -1) + bonus
+    let mut b = Builder::new();
+    let correct = b.add(
+        Op::Input("correct".into()),
+        Vec::new(),
+        Level::Seq,
+        DType::Bool,
+    );
+    let length = b.add(
+        Op::Input("length".into()),
+        Vec::new(),
+        Level::Seq,
+        DType::I64,
+    );
+    let bonus = b.add(
+        Op::Param {
+            name: "reward.bonus".into(),
+            value: 0.25,
+        },
+        Vec::new(),
+        Level::Step,
+        DType::F64,
+    );
+    let hundred = b.c(100.0);
+    let ten = b.c(10.0);
+    let d = b.binary(Bin::Sub, length, hundred);
+    let z = b.binary(Bin::Div, d, ten);
+    let s = b.unary(Un::Sigmoid, z);
+    let half = b.c(0.5);
+    let hs = b.binary(Bin::Mul, half, s);
+    let one = b.c(1.0);
+    let good = b.binary(Bin::Sub, one, hs);
+    let bad = b.c(-1.0);
+    let r = b.where_(correct, good, bad);
+    let out = b.binary(Bin::Add, r, bonus);
+    let mut g = b.graph;
+    g.outputs = vec![("reward".into(), out)];
+    let n = 1000;
+    let c: Vec<f64> = (0..n).map(|i| (i % 3 != 0) as u8 as f64).collect();
+    let l: Vec<f64> = (0..n).map(|i| (i * 7 % 250) as f64).collect();
+    let mut jit = Jit::new().expect("jit");
+    let f = jit.column(&g, out).expect("compiles");
+    assert_eq!(f.columns.len(), 2);
+    let cols: Vec<&[f64]> = f
+        .columns
+        .iter()
+        .map(|id| {
+            if *id == correct {
+                c.as_slice()
+            } else {
+                l.as_slice()
+            }
+        })
+        .collect();
+    let got = f.call(&cols, &[]).expect("runs");
+    let inputs: HashMap<String, Vec<f64>> = [
+        ("correct".to_string(), c.clone()),
+        ("length".to_string(), l.clone()),
+    ]
+    .into();
+    let mask = vec![1.0; n];
+    let env = Env {
+        shape: Shape {
+            b: n,
+            t: 1,
+            v: 1,
+            group_of: vec![0; n],
+            n_groups: 1,
+        },
+        mask: &mask,
+        inputs: &inputs,
+    };
+    let want = &interp::run(&g, &env).expect("interp")[out];
+    assert!(got.iter().zip(want).all(|(a, b)| same(*a, *b)));
+    assert!(f.clif.contains("call"), "{}", f.clif);
+}
