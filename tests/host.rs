@@ -244,3 +244,124 @@ fn column_program_loops_over_samples() {
     assert!(got.iter().zip(want).all(|(a, b)| same(*a, *b)));
     assert!(f.clif.contains("call"), "{}", f.clif);
 }
+
+/// Every recipe of the stdlib and the examples: its host program (schedules,
+/// state updates, guard conditions) and, where elementwise, its reward
+/// column program equal the interpreter bit for bit on random inputs.
+#[test]
+fn every_recipe_host_program_matches_the_interpreter() {
+    let mut files = keel_tests::recipes_in("stdlib");
+    files.extend(keel_tests::recipes_in("examples"));
+    let mut programs = 0;
+    let mut rewards = 0;
+    let mut seed: u64 = 99;
+    let mut rnd = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 11) as f64) / ((1u64 << 53) as f64) * 4.0 - 1.0
+    };
+    for (name, text) in files {
+        let c = keel_compiler::check_source(
+            &keel_compiler::Disk,
+            &keel_tests::root().join(&name).to_string_lossy(),
+            &text,
+        );
+        for i in 0..c.recipes.len() {
+            let h = keel_compiler::compile_host(&c, i)
+                .unwrap_or_else(|_| panic!("{name}: host program"));
+            let mut jit = Jit::new().expect("jit");
+            let ids: Vec<NodeId> = h
+                .scalars
+                .iter()
+                .map(|(_, id)| *id)
+                .filter(|id| h.graph.nodes[*id].level <= Level::Batch)
+                .collect();
+            if !ids.is_empty() {
+                let f = jit.scalar(&h.graph, &ids).expect("compiles");
+                let vals: Vec<f64> = f.inputs.iter().map(|_| rnd() * 50.0).collect();
+                let got = f.call(&vals);
+                // The interpreter on the same graph with the inputs pinned.
+                let mut g = h.graph.clone();
+                for (k, id) in f.inputs.iter().enumerate() {
+                    g.nodes[*id].op = Op::Param {
+                        name: format!("in{k}"),
+                        value: vals[k],
+                    };
+                    g.nodes[*id].args.clear();
+                    g.nodes[*id].level = Level::Step;
+                }
+                g.outputs = ids.iter().map(|id| ("o".to_string(), *id)).collect();
+                let mask = vec![1.0];
+                let inputs = HashMap::new();
+                let env = Env {
+                    shape: shape(),
+                    mask: &mask,
+                    inputs: &inputs,
+                };
+                let all = interp::run(&g, &env).expect("interp");
+                for (k, id) in ids.iter().enumerate() {
+                    assert!(
+                        same(got[k], all[*id][0]),
+                        "{name}: {} = {} vs {}",
+                        h.scalars[k].0,
+                        got[k],
+                        all[*id][0]
+                    );
+                }
+                programs += 1;
+            }
+            if let Some(r) = h.reward
+                && let Ok(f) = jit.column(&h.graph, r)
+            {
+                let n = 64;
+                let cols: Vec<Vec<f64>> = f
+                    .columns
+                    .iter()
+                    .map(|_| (0..n).map(|_| (rnd() * 3.0).round()).collect())
+                    .collect();
+                let scal: Vec<f64> = f.scalars.iter().map(|_| rnd()).collect();
+                let refs: Vec<&[f64]> = cols.iter().map(|c| c.as_slice()).collect();
+                let got = f.call(&refs, &scal).expect("runs");
+                let mut g = h.graph.clone();
+                for (k, id) in f.scalars.iter().enumerate() {
+                    g.nodes[*id].op = Op::Param {
+                        name: format!("s{k}"),
+                        value: scal[k],
+                    };
+                    g.nodes[*id].args.clear();
+                    g.nodes[*id].level = Level::Step;
+                }
+                let mut inputs = HashMap::new();
+                for (k, id) in f.columns.iter().enumerate() {
+                    inputs.insert(format!("col{k}"), cols[k].clone());
+                    g.nodes[*id].op = Op::Input(format!("col{k}"));
+                    g.nodes[*id].args.clear();
+                }
+                g.outputs = vec![("reward".into(), r)];
+                let mask = vec![1.0; n];
+                let env = Env {
+                    shape: Shape {
+                        b: n,
+                        t: 1,
+                        v: 1,
+                        group_of: vec![0; n],
+                        n_groups: 1,
+                    },
+                    mask: &mask,
+                    inputs: &inputs,
+                };
+                let want = &interp::run(&g, &env).expect("interp")[r];
+                assert!(
+                    got.iter().zip(want).all(|(a, b)| same(*a, *b)),
+                    "{name}: reward"
+                );
+                rewards += 1;
+            }
+        }
+    }
+    assert!(
+        programs >= 40 && rewards >= 5,
+        "{programs} host programs, {rewards} reward programs"
+    );
+}

@@ -44,9 +44,94 @@ pub fn run(
                 }
             }
         }
+        "clif" => match keel_compiler::compile_host(&checked, index) {
+            Ok(h) => match emit_clif(&h) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: cranelift: {e}");
+                    ExitCode::from(1)
+                }
+            },
+            Err(diags) => {
+                report::print(path, &diags, checked.sources(), format, color);
+                ExitCode::from(1)
+            }
+        },
         other => {
-            eprintln!("error: `--emit {other}` is not available; this build emits `ir`");
+            eprintln!("error: `--emit {other}` is not available; this build emits `ir` and `clif`");
             ExitCode::from(1)
         }
     }
+}
+
+/// The host program and the reward column program, as cranelift IR.
+fn emit_clif(h: &keel_compiler::lower::HostGraph) -> Result<String, String> {
+    use keel_compiler::builtins::Level;
+    use std::fmt::Write;
+    let mut jit = keel_compiler::host::Jit::new()?;
+    let mut out = String::new();
+    let g = &h.graph;
+    let scalars: Vec<_> = h
+        .scalars
+        .iter()
+        .filter(|(_, id)| g.nodes[*id].level <= Level::Batch)
+        .collect();
+    if !scalars.is_empty() {
+        let ids: Vec<_> = scalars.iter().map(|(_, id)| *id).collect();
+        let f = jit.scalar(g, &ids)?;
+        let _ = writeln!(
+            out,
+            "; host program: fn(inputs: *const f64, outputs: *mut f64)"
+        );
+        for (k, id) in f.inputs.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                ";   inputs[{k}] = {}",
+                keel_compiler::describe_node(g, *id)
+            );
+        }
+        for (k, (name, _)) in scalars.iter().enumerate() {
+            let _ = writeln!(out, ";   outputs[{k}] = {name}");
+        }
+        out.push_str(&f.clif);
+        out.push('\n');
+    }
+    if let Some(r) = h.reward {
+        match jit.column(g, r) {
+            Ok(f) => {
+                let _ = writeln!(
+                    out,
+                    "; reward: fn(n: i64, cols: *const *const f64, scalars: *const f64, out: *mut f64)"
+                );
+                for (k, id) in f.columns.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        ";   cols[{k}] = {}",
+                        keel_compiler::describe_node(g, *id)
+                    );
+                }
+                for (k, id) in f.scalars.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        ";   scalars[{k}] = {}",
+                        keel_compiler::describe_node(g, *id)
+                    );
+                }
+                out.push_str(&f.clif);
+            }
+            Err(_) => {
+                let _ = writeln!(
+                    out,
+                    "; reward: uses group or batch statistics, so it runs with the device program"
+                );
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push_str("; this recipe has no host code (no schedules, state, guards or reward)\n");
+    }
+    Ok(out)
 }

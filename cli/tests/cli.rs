@@ -277,3 +277,23 @@ fn loss_runs_every_stdlib_recipe_on_a_batch_file() {
     }
     assert!(n >= 40, "{n} recipes");
 }
+
+#[test]
+fn compile_emit_clif() {
+    let out = keel(&["compile", "examples/quickstart.recipe", "--emit", "clif"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let t = text(&out.stdout);
+    assert!(
+        t.contains("; host program: fn(inputs: *const f64, outputs: *mut f64)"),
+        "{t}"
+    );
+    assert!(
+        t.contains("outputs[4] = optimizer.lr") && t.contains("guard.entropy_collapse"),
+        "{t}"
+    );
+    assert!(t.contains("inputs[0] = input step"), "{t}");
+    let out = keel(&["compile", "stdlib/dapo.recipe", "--emit", "clif"]);
+    assert!(text(&out.stdout).contains("; reward: fn(n: i64"));
+    let out = keel(&["compile", "stdlib/grpo_lambda.recipe", "--emit", "clif"]);
+    assert!(text(&out.stdout).contains("runs with the device program"));
+}

@@ -22,6 +22,10 @@
 //! and select chains mirroring `interp::binary`/`interp::clamp`; every other
 //! function calls the interpreter's own `interp::unary` through a registered
 //! symbol. Division by zero gives ±inf or NaN as IEEE says.
+//!
+//! A compiled function stays valid after its [`Jit`] is dropped:
+//! cranelift-jit never frees finalized code unless asked to (unsafely),
+//! which Keel never does.
 
 use crate::builtins::Level;
 use crate::interp;

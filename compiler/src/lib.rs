@@ -427,3 +427,29 @@ pub fn run_loss(
         d_logits: get("d_logits"),
     })
 }
+
+/// The host part of recipe `index` (schedules, state updates, guard
+/// conditions, the per-sample reward) as IR, for the cranelift backend.
+pub fn compile_host(checked: &Checked, index: usize) -> Result<lower::HostGraph, Vec<Diagnostic>> {
+    let (Some(m), Some(c)) = (checked.merged.get(index), checked.recipes.get(index)) else {
+        return Err(Vec::new());
+    };
+    on_big_stack(|| lower::host_graph(&checked.program, m, c))
+}
+
+/// Describe a node for listings (`input step`, `param clip.eps_low`, `%12`).
+pub fn describe_node(g: &ir::Graph, id: ir::NodeId) -> String {
+    match g.nodes.get(id).map(|n| &n.op) {
+        Some(ir::Op::Input(n)) => format!("input {n}"),
+        Some(ir::Op::Param { name, .. }) => format!("param {name}"),
+        Some(op) => format!(
+            "%{id} ({})",
+            format!("{op:?}")
+                .split(['(', ' ', '{'])
+                .next()
+                .unwrap_or("")
+                .to_lowercase()
+        ),
+        None => format!("%{id}"),
+    }
+}

@@ -1093,3 +1093,84 @@ pub fn inputs_of(g: &Graph, id: NodeId) -> Vec<String> {
     out.dedup();
     out
 }
+
+/// The host part of a recipe: its step-level values (schedules, state
+/// updates, guard conditions) and, when it is elementwise over samples, its
+/// reward. Batch reductions the host reads stay device nodes; host code
+/// receives their values.
+pub struct HostGraph {
+    pub graph: Graph,
+    /// `curriculum.stage`, `rollout.max_turns`, `optimizer.lr`, `state.NAME`
+    /// (the next value from `update`), `guard.K`.
+    pub scalars: Vec<(String, NodeId)>,
+    /// The reward per sample, when the recipe defines one.
+    pub reward: Option<NodeId>,
+}
+
+pub fn host_graph(
+    prog: &Program,
+    merged: &Merged,
+    checked: &CheckedRecipe,
+) -> Result<HostGraph, Vec<Diagnostic>> {
+    let have = |n: &str| !matches!(n, "logits" | "teacher_logits" | "old_logits" | "advantages");
+    let mut lw = Lowering::new(prog, merged, checked, &have);
+    let mut scalars = Vec::new();
+    for sec in ["curriculum", "rollout", "optimizer"] {
+        let Some(s) = merged.section(sec) else {
+            continue;
+        };
+        for e in s.entries.iter().filter(|e| !e.is_let) {
+            if let Some(v) = checked.value(sec, &e.name)
+                && matches!(
+                    v.info.ty,
+                    builtins::Ty::Sym(_) | builtins::Ty::Str | builtins::Ty::List(_)
+                )
+            {
+                continue;
+            }
+            if let Ok(id) = lw.entry(sec, &e.name) {
+                scalars.push((format!("{sec}.{}", e.name), id));
+            }
+        }
+    }
+    if let Some(u) = merged.section("update") {
+        for e in u.entries.iter().filter(|e| !e.is_let) {
+            if let Ok(id) = lw.entry("update", &e.name) {
+                scalars.push((format!("state.{}", e.name), id));
+            }
+        }
+    }
+    for (k, g) in merged.guards.iter().enumerate() {
+        let ctx = Ctx {
+            file: g.file,
+            section: "guard",
+            env: None,
+        };
+        if let Ok(id) = lw.expr(&ctx, &g.guard.cond) {
+            let name = g
+                .guard
+                .name
+                .as_ref()
+                .map(|n| n.name.clone())
+                .unwrap_or_else(|| k.to_string());
+            scalars.push((format!("guard.{name}"), id));
+        }
+    }
+    let reward = match merged.section("reward").and_then(|s| s.entry("value")) {
+        Some(_) => lw.entry("reward", "value").ok(),
+        None => None,
+    };
+    if !lw.errors.is_empty() {
+        return Err(lw.errors);
+    }
+    let mut graph = lw.b.graph;
+    graph.outputs = scalars.clone();
+    if let Some(r) = reward {
+        graph.outputs.push(("reward".into(), r));
+    }
+    Ok(HostGraph {
+        graph,
+        scalars,
+        reward,
+    })
+}
