@@ -166,6 +166,79 @@ proptest! {
     }
 }
 
+#[cfg(feature = "llvm")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// The LLVM backend on the same 10,000 random trees: equal to the
+    /// interpreter (and so to cranelift) bit for bit.
+    #[test]
+    fn llvm_equals_interpreter_bit_for_bit(e in expr(), values in prop::collection::vec(special(), 6)) {
+        let mut b = Builder::new();
+        let params: Vec<NodeId> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| b.add(Op::Param { name: format!("p{i}"), value: *v }, Vec::new(), Level::Step, DType::F64))
+            .collect();
+        let out = build(&mut b, &e, &params);
+        let mut g = b.graph;
+        g.outputs = vec![("out".into(), out)];
+        let mask = vec![1.0];
+        let inputs = HashMap::new();
+        let env = Env { shape: shape(), mask: &mask, inputs: &inputs };
+        let want = interp::run(&g, &env).map_err(|e| TestCaseError::fail(e.0))?[out][0];
+        let f = keel_compiler::host_llvm::scalar(&g, &[out]).map_err(TestCaseError::fail)?;
+        let got = f.call(&[])[0];
+        // LLVM folds constant arithmetic at compile time, and its folded NaNs
+        // carry a different sign/payload than the CPU's default NaN: equal
+        // bits, or NaN on both sides.
+        prop_assert!(same(got, want) || (got.is_nan() && want.is_nan()), "llvm {got} vs interpreter {want} for {e:?} at {values:?}");
+    }
+}
+
+/// The LLVM backend on every recipe's host program, with random inputs.
+#[cfg(feature = "llvm")]
+#[test]
+fn llvm_host_programs_match_cranelift() {
+    let mut files = keel_tests::recipes_in("stdlib");
+    files.extend(keel_tests::recipes_in("examples"));
+    let mut n = 0;
+    for (name, text) in files {
+        let c = keel_compiler::check_source(
+            &keel_compiler::Disk,
+            &keel_tests::root().join(&name).to_string_lossy(),
+            &text,
+        );
+        for i in 0..c.recipes.len() {
+            let h = keel_compiler::compile_host(&c, i).unwrap_or_else(|_| panic!("{name}"));
+            let ids: Vec<NodeId> = h
+                .scalars
+                .iter()
+                .map(|(_, id)| *id)
+                .filter(|id| h.graph.nodes[*id].level <= Level::Batch)
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let mut jit = Jit::new().expect("jit");
+            let cl = jit.scalar(&h.graph, &ids).expect("cranelift");
+            let ll = keel_compiler::host_llvm::scalar(&h.graph, &ids).expect("llvm");
+            assert_eq!(cl.inputs, ll.inputs);
+            let vals: Vec<f64> = (0..cl.inputs.len()).map(|k| k as f64 * 3.7 - 2.0).collect();
+            let (a, b) = (cl.call(&vals), ll.call(&vals));
+            assert!(
+                a.iter()
+                    .zip(&b)
+                    .all(|(x, y)| same(*x, *y) || (x.is_nan() && y.is_nan())),
+                "{name}: {a:?} vs {b:?}"
+            );
+            assert!(ll.llvm_ir.contains("define void @keel_scalar"));
+            n += 1;
+        }
+    }
+    assert!(n >= 40);
+}
+
 #[test]
 fn column_program_loops_over_samples() {
     // reward = where(correct, 1 - 0.5 * sigmoid((length - 100) / 10), -1) + bonus

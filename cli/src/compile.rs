@@ -60,8 +60,9 @@ pub fn run(
                 ExitCode::from(1)
             }
         },
+        "llvm-ir" => emit_llvm(&checked, index),
         other => {
-            eprintln!("error: `--emit {other}` is not available; this build emits `ir` and `clif`");
+            eprintln!("error: `--emit {other}` is not available; use `ir`, `clif` or `llvm-ir`");
             ExitCode::from(1)
         }
     }
@@ -134,4 +135,42 @@ fn emit_clif(h: &keel_compiler::lower::HostGraph) -> Result<String, String> {
         out.push_str("; this recipe has no host code (no schedules, state, guards or reward)\n");
     }
     Ok(out)
+}
+
+#[cfg(feature = "llvm")]
+fn emit_llvm(checked: &keel_compiler::Checked, index: usize) -> ExitCode {
+    use keel_compiler::builtins::Level;
+    let Ok(h) = keel_compiler::compile_host(checked, index) else {
+        eprintln!("error: the host program could not be built; run `keel check`");
+        return ExitCode::from(1);
+    };
+    let ids: Vec<_> = h
+        .scalars
+        .iter()
+        .map(|(_, id)| *id)
+        .filter(|id| h.graph.nodes[*id].level <= Level::Batch)
+        .collect();
+    if ids.is_empty() {
+        println!("; this recipe has no host program");
+        return ExitCode::SUCCESS;
+    }
+    match keel_compiler::host_llvm::scalar(&h.graph, &ids) {
+        Ok(f) => {
+            print!("{}", f.llvm_ir);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: llvm: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(not(feature = "llvm"))]
+fn emit_llvm(_: &keel_compiler::Checked, _: usize) -> ExitCode {
+    eprintln!("error: this `keel` was built without the LLVM backend");
+    eprintln!(
+        "help: install Debian's llvm-16-dev and build with `cargo build -p keel-cli --features llvm` (LLVM_SYS_160_PREFIX=/usr/lib/llvm-16)"
+    );
+    ExitCode::from(1)
 }

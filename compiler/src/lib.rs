@@ -16,6 +16,8 @@ pub mod diagnostic;
 pub mod explain;
 pub mod format;
 pub mod host;
+#[cfg(feature = "llvm")]
+pub mod host_llvm;
 pub mod interp;
 pub mod ir;
 pub mod lower;
