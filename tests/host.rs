@@ -2,32 +2,12 @@
 //! for bit, on random expression trees and on column (reward) programs.
 
 use keel_compiler::builtins::Level;
-use keel_compiler::host::Jit;
+use keel_compiler::host::{Jit, UNARY};
 use keel_compiler::interp::{self, Env, Shape};
-use keel_compiler::ir::{Bin, Builder, DType, NodeId, Op, Un};
+use keel_compiler::ir::{Bin, Builder, DType, Graph, NodeId, Op, Un};
 use proptest::prelude::*;
 use std::collections::HashMap;
 
-const UNARY: &[Un] = &[
-    Un::Neg,
-    Un::Exp,
-    Un::Log,
-    Un::Log1p,
-    Un::Expm1,
-    Un::Sqrt,
-    Un::Abs,
-    Un::Sign,
-    Un::Sigmoid,
-    Un::Softplus,
-    Un::Tanh,
-    Un::Relu,
-    Un::Cos,
-    Un::Sin,
-    Un::Floor,
-    Un::Ceil,
-    Un::Round,
-    Un::Not,
-];
 const BINARY: &[Bin] = &[
     Bin::Add,
     Bin::Sub,
@@ -139,6 +119,39 @@ fn shape() -> Shape {
     }
 }
 
+/// The graph of one random tree over step-level parameters, its output node,
+/// and the interpreter's value for it.
+fn scalar_case(e: &E, values: &[f64]) -> Result<(Graph, NodeId, f64), TestCaseError> {
+    let mut b = Builder::new();
+    let params: Vec<NodeId> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            b.add(
+                Op::Param {
+                    name: format!("p{i}"),
+                    value: *v,
+                },
+                Vec::new(),
+                Level::Step,
+                DType::F64,
+            )
+        })
+        .collect();
+    let out = build(&mut b, e, &params);
+    let mut g = b.graph;
+    g.outputs = vec![("out".into(), out)];
+    let mask = vec![1.0];
+    let inputs = HashMap::new();
+    let env = Env {
+        shape: shape(),
+        mask: &mask,
+        inputs: &inputs,
+    };
+    let want = interp::run(&g, &env).map_err(|e| TestCaseError::fail(e.0))?[out][0];
+    Ok((g, out, want))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 10_000, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -146,19 +159,7 @@ proptest! {
     /// (NaN, ±inf, ±0): the JIT equals the interpreter bit for bit.
     #[test]
     fn jit_equals_interpreter_bit_for_bit(e in expr(), values in prop::collection::vec(special(), 6)) {
-        let mut b = Builder::new();
-        let params: Vec<NodeId> = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| b.add(Op::Param { name: format!("p{i}"), value: *v }, Vec::new(), Level::Step, DType::F64))
-            .collect();
-        let out = build(&mut b, &e, &params);
-        let mut g = b.graph;
-        g.outputs = vec![("out".into(), out)];
-        let mask = vec![1.0];
-        let inputs = HashMap::new();
-        let env = Env { shape: shape(), mask: &mask, inputs: &inputs };
-        let want = interp::run(&g, &env).map_err(|e| TestCaseError::fail(e.0))?[out][0];
+        let (g, out, want) = scalar_case(&e, &values)?;
         let mut jit = Jit::new().map_err(TestCaseError::fail)?;
         let f = jit.scalar(&g, &[out]).map_err(TestCaseError::fail)?;
         let got = f.call(&[])[0];
@@ -174,19 +175,7 @@ proptest! {
     /// interpreter (and so to cranelift) bit for bit.
     #[test]
     fn llvm_equals_interpreter_bit_for_bit(e in expr(), values in prop::collection::vec(special(), 6)) {
-        let mut b = Builder::new();
-        let params: Vec<NodeId> = values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| b.add(Op::Param { name: format!("p{i}"), value: *v }, Vec::new(), Level::Step, DType::F64))
-            .collect();
-        let out = build(&mut b, &e, &params);
-        let mut g = b.graph;
-        g.outputs = vec![("out".into(), out)];
-        let mask = vec![1.0];
-        let inputs = HashMap::new();
-        let env = Env { shape: shape(), mask: &mask, inputs: &inputs };
-        let want = interp::run(&g, &env).map_err(|e| TestCaseError::fail(e.0))?[out][0];
+        let (g, out, want) = scalar_case(&e, &values)?;
         let f = keel_compiler::host_llvm::scalar(&g, &[out]).map_err(TestCaseError::fail)?;
         let got = f.call(&[])[0];
         // LLVM folds constant arithmetic at compile time, and its folded NaNs

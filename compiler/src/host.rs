@@ -38,7 +38,8 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module, default_libcall_names};
 
-const UNARY: &[Un] = &[
+/// The unary operations host code reaches through `keel_unary`, by code.
+pub const UNARY: &[Un] = &[
     Un::Neg,
     Un::Exp,
     Un::Log,
@@ -59,14 +60,14 @@ const UNARY: &[Un] = &[
     Un::Not,
 ];
 
-extern "C" fn keel_unary(op: i64, x: f64) -> f64 {
+pub(crate) extern "C" fn keel_unary(op: i64, x: f64) -> f64 {
     match UNARY.get(op as usize) {
         Some(u) => interp::unary(*u, x),
         None => f64::NAN,
     }
 }
 
-extern "C" fn keel_pow(x: f64, y: f64) -> f64 {
+pub(crate) extern "C" fn keel_pow(x: f64, y: f64) -> f64 {
     interp::binary(Bin::Pow, x, y)
 }
 
@@ -130,7 +131,7 @@ pub struct Jit {
 }
 
 /// Whether host code computes this node itself (else it is an input).
-fn computable(op: &Op) -> bool {
+pub(crate) fn computable(op: &Op) -> bool {
     matches!(
         op,
         Op::Const(_)
@@ -180,37 +181,12 @@ impl Jit {
         })
     }
 
-    /// The nodes `outputs` need, split into computed nodes (in order) and
-    /// inputs (nodes host code receives).
-    fn plan(g: &Graph, outputs: &[NodeId]) -> (Vec<NodeId>, Vec<NodeId>) {
-        let mut need = vec![false; g.nodes.len()];
-        let mut stack: Vec<NodeId> = outputs.to_vec();
-        let mut inputs = Vec::new();
-        while let Some(id) = stack.pop() {
-            if need[id] {
-                continue;
-            }
-            need[id] = true;
-            if computable(&g.nodes[id].op) {
-                stack.extend(g.nodes[id].args.iter().copied());
-            } else {
-                inputs.push(id);
-            }
-        }
-        inputs.sort();
-        inputs.dedup();
-        let order = (0..g.nodes.len())
-            .filter(|i| need[*i] && computable(&g.nodes[*i].op))
-            .collect();
-        (order, inputs)
-    }
-
     /// Compile a scalar program computing `outputs` (all step- or batch-level).
     pub fn scalar(&mut self, g: &Graph, outputs: &[NodeId]) -> Result<ScalarFn, String> {
         if let Some(id) = outputs.iter().find(|id| g.nodes[**id].level > Level::Batch) {
             return Err(format!("node %{id} is not a scalar"));
         }
-        let (order, inputs) = Self::plan(g, outputs);
+        let (order, inputs) = plan(g, outputs);
         let tc = self.module.target_config();
         let ptr_ty = tc.pointer_type();
         self.module.clear_context(&mut self.ctx);
@@ -256,7 +232,7 @@ impl Jit {
     /// sequence level) over every sample in one call.
     pub fn column(&mut self, g: &Graph, output: NodeId) -> Result<ColumnFn, String> {
         let level = g.nodes[output].level;
-        let (order, inputs) = Self::plan(g, &[output]);
+        let (order, inputs) = plan(g, &[output]);
         let columns: Vec<NodeId> = inputs
             .iter()
             .copied()
@@ -361,6 +337,31 @@ impl Jit {
             .map_err(|e| e.to_string())?;
         Ok(self.module.get_finalized_function(id))
     }
+}
+
+/// The nodes `outputs` need, split into computed nodes (in order) and
+/// inputs (nodes host code receives). Shared by both backends.
+pub(crate) fn plan(g: &Graph, outputs: &[NodeId]) -> (Vec<NodeId>, Vec<NodeId>) {
+    let mut need = vec![false; g.nodes.len()];
+    let mut stack: Vec<NodeId> = outputs.to_vec();
+    let mut inputs = Vec::new();
+    while let Some(id) = stack.pop() {
+        if need[id] {
+            continue;
+        }
+        need[id] = true;
+        if computable(&g.nodes[id].op) {
+            stack.extend(g.nodes[id].args.iter().copied());
+        } else {
+            inputs.push(id);
+        }
+    }
+    inputs.sort();
+    inputs.dedup();
+    let order = (0..g.nodes.len())
+        .filter(|i| need[*i] && computable(&g.nodes[*i].op))
+        .collect();
+    (order, inputs)
 }
 
 fn bool_to_f64(b: &mut FunctionBuilder, c: Value) -> Value {

@@ -6,44 +6,12 @@
 //! context is leaked so that it outlives them.
 
 use crate::builtins::Level;
-use crate::interp;
+use crate::host;
 use crate::ir::{Bin, Graph, NodeId, Op, Un};
 use inkwell::context::Context;
 use inkwell::execution_engine::ExecutionEngine;
 use inkwell::values::{BasicMetadataValueEnum, FloatValue, FunctionValue};
 use inkwell::{AddressSpace, FloatPredicate, OptimizationLevel};
-
-extern "C" fn keel_unary_llvm(op: i64, x: f64) -> f64 {
-    match UNARY.get(op as usize) {
-        Some(u) => interp::unary(*u, x),
-        None => f64::NAN,
-    }
-}
-
-extern "C" fn keel_pow_llvm(x: f64, y: f64) -> f64 {
-    interp::binary(Bin::Pow, x, y)
-}
-
-const UNARY: &[Un] = &[
-    Un::Neg,
-    Un::Exp,
-    Un::Log,
-    Un::Log1p,
-    Un::Expm1,
-    Un::Sqrt,
-    Un::Abs,
-    Un::Sign,
-    Un::Sigmoid,
-    Un::Softplus,
-    Un::Tanh,
-    Un::Relu,
-    Un::Cos,
-    Un::Sin,
-    Un::Floor,
-    Un::Ceil,
-    Un::Round,
-    Un::Not,
-];
 
 /// A scalar program compiled by LLVM: `fn(inputs: *const f64, outputs: *mut f64)`.
 pub struct LlvmScalarFn {
@@ -66,41 +34,12 @@ impl LlvmScalarFn {
     }
 }
 
-fn computable(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Const(_)
-            | Op::Param { .. }
-            | Op::Unary(_)
-            | Op::Binary(_)
-            | Op::Where
-            | Op::Clamp
-            | Op::StopGrad
-            | Op::Broadcast
-    )
-}
-
 /// Compile a scalar program computing `outputs` (step- or batch-level).
 pub fn scalar(g: &Graph, outputs: &[NodeId]) -> Result<LlvmScalarFn, String> {
     if outputs.iter().any(|id| g.nodes[*id].level > Level::Batch) {
         return Err("an output is not a scalar".into());
     }
-    // The same plan as the cranelift backend.
-    let mut need = vec![false; g.nodes.len()];
-    let mut stack = outputs.to_vec();
-    let mut inputs = Vec::new();
-    while let Some(id) = stack.pop() {
-        if need[id] {
-            continue;
-        }
-        need[id] = true;
-        if computable(&g.nodes[id].op) {
-            stack.extend(g.nodes[id].args.iter().copied());
-        } else {
-            inputs.push(id);
-        }
-    }
-    inputs.sort();
+    let (order, inputs) = host::plan(g, outputs);
     let ctx: &'static Context = Box::leak(Box::new(Context::create()));
     let module = ctx.create_module("keel_host");
     let f64t = ctx.f64_type();
@@ -151,7 +90,7 @@ pub fn scalar(g: &Graph, outputs: &[NodeId]) -> Result<LlvmScalarFn, String> {
             .map(|v| v.into_float_value())
             .ok_or_else(|| "call returned nothing".to_string())
     };
-    for id in (0..g.nodes.len()).filter(|i| need[*i] && computable(&g.nodes[*i].op)) {
+    for id in order {
         let n = &g.nodes[id];
         let arg = |k: usize| -> Result<FloatValue<'static>, String> {
             n.args
@@ -176,7 +115,10 @@ pub fn scalar(g: &Graph, outputs: &[NodeId]) -> Result<LlvmScalarFn, String> {
                 to_f(c)?
             }
             Op::Unary(u) => {
-                let code = UNARY.iter().position(|v| v == u).unwrap_or(usize::MAX) as u64;
+                let code = host::UNARY
+                    .iter()
+                    .position(|v| v == u)
+                    .unwrap_or(usize::MAX) as u64;
                 call1(unary, &[i64t.const_int(code, false).into(), arg(0)?.into()])?
             }
             Op::Binary(op) => {
@@ -283,8 +225,8 @@ pub fn scalar(g: &Graph, outputs: &[NodeId]) -> Result<LlvmScalarFn, String> {
     let engine = module
         .create_jit_execution_engine(OptimizationLevel::Default)
         .map_err(|e| e.to_string())?;
-    engine.add_global_mapping(&unary, keel_unary_llvm as *const () as usize);
-    engine.add_global_mapping(&pow, keel_pow_llvm as *const () as usize);
+    engine.add_global_mapping(&unary, host::keel_unary as *const () as usize);
+    engine.add_global_mapping(&pow, host::keel_pow as *const () as usize);
     let addr = engine
         .get_function_address("keel_scalar")
         .map_err(|e| e.to_string())?;
