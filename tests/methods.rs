@@ -649,10 +649,9 @@ fn z_loss_worked_example() {
     );
 }
 
-#[test]
-fn bd_kd_worked_example() {
-    // teacher [2, 1, 0.5, -1], student [1.5, 1.2, 0.3, -0.5], tau 1, (w_lo, w_hi) = (1, 2):
-    // the student is less confident, so KL(t||s) + 2·KL(s||t) = 0.172634.
+/// One position over a 4-token vocabulary: student logits
+/// [1.5, 1.2, 0.3, -0.5], teacher logits [2, 1, 0.5, -1], sampled `token`.
+fn distill_batch(token: u8) -> B {
     let mut b = B::new(&[1]);
     b.b.insert("logits", "f32", vec![1, 1, 4], vec![1.5, 1.2, 0.3, -0.5]);
     b.b.insert(
@@ -661,7 +660,15 @@ fn bd_kd_worked_example() {
         vec![1, 1, 4],
         vec![2.0, 1.0, 0.5, -1.0],
     );
-    b.b.insert("tokens", "i64", vec![1, 1], vec![0.0]);
+    b.b.insert("tokens", "i64", vec![1, 1], vec![f64::from(token)]);
+    b
+}
+
+#[test]
+fn bd_kd_worked_example() {
+    // teacher [2, 1, 0.5, -1], student [1.5, 1.2, 0.3, -0.5], tau 1, (w_lo, w_hi) = (1, 2):
+    // the student is less confident, so KL(t||s) + 2·KL(s||t) = 0.172634.
+    let b = distill_batch(0);
     let r = run("bd_kd", &b);
     let zs = [1.5f64, 1.2, 0.3, -0.5];
     let lse = zs.iter().map(|z| z.exp()).sum::<f64>().ln();
@@ -704,15 +711,7 @@ fn siren_worked_examples() {
 fn pld_worked_example() {
     // teacher [2, 1, 0.5, -1], label 1, student [1.5, 1.2, 0.3, -0.5]:
     // pi* = [1, 0, 2, 3], L = 0.512950 (CE alone 1.078107).
-    let mut b = B::new(&[1]);
-    b.b.insert("logits", "f32", vec![1, 1, 4], vec![1.5, 1.2, 0.3, -0.5]);
-    b.b.insert(
-        "teacher_logits",
-        "f32",
-        vec![1, 1, 4],
-        vec![2.0, 1.0, 0.5, -1.0],
-    );
-    b.b.insert("tokens", "i64", vec![1, 1], vec![1.0]);
+    let b = distill_batch(1);
     let r = run("pld", &b);
     assert!(close(r.loss, 0.512950, 1e-5, 0.0), "{}", r.loss);
 }
