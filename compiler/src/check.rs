@@ -1729,7 +1729,10 @@ impl<'p> Checker<'p> {
             // Known before training?
             // Rollout settings may follow a schedule of the step (a horizon
             // curriculum); the model, the task and initial state may not.
-            let needs_constant = matches!(sec.name.as_str(), "model" | "task" | "state");
+            let needs_constant = matches!(
+                sec.name.as_str(),
+                "model" | "task" | "state" | "eval" | "checkpoint"
+            );
             if needs_constant
                 && info.constant.is_none()
                 && info.ty != Ty::Str
