@@ -6,6 +6,7 @@ mod explain;
 mod fmt;
 mod loss;
 mod report;
+mod run;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
@@ -94,6 +95,34 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         color: Color,
     },
+    /// Train a policy with a recipe: warm start, rollouts, the compiled loss,
+    /// guards, checkpoints, metrics (`keel run examples/quickstart.recipe`).
+    Run {
+        /// The recipe file (omit with --resume).
+        recipe: Option<String>,
+        /// Continue the run in this directory from its newest checkpoint.
+        #[arg(long, value_name = "RUN_DIR", conflicts_with = "recipe")]
+        resume: Option<String>,
+        /// Run directory (default: runs/RECIPE, runs/RECIPE-2, ...).
+        #[arg(long)]
+        out: Option<String>,
+        /// Override a setting: `--set optimizer.steps=50` (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// Which recipe of the file.
+        #[arg(long = "recipe")]
+        name: Option<String>,
+        /// No progress output.
+        #[arg(long, short)]
+        quiet: bool,
+        #[arg(long, value_enum, default_value = "auto")]
+        color: Color,
+    },
+    /// Write RUN_DIR/report.html: plots of a run's metrics and guard events.
+    Report {
+        /// A directory written by `keel run`.
+        run_dir: String,
+    },
     /// Run the language server on stdin/stdout.
     Lsp,
     /// Show what the compiler makes of a recipe (`--emit ir`).
@@ -144,6 +173,33 @@ fn main() -> ExitCode {
             error_format,
             color,
         }),
+        Command::Run {
+            recipe,
+            resume,
+            out,
+            set,
+            name,
+            quiet,
+            color,
+        } => run::run(run::Args {
+            recipe,
+            resume,
+            out,
+            set,
+            name,
+            quiet,
+            color,
+        }),
+        Command::Report { run_dir } => match keel_runtime::report::write(std::path::Path::new(&run_dir)) {
+            Ok(path) => {
+                eprintln!("wrote {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Lsp => match keel_lsp::run_stdio() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -235,6 +235,16 @@ fn apply_override(
         let known_key = builtins::section(section)
             .and_then(|s| s.key(key))
             .is_some();
+        if known_key && !m.sections.iter().any(|s| s.name == *section) {
+            // A known setting of a section the recipe leaves at its defaults.
+            m.sections.push(resolve::SectionDef {
+                name: section.to_string(),
+                file,
+                name_span: whole,
+                entries: Vec::new(),
+                stray: Vec::new(),
+            });
+        }
         let Some(sec) = m.sections.iter_mut().find(|s| s.name == *section) else {
             continue;
         };

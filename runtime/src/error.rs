@@ -4,13 +4,16 @@
 
 use std::fmt;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct RunError {
     pub code: &'static str,
     pub message: String,
     /// `path:line`, a file, or a recipe setting such as `task.path`.
     pub location: Option<String>,
     pub help: String,
+    /// Located compiler diagnostics behind this error (rendered against the
+    /// recipe's sources by the CLI).
+    pub diagnostics: Vec<keel_compiler::Diagnostic>,
 }
 
 impl RunError {
@@ -20,6 +23,7 @@ impl RunError {
             message: message.into(),
             location: None,
             help: help.into(),
+            diagnostics: Vec::new(),
         }
     }
 

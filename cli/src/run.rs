@@ -1,0 +1,145 @@
+//! `keel run RECIPE [--out DIR] [--set K=V]...`, `keel run --resume DIR`, and
+//! `keel report DIR`.
+
+use crate::{Color, report};
+use keel_compiler::{Disk, check_source_with};
+use keel_runtime::train::{self, RunFile, RunOptions};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+pub struct Args {
+    pub recipe: Option<String>,
+    pub resume: Option<String>,
+    pub out: Option<String>,
+    pub set: Vec<String>,
+    pub name: Option<String>,
+    pub quiet: bool,
+    pub color: Color,
+}
+
+fn parse_set(set: &[String]) -> Result<Vec<(String, String)>, String> {
+    set.iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+            _ => Err(format!("`--set {s}` must look like `--set section.key=VALUE`")),
+        })
+        .collect()
+}
+
+/// `runs/NAME`, or `runs/NAME-2`, … — the first that does not exist.
+fn default_out(name: &str) -> PathBuf {
+    let base = Path::new("runs");
+    let first = base.join(name);
+    if !first.exists() {
+        return first;
+    }
+    (2..)
+        .map(|k| base.join(format!("{name}-{k}")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
+}
+
+pub fn run(a: Args) -> ExitCode {
+    let color = report::use_color(a.color);
+    // What to run: a recipe, or the run a directory describes.
+    let (recipe_path, name, set, out, resume) = match (&a.resume, &a.recipe) {
+        (Some(dir), None) => {
+            let path = Path::new(dir).join("run.json");
+            let rf: RunFile = match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{}: error[E0704]: cannot read the run description: {e}", path.display());
+                    eprintln!("  = help: `--resume` takes a directory written by `keel run` (it holds run.json and checkpoints/)");
+                    return ExitCode::from(1);
+                }
+            };
+            (rf.recipe_path, rf.recipe, rf.set, PathBuf::from(dir), true)
+        }
+        (None, Some(recipe)) => {
+            let set = match parse_set(&a.set) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            (recipe.clone(), a.name.clone(), set, PathBuf::new(), false)
+        }
+        _ => {
+            eprintln!("error: give either a recipe file or `--resume RUN_DIR`");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(text) = report::read(&recipe_path) else {
+        return ExitCode::from(1);
+    };
+    let checked = check_source_with(&Disk, &recipe_path, &text, &set);
+    if checked.has_errors() {
+        report::print(&recipe_path, &checked.diagnostics, checked.sources(), crate::ErrorFormat::Human, color);
+        return ExitCode::from(1);
+    }
+    let Some(index) = checked.main_recipe(name.as_deref()) else {
+        eprintln!("error: `{recipe_path}` has no recipe{}", name.map(|n| format!(" named `{n}`")).unwrap_or_default());
+        return ExitCode::from(1);
+    };
+    let fingerprint = format!("{:016x}", train::fnv(text.as_bytes()));
+    let out = if resume {
+        // The recipe must be the one the run started with.
+        let rf: Option<RunFile> = std::fs::read(out.join("run.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(rf) = rf
+            && rf.fingerprint != fingerprint
+        {
+            eprintln!("{}: error[E0705]: the recipe changed since this run started", recipe_path);
+            eprintln!("  = help: resume with the recipe as it was, or start a new run with `keel run {recipe_path}`");
+            return ExitCode::from(1);
+        }
+        out
+    } else {
+        match &a.out {
+            Some(o) => {
+                let p = PathBuf::from(o);
+                if p.join("run.json").exists() {
+                    eprintln!("{o}: error[E0704]: the directory already holds a run");
+                    eprintln!("  = help: continue it with `keel run --resume {o}`, or choose another --out");
+                    return ExitCode::from(1);
+                }
+                p
+            }
+            None => default_out(&checked.recipes[index].name),
+        }
+    };
+    let cache = std::env::var_os("KEEL_CACHE").map(PathBuf::from).unwrap_or_else(|| out.parent().map(|p| p.join(".warmstart")).unwrap_or_else(|| PathBuf::from(".warmstart")));
+    let opts = RunOptions {
+        out: out.clone(),
+        resume,
+        progress: std::io::stderr().is_terminal(),
+        cache,
+        device: keel_runtime::default_device(),
+        quiet: a.quiet,
+    };
+    if !a.quiet {
+        eprintln!("keel run: {} → {}", recipe_path, out.display());
+    }
+    let rf = RunFile { recipe_path: recipe_path.clone(), recipe: Some(checked.recipes[index].name.clone()), set, fingerprint };
+    match train::run(&checked, index, rf, &opts) {
+        Ok(s) => {
+            if !a.quiet {
+                let f = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());
+                eprintln!(
+                    "done: {} steps in {:.1}s (warm start {:.1}s); held-out pass@1 {} after warm start → {} after RL; pass@k {}",
+                    s.steps, s.rl_s, s.warm_s, f(s.pass_at_1_warm), f(s.pass_at_1_final), f(s.pass_at_k_final)
+                );
+                eprintln!("metrics: {}/metrics.jsonl; report: keel report {}", out.display(), out.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if !e.diagnostics.is_empty() {
+                report::print(&recipe_path, &e.diagnostics, checked.sources(), crate::ErrorFormat::Human, color);
+            }
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}

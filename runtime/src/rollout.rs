@@ -1,0 +1,241 @@
+//! One step's rollouts laid out as the batch of docs/batch-format.md: the
+//! inputs the recipe's loss and host code read.
+
+use std::collections::HashMap;
+
+use keel_compiler::batch::Batch;
+use keel_compiler::interp::Shape;
+
+use crate::tasks::Verdict;
+use crate::tokenizer::PAD;
+
+#[derive(Clone, Debug, Default)]
+pub struct Rollouts {
+    /// Per row: the prompt tokens (BOS first).
+    pub prompts: Vec<Vec<u32>>,
+    pub responses: Vec<Vec<u32>>,
+    pub old_logp: Vec<Vec<f64>>,
+    pub entropy: Vec<Vec<f64>>,
+    pub ref_logp: Option<Vec<Vec<f64>>>,
+    /// Per row: its group (prompt) index, 0..n_groups.
+    pub group: Vec<usize>,
+    pub verdicts: Vec<Verdict>,
+    pub truncated: Vec<bool>,
+    /// Per group: the problem's difficulty.
+    pub difficulty: Vec<f64>,
+}
+
+/// Step-level inputs.
+#[derive(Clone, Copy, Debug)]
+pub struct StepInputs {
+    pub step: f64,
+    pub total_steps: f64,
+    pub epoch: f64,
+}
+
+impl Rollouts {
+    pub fn len(&self) -> usize {
+        self.responses.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.responses.is_empty()
+    }
+
+    pub fn n_groups(&self) -> usize {
+        self.group.iter().copied().max().map(|g| g + 1).unwrap_or(0)
+    }
+
+    /// Keep the rows of the listed groups (renumbered in order).
+    pub fn select_groups(&self, groups: &[usize]) -> Rollouts {
+        let mut out = Rollouts {
+            ref_logp: self.ref_logp.as_ref().map(|_| Vec::new()),
+            ..Default::default()
+        };
+        for (new, &g) in groups.iter().enumerate() {
+            out.difficulty.push(self.difficulty.get(g).copied().unwrap_or(0.0));
+            for r in (0..self.len()).filter(|&r| self.group[r] == g) {
+                out.prompts.push(self.prompts[r].clone());
+                out.responses.push(self.responses[r].clone());
+                out.old_logp.push(self.old_logp[r].clone());
+                out.entropy.push(self.entropy[r].clone());
+                if let (Some(dst), Some(src)) = (out.ref_logp.as_mut(), self.ref_logp.as_ref()) {
+                    dst.push(src[r].clone());
+                }
+                out.group.push(new);
+                out.verdicts.push(self.verdicts[r].clone());
+                out.truncated.push(self.truncated[r]);
+            }
+        }
+        out
+    }
+
+    /// Append another set of rollouts (its groups renumbered after ours).
+    pub fn extend(&mut self, other: Rollouts) {
+        let base = self.n_groups();
+        self.prompts.extend(other.prompts);
+        self.responses.extend(other.responses);
+        self.old_logp.extend(other.old_logp);
+        self.entropy.extend(other.entropy);
+        match (self.ref_logp.as_mut(), other.ref_logp) {
+            (Some(a), Some(b)) => a.extend(b),
+            _ => self.ref_logp = None,
+        }
+        self.group.extend(other.group.into_iter().map(|g| g + base));
+        self.verdicts.extend(other.verdicts);
+        self.truncated.extend(other.truncated);
+        self.difficulty.extend(other.difficulty);
+    }
+
+    /// The padded response length.
+    pub fn t(&self) -> usize {
+        self.responses.iter().map(|r| r.len()).max().unwrap_or(1).max(1)
+    }
+
+    pub fn shape(&self, v: usize) -> Shape {
+        Shape {
+            b: self.len(),
+            t: self.t(),
+            v,
+            group_of: self.group.clone(),
+            n_groups: self.n_groups(),
+        }
+    }
+
+    pub fn mask(&self) -> Vec<f64> {
+        let t = self.t();
+        let mut m = vec![0.0; self.len() * t];
+        for (r, resp) in self.responses.iter().enumerate() {
+            for j in 0..resp.len() {
+                m[r * t + j] = 1.0;
+            }
+        }
+        m
+    }
+
+    /// Response tokens [B·T], PAD beyond each response.
+    pub fn tokens(&self) -> Vec<u32> {
+        let t = self.t();
+        let mut out = vec![PAD; self.len() * t];
+        for (r, resp) in self.responses.iter().enumerate() {
+            out[r * t..r * t + resp.len()].copy_from_slice(resp);
+        }
+        out
+    }
+
+    fn token_level(&self, rows: &[Vec<f64>]) -> Vec<f64> {
+        let t = self.t();
+        let mut out = vec![0.0; self.len() * t];
+        for (r, row) in rows.iter().enumerate() {
+            for (j, x) in row.iter().enumerate().take(t) {
+                out[r * t + j] = *x;
+            }
+        }
+        out
+    }
+
+    /// Every input the runtime provides, flat in level order (for the
+    /// interpreter and host code): token level [B·T], sequence level [B],
+    /// step level [1].
+    pub fn inputs(&self, s: StepInputs) -> HashMap<String, Vec<f64>> {
+        let t = self.t();
+        let b = self.len();
+        let mut m = HashMap::new();
+        let f = |x: bool| if x { 1.0 } else { 0.0 };
+        m.insert("old_logp".into(), self.token_level(&self.old_logp));
+        // Before the update the current policy is the behaviour policy.
+        m.insert("logp".into(), self.token_level(&self.old_logp));
+        m.insert("entropy".into(), self.token_level(&self.entropy));
+        if let Some(r) = &self.ref_logp {
+            m.insert("ref_logp".into(), self.token_level(r));
+        }
+        let mut step_reward = vec![0.0; b * t];
+        let mut step_end = vec![0.0; b * t];
+        for (r, v) in self.verdicts.iter().enumerate() {
+            for &(pos, val) in &v.steps {
+                if pos < t && pos < self.responses[r].len() {
+                    step_reward[r * t + pos] = val;
+                    step_end[r * t + pos] = 1.0;
+                }
+            }
+        }
+        m.insert("step_reward".into(), step_reward);
+        m.insert("step_end".into(), step_end);
+        m.insert("correct".into(), self.verdicts.iter().map(|v| f(v.correct)).collect());
+        m.insert("reward".into(), self.verdicts.iter().map(|v| f(v.correct)).collect());
+        m.insert("format_ok".into(), self.verdicts.iter().map(|v| f(v.format_ok)).collect());
+        m.insert("truncated".into(), self.truncated.iter().map(|&x| f(x)).collect());
+        m.insert("length".into(), self.responses.iter().map(|r| r.len() as f64).collect());
+        m.insert("group".into(), self.group.iter().map(|&g| g as f64).collect());
+        m.insert("index".into(), (0..b).map(|i| i as f64).collect());
+        m.insert("source".into(), vec![0.0; b]);
+        let mut pos = vec![0.0; b * t];
+        for r in 0..b {
+            for j in 0..t {
+                pos[r * t + j] = j as f64;
+            }
+        }
+        m.insert("position".into(), pos);
+        m.insert("step".into(), vec![s.step]);
+        m.insert("total_steps".into(), vec![s.total_steps]);
+        m.insert("progress".into(), vec![(s.step / s.total_steps.max(1.0)).min(1.0)]);
+        m.insert("epoch".into(), vec![s.epoch]);
+        m
+    }
+
+    /// The loss batch for these rows, with the current policy's logits
+    /// [B·T·V] (already divided by the sampling temperature).
+    pub fn loss_batch(&self, logits: Vec<f64>, v: usize, s: StepInputs) -> Batch {
+        let t = self.t();
+        let b = self.len();
+        let inputs = self.inputs(s);
+        let mut batch = Batch::default();
+        batch.insert("mask", "f32", vec![b, t], self.mask());
+        batch.insert("logits", "f32", vec![b, t, v], logits);
+        batch.insert("tokens", "i64", vec![b, t], self.tokens().iter().map(|&x| x as f64).collect());
+        for name in ["old_logp", "ref_logp", "step_reward", "entropy"] {
+            if let Some(x) = inputs.get(name)
+                && name != "entropy"
+            {
+                batch.insert(name, "f32", vec![b, t], x.clone());
+            }
+        }
+        batch.insert("step_end", "u8", vec![b, t], inputs["step_end"].clone());
+        for name in ["correct", "format_ok", "truncated"] {
+            batch.insert(name, "u8", vec![b], inputs[name].clone());
+        }
+        batch.insert("reward", "f32", vec![b], inputs["reward"].clone());
+        batch.insert("length", "i64", vec![b], inputs["length"].clone());
+        batch.insert("group", "i64", vec![b], inputs["group"].clone());
+        batch.insert("source", "i64", vec![b], inputs["source"].clone());
+        batch.insert("step", "i64", vec![], vec![s.step]);
+        batch.insert("total_steps", "i64", vec![], vec![s.total_steps]);
+        batch.insert("epoch", "i64", vec![], vec![s.epoch]);
+        batch.insert("progress", "f32", vec![], inputs["progress"].clone());
+        batch
+    }
+}
+
+/// Names of the batch tensors `loss_batch` provides (for compiling the loss).
+pub fn provided(name: &str, has_ref: bool) -> bool {
+    matches!(
+        name,
+        "mask"
+            | "logits"
+            | "tokens"
+            | "old_logp"
+            | "step_reward"
+            | "step_end"
+            | "correct"
+            | "format_ok"
+            | "truncated"
+            | "reward"
+            | "length"
+            | "group"
+            | "source"
+            | "step"
+            | "total_steps"
+            | "epoch"
+            | "progress"
+    ) || (name == "ref_logp" && has_ref)
+}

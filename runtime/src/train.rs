@@ -1,0 +1,991 @@
+//! The training loop: warm start, then per step: prompts (curriculum) → group
+//! rollouts → verification and reward (host code) → guards → the recipe's
+//! loss and gradient (compiled program) injected into burn's autodiff →
+//! AdamW → metrics, evaluation, checkpoints.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use keel_compiler::batch::{self, Batch};
+use keel_compiler::interp::{self, Env};
+use keel_compiler::ir::{Graph, Op};
+use keel_compiler::{Checked, Diagnostic, compile_loss};
+use keel_grammar::{AssignOp, Stmt};
+use serde_json::{Map, Value, json};
+
+use crate::checkpoint::{self, Checkpoint, TrainState, bits, unbits};
+use crate::error::{Result, RunError, codes};
+use crate::hostprog::{BatchView, HostProgram, params_of, set_params};
+use crate::model::{ModelConfig, Policy, Weights, to_vec};
+use crate::optim::{self, AdamW, AdamWConfig};
+use crate::rng::Rng;
+use crate::rollout::{Rollouts, StepInputs, provided};
+use crate::sample::{self, SampleConfig, left_pad};
+use crate::settings::Settings;
+use crate::tasks::{self, EVAL_STREAM, Problem, TRAIN_STREAM, Task, Verifier};
+use crate::tokenizer::{BOS, CharTokenizer, EOS};
+
+/// Where and how to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub out: PathBuf,
+    pub resume: bool,
+    /// Draw a progress bar (else a line every few steps).
+    pub progress: bool,
+    /// Directory of cached warm starts (shared between runs).
+    pub cache: PathBuf,
+    pub device: Device,
+    /// Quiet: no progress output at all (tests).
+    pub quiet: bool,
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub steps: u64,
+    pub pass_at_1_warm: Option<f64>,
+    pub pass_at_1_final: Option<f64>,
+    pub pass_at_k_final: Option<f64>,
+    pub warm_s: f64,
+    pub rl_s: f64,
+    pub stopped_by_guard: bool,
+    pub events: Vec<String>,
+}
+
+/// The settings a run reads once.
+struct Plan {
+    name: String,
+    model: ModelConfig,
+    task: Task,
+    task_desc: String,
+    seed: u64,
+    steps: u64,
+    warm_steps: u64,
+    warm_lr: f64,
+    warm_batch: usize,
+    prompts: usize,
+    group: usize,
+    top_p: f64,
+    epochs: usize,
+    minibatches: usize,
+    dynamic_sampling: bool,
+    order: String,
+    eval_every: u64,
+    eval_problems: usize,
+    eval_k: usize,
+    ck_every: u64,
+    ck_keep: usize,
+    adam: AdamWConfig,
+    reads_ref: bool,
+}
+
+fn plan(checked: &Checked, index: usize) -> Result<Plan> {
+    let s = Settings { checked, index };
+    let recipe = checked.recipes.get(index).ok_or_else(|| {
+        RunError::new(codes::LOSS_PROGRAM, "no recipe to run", "name a recipe with --recipe")
+    })?;
+    let tok = CharTokenizer::default();
+    let model = ModelConfig {
+        vocab: tok.vocab_size(),
+        d_model: s.int("model", "d_model", 64),
+        layers: s.int("model", "layers", 2),
+        heads: s.int("model", "heads", 4),
+        context: s.int("model", "context", 128),
+        qk_norm: s.num("model", "qk_norm", 0.0) != 0.0,
+        seed: s.int("model", "seed", 0) as u64,
+    };
+    model.validate()?;
+    let seed = s.int("task", "seed", 0) as u64;
+    let difficulty = s.num("task", "difficulty", 1.0);
+    let name = s.sym("task", "name").unwrap_or_else(|| "arithmetic".into());
+    let (task, task_desc) = match name.as_str() {
+        "countdown" => (Task::Countdown { seed, difficulty }, format!("countdown seed={seed} difficulty={difficulty}")),
+        "jsonl" => {
+            let Some(path) = s.sym("task", "path") else {
+                return Err(RunError::new(
+                    codes::TASK_SETTING,
+                    "task `jsonl` needs `task.path`",
+                    "add `task { name = jsonl, path = \"data.jsonl\" }`",
+                )
+                .at("task.path"));
+            };
+            let text = fs::read_to_string(&path).map_err(|e| {
+                RunError::new(codes::DATA_UNREADABLE, format!("cannot read `{path}`: {e}"), "check the path in `task.path` (relative to the working directory)")
+                    .at(path.clone())
+            })?;
+            let problems = tasks::load_jsonl(&path, &text)?;
+            for (k, p) in problems.iter().enumerate() {
+                if let Err(c) = tok.encode(&p.prompt).and(tok.encode(&p.solution)) {
+                    return Err(RunError::new(
+                        codes::TASK_SETTING,
+                        format!("character {c:?} is not in the built-in tokenizer's alphabet"),
+                        "use ASCII digits, letters and punctuation, or remove the character",
+                    )
+                    .at(format!("{path}:{}", k + 1)));
+                }
+            }
+            let verifier = match s.sym("task", "verifier").as_deref() {
+                Some("numeric") => Verifier::Numeric,
+                Some("regex") => {
+                    let pat = problems.first().map(|p| p.answer.clone()).unwrap_or_default();
+                    Verifier::Regex(regex::Regex::new(&pat).map_err(|e| {
+                        RunError::new(codes::TASK_SETTING, format!("the answer of the first record is not a regex: {e}"), "with `verifier = regex` every answer is a regular expression")
+                            .at(format!("{path}:1"))
+                    })?)
+                }
+                _ => Verifier::Exact,
+            };
+            let hash = fnv(text.as_bytes());
+            (Task::Data { problems, verifier }, format!("jsonl {path} {hash:x}"))
+        }
+        _ => (Task::Arithmetic { seed, difficulty }, format!("arithmetic seed={seed} difficulty={difficulty}")),
+    };
+    Ok(Plan {
+        name: recipe.name.clone(),
+        model,
+        task,
+        task_desc,
+        seed,
+        steps: s.int("optimizer", "steps", 100) as u64,
+        warm_steps: s.int("task", "warmup_steps", 0) as u64,
+        warm_lr: s.num("task", "warmup_lr", 1e-3),
+        warm_batch: s.int("task", "warmup_batch", 32).max(1),
+        prompts: s.int("rollout", "prompts", 8).max(1),
+        group: s.int("rollout", "group", 8).max(1),
+        top_p: s.num("rollout", "top_p", 1.0),
+        epochs: s.int("rollout", "epochs", 1).max(1),
+        minibatches: s.int("rollout", "minibatches", 1).max(1),
+        dynamic_sampling: s.num("rollout", "dynamic_sampling", 0.0) != 0.0,
+        order: s.sym("curriculum", "order").unwrap_or_else(|| "random".into()),
+        eval_every: s.int("eval", "every", 25) as u64,
+        eval_problems: s.int("eval", "problems", 64).max(1),
+        eval_k: s.int("eval", "k", 4).max(1),
+        ck_every: s.int("checkpoint", "every", 10).max(1) as u64,
+        ck_keep: s.int("checkpoint", "keep", 8).max(1),
+        adam: AdamWConfig {
+            beta1: s.num("optimizer", "beta1", 0.9),
+            beta2: s.num("optimizer", "beta2", 0.999),
+            eps: s.num("optimizer", "eps", 1e-8),
+            weight_decay: s.num("optimizer", "weight_decay", 0.01),
+        },
+        reads_ref: recipe.inputs.contains_key("ref_logp"),
+    })
+}
+
+/// FNV-1a, for cache keys.
+pub fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn encode_prompt(tok: &CharTokenizer, p: &Problem) -> Vec<u32> {
+    let mut v = vec![BOS];
+    v.extend(tok.encode(&p.prompt).unwrap_or_default());
+    v
+}
+
+/// The loss program, compiled once; hyperparameter values are set per step.
+struct Loss {
+    graph: Graph,
+    recipe: keel_compiler::CheckedRecipe,
+}
+
+impl Loss {
+    fn compile(checked: &Checked, index: usize, has_ref: bool) -> Result<Loss> {
+        let have = move |n: &str| provided(n, has_ref);
+        let compiled = compile_loss(checked, index, &have).map_err(|d| diag_error(d, "the recipe's loss cannot be compiled for the runtime's batch"))?;
+        let recipe = checked.recipes.get(index).cloned().ok_or_else(|| RunError::new(codes::LOSS_PROGRAM, "no recipe", "name a recipe with --recipe"))?;
+        Ok(Loss { graph: compiled.graph, recipe })
+    }
+
+    /// (loss, d_logits, metrics, advantages-free) on one batch.
+    fn run(&self, batch: &Batch) -> Result<(f64, Vec<f64>, Vec<(String, f64)>)> {
+        let prepared = batch::prepare(batch, "rollout batch", &self.graph, &self.recipe)
+            .map_err(|d| diag_error(d, "the runtime's batch does not fit the recipe's loss"))?;
+        let env = Env {
+            shape: prepared.shape.clone(),
+            mask: &prepared.mask,
+            inputs: &prepared.inputs,
+        };
+        let vals = interp::run(&self.graph, &env).map_err(|e| RunError::new(codes::LOSS_PROGRAM, e.0, "this is a runtime bug; please report it"))?;
+        let get = |n: &str| self.graph.output(n).and_then(|id| vals.get(id)).cloned();
+        let loss = get("loss").and_then(|v| v.first().copied()).unwrap_or(f64::NAN);
+        let d_logits = get("d_logits").unwrap_or_default();
+        let metrics = self
+            .graph
+            .outputs
+            .iter()
+            .filter_map(|(n, id)| n.strip_prefix("metric.").map(|m| (m.to_string(), vals[*id].first().copied().unwrap_or(f64::NAN))))
+            .collect();
+        Ok((loss, d_logits, metrics))
+    }
+}
+
+fn diag_error(d: Vec<Diagnostic>, what: &str) -> RunError {
+    let first = d.first().map(|x| x.message.clone()).unwrap_or_default();
+    let mut e = RunError::new(codes::LOSS_PROGRAM, format!("{what}: {first}"), "see the located errors above; `docs/runtime.md` lists the inputs the runtime provides");
+    e.diagnostics = d;
+    e
+}
+
+/// Sample `group` responses for each problem.
+fn rollouts(
+    policy: &Policy,
+    task: &Task,
+    problems: &[Problem],
+    group: usize,
+    cfg: SampleConfig,
+    rng: &mut Rng,
+    tok: &CharTokenizer,
+) -> Rollouts {
+    let mut prompts = Vec::new();
+    let mut groups = Vec::new();
+    for (g, p) in problems.iter().enumerate() {
+        let enc = encode_prompt(tok, p);
+        for _ in 0..group {
+            prompts.push(enc.clone());
+            groups.push(g);
+        }
+    }
+    let samples = sample::sample(policy, &prompts, cfg, rng);
+    let mut out = Rollouts {
+        difficulty: problems.iter().map(|p| p.difficulty).collect(),
+        ..Default::default()
+    };
+    for ((s, pr), g) in samples.into_iter().zip(prompts).zip(groups) {
+        let text = tok.decode(&s.response);
+        let mut verdict = task.verify(&problems[g], &text);
+        if s.truncated {
+            verdict.format_ok = false;
+        }
+        out.prompts.push(pr);
+        out.responses.push(s.response);
+        out.old_logp.push(s.old_logp);
+        out.entropy.push(s.entropy);
+        out.group.push(g);
+        out.verdicts.push(verdict);
+        out.truncated.push(s.truncated);
+    }
+    out
+}
+
+/// Forward the policy over prompt + response rows; the logits that predict
+/// each response token, [B, T, V], divided by `temperature`.
+fn response_logits(policy: &Policy, r: &Rollouts, temperature: f64) -> Tensor<3> {
+    let (ptoks, pvalid, p) = left_pad(&r.prompts);
+    let t = r.t();
+    let b = r.len();
+    let resp = r.tokens();
+    let mask = r.mask();
+    let mut toks = Vec::with_capacity(b * (p + t));
+    let mut valid = Vec::with_capacity(b * (p + t));
+    for row in 0..b {
+        toks.extend_from_slice(&ptoks[row * p..(row + 1) * p]);
+        valid.extend_from_slice(&pvalid[row * p..(row + 1) * p]);
+        toks.extend_from_slice(&resp[row * t..(row + 1) * t]);
+        valid.extend(mask[row * t..(row + 1) * t].iter().map(|&m| m > 0.0));
+    }
+    let logits = policy.forward(&toks, &valid, b, p + t);
+    logits.narrow(1, p - 1, t).div_scalar(temperature)
+}
+
+/// log-probs of the response tokens under a (frozen) policy.
+fn token_logp(policy: &Policy, r: &Rollouts, temperature: f64) -> Vec<Vec<f64>> {
+    let z = response_logits(policy, r, temperature);
+    let [b, t, v] = z.dims();
+    let lp = to_vec(&log_softmax(z, 2));
+    (0..b)
+        .map(|row| {
+            r.responses[row]
+                .iter()
+                .enumerate()
+                .map(|(j, &tkn)| lp[(row * t + j) * v + tkn as usize] as f64)
+                .collect()
+        })
+        .collect()
+}
+
+/// Cross-entropy on worked solutions.
+fn warm_start(plan: &Plan, policy: &mut Policy, tok: &CharTokenizer, progress: &dyn Fn(u64)) {
+    let dev = policy.device.clone();
+    let mut opt = AdamW::new(plan.adam, &policy.params, &dev);
+    let warm_stream = 2;
+    for step in 0..plan.warm_steps {
+        let mut prompts = Vec::new();
+        let mut targets = Vec::new();
+        for k in 0..plan.warm_batch as u64 {
+            let p = plan.task.problem(warm_stream, step * plan.warm_batch as u64 + k);
+            prompts.push(encode_prompt(tok, &p));
+            let mut t = tok.encode(&p.solution).unwrap_or_default();
+            t.push(EOS);
+            targets.push(t);
+        }
+        let (ptoks, pvalid, p) = left_pad(&prompts);
+        let t = targets.iter().map(|x| x.len()).max().unwrap_or(1);
+        let t = t.min(plan.model.context.saturating_sub(p)).max(1);
+        let b = prompts.len();
+        let mut toks = Vec::new();
+        let mut valid = Vec::new();
+        let mut tgt = Vec::new();
+        let mut w = Vec::new();
+        for row in 0..b {
+            toks.extend_from_slice(&ptoks[row * p..(row + 1) * p]);
+            valid.extend_from_slice(&pvalid[row * p..(row + 1) * p]);
+            for j in 0..t {
+                let x = targets[row].get(j).copied();
+                toks.push(x.unwrap_or(0));
+                valid.push(x.is_some());
+                tgt.push(x.unwrap_or(0) as i64);
+                w.push(if x.is_some() { 1.0f32 } else { 0.0 });
+            }
+        }
+        policy.require_grad();
+        let logits = policy.forward(&toks, &valid, b, p + t).narrow(1, p - 1, t);
+        let lp = log_softmax(logits, 2);
+        let idx = Tensor::<3, Int>::from_data(TensorData::new(tgt, [b, t, 1]), &dev);
+        let picked = lp.gather(2, idx).reshape([b, t]);
+        let n: f32 = w.iter().sum();
+        let wt = Tensor::<2>::from_data(TensorData::new(w, [b, t]), &dev);
+        let loss = (picked * wt).sum().div_scalar(-n.max(1.0));
+        let grads = loss.backward();
+        let gs: Vec<Tensor<2>> = policy
+            .params
+            .iter()
+            .map(|p| p.grad(&grads).unwrap_or_else(|| Tensor::zeros(p.dims(), &dev)))
+            .collect();
+        let norm = optim::global_norm(&gs);
+        let gs = optim::clip(gs, norm, 1.0);
+        let mut params: Vec<Tensor<2>> = policy.params.iter().map(|p| p.clone().detach()).collect();
+        opt.step(&mut params, &gs, plan.warm_lr);
+        policy.params = params;
+        progress(step + 1);
+    }
+    policy.params = policy.params.iter().map(|p| p.clone().detach()).collect();
+}
+
+/// Held-out evaluation: pass@1 (mean correctness over k samples) and pass@k.
+fn evaluate(plan: &Plan, policy: &Policy, temperature: f64, max_tokens: usize, step: u64, tok: &CharTokenizer) -> (f64, f64) {
+    let problems: Vec<Problem> = (0..plan.eval_problems as u64).map(|i| plan.task.problem(EVAL_STREAM, i)).collect();
+    let mut rng = Rng::derive(plan.seed, 7, step);
+    let cfg = SampleConfig {
+        temperature,
+        top_p: plan.top_p,
+        max_tokens,
+    };
+    let r = rollouts(&policy.detached(), &plan.task, &problems, plan.eval_k, cfg, &mut rng, tok);
+    let mut per = vec![(0usize, 0usize); problems.len()];
+    for (g, v) in r.group.iter().zip(&r.verdicts) {
+        per[*g].0 += usize::from(v.correct);
+        per[*g].1 += 1;
+    }
+    let n = per.len().max(1) as f64;
+    let p1 = per.iter().map(|(c, k)| *c as f64 / (*k).max(1) as f64).sum::<f64>() / n;
+    let pk = per.iter().filter(|(c, _)| *c > 0).count() as f64 / n;
+    (p1, pk)
+}
+
+/// The run directory's description of the run, for `--resume`.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct RunFile {
+    pub recipe_path: String,
+    pub recipe: Option<String>,
+    pub set: Vec<(String, String)>,
+    pub fingerprint: String,
+}
+
+/// A guard as the runtime executes it.
+struct GuardSpec {
+    name: String,
+    window: u64,
+    actions: Vec<Action>,
+}
+
+enum Action {
+    Warn(String),
+    Stop,
+    Skip,
+    Rollback(u64),
+    Assign { target: String, op: AssignOp, value: f64 },
+}
+
+fn guard_specs(checked: &Checked, index: usize) -> Vec<GuardSpec> {
+    let Some(m) = checked.merged.get(index) else {
+        return Vec::new();
+    };
+    let num = |e: &keel_grammar::Expr| -> f64 {
+        match &e.kind {
+            keel_grammar::ExprKind::Number { value, .. } => *value,
+            keel_grammar::ExprKind::Unary(keel_grammar::UnOp::Neg, x) => match &x.kind {
+                keel_grammar::ExprKind::Number { value, .. } => -*value,
+                _ => f64::NAN,
+            },
+            _ => f64::NAN,
+        }
+    };
+    m.guards
+        .iter()
+        .enumerate()
+        .map(|(k, g)| {
+            let name = g.guard.name.as_ref().map(|n| n.name.clone()).unwrap_or_else(|| k.to_string());
+            let window = g.guard.window.as_ref().map(|(e, _)| num(e)).filter(|x| x.is_finite() && *x >= 1.0).unwrap_or(1.0) as u64;
+            let actions = g
+                .guard
+                .actions
+                .iter()
+                .filter_map(|s| match s {
+                    Stmt::Command { name, arg, .. } => match name.name.as_str() {
+                        "warn" => Some(Action::Warn(match arg.as_ref().map(|a| &a.kind) {
+                            Some(keel_grammar::ExprKind::Str(s)) => s.clone(),
+                            _ => format!("guard `{}` fired", name.name),
+                        })),
+                        "stop" => Some(Action::Stop),
+                        "skip" => Some(Action::Skip),
+                        "rollback" => Some(Action::Rollback(arg.as_ref().map(num).filter(|x| x.is_finite()).unwrap_or(1.0).max(0.0) as u64)),
+                        _ => None,
+                    },
+                    Stmt::Assign(a) => {
+                        let path: Vec<&str> = a.path.iter().map(|i| i.name.as_str()).collect();
+                        let target = if path.len() == 1 { format!("state.{}", path[0]) } else { path.join(".") };
+                        Some(Action::Assign { target, op: a.op, value: num(&a.value) })
+                    }
+                    _ => None,
+                })
+                .collect();
+            GuardSpec { name, window, actions }
+        })
+        .collect()
+}
+
+fn apply(op: AssignOp, cur: f64, v: f64) -> f64 {
+    match op {
+        AssignOp::Set => v,
+        AssignOp::Add => cur + v,
+        AssignOp::Sub => cur - v,
+        AssignOp::Mul => cur * v,
+        AssignOp::Div => cur / v,
+    }
+}
+
+/// Run (or resume) a recipe.
+pub fn run(checked: &Checked, index: usize, run_file: RunFile, opts: &RunOptions) -> Result<Summary> {
+    let plan = plan(checked, index)?;
+    let tok = CharTokenizer::default();
+    let dev = opts.device.clone();
+    let out = &opts.out;
+    let ck_dir = out.join("checkpoints");
+    let metrics_path = out.join("metrics.jsonl");
+    let io = |what: &str, p: &Path, e: std::io::Error| RunError::new(codes::CHECKPOINT, format!("cannot {what} `{}`: {e}", p.display()), "check that the run directory is writable").at(p.display().to_string());
+    fs::create_dir_all(out).map_err(|e| io("create", out, e))?;
+    let run_path = out.join("run.json");
+    if !opts.resume {
+        let json = serde_json::to_vec_pretty(&run_file).map_err(|e| RunError::new(codes::CHECKPOINT, e.to_string(), "this is a runtime bug"))?;
+        checkpoint::write_atomic(&run_path, &json)?;
+    }
+    let mut summary = Summary::default();
+    let say = |line: &str| {
+        if !opts.quiet {
+            eprintln!("{line}");
+        }
+    };
+
+    // ---- the loss and host programs -------------------------------------
+    let mut loss = Loss::compile(checked, index, plan.reads_ref)?;
+    let base_params = params_of(&loss.graph);
+    let guards = guard_specs(checked, index);
+
+    // ---- warm start (cached by recipe model/task settings and seed) ------
+    let init = Weights::init(&plan.model);
+    let key = fnv(format!("{:?}|{}|{}|{}|{}|{:?}", plan.model, plan.task_desc, plan.warm_steps, plan.warm_lr, plan.warm_batch, plan.adam).as_bytes());
+    let cache_file = opts.cache.join(format!("warmstart-{key:016x}.safetensors"));
+    let t0 = Instant::now();
+    let warm = if plan.warm_steps == 0 {
+        init.clone()
+    } else if let Some(w) = fs::read(&cache_file).ok().and_then(|b| checkpoint::weights_from_bytes(&b, "", &init, &cache_file).ok()) {
+        say(&format!("warm start: reusing {}", cache_file.display()));
+        w
+    } else {
+        let mut policy = Policy::new(plan.model.clone(), &init, &dev);
+        let bar = bar(opts, plan.warm_steps, "warm start");
+        warm_start(&plan, &mut policy, &tok, &|s| bar.set_position(s));
+        bar.finish_and_clear();
+        let w = policy.weights();
+        fs::create_dir_all(&opts.cache).map_err(|e| io("create", &opts.cache, e))?;
+        checkpoint::write_atomic(&cache_file, &checkpoint::weights_to_bytes(&[("", &w)])?)?;
+        w
+    };
+    summary.warm_s = t0.elapsed().as_secs_f64();
+    let reference = Policy::new(plan.model.clone(), &warm, &dev).detached();
+
+    // ---- state: fresh or from the newest checkpoint -----------------------
+    let mut policy = Policy::new(plan.model.clone(), &warm, &dev);
+    let mut opt = AdamW::new(plan.adam, &policy.params, &dev);
+    let mut st = TrainState {
+        rng: Rng::new(plan.seed ^ 0xA11CE).0,
+        pass_counts: vec![(0, 0); 4],
+        ..Default::default()
+    };
+    for (name, v) in &base_params {
+        if let Some(s) = name.strip_prefix("state.") {
+            st.host_state.insert(s.to_string(), bits(*v));
+        }
+    }
+    if opts.resume {
+        let Some((_, dir)) = checkpoint::list(&ck_dir).pop() else {
+            return Err(RunError::new(codes::CHECKPOINT, format!("`{}` has no checkpoint to resume from", out.display()), "start the run again without --resume").at(out.display().to_string()));
+        };
+        let ck = checkpoint::load(&dir, &init)?;
+        policy = Policy::new(plan.model.clone(), &ck.weights, &dev);
+        opt.load(&ck.m, &ck.v, ck.state.adam_t, &dev);
+        st = ck.state;
+        truncate_lines(&metrics_path, st.metrics_lines)?;
+        say(&format!("resuming {} at step {}", out.display(), st.step));
+    } else {
+        let _ = fs::remove_file(&metrics_path);
+        let _ = fs::remove_dir_all(&ck_dir);
+    }
+    let mut metrics_file = fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(|e| io("open", &metrics_path, e))?;
+
+    // Current hyperparameter values: the recipe's, guard overrides, state.
+    let current_params = |st: &TrainState| -> HashMap<String, f64> {
+        let mut p = base_params.clone();
+        for (k, v) in &st.overrides {
+            p.insert(k.clone(), unbits(*v));
+        }
+        for (k, v) in &st.host_state {
+            p.insert(format!("state.{k}"), unbits(*v));
+        }
+        p
+    };
+    let mut host_params = current_params(&st);
+    let mut host = HostProgram::compile(checked, index, &host_params)?;
+
+    let save = |st: &TrainState, policy: &Policy, opt: &AdamW| -> Result<PathBuf> {
+        let (m, v) = opt.state(&policy.names, &policy.shapes);
+        checkpoint::save(&ck_dir, &Checkpoint { state: st.clone(), weights: policy.weights(), m, v }, plan.ck_keep)
+    };
+
+    // Evaluation before RL (after the warm start).
+    let first_scalars = step_scalars(&host, &st, plan.steps)?;
+    let temp0 = first_scalars.get("rollout.temperature").copied().unwrap_or(1.0);
+    let max_tok0 = first_scalars.get("rollout.max_tokens").copied().unwrap_or(32.0) as usize;
+    if st.step == 0 {
+        let (p1, pk) = evaluate(&plan, &policy, temp0, max_tok0, 0, &tok);
+        summary.pass_at_1_warm = Some(p1);
+        let mut line = Map::new();
+        line.insert("step".into(), json!(0));
+        line.insert("phase".into(), json!("warm_start"));
+        line.insert("pass_at_1".into(), json!(p1));
+        line.insert(format!("pass_at_{}", plan.eval_k), json!(pk));
+        line.insert("warm_s".into(), json!(summary.warm_s));
+        write_line(&mut metrics_file, &line, &metrics_path)?;
+        st.metrics_lines += 1;
+        say(&format!("after warm start ({:.1}s): pass@1 {:.3}, pass@{} {:.3}", summary.warm_s, p1, plan.eval_k, pk));
+        save(&st, &policy, &opt)?;
+    }
+
+    let bar = bar(opts, plan.steps, "RL");
+    bar.set_position(st.step);
+    let rl_start = Instant::now();
+    let mut stop = false;
+    while st.step < plan.steps && !stop {
+        let step = st.step + 1;
+        let params = current_params(&st);
+        if params != host_params {
+            host = HostProgram::compile(checked, index, &params)?;
+            set_params(&mut loss.graph, &params);
+            host_params = params;
+        }
+        let scal = step_scalars(&host, &st, plan.steps)?;
+        let adjusted = |name: &str, or: f64| -> f64 {
+            let v = scal.get(name).copied().unwrap_or(or);
+            match st.adjust.get(name) {
+                Some((a, b)) => v * unbits(*a) + unbits(*b),
+                None => v,
+            }
+        };
+        let lr = adjusted("optimizer.lr", 1e-3);
+        let temperature = adjusted("rollout.temperature", 1.0);
+        let max_tokens = adjusted("rollout.max_tokens", 32.0).max(1.0) as usize;
+        let grad_clip = adjusted("optimizer.grad_clip", 1.0);
+        let max_difficulty = scal.get("curriculum.max_difficulty").copied();
+        let cfg = SampleConfig { temperature, top_p: plan.top_p, max_tokens };
+
+        // ---- rollouts ----------------------------------------------------
+        let t_roll = Instant::now();
+        let mut rng = Rng(st.rng);
+        let sampler = policy.detached();
+        let mut batch = Rollouts::default();
+        let mut rounds = 0;
+        let step_in = StepInputs { step: step as f64, total_steps: plan.steps as f64, epoch: 0.0 };
+        loop {
+            let problems = next_problems(&plan, &mut st, plan.prompts.saturating_sub(batch.n_groups()), max_difficulty);
+            let mut r = rollouts(&sampler, &plan.task, &problems, plan.group, cfg, &mut rng, &tok);
+            if plan.dynamic_sampling {
+                // Keep groups whose rewards differ (they carry a signal).
+                let rewards = rewards_of(&host, &r, step_in)?;
+                let keep: Vec<usize> = (0..r.n_groups())
+                    .filter(|&g| {
+                        let v: Vec<f64> = (0..r.len()).filter(|&i| r.group[i] == g).map(|i| rewards[i]).collect();
+                        v.iter().any(|x| (x - v[0]).abs() > 1e-12)
+                    })
+                    .collect();
+                r = r.select_groups(&keep);
+            }
+            batch.extend(r);
+            rounds += 1;
+            if !plan.dynamic_sampling || batch.n_groups() >= plan.prompts || rounds >= 4 {
+                break;
+            }
+        }
+        st.rng = rng.0;
+        for (g, d) in batch.difficulty.iter().enumerate() {
+            let bucket = ((d * 3.999) as usize).min(3);
+            let rows: Vec<usize> = (0..batch.len()).filter(|&i| batch.group[i] == g).collect();
+            let c = rows.iter().filter(|&&i| batch.verdicts[i].correct).count() as u64;
+            if let Some(pc) = st.pass_counts.get_mut(bucket) {
+                pc.0 += c;
+                pc.1 += rows.len() as u64;
+            }
+        }
+        if plan.reads_ref && !batch.is_empty() {
+            batch.ref_logp = Some(token_logp(&reference, &batch, temperature));
+        }
+        let rollout_s = t_roll.elapsed().as_secs_f64();
+        let n_tokens: usize = batch.responses.iter().map(|r| r.len()).sum();
+
+        // ---- reward, metrics of the batch, guards -------------------------
+        let mut line = Map::new();
+        line.insert("step".into(), json!(step));
+        let mut events: Vec<String> = Vec::new();
+        let mut skip = batch.is_empty();
+        let mut rollback: Option<u64> = None;
+        if batch.is_empty() {
+            events.push("no group with differing rewards after dynamic sampling; step skipped".into());
+        } else {
+            let rewards = rewards_of(&host, &batch, step_in)?;
+            let n = batch.len() as f64;
+            line.insert("reward_mean".into(), json!(rewards.iter().sum::<f64>() / n));
+            line.insert("correct_mean".into(), json!(batch.verdicts.iter().filter(|v| v.correct).count() as f64 / n));
+            line.insert("format_ok".into(), json!(batch.verdicts.iter().filter(|v| v.format_ok).count() as f64 / n));
+            let ent: Vec<f64> = batch.entropy.iter().flatten().copied().collect();
+            line.insert("entropy_mean".into(), json!(ent.iter().sum::<f64>() / ent.len().max(1) as f64));
+            line.insert("response_len".into(), json!(n_tokens as f64 / n));
+            if let Some(rl) = &batch.ref_logp {
+                // k3 estimate of KL(π‖π_ref) on the sampled tokens.
+                let (mut s, mut c) = (0.0, 0.0);
+                for (a, b) in batch.old_logp.iter().flatten().zip(rl.iter().flatten()) {
+                    let d = b - a;
+                    s += d.exp() - d - 1.0;
+                    c += 1.0;
+                }
+                line.insert("kl_ref".into(), json!(s / f64::max(c, 1.0)));
+            }
+            let inputs = batch.inputs(step_in);
+            let mask = batch.mask();
+            let view = BatchView { shape: batch.shape(1), mask: &mask, inputs: &inputs };
+            let hs = host.scalars(&view)?;
+            // state updates
+            for (k, v) in &hs {
+                if let Some(s) = k.strip_prefix("state.") {
+                    st.host_state.insert(s.to_string(), bits(*v));
+                }
+            }
+            for g in &guards {
+                let fired = hs.get(&format!("guard.{}", g.name)).copied().unwrap_or(0.0) != 0.0;
+                let run = st.guard_run.entry(g.name.clone()).or_insert(0);
+                *run = if fired { *run + 1 } else { 0 };
+                if *run < g.window {
+                    continue;
+                }
+                *run = 0;
+                let mut what = vec![format!("guard `{}`", g.name)];
+                for a in &g.actions {
+                    match a {
+                        Action::Warn(m) => what.push(format!("warn: {m}")),
+                        Action::Stop => {
+                            stop = true;
+                            summary.stopped_by_guard = true;
+                            what.push("stop".into());
+                        }
+                        Action::Skip => {
+                            skip = true;
+                            what.push("skip".into());
+                        }
+                        Action::Rollback(n) => {
+                            rollback = Some(*n);
+                            what.push(format!("rollback {n}"));
+                        }
+                        Action::Assign { target, op, value } => {
+                            if base_params.contains_key(target) || target.starts_with("state.") {
+                                let cur = current_params(&st).get(target).copied().unwrap_or(0.0);
+                                let new = apply(*op, cur, *value);
+                                if let Some(s) = target.strip_prefix("state.") {
+                                    st.host_state.insert(s.to_string(), bits(new));
+                                } else {
+                                    st.overrides.insert(target.clone(), bits(new));
+                                }
+                                what.push(format!("{target} = {new}"));
+                            } else {
+                                // A computed value (a schedule): scale or shift it from now on.
+                                let (a, b) = st.adjust.get(target).map(|(a, b)| (unbits(*a), unbits(*b))).unwrap_or((1.0, 0.0));
+                                let (a, b) = match op {
+                                    AssignOp::Mul => (a * value, b * value),
+                                    AssignOp::Div => (a / value, b / value),
+                                    AssignOp::Add => (a, b + value),
+                                    AssignOp::Sub => (a, b - value),
+                                    AssignOp::Set => (0.0, *value),
+                                };
+                                st.adjust.insert(target.clone(), (bits(a), bits(b)));
+                                what.push(format!("{target} {} {value}", op_text(*op)));
+                            }
+                        }
+                    }
+                }
+                events.push(what.join("; "));
+            }
+        }
+        line.insert("lr".into(), json!(lr));
+
+        // ---- the update --------------------------------------------------
+        let t_train = Instant::now();
+        if !skip && rollback.is_none() {
+            let mut losses = Vec::new();
+            let mut norms = Vec::new();
+            let mut clip_fracs = Vec::new();
+            let mut monitors: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+            let eps = (host_params.get("clip.eps_low").copied().unwrap_or(0.2), host_params.get("clip.eps_high").copied().unwrap_or(0.2));
+            let n_groups = batch.n_groups();
+            let mb = plan.minibatches.min(n_groups).max(1);
+            'epochs: for epoch in 0..plan.epochs {
+                for k in 0..mb {
+                    let groups: Vec<usize> = (0..n_groups).filter(|g| g % mb == k).collect();
+                    let part = if mb == 1 { batch.clone() } else { batch.select_groups(&groups) };
+                    policy.require_grad();
+                    let z = response_logits(&policy, &part, temperature);
+                    let [b, t, v] = z.dims();
+                    let zv: Vec<f64> = to_vec(&z).into_iter().map(|x| x as f64).collect();
+                    let si = StepInputs { epoch: epoch as f64, ..step_in };
+                    let (l, d_logits, metrics) = loss.run(&part.loss_batch(zv.clone(), v, si))?;
+                    // clip fraction on the current ratios
+                    let (mut cf, mut cn) = (0.0, 0.0);
+                    for (row, resp) in part.responses.iter().enumerate() {
+                        for (j, &tkn) in resp.iter().enumerate() {
+                            let base = (row * t + j) * v;
+                            let zz = &zv[base..base + v];
+                            let m = zz.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                            let lse = m + zz.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+                            let ratio = (zz[tkn as usize] - lse - part.old_logp[row][j]).exp();
+                            cf += f64::from(u8::from(ratio < 1.0 - eps.0 || ratio > 1.0 + eps.1));
+                            cn += 1.0;
+                        }
+                    }
+                    clip_fracs.push(cf / f64::max(cn, 1.0));
+                    for (name, x) in metrics {
+                        monitors.entry(name).or_default().push(x);
+                    }
+                    if !l.is_finite() || d_logits.len() != b * t * v || d_logits.iter().any(|x| !x.is_finite()) {
+                        events.push(format!("non-finite loss or gradient (loss = {l}); step skipped"));
+                        skip = true;
+                        break 'epochs;
+                    }
+                    let d = Tensor::<3>::from_data(TensorData::new(d_logits.iter().map(|&x| x as f32).collect::<Vec<f32>>(), [b, t, v]), &dev);
+                    // The recipe's gradient w.r.t. the logits enters burn's
+                    // autodiff as the linear term <z, D>, whose derivative is D.
+                    let surrogate = (z * d).sum();
+                    let grads = surrogate.backward();
+                    let gs: Vec<Tensor<2>> = policy.params.iter().map(|p| p.grad(&grads).unwrap_or_else(|| Tensor::zeros(p.dims(), &dev))).collect();
+                    let norm = optim::global_norm(&gs);
+                    if !norm.is_finite() {
+                        events.push("non-finite gradient norm; step skipped".into());
+                        skip = true;
+                        break 'epochs;
+                    }
+                    let gs = optim::clip(gs, norm, grad_clip);
+                    let mut params: Vec<Tensor<2>> = policy.params.iter().map(|p| p.clone().detach()).collect();
+                    opt.step(&mut params, &gs, lr);
+                    policy.params = params;
+                    losses.push(l);
+                    norms.push(norm);
+                }
+            }
+            policy.params = policy.params.iter().map(|p| p.clone().detach()).collect();
+            let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+            if !losses.is_empty() {
+                line.insert("loss".into(), json!(mean(&losses)));
+                line.insert("grad_norm".into(), json!(mean(&norms)));
+                line.insert("clip_frac".into(), json!(mean(&clip_fracs)));
+            }
+            for (k, v) in monitors {
+                line.insert(format!("monitor.{k}"), json_num(mean(&v)));
+            }
+        }
+        let train_s = t_train.elapsed().as_secs_f64();
+        if skip {
+            line.insert("skipped".into(), json!(true));
+        }
+        st.step = step;
+
+        if let Some(n) = rollback {
+            let target = step.saturating_sub(n);
+            let cks = checkpoint::list(&ck_dir);
+            let pick = cks.iter().rev().find(|(s, _)| *s <= target).or(cks.first()).cloned();
+            if let Some((s, dir)) = pick {
+                let ck = checkpoint::load(&dir, &init)?;
+                policy = Policy::new(plan.model.clone(), &ck.weights, &dev);
+                opt.load(&ck.m, &ck.v, ck.state.adam_t, &dev);
+                // Weights, optimizer and the recipe's state go back; the step
+                // counter, data cursor, RNG and guard changes go on.
+                st.host_state = ck.state.host_state;
+                st.guard_run.clear();
+                events.push(format!("rolled back to the checkpoint of step {s}"));
+                line.insert("rolled_back_to".into(), json!(s));
+            }
+        }
+
+        // ---- evaluation, metrics, checkpoint ------------------------------
+        let last = step == plan.steps || stop;
+        if (plan.eval_every > 0 && step % plan.eval_every == 0) || last {
+            let (p1, pk) = evaluate(&plan, &policy, temperature, max_tokens, step, &tok);
+            line.insert("pass_at_1".into(), json!(p1));
+            line.insert(format!("pass_at_{}", plan.eval_k), json!(pk));
+            if last {
+                summary.pass_at_1_final = Some(p1);
+                summary.pass_at_k_final = Some(pk);
+            }
+        }
+        if !events.is_empty() {
+            line.insert("events".into(), json!(events));
+            for e in &events {
+                bar.println(format!("step {step}: {e}"));
+            }
+            summary.events.extend(events.iter().map(|e| format!("step {step}: {e}")));
+        }
+        line.insert("tokens".into(), json!(n_tokens));
+        // Wall-clock figures (the only fields that differ between identical runs).
+        line.insert("rollout_s".into(), json!(rollout_s));
+        line.insert("train_s".into(), json!(train_s));
+        line.insert("tokens_per_s".into(), json!(n_tokens as f64 / (rollout_s + train_s).max(1e-9)));
+        write_line(&mut metrics_file, &line, &metrics_path)?;
+        st.metrics_lines += 1;
+        st.adam_t = opt.t;
+        bar.set_position(step);
+        bar.set_message(format!(
+            "reward {:.3} entropy {:.3}",
+            line.get("reward_mean").and_then(|v| v.as_f64()).unwrap_or(f64::NAN),
+            line.get("entropy_mean").and_then(|v| v.as_f64()).unwrap_or(f64::NAN)
+        ));
+        if !opts.progress && !opts.quiet && (step % 10 == 0 || last) {
+            eprintln!("step {step}/{}: {}", plan.steps, bar.message());
+        }
+        if step % plan.ck_every == 0 || last {
+            save(&st, &policy, &opt)?;
+        }
+    }
+    bar.finish_and_clear();
+    summary.steps = st.step;
+    summary.rl_s = rl_start.elapsed().as_secs_f64();
+    checkpoint::write_atomic(&out.join("final.safetensors"), &checkpoint::weights_to_bytes(&[("", &policy.weights())])?)?;
+    Ok(summary)
+}
+
+fn op_text(op: AssignOp) -> &'static str {
+    match op {
+        AssignOp::Set => "=",
+        AssignOp::Add => "+=",
+        AssignOp::Sub => "-=",
+        AssignOp::Mul => "*=",
+        AssignOp::Div => "/=",
+    }
+}
+
+fn json_num(x: f64) -> Value {
+    if x.is_finite() { json!(x) } else { Value::Null }
+}
+
+fn write_line(f: &mut fs::File, line: &Map<String, Value>, path: &Path) -> Result<()> {
+    let mut s = serde_json::to_string(line).unwrap_or_default();
+    s.push('\n');
+    f.write_all(s.as_bytes()).and_then(|_| f.sync_data()).map_err(|e| {
+        RunError::new(codes::CHECKPOINT, format!("cannot write `{}`: {e}", path.display()), "check that the run directory is writable").at(path.display().to_string())
+    })
+}
+
+/// Keep the first `n` lines of a file.
+fn truncate_lines(path: &Path, n: u64) -> Result<()> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let kept: String = text.lines().take(n as usize).map(|l| format!("{l}\n")).collect();
+    checkpoint::write_atomic(path, kept.as_bytes())
+}
+
+/// Step-level host values at the next step (no batch statistics).
+fn step_scalars(host: &HostProgram, st: &TrainState, total: u64) -> Result<HashMap<String, f64>> {
+    let r = Rollouts::default();
+    let step = StepInputs { step: (st.step + 1) as f64, total_steps: total as f64, epoch: 0.0 };
+    let inputs = r.inputs(step);
+    let view = BatchView { shape: r.shape(1), mask: &[], inputs: &inputs };
+    // Batch statistics read by guards are NaN here; only schedules are used.
+    host.scalars(&view).or_else(|_| Ok(HashMap::new()))
+}
+
+fn rewards_of(host: &HostProgram, r: &Rollouts, s: StepInputs) -> Result<Vec<f64>> {
+    let inputs = r.inputs(s);
+    let mask = r.mask();
+    let view = BatchView { shape: r.shape(1), mask: &mask, inputs: &inputs };
+    Ok(host.reward(&view)?.unwrap_or_else(|| inputs["reward"].clone()))
+}
+
+/// The next prompts of the training stream, in curriculum order.
+fn next_problems(plan: &Plan, st: &mut TrainState, n: usize, max_difficulty: Option<f64>) -> Vec<Problem> {
+    let window = if plan.order == "random" { n } else { 4 * n };
+    let mut cands: Vec<(u64, Problem)> = Vec::new();
+    let mut i = st.cursor;
+    let mut tries = 0;
+    while cands.len() < window && tries < 50 * window.max(1) {
+        let p = plan.task.problem(TRAIN_STREAM, i);
+        i += 1;
+        tries += 1;
+        if max_difficulty.is_some_and(|m| m.is_finite() && p.difficulty > m + 1e-12) {
+            continue;
+        }
+        cands.push((i - 1, p));
+    }
+    let rate = |d: f64| {
+        let b = ((d * 3.999) as usize).min(3);
+        let (c, a) = st.pass_counts.get(b).copied().unwrap_or((0, 0));
+        (c as f64 + 1.0) / (a as f64 + 2.0)
+    };
+    match plan.order.as_str() {
+        // Easiest first: the highest online pass rate.
+        "difficulty" => cands.sort_by(|a, b| rate(b.1.difficulty).total_cmp(&rate(a.1.difficulty)).then(a.0.cmp(&b.0))),
+        "reverse_difficulty" => cands.sort_by(|a, b| rate(a.1.difficulty).total_cmp(&rate(b.1.difficulty)).then(a.0.cmp(&b.0))),
+        _ => {}
+    }
+    cands.truncate(n);
+    st.cursor = i;
+    cands.into_iter().map(|c| c.1).collect()
+}
+
+fn bar(opts: &RunOptions, len: u64, what: &str) -> indicatif::ProgressBar {
+    if opts.quiet || !opts.progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template(&format!("{what} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}} < {{eta_precise}}] {{msg}}"))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    b.set_style(style);
+    b
+}
+
+#[allow(dead_code)]
+fn is_param(g: &Graph, name: &str) -> bool {
+    g.nodes.iter().any(|n| matches!(&n.op, Op::Param { name: p, .. } if p == name))
+}
