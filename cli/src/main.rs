@@ -190,16 +190,18 @@ fn main() -> ExitCode {
             quiet,
             color,
         }),
-        Command::Report { run_dir } => match keel_runtime::report::write(std::path::Path::new(&run_dir)) {
-            Ok(path) => {
-                eprintln!("wrote {}", path.display());
-                ExitCode::SUCCESS
+        Command::Report { run_dir } => {
+            match keel_runtime::report::write(std::path::Path::new(&run_dir)) {
+                Ok(path) => {
+                    eprintln!("wrote {}", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(1)
-            }
-        },
+        }
         Command::Lsp => match keel_lsp::run_stdio() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -21,8 +21,12 @@ pub struct Args {
 fn parse_set(set: &[String]) -> Result<Vec<(String, String)>, String> {
     set.iter()
         .map(|s| match s.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
-            _ => Err(format!("`--set {s}` must look like `--set section.key=VALUE`")),
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => Err(format!(
+                "`--set {s}` must look like `--set section.key=VALUE`"
+            )),
         })
         .collect()
 }
@@ -46,11 +50,19 @@ pub fn run(a: Args) -> ExitCode {
     let (recipe_path, name, set, out, resume) = match (&a.resume, &a.recipe) {
         (Some(dir), None) => {
             let path = Path::new(dir).join("run.json");
-            let rf: RunFile = match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+            let rf: RunFile = match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
                 Ok(r) => r,
                 Err(e) => {
-                    eprintln!("{}: error[E0704]: cannot read the run description: {e}", path.display());
-                    eprintln!("  = help: `--resume` takes a directory written by `keel run` (it holds run.json and checkpoints/)");
+                    eprintln!(
+                        "{}: error[E0704]: cannot read the run description: {e}",
+                        path.display()
+                    );
+                    eprintln!(
+                        "  = help: `--resume` takes a directory written by `keel run` (it holds run.json and checkpoints/)"
+                    );
                     return ExitCode::from(1);
                 }
             };
@@ -76,22 +88,38 @@ pub fn run(a: Args) -> ExitCode {
     };
     let checked = check_source_with(&Disk, &recipe_path, &text, &set);
     if checked.has_errors() {
-        report::print(&recipe_path, &checked.diagnostics, checked.sources(), crate::ErrorFormat::Human, color);
+        report::print(
+            &recipe_path,
+            &checked.diagnostics,
+            checked.sources(),
+            crate::ErrorFormat::Human,
+            color,
+        );
         return ExitCode::from(1);
     }
     let Some(index) = checked.main_recipe(name.as_deref()) else {
-        eprintln!("error: `{recipe_path}` has no recipe{}", name.map(|n| format!(" named `{n}`")).unwrap_or_default());
+        eprintln!(
+            "error: `{recipe_path}` has no recipe{}",
+            name.map(|n| format!(" named `{n}`")).unwrap_or_default()
+        );
         return ExitCode::from(1);
     };
     let fingerprint = format!("{:016x}", train::fnv(text.as_bytes()));
     let out = if resume {
         // The recipe must be the one the run started with.
-        let rf: Option<RunFile> = std::fs::read(out.join("run.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let rf: Option<RunFile> = std::fs::read(out.join("run.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
         if let Some(rf) = rf
             && rf.fingerprint != fingerprint
         {
-            eprintln!("{}: error[E0705]: the recipe changed since this run started", recipe_path);
-            eprintln!("  = help: resume with the recipe as it was, or start a new run with `keel run {recipe_path}`");
+            eprintln!(
+                "{}: error[E0705]: the recipe changed since this run started",
+                recipe_path
+            );
+            eprintln!(
+                "  = help: resume with the recipe as it was, or start a new run with `keel run {recipe_path}`"
+            );
             return ExitCode::from(1);
         }
         out
@@ -101,7 +129,9 @@ pub fn run(a: Args) -> ExitCode {
                 let p = PathBuf::from(o);
                 if p.join("run.json").exists() {
                     eprintln!("{o}: error[E0704]: the directory already holds a run");
-                    eprintln!("  = help: continue it with `keel run --resume {o}`, or choose another --out");
+                    eprintln!(
+                        "  = help: continue it with `keel run --resume {o}`, or choose another --out"
+                    );
                     return ExitCode::from(1);
                 }
                 p
@@ -109,7 +139,13 @@ pub fn run(a: Args) -> ExitCode {
             None => default_out(&checked.recipes[index].name),
         }
     };
-    let cache = std::env::var_os("KEEL_CACHE").map(PathBuf::from).unwrap_or_else(|| out.parent().map(|p| p.join(".warmstart")).unwrap_or_else(|| PathBuf::from(".warmstart")));
+    let cache = std::env::var_os("KEEL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            out.parent()
+                .map(|p| p.join(".warmstart"))
+                .unwrap_or_else(|| PathBuf::from(".warmstart"))
+        });
     let opts = RunOptions {
         out: out.clone(),
         resume,
@@ -121,22 +157,42 @@ pub fn run(a: Args) -> ExitCode {
     if !a.quiet {
         eprintln!("keel run: {} → {}", recipe_path, out.display());
     }
-    let rf = RunFile { recipe_path: recipe_path.clone(), recipe: Some(checked.recipes[index].name.clone()), set, fingerprint };
+    let rf = RunFile {
+        recipe_path: recipe_path.clone(),
+        recipe: Some(checked.recipes[index].name.clone()),
+        set,
+        fingerprint,
+    };
     match train::run(&checked, index, rf, &opts) {
         Ok(s) => {
             if !a.quiet {
                 let f = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());
                 eprintln!(
                     "done: {} steps in {:.1}s (warm start {:.1}s); held-out pass@1 {} after warm start → {} after RL; pass@k {}",
-                    s.steps, s.rl_s, s.warm_s, f(s.pass_at_1_warm), f(s.pass_at_1_final), f(s.pass_at_k_final)
+                    s.steps,
+                    s.rl_s,
+                    s.warm_s,
+                    f(s.pass_at_1_warm),
+                    f(s.pass_at_1_final),
+                    f(s.pass_at_k_final)
                 );
-                eprintln!("metrics: {}/metrics.jsonl; report: keel report {}", out.display(), out.display());
+                eprintln!(
+                    "metrics: {}/metrics.jsonl; report: keel report {}",
+                    out.display(),
+                    out.display()
+                );
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
             if !e.diagnostics.is_empty() {
-                report::print(&recipe_path, &e.diagnostics, checked.sources(), crate::ErrorFormat::Human, color);
+                report::print(
+                    &recipe_path,
+                    &e.diagnostics,
+                    checked.sources(),
+                    crate::ErrorFormat::Human,
+                    color,
+                );
             }
             eprintln!("{e}");
             ExitCode::from(1)

@@ -27,8 +27,12 @@ const COLORS: &[&str] = &["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
 pub fn write(run_dir: &Path) -> Result<PathBuf, RunError> {
     let path = run_dir.join("metrics.jsonl");
     let text = std::fs::read_to_string(&path).map_err(|e| {
-        RunError::new(codes::CHECKPOINT, format!("cannot read `{}`: {e}", path.display()), "`keel report` takes a directory written by `keel run`")
-            .at(path.display().to_string())
+        RunError::new(
+            codes::CHECKPOINT,
+            format!("cannot read `{}`: {e}", path.display()),
+            "`keel report` takes a directory written by `keel run`",
+        )
+        .at(path.display().to_string())
     })?;
     let mut rows = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -50,7 +54,11 @@ fn series(rows: &[Value], key: &str) -> Vec<(String, Vec<(f64, f64)>)> {
     for r in rows {
         if let Some(o) = r.as_object() {
             for k in o.keys() {
-                let hit = if key.ends_with('_') { k.starts_with(key) } else { k == key };
+                let hit = if key.ends_with('_') {
+                    k.starts_with(key)
+                } else {
+                    k == key
+                };
                 if hit && !names.contains(k) {
                     names.push(k.clone());
                 }
@@ -72,7 +80,10 @@ fn series(rows: &[Value], key: &str) -> Vec<(String, Vec<(f64, f64)>)> {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn render(run_dir: &Path, rows: &[Value]) -> String {
@@ -81,7 +92,12 @@ fn render(run_dir: &Path, rows: &[Value]) -> String {
         .filter_map(|r| {
             let s = r.get("step")?.as_f64()?;
             let e = r.get("events")?.as_array()?;
-            Some(e.iter().filter_map(|x| x.as_str()).map(move |x| (s, x.to_string())).collect::<Vec<_>>())
+            Some(
+                e.iter()
+                    .filter_map(|x| x.as_str())
+                    .map(move |x| (s, x.to_string()))
+                    .collect::<Vec<_>>(),
+            )
         })
         .flatten()
         .collect();
@@ -138,31 +154,92 @@ fn plot(title: &str, s: &[(String, Vec<(f64, f64)>)], events: &[(f64, String)]) 
     let sx = |x: f64| l + (x - x0) / (x1 - x0) * (w - l - r);
     let sy = |y: f64| t + (1.0 - (y - y0) / (y1 - y0)) * (hgt - t - b);
     let mut o = String::new();
-    let _ = write!(o, "<figure><figcaption>{}</figcaption><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{hgt}\" role=\"img\" aria-label=\"{}\">", esc(title), esc(title));
-    let _ = write!(o, "<rect x=\"{l}\" y=\"{t}\" width=\"{}\" height=\"{}\" fill=\"#fafafa\" stroke=\"#ccc\"/>", w - l - r, hgt - t - b);
+    let _ = write!(
+        o,
+        "<figure><figcaption>{}</figcaption><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{hgt}\" role=\"img\" aria-label=\"{}\">",
+        esc(title),
+        esc(title)
+    );
+    let _ = write!(
+        o,
+        "<rect x=\"{l}\" y=\"{t}\" width=\"{}\" height=\"{}\" fill=\"#fafafa\" stroke=\"#ccc\"/>",
+        w - l - r,
+        hgt - t - b
+    );
     for (ev_step, _) in events {
         if *ev_step >= x0 && *ev_step <= x1 {
             let x = sx(*ev_step);
-            let _ = write!(o, "<line class=\"event\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{t}\" y2=\"{}\" stroke=\"#e377c2\" stroke-dasharray=\"3,3\"/>", hgt - b);
+            let _ = write!(
+                o,
+                "<line class=\"event\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{t}\" y2=\"{}\" stroke=\"#e377c2\" stroke-dasharray=\"3,3\"/>",
+                hgt - b
+            );
         }
     }
     for (k, (name, p)) in s.iter().enumerate() {
         let c = COLORS[k % COLORS.len()];
-        let d: Vec<String> = p.iter().map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
+        let d: Vec<String> = p
+            .iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+            .collect();
         if d.len() == 1 {
-            let _ = write!(o, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{c}\"/>", sx(p[0].0), sy(p[0].1));
+            let _ = write!(
+                o,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{c}\"/>",
+                sx(p[0].0),
+                sy(p[0].1)
+            );
         } else {
-            let _ = write!(o, "<polyline class=\"series\" fill=\"none\" stroke=\"{c}\" stroke-width=\"1.5\" points=\"{}\"/>", d.join(" "));
+            let _ = write!(
+                o,
+                "<polyline class=\"series\" fill=\"none\" stroke=\"{c}\" stroke-width=\"1.5\" points=\"{}\"/>",
+                d.join(" ")
+            );
         }
         if s.len() > 1 {
-            let _ = write!(o, "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"{c}\">{}</text>", l + 6.0, t + 12.0 + 12.0 * k as f64, esc(name));
+            let _ = write!(
+                o,
+                "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"{c}\">{}</text>",
+                l + 6.0,
+                t + 12.0 + 12.0 * k as f64,
+                esc(name)
+            );
         }
     }
-    let fmt = |v: f64| if v.abs() >= 1e4 || (v != 0.0 && v.abs() < 1e-3) { format!("{v:.2e}") } else { format!("{v:.3}") };
-    let _ = write!(o, "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{}</text>", l - 4.0, t + 10.0, fmt(y1));
-    let _ = write!(o, "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{}</text>", l - 4.0, hgt - b, fmt(y0));
-    let _ = write!(o, "<text x=\"{l}\" y=\"{}\" font-size=\"11\">step {}</text>", hgt - 8.0, x0);
-    let _ = write!(o, "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{}</text>", w - r, hgt - 8.0, x1);
+    let fmt = |v: f64| {
+        if v.abs() >= 1e4 || (v != 0.0 && v.abs() < 1e-3) {
+            format!("{v:.2e}")
+        } else {
+            format!("{v:.3}")
+        }
+    };
+    let _ = write!(
+        o,
+        "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{}</text>",
+        l - 4.0,
+        t + 10.0,
+        fmt(y1)
+    );
+    let _ = write!(
+        o,
+        "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{}</text>",
+        l - 4.0,
+        hgt - b,
+        fmt(y0)
+    );
+    let _ = write!(
+        o,
+        "<text x=\"{l}\" y=\"{}\" font-size=\"11\">step {}</text>",
+        hgt - 8.0,
+        x0
+    );
+    let _ = write!(
+        o,
+        "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{}</text>",
+        w - r,
+        hgt - 8.0,
+        x1
+    );
     o.push_str("</svg></figure>");
     o
 }

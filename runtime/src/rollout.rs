@@ -53,7 +53,8 @@ impl Rollouts {
             ..Default::default()
         };
         for (new, &g) in groups.iter().enumerate() {
-            out.difficulty.push(self.difficulty.get(g).copied().unwrap_or(0.0));
+            out.difficulty
+                .push(self.difficulty.get(g).copied().unwrap_or(0.0));
             for r in (0..self.len()).filter(|&r| self.group[r] == g) {
                 out.prompts.push(self.prompts[r].clone());
                 out.responses.push(self.responses[r].clone());
@@ -89,7 +90,12 @@ impl Rollouts {
 
     /// The padded response length.
     pub fn t(&self) -> usize {
-        self.responses.iter().map(|r| r.len()).max().unwrap_or(1).max(1)
+        self.responses
+            .iter()
+            .map(|r| r.len())
+            .max()
+            .unwrap_or(1)
+            .max(1)
     }
 
     pub fn shape(&self, v: usize) -> Shape {
@@ -161,12 +167,30 @@ impl Rollouts {
         }
         m.insert("step_reward".into(), step_reward);
         m.insert("step_end".into(), step_end);
-        m.insert("correct".into(), self.verdicts.iter().map(|v| f(v.correct)).collect());
-        m.insert("reward".into(), self.verdicts.iter().map(|v| f(v.correct)).collect());
-        m.insert("format_ok".into(), self.verdicts.iter().map(|v| f(v.format_ok)).collect());
-        m.insert("truncated".into(), self.truncated.iter().map(|&x| f(x)).collect());
-        m.insert("length".into(), self.responses.iter().map(|r| r.len() as f64).collect());
-        m.insert("group".into(), self.group.iter().map(|&g| g as f64).collect());
+        m.insert(
+            "correct".into(),
+            self.verdicts.iter().map(|v| f(v.correct)).collect(),
+        );
+        m.insert(
+            "reward".into(),
+            self.verdicts.iter().map(|v| f(v.correct)).collect(),
+        );
+        m.insert(
+            "format_ok".into(),
+            self.verdicts.iter().map(|v| f(v.format_ok)).collect(),
+        );
+        m.insert(
+            "truncated".into(),
+            self.truncated.iter().map(|&x| f(x)).collect(),
+        );
+        m.insert(
+            "length".into(),
+            self.responses.iter().map(|r| r.len() as f64).collect(),
+        );
+        m.insert(
+            "group".into(),
+            self.group.iter().map(|&g| g as f64).collect(),
+        );
         m.insert("index".into(), (0..b).map(|i| i as f64).collect());
         m.insert("source".into(), vec![0.0; b]);
         let mut pos = vec![0.0; b * t];
@@ -178,7 +202,10 @@ impl Rollouts {
         m.insert("position".into(), pos);
         m.insert("step".into(), vec![s.step]);
         m.insert("total_steps".into(), vec![s.total_steps]);
-        m.insert("progress".into(), vec![(s.step / s.total_steps.max(1.0)).min(1.0)]);
+        m.insert(
+            "progress".into(),
+            vec![(s.step / s.total_steps.max(1.0)).min(1.0)],
+        );
         m.insert("epoch".into(), vec![s.epoch]);
         m
     }
@@ -192,7 +219,12 @@ impl Rollouts {
         let mut batch = Batch::default();
         batch.insert("mask", "f32", vec![b, t], self.mask());
         batch.insert("logits", "f32", vec![b, t, v], logits);
-        batch.insert("tokens", "i64", vec![b, t], self.tokens().iter().map(|&x| x as f64).collect());
+        batch.insert(
+            "tokens",
+            "i64",
+            vec![b, t],
+            self.tokens().iter().map(|&x| x as f64).collect(),
+        );
         for name in ["old_logp", "ref_logp", "step_reward", "entropy"] {
             if let Some(x) = inputs.get(name)
                 && name != "entropy"

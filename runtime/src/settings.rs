@@ -26,7 +26,7 @@ impl Settings<'_> {
         let recipe = self.checked.recipes.get(self.index)?;
         if let Some(e) = merged.section(section).and_then(|s| s.entry(key)) {
             match &e.value.kind {
-                ExprKind::Str(s) => return Some(Setting::Str(s.clone())),
+                ExprKind::Str(s) => return Some(Setting::Str(unquote(s))),
                 ExprKind::Var(v)
                     if recipe
                         .value(section, key)
@@ -84,4 +84,27 @@ impl Settings<'_> {
             .and_then(|s| s.entry(key))
             .is_some()
     }
+}
+
+/// The text of a string literal (the lexer keeps the quotes and escapes).
+pub fn unquote(s: &str) -> String {
+    let inner = s
+        .strip_prefix('"')
+        .and_then(|x| x.strip_suffix('"'))
+        .unwrap_or(s);
+    let mut out = String::new();
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some(o) => out.push(o),
+                None => {}
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -13,7 +13,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use keel_compiler::batch::{self, Batch};
 use keel_compiler::interp::{self, Env};
-use keel_compiler::ir::{Graph, Op};
+use keel_compiler::ir::Graph;
 use keel_compiler::{Checked, Diagnostic, compile_loss};
 use keel_grammar::{AssignOp, Stmt};
 use serde_json::{Map, Value, json};
@@ -59,7 +59,6 @@ pub struct Summary {
 
 /// The settings a run reads once.
 struct Plan {
-    name: String,
     model: ModelConfig,
     task: Task,
     task_desc: String,
@@ -87,7 +86,11 @@ struct Plan {
 fn plan(checked: &Checked, index: usize) -> Result<Plan> {
     let s = Settings { checked, index };
     let recipe = checked.recipes.get(index).ok_or_else(|| {
-        RunError::new(codes::LOSS_PROGRAM, "no recipe to run", "name a recipe with --recipe")
+        RunError::new(
+            codes::LOSS_PROGRAM,
+            "no recipe to run",
+            "name a recipe with --recipe",
+        )
     })?;
     let tok = CharTokenizer::default();
     let model = ModelConfig {
@@ -104,7 +107,10 @@ fn plan(checked: &Checked, index: usize) -> Result<Plan> {
     let difficulty = s.num("task", "difficulty", 1.0);
     let name = s.sym("task", "name").unwrap_or_else(|| "arithmetic".into());
     let (task, task_desc) = match name.as_str() {
-        "countdown" => (Task::Countdown { seed, difficulty }, format!("countdown seed={seed} difficulty={difficulty}")),
+        "countdown" => (
+            Task::Countdown { seed, difficulty },
+            format!("countdown seed={seed} difficulty={difficulty}"),
+        ),
         "jsonl" => {
             let Some(path) = s.sym("task", "path") else {
                 return Err(RunError::new(
@@ -115,8 +121,12 @@ fn plan(checked: &Checked, index: usize) -> Result<Plan> {
                 .at("task.path"));
             };
             let text = fs::read_to_string(&path).map_err(|e| {
-                RunError::new(codes::DATA_UNREADABLE, format!("cannot read `{path}`: {e}"), "check the path in `task.path` (relative to the working directory)")
-                    .at(path.clone())
+                RunError::new(
+                    codes::DATA_UNREADABLE,
+                    format!("cannot read `{path}`: {e}"),
+                    "check the path in `task.path` (relative to the working directory)",
+                )
+                .at(path.clone())
             })?;
             let problems = tasks::load_jsonl(&path, &text)?;
             for (k, p) in problems.iter().enumerate() {
@@ -132,21 +142,33 @@ fn plan(checked: &Checked, index: usize) -> Result<Plan> {
             let verifier = match s.sym("task", "verifier").as_deref() {
                 Some("numeric") => Verifier::Numeric,
                 Some("regex") => {
-                    let pat = problems.first().map(|p| p.answer.clone()).unwrap_or_default();
+                    let pat = problems
+                        .first()
+                        .map(|p| p.answer.clone())
+                        .unwrap_or_default();
                     Verifier::Regex(regex::Regex::new(&pat).map_err(|e| {
-                        RunError::new(codes::TASK_SETTING, format!("the answer of the first record is not a regex: {e}"), "with `verifier = regex` every answer is a regular expression")
-                            .at(format!("{path}:1"))
+                        RunError::new(
+                            codes::TASK_SETTING,
+                            format!("the answer of the first record is not a regex: {e}"),
+                            "with `verifier = regex` every answer is a regular expression",
+                        )
+                        .at(format!("{path}:1"))
                     })?)
                 }
                 _ => Verifier::Exact,
             };
             let hash = fnv(text.as_bytes());
-            (Task::Data { problems, verifier }, format!("jsonl {path} {hash:x}"))
+            (
+                Task::Data { problems, verifier },
+                format!("jsonl {path} {hash:x}"),
+            )
         }
-        _ => (Task::Arithmetic { seed, difficulty }, format!("arithmetic seed={seed} difficulty={difficulty}")),
+        _ => (
+            Task::Arithmetic { seed, difficulty },
+            format!("arithmetic seed={seed} difficulty={difficulty}"),
+        ),
     };
     Ok(Plan {
-        name: recipe.name.clone(),
         model,
         task,
         task_desc,
@@ -161,7 +183,9 @@ fn plan(checked: &Checked, index: usize) -> Result<Plan> {
         epochs: s.int("rollout", "epochs", 1).max(1),
         minibatches: s.int("rollout", "minibatches", 1).max(1),
         dynamic_sampling: s.num("rollout", "dynamic_sampling", 0.0) != 0.0,
-        order: s.sym("curriculum", "order").unwrap_or_else(|| "random".into()),
+        order: s
+            .sym("curriculum", "order")
+            .unwrap_or_else(|| "random".into()),
         eval_every: s.int("eval", "every", 25) as u64,
         eval_problems: s.int("eval", "problems", 64).max(1),
         eval_k: s.int("eval", "k", 4).max(1),
@@ -202,9 +226,23 @@ struct Loss {
 impl Loss {
     fn compile(checked: &Checked, index: usize, has_ref: bool) -> Result<Loss> {
         let have = move |n: &str| provided(n, has_ref);
-        let compiled = compile_loss(checked, index, &have).map_err(|d| diag_error(d, "the recipe's loss cannot be compiled for the runtime's batch"))?;
-        let recipe = checked.recipes.get(index).cloned().ok_or_else(|| RunError::new(codes::LOSS_PROGRAM, "no recipe", "name a recipe with --recipe"))?;
-        Ok(Loss { graph: compiled.graph, recipe })
+        let compiled = compile_loss(checked, index, &have).map_err(|d| {
+            diag_error(
+                d,
+                "the recipe's loss cannot be compiled for the runtime's batch",
+            )
+        })?;
+        let recipe = checked.recipes.get(index).cloned().ok_or_else(|| {
+            RunError::new(
+                codes::LOSS_PROGRAM,
+                "no recipe",
+                "name a recipe with --recipe",
+            )
+        })?;
+        Ok(Loss {
+            graph: compiled.graph,
+            recipe,
+        })
     }
 
     /// (loss, d_logits, metrics, advantages-free) on one batch.
@@ -216,15 +254,30 @@ impl Loss {
             mask: &prepared.mask,
             inputs: &prepared.inputs,
         };
-        let vals = interp::run(&self.graph, &env).map_err(|e| RunError::new(codes::LOSS_PROGRAM, e.0, "this is a runtime bug; please report it"))?;
+        let vals = interp::run(&self.graph, &env).map_err(|e| {
+            RunError::new(
+                codes::LOSS_PROGRAM,
+                e.0,
+                "this is a runtime bug; please report it",
+            )
+        })?;
         let get = |n: &str| self.graph.output(n).and_then(|id| vals.get(id)).cloned();
-        let loss = get("loss").and_then(|v| v.first().copied()).unwrap_or(f64::NAN);
+        let loss = get("loss")
+            .and_then(|v| v.first().copied())
+            .unwrap_or(f64::NAN);
         let d_logits = get("d_logits").unwrap_or_default();
         let metrics = self
             .graph
             .outputs
             .iter()
-            .filter_map(|(n, id)| n.strip_prefix("metric.").map(|m| (m.to_string(), vals[*id].first().copied().unwrap_or(f64::NAN))))
+            .filter_map(|(n, id)| {
+                n.strip_prefix("metric.").map(|m| {
+                    (
+                        m.to_string(),
+                        vals[*id].first().copied().unwrap_or(f64::NAN),
+                    )
+                })
+            })
             .collect();
         Ok((loss, d_logits, metrics))
     }
@@ -232,7 +285,11 @@ impl Loss {
 
 fn diag_error(d: Vec<Diagnostic>, what: &str) -> RunError {
     let first = d.first().map(|x| x.message.clone()).unwrap_or_default();
-    let mut e = RunError::new(codes::LOSS_PROGRAM, format!("{what}: {first}"), "see the located errors above; `docs/runtime.md` lists the inputs the runtime provides");
+    let mut e = RunError::new(
+        codes::LOSS_PROGRAM,
+        format!("{what}: {first}"),
+        "see the located errors above; `docs/runtime.md` lists the inputs the runtime provides",
+    );
     e.diagnostics = d;
     e
 }
@@ -323,7 +380,9 @@ fn warm_start(plan: &Plan, policy: &mut Policy, tok: &CharTokenizer, progress: &
         let mut prompts = Vec::new();
         let mut targets = Vec::new();
         for k in 0..plan.warm_batch as u64 {
-            let p = plan.task.problem(warm_stream, step * plan.warm_batch as u64 + k);
+            let p = plan
+                .task
+                .problem(warm_stream, step * plan.warm_batch as u64 + k);
             prompts.push(encode_prompt(tok, &p));
             let mut t = tok.encode(&p.solution).unwrap_or_default();
             t.push(EOS);
@@ -360,7 +419,10 @@ fn warm_start(plan: &Plan, policy: &mut Policy, tok: &CharTokenizer, progress: &
         let gs: Vec<Tensor<2>> = policy
             .params
             .iter()
-            .map(|p| p.grad(&grads).unwrap_or_else(|| Tensor::zeros(p.dims(), &dev)))
+            .map(|p| {
+                p.grad(&grads)
+                    .unwrap_or_else(|| Tensor::zeros(p.dims(), &dev))
+            })
             .collect();
         let norm = optim::global_norm(&gs);
         let gs = optim::clip(gs, norm, 1.0);
@@ -373,22 +435,43 @@ fn warm_start(plan: &Plan, policy: &mut Policy, tok: &CharTokenizer, progress: &
 }
 
 /// Held-out evaluation: pass@1 (mean correctness over k samples) and pass@k.
-fn evaluate(plan: &Plan, policy: &Policy, temperature: f64, max_tokens: usize, step: u64, tok: &CharTokenizer) -> (f64, f64) {
-    let problems: Vec<Problem> = (0..plan.eval_problems as u64).map(|i| plan.task.problem(EVAL_STREAM, i)).collect();
+fn evaluate(
+    plan: &Plan,
+    policy: &Policy,
+    temperature: f64,
+    max_tokens: usize,
+    step: u64,
+    tok: &CharTokenizer,
+) -> (f64, f64) {
+    let problems: Vec<Problem> = (0..plan.eval_problems as u64)
+        .map(|i| plan.task.problem(EVAL_STREAM, i))
+        .collect();
     let mut rng = Rng::derive(plan.seed, 7, step);
     let cfg = SampleConfig {
         temperature,
         top_p: plan.top_p,
         max_tokens,
     };
-    let r = rollouts(&policy.detached(), &plan.task, &problems, plan.eval_k, cfg, &mut rng, tok);
+    let r = rollouts(
+        &policy.detached(),
+        &plan.task,
+        &problems,
+        plan.eval_k,
+        cfg,
+        &mut rng,
+        tok,
+    );
     let mut per = vec![(0usize, 0usize); problems.len()];
     for (g, v) in r.group.iter().zip(&r.verdicts) {
         per[*g].0 += usize::from(v.correct);
         per[*g].1 += 1;
     }
     let n = per.len().max(1) as f64;
-    let p1 = per.iter().map(|(c, k)| *c as f64 / (*k).max(1) as f64).sum::<f64>() / n;
+    let p1 = per
+        .iter()
+        .map(|(c, k)| *c as f64 / (*k).max(1) as f64)
+        .sum::<f64>()
+        / n;
     let pk = per.iter().filter(|(c, _)| *c > 0).count() as f64 / n;
     (p1, pk)
 }
@@ -414,7 +497,11 @@ enum Action {
     Stop,
     Skip,
     Rollback(u64),
-    Assign { target: String, op: AssignOp, value: f64 },
+    Assign {
+        target: String,
+        op: AssignOp,
+        value: f64,
+    },
 }
 
 fn guard_specs(checked: &Checked, index: usize) -> Vec<GuardSpec> {
@@ -435,8 +522,19 @@ fn guard_specs(checked: &Checked, index: usize) -> Vec<GuardSpec> {
         .iter()
         .enumerate()
         .map(|(k, g)| {
-            let name = g.guard.name.as_ref().map(|n| n.name.clone()).unwrap_or_else(|| k.to_string());
-            let window = g.guard.window.as_ref().map(|(e, _)| num(e)).filter(|x| x.is_finite() && *x >= 1.0).unwrap_or(1.0) as u64;
+            let name = g
+                .guard
+                .name
+                .as_ref()
+                .map(|n| n.name.clone())
+                .unwrap_or_else(|| k.to_string());
+            let window = g
+                .guard
+                .window
+                .as_ref()
+                .map(|(e, _)| num(e))
+                .filter(|x| x.is_finite() && *x >= 1.0)
+                .unwrap_or(1.0) as u64;
             let actions = g
                 .guard
                 .actions
@@ -444,23 +542,41 @@ fn guard_specs(checked: &Checked, index: usize) -> Vec<GuardSpec> {
                 .filter_map(|s| match s {
                     Stmt::Command { name, arg, .. } => match name.name.as_str() {
                         "warn" => Some(Action::Warn(match arg.as_ref().map(|a| &a.kind) {
-                            Some(keel_grammar::ExprKind::Str(s)) => s.clone(),
+                            Some(keel_grammar::ExprKind::Str(s)) => crate::settings::unquote(s),
                             _ => format!("guard `{}` fired", name.name),
                         })),
                         "stop" => Some(Action::Stop),
                         "skip" => Some(Action::Skip),
-                        "rollback" => Some(Action::Rollback(arg.as_ref().map(num).filter(|x| x.is_finite()).unwrap_or(1.0).max(0.0) as u64)),
+                        "rollback" => Some(Action::Rollback(
+                            arg.as_ref()
+                                .map(num)
+                                .filter(|x| x.is_finite())
+                                .unwrap_or(1.0)
+                                .max(0.0) as u64,
+                        )),
                         _ => None,
                     },
                     Stmt::Assign(a) => {
                         let path: Vec<&str> = a.path.iter().map(|i| i.name.as_str()).collect();
-                        let target = if path.len() == 1 { format!("state.{}", path[0]) } else { path.join(".") };
-                        Some(Action::Assign { target, op: a.op, value: num(&a.value) })
+                        let target = if path.len() == 1 {
+                            format!("state.{}", path[0])
+                        } else {
+                            path.join(".")
+                        };
+                        Some(Action::Assign {
+                            target,
+                            op: a.op,
+                            value: num(&a.value),
+                        })
                     }
                     _ => None,
                 })
                 .collect();
-            GuardSpec { name, window, actions }
+            GuardSpec {
+                name,
+                window,
+                actions,
+            }
         })
         .collect()
 }
@@ -476,18 +592,32 @@ fn apply(op: AssignOp, cur: f64, v: f64) -> f64 {
 }
 
 /// Run (or resume) a recipe.
-pub fn run(checked: &Checked, index: usize, run_file: RunFile, opts: &RunOptions) -> Result<Summary> {
+pub fn run(
+    checked: &Checked,
+    index: usize,
+    run_file: RunFile,
+    opts: &RunOptions,
+) -> Result<Summary> {
     let plan = plan(checked, index)?;
     let tok = CharTokenizer::default();
     let dev = opts.device.clone();
     let out = &opts.out;
     let ck_dir = out.join("checkpoints");
     let metrics_path = out.join("metrics.jsonl");
-    let io = |what: &str, p: &Path, e: std::io::Error| RunError::new(codes::CHECKPOINT, format!("cannot {what} `{}`: {e}", p.display()), "check that the run directory is writable").at(p.display().to_string());
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        RunError::new(
+            codes::CHECKPOINT,
+            format!("cannot {what} `{}`: {e}", p.display()),
+            "check that the run directory is writable",
+        )
+        .at(p.display().to_string())
+    };
     fs::create_dir_all(out).map_err(|e| io("create", out, e))?;
     let run_path = out.join("run.json");
     if !opts.resume {
-        let json = serde_json::to_vec_pretty(&run_file).map_err(|e| RunError::new(codes::CHECKPOINT, e.to_string(), "this is a runtime bug"))?;
+        let json = serde_json::to_vec_pretty(&run_file).map_err(|e| {
+            RunError::new(codes::CHECKPOINT, e.to_string(), "this is a runtime bug")
+        })?;
         checkpoint::write_atomic(&run_path, &json)?;
     }
     let mut summary = Summary::default();
@@ -504,12 +634,19 @@ pub fn run(checked: &Checked, index: usize, run_file: RunFile, opts: &RunOptions
 
     // ---- warm start (cached by recipe model/task settings and seed) ------
     let init = Weights::init(&plan.model);
-    let key = fnv(format!("{:?}|{}|{}|{}|{}|{:?}", plan.model, plan.task_desc, plan.warm_steps, plan.warm_lr, plan.warm_batch, plan.adam).as_bytes());
+    let key = fnv(format!(
+        "{:?}|{}|{}|{}|{}|{:?}",
+        plan.model, plan.task_desc, plan.warm_steps, plan.warm_lr, plan.warm_batch, plan.adam
+    )
+    .as_bytes());
     let cache_file = opts.cache.join(format!("warmstart-{key:016x}.safetensors"));
     let t0 = Instant::now();
     let warm = if plan.warm_steps == 0 {
         init.clone()
-    } else if let Some(w) = fs::read(&cache_file).ok().and_then(|b| checkpoint::weights_from_bytes(&b, "", &init, &cache_file).ok()) {
+    } else if let Some(w) = fs::read(&cache_file)
+        .ok()
+        .and_then(|b| checkpoint::weights_from_bytes(&b, "", &init, &cache_file).ok())
+    {
         say(&format!("warm start: reusing {}", cache_file.display()));
         w
     } else {
@@ -540,7 +677,12 @@ pub fn run(checked: &Checked, index: usize, run_file: RunFile, opts: &RunOptions
     }
     if opts.resume {
         let Some((_, dir)) = checkpoint::list(&ck_dir).pop() else {
-            return Err(RunError::new(codes::CHECKPOINT, format!("`{}` has no checkpoint to resume from", out.display()), "start the run again without --resume").at(out.display().to_string()));
+            return Err(RunError::new(
+                codes::CHECKPOINT,
+                format!("`{}` has no checkpoint to resume from", out.display()),
+                "start the run again without --resume",
+            )
+            .at(out.display().to_string()));
         };
         let ck = checkpoint::load(&dir, &init)?;
         policy = Policy::new(plan.model.clone(), &ck.weights, &dev);
@@ -552,7 +694,11 @@ pub fn run(checked: &Checked, index: usize, run_file: RunFile, opts: &RunOptions
         let _ = fs::remove_file(&metrics_path);
         let _ = fs::remove_dir_all(&ck_dir);
     }
-    let mut metrics_file = fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(|e| io("open", &metrics_path, e))?;
+    let mut metrics_file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| io("open", &metrics_path, e))?;
 
     // Current hyperparameter values: the recipe's, guard overrides, state.
     let current_params = |st: &TrainState| -> HashMap<String, f64> {
@@ -570,13 +716,28 @@ pub fn run(checked: &Checked, index: usize, run_file: RunFile, opts: &RunOptions
 
     let save = |st: &TrainState, policy: &Policy, opt: &AdamW| -> Result<PathBuf> {
         let (m, v) = opt.state(&policy.names, &policy.shapes);
-        checkpoint::save(&ck_dir, &Checkpoint { state: st.clone(), weights: policy.weights(), m, v }, plan.ck_keep)
+        checkpoint::save(
+            &ck_dir,
+            &Checkpoint {
+                state: st.clone(),
+                weights: policy.weights(),
+                m,
+                v,
+            },
+            plan.ck_keep,
+        )
     };
 
     // Evaluation before RL (after the warm start).
     let first_scalars = step_scalars(&host, &st, plan.steps)?;
-    let temp0 = first_scalars.get("rollout.temperature").copied().unwrap_or(1.0);
-    let max_tok0 = first_scalars.get("rollout.max_tokens").copied().unwrap_or(32.0) as usize;
+    let temp0 = first_scalars
+        .get("rollout.temperature")
+        .copied()
+        .unwrap_or(1.0);
+    let max_tok0 = first_scalars
+        .get("rollout.max_tokens")
+        .copied()
+        .unwrap_or(32.0) as usize;
     if st.step == 0 {
         let (p1, pk) = evaluate(&plan, &policy, temp0, max_tok0, 0, &tok);
         summary.pass_at_1_warm = Some(p1);
@@ -588,7 +749,10 @@ pub fn run(checked: &Checked, index: usize, run_file: RunFile, opts: &RunOptions
         line.insert("warm_s".into(), json!(summary.warm_s));
         write_line(&mut metrics_file, &line, &metrics_path)?;
         st.metrics_lines += 1;
-        say(&format!("after warm start ({:.1}s): pass@1 {:.3}, pass@{} {:.3}", summary.warm_s, p1, plan.eval_k, pk));
+        say(&format!(
+            "after warm start ({:.1}s): pass@1 {:.3}, pass@{} {:.3}",
+            summary.warm_s, p1, plan.eval_k, pk
+        ));
         save(&st, &policy, &opt)?;
     }
 
@@ -617,7 +781,11 @@ pub fn run(checked: &Checked, index: usize, run_file: RunFile, opts: &RunOptions
         let max_tokens = adjusted("rollout.max_tokens", 32.0).max(1.0) as usize;
         let grad_clip = adjusted("optimizer.grad_clip", 1.0);
         let max_difficulty = scal.get("curriculum.max_difficulty").copied();
-        let cfg = SampleConfig { temperature, top_p: plan.top_p, max_tokens };
+        let cfg = SampleConfig {
+            temperature,
+            top_p: plan.top_p,
+            max_tokens,
+        };
 
         // ---- rollouts ----------------------------------------------------
         let t_roll = Instant::now();
@@ -625,16 +793,30 @@ pub fn run(checked: &Checked, index: usize, run_file: RunFile, opts: &RunOptions
         let sampler = policy.detached();
         let mut batch = Rollouts::default();
         let mut rounds = 0;
-        let step_in = StepInputs { step: step as f64, total_steps: plan.steps as f64, epoch: 0.0 };
+        let step_in = StepInputs {
+            step: step as f64,
+            total_steps: plan.steps as f64,
+            epoch: 0.0,
+        };
         loop {
-            let problems = next_problems(&plan, &mut st, plan.prompts.saturating_sub(batch.n_groups()), max_difficulty);
-            let mut r = rollouts(&sampler, &plan.task, &problems, plan.group, cfg, &mut rng, &tok);
+            let problems = next_problems(
+                &plan,
+                &mut st,
+                plan.prompts.saturating_sub(batch.n_groups()),
+                max_difficulty,
+            );
+            let mut r = rollouts(
+                &sampler, &plan.task, &problems, plan.group, cfg, &mut rng, &tok,
+            );
             if plan.dynamic_sampling {
                 // Keep groups whose rewards differ (they carry a signal).
                 let rewards = rewards_of(&host, &r, step_in)?;
                 let keep: Vec<usize> = (0..r.n_groups())
                     .filter(|&g| {
-                        let v: Vec<f64> = (0..r.len()).filter(|&i| r.group[i] == g).map(|i| rewards[i]).collect();
+                        let v: Vec<f64> = (0..r.len())
+                            .filter(|&i| r.group[i] == g)
+                            .map(|i| rewards[i])
+                            .collect();
                         v.iter().any(|x| (x - v[0]).abs() > 1e-12)
                     })
                     .collect();
@@ -669,15 +851,26 @@ pub fn run(checked: &Checked, index: usize, run_file: RunFile, opts: &RunOptions
         let mut skip = batch.is_empty();
         let mut rollback: Option<u64> = None;
         if batch.is_empty() {
-            events.push("no group with differing rewards after dynamic sampling; step skipped".into());
+            events.push(
+                "no group with differing rewards after dynamic sampling; step skipped".into(),
+            );
         } else {
             let rewards = rewards_of(&host, &batch, step_in)?;
             let n = batch.len() as f64;
             line.insert("reward_mean".into(), json!(rewards.iter().sum::<f64>() / n));
-            line.insert("correct_mean".into(), json!(batch.verdicts.iter().filter(|v| v.correct).count() as f64 / n));
-            line.insert("format_ok".into(), json!(batch.verdicts.iter().filter(|v| v.format_ok).count() as f64 / n));
+            line.insert(
+                "correct_mean".into(),
+                json!(batch.verdicts.iter().filter(|v| v.correct).count() as f64 / n),
+            );
+            line.insert(
+                "format_ok".into(),
+                json!(batch.verdicts.iter().filter(|v| v.format_ok).count() as f64 / n),
+            );
             let ent: Vec<f64> = batch.entropy.iter().flatten().copied().collect();
-            line.insert("entropy_mean".into(), json!(ent.iter().sum::<f64>() / ent.len().max(1) as f64));
+            line.insert(
+                "entropy_mean".into(),
+                json!(ent.iter().sum::<f64>() / ent.len().max(1) as f64),
+            );
             line.insert("response_len".into(), json!(n_tokens as f64 / n));
             if let Some(rl) = &batch.ref_logp {
                 // k3 estimate of KL(π‖π_ref) on the sampled tokens.
@@ -691,7 +884,11 @@ pub fn run(checked: &Checked, index: usize, run_file: RunFile, opts: &RunOptions
             }
             let inputs = batch.inputs(step_in);
             let mask = batch.mask();
-            let view = BatchView { shape: batch.shape(1), mask: &mask, inputs: &inputs };
+            let view = BatchView {
+                shape: batch.shape(1),
+                mask: &mask,
+                inputs: &inputs,
+            };
             let hs = host.scalars(&view)?;
             // state updates
             for (k, v) in &hs {
@@ -736,7 +933,11 @@ pub fn run(checked: &Checked, index: usize, run_file: RunFile, opts: &RunOptions
                                 what.push(format!("{target} = {new}"));
                             } else {
                                 // A computed value (a schedule): scale or shift it from now on.
-                                let (a, b) = st.adjust.get(target).map(|(a, b)| (unbits(*a), unbits(*b))).unwrap_or((1.0, 0.0));
+                                let (a, b) = st
+                                    .adjust
+                                    .get(target)
+                                    .map(|(a, b)| (unbits(*a), unbits(*b)))
+                                    .unwrap_or((1.0, 0.0));
                                 let (a, b) = match op {
                                     AssignOp::Mul => (a * value, b * value),
                                     AssignOp::Div => (a / value, b / value),
@@ -762,18 +963,28 @@ pub fn run(checked: &Checked, index: usize, run_file: RunFile, opts: &RunOptions
             let mut norms = Vec::new();
             let mut clip_fracs = Vec::new();
             let mut monitors: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-            let eps = (host_params.get("clip.eps_low").copied().unwrap_or(0.2), host_params.get("clip.eps_high").copied().unwrap_or(0.2));
+            let eps = (
+                host_params.get("clip.eps_low").copied().unwrap_or(0.2),
+                host_params.get("clip.eps_high").copied().unwrap_or(0.2),
+            );
             let n_groups = batch.n_groups();
             let mb = plan.minibatches.min(n_groups).max(1);
             'epochs: for epoch in 0..plan.epochs {
                 for k in 0..mb {
                     let groups: Vec<usize> = (0..n_groups).filter(|g| g % mb == k).collect();
-                    let part = if mb == 1 { batch.clone() } else { batch.select_groups(&groups) };
+                    let part = if mb == 1 {
+                        batch.clone()
+                    } else {
+                        batch.select_groups(&groups)
+                    };
                     policy.require_grad();
                     let z = response_logits(&policy, &part, temperature);
                     let [b, t, v] = z.dims();
                     let zv: Vec<f64> = to_vec(&z).into_iter().map(|x| x as f64).collect();
-                    let si = StepInputs { epoch: epoch as f64, ..step_in };
+                    let si = StepInputs {
+                        epoch: epoch as f64,
+                        ..step_in
+                    };
                     let (l, d_logits, metrics) = loss.run(&part.loss_batch(zv.clone(), v, si))?;
                     // clip fraction on the current ratios
                     let (mut cf, mut cn) = (0.0, 0.0);
@@ -792,17 +1003,35 @@ pub fn run(checked: &Checked, index: usize, run_file: RunFile, opts: &RunOptions
                     for (name, x) in metrics {
                         monitors.entry(name).or_default().push(x);
                     }
-                    if !l.is_finite() || d_logits.len() != b * t * v || d_logits.iter().any(|x| !x.is_finite()) {
-                        events.push(format!("non-finite loss or gradient (loss = {l}); step skipped"));
+                    if !l.is_finite()
+                        || d_logits.len() != b * t * v
+                        || d_logits.iter().any(|x| !x.is_finite())
+                    {
+                        events.push(format!(
+                            "non-finite loss or gradient (loss = {l}); step skipped"
+                        ));
                         skip = true;
                         break 'epochs;
                     }
-                    let d = Tensor::<3>::from_data(TensorData::new(d_logits.iter().map(|&x| x as f32).collect::<Vec<f32>>(), [b, t, v]), &dev);
+                    let d = Tensor::<3>::from_data(
+                        TensorData::new(
+                            d_logits.iter().map(|&x| x as f32).collect::<Vec<f32>>(),
+                            [b, t, v],
+                        ),
+                        &dev,
+                    );
                     // The recipe's gradient w.r.t. the logits enters burn's
                     // autodiff as the linear term <z, D>, whose derivative is D.
                     let surrogate = (z * d).sum();
                     let grads = surrogate.backward();
-                    let gs: Vec<Tensor<2>> = policy.params.iter().map(|p| p.grad(&grads).unwrap_or_else(|| Tensor::zeros(p.dims(), &dev))).collect();
+                    let gs: Vec<Tensor<2>> = policy
+                        .params
+                        .iter()
+                        .map(|p| {
+                            p.grad(&grads)
+                                .unwrap_or_else(|| Tensor::zeros(p.dims(), &dev))
+                        })
+                        .collect();
                     let norm = optim::global_norm(&gs);
                     if !norm.is_finite() {
                         events.push("non-finite gradient norm; step skipped".into());
@@ -810,7 +1039,8 @@ pub fn run(checked: &Checked, index: usize, run_file: RunFile, opts: &RunOptions
                         break 'epochs;
                     }
                     let gs = optim::clip(gs, norm, grad_clip);
-                    let mut params: Vec<Tensor<2>> = policy.params.iter().map(|p| p.clone().detach()).collect();
+                    let mut params: Vec<Tensor<2>> =
+                        policy.params.iter().map(|p| p.clone().detach()).collect();
                     opt.step(&mut params, &gs, lr);
                     policy.params = params;
                     losses.push(l);
@@ -818,7 +1048,13 @@ pub fn run(checked: &Checked, index: usize, run_file: RunFile, opts: &RunOptions
                 }
             }
             policy.params = policy.params.iter().map(|p| p.clone().detach()).collect();
-            let mean = |v: &[f64]| if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 };
+            let mean = |v: &[f64]| {
+                if v.is_empty() {
+                    f64::NAN
+                } else {
+                    v.iter().sum::<f64>() / v.len() as f64
+                }
+            };
             if !losses.is_empty() {
                 line.insert("loss".into(), json!(mean(&losses)));
                 line.insert("grad_norm".into(), json!(mean(&norms)));
@@ -837,7 +1073,12 @@ pub fn run(checked: &Checked, index: usize, run_file: RunFile, opts: &RunOptions
         if let Some(n) = rollback {
             let target = step.saturating_sub(n);
             let cks = checkpoint::list(&ck_dir);
-            let pick = cks.iter().rev().find(|(s, _)| *s <= target).or(cks.first()).cloned();
+            let pick = cks
+                .iter()
+                .rev()
+                .find(|(s, _)| *s <= target)
+                .or(cks.first())
+                .cloned();
             if let Some((s, dir)) = pick {
                 let ck = checkpoint::load(&dir, &init)?;
                 policy = Policy::new(plan.model.clone(), &ck.weights, &dev);
@@ -867,21 +1108,30 @@ pub fn run(checked: &Checked, index: usize, run_file: RunFile, opts: &RunOptions
             for e in &events {
                 bar.println(format!("step {step}: {e}"));
             }
-            summary.events.extend(events.iter().map(|e| format!("step {step}: {e}")));
+            summary
+                .events
+                .extend(events.iter().map(|e| format!("step {step}: {e}")));
         }
         line.insert("tokens".into(), json!(n_tokens));
         // Wall-clock figures (the only fields that differ between identical runs).
         line.insert("rollout_s".into(), json!(rollout_s));
         line.insert("train_s".into(), json!(train_s));
-        line.insert("tokens_per_s".into(), json!(n_tokens as f64 / (rollout_s + train_s).max(1e-9)));
+        line.insert(
+            "tokens_per_s".into(),
+            json!(n_tokens as f64 / (rollout_s + train_s).max(1e-9)),
+        );
         write_line(&mut metrics_file, &line, &metrics_path)?;
         st.metrics_lines += 1;
         st.adam_t = opt.t;
         bar.set_position(step);
         bar.set_message(format!(
             "reward {:.3} entropy {:.3}",
-            line.get("reward_mean").and_then(|v| v.as_f64()).unwrap_or(f64::NAN),
-            line.get("entropy_mean").and_then(|v| v.as_f64()).unwrap_or(f64::NAN)
+            line.get("reward_mean")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(f64::NAN),
+            line.get("entropy_mean")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(f64::NAN)
         ));
         if !opts.progress && !opts.quiet && (step % 10 == 0 || last) {
             eprintln!("step {step}/{}: {}", plan.steps, bar.message());
@@ -893,7 +1143,10 @@ pub fn run(checked: &Checked, index: usize, run_file: RunFile, opts: &RunOptions
     bar.finish_and_clear();
     summary.steps = st.step;
     summary.rl_s = rl_start.elapsed().as_secs_f64();
-    checkpoint::write_atomic(&out.join("final.safetensors"), &checkpoint::weights_to_bytes(&[("", &policy.weights())])?)?;
+    checkpoint::write_atomic(
+        &out.join("final.safetensors"),
+        &checkpoint::weights_to_bytes(&[("", &policy.weights())])?,
+    )?;
     Ok(summary)
 }
 
@@ -914,24 +1167,43 @@ fn json_num(x: f64) -> Value {
 fn write_line(f: &mut fs::File, line: &Map<String, Value>, path: &Path) -> Result<()> {
     let mut s = serde_json::to_string(line).unwrap_or_default();
     s.push('\n');
-    f.write_all(s.as_bytes()).and_then(|_| f.sync_data()).map_err(|e| {
-        RunError::new(codes::CHECKPOINT, format!("cannot write `{}`: {e}", path.display()), "check that the run directory is writable").at(path.display().to_string())
-    })
+    f.write_all(s.as_bytes())
+        .and_then(|_| f.sync_data())
+        .map_err(|e| {
+            RunError::new(
+                codes::CHECKPOINT,
+                format!("cannot write `{}`: {e}", path.display()),
+                "check that the run directory is writable",
+            )
+            .at(path.display().to_string())
+        })
 }
 
 /// Keep the first `n` lines of a file.
 fn truncate_lines(path: &Path, n: u64) -> Result<()> {
     let text = fs::read_to_string(path).unwrap_or_default();
-    let kept: String = text.lines().take(n as usize).map(|l| format!("{l}\n")).collect();
+    let kept: String = text
+        .lines()
+        .take(n as usize)
+        .map(|l| format!("{l}\n"))
+        .collect();
     checkpoint::write_atomic(path, kept.as_bytes())
 }
 
 /// Step-level host values at the next step (no batch statistics).
 fn step_scalars(host: &HostProgram, st: &TrainState, total: u64) -> Result<HashMap<String, f64>> {
     let r = Rollouts::default();
-    let step = StepInputs { step: (st.step + 1) as f64, total_steps: total as f64, epoch: 0.0 };
+    let step = StepInputs {
+        step: (st.step + 1) as f64,
+        total_steps: total as f64,
+        epoch: 0.0,
+    };
     let inputs = r.inputs(step);
-    let view = BatchView { shape: r.shape(1), mask: &[], inputs: &inputs };
+    let view = BatchView {
+        shape: r.shape(1),
+        mask: &[],
+        inputs: &inputs,
+    };
     // Batch statistics read by guards are NaN here; only schedules are used.
     host.scalars(&view).or_else(|_| Ok(HashMap::new()))
 }
@@ -939,12 +1211,23 @@ fn step_scalars(host: &HostProgram, st: &TrainState, total: u64) -> Result<HashM
 fn rewards_of(host: &HostProgram, r: &Rollouts, s: StepInputs) -> Result<Vec<f64>> {
     let inputs = r.inputs(s);
     let mask = r.mask();
-    let view = BatchView { shape: r.shape(1), mask: &mask, inputs: &inputs };
-    Ok(host.reward(&view)?.unwrap_or_else(|| inputs["reward"].clone()))
+    let view = BatchView {
+        shape: r.shape(1),
+        mask: &mask,
+        inputs: &inputs,
+    };
+    Ok(host
+        .reward(&view)?
+        .unwrap_or_else(|| inputs["reward"].clone()))
 }
 
 /// The next prompts of the training stream, in curriculum order.
-fn next_problems(plan: &Plan, st: &mut TrainState, n: usize, max_difficulty: Option<f64>) -> Vec<Problem> {
+fn next_problems(
+    plan: &Plan,
+    st: &mut TrainState,
+    n: usize,
+    max_difficulty: Option<f64>,
+) -> Vec<Problem> {
     let window = if plan.order == "random" { n } else { 4 * n };
     let mut cands: Vec<(u64, Problem)> = Vec::new();
     let mut i = st.cursor;
@@ -965,8 +1248,16 @@ fn next_problems(plan: &Plan, st: &mut TrainState, n: usize, max_difficulty: Opt
     };
     match plan.order.as_str() {
         // Easiest first: the highest online pass rate.
-        "difficulty" => cands.sort_by(|a, b| rate(b.1.difficulty).total_cmp(&rate(a.1.difficulty)).then(a.0.cmp(&b.0))),
-        "reverse_difficulty" => cands.sort_by(|a, b| rate(a.1.difficulty).total_cmp(&rate(b.1.difficulty)).then(a.0.cmp(&b.0))),
+        "difficulty" => cands.sort_by(|a, b| {
+            rate(b.1.difficulty)
+                .total_cmp(&rate(a.1.difficulty))
+                .then(a.0.cmp(&b.0))
+        }),
+        "reverse_difficulty" => cands.sort_by(|a, b| {
+            rate(a.1.difficulty)
+                .total_cmp(&rate(b.1.difficulty))
+                .then(a.0.cmp(&b.0))
+        }),
         _ => {}
     }
     cands.truncate(n);
@@ -979,13 +1270,10 @@ fn bar(opts: &RunOptions, len: u64, what: &str) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let b = indicatif::ProgressBar::new(len);
-    let style = indicatif::ProgressStyle::with_template(&format!("{what} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}} < {{eta_precise}}] {{msg}}"))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "{what} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}} < {{eta_precise}}] {{msg}}"
+    ))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     b.set_style(style);
     b
-}
-
-#[allow(dead_code)]
-fn is_param(g: &Graph, name: &str) -> bool {
-    g.nodes.iter().any(|n| matches!(&n.op, Op::Param { name: p, .. } if p == name))
 }

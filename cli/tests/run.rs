@@ -1,0 +1,265 @@
+//! `keel run`, `keel run --resume` and `keel report` end to end, on a model
+//! and batch small enough for the test suite.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("keel-run-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn keel(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .current_dir(cwd)
+        .env("KEEL_CACHE", cwd.join("cache"))
+        .output()
+        .expect("keel runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const SMALL: &str = r#"import std/grpo
+
+recipe small extends grpo {
+    model { d_model = 32, layers = 1, heads = 2, context = 64 }
+    task { name = arithmetic, seed = 3, difficulty = 0.5, warmup_steps = 30, warmup_lr = 3e-3 }
+    rollout { prompts = 3, group = 4, max_tokens = 16 }
+    optimizer { lr = 1e-3, steps = 12 }
+    checkpoint { every = 3, keep = 3 }
+    eval { every = 4, problems = 8, k = 2 }
+}
+"#;
+
+/// metrics.jsonl without the wall-clock fields.
+fn metrics(run: &Path) -> Vec<Value> {
+    let t = std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics.jsonl");
+    t.lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).expect("json line");
+            if let Some(o) = v.as_object_mut() {
+                for k in ["rollout_s", "train_s", "tokens_per_s", "warm_s"] {
+                    o.remove(k);
+                }
+            }
+            v
+        })
+        .collect()
+}
+
+/// Run 12 steps; run again, SIGKILL it after step 6, resume to 12: the
+/// metrics (all but wall-clock times) and the final weights are bitwise equal.
+#[test]
+fn resume_after_sigkill_is_bitwise_identical() {
+    let d = dir("resume");
+    std::fs::write(d.join("small.recipe"), SMALL).expect("write");
+    let full = keel(&d, &["run", "-q", "small.recipe", "--out", "full"]);
+    assert!(full.status.success(), "{}", text(&full.stderr));
+    let m_full = metrics(&d.join("full"));
+    assert_eq!(m_full.len(), 13, "warm-start line + 12 steps");
+    for (k, m) in m_full.iter().enumerate() {
+        assert_eq!(m["step"].as_u64(), Some(k as u64));
+    }
+    assert!(m_full[12]["loss"].as_f64().is_some_and(f64::is_finite));
+    assert!(
+        m_full[12].get("pass_at_1").is_some(),
+        "evaluated at the end"
+    );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["run", "-q", "small.recipe", "--out", "killed"])
+        .current_dir(&d)
+        .env("KEEL_CACHE", d.join("cache"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let lines = d.join("killed/metrics.jsonl");
+    let start = Instant::now();
+    loop {
+        let n = std::fs::read_to_string(&lines)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if n >= 7 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "run made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let partial = metrics(&d.join("killed"));
+    assert!(partial.len() < 13, "the run was killed before it finished");
+
+    let resumed = keel(&d, &["run", "-q", "--resume", "killed"]);
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    assert_eq!(metrics(&d.join("killed")), m_full);
+    let a = std::fs::read(d.join("full/final.safetensors")).expect("weights");
+    let b = std::fs::read(d.join("killed/final.safetensors")).expect("weights");
+    assert!(a == b, "final weights differ after resume");
+    // Only the newest `keep` checkpoints remain.
+    let cks = std::fs::read_dir(d.join("killed/checkpoints"))
+        .expect("dir")
+        .count();
+    assert_eq!(cks, 3);
+}
+
+/// An absurd learning rate collapses the entropy; the guard rolls back, cuts
+/// the learning rate, and training goes on with finite losses.
+#[test]
+fn guard_rolls_back_an_unstable_run() {
+    let d = dir("guard");
+    let recipe = r#"import std/grpo
+
+recipe unstable extends grpo {
+    model { d_model = 32, layers = 1, heads = 2, context = 64 }
+    task { name = arithmetic, seed = 3, difficulty = 0.5, warmup_steps = 60, warmup_lr = 3e-3 }
+    rollout { prompts = 4, group = 4, max_tokens = 16 }
+    optimizer { lr = 0.3, steps = 14, grad_clip = 1e9 }
+    checkpoint { every = 2 }
+    eval { every = 0, problems = 8, k = 1 }
+
+    guard collapse: mean(entropy) over batch < 0.05 for 2 steps => {
+        rollback 4
+        optimizer.lr *= 0.01
+        warn "entropy collapsed"
+    }
+}
+"#;
+    std::fs::write(d.join("unstable.recipe"), recipe).expect("write");
+    let out = keel(&d, &["run", "-q", "unstable.recipe", "--out", "run"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m = metrics(&d.join("run"));
+    let fired: Vec<&Value> = m.iter().filter(|l| l.get("events").is_some()).collect();
+    assert!(!fired.is_empty(), "the guard never fired: {m:?}");
+    let ev = fired[0]["events"].to_string();
+    assert!(
+        ev.contains("guard `collapse`")
+            && ev.contains("rollback 4")
+            && ev.contains("optimizer.lr *= 0.01"),
+        "{ev}"
+    );
+    assert!(ev.contains("rolled back to the checkpoint of step"), "{ev}");
+    let at = fired[0]["step"].as_u64().expect("step");
+    let back = fired[0]["rolled_back_to"].as_u64().expect("rolled_back_to");
+    assert!(
+        back + 4 <= at || back == 0,
+        "rolled back from {at} to {back}"
+    );
+    // After the rollback: the learning rate is 1% and the losses are finite.
+    let after: Vec<&Value> = m.iter().filter(|l| l["step"].as_u64() > Some(at)).collect();
+    assert!(!after.is_empty());
+    for l in after {
+        assert!((l["lr"].as_f64().expect("lr") - 0.003).abs() < 1e-12, "{l}");
+        assert!(l["loss"].as_f64().is_some_and(f64::is_finite), "{l}");
+    }
+}
+
+#[test]
+fn report_renders_plots_of_a_run() {
+    let d = dir("report");
+    std::fs::write(
+        d.join("small.recipe"),
+        SMALL.replace("steps = 12", "steps = 5"),
+    )
+    .expect("write");
+    let out = keel(&d, &["run", "-q", "small.recipe", "--out", "r"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rep = keel(&d, &["report", "r"]);
+    assert!(rep.status.success(), "{}", text(&rep.stderr));
+    let html = std::fs::read_to_string(d.join("r/report.html")).expect("report.html");
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    for title in [
+        "reward (mean)",
+        "held-out pass@k",
+        "entropy (mean per token)",
+        "KL to the reference",
+        "clip fraction",
+        "gradient norm",
+    ] {
+        assert!(html.contains(title), "no plot titled {title}");
+    }
+    // One polyline per multi-point series, with numeric coordinates inside the plot.
+    let n = html.matches("<polyline class=\"series\"").count();
+    assert!(n >= 6, "{n} series");
+    assert!(
+        !html.contains("NaN") && !html.contains("inf"),
+        "non-finite coordinates"
+    );
+    assert!(!html.contains("<script"), "the report needs no scripts");
+    // A directory without a run is a located error.
+    let bad = keel(&d, &["report", "nowhere"]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("error[E0704]"),
+        "{}",
+        text(&bad.stderr)
+    );
+}
+
+#[test]
+fn bad_task_data_is_located() {
+    let d = dir("data");
+    let recipe = |path: &str| {
+        format!(
+            "import std/grpo\n\nrecipe data extends grpo {{\n    model {{ d_model = 16, layers = 1, heads = 2, context = 48 }}\n    task {{ name = jsonl, path = \"{path}\", verifier = exact }}\n    rollout {{ prompts = 2, group = 2, max_tokens = 8 }}\n    optimizer {{ steps = 2 }}\n    eval {{ every = 0, problems = 2, k = 1 }}\n}}\n"
+        )
+    };
+    std::fs::write(d.join("missing.recipe"), recipe("nope.jsonl")).expect("write");
+    let out = keel(&d, &["run", "-q", "missing.recipe", "--out", "a"]);
+    assert!(!out.status.success());
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("nope.jsonl: error[E0700]") && e.contains("help:"),
+        "{e}"
+    );
+
+    std::fs::write(
+        d.join("d.jsonl"),
+        "{\"prompt\":\"1+1=\",\"answer\":\"2\"}\n{\"prompt\":\"2+2=\"}\n",
+    )
+    .expect("write");
+    std::fs::write(d.join("bad.recipe"), recipe("d.jsonl")).expect("write");
+    let out = keel(&d, &["run", "-q", "bad.recipe", "--out", "b"]);
+    assert!(!out.status.success());
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("d.jsonl:2: error[E0701]: record has no `answer` field"),
+        "{e}"
+    );
+
+    // A good file trains.
+    std::fs::write(
+        d.join("d.jsonl"),
+        "{\"prompt\":\"1+1=\",\"answer\":\"2\"}\n{\"prompt\":\"2+2=\",\"answer\":\"4\"}\n",
+    )
+    .expect("write");
+    let out = keel(&d, &["run", "-q", "bad.recipe", "--out", "c"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(metrics(&d.join("c")).len(), 3);
+
+    // Resuming a directory that is not a run, and reusing a run directory.
+    let out = keel(&d, &["run", "--resume", "nowhere"]);
+    assert!(
+        text(&out.stderr).contains("error[E0704]"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = keel(&d, &["run", "-q", "bad.recipe", "--out", "c"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("already holds a run"),
+        "{}",
+        text(&out.stderr)
+    );
+}
