@@ -194,7 +194,9 @@ pub fn run(a: Args) -> ExitCode {
                     color,
                 );
             }
-            eprintln!("{e}");
+            if !e.diagnostics.iter().any(|d| d.code.0 == e.code) {
+                eprintln!("{e}");
+            }
             ExitCode::from(1)
         }
     }

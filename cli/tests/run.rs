@@ -263,3 +263,78 @@ fn bad_task_data_is_located() {
         text(&out.stderr)
     );
 }
+
+/// Settings, recipes and weights the runtime cannot use are located errors.
+#[test]
+fn runtime_setting_errors_are_located() {
+    let d = dir("settings");
+    let run = |name: &str, body: &str| -> String {
+        std::fs::write(d.join(name), body).expect("write");
+        let out = keel(&d, &["run", "-q", name, "--out", &format!("out-{name}")]);
+        assert!(!out.status.success(), "{name} should fail");
+        text(&out.stderr)
+    };
+    // E0703 at the model section's `heads`.
+    let e = run(
+        "heads.recipe",
+        "import std/grpo\n\nrecipe heads extends grpo {\n    model { d_model = 30, heads = 4 }\n}\n",
+    );
+    assert!(e.contains("heads.recipe:4:27: error[E0703]"), "{e}");
+    assert!(e.contains("help:") || e.contains("Help:"), "{e}");
+    // E0702: jsonl without a path, at `task.name`.
+    let e = run(
+        "nopath.recipe",
+        "import std/grpo\n\nrecipe nopath extends grpo {\n    task { name = jsonl }\n}\n",
+    );
+    assert!(e.contains("nopath.recipe:4:12: error[E0702]"), "{e}");
+    // E0702: a character the tokenizer lacks, at its line.
+    std::fs::write(d.join("u.jsonl"), "{\"prompt\":\"1+1=\",\"answer\":\"2\"}\n{\"prompt\":\"1+1 ≈\",\"answer\":\"2\"}\n").expect("write");
+    let e = run(
+        "utf.recipe",
+        "import std/grpo\n\nrecipe utf extends grpo {\n    task { name = jsonl, path = \"u.jsonl\" }\n}\n",
+    );
+    assert!(e.contains("u.jsonl:2: error[E0702]"), "{e}");
+    // E0706: the loss reads an input the runtime does not produce.
+    let e = run(
+        "teacher.recipe",
+        "import std/grpo\n\nrecipe teacher extends grpo {\n    model { d_model = 16, heads = 2 }\n    optimizer { steps = 1 }\n    divergence { value = logsumexp(teacher_logits) over vocab - logsumexp(logits) over vocab }\n}\n",
+    );
+    assert!(e.contains("teacher_logits") && e.contains("E0600"), "{e}");
+    // E0707: initial weights that do not exist, or do not fit.
+    let e = run(
+        "init.recipe",
+        "import std/grpo\n\nrecipe init extends grpo {\n    model { d_model = 16, heads = 2, init = \"none.safetensors\" }\n}\n",
+    );
+    assert!(e.contains("none.safetensors: error[E0707]"), "{e}");
+    std::fs::write(d.join("w.safetensors"), b"not a safetensors file").expect("write");
+    let e = run(
+        "init2.recipe",
+        "import std/grpo\n\nrecipe init2 extends grpo {\n    model { d_model = 16, heads = 2, init = \"w.safetensors\" }\n}\n",
+    );
+    assert!(e.contains("w.safetensors: error[E0707]: not a safetensors file"), "{e}");
+}
+
+/// Weights a run writes start another run (`model.init`); a changed recipe
+/// cannot be resumed.
+#[test]
+fn init_from_a_previous_run_and_resume_guard() {
+    let d = dir("init");
+    let small = SMALL.replace("steps = 12", "steps = 2").replace("warmup_steps = 30", "warmup_steps = 0");
+    std::fs::write(d.join("a.recipe"), &small).expect("write");
+    let out = keel(&d, &["run", "-q", "a.recipe", "--out", "a"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let b = small.replace("recipe small", "recipe b").replace("context = 64 }", "context = 64, init = \"a/final.safetensors\" }");
+    std::fs::write(d.join("b.recipe"), &b).expect("write");
+    let out = keel(&d, &["run", "-q", "b.recipe", "--out", "b"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A model of another width does not load those weights.
+    let c = b.replace("d_model = 32", "d_model = 16");
+    std::fs::write(d.join("c.recipe"), &c).expect("write");
+    let out = keel(&d, &["run", "-q", "c.recipe", "--out", "c"]);
+    assert!(text(&out.stderr).contains("error[E0707]: tensor `embed` is F32 [88, 32], expected F32 [88, 16]"), "{}", text(&out.stderr));
+    // Editing the recipe, then resuming, is refused.
+    std::fs::write(d.join("a.recipe"), small.replace("lr = 1e-3", "lr = 2e-3")).expect("write");
+    let out = keel(&d, &["run", "-q", "--resume", "a"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("error[E0705]"), "{}", text(&out.stderr));
+}

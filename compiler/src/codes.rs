@@ -71,6 +71,15 @@ codes! {
     BATCH_NONFINITE = "E0603": "batch tensor holds NaN or infinity";
     BATCH_UNREADABLE = "E0604": "batch file cannot be read";
     UNKNOWN_SETTING = "E0605": "`--set` names no hyperparameter";
+    // The runtime (`keel run`).
+    DATA_UNREADABLE = "E0700": "task data file cannot be read";
+    DATA_RECORD = "E0701": "task data record is malformed";
+    TASK_SETTING = "E0702": "task setting or data does not fit the runtime";
+    MODEL_SETTING = "E0703": "model settings do not fit together";
+    RUN_DIR = "E0704": "run directory or checkpoint cannot be used";
+    RESUME_MISMATCH = "E0705": "the recipe changed since the run started";
+    RUNTIME_INPUT = "E0706": "the recipe's loss cannot run on the runtime's batch";
+    WEIGHTS = "E0707": "weights file does not match the model";
     // Warnings.
     UNUSED_LET = "W0001": "unused `let`";
     PROBABLE_TYPO_KEY = "W0002": "new key that looks like a typo of an inherited one";

@@ -45,24 +45,17 @@ impl fmt::Display for RunError {
 
 impl std::error::Error for RunError {}
 
-/// Codes; their long explanations live in docs/errors.md.
+/// Codes; their long explanations live in docs/errors.md (`keel explain`).
 pub mod codes {
-    /// A task data file is missing or unreadable.
-    pub const DATA_UNREADABLE: &str = "E0700";
-    /// A line of a JSONL task file is not a valid record.
-    pub const DATA_RECORD: &str = "E0701";
-    /// A task setting is invalid (unknown verifier pattern, text outside the tokenizer).
-    pub const TASK_SETTING: &str = "E0702";
-    /// The model settings do not fit (heads, context).
-    pub const MODEL_SETTING: &str = "E0703";
-    /// A run directory or checkpoint cannot be written or read.
-    pub const CHECKPOINT: &str = "E0704";
-    /// `--resume` names a run of a different recipe or settings.
-    pub const RESUME_MISMATCH: &str = "E0705";
-    /// The recipe's loss cannot be evaluated on the runtime's batch.
-    pub const LOSS_PROGRAM: &str = "E0706";
-    /// A weights file (`model.init`) does not match the model.
-    pub const WEIGHTS: &str = "E0707";
+    use keel_compiler::codes as c;
+    pub const DATA_UNREADABLE: &str = c::DATA_UNREADABLE.0;
+    pub const DATA_RECORD: &str = c::DATA_RECORD.0;
+    pub const TASK_SETTING: &str = c::TASK_SETTING.0;
+    pub const MODEL_SETTING: &str = c::MODEL_SETTING.0;
+    pub const CHECKPOINT: &str = c::RUN_DIR.0;
+    pub const RESUME_MISMATCH: &str = c::RESUME_MISMATCH.0;
+    pub const LOSS_PROGRAM: &str = c::RUNTIME_INPUT.0;
+    pub const WEIGHTS: &str = c::WEIGHTS.0;
 }
 
 pub type Result<T> = std::result::Result<T, RunError>;

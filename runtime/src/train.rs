@@ -59,6 +59,7 @@ pub struct Summary {
 
 /// The settings a run reads once.
 struct Plan {
+    init_path: Option<String>,
     model: ModelConfig,
     task: Task,
     task_desc: String,
@@ -102,7 +103,10 @@ fn plan(checked: &Checked, index: usize) -> Result<Plan> {
         qk_norm: s.num("model", "qk_norm", 0.0) != 0.0,
         seed: s.int("model", "seed", 0) as u64,
     };
-    model.validate()?;
+    if let Err(mut e) = model.validate() {
+        e.diagnostics = located(checked, index, "model", "heads", &e);
+        return Err(e);
+    }
     let seed = s.int("task", "seed", 0) as u64;
     let difficulty = s.num("task", "difficulty", 1.0);
     let name = s.sym("task", "name").unwrap_or_else(|| "arithmetic".into());
@@ -113,12 +117,14 @@ fn plan(checked: &Checked, index: usize) -> Result<Plan> {
         ),
         "jsonl" => {
             let Some(path) = s.sym("task", "path") else {
-                return Err(RunError::new(
+                let mut e = RunError::new(
                     codes::TASK_SETTING,
                     "task `jsonl` needs `task.path`",
                     "add `task { name = jsonl, path = \"data.jsonl\" }`",
                 )
-                .at("task.path"));
+                .at("task.path");
+                e.diagnostics = located(checked, index, "task", "name", &e);
+                return Err(e);
             };
             let text = fs::read_to_string(&path).map_err(|e| {
                 RunError::new(
@@ -169,6 +175,7 @@ fn plan(checked: &Checked, index: usize) -> Result<Plan> {
         ),
     };
     Ok(Plan {
+        init_path: s.sym("model", "init"),
         model,
         task,
         task_desc,
@@ -199,6 +206,25 @@ fn plan(checked: &Checked, index: usize) -> Result<Plan> {
         },
         reads_ref: recipe.inputs.contains_key("ref_logp"),
     })
+}
+
+/// A diagnostic at `section.key` of the recipe (or its name), for an error
+/// the runtime finds in a setting.
+fn located(checked: &Checked, index: usize, section: &str, key: &str, e: &RunError) -> Vec<Diagnostic> {
+    let (Some(m), Some(r)) = (checked.merged.get(index), checked.recipes.get(index)) else {
+        return Vec::new();
+    };
+    let (file, span) = m
+        .section(section)
+        .and_then(|s| s.entry(key))
+        .map(|en| (en.file, en.name_span))
+        .unwrap_or((r.file, r.name_span));
+    vec![Diagnostic::error(
+        keel_compiler::codes::Code(e.code),
+        e.message.clone(),
+        keel_compiler::Label::new(file, span, format!("`{section}.{key}`")),
+    )
+    .with_help(e.help.clone())]
 }
 
 /// FNV-1a, for cache keys.
@@ -630,12 +656,45 @@ pub fn run(
     // ---- the loss and host programs -------------------------------------
     let mut loss = Loss::compile(checked, index, plan.reads_ref)?;
     let base_params = params_of(&loss.graph);
+    // A dry run on a one-token batch: an input the runtime does not produce
+    // is reported now, not after the warm start.
+    {
+        let dry = Rollouts {
+            prompts: vec![vec![BOS]],
+            responses: vec![vec![EOS]],
+            old_logp: vec![vec![0.0]],
+            entropy: vec![vec![0.0]],
+            ref_logp: plan.reads_ref.then(|| vec![vec![0.0]]),
+            group: vec![0],
+            verdicts: vec![Default::default()],
+            truncated: vec![false],
+            difficulty: vec![0.0],
+        };
+        let v = plan.model.vocab;
+        let si = StepInputs { step: 1.0, total_steps: plan.steps as f64, epoch: 0.0 };
+        if let Err(e) = loss.run(&dry.loss_batch(vec![0.0; v], v, si))
+            && !e.diagnostics.is_empty()
+        {
+            return Err(e);
+        }
+    }
     let guards = guard_specs(checked, index);
 
     // ---- warm start (cached by recipe model/task settings and seed) ------
-    let init = Weights::init(&plan.model);
+    let seeded = Weights::init(&plan.model);
+    let init = match &plan.init_path {
+        Some(p) => {
+            let path = PathBuf::from(p);
+            let bytes = fs::read(&path).map_err(|e| {
+                RunError::new(codes::WEIGHTS, format!("cannot read `{p}`: {e}"), "`model.init` names a safetensors file of weights, such as RUN_DIR/final.safetensors of an earlier run").at(p.clone())
+            })?;
+            checkpoint::weights_from_bytes(&bytes, "", &seeded, &path)?
+        }
+        None => seeded,
+    };
+    let init_hash = fnv(&init.data.iter().flatten().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
     let key = fnv(format!(
-        "{:?}|{}|{}|{}|{}|{:?}",
+        "{:?}|{}|{}|{}|{}|{:?}|{init_hash:x}",
         plan.model, plan.task_desc, plan.warm_steps, plan.warm_lr, plan.warm_batch, plan.adam
     )
     .as_bytes());
