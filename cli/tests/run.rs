@@ -288,7 +288,11 @@ fn runtime_setting_errors_are_located() {
     );
     assert!(e.contains("nopath.recipe:4:12: error[E0702]"), "{e}");
     // E0702: a character the tokenizer lacks, at its line.
-    std::fs::write(d.join("u.jsonl"), "{\"prompt\":\"1+1=\",\"answer\":\"2\"}\n{\"prompt\":\"1+1 ≈\",\"answer\":\"2\"}\n").expect("write");
+    std::fs::write(
+        d.join("u.jsonl"),
+        "{\"prompt\":\"1+1=\",\"answer\":\"2\"}\n{\"prompt\":\"1+1 ≈\",\"answer\":\"2\"}\n",
+    )
+    .expect("write");
     let e = run(
         "utf.recipe",
         "import std/grpo\n\nrecipe utf extends grpo {\n    task { name = jsonl, path = \"u.jsonl\" }\n}\n",
@@ -311,7 +315,10 @@ fn runtime_setting_errors_are_located() {
         "init2.recipe",
         "import std/grpo\n\nrecipe init2 extends grpo {\n    model { d_model = 16, heads = 2, init = \"w.safetensors\" }\n}\n",
     );
-    assert!(e.contains("w.safetensors: error[E0707]: not a safetensors file"), "{e}");
+    assert!(
+        e.contains("w.safetensors: error[E0707]: not a safetensors file"),
+        "{e}"
+    );
 }
 
 /// Weights a run writes start another run (`model.init`); a changed recipe
@@ -319,11 +326,16 @@ fn runtime_setting_errors_are_located() {
 #[test]
 fn init_from_a_previous_run_and_resume_guard() {
     let d = dir("init");
-    let small = SMALL.replace("steps = 12", "steps = 2").replace("warmup_steps = 30", "warmup_steps = 0");
+    let small = SMALL
+        .replace("steps = 12", "steps = 2")
+        .replace("warmup_steps = 30", "warmup_steps = 0");
     std::fs::write(d.join("a.recipe"), &small).expect("write");
     let out = keel(&d, &["run", "-q", "a.recipe", "--out", "a"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let b = small.replace("recipe small", "recipe b").replace("context = 64 }", "context = 64, init = \"a/final.safetensors\" }");
+    let b = small.replace("recipe small", "recipe b").replace(
+        "context = 64 }",
+        "context = 64, init = \"a/final.safetensors\" }",
+    );
     std::fs::write(d.join("b.recipe"), &b).expect("write");
     let out = keel(&d, &["run", "-q", "b.recipe", "--out", "b"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -331,10 +343,19 @@ fn init_from_a_previous_run_and_resume_guard() {
     let c = b.replace("d_model = 32", "d_model = 16");
     std::fs::write(d.join("c.recipe"), &c).expect("write");
     let out = keel(&d, &["run", "-q", "c.recipe", "--out", "c"]);
-    assert!(text(&out.stderr).contains("error[E0707]: tensor `embed` is F32 [88, 32], expected F32 [88, 16]"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr)
+            .contains("error[E0707]: tensor `embed` is F32 [88, 32], expected F32 [88, 16]"),
+        "{}",
+        text(&out.stderr)
+    );
     // Editing the recipe, then resuming, is refused.
     std::fs::write(d.join("a.recipe"), small.replace("lr = 1e-3", "lr = 2e-3")).expect("write");
     let out = keel(&d, &["run", "-q", "--resume", "a"]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("error[E0705]"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("error[E0705]"),
+        "{}",
+        text(&out.stderr)
+    );
 }

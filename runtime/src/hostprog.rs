@@ -206,3 +206,80 @@ pub fn params_of(g: &Graph) -> HashMap<String, f64> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::{Rollouts, StepInputs};
+    use crate::tasks::Verdict;
+
+    const RECIPE: &str = r#"import std/grpo
+recipe q extends grpo {
+    optimizer { lr = 3e-4 * min(1, step / 20) }
+    reward = if correct then 1 - 0.01 * length else 0
+    state { avg = 1.0 }
+    update { avg = 0.5 * avg + 0.5 * mean(entropy) over batch }
+    guard low: mean(entropy) over batch < 0.05 => { warn "low" }
+}
+"#;
+
+    fn batch(correct: &[bool], entropy: f64) -> Rollouts {
+        let n = correct.len();
+        Rollouts {
+            prompts: vec![vec![1]; n],
+            responses: (0..n).map(|i| vec![5; i + 1]).collect(),
+            old_logp: (0..n).map(|i| vec![-0.5; i + 1]).collect(),
+            entropy: (0..n).map(|i| vec![entropy; i + 1]).collect(),
+            ref_logp: None,
+            group: vec![0; n],
+            verdicts: correct
+                .iter()
+                .map(|&c| Verdict {
+                    correct: c,
+                    format_ok: true,
+                    steps: Vec::new(),
+                })
+                .collect(),
+            truncated: vec![false; n],
+            difficulty: vec![0.5],
+        }
+    }
+
+    #[test]
+    fn schedules_rewards_state_and_guards_run_as_compiled_host_code() {
+        let checked = keel_compiler::check_source(&keel_compiler::NoFiles, "q.recipe", RECIPE);
+        assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
+        let mut params = HashMap::new();
+        params.insert("state.avg".to_string(), 0.2);
+        let h = HostProgram::compile(&checked, 0, &params).expect("compiles");
+        let r = batch(&[true, false, true], 0.04);
+        let s = StepInputs {
+            step: 10.0,
+            total_steps: 100.0,
+            epoch: 0.0,
+        };
+        let inputs = r.inputs(s);
+        let mask = r.mask();
+        let view = BatchView {
+            shape: r.shape(1),
+            mask: &mask,
+            inputs: &inputs,
+        };
+        let reward = h.reward(&view).expect("runs").expect("a reward");
+        assert_eq!(reward, vec![1.0 - 0.01, 0.0, 1.0 - 0.03]);
+        let sc = h.scalars(&view).expect("runs");
+        assert_eq!(sc["optimizer.lr"], 3e-4 * 0.5);
+        // The state starts from the value given, not the recipe's 1.0.
+        assert!((sc["state.avg"] - (0.5 * 0.2 + 0.5 * 0.04)).abs() < 1e-15);
+        assert_eq!(sc["guard.low"], 1.0);
+        let r = batch(&[true], 0.5);
+        let inputs = r.inputs(s);
+        let mask = r.mask();
+        let view = BatchView {
+            shape: r.shape(1),
+            mask: &mask,
+            inputs: &inputs,
+        };
+        assert_eq!(h.scalars(&view).expect("runs")["guard.low"], 0.0);
+    }
+}

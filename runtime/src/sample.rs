@@ -125,3 +125,49 @@ pub fn sample(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temperature_and_entropy() {
+        let (lp, h) = log_probs(&[0.0, 0.0, 0.0, 0.0], 1.0);
+        assert!(lp.iter().all(|&l| (l + 4f64.ln()).abs() < 1e-12));
+        assert!((h - 4f64.ln()).abs() < 1e-12);
+        // Temperature 2 halves the logits.
+        let (a, _) = log_probs(&[2.0, 0.0], 2.0);
+        let (b, _) = log_probs(&[1.0, 0.0], 1.0);
+        assert!((a[0] - b[0]).abs() < 1e-12);
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_nucleus() {
+        let lp: Vec<f64> = [0.6f64, 0.3, 0.1].iter().map(|p| p.ln()).collect();
+        let mut rng = Rng::new(1);
+        assert!((0..200).all(|_| draw(&lp, 0.5, &mut rng) == 0));
+        let mut counts = [0usize; 3];
+        for _ in 0..30_000 {
+            counts[draw(&lp, 0.85, &mut rng) as usize] += 1;
+        }
+        assert_eq!(counts[2], 0, "outside the nucleus");
+        let ratio = counts[0] as f64 / counts[1] as f64;
+        assert!(
+            (ratio - 2.0).abs() < 0.1,
+            "renormalised within the nucleus: {ratio}"
+        );
+        let mut all = [0usize; 3];
+        for _ in 0..30_000 {
+            all[draw(&lp, 1.0, &mut rng) as usize] += 1;
+        }
+        assert!((all[2] as f64 / 30_000.0 - 0.1).abs() < 0.01);
+    }
+
+    #[test]
+    fn left_padding() {
+        let (t, v, p) = left_pad(&[vec![1, 5], vec![1, 6, 7, 8]]);
+        assert_eq!(p, 4);
+        assert_eq!(t, vec![PAD, PAD, 1, 5, 1, 6, 7, 8]);
+        assert_eq!(v, vec![false, false, true, true, true, true, true, true]);
+    }
+}

@@ -210,7 +210,13 @@ fn plan(checked: &Checked, index: usize) -> Result<Plan> {
 
 /// A diagnostic at `section.key` of the recipe (or its name), for an error
 /// the runtime finds in a setting.
-fn located(checked: &Checked, index: usize, section: &str, key: &str, e: &RunError) -> Vec<Diagnostic> {
+fn located(
+    checked: &Checked,
+    index: usize,
+    section: &str,
+    key: &str,
+    e: &RunError,
+) -> Vec<Diagnostic> {
     let (Some(m), Some(r)) = (checked.merged.get(index), checked.recipes.get(index)) else {
         return Vec::new();
     };
@@ -219,12 +225,14 @@ fn located(checked: &Checked, index: usize, section: &str, key: &str, e: &RunErr
         .and_then(|s| s.entry(key))
         .map(|en| (en.file, en.name_span))
         .unwrap_or((r.file, r.name_span));
-    vec![Diagnostic::error(
-        keel_compiler::codes::Code(e.code),
-        e.message.clone(),
-        keel_compiler::Label::new(file, span, format!("`{section}.{key}`")),
-    )
-    .with_help(e.help.clone())]
+    vec![
+        Diagnostic::error(
+            keel_compiler::codes::Code(e.code),
+            e.message.clone(),
+            keel_compiler::Label::new(file, span, format!("`{section}.{key}`")),
+        )
+        .with_help(e.help.clone()),
+    ]
 }
 
 /// FNV-1a, for cache keys.
@@ -671,7 +679,11 @@ pub fn run(
             difficulty: vec![0.0],
         };
         let v = plan.model.vocab;
-        let si = StepInputs { step: 1.0, total_steps: plan.steps as f64, epoch: 0.0 };
+        let si = StepInputs {
+            step: 1.0,
+            total_steps: plan.steps as f64,
+            epoch: 0.0,
+        };
         if let Err(e) = loss.run(&dry.loss_batch(vec![0.0; v], v, si))
             && !e.diagnostics.is_empty()
         {
@@ -692,7 +704,12 @@ pub fn run(
         }
         None => seeded,
     };
-    let init_hash = fnv(&init.data.iter().flatten().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+    let init_hash = fnv(&init
+        .data
+        .iter()
+        .flatten()
+        .flat_map(|x| x.to_le_bytes())
+        .collect::<Vec<u8>>());
     let key = fnv(format!(
         "{:?}|{}|{}|{}|{}|{:?}|{init_hash:x}",
         plan.model, plan.task_desc, plan.warm_steps, plan.warm_lr, plan.warm_batch, plan.adam
