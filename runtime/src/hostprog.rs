@@ -230,6 +230,8 @@ recipe q extends grpo {
             responses: (0..n).map(|i| vec![5; i + 1]).collect(),
             old_logp: (0..n).map(|i| vec![-0.5; i + 1]).collect(),
             entropy: (0..n).map(|i| vec![entropy; i + 1]).collect(),
+            old_logits: (0..n).map(|i| vec![0.0; (i + 1) * 3]).collect(),
+            vocab: 3,
             ref_logp: None,
             group: vec![0; n],
             verdicts: correct
@@ -261,7 +263,7 @@ recipe q extends grpo {
         let inputs = r.inputs(s);
         let mask = r.mask();
         let view = BatchView {
-            shape: r.shape(1),
+            shape: r.shape(),
             mask: &mask,
             inputs: &inputs,
         };
@@ -276,7 +278,7 @@ recipe q extends grpo {
         let inputs = r.inputs(s);
         let mask = r.mask();
         let view = BatchView {
-            shape: r.shape(1),
+            shape: r.shape(),
             mask: &mask,
             inputs: &inputs,
         };

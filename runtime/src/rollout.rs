@@ -16,6 +16,10 @@ pub struct Rollouts {
     pub responses: Vec<Vec<u32>>,
     pub old_logp: Vec<Vec<f64>>,
     pub entropy: Vec<Vec<f64>>,
+    /// Per row: the behaviour policy's (temperature-scaled) logits, [len·V].
+    pub old_logits: Vec<Vec<f32>>,
+    /// Vocabulary size of `old_logits`.
+    pub vocab: usize,
     pub ref_logp: Option<Vec<Vec<f64>>>,
     /// Per row: its group (prompt) index, 0..n_groups.
     pub group: Vec<usize>,
@@ -50,6 +54,7 @@ impl Rollouts {
     pub fn select_groups(&self, groups: &[usize]) -> Rollouts {
         let mut out = Rollouts {
             ref_logp: self.ref_logp.as_ref().map(|_| Vec::new()),
+            vocab: self.vocab,
             ..Default::default()
         };
         for (new, &g) in groups.iter().enumerate() {
@@ -60,6 +65,8 @@ impl Rollouts {
                 out.responses.push(self.responses[r].clone());
                 out.old_logp.push(self.old_logp[r].clone());
                 out.entropy.push(self.entropy[r].clone());
+                out.old_logits
+                    .push(self.old_logits.get(r).cloned().unwrap_or_default());
                 if let (Some(dst), Some(src)) = (out.ref_logp.as_mut(), self.ref_logp.as_ref()) {
                     dst.push(src[r].clone());
                 }
@@ -78,6 +85,8 @@ impl Rollouts {
         self.responses.extend(other.responses);
         self.old_logp.extend(other.old_logp);
         self.entropy.extend(other.entropy);
+        self.old_logits.extend(other.old_logits);
+        self.vocab = self.vocab.max(other.vocab);
         match (self.ref_logp.as_mut(), other.ref_logp) {
             (Some(a), Some(b)) => a.extend(b),
             _ => self.ref_logp = None,
@@ -98,11 +107,11 @@ impl Rollouts {
             .max(1)
     }
 
-    pub fn shape(&self, v: usize) -> Shape {
+    pub fn shape(&self) -> Shape {
         Shape {
             b: self.len(),
             t: self.t(),
-            v,
+            v: self.vocab.max(1),
             group_of: self.group.clone(),
             n_groups: self.n_groups(),
         }
@@ -152,6 +161,29 @@ impl Rollouts {
         // Before the update the current policy is the behaviour policy.
         m.insert("logp".into(), self.token_level(&self.old_logp));
         m.insert("entropy".into(), self.token_level(&self.entropy));
+        let v = self.vocab.max(1);
+        let mut z = vec![0.0; b * t * v];
+        let mut mean_lp = vec![0.0; b * t];
+        for (r, row) in self.old_logits.iter().enumerate() {
+            for (j, tok) in row.chunks_exact(v).enumerate().take(t) {
+                let m = tok.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x as f64));
+                let lse = m + tok.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+                for (k, &x) in tok.iter().enumerate() {
+                    z[(r * t + j) * v + k] = x as f64;
+                }
+                mean_lp[r * t + j] = tok.iter().map(|&x| x as f64 - lse).sum::<f64>() / v as f64;
+            }
+        }
+        // Before the update the current policy is the behaviour policy.
+        m.insert("logits".into(), z.clone());
+        m.insert("old_logits".into(), z);
+        m.insert("mean_logp".into(), mean_lp.clone());
+        m.insert("old_mean_logp".into(), mean_lp);
+        m.insert(
+            "tokens".into(),
+            self.tokens().iter().map(|&x| x as f64).collect(),
+        );
+        m.insert("mask".into(), self.mask());
         if let Some(r) = &self.ref_logp {
             m.insert("ref_logp".into(), self.token_level(r));
         }
@@ -225,12 +257,18 @@ impl Rollouts {
             vec![b, t],
             self.tokens().iter().map(|&x| x as f64).collect(),
         );
-        for name in ["old_logp", "ref_logp", "step_reward", "entropy"] {
-            if let Some(x) = inputs.get(name)
-                && name != "entropy"
-            {
+        for name in ["old_logp", "ref_logp", "step_reward", "old_mean_logp"] {
+            if let Some(x) = inputs.get(name) {
                 batch.insert(name, "f32", vec![b, t], x.clone());
             }
+        }
+        if let Some(x) = inputs.get("old_logits") {
+            batch.insert(
+                "old_logits",
+                "f32",
+                vec![b, t, self.vocab.max(1)],
+                x.clone(),
+            );
         }
         batch.insert("step_end", "u8", vec![b, t], inputs["step_end"].clone());
         for name in ["correct", "format_ok", "truncated"] {
@@ -269,5 +307,7 @@ pub fn provided(name: &str, has_ref: bool) -> bool {
             | "total_steps"
             | "epoch"
             | "progress"
+            | "old_logits"
+            | "old_mean_logp"
     ) || (name == "ref_logp" && has_ref)
 }

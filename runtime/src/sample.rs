@@ -11,6 +11,8 @@ pub struct Sample {
     /// log π(token) under the temperature-scaled distribution.
     pub old_logp: Vec<f64>,
     pub entropy: Vec<f64>,
+    /// The temperature-scaled logits of every step, [len, V] row-major.
+    pub logits: Vec<f32>,
     /// Generation hit `max_tokens` (or the context) before EOS.
     pub truncated: bool,
 }
@@ -90,6 +92,7 @@ pub fn sample(
             response: Vec::new(),
             old_logp: Vec::new(),
             entropy: Vec::new(),
+            logits: Vec::new(),
             truncated: false,
         })
         .collect();
@@ -103,12 +106,15 @@ pub fn sample(
             if done[bi] {
                 continue;
             }
-            let (lp, ent) = log_probs(&z[bi * v..(bi + 1) * v], cfg.temperature);
+            let row = &z[bi * v..(bi + 1) * v];
+            let (lp, ent) = log_probs(row, cfg.temperature);
             let tok = draw(&lp, cfg.top_p, rng);
             let s = &mut out[bi];
             s.response.push(tok);
             s.old_logp.push(lp[tok as usize]);
             s.entropy.push(ent);
+            s.logits
+                .extend(row.iter().map(|&x| (x as f64 / cfg.temperature) as f32));
             next[bi] = tok;
             if tok == EOS {
                 done[bi] = true;

@@ -349,6 +349,7 @@ fn rollouts(
     }
     let samples = sample::sample(policy, &prompts, cfg, rng);
     let mut out = Rollouts {
+        vocab: policy.cfg.vocab,
         difficulty: problems.iter().map(|p| p.difficulty).collect(),
         ..Default::default()
     };
@@ -362,6 +363,7 @@ fn rollouts(
         out.responses.push(s.response);
         out.old_logp.push(s.old_logp);
         out.entropy.push(s.entropy);
+        out.old_logits.push(s.logits);
         out.group.push(g);
         out.verdicts.push(verdict);
         out.truncated.push(s.truncated);
@@ -672,6 +674,8 @@ pub fn run(
             responses: vec![vec![EOS]],
             old_logp: vec![vec![0.0]],
             entropy: vec![vec![0.0]],
+            old_logits: vec![vec![0.0; plan.model.vocab]],
+            vocab: plan.model.vocab,
             ref_logp: plan.reads_ref.then(|| vec![vec![0.0]]),
             group: vec![0],
             verdicts: vec![Default::default()],
@@ -961,7 +965,7 @@ pub fn run(
             let inputs = batch.inputs(step_in);
             let mask = batch.mask();
             let view = BatchView {
-                shape: batch.shape(1),
+                shape: batch.shape(),
                 mask: &mask,
                 inputs: &inputs,
             };
@@ -1276,7 +1280,7 @@ fn step_scalars(host: &HostProgram, st: &TrainState, total: u64) -> Result<HashM
     };
     let inputs = r.inputs(step);
     let view = BatchView {
-        shape: r.shape(1),
+        shape: r.shape(),
         mask: &[],
         inputs: &inputs,
     };
@@ -1288,7 +1292,7 @@ fn rewards_of(host: &HostProgram, r: &Rollouts, s: StepInputs) -> Result<Vec<f64
     let inputs = r.inputs(s);
     let mask = r.mask();
     let view = BatchView {
-        shape: r.shape(1),
+        shape: r.shape(),
         mask: &mask,
         inputs: &inputs,
     };
