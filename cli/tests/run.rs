@@ -461,3 +461,44 @@ fn every_stdlib_recipe_runs_or_names_the_missing_input() {
         assert!(ran.iter().any(|r| r == must), "{must} did not run");
     }
 }
+
+/// Headless Chromium renders the report; the screenshot has the window's
+/// size and far more ink than a blank page. Skipped when Chromium is absent,
+/// unless KEEL_REQUIRE_CHROMIUM is set (CI installs it).
+#[test]
+fn report_renders_in_headless_chromium() {
+    let have = Command::new("chromium").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(std::env::var_os("KEEL_REQUIRE_CHROMIUM").is_none(), "chromium is required but missing");
+        eprintln!("skipped: no chromium");
+        return;
+    }
+    let d = dir("chromium");
+    std::fs::write(d.join("small.recipe"), SMALL.replace("steps = 12", "steps = 4")).expect("write");
+    let out = keel(&d, &["run", "-q", "small.recipe", "--out", "r"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(keel(&d, &["report", "r"]).status.success());
+    let page = format!("file://{}", d.join("r/report.html").display());
+    let shot = |name: &str, url: &str| -> Vec<u8> {
+        let png = d.join(name);
+        let out = Command::new("chromium")
+            .args([
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                &format!("--user-data-dir={}", d.join("profile").display()),
+                &format!("--screenshot={}", png.display()), "--window-size=1200,900", url,
+            ])
+            .output()
+            .expect("chromium runs");
+        assert!(png.exists(), "no screenshot: {}", text(&out.stderr));
+        std::fs::read(png).expect("png")
+    };
+    let png = shot("report.png", &page);
+    assert_eq!(&png[1..4], b"PNG");
+    let w = u32::from_be_bytes([png[16], png[17], png[18], png[19]]);
+    let h = u32::from_be_bytes([png[20], png[21], png[22], png[23]]);
+    assert_eq!((w, h), (1200, 900));
+    std::fs::write(d.join("blank.html"), "<!DOCTYPE html><html><body></body></html>").expect("write");
+    let blank = shot("blank.png", &format!("file://{}", d.join("blank.html").display()));
+    assert!(png.len() > 5 * blank.len(), "the report looks empty: {} vs blank {} bytes", png.len(), blank.len());
+}

@@ -148,8 +148,10 @@ fn plot(title: &str, s: &[(String, Vec<(f64, f64)>)], events: &[(f64, String)]) 
         x1 = x0 + 1.0;
     }
     if y1 <= y0 {
-        y1 = y0 + 1e-9_f64.max(y0.abs() * 0.1);
-        y0 -= 1e-9_f64.max(y0.abs() * 0.1);
+        // A constant series: centre it.
+        let pad = if y0 == 0.0 { 1.0 } else { y0.abs() * 0.1 };
+        y1 = y0 + pad;
+        y0 -= pad;
     }
     let sx = |x: f64| l + (x - x0) / (x1 - x0) * (w - l - r);
     let sy = |y: f64| t + (1.0 - (y - y0) / (y1 - y0)) * (hgt - t - b);
