@@ -467,14 +467,24 @@ fn every_stdlib_recipe_runs_or_names_the_missing_input() {
 /// unless KEEL_REQUIRE_CHROMIUM is set (CI installs it).
 #[test]
 fn report_renders_in_headless_chromium() {
-    let have = Command::new("chromium").arg("--version").output().is_ok_and(|o| o.status.success());
+    let have = Command::new("chromium")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !have {
-        assert!(std::env::var_os("KEEL_REQUIRE_CHROMIUM").is_none(), "chromium is required but missing");
+        assert!(
+            std::env::var_os("KEEL_REQUIRE_CHROMIUM").is_none(),
+            "chromium is required but missing"
+        );
         eprintln!("skipped: no chromium");
         return;
     }
     let d = dir("chromium");
-    std::fs::write(d.join("small.recipe"), SMALL.replace("steps = 12", "steps = 4")).expect("write");
+    std::fs::write(
+        d.join("small.recipe"),
+        SMALL.replace("steps = 12", "steps = 4"),
+    )
+    .expect("write");
     let out = keel(&d, &["run", "-q", "small.recipe", "--out", "r"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(keel(&d, &["report", "r"]).status.success());
@@ -483,10 +493,18 @@ fn report_renders_in_headless_chromium() {
         let png = d.join(name);
         let out = Command::new("chromium")
             .args([
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
                 &format!("--user-data-dir={}", d.join("profile").display()),
-                &format!("--screenshot={}", png.display()), "--window-size=1200,900", url,
+                &format!("--screenshot={}", png.display()),
+                "--window-size=1200,900",
+                url,
             ])
             .output()
             .expect("chromium runs");
@@ -498,7 +516,37 @@ fn report_renders_in_headless_chromium() {
     let w = u32::from_be_bytes([png[16], png[17], png[18], png[19]]);
     let h = u32::from_be_bytes([png[20], png[21], png[22], png[23]]);
     assert_eq!((w, h), (1200, 900));
-    std::fs::write(d.join("blank.html"), "<!DOCTYPE html><html><body></body></html>").expect("write");
-    let blank = shot("blank.png", &format!("file://{}", d.join("blank.html").display()));
-    assert!(png.len() > 5 * blank.len(), "the report looks empty: {} vs blank {} bytes", png.len(), blank.len());
+    std::fs::write(
+        d.join("blank.html"),
+        "<!DOCTYPE html><html><body></body></html>",
+    )
+    .expect("write");
+    let blank = shot(
+        "blank.png",
+        &format!("file://{}", d.join("blank.html").display()),
+    );
+    assert!(
+        png.len() > 5 * blank.len(),
+        "the report looks empty: {} vs blank {} bytes",
+        png.len(),
+        blank.len()
+    );
+}
+
+/// `model.z_loss` adds coef · mean(logsumexp(logits)²); at initialisation the
+/// logits are near zero, so the term is close to ln(V)² with V = 88.
+#[test]
+fn z_loss_knob_is_measured() {
+    let d = dir("zloss");
+    let r = SMALL
+        .replace("steps = 12", "steps = 1")
+        .replace("warmup_steps = 30", "warmup_steps = 0")
+        .replace("context = 64 }", "context = 64, z_loss = 1e-3 }");
+    std::fs::write(d.join("z.recipe"), r).expect("write");
+    let out = keel(&d, &["run", "-q", "z.recipe", "--out", "z"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m = metrics(&d.join("z"));
+    let z = m[1]["z_loss"].as_f64().expect("z_loss logged");
+    let want = 88f64.ln().powi(2);
+    assert!((z - want).abs() < 0.1, "{z} vs {want}");
 }

@@ -18,6 +18,7 @@ const PLOTS: &[(&str, &str)] = &[
     ("grad_norm", "gradient norm (before clipping)"),
     ("loss", "loss"),
     ("lr", "learning rate"),
+    ("z_loss", "z-loss (mean logsumexp²)"),
     ("response_len", "response length"),
     ("tokens_per_s", "tokens / s"),
 ];

@@ -59,6 +59,7 @@ pub struct Summary {
 
 /// The settings a run reads once.
 struct Plan {
+    z_loss: f64,
     init_path: Option<String>,
     model: ModelConfig,
     task: Task,
@@ -175,6 +176,7 @@ fn plan(checked: &Checked, index: usize) -> Result<Plan> {
         ),
     };
     Ok(Plan {
+        z_loss: s.num("model", "z_loss", 0.0),
         init_path: s.sym("model", "init"),
         model,
         task,
@@ -1042,6 +1044,7 @@ pub fn run(
             let mut losses = Vec::new();
             let mut norms = Vec::new();
             let mut clip_fracs = Vec::new();
+            let mut z_losses: Vec<f64> = Vec::new();
             let mut monitors: BTreeMap<String, Vec<f64>> = BTreeMap::new();
             let eps = (
                 host_params.get("clip.eps_low").copied().unwrap_or(0.2),
@@ -1102,7 +1105,18 @@ pub fn run(
                     );
                     // The recipe's gradient w.r.t. the logits enters burn's
                     // autodiff as the linear term <z, D>, whose derivative is D.
-                    let surrogate = (z * d).sum();
+                    let mut surrogate = (z.clone() * d).sum();
+                    if plan.z_loss > 0.0 {
+                        // model.z_loss: coef · mean over response tokens of logsumexp(z)².
+                        let m = z.clone().max_dim(2).detach();
+                        let lse = (z - m.clone()).exp().sum_dim(2).log() + m;
+                        let mask: Vec<f32> = part.mask().iter().map(|&x| x as f32).collect();
+                        let n = mask.iter().sum::<f32>().max(1.0);
+                        let mt = Tensor::<3>::from_data(TensorData::new(mask, [b, t, 1]), &dev);
+                        let zl = (lse.powf_scalar(2.0) * mt).sum().div_scalar(n);
+                        z_losses.push(to_vec(&zl).first().copied().unwrap_or(f32::NAN) as f64);
+                        surrogate = surrogate + zl.mul_scalar(plan.z_loss);
+                    }
                     let grads = surrogate.backward();
                     let gs: Vec<Tensor<2>> = policy
                         .params
@@ -1139,6 +1153,9 @@ pub fn run(
                 line.insert("loss".into(), json!(mean(&losses)));
                 line.insert("grad_norm".into(), json!(mean(&norms)));
                 line.insert("clip_frac".into(), json!(mean(&clip_fracs)));
+                if !z_losses.is_empty() {
+                    line.insert("z_loss".into(), json_num(mean(&z_losses)));
+                }
             }
             for (k, v) in monitors {
                 line.insert(format!("monitor.{k}"), json_num(mean(&v)));
