@@ -243,6 +243,7 @@ recipe q extends grpo {
                 })
                 .collect(),
             truncated: vec![false; n],
+            source: Vec::new(),
             difficulty: vec![0.5],
         }
     }

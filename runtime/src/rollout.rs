@@ -25,6 +25,9 @@ pub struct Rollouts {
     pub group: Vec<usize>,
     pub verdicts: Vec<Verdict>,
     pub truncated: Vec<bool>,
+    /// Per row: 0 on-policy, 1 a rehearsal sample of the initial policy
+    /// (empty: all 0).
+    pub source: Vec<f64>,
     /// Per group: the problem's difficulty.
     pub difficulty: Vec<f64>,
 }
@@ -73,7 +76,45 @@ impl Rollouts {
                 out.group.push(new);
                 out.verdicts.push(self.verdicts[r].clone());
                 out.truncated.push(self.truncated[r]);
+                out.source.push(self.source.get(r).copied().unwrap_or(0.0));
             }
+        }
+        out
+    }
+
+    /// Keep the listed rows; each keeps its group (renumbered in order of
+    /// first appearance).
+    pub fn select_rows(&self, rows: &[usize]) -> Rollouts {
+        let mut out = Rollouts {
+            ref_logp: self.ref_logp.as_ref().map(|_| Vec::new()),
+            vocab: self.vocab,
+            ..Default::default()
+        };
+        let mut map: Vec<(usize, usize)> = Vec::new();
+        for &r in rows.iter().filter(|&&r| r < self.len()) {
+            let g = self.group[r];
+            let new = match map.iter().find(|m| m.0 == g) {
+                Some(m) => m.1,
+                None => {
+                    map.push((g, map.len()));
+                    out.difficulty
+                        .push(self.difficulty.get(g).copied().unwrap_or(0.0));
+                    map.len() - 1
+                }
+            };
+            out.prompts.push(self.prompts[r].clone());
+            out.responses.push(self.responses[r].clone());
+            out.old_logp.push(self.old_logp[r].clone());
+            out.entropy.push(self.entropy[r].clone());
+            out.old_logits
+                .push(self.old_logits.get(r).cloned().unwrap_or_default());
+            if let (Some(dst), Some(src)) = (out.ref_logp.as_mut(), self.ref_logp.as_ref()) {
+                dst.push(src[r].clone());
+            }
+            out.group.push(new);
+            out.verdicts.push(self.verdicts[r].clone());
+            out.truncated.push(self.truncated[r]);
+            out.source.push(self.source.get(r).copied().unwrap_or(0.0));
         }
         out
     }
@@ -81,6 +122,11 @@ impl Rollouts {
     /// Append another set of rollouts (its groups renumbered after ours).
     pub fn extend(&mut self, other: Rollouts) {
         let base = self.n_groups();
+        let (n_self, n_other) = (self.len(), other.len());
+        self.source.resize(n_self, 0.0);
+        let mut src = other.source;
+        src.resize(n_other, 0.0);
+        self.source.extend(src);
         self.prompts.extend(other.prompts);
         self.responses.extend(other.responses);
         self.old_logp.extend(other.old_logp);
@@ -224,7 +270,9 @@ impl Rollouts {
             self.group.iter().map(|&g| g as f64).collect(),
         );
         m.insert("index".into(), (0..b).map(|i| i as f64).collect());
-        m.insert("source".into(), vec![0.0; b]);
+        let mut source = self.source.clone();
+        source.resize(b, 0.0);
+        m.insert("source".into(), source);
         let mut pos = vec![0.0; b * t];
         for r in 0..b {
             for j in 0..t {
@@ -302,7 +350,6 @@ pub fn provided(name: &str, has_ref: bool) -> bool {
             | "reward"
             | "length"
             | "group"
-            | "source"
             | "step"
             | "total_steps"
             | "epoch"
@@ -310,4 +357,64 @@ pub fn provided(name: &str, has_ref: bool) -> bool {
             | "old_logits"
             | "old_mean_logp"
     ) || (name == "ref_logp" && has_ref)
+        || name == "source"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(groups: &[usize], len: usize) -> Rollouts {
+        let n = groups.len();
+        Rollouts {
+            prompts: vec![vec![1]; n],
+            responses: (0..n).map(|i| vec![3 + i as u32; len]).collect(),
+            old_logp: vec![vec![-1.0; len]; n],
+            entropy: vec![vec![0.5; len]; n],
+            old_logits: vec![vec![0.0; len * 2]; n],
+            vocab: 2,
+            ref_logp: None,
+            group: groups.to_vec(),
+            verdicts: vec![Verdict::default(); n],
+            truncated: vec![false; n],
+            source: Vec::new(),
+            difficulty: vec![0.1, 0.2, 0.3][..groups.iter().max().map(|g| g + 1).unwrap_or(0)]
+                .to_vec(),
+        }
+    }
+
+    #[test]
+    fn groups_and_sources_survive_selection_and_extension() {
+        let mut a = rows(&[0, 0, 1, 1], 2);
+        let mut b = rows(&[0, 0], 3).select_rows(&[1, 0]);
+        b.source = vec![1.0; 2];
+        a.extend(b);
+        assert_eq!(a.group, vec![0, 0, 1, 1, 2, 2]);
+        assert_eq!(a.source, vec![0.0, 0.0, 0.0, 0.0, 1.0, 1.0]);
+        assert_eq!(a.n_groups(), 3);
+        assert_eq!(a.t(), 3);
+        let inp = a.inputs(StepInputs {
+            step: 2.0,
+            total_steps: 4.0,
+            epoch: 0.0,
+        });
+        assert_eq!(inp["source"], vec![0.0, 0.0, 0.0, 0.0, 1.0, 1.0]);
+        assert_eq!(inp["progress"], vec![0.5]);
+        assert_eq!(inp["length"], vec![2.0, 2.0, 2.0, 2.0, 3.0, 3.0]);
+        // The mask and the padded tokens follow the lengths.
+        assert_eq!(&a.mask()[..6], &[1.0, 1.0, 0.0, 1.0, 1.0, 0.0]);
+        assert_eq!(&a.tokens()[12..18], &[4, 4, 4, 3, 3, 3]);
+        // Keeping groups 2 and 0 renumbers them in that order.
+        let s = a.select_groups(&[2, 0]);
+        assert_eq!(s.group, vec![0, 0, 1, 1]);
+        assert_eq!(s.source, vec![1.0, 1.0, 0.0, 0.0]);
+        assert_eq!(s.difficulty, vec![0.1, 0.1]);
+        // old_mean_logp of uniform logits over V = 2 is ln(1/2).
+        let inp = s.inputs(StepInputs {
+            step: 1.0,
+            total_steps: 1.0,
+            epoch: 0.0,
+        });
+        assert!((inp["old_mean_logp"][0] - 0.5f64.ln()).abs() < 1e-12);
+    }
 }

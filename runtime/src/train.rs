@@ -28,6 +28,9 @@ use crate::rollout::{Rollouts, StepInputs, provided};
 use crate::sample::{self, SampleConfig, left_pad};
 use crate::settings::Settings;
 use crate::tasks::{self, EVAL_STREAM, Problem, TRAIN_STREAM, Task, Verifier};
+
+/// The problem stream rehearsal samples are drawn from.
+const REHEARSAL_STREAM: u64 = 3;
 use crate::tokenizer::{BOS, CharTokenizer, EOS};
 
 /// Where and how to run.
@@ -83,6 +86,8 @@ struct Plan {
     ck_keep: usize,
     adam: AdamWConfig,
     reads_ref: bool,
+    /// The recipe mixes in rehearsal samples of the initial policy (`source` 1).
+    reads_source: bool,
 }
 
 fn plan(checked: &Checked, index: usize) -> Result<Plan> {
@@ -207,6 +212,7 @@ fn plan(checked: &Checked, index: usize) -> Result<Plan> {
             weight_decay: s.num("optimizer", "weight_decay", 0.01),
         },
         reads_ref: recipe.inputs.contains_key("ref_logp"),
+        reads_source: recipe.inputs.contains_key("source"),
     })
 }
 
@@ -682,6 +688,7 @@ pub fn run(
             group: vec![0],
             verdicts: vec![Default::default()],
             truncated: vec![false],
+            source: vec![0.0],
             difficulty: vec![0.0],
         };
         let v = plan.model.vocab;
@@ -743,6 +750,32 @@ pub fn run(
     };
     summary.warm_s = t0.elapsed().as_secs_f64();
     let reference = Policy::new(plan.model.clone(), &warm, &dev).detached();
+    // Rehearsal samples (DPH-RL, retain sets): correct responses of the
+    // initial policy, sampled once from their own problem stream.
+    let rehearsal = if plan.reads_source {
+        let problems: Vec<Problem> = (0..(4 * plan.prompts) as u64)
+            .map(|i| plan.task.problem(REHEARSAL_STREAM, i))
+            .collect();
+        let mut rng = Rng::derive(plan.seed, REHEARSAL_STREAM, 0);
+        let cfg = SampleConfig {
+            temperature: 1.0,
+            top_p: plan.top_p,
+            max_tokens: plan.model.context / 2,
+        };
+        let pool = rollouts(
+            &reference, &plan.task, &problems, plan.group, cfg, &mut rng, &tok,
+        );
+        let rows: Vec<usize> = (0..pool.len())
+            .filter(|&i| pool.verdicts[i].correct)
+            .collect();
+        say(&format!(
+            "rehearsal pool: {} correct responses of the initial policy",
+            rows.len()
+        ));
+        Some(pool.select_rows(&rows))
+    } else {
+        None
+    };
 
     // ---- state: fresh or from the newest checkpoint -----------------------
     let mut policy = Policy::new(plan.model.clone(), &warm, &dev);
@@ -1040,6 +1073,19 @@ pub fn run(
 
         // ---- the update --------------------------------------------------
         let t_train = Instant::now();
+        if let Some(pool) = rehearsal.as_ref().filter(|p| !p.is_empty()) {
+            let rows: Vec<usize> = (0..plan.group)
+                .map(|k| ((step as usize - 1) * plan.group + k) % pool.len())
+                .collect();
+            let mut r = pool.select_rows(&rows);
+            r.group = vec![0; r.len()];
+            r.difficulty = vec![0.0];
+            r.source = vec![1.0; r.len()];
+            if plan.reads_ref {
+                r.ref_logp = Some(token_logp(&reference, &r, temperature));
+            }
+            batch.extend(r);
+        }
         if !skip && rollback.is_none() {
             let mut losses = Vec::new();
             let mut norms = Vec::new();
