@@ -550,3 +550,37 @@ fn z_loss_knob_is_measured() {
     let want = 88f64.ln().powi(2);
     assert!((z - want).abs() < 0.1, "{z} vs {want}");
 }
+
+/// JSONL data with a Hugging Face tokenizer.json trains; a missing tokenizer
+/// file is a located error.
+#[test]
+fn jsonl_with_a_tokenizer_json_trains() {
+    let d = dir("hf");
+    let tok = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
+        "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
+        "model":{"type":"WordLevel","vocab":{"<unk>":0,"</s>":1,"two":2,"plus":3,"is":4,"four":5,"one":6,"three":7},"unk_token":"<unk>"}}"#;
+    std::fs::write(d.join("tokenizer.json"), tok).expect("write");
+    std::fs::write(
+        d.join("d.jsonl"),
+        "{\"prompt\":\"two plus two is\",\"answer\":\"four\"}\n{\"prompt\":\"one plus two is\",\"answer\":\"three\"}\n",
+    )
+    .expect("write");
+    let recipe = |t: &str| {
+        format!(
+            "import std/grpo\n\nrecipe hf extends grpo {{\n    model {{ d_model = 16, layers = 1, heads = 2, context = 32 }}\n    task {{ name = jsonl, path = \"d.jsonl\", tokenizer = \"{t}\", warmup_steps = 20 }}\n    rollout {{ prompts = 2, group = 2, max_tokens = 4 }}\n    optimizer {{ steps = 2 }}\n    eval {{ every = 0, problems = 2, k = 2 }}\n}}\n"
+        )
+    };
+    std::fs::write(d.join("hf.recipe"), recipe("tokenizer.json")).expect("write");
+    let out = keel(&d, &["run", "-q", "hf.recipe", "--out", "a"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m = metrics(&d.join("a"));
+    assert_eq!(m.len(), 3);
+    assert!(m[2]["loss"].as_f64().is_some_and(f64::is_finite));
+    std::fs::write(d.join("hf2.recipe"), recipe("missing.json")).expect("write");
+    let out = keel(&d, &["run", "-q", "hf2.recipe", "--out", "b"]);
+    assert!(
+        text(&out.stderr).contains("missing.json: error[E0702]: cannot load the tokenizer"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -541,6 +541,15 @@ pub const SECTIONS: &[SectionSchema] = &[
                 "supervised steps before RL",
             ),
             key(
+                "tokenizer",
+                K::Str,
+                L::Step,
+                R::None,
+                true,
+                None,
+                "a Hugging Face tokenizer.json for `jsonl` data (default: characters)",
+            ),
+            key(
                 "warmup_lr",
                 K::Num,
                 L::Step,

@@ -3,7 +3,7 @@
 
 use crate::model::{Policy, to_vec};
 use crate::rng::Rng;
-use crate::tokenizer::{EOS, PAD};
+use crate::tokenizer::PAD;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
@@ -22,6 +22,8 @@ pub struct SampleConfig {
     pub temperature: f64,
     pub top_p: f64,
     pub max_tokens: usize,
+    /// The end-of-sequence token.
+    pub eos: u32,
 }
 
 /// Left-pad `prompts` to a common length: tokens and validity, row-major.
@@ -71,7 +73,7 @@ fn draw(lp: &[f64], top_p: f64, rng: &mut Rng) -> u32 {
             return i as u32;
         }
     }
-    keep.last().map(|&i| i as u32).unwrap_or(EOS)
+    keep.last().map(|&i| i as u32).unwrap_or(0)
 }
 
 /// Sample one response per prompt.
@@ -116,7 +118,7 @@ pub fn sample(
             s.logits
                 .extend(row.iter().map(|&x| (x as f64 / cfg.temperature) as f32));
             next[bi] = tok;
-            if tok == EOS {
+            if tok == cfg.eos {
                 done[bi] = true;
             }
         }

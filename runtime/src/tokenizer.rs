@@ -57,6 +57,102 @@ impl CharTokenizer {
     }
 }
 
+/// The tokenizer of a run: characters for the built-in tasks, or a Hugging
+/// Face `tokenizer.json` (`task.tokenizer`) for user data.
+pub enum Tokenizer {
+    Char(CharTokenizer),
+    Hf {
+        tk: Box<tokenizers::Tokenizer>,
+        bos: u32,
+        eos: u32,
+        vocab: usize,
+    },
+}
+
+/// End-of-sequence token names tried in a `tokenizer.json`, in order.
+const EOS_NAMES: &[&str] = &[
+    "<|endoftext|>",
+    "</s>",
+    "<eos>",
+    "<|eos|>",
+    "[SEP]",
+    "<|im_end|>",
+];
+const BOS_NAMES: &[&str] = &[
+    "<s>",
+    "<bos>",
+    "<|begin_of_text|>",
+    "[CLS]",
+    "<|startoftext|>",
+];
+
+impl Tokenizer {
+    /// Load a `tokenizer.json`; the error says what is wrong.
+    pub fn from_file(path: &str) -> Result<Tokenizer, String> {
+        let tk = tokenizers::Tokenizer::from_file(path).map_err(|e| e.to_string())?;
+        let id = |names: &[&str]| names.iter().find_map(|n| tk.token_to_id(n));
+        let eos = id(EOS_NAMES).ok_or_else(|| {
+            format!(
+                "the tokenizer has no end-of-sequence token (looked for {})",
+                EOS_NAMES.join(", ")
+            )
+        })?;
+        let bos = id(BOS_NAMES).unwrap_or(eos);
+        let vocab = tk.get_vocab_size(true);
+        Ok(Tokenizer::Hf {
+            tk: Box::new(tk),
+            bos,
+            eos,
+            vocab,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Tokenizer::Char(c) => c.vocab_size(),
+            Tokenizer::Hf { vocab, .. } => *vocab,
+        }
+    }
+
+    pub fn bos(&self) -> u32 {
+        match self {
+            Tokenizer::Char(_) => BOS,
+            Tokenizer::Hf { bos, .. } => *bos,
+        }
+    }
+
+    pub fn eos(&self) -> u32 {
+        match self {
+            Tokenizer::Char(_) => EOS,
+            Tokenizer::Hf { eos, .. } => *eos,
+        }
+    }
+
+    /// Encode text (no special tokens added); the error names the problem.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
+        match self {
+            Tokenizer::Char(c) => c.encode(text).map_err(|ch| {
+                format!("character {ch:?} is not in the built-in tokenizer's alphabet")
+            }),
+            Tokenizer::Hf { tk, .. } => tk
+                .encode(text, false)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Decode up to the first end-of-sequence token.
+    pub fn decode(&self, tokens: &[u32]) -> String {
+        match self {
+            Tokenizer::Char(c) => c.decode(tokens),
+            Tokenizer::Hf { tk, eos, .. } => {
+                let end = tokens.iter().position(|t| t == eos).unwrap_or(tokens.len());
+                tk.decode(&tokens[..end], true).unwrap_or_default()
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +167,32 @@ mod tests {
         with_eos.extend([EOS, t.token('5').expect("digit")]);
         assert_eq!(t.decode(&with_eos), "12+7=19|19");
         assert_eq!(t.encode("1€"), Err('€'));
+    }
+
+    /// A word-level tokenizer.json written here (no download): ids, the
+    /// end-of-sequence token, decoding.
+    #[test]
+    fn hugging_face_tokenizer_json() {
+        let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
+            "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
+            "model":{"type":"WordLevel","vocab":{"<unk>":0,"</s>":1,"two":2,"plus":3,"is":4,"four":5},"unk_token":"<unk>"}}"#;
+        let path = std::env::temp_dir().join(format!("keel-tok-{}.json", std::process::id()));
+        std::fs::write(&path, json).expect("write");
+        let t = Tokenizer::from_file(path.to_str().expect("utf-8")).expect("loads");
+        assert_eq!(t.vocab_size(), 6);
+        assert_eq!(t.eos(), 1);
+        assert_eq!(t.bos(), 1, "no BOS token: the EOS id starts prompts");
+        assert_eq!(
+            t.encode("two plus two is").expect("encodes"),
+            vec![2, 3, 2, 4]
+        );
+        assert_eq!(t.decode(&[5, 1, 2]), "four");
+        let bad = std::env::temp_dir().join(format!("keel-tok-bad-{}.json", std::process::id()));
+        std::fs::write(&bad, json.replace("\"</s>\":1,", "")).expect("write");
+        let e = Tokenizer::from_file(bad.to_str().expect("utf-8"))
+            .err()
+            .expect("no EOS");
+        assert!(e.contains("end-of-sequence"), "{e}");
+        assert!(Tokenizer::from_file("/nonexistent/tokenizer.json").is_err());
     }
 }

@@ -31,7 +31,7 @@ use crate::tasks::{self, EVAL_STREAM, Problem, TRAIN_STREAM, Task, Verifier};
 
 /// The problem stream rehearsal samples are drawn from.
 const REHEARSAL_STREAM: u64 = 3;
-use crate::tokenizer::{BOS, CharTokenizer, EOS};
+use crate::tokenizer::{CharTokenizer, Tokenizer};
 
 /// Where and how to run.
 #[derive(Clone, Debug)]
@@ -62,6 +62,7 @@ pub struct Summary {
 
 /// The settings a run reads once.
 struct Plan {
+    tok: Tokenizer,
     z_loss: f64,
     init_path: Option<String>,
     model: ModelConfig,
@@ -99,7 +100,18 @@ fn plan(checked: &Checked, index: usize) -> Result<Plan> {
             "name a recipe with --recipe",
         )
     })?;
-    let tok = CharTokenizer::default();
+    let tok_path = s.sym("task", "tokenizer");
+    let tok = match &tok_path {
+        Some(path) => Tokenizer::from_file(path).map_err(|e| {
+            RunError::new(
+                codes::TASK_SETTING,
+                format!("cannot load the tokenizer `{path}`: {e}"),
+                "`task.tokenizer` names a Hugging Face tokenizer.json with an end-of-sequence token",
+            )
+            .at(path.clone())
+        })?,
+        None => Tokenizer::Char(CharTokenizer::default()),
+    };
     let model = ModelConfig {
         vocab: tok.vocab_size(),
         d_model: s.int("model", "d_model", 64),
@@ -145,8 +157,8 @@ fn plan(checked: &Checked, index: usize) -> Result<Plan> {
                 if let Err(c) = tok.encode(&p.prompt).and(tok.encode(&p.solution)) {
                     return Err(RunError::new(
                         codes::TASK_SETTING,
-                        format!("character {c:?} is not in the built-in tokenizer's alphabet"),
-                        "use ASCII digits, letters and punctuation, or remove the character",
+                        c,
+                        "use ASCII digits, letters and punctuation, remove the character, or set `task.tokenizer` to a tokenizer.json",
                     )
                     .at(format!("{path}:{}", k + 1)));
                 }
@@ -181,6 +193,7 @@ fn plan(checked: &Checked, index: usize) -> Result<Plan> {
         ),
     };
     Ok(Plan {
+        tok,
         z_loss: s.num("model", "z_loss", 0.0),
         init_path: s.sym("model", "init"),
         model,
@@ -253,8 +266,8 @@ pub fn fnv(bytes: &[u8]) -> u64 {
     h
 }
 
-fn encode_prompt(tok: &CharTokenizer, p: &Problem) -> Vec<u32> {
-    let mut v = vec![BOS];
+fn encode_prompt(tok: &Tokenizer, p: &Problem) -> Vec<u32> {
+    let mut v = vec![tok.bos()];
     v.extend(tok.encode(&p.prompt).unwrap_or_default());
     v
 }
@@ -344,7 +357,7 @@ fn rollouts(
     group: usize,
     cfg: SampleConfig,
     rng: &mut Rng,
-    tok: &CharTokenizer,
+    tok: &Tokenizer,
 ) -> Rollouts {
     let mut prompts = Vec::new();
     let mut groups = Vec::new();
@@ -416,7 +429,7 @@ fn token_logp(policy: &Policy, r: &Rollouts, temperature: f64) -> Vec<Vec<f64>> 
 }
 
 /// Cross-entropy on worked solutions.
-fn warm_start(plan: &Plan, policy: &mut Policy, tok: &CharTokenizer, progress: &dyn Fn(u64)) {
+fn warm_start(plan: &Plan, policy: &mut Policy, tok: &Tokenizer, progress: &dyn Fn(u64)) {
     let dev = policy.device.clone();
     let mut opt = AdamW::new(plan.adam, &policy.params, &dev);
     let warm_stream = 2;
@@ -429,7 +442,7 @@ fn warm_start(plan: &Plan, policy: &mut Policy, tok: &CharTokenizer, progress: &
                 .problem(warm_stream, step * plan.warm_batch as u64 + k);
             prompts.push(encode_prompt(tok, &p));
             let mut t = tok.encode(&p.solution).unwrap_or_default();
-            t.push(EOS);
+            t.push(tok.eos());
             targets.push(t);
         }
         let (ptoks, pvalid, p) = left_pad(&prompts);
@@ -485,7 +498,7 @@ fn evaluate(
     temperature: f64,
     max_tokens: usize,
     step: u64,
-    tok: &CharTokenizer,
+    tok: &Tokenizer,
 ) -> (f64, f64) {
     let problems: Vec<Problem> = (0..plan.eval_problems as u64)
         .map(|i| plan.task.problem(EVAL_STREAM, i))
@@ -495,6 +508,7 @@ fn evaluate(
         temperature,
         top_p: plan.top_p,
         max_tokens,
+        eos: tok.eos(),
     };
     let r = rollouts(
         &policy.detached(),
@@ -643,7 +657,7 @@ pub fn run(
     opts: &RunOptions,
 ) -> Result<Summary> {
     let plan = plan(checked, index)?;
-    let tok = CharTokenizer::default();
+    let tok = &plan.tok;
     let dev = opts.device.clone();
     let out = &opts.out;
     let ck_dir = out.join("checkpoints");
@@ -678,8 +692,8 @@ pub fn run(
     // is reported now, not after the warm start.
     {
         let dry = Rollouts {
-            prompts: vec![vec![BOS]],
-            responses: vec![vec![EOS]],
+            prompts: vec![vec![tok.bos()]],
+            responses: vec![vec![tok.eos()]],
             old_logp: vec![vec![0.0]],
             entropy: vec![vec![0.0]],
             old_logits: vec![vec![0.0; plan.model.vocab]],
@@ -761,6 +775,7 @@ pub fn run(
             temperature: 1.0,
             top_p: plan.top_p,
             max_tokens: plan.model.context / 2,
+            eos: tok.eos(),
         };
         let pool = rollouts(
             &reference, &plan.task, &problems, plan.group, cfg, &mut rng, &tok,
@@ -900,6 +915,7 @@ pub fn run(
             temperature,
             top_p: plan.top_p,
             max_tokens,
+            eos: tok.eos(),
         };
 
         // ---- rollouts ----------------------------------------------------
