@@ -1364,7 +1364,7 @@ fn step_scalars(host: &HostProgram, st: &TrainState, total: u64) -> Result<HashM
         inputs: &inputs,
     };
     // Batch statistics read by guards are NaN here; only schedules are used.
-    host.scalars(&view).or_else(|_| Ok(HashMap::new()))
+    host.scalars(&view)
 }
 
 fn rewards_of(host: &HostProgram, r: &Rollouts, s: StepInputs) -> Result<Vec<f64>> {
