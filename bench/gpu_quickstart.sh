@@ -1,29 +1,39 @@
 #!/usr/bin/env bash
-# Run on a GPU machine (no Rust there): the quickstart on the CUDA backend and
-# on the CPU backend of the same machine, with the binary built here by
-#   cargo build --release -p keel-cli --features cuda
-# Usage: bench/gpu_quickstart.sh PATH/TO/keel [STEPS]
+# The quickstart on a GPU machine (no Rust there), CUDA backend then the CPU
+# backend of the same machine. The binary is built here with
+#   scripts/tracel-llvm-shim.sh
+#   CARGO_TARGET_DIR=target/cuda cargo build --release -p keel-cli --features cuda
+#   strip -o /tmp/keel target/cuda/release/keel && xz -c /tmp/keel > target/gpu/keel.xz
+# and carried to the machine. Results land in $OUT (default ./gpu-out).
+# Usage: bench/gpu_quickstart.sh [CUDA_TIMEOUT_S] [CPU_TIMEOUT_S]
 set -u
-KEEL=${1:-./keel}
-STEPS=${2:-300}
+CUDA_T=${1:-300}
+CPU_T=${2:-120}
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
+KEEL=/tmp/keel-bin
+xz -dc target/gpu/keel.xz > "$KEEL" && chmod +x "$KEEL"
+if ! "$KEEL" --version; then
+    ldd --version | head -1; ldd "$KEEL"; exit 1
+fi
 # cubecl loads libcuda (driver) and libnvrtc at run time; PyTorch's wheels carry nvrtc.
-NVRTC=$(python3 - <<'PY' 2>/dev/null
-import glob, os, site
+LIBS=$(python3 -c 'import glob,os,site
 for d in site.getsitepackages():
-    for p in glob.glob(os.path.join(d, "nvidia", "*", "lib")):
-        print(p)
-PY
-)
-export LD_LIBRARY_PATH="$(echo $NVRTC | tr ' ' ':'):${LD_LIBRARY_PATH:-}"
+    for p in glob.glob(os.path.join(d,"nvidia","*","lib")): print(p)' 2>/dev/null | tr '\n' ':')
+export LD_LIBRARY_PATH="${LIBS}${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
-for dev in cuda cpu; do
-  rm -rf "$OUT/run-$dev"
-  start=$(date +%s.%N)
-  KEEL_DEVICE=$dev KEEL_CACHE="$OUT/cache-$dev" timeout 280 "$KEEL" run examples/quickstart.recipe \
-      --out "$OUT/run-$dev" --set optimizer.steps="$STEPS" > "$OUT/log-$dev.txt" 2>&1
-  echo "$dev exit=$? wall_s=$(echo "$(date +%s.%N) - $start" | bc)" | tee -a "$OUT/summary.txt"
-  tail -3 "$OUT/log-$dev.txt" | tee -a "$OUT/summary.txt"
-  cp "$OUT/run-$dev/metrics.jsonl" "$OUT/metrics-$dev.jsonl" 2>/dev/null
-done
+nproc | sed 's/^/cpu cores: /' | tee -a "$OUT/card.txt"
+run() {
+    local dev=$1 t=$2
+    rm -rf "$OUT/run-$dev"
+    local start=$(date +%s.%N)
+    KEEL_DEVICE=$dev KEEL_CACHE="$OUT/cache-$dev" timeout "$t" "$KEEL" run examples/quickstart.recipe \
+        --out "$OUT/run-$dev" > "$OUT/log-$dev.txt" 2>&1
+    local code=$?
+    echo "$dev exit=$code wall_s=$(python3 -c "import time;print(round(time.time()-$start,1))")" | tee -a "$OUT/summary.txt"
+    tail -4 "$OUT/log-$dev.txt" | tee -a "$OUT/summary.txt"
+    cp "$OUT/run-$dev/metrics.jsonl" "$OUT/metrics-$dev.jsonl" 2>/dev/null
+    rm -rf "$OUT/run-$dev" "$OUT/cache-$dev"
+}
+run cuda "$CUDA_T"
+run cpu "$CPU_T"
