@@ -146,12 +146,19 @@ pub fn run(a: Args) -> ExitCode {
                 .map(|p| p.join(".warmstart"))
                 .unwrap_or_else(|| PathBuf::from(".warmstart"))
         });
+    let device = match keel_runtime::default_device() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
     let opts = RunOptions {
         out: out.clone(),
         resume,
         progress: std::io::stderr().is_terminal(),
         cache,
-        device: keel_runtime::default_device(),
+        device,
         quiet: a.quiet,
     };
     if !a.quiet {

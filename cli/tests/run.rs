@@ -584,3 +584,18 @@ fn jsonl_with_a_tokenizer_json_trains() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn unknown_device_is_an_error() {
+    let d = dir("device");
+    std::fs::write(d.join("small.recipe"), SMALL).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["run", "-q", "small.recipe", "--out", "x"])
+        .current_dir(&d)
+        .env("KEEL_DEVICE", "tpu")
+        .output()
+        .expect("keel runs");
+    assert!(!out.status.success());
+    let e = text(&out.stderr);
+    assert!(e.contains("error[E0708]: KEEL_DEVICE=tpu names no device") && e.contains("help:"), "{e}");
+}

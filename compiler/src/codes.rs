@@ -80,6 +80,7 @@ codes! {
     RESUME_MISMATCH = "E0705": "the recipe changed since the run started";
     RUNTIME_INPUT = "E0706": "the recipe's loss cannot run on the runtime's batch";
     WEIGHTS = "E0707": "weights file does not match the model";
+    DEVICE = "E0708": "no usable device";
     // Warnings.
     UNUSED_LET = "W0001": "unused `let`";
     PROBABLE_TYPO_KEY = "W0002": "new key that looks like a typo of an inherited one";

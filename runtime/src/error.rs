@@ -56,6 +56,7 @@ pub mod codes {
     pub const RESUME_MISMATCH: &str = c::RESUME_MISMATCH.0;
     pub const LOSS_PROGRAM: &str = c::RUNTIME_INPUT.0;
     pub const WEIGHTS: &str = c::WEIGHTS.0;
+    pub const DEVICE: &str = c::DEVICE.0;
 }
 
 pub type Result<T> = std::result::Result<T, RunError>;

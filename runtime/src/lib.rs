@@ -21,13 +21,59 @@ pub use error::RunError;
 pub mod report;
 
 /// The device a run uses: burn's Flex CPU backend with autodiff, or with the
-/// `cuda` feature the first CUDA GPU (unless `KEEL_DEVICE=cpu`).
-pub fn default_device() -> burn::tensor::Device {
+/// `cuda` feature the first CUDA GPU (unless `KEEL_DEVICE=cpu`). A CUDA build
+/// without a usable GPU is an error (E0708) that says how to use the CPU.
+pub fn default_device() -> Result<burn::tensor::Device, RunError> {
+    let want = std::env::var("KEEL_DEVICE").unwrap_or_default();
+    if !want.is_empty() && want != "cpu" && want != "cuda" {
+        return Err(RunError::new(
+            error::codes::DEVICE,
+            format!("KEEL_DEVICE={want} names no device"),
+            "use KEEL_DEVICE=cpu or KEEL_DEVICE=cuda (a build with `--features cuda`)",
+        ));
+    }
     #[cfg(feature = "cuda")]
     {
-        if std::env::var("KEEL_DEVICE").as_deref() != Ok("cpu") {
-            return burn::tensor::Device::cuda(0).autodiff();
+        if want != "cpu" {
+            return cuda_device();
         }
     }
-    burn::tensor::Device::flex().autodiff()
+    #[cfg(not(feature = "cuda"))]
+    {
+        if want == "cuda" {
+            return Err(RunError::new(
+                error::codes::DEVICE,
+                "this keel was built without CUDA",
+                "build with `cargo build --release -p keel-cli --features cuda` (see docs/runtime.md), or unset KEEL_DEVICE",
+            ));
+        }
+    }
+    Ok(burn::tensor::Device::flex().autodiff())
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device() -> Result<burn::tensor::Device, RunError> {
+    // The CUDA runtime panics when no driver or GPU answers; probe once with
+    // the panic message silenced and turn a failure into an error.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let probe = std::panic::catch_unwind(|| {
+        let dev = burn::tensor::Device::cuda(0).autodiff();
+        let t = burn::tensor::Tensor::<1>::zeros([1], &dev);
+        let _ = t.into_data();
+        dev
+    });
+    std::panic::set_hook(hook);
+    probe.map_err(|e| {
+        let why = e
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the CUDA runtime failed to start".into());
+        RunError::new(
+            error::codes::DEVICE,
+            format!("no usable CUDA device: {why}"),
+            "check `nvidia-smi` and that libcuda and libnvrtc are on LD_LIBRARY_PATH, or run on the CPU with KEEL_DEVICE=cpu",
+        )
+    })
 }
