@@ -597,5 +597,8 @@ fn unknown_device_is_an_error() {
         .expect("keel runs");
     assert!(!out.status.success());
     let e = text(&out.stderr);
-    assert!(e.contains("error[E0708]: KEEL_DEVICE=tpu names no device") && e.contains("help:"), "{e}");
+    assert!(
+        e.contains("error[E0708]: KEEL_DEVICE=tpu names no device") && e.contains("help:"),
+        "{e}"
+    );
 }

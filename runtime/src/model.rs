@@ -27,7 +27,9 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     pub fn validate(&self) -> Result<(), RunError> {
-        if self.heads == 0 || self.d_model % self.heads != 0 || (self.d_model / self.heads) % 2 != 0
+        if self.heads == 0
+            || !self.d_model.is_multiple_of(self.heads)
+            || !(self.d_model / self.heads).is_multiple_of(2)
         {
             return Err(RunError::new(
                 codes::MODEL_SETTING,
@@ -417,7 +419,7 @@ mod tests {
             let p = tiny(qk);
             // Row 0: 2 pads then 5 tokens; row 1: 7 tokens.
             let toks: Vec<u32> = vec![0, 0, 3, 4, 5, 6, 7, 3, 9, 4, 8, 5, 6, 7];
-            let valid: Vec<bool> = toks.iter().enumerate().map(|(i, _)| !(i < 2)).collect();
+            let valid: Vec<bool> = toks.iter().enumerate().map(|(i, _)| i >= 2).collect();
             let full = to_vec(&p.forward(&toks, &valid, 2, 7));
             // Prefill 4 positions, decode the remaining 3.
             let pre_t: Vec<u32> = [&toks[0..4], &toks[7..11]].concat();

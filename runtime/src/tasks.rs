@@ -131,7 +131,7 @@ fn arithmetic(r: &mut Rng, difficulty: f64) -> Problem {
     let mut steps = Vec::new();
     for _ in 0..n_ops {
         let b = r.range(0, top);
-        let plus = r.next_u64() % 2 == 0;
+        let plus = r.next_u64().is_multiple_of(2);
         let (op, next) = if plus { ('+', acc + b) } else { ('-', acc - b) };
         prompt.push(op);
         prompt.push_str(&b.to_string());
@@ -509,7 +509,7 @@ mod tests {
             difficulty: 1.0,
         };
         assert!(t.verify(&p, "7+5*3").correct);
-        assert!(t.verify(&p, "(7+5)*2-2").correct == false); // 2 used twice
+        assert!(!t.verify(&p, "(7+5)*2-2").correct); // 2 used twice
         assert!(!t.verify(&p, "22").correct); // 22 is not given
         assert!(!t.verify(&p, "3*5+7+").format_ok);
     }

@@ -272,6 +272,9 @@ fn encode_prompt(tok: &Tokenizer, p: &Problem) -> Vec<u32> {
     v
 }
 
+/// (loss, d_logits, monitor metrics) of one evaluation.
+type LossOut = (f64, Vec<f64>, Vec<(String, f64)>);
+
 /// The loss program, compiled once; hyperparameter values are set per step.
 struct Loss {
     graph: Graph,
@@ -301,7 +304,7 @@ impl Loss {
     }
 
     /// (loss, d_logits, metrics, advantages-free) on one batch.
-    fn run(&self, batch: &Batch) -> Result<(f64, Vec<f64>, Vec<(String, f64)>)> {
+    fn run(&self, batch: &Batch) -> Result<LossOut> {
         let prepared = batch::prepare(batch, "rollout batch", &self.graph, &self.recipe)
             .map_err(|d| diag_error(d, "the runtime's batch does not fit the recipe's loss"))?;
         let env = Env {
@@ -755,7 +758,7 @@ pub fn run(
     } else {
         let mut policy = Policy::new(plan.model.clone(), &init, &dev);
         let bar = bar(opts, plan.warm_steps, "warm start");
-        warm_start(&plan, &mut policy, &tok, &|s| bar.set_position(s));
+        warm_start(&plan, &mut policy, tok, &|s| bar.set_position(s));
         bar.finish_and_clear();
         let w = policy.weights();
         fs::create_dir_all(&opts.cache).map_err(|e| io("create", &opts.cache, e))?;
@@ -778,7 +781,7 @@ pub fn run(
             eos: tok.eos(),
         };
         let pool = rollouts(
-            &reference, &plan.task, &problems, plan.group, cfg, &mut rng, &tok,
+            &reference, &plan.task, &problems, plan.group, cfg, &mut rng, tok,
         );
         let rows: Vec<usize> = (0..pool.len())
             .filter(|&i| pool.verdicts[i].correct)
@@ -869,7 +872,7 @@ pub fn run(
         .copied()
         .unwrap_or(32.0) as usize;
     if st.step == 0 {
-        let (p1, pk) = evaluate(&plan, &policy, temp0, max_tok0, 0, &tok);
+        let (p1, pk) = evaluate(&plan, &policy, temp0, max_tok0, 0, tok);
         summary.pass_at_1_warm = Some(p1);
         let mut line = Map::new();
         line.insert("step".into(), json!(0));
@@ -937,7 +940,7 @@ pub fn run(
                 max_difficulty,
             );
             let mut r = rollouts(
-                &sampler, &plan.task, &problems, plan.group, cfg, &mut rng, &tok,
+                &sampler, &plan.task, &problems, plan.group, cfg, &mut rng, tok,
             );
             if plan.dynamic_sampling {
                 // Keep groups whose rewards differ (they carry a signal).
@@ -1253,8 +1256,8 @@ pub fn run(
 
         // ---- evaluation, metrics, checkpoint ------------------------------
         let last = step == plan.steps || stop;
-        if (plan.eval_every > 0 && step % plan.eval_every == 0) || last {
-            let (p1, pk) = evaluate(&plan, &policy, temperature, max_tokens, step, &tok);
+        if (plan.eval_every > 0 && step.is_multiple_of(plan.eval_every)) || last {
+            let (p1, pk) = evaluate(&plan, &policy, temperature, max_tokens, step, tok);
             line.insert("pass_at_1".into(), json!(p1));
             line.insert(format!("pass_at_{}", plan.eval_k), json!(pk));
             if last {
@@ -1292,10 +1295,10 @@ pub fn run(
                 .and_then(|v| v.as_f64())
                 .unwrap_or(f64::NAN)
         ));
-        if !opts.progress && !opts.quiet && (step % 10 == 0 || last) {
+        if !opts.progress && !opts.quiet && (step.is_multiple_of(10) || last) {
             eprintln!("step {step}/{}: {}", plan.steps, bar.message());
         }
-        if step % plan.ck_every == 0 || last {
+        if step.is_multiple_of(plan.ck_every) || last {
             save(&st, &policy, &opt)?;
         }
     }
