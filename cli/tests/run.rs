@@ -602,3 +602,54 @@ fn unknown_device_is_an_error() {
         "{e}"
     );
 }
+
+/// CURE's stage 1 branches: 4 first responses per prompt, each cut at a
+/// high-entropy token with 3 continuations — up to 16 samples per prompt;
+/// stage 2 (plain DAPO) samples `rollout.group` per prompt.
+#[test]
+fn cure_branches_in_stage_one_only() {
+    let d = dir("cure");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib/cure.recipe");
+    let out = keel(
+        &d,
+        &[
+            "run",
+            "-q",
+            root.to_str().expect("utf-8"),
+            "--out",
+            "c",
+            "--set",
+            "optimizer.steps=4",
+            "--set",
+            "curriculum.stage_steps=2",
+            "--set",
+            "model.d_model=16",
+            "--set",
+            "model.heads=2",
+            "--set",
+            "model.layers=1",
+            "--set",
+            "rollout.max_tokens=8",
+            "--set",
+            "rollout.prompts=2",
+            "--set",
+            "eval.problems=2",
+            "--set",
+            "eval.k=1",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m = metrics(&d.join("c"));
+    let samples: Vec<u64> = m[1..]
+        .iter()
+        .map(|l| l["samples"].as_u64().expect("samples"))
+        .collect();
+    // Stage 1: 2 prompts × (4 + 4·3) when every first response has ≥ 2 tokens
+    // (the branching itself is checked in keel-runtime's unit tests).
+    assert!(
+        samples[0] > 8 && samples[0] <= 32 && samples[1] > 8 && samples[1] <= 32,
+        "{samples:?}"
+    );
+    // Stage 2: 2 prompts × group 16, no branching.
+    assert_eq!(&samples[2..], &[32, 32]);
+}

@@ -83,12 +83,28 @@ pub fn sample(
     cfg: SampleConfig,
     rng: &mut Rng,
 ) -> Vec<Sample> {
+    sample_limited(policy, prompts, cfg, &[], rng)
+}
+
+/// Sample one response per prompt, row `i` stopping after `limits[i]` tokens
+/// (`cfg.max_tokens` where `limits` is shorter).
+pub fn sample_limited(
+    policy: &Policy,
+    prompts: &[Vec<u32>],
+    cfg: SampleConfig,
+    limits: &[usize],
+    rng: &mut Rng,
+) -> Vec<Sample> {
     let b = prompts.len();
+    if b == 0 {
+        return Vec::new();
+    }
     let (toks, valid, p) = left_pad(prompts);
     let budget = cfg
         .max_tokens
         .min(policy.cfg.context.saturating_sub(p))
         .max(1);
+    let limit = |i: usize| limits.get(i).copied().unwrap_or(budget).clamp(1, budget);
     let mut out: Vec<Sample> = (0..b)
         .map(|_| Sample {
             response: Vec::new(),
@@ -120,6 +136,9 @@ pub fn sample(
             next[bi] = tok;
             if tok == cfg.eos {
                 done[bi] = true;
+            } else if s.response.len() >= limit(bi) {
+                done[bi] = true;
+                s.truncated = true;
             }
         }
         if done.iter().all(|&d| d) || step + 1 == budget {
@@ -129,7 +148,9 @@ pub fn sample(
         logits = policy.decode(&mut cache, &next, &live, p + step);
     }
     for (s, d) in out.iter_mut().zip(&done) {
-        s.truncated = !d;
+        if !d {
+            s.truncated = true;
+        }
     }
     out
 }

@@ -372,6 +372,94 @@ fn rollouts(
         }
     }
     let samples = sample::sample(policy, &prompts, cfg, rng);
+    assemble(policy, task, problems, samples, prompts, groups, tok)
+}
+
+/// CURE's branching: `first` responses per problem; each is cut at one of
+/// its `top_k` highest-entropy tokens (never the first; chosen uniformly) and
+/// `samples` continuations are drawn from the prompt and that prefix. A
+/// problem's group holds its first responses and their continuations
+/// (prefix + continuation, with the prefix's recorded log-probs).
+fn branched_rollouts(
+    policy: &Policy,
+    task: &Task,
+    problems: &[Problem],
+    (first, samples, top_k): (usize, usize, usize),
+    cfg: SampleConfig,
+    rng: &mut Rng,
+    tok: &Tokenizer,
+) -> Rollouts {
+    let mut prompts = Vec::new();
+    let mut owner = Vec::new();
+    for (g, p) in problems.iter().enumerate() {
+        let enc = encode_prompt(tok, p);
+        for _ in 0..first {
+            prompts.push(enc.clone());
+            owner.push(g);
+        }
+    }
+    let firsts = sample::sample(policy, &prompts, cfg, rng);
+    let v = policy.cfg.vocab;
+    let mut cont_prompts = Vec::new();
+    let mut limits = Vec::new();
+    let mut cuts = Vec::new();
+    for (i, s) in firsts.iter().enumerate() {
+        let n = s.response.len();
+        if n < 2 {
+            cuts.push(None);
+            continue;
+        }
+        let mut pos: Vec<usize> = (1..n).collect();
+        pos.sort_by(|&a, &b| s.entropy[b].total_cmp(&s.entropy[a]).then(a.cmp(&b)));
+        pos.truncate(top_k.max(1));
+        let cut = pos[(rng.next_u64() % pos.len() as u64) as usize];
+        cuts.push(Some(cut));
+        let mut pr = prompts[i].clone();
+        pr.extend_from_slice(&s.response[..cut]);
+        for _ in 0..samples {
+            cont_prompts.push(pr.clone());
+            limits.push(cfg.max_tokens.saturating_sub(cut).max(1));
+        }
+    }
+    let mut conts = sample::sample_limited(policy, &cont_prompts, cfg, &limits, rng).into_iter();
+    let (mut all, mut all_prompts, mut groups) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, s) in firsts.into_iter().enumerate() {
+        if let Some(cut) = cuts[i] {
+            for _ in 0..samples {
+                let Some(c) = conts.next() else { break };
+                let mut joined = sample::Sample {
+                    response: s.response[..cut].to_vec(),
+                    old_logp: s.old_logp[..cut].to_vec(),
+                    entropy: s.entropy[..cut].to_vec(),
+                    logits: s.logits[..cut * v].to_vec(),
+                    truncated: c.truncated,
+                };
+                joined.response.extend(c.response);
+                joined.old_logp.extend(c.old_logp);
+                joined.entropy.extend(c.entropy);
+                joined.logits.extend(c.logits);
+                all.push(joined);
+                all_prompts.push(prompts[i].clone());
+                groups.push(owner[i]);
+            }
+        }
+        all.push(s);
+        all_prompts.push(prompts[i].clone());
+        groups.push(owner[i]);
+    }
+    assemble(policy, task, problems, all, all_prompts, groups, tok)
+}
+
+/// Verify samples and lay them out as rollouts.
+fn assemble(
+    policy: &Policy,
+    task: &Task,
+    problems: &[Problem],
+    samples: Vec<sample::Sample>,
+    prompts: Vec<Vec<u32>>,
+    groups: Vec<usize>,
+    tok: &Tokenizer,
+) -> Rollouts {
     let mut out = Rollouts {
         vocab: policy.cfg.vocab,
         difficulty: problems.iter().map(|p| p.difficulty).collect(),
@@ -939,9 +1027,25 @@ pub fn run(
                 plan.prompts.saturating_sub(batch.n_groups()),
                 max_difficulty,
             );
-            let mut r = rollouts(
-                &sampler, &plan.task, &problems, plan.group, cfg, &mut rng, tok,
-            );
+            let branch_first = scal.get("rollout.branch_first").copied().unwrap_or(0.0);
+            let mut r = if branch_first >= 1.0 {
+                let b = (
+                    branch_first as usize,
+                    scal.get("rollout.branch_samples")
+                        .copied()
+                        .unwrap_or(3.0)
+                        .max(0.0) as usize,
+                    scal.get("rollout.branch_top_k")
+                        .copied()
+                        .unwrap_or(20.0)
+                        .max(1.0) as usize,
+                );
+                branched_rollouts(&sampler, &plan.task, &problems, b, cfg, &mut rng, tok)
+            } else {
+                rollouts(
+                    &sampler, &plan.task, &problems, plan.group, cfg, &mut rng, tok,
+                )
+            };
             if plan.dynamic_sampling {
                 // Keep groups whose rewards differ (they carry a signal).
                 let rewards = rewards_of(&host, &r, step_in)?;
@@ -977,6 +1081,7 @@ pub fn run(
         }
         let rollout_s = t_roll.elapsed().as_secs_f64();
         let n_tokens: usize = batch.responses.iter().map(|r| r.len()).sum();
+        let n_samples = batch.len();
 
         // ---- reward, metrics of the batch, guards -------------------------
         let mut line = Map::new();
@@ -1274,6 +1379,7 @@ pub fn run(
                 .events
                 .extend(events.iter().map(|e| format!("step {step}: {e}")));
         }
+        line.insert("samples".into(), json!(n_samples));
         line.insert("tokens".into(), json!(n_tokens));
         // Wall-clock figures (the only fields that differ between identical runs).
         line.insert("rollout_s".into(), json!(rollout_s));
@@ -1438,4 +1544,83 @@ fn bar(opts: &RunOptions, len: u64, what: &str) -> indicatif::ProgressBar {
     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     b.set_style(style);
     b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Branched groups: every continuation starts with a prefix of its first
+    /// response, cut at one of that response's highest-entropy tokens, and
+    /// carries the prefix's recorded log-probs.
+    #[test]
+    fn branching_cuts_at_high_entropy_tokens_and_keeps_prefixes() {
+        let cfg = ModelConfig {
+            vocab: 88,
+            d_model: 16,
+            layers: 1,
+            heads: 2,
+            context: 48,
+            qk_norm: false,
+            seed: 5,
+        };
+        let policy = Policy::new(cfg.clone(), &Weights::init(&cfg), &Device::flex());
+        let task = Task::Arithmetic {
+            seed: 1,
+            difficulty: 0.5,
+        };
+        let problems: Vec<Problem> = (0..2).map(|i| task.problem(TRAIN_STREAM, i)).collect();
+        let tok = Tokenizer::Char(CharTokenizer::default());
+        let sc = SampleConfig {
+            temperature: 1.0,
+            top_p: 1.0,
+            max_tokens: 10,
+            eos: tok.eos(),
+        };
+        let mut rng = Rng::new(9);
+        let (first, samples, top_k) = (3, 2, 2);
+        let r = branched_rollouts(
+            &policy,
+            &task,
+            &problems,
+            (first, samples, top_k),
+            sc,
+            &mut rng,
+            &tok,
+        );
+        // With these seeds every first response has at least two tokens, so
+        // each first response comes with its continuations: rows in blocks of
+        // [continuation × samples, first].
+        assert_eq!(r.len(), 2 * first * (1 + samples));
+        let mut checked = 0;
+        for block in (0..r.len()).collect::<Vec<_>>().chunks(samples + 1) {
+            let fi = block[samples];
+            let f = &r.responses[fi];
+            let mut order: Vec<usize> = (1..f.len()).collect();
+            order.sort_by(|&a, &b| {
+                r.entropy[fi][b]
+                    .total_cmp(&r.entropy[fi][a])
+                    .then(a.cmp(&b))
+            });
+            order.truncate(top_k);
+            for &c in &block[..samples] {
+                assert_eq!(r.group[c], r.group[fi]);
+                // The cut is one of the top-k positions: the continuation
+                // shares exactly that prefix (and its recorded log-probs).
+                let ok = order.iter().any(|&cut| {
+                    r.responses[c].len() > cut
+                        && r.responses[c][..cut] == f[..cut]
+                        && r.old_logp[c][..cut] == r.old_logp[fi][..cut]
+                });
+                assert!(ok, "row {c} does not continue row {fi} at {order:?}");
+                assert!(
+                    r.responses[c].len() <= 10,
+                    "continuation over the token limit"
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 2 * first * samples);
+        assert_eq!(r.n_groups(), 2);
+    }
 }
