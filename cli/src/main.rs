@@ -1,5 +1,6 @@
 //! `keel`: the command-line tool. One module per subcommand.
 
+mod bench;
 mod check;
 mod compile;
 mod explain;
@@ -118,6 +119,12 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         color: Color,
     },
+    /// Benchmarks: `keel bench loss RECIPE --tokens N` times the recipe's loss
+    /// and gradient on a synthetic batch (tokens/s and effective GB/s).
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
     /// Write RUN_DIR/report.html: plots of a run's metrics and guard events.
     Report {
         /// A directory written by `keel run`.
@@ -139,6 +146,35 @@ enum Command {
         error_format: ErrorFormat,
         #[arg(long, value_enum, default_value = "auto")]
         color: Color,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// The loss and its gradient on a synthetic batch.
+    Loss {
+        recipe: String,
+        /// Positions in the batch, B × T (rounded up to whole groups of
+        /// sequences); responses fill between half and all of their T.
+        #[arg(long, default_value_t = 65_536)]
+        tokens: usize,
+        /// Positions per sequence.
+        #[arg(long, default_value_t = 512)]
+        seq_len: usize,
+        /// Vocabulary size, for recipes that read logits, entropy or mean_logp.
+        #[arg(long, default_value_t = 64)]
+        vocab: usize,
+        /// `interp`, `kernel` or `all`.
+        #[arg(long, default_value = "all")]
+        backend: String,
+        /// Evaluations timed (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        #[arg(long = "recipe")]
+        name: Option<String>,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -189,6 +225,28 @@ fn main() -> ExitCode {
             name,
             quiet,
             color,
+        }),
+        Command::Bench {
+            what:
+                BenchWhat::Loss {
+                    recipe,
+                    tokens,
+                    seq_len,
+                    vocab,
+                    backend,
+                    iters,
+                    name,
+                    json,
+                },
+        } => bench::run(bench::Args {
+            recipe,
+            tokens,
+            seq_len,
+            vocab,
+            backend,
+            iters,
+            name,
+            json,
         }),
         Command::Report { run_dir } => {
             match keel_runtime::report::write(std::path::Path::new(&run_dir)) {

@@ -653,3 +653,52 @@ fn cure_branches_in_stage_one_only() {
     // Stage 2: 2 prompts × group 16, no branching.
     assert_eq!(&samples[2..], &[32, 32]);
 }
+
+/// `keel bench loss` times the interpreter on a synthetic batch and says the
+/// kernel backend is not built; oversized vocabulary batches are refused.
+#[test]
+fn bench_loss_reports_tokens_per_second() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = keel(
+        &root,
+        &[
+            "bench",
+            "loss",
+            "stdlib/dapo.recipe",
+            "--tokens",
+            "4096",
+            "--seq-len",
+            "64",
+            "--iters",
+            "1",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_str(text(&out.stdout).trim()).expect("json");
+    assert_eq!(v["t"], 64);
+    assert_eq!(v["b"].as_u64().map(|b| b % 8), Some(0), "whole groups");
+    let be = &v["backends"][0];
+    assert_eq!(be["backend"], "interp");
+    assert!(be["tokens_per_s"].as_f64().is_some_and(|x| x > 0.0));
+    assert!(be["gb_per_s"].as_f64().is_some_and(|x| x > 0.0));
+    assert_eq!(v["backends"][1]["available"], false);
+    let big = keel(
+        &root,
+        &[
+            "bench",
+            "loss",
+            "stdlib/grpo.recipe",
+            "--tokens",
+            "1000000",
+            "--vocab",
+            "4096",
+        ],
+    );
+    assert!(!big.status.success());
+    assert!(
+        text(&big.stderr).contains("lower --tokens or --vocab"),
+        "{}",
+        text(&big.stderr)
+    );
+}

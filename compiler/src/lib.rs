@@ -24,6 +24,7 @@ pub mod lower;
 pub mod resolve;
 pub mod source;
 pub mod stdlib;
+pub mod synth;
 
 pub use check::CheckedRecipe;
 pub use diagnostic::{Diagnostic, Label, Severity};
