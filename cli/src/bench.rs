@@ -162,3 +162,103 @@ pub fn run(a: Args) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+/// Peak resident memory of this process (VmHWM), in bytes.
+fn peak_rss() -> Option<usize> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+pub struct LogitsArgs {
+    pub tokens: usize,
+    pub vocab: usize,
+    pub bf16: bool,
+    pub iters: usize,
+}
+
+/// `keel bench logits`: the fused logits kernel (logp, entropy, d_logits) on
+/// random [N, V] logits: time, GB/s and peak memory against one [N, V] buffer.
+pub fn logits(a: LogitsArgs) -> ExitCode {
+    use keel_compiler::logits::{self as lk, Bf16};
+    let (n, v) = (a.tokens.max(1), a.vocab.max(2));
+    let mut x: u64 = 0x9E37_79B9;
+    let mut next = || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((x >> 33) as f64 / (1u64 << 31) as f64 * 8.0 - 4.0) as f32
+    };
+    let base_rss = peak_rss().unwrap_or(0);
+    let z32: Vec<f32>;
+    let z16: Vec<Bf16>;
+    if a.bf16 {
+        z16 = (0..n * v).map(|_| Bf16::from_f32(next())).collect();
+        z32 = Vec::new();
+    } else {
+        z32 = (0..n * v).map(|_| next()).collect();
+        z16 = Vec::new();
+    }
+    let tokens: Vec<u32> = (0..n).map(|i| ((i * 7919) % v) as u32).collect();
+    let d_logp: Vec<f32> = (0..n).map(|_| next() / 4.0).collect();
+    let d_ent: Vec<f32> = (0..n).map(|_| next() / 4.0).collect();
+    let after_inputs = peak_rss().unwrap_or(0);
+    let elem = if a.bf16 { 2 } else { 4 };
+    let mut d_logits = vec![0.0f32; n * v];
+    let (mut tf, mut tb) = (Vec::new(), Vec::new());
+    let mut check = 0.0f64;
+    for _ in 0..a.iters.max(1) {
+        let s = Instant::now();
+        let f = if a.bf16 {
+            lk::forward(&z16, &tokens, v)
+        } else {
+            lk::forward(&z32, &tokens, v)
+        };
+        tf.push(s.elapsed().as_secs_f64());
+        let s = Instant::now();
+        if a.bf16 {
+            lk::backward(&z16, &tokens, v, &f, &d_logp, &d_ent, &mut d_logits);
+        } else {
+            lk::backward(&z32, &tokens, v, &f, &d_logp, &d_ent, &mut d_logits);
+        }
+        tb.push(s.elapsed().as_secs_f64());
+        check += f.logp.iter().map(|&x| x as f64).sum::<f64>() + d_logits[n * v / 2] as f64;
+    }
+    tf.sort_by(f64::total_cmp);
+    tb.sort_by(f64::total_cmp);
+    let (f, b) = (tf[tf.len() / 2], tb[tb.len() / 2]);
+    let nv = (n * v) as f64;
+    let peak = peak_rss().unwrap_or(0);
+    let one_buffer = n * v * 4;
+    println!(
+        "logits kernel: {n} tokens × {v} vocabulary, {} logits ({:.2} GB in)",
+        if a.bf16 { "bf16" } else { "f32" },
+        nv * elem as f64 / 1e9
+    );
+    println!(
+        "forward  (logp, entropy): {:>9.1} ms  {:>7.2} GB/s read",
+        f * 1e3,
+        nv * elem as f64 / f / 1e9
+    );
+    println!(
+        "backward (d_logits):      {:>9.1} ms  {:>7.2} GB/s read + write",
+        b * 1e3,
+        nv * (elem + 4) as f64 / b / 1e9
+    );
+    println!("tokens/s (forward + backward): {:.0}", n as f64 / (f + b));
+    println!(
+        "peak RSS {:.2} GB; after the inputs {:.2} GB; growth {:.2} GB = {:.2} × one [N, V] f32 buffer ({:.2} GB)",
+        peak as f64 / 1e9,
+        after_inputs as f64 / 1e9,
+        peak.saturating_sub(after_inputs) as f64 / 1e9,
+        peak.saturating_sub(after_inputs) as f64 / one_buffer as f64,
+        one_buffer as f64 / 1e9
+    );
+    let _ = base_rss;
+    if !check.is_finite() {
+        eprintln!("error: non-finite results");
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}

@@ -176,6 +176,19 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// The fused logits kernel (logp, entropy, d_logits) on random logits,
+    /// with peak memory.
+    Logits {
+        #[arg(long, default_value_t = 4096)]
+        tokens: usize,
+        #[arg(long, default_value_t = 151_936)]
+        vocab: usize,
+        /// bf16 logits (default f32).
+        #[arg(long)]
+        bf16: bool,
+        #[arg(long, default_value_t = 3)]
+        iters: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -247,6 +260,20 @@ fn main() -> ExitCode {
             iters,
             name,
             json,
+        }),
+        Command::Bench {
+            what:
+                BenchWhat::Logits {
+                    tokens,
+                    vocab,
+                    bf16,
+                    iters,
+                },
+        } => bench::logits(bench::LogitsArgs {
+            tokens,
+            vocab,
+            bf16,
+            iters,
         }),
         Command::Report { run_dir } => {
             match keel_runtime::report::write(std::path::Path::new(&run_dir)) {

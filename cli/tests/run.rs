@@ -114,8 +114,9 @@ fn resume_after_sigkill_is_bitwise_identical() {
     assert_eq!(cks, 3);
 }
 
-/// An absurd learning rate collapses the entropy; the guard rolls back, cuts
-/// the learning rate, and training goes on with finite losses.
+/// An absurd learning rate drives the policy away from the reference (KL
+/// above 1 nat per token); the guard rolls back, cuts the learning rate, and
+/// training goes on with finite losses.
 #[test]
 fn guard_rolls_back_an_unstable_run() {
     let d = dir("guard");
@@ -129,10 +130,10 @@ recipe unstable extends grpo {
     checkpoint { every = 2 }
     eval { every = 0, problems = 8, k = 1 }
 
-    guard collapse: mean(entropy) over batch < 0.05 for 2 steps => {
+    guard drift: mean(old_logp - ref_logp) over batch > 1.0 for 2 steps => {
         rollback 4
         optimizer.lr *= 0.01
-        warn "entropy collapsed"
+        warn "the policy drifted from the reference"
     }
 }
 "#;
@@ -144,7 +145,7 @@ recipe unstable extends grpo {
     assert!(!fired.is_empty(), "the guard never fired: {m:?}");
     let ev = fired[0]["events"].to_string();
     assert!(
-        ev.contains("guard `collapse`")
+        ev.contains("guard `drift`")
             && ev.contains("rollback 4")
             && ev.contains("optimizer.lr *= 0.01"),
         "{ev}"
@@ -156,12 +157,20 @@ recipe unstable extends grpo {
         back + 4 <= at || back == 0,
         "rolled back from {at} to {back}"
     );
-    // After the rollback: the learning rate is 1% and the losses are finite.
+    // After the rollback: the learning rate is at most 1% of the original
+    // (less if the guard fires again) and the losses are finite.
     let after: Vec<&Value> = m.iter().filter(|l| l["step"].as_u64() > Some(at)).collect();
     assert!(!after.is_empty());
+    assert!(
+        (after[0]["lr"].as_f64().expect("lr") - 0.003).abs() < 1e-12,
+        "{}",
+        after[0]
+    );
     for l in after {
-        assert!((l["lr"].as_f64().expect("lr") - 0.003).abs() < 1e-12, "{l}");
-        assert!(l["loss"].as_f64().is_some_and(f64::is_finite), "{l}");
+        assert!(l["lr"].as_f64().expect("lr") <= 0.003 + 1e-12, "{l}");
+        if l.get("rolled_back_to").is_none() && l.get("skipped").is_none() {
+            assert!(l["loss"].as_f64().is_some_and(f64::is_finite), "{l}");
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub mod host;
 pub mod host_llvm;
 pub mod interp;
 pub mod ir;
+pub mod logits;
 pub mod lower;
 pub mod resolve;
 pub mod source;
@@ -354,6 +355,25 @@ pub fn compile_loss(
     on_big_stack(|| lower::loss_program(&checked.program, m, c, have)).map(|p| CompiledLoss {
         graph: p.graph,
         skipped_metrics: p.skipped_metrics,
+    })
+}
+
+/// [`compile_loss`] for a batch whose `logp` and `entropy` come from the
+/// fused logits kernel ([`logits`]): a read `entropy` is differentiated too,
+/// and the program outputs `d_entropy` beside `d_logp`.
+pub fn compile_loss_kernel(
+    checked: &Checked,
+    index: usize,
+    have: &dyn lower::Available,
+) -> Result<CompiledLoss, Vec<Diagnostic>> {
+    let (Some(m), Some(c)) = (checked.merged.get(index), checked.recipes.get(index)) else {
+        return Err(Vec::new());
+    };
+    on_big_stack(|| lower::loss_program_with(&checked.program, m, c, have, true)).map(|p| {
+        CompiledLoss {
+            graph: p.graph,
+            skipped_metrics: p.skipped_metrics,
+        }
     })
 }
 

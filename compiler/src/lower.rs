@@ -54,6 +54,9 @@ pub struct Lowering<'a> {
     entries: HashMap<(String, String), NodeId>,
     inputs: HashMap<String, NodeId>,
     pub errors: Vec<Diagnostic>,
+    /// A given `entropy` is differentiated (`d_entropy`), for callers that
+    /// compute it with the fused logits kernel.
+    pub entropy_grad: bool,
 }
 
 type L<T> = Result<T, ()>;
@@ -74,6 +77,7 @@ impl<'a> Lowering<'a> {
             entries: HashMap::new(),
             inputs: HashMap::new(),
             errors: Vec::new(),
+            entropy_grad: false,
         }
     }
 
@@ -121,6 +125,13 @@ impl<'a> Lowering<'a> {
                 let pz = self.b.binary(Bin::Mul, p, z);
                 let s = self.b.reduce(Red::Sum, pz, Level::Token);
                 self.b.binary(Bin::Sub, lse, s)
+            }
+            // A given entropy the caller differentiates (it asks for
+            // `d_entropy`: the fused logits kernel carries it to the logits).
+            "entropy" if self.entropy_grad && !self.have.has("logits") => {
+                let id = self.raw_input("entropy");
+                self.b.graph.nodes[id].grad = true;
+                id
             }
             "length" if !self.have.has("length") => {
                 let one = self.b.c(1.0);
@@ -907,7 +918,21 @@ pub fn loss_program(
     checked: &CheckedRecipe,
     have: &dyn Available,
 ) -> Result<Program0, Vec<Diagnostic>> {
+    loss_program_with(prog, merged, checked, have, false)
+}
+
+/// [`loss_program`], optionally differentiating a given `entropy` input too
+/// (output `d_entropy`), for callers that compute logp and entropy with the
+/// fused logits kernel and carry both gradients back to the logits.
+pub fn loss_program_with(
+    prog: &Program,
+    merged: &Merged,
+    checked: &CheckedRecipe,
+    have: &dyn Available,
+    entropy_grad: bool,
+) -> Result<Program0, Vec<Diagnostic>> {
     let mut lw = Lowering::new(prog, merged, checked, have);
+    lw.entropy_grad = entropy_grad;
     let mode = match checked.value("objective", "reduce").map(|v| &v.info.ty) {
         Some(builtins::Ty::Sym(s)) => s.clone(),
         _ => "token_mean".to_string(),
@@ -989,6 +1014,14 @@ pub fn loss_program(
     if let Some(z) = logits {
         wrt.push(z);
     }
+    // Without logits, a read `entropy` is a given token-level input; when the
+    // caller asks for `d_entropy`, its gradient lets the fused logits kernel
+    // carry the loss back to the logits outside the program.
+    let entropy = (logits.is_none() && entropy_grad && checked.inputs.contains_key("entropy"))
+        .then(|| lw.input("entropy"));
+    if let Some(h) = entropy {
+        wrt.push(h);
+    }
     let grads = match autodiff::gradients(&mut lw.b, total, &wrt) {
         Ok(g) => g,
         Err(op) => {
@@ -1016,6 +1049,13 @@ pub fn loss_program(
             None => lw.b.broadcast(zero, Level::Vocab),
         };
         outputs.push(("d_logits".to_string(), d));
+    }
+    if entropy.is_some() {
+        let d = match grads.get(1).copied().flatten() {
+            Some(g) => lw.b.binary(Bin::Mul, g, mask),
+            None => lw.b.broadcast(zero, Level::Token),
+        };
+        outputs.push(("d_entropy".to_string(), d));
     }
     // Metrics.
     let mut skipped = Vec::new();

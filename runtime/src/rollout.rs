@@ -230,9 +230,12 @@ impl Rollouts {
             self.tokens().iter().map(|&x| x as f64).collect(),
         );
         m.insert("mask".into(), self.mask());
-        if let Some(r) = &self.ref_logp {
-            m.insert("ref_logp".into(), self.token_level(r));
-        }
+        // Present whenever the recipe reads it; zeros otherwise (an empty
+        // batch of step-level evaluation has none).
+        match &self.ref_logp {
+            Some(r) => m.insert("ref_logp".into(), self.token_level(r)),
+            None => m.insert("ref_logp".into(), vec![0.0; b * t]),
+        };
         let mut step_reward = vec![0.0; b * t];
         let mut step_end = vec![0.0; b * t];
         for (r, v) in self.verdicts.iter().enumerate() {
@@ -291,14 +294,16 @@ impl Rollouts {
     }
 
     /// The loss batch for these rows, with the current policy's logits
-    /// [B·T·V] (already divided by the sampling temperature).
-    pub fn loss_batch(&self, logits: Vec<f64>, v: usize, s: StepInputs) -> Batch {
+    /// [B·T·V] (already divided by the sampling temperature) when given.
+    pub fn loss_batch(&self, logits: Option<Vec<f64>>, v: usize, s: StepInputs) -> Batch {
         let t = self.t();
         let b = self.len();
         let inputs = self.inputs(s);
         let mut batch = Batch::default();
         batch.insert("mask", "f32", vec![b, t], self.mask());
-        batch.insert("logits", "f32", vec![b, t, v], logits);
+        if let Some(z) = logits {
+            batch.insert("logits", "f32", vec![b, t, v], z);
+        }
         batch.insert(
             "tokens",
             "i64",

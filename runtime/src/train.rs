@@ -14,7 +14,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use keel_compiler::batch::{self, Batch};
 use keel_compiler::interp::{self, Env};
 use keel_compiler::ir::Graph;
-use keel_compiler::{Checked, Diagnostic, compile_loss};
+use keel_compiler::{Checked, Diagnostic, compile_loss, logits};
 use keel_grammar::{AssignOp, Stmt};
 use serde_json::{Map, Value, json};
 
@@ -272,19 +272,51 @@ fn encode_prompt(tok: &Tokenizer, p: &Problem) -> Vec<u32> {
     v
 }
 
-/// (loss, d_logits, monitor metrics) of one evaluation.
-type LossOut = (f64, Vec<f64>, Vec<(String, f64)>);
+/// What one evaluation of the loss program returns.
+struct LossOut {
+    loss: f64,
+    /// d(loss)/d(logits) [B·T·V] (the interpreter path).
+    d_logits: Vec<f64>,
+    /// d(loss)/d(logp) and d(loss)/d(entropy) [B·T] (the kernel path).
+    d_logp: Vec<f64>,
+    d_entropy: Vec<f64>,
+    metrics: Vec<(String, f64)>,
+}
 
 /// The loss program, compiled once; hyperparameter values are set per step.
 struct Loss {
     graph: Graph,
     recipe: keel_compiler::CheckedRecipe,
+    /// The recipe reads the distribution only through `logp` and `entropy`:
+    /// the fused logits kernel computes them and carries `d_logp` and
+    /// `d_entropy` back to the logits; the program sees token-level values.
+    kernel: bool,
 }
 
 impl Loss {
     fn compile(checked: &Checked, index: usize, has_ref: bool) -> Result<Loss> {
-        let have = move |n: &str| provided(n, has_ref);
-        let compiled = compile_loss(checked, index, &have).map_err(|d| {
+        let reads = |n: &str| {
+            checked
+                .recipes
+                .get(index)
+                .is_some_and(|r| r.inputs.contains_key(n))
+        };
+        let kernel = !["logits", "mean_logp", "vocab_index"]
+            .iter()
+            .any(|n| reads(n));
+        let have = move |n: &str| {
+            if kernel {
+                (provided(n, has_ref) && n != "logits") || matches!(n, "logp" | "entropy")
+            } else {
+                provided(n, has_ref)
+            }
+        };
+        let compiled = if kernel {
+            keel_compiler::compile_loss_kernel(checked, index, &have)
+        } else {
+            compile_loss(checked, index, &have)
+        };
+        let compiled = compiled.map_err(|d| {
             diag_error(
                 d,
                 "the recipe's loss cannot be compiled for the runtime's batch",
@@ -300,10 +332,65 @@ impl Loss {
         Ok(Loss {
             graph: compiled.graph,
             recipe,
+            kernel,
         })
     }
 
-    /// (loss, d_logits, metrics, advantages-free) on one batch.
+    /// The loss batch of `r` with the current (tempered) logits `z` [B·T·V],
+    /// and the fused kernel's forward statistics (logp, entropy per token).
+    fn batch(&self, r: &Rollouts, z: &[f32], v: usize, si: StepInputs) -> (Batch, logits::Forward) {
+        let tokens = r.tokens();
+        let fwd = logits::forward(z, &tokens, v);
+        if self.kernel {
+            let (b, t) = (r.len(), r.t());
+            let mut batch = r.loss_batch(None, v, si);
+            batch.insert(
+                "logp",
+                "f32",
+                vec![b, t],
+                fwd.logp.iter().map(|&x| x as f64).collect(),
+            );
+            batch.insert(
+                "entropy",
+                "f32",
+                vec![b, t],
+                fwd.entropy.iter().map(|&x| x as f64).collect(),
+            );
+            (batch, fwd)
+        } else {
+            (
+                r.loss_batch(Some(z.iter().map(|&x| x as f64).collect()), v, si),
+                fwd,
+            )
+        }
+    }
+
+    /// d(loss)/d(logits) [B·T·V], f32: from the program (interpreter path)
+    /// or carried back by the fused kernel from d_logp and d_entropy.
+    fn d_logits(
+        &self,
+        out: &LossOut,
+        z: &[f32],
+        r: &Rollouts,
+        v: usize,
+        fwd: &logits::Forward,
+    ) -> Vec<f32> {
+        if !self.kernel {
+            return out.d_logits.iter().map(|&x| x as f32).collect();
+        }
+        let n = r.len() * r.t();
+        let dl: Vec<f32> = out.d_logp.iter().map(|&x| x as f32).collect();
+        let de: Vec<f32> = if out.d_entropy.len() == n {
+            out.d_entropy.iter().map(|&x| x as f32).collect()
+        } else {
+            vec![0.0; n]
+        };
+        let mut d = vec![0.0f32; n * v];
+        logits::backward(z, &r.tokens(), v, fwd, &dl, &de, &mut d);
+        d
+    }
+
+    /// (loss, gradients, metrics) on one batch.
     fn run(&self, batch: &Batch) -> Result<LossOut> {
         let prepared = batch::prepare(batch, "rollout batch", &self.graph, &self.recipe)
             .map_err(|d| diag_error(d, "the runtime's batch does not fit the recipe's loss"))?;
@@ -324,6 +411,8 @@ impl Loss {
             .and_then(|v| v.first().copied())
             .unwrap_or(f64::NAN);
         let d_logits = get("d_logits").unwrap_or_default();
+        let d_logp = get("d_logp").unwrap_or_default();
+        let d_entropy = get("d_entropy").unwrap_or_default();
         let metrics = self
             .graph
             .outputs
@@ -337,7 +426,13 @@ impl Loss {
                 })
             })
             .collect();
-        Ok((loss, d_logits, metrics))
+        Ok(LossOut {
+            loss,
+            d_logits,
+            d_logp,
+            d_entropy,
+            metrics,
+        })
     }
 }
 
@@ -802,7 +897,7 @@ pub fn run(
             total_steps: plan.steps as f64,
             epoch: 0.0,
         };
-        if let Err(e) = loss.run(&dry.loss_batch(vec![0.0; v], v, si))
+        if let Err(e) = loss.run(&loss.batch(&dry, &vec![0.0f32; v], v, si).0)
             && !e.diagnostics.is_empty()
         {
             return Err(e);
@@ -1233,27 +1328,27 @@ pub fn run(
                     policy.require_grad();
                     let z = response_logits(&policy, &part, temperature);
                     let [b, t, v] = z.dims();
-                    let zv: Vec<f64> = to_vec(&z).into_iter().map(|x| x as f64).collect();
+                    let zf: Vec<f32> = to_vec(&z);
                     let si = StepInputs {
                         epoch: epoch as f64,
                         ..step_in
                     };
-                    let (l, d_logits, metrics) = loss.run(&part.loss_batch(zv.clone(), v, si))?;
+                    let (lb, fwd) = loss.batch(&part, &zf, v, si);
+                    let out = loss.run(&lb)?;
+                    let l = out.loss;
+                    let d_logits = loss.d_logits(&out, &zf, &part, v, &fwd);
                     // clip fraction on the current ratios
                     let (mut cf, mut cn) = (0.0, 0.0);
                     for (row, resp) in part.responses.iter().enumerate() {
-                        for (j, &tkn) in resp.iter().enumerate() {
-                            let base = (row * t + j) * v;
-                            let zz = &zv[base..base + v];
-                            let m = zz.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                            let lse = m + zz.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
-                            let ratio = (zz[tkn as usize] - lse - part.old_logp[row][j]).exp();
+                        for j in 0..resp.len() {
+                            let ratio =
+                                (fwd.logp[row * t + j] as f64 - part.old_logp[row][j]).exp();
                             cf += f64::from(u8::from(ratio < 1.0 - eps.0 || ratio > 1.0 + eps.1));
                             cn += 1.0;
                         }
                     }
                     clip_fracs.push(cf / f64::max(cn, 1.0));
-                    for (name, x) in metrics {
+                    for (name, x) in out.metrics {
                         monitors.entry(name).or_default().push(x);
                     }
                     if !l.is_finite()
@@ -1266,13 +1361,7 @@ pub fn run(
                         skip = true;
                         break 'epochs;
                     }
-                    let d = Tensor::<3>::from_data(
-                        TensorData::new(
-                            d_logits.iter().map(|&x| x as f32).collect::<Vec<f32>>(),
-                            [b, t, v],
-                        ),
-                        &dev,
-                    );
+                    let d = Tensor::<3>::from_data(TensorData::new(d_logits, [b, t, v]), &dev);
                     // The recipe's gradient w.r.t. the logits enters burn's
                     // autodiff as the linear term <z, D>, whose derivative is D.
                     let mut surrogate = (z.clone() * d).sum();

@@ -1,0 +1,271 @@
+//! The fused logits kernel (CPU): from logits [N, V] and the sampled tokens,
+//! `logp` and `entropy` per row in one streaming pass with an online
+//! log-sum-exp over vocabulary chunks; in the backward pass, `d_logits` from
+//! `d_logp` and `d_entropy` in a second pass that writes the only [N, V]
+//! buffer it allocates. Rows are split across threads.
+//!
+//! With p = softmax(z), lse = log Σ exp z and E[z] = Σ p z:
+//! logp = z_tok − lse, entropy = lse − E[z],
+//! ∂logp/∂z_k = δ(k, tok) − p_k, ∂entropy/∂z_k = −p_k (z_k − E[z]).
+//! The interpreter's `pick(log_softmax(logits))` and entropy nodes define the
+//! same values; tests compare the two and finite differences.
+
+/// A logits element: f32, or bf16 stored as its upper 16 bits.
+pub trait Elem: Copy + Send + Sync {
+    fn f32(self) -> f32;
+}
+
+impl Elem for f32 {
+    #[inline]
+    fn f32(self) -> f32 {
+        self
+    }
+}
+
+/// A bf16 value (the upper half of an f32).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bf16(pub u16);
+
+impl Elem for Bf16 {
+    #[inline]
+    fn f32(self) -> f32 {
+        f32::from_bits((self.0 as u32) << 16)
+    }
+}
+
+impl Bf16 {
+    /// Round to nearest even.
+    pub fn from_f32(x: f32) -> Bf16 {
+        let b = x.to_bits();
+        let round = ((b >> 16) & 1) + 0x7FFF;
+        Bf16((b.wrapping_add(round) >> 16) as u16)
+    }
+}
+
+/// Per-row statistics of the forward pass (kept for the backward pass).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Forward {
+    pub logp: Vec<f32>,
+    pub entropy: Vec<f32>,
+    pub lse: Vec<f32>,
+    /// E_p[z].
+    pub mean_z: Vec<f32>,
+}
+
+const CHUNK: usize = 2048;
+
+fn threads(n: usize) -> usize {
+    std::thread::available_parallelism()
+        .map(|t| t.get())
+        .unwrap_or(1)
+        .min(n.max(1))
+}
+
+/// Online (max, Σ e^(z−max), Σ e^(z−max)·z) of one row, chunk by chunk.
+fn row_stats<E: Elem>(row: &[E]) -> (f64, f64, f64) {
+    let mut m = f64::NEG_INFINITY;
+    let (mut s, mut sz) = (0.0f64, 0.0f64);
+    for chunk in row.chunks(CHUNK) {
+        let cm = chunk.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x.f32())) as f64;
+        if cm > m {
+            let scale = if m.is_finite() { (m - cm).exp() } else { 0.0 };
+            s *= scale;
+            sz *= scale;
+            m = cm;
+        }
+        let mf = m as f32;
+        // Eight independent partial sums so the loop vectorises.
+        let (mut cs, mut csz) = ([0.0f32; 8], [0.0f32; 8]);
+        let mut lanes = chunk.chunks_exact(8);
+        for block in &mut lanes {
+            for k in 0..8 {
+                let z = block[k].f32();
+                let e = (z - mf).exp();
+                cs[k] += e;
+                csz[k] += e * z;
+            }
+        }
+        for &x in lanes.remainder() {
+            let z = x.f32();
+            let e = (z - mf).exp();
+            cs[0] += e;
+            csz[0] += e * z;
+        }
+        s += cs.iter().map(|&x| x as f64).sum::<f64>();
+        sz += csz.iter().map(|&x| x as f64).sum::<f64>();
+    }
+    (m, s, sz)
+}
+
+/// logp and entropy of every row of `logits` [n, v] at `tokens` [n].
+pub fn forward<E: Elem>(logits: &[E], tokens: &[u32], v: usize) -> Forward {
+    let n = tokens.len().min(logits.len() / v.max(1));
+    let mut out = Forward {
+        logp: vec![0.0; n],
+        entropy: vec![0.0; n],
+        lse: vec![0.0; n],
+        mean_z: vec![0.0; n],
+    };
+    let mut stats = vec![(0f32, 0f32, 0f32, 0f32); n];
+    let per = n.div_ceil(threads(n)).max(1);
+    std::thread::scope(|sc| {
+        for (t, part) in stats.chunks_mut(per).enumerate() {
+            sc.spawn(move || {
+                for (j, slot) in part.iter_mut().enumerate() {
+                    let i = t * per + j;
+                    let row = &logits[i * v..(i + 1) * v];
+                    let (m, s, sz) = row_stats(row);
+                    let lse = m + s.ln();
+                    let mean_z = sz / s;
+                    let tok = (tokens[i] as usize).min(v - 1);
+                    let logp = row[tok].f32() as f64 - lse;
+                    *slot = (
+                        logp as f32,
+                        (lse - mean_z) as f32,
+                        lse as f32,
+                        mean_z as f32,
+                    );
+                }
+            });
+        }
+    });
+    for (i, &(a, b, c, d)) in stats.iter().enumerate() {
+        out.logp[i] = a;
+        out.entropy[i] = b;
+        out.lse[i] = c;
+        out.mean_z[i] = d;
+    }
+    out
+}
+
+/// d_logits [n, v] = d_logp · (onehot − p) − d_entropy · p · (z − E[z]).
+pub fn backward<E: Elem>(
+    logits: &[E],
+    tokens: &[u32],
+    v: usize,
+    fwd: &Forward,
+    d_logp: &[f32],
+    d_entropy: &[f32],
+    d_logits: &mut [f32],
+) {
+    let n = tokens
+        .len()
+        .min(logits.len() / v.max(1))
+        .min(d_logits.len() / v.max(1));
+    let k = threads(n);
+    let per = n.div_ceil(k.max(1)).max(1);
+    std::thread::scope(|s| {
+        for (t, out) in d_logits[..n * v].chunks_mut(per * v).enumerate() {
+            s.spawn(move || {
+                for (j, orow) in out.chunks_mut(v).enumerate() {
+                    let i = t * per + j;
+                    let row = &logits[i * v..(i + 1) * v];
+                    let (lse, ez) = (fwd.lse[i], fwd.mean_z[i]);
+                    let gl = d_logp.get(i).copied().unwrap_or(0.0);
+                    let ge = d_entropy.get(i).copied().unwrap_or(0.0);
+                    for (o, &x) in orow.iter_mut().zip(row) {
+                        let z = x.f32();
+                        let p = (z - lse).exp();
+                        *o = -gl * p - ge * p * (z - ez);
+                    }
+                    let tok = (tokens[i] as usize).min(v - 1);
+                    orow[tok] += gl;
+                }
+            });
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(n: usize, v: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed;
+        (0..n * v)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 33) as f64 / (1u64 << 31) as f64 * 8.0 - 4.0) as f32
+            })
+            .collect()
+    }
+
+    /// Against a direct f64 computation, including a row whose maximum
+    /// arrives late (the online rescaling) and large magnitudes.
+    #[test]
+    fn forward_matches_f64() {
+        let (n, v) = (7, 5000);
+        let mut z = rows(n, v, 3);
+        z[v * 2 + 4999] = 60.0;
+        for x in &mut z[v * 3..v * 4] {
+            *x *= 20.0;
+        }
+        let tokens: Vec<u32> = (0..n as u32).map(|i| i * 700).collect();
+        let f = forward(&z, &tokens, v);
+        for i in 0..n {
+            let r: Vec<f64> = z[i * v..(i + 1) * v].iter().map(|&x| x as f64).collect();
+            let m = r.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + r.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+            let h = lse - r.iter().map(|x| (x - lse).exp() * x).sum::<f64>();
+            let lp = r[tokens[i] as usize] - lse;
+            assert!(
+                (f.logp[i] as f64 - lp).abs() <= 1e-5 * lp.abs().max(1.0),
+                "row {i}: {} vs {lp}",
+                f.logp[i]
+            );
+            assert!(
+                (f.entropy[i] as f64 - h).abs() <= 1e-5 * h.abs().max(1.0),
+                "row {i}: {} vs {h}",
+                f.entropy[i]
+            );
+        }
+    }
+
+    /// d_logits equals central differences of a·logp + b·entropy.
+    #[test]
+    fn backward_matches_finite_differences() {
+        let (n, v) = (3, 37);
+        let z = rows(n, v, 11);
+        let tokens = vec![0u32, 17, 36];
+        let (a, b) = ([0.7f32, -1.3, 0.2], [0.4f32, 0.9, -2.0]);
+        let f = forward(&z, &tokens, v);
+        let mut d = vec![0.0f32; n * v];
+        backward(&z, &tokens, v, &f, &a, &b, &mut d);
+        let obj = |zz: &[f64], i: usize| -> f64 {
+            let m = zz.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + zz.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+            let h = lse - zz.iter().map(|x| (x - lse).exp() * x).sum::<f64>();
+            a[i] as f64 * (zz[tokens[i] as usize] - lse) + b[i] as f64 * h
+        };
+        for i in 0..n {
+            let base: Vec<f64> = z[i * v..(i + 1) * v].iter().map(|&x| x as f64).collect();
+            for k in 0..v {
+                let (mut up, mut dn) = (base.clone(), base.clone());
+                up[k] += 1e-5;
+                dn[k] -= 1e-5;
+                let fd = (obj(&up, i) - obj(&dn, i)) / 2e-5;
+                let got = d[i * v + k] as f64;
+                assert!(
+                    (got - fd).abs() <= 1e-4 * fd.abs().max(1e-2),
+                    "row {i} k {k}: {got} vs {fd}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_logits() {
+        let (n, v) = (2, 300);
+        let z = rows(n, v, 5);
+        let zb: Vec<Bf16> = z.iter().map(|&x| Bf16::from_f32(x)).collect();
+        let back: Vec<f32> = zb.iter().map(|x| x.f32()).collect();
+        let tokens = vec![3u32, 299];
+        let fb = forward(&zb, &tokens, v);
+        let ff = forward(&back, &tokens, v);
+        assert_eq!(fb, ff, "bf16 is read as its f32 value");
+        assert_eq!(Bf16::from_f32(1.0).0, 0x3F80);
+        assert_eq!(Bf16::from_f32(-2.5).f32(), -2.5);
+    }
+}
