@@ -1,0 +1,166 @@
+//! Device kernels on cubecl. The fused logits kernel: one cube per row, one
+//! plane wide; each unit strides over the vocabulary, plane reductions give
+//! the row's maximum, Σ exp(z − max) and Σ exp(z − max)·z.
+
+use cubecl::prelude::*;
+use keel_compiler::logits::Forward;
+
+/// A compute client on the first device this build can use (Vulkan through
+/// wgpu; lavapipe on a machine without a GPU).
+pub fn client() -> Result<cubecl::client::Client, String> {
+    let device = cubecl::Device::vulkan(Default::default()).map_err(|e| e.to_string())?;
+    Ok(device.client())
+}
+
+#[cube(launch_unchecked)]
+fn logits_forward_kernel(
+    z: &Tensor<f32>,
+    tokens: &Tensor<u32>,
+    stats: &mut Tensor<f32>,
+    #[comptime] v: usize,
+) {
+    let row = CUBE_POS;
+    let base = row * v;
+    let step = CUBE_DIM as usize;
+    let mut m = f32::new(-3.0e38);
+    let mut i = UNIT_POS as usize;
+    while i < v {
+        m = f32::max(m, z[base + i]);
+        i += step;
+    }
+    let mm = plane_max(m);
+    let mut s = f32::new(0.0);
+    let mut sz = f32::new(0.0);
+    let mut j = UNIT_POS as usize;
+    while j < v {
+        let x = z[base + j];
+        let e = f32::exp(x - mm);
+        s += e;
+        sz += e * x;
+        j += step;
+    }
+    let ss = plane_sum(s);
+    let ssz = plane_sum(sz);
+    if UNIT_POS == 0 {
+        let lse = mm + f32::ln(ss);
+        let mean_z = ssz / ss;
+        let tok = tokens[row] as usize;
+        stats[row * 4] = z[base + tok] - lse;
+        stats[row * 4 + 1] = lse - mean_z;
+        stats[row * 4 + 2] = lse;
+        stats[row * 4 + 3] = mean_z;
+    }
+}
+
+#[cube(launch_unchecked)]
+fn logits_backward_kernel(
+    z: &Tensor<f32>,
+    tokens: &Tensor<u32>,
+    stats: &Tensor<f32>,
+    grads: &Tensor<f32>,
+    d: &mut Tensor<f32>,
+    #[comptime] v: usize,
+) {
+    let row = CUBE_POS;
+    let base = row * v;
+    let lse = stats[row * 4 + 2];
+    let ez = stats[row * 4 + 3];
+    let gl = grads[row * 2];
+    let ge = grads[row * 2 + 1];
+    let tok = tokens[row] as usize;
+    let mut i = UNIT_POS as usize;
+    while i < v {
+        let x = z[base + i];
+        let p = f32::exp(x - lse);
+        let mut g = -gl * p - ge * p * (x - ez);
+        if i == tok {
+            g += gl;
+        }
+        d[base + i] = g;
+        i += CUBE_DIM as usize;
+    }
+}
+
+type Client = cubecl::client::Client;
+
+fn width(client: &Client) -> u32 {
+    client.properties().hardware.plane_size_max.max(1)
+}
+
+/// logp, entropy (and the statistics of the backward pass) of every row.
+pub fn logits_forward(client: &Client, z: &[f32], tokens: &[u32], v: usize) -> Forward {
+    let n = tokens.len().min(z.len() / v.max(1));
+    if n == 0 {
+        return Forward::default();
+    }
+    let zh = client.create_from_slice(f32::as_bytes(&z[..n * v]));
+    let th = client.create_from_slice(u32::as_bytes(&tokens[..n]));
+    let sh = client.empty(n * 4 * 4);
+    // SAFETY: every index the kernel reads or writes is below the lengths given.
+    unsafe {
+        logits_forward_kernel::launch_unchecked(
+            client,
+            CubeCount::Static(n as u32, 1, 1),
+            CubeDim::new_1d(width(client)),
+            TensorArg::from_raw_parts(zh, [1].into(), [n * v].into()),
+            TensorArg::from_raw_parts(th, [1].into(), [n].into()),
+            TensorArg::from_raw_parts(sh.clone(), [1].into(), [n * 4].into()),
+            v,
+        )
+    };
+    let s = f32::from_bytes(&client.read_one_unchecked(sh)).to_vec();
+    let col = |k: usize| (0..n).map(|i| s[i * 4 + k]).collect::<Vec<f32>>();
+    Forward {
+        logp: col(0),
+        entropy: col(1),
+        lse: col(2),
+        mean_z: col(3),
+    }
+}
+
+/// d_logits [n, v] from d_logp and d_entropy.
+pub fn logits_backward(
+    client: &Client,
+    z: &[f32],
+    tokens: &[u32],
+    v: usize,
+    fwd: &Forward,
+    d_logp: &[f32],
+    d_entropy: &[f32],
+) -> Vec<f32> {
+    let n = tokens.len().min(z.len() / v.max(1));
+    if n == 0 {
+        return Vec::new();
+    }
+    let stats: Vec<f32> = (0..n)
+        .flat_map(|i| [fwd.logp[i], fwd.entropy[i], fwd.lse[i], fwd.mean_z[i]])
+        .collect();
+    let grads: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            [
+                d_logp.get(i).copied().unwrap_or(0.0),
+                d_entropy.get(i).copied().unwrap_or(0.0),
+            ]
+        })
+        .collect();
+    let zh = client.create_from_slice(f32::as_bytes(&z[..n * v]));
+    let th = client.create_from_slice(u32::as_bytes(&tokens[..n]));
+    let sh = client.create_from_slice(f32::as_bytes(&stats));
+    let gh = client.create_from_slice(f32::as_bytes(&grads));
+    let dh = client.empty(n * v * 4);
+    // SAFETY: every index the kernel reads or writes is below the lengths given.
+    unsafe {
+        logits_backward_kernel::launch_unchecked(
+            client,
+            CubeCount::Static(n as u32, 1, 1),
+            CubeDim::new_1d(width(client)),
+            TensorArg::from_raw_parts(zh, [1].into(), [n * v].into()),
+            TensorArg::from_raw_parts(th, [1].into(), [n].into()),
+            TensorArg::from_raw_parts(sh, [1].into(), [n * 4].into()),
+            TensorArg::from_raw_parts(gh, [1].into(), [n * 2].into()),
+            TensorArg::from_raw_parts(dh.clone(), [1].into(), [n * v].into()),
+            v,
+        )
+    };
+    f32::from_bytes(&client.read_one_unchecked(dh)).to_vec()
+}

@@ -1,0 +1,63 @@
+//! The cubecl logits kernel equals the CPU kernel (and so the interpreter,
+//! which `tests/logits.rs` holds the CPU kernel to). Runs on the wgpu
+//! runtime: Mesa's lavapipe in CI (KEEL_REQUIRE_VULKAN), any Vulkan GPU
+//! elsewhere; skipped where no Vulkan device answers, unless required.
+
+use keel_compiler::logits;
+
+fn rows(n: usize, v: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed;
+    (0..n * v)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 33) as f64 / (1u64 << 31) as f64 * 10.0 - 5.0) as f32
+        })
+        .collect()
+}
+
+#[test]
+fn cubecl_logits_kernel_equals_the_cpu_kernel() {
+    let client = match keel_device::client() {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var_os("KEEL_REQUIRE_VULKAN").is_none(),
+                "no Vulkan device: {e}"
+            );
+            eprintln!("skipped: no Vulkan device ({e})");
+            return;
+        }
+    };
+    for (n, v) in [(5, 7), (13, 1000), (4, 33_000)] {
+        let mut z = rows(n, v, (n * v) as u64);
+        z[v - 1] = 40.0; // a late maximum in row 0
+        let tokens: Vec<u32> = (0..n).map(|i| ((i * 7919) % v) as u32).collect();
+        let cpu = logits::forward(&z, &tokens, v);
+        let gpu = keel_device::logits_forward(&client, &z, &tokens, v);
+        for i in 0..n {
+            for (a, b, what) in [
+                (gpu.logp[i], cpu.logp[i], "logp"),
+                (gpu.entropy[i], cpu.entropy[i], "entropy"),
+            ] {
+                assert!(
+                    (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                    "{n}x{v} row {i} {what}: {a} vs {b}"
+                );
+            }
+        }
+        let dl: Vec<f32> = (0..n).map(|i| 0.3 - 0.1 * i as f32).collect();
+        let de: Vec<f32> = (0..n).map(|i| -0.2 + 0.05 * i as f32).collect();
+        let mut d_cpu = vec![0.0f32; n * v];
+        logits::backward(&z, &tokens, v, &cpu, &dl, &de, &mut d_cpu);
+        let d_gpu = keel_device::logits_backward(&client, &z, &tokens, v, &gpu, &dl, &de);
+        let scale = d_cpu.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        for (k, (a, b)) in d_gpu.iter().zip(&d_cpu).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * scale,
+                "{n}x{v} d_logits[{k}]: {a} vs {b}"
+            );
+        }
+    }
+}
