@@ -55,31 +55,11 @@ impl Rollouts {
 
     /// Keep the rows of the listed groups (renumbered in order).
     pub fn select_groups(&self, groups: &[usize]) -> Rollouts {
-        let mut out = Rollouts {
-            ref_logp: self.ref_logp.as_ref().map(|_| Vec::new()),
-            vocab: self.vocab,
-            ..Default::default()
-        };
-        for (new, &g) in groups.iter().enumerate() {
-            out.difficulty
-                .push(self.difficulty.get(g).copied().unwrap_or(0.0));
-            for r in (0..self.len()).filter(|&r| self.group[r] == g) {
-                out.prompts.push(self.prompts[r].clone());
-                out.responses.push(self.responses[r].clone());
-                out.old_logp.push(self.old_logp[r].clone());
-                out.entropy.push(self.entropy[r].clone());
-                out.old_logits
-                    .push(self.old_logits.get(r).cloned().unwrap_or_default());
-                if let (Some(dst), Some(src)) = (out.ref_logp.as_mut(), self.ref_logp.as_ref()) {
-                    dst.push(src[r].clone());
-                }
-                out.group.push(new);
-                out.verdicts.push(self.verdicts[r].clone());
-                out.truncated.push(self.truncated[r]);
-                out.source.push(self.source.get(r).copied().unwrap_or(0.0));
-            }
-        }
-        out
+        let rows: Vec<usize> = groups
+            .iter()
+            .flat_map(|&g| (0..self.len()).filter(move |&r| self.group[r] == g))
+            .collect();
+        self.select_rows(&rows)
     }
 
     /// Keep the listed rows; each keeps its group (renumbered in order of

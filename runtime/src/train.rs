@@ -447,6 +447,24 @@ fn diag_error(d: Vec<Diagnostic>, what: &str) -> RunError {
     e
 }
 
+/// Each problem's encoded prompt `k` times, with the problem index of each.
+fn replicate_prompts(
+    tok: &Tokenizer,
+    problems: &[Problem],
+    k: usize,
+) -> (Vec<Vec<u32>>, Vec<usize>) {
+    let mut prompts = Vec::new();
+    let mut owner = Vec::new();
+    for (g, p) in problems.iter().enumerate() {
+        let enc = encode_prompt(tok, p);
+        for _ in 0..k {
+            prompts.push(enc.clone());
+            owner.push(g);
+        }
+    }
+    (prompts, owner)
+}
+
 /// Sample `group` responses for each problem.
 fn rollouts(
     policy: &Policy,
@@ -457,15 +475,7 @@ fn rollouts(
     rng: &mut Rng,
     tok: &Tokenizer,
 ) -> Rollouts {
-    let mut prompts = Vec::new();
-    let mut groups = Vec::new();
-    for (g, p) in problems.iter().enumerate() {
-        let enc = encode_prompt(tok, p);
-        for _ in 0..group {
-            prompts.push(enc.clone());
-            groups.push(g);
-        }
-    }
+    let (prompts, groups) = replicate_prompts(tok, problems, group);
     let samples = sample::sample(policy, &prompts, cfg, rng);
     assemble(policy, task, problems, samples, prompts, groups, tok)
 }
@@ -484,15 +494,7 @@ fn branched_rollouts(
     rng: &mut Rng,
     tok: &Tokenizer,
 ) -> Rollouts {
-    let mut prompts = Vec::new();
-    let mut owner = Vec::new();
-    for (g, p) in problems.iter().enumerate() {
-        let enc = encode_prompt(tok, p);
-        for _ in 0..first {
-            prompts.push(enc.clone());
-            owner.push(g);
-        }
-    }
+    let (prompts, owner) = replicate_prompts(tok, problems, first);
     let firsts = sample::sample(policy, &prompts, cfg, rng);
     let v = policy.cfg.vocab;
     let mut cont_prompts = Vec::new();
