@@ -26,7 +26,7 @@ pub fn run(
         return ExitCode::from(1);
     };
     match emit {
-        "ir" => {
+        "ir" | "kernels" => {
             // Without a batch, assume the usual tensors (and logits if asked).
             let have = move |n: &str| match n {
                 "logits" | "tokens" => logits,
@@ -34,10 +34,20 @@ pub fn run(
                 _ => true,
             };
             match compile_loss(&checked, index, &have) {
-                Ok(c) => {
+                Ok(c) if emit == "ir" => {
                     print!("{}", c.graph.print());
                     ExitCode::SUCCESS
                 }
+                Ok(c) => match keel_compiler::kernel::Plan::new(&c.graph) {
+                    Ok(plan) => {
+                        print!("{}", plan.print());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: internal compiler error while planning kernels: {e}");
+                        ExitCode::from(101)
+                    }
+                },
                 Err(diags) => {
                     report::print(path, &diags, checked.sources(), format, color);
                     ExitCode::from(1)
@@ -62,7 +72,9 @@ pub fn run(
         },
         "llvm-ir" => emit_llvm(&checked, index),
         other => {
-            eprintln!("error: `--emit {other}` is not available; use `ir`, `clif` or `llvm-ir`");
+            eprintln!(
+                "error: `--emit {other}` is not available; use `ir`, `kernels`, `clif` or `llvm-ir`"
+            );
             ExitCode::from(1)
         }
     }

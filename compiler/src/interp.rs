@@ -168,141 +168,17 @@ pub fn run_with(
                 }
                 out
             }
-            Op::Rank { over } => {
-                let from = n.level;
-                let mut out = vec![f64::INFINITY; len];
-                for members in units(sh, env.mask, from, *over) {
-                    let mut idx = members;
-                    idx.sort_by(|&a, &b| arg(0)[b].total_cmp(&arg(0)[a]).then(a.cmp(&b)));
-                    for (r, i) in idx.into_iter().enumerate() {
-                        out[i] = r as f64;
-                    }
-                }
-                out
-            }
-            Op::Quantile { over } => {
-                let from = g.nodes[n.args[0]].level;
-                let qlevel = g.nodes[n.args[1]].level;
-                let mut out = vec![0.0; len];
-                for (u, members) in units(sh, env.mask, from, *over).into_iter().enumerate() {
-                    let mut xs: Vec<f64> = members.iter().map(|&i| arg(0)[i]).collect();
-                    if xs.is_empty() {
-                        continue;
-                    }
-                    xs.sort_by(f64::total_cmp);
-                    let q = arg(1)[sh.parent(*over, u, qlevel)];
-                    let pos = q.clamp(0.0, 1.0) * (xs.len() - 1) as f64;
-                    let lo = pos.floor() as usize;
-                    let hi = pos.ceil() as usize;
-                    out[u] = xs[lo] + (xs[hi] - xs[lo]) * (pos - lo as f64);
-                }
-                out
-            }
-            Op::SortedCumsum { over } => {
-                let from = n.level;
-                let mut out = vec![0.0; len];
-                for members in units(sh, env.mask, from, *over) {
-                    let mut idx = members;
-                    idx.sort_by(|&a, &b| arg(1)[b].total_cmp(&arg(1)[a]).then(a.cmp(&b)));
-                    let mut acc = 0.0;
-                    for i in idx {
-                        acc += arg(0)[i];
-                        out[i] = acc;
-                    }
-                }
-                out
-            }
-            Op::Keyed(_) | Op::KeyedQuantile => {
-                let quantile = matches!(n.op, Op::KeyedQuantile);
-                let (xi, ki, mi) = if quantile { (0, 2, 3) } else { (0, 1, 2) };
-                // Members of each key, in index order.
-                let mut keys: Vec<(u64, Vec<usize>)> = Vec::new();
-                for i in 0..len {
-                    let valid = n.level < Level::Token
-                        || env
-                            .mask
-                            .get(i % (sh.b * sh.t).max(1))
-                            .is_some_and(|m| *m != 0.0);
-                    if !valid || arg(mi)[i] == 0.0 {
-                        continue;
-                    }
-                    let k = arg(ki)[i].to_bits();
-                    match keys.iter_mut().find(|(kk, _)| *kk == k) {
-                        Some((_, v)) => v.push(i),
-                        None => keys.push((k, vec![i])),
-                    }
-                }
-                let stat = |members: &[usize], at: usize| -> f64 {
-                    let xs = members.iter().map(|&j| arg(xi)[j]);
-                    match &n.op {
-                        Op::Keyed(Red::Sum) => xs.sum(),
-                        Op::Keyed(Red::Max) => xs.fold(f64::NEG_INFINITY, f64::max),
-                        Op::Keyed(Red::Min) => xs.fold(f64::INFINITY, f64::min),
-                        _ => {
-                            let mut v: Vec<f64> = xs.collect();
-                            v.sort_by(f64::total_cmp);
-                            let pos = arg(1)[at].clamp(0.0, 1.0) * (v.len() - 1) as f64;
-                            let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-                            v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
-                        }
-                    }
-                };
-                (0..len)
-                    .map(|i| {
-                        let k = arg(ki)[i].to_bits();
-                        keys.iter()
-                            .find(|(kk, _)| *kk == k)
-                            .map(|(_, m)| stat(m, i))
-                            .unwrap_or(0.0)
-                    })
-                    .collect()
-            }
-            Op::Scan(ScanOp::Latest) => {
-                let level_of = |k: usize| g.nodes[n.args[k]].level;
-                let mut out = vec![0.0; len];
-                for (b, row) in out.chunks_mut(sh.t.max(1)).enumerate().take(sh.b) {
-                    let start = b * sh.t;
-                    let mut cur = arg(2)[sh.parent(Level::Token, start, level_of(2))];
-                    for (k, o) in row.iter_mut().enumerate() {
-                        let i = start + k;
-                        if env.mask.get(i).is_some_and(|m| *m != 0.0) {
-                            if arg(1)[i] != 0.0 {
-                                cur = arg(0)[i];
-                            }
-                            *o = cur;
-                        }
-                    }
-                }
-                out
-            }
-            Op::Scan(s) => scan(
-                sh,
-                env.mask,
-                *s,
-                arg(0),
-                n.args.get(1).map(|a| (&vals[*a], g.nodes[*a].level)),
-            ),
-            Op::Pick => {
-                let tokens = env.inputs.get("tokens").ok_or_else(|| {
-                    InterpError("`tokens` is needed to read the sampled token's entry".into())
-                })?;
-                let mut out = vec![0.0; len];
-                for (i, o) in out.iter_mut().enumerate() {
-                    let tok = token_index(tokens[i], sh.v, i)?;
-                    *o = arg(0)[i * sh.v + tok];
-                }
-                out
-            }
-            Op::OneHot => {
-                let tokens = env.inputs.get("tokens").ok_or_else(|| {
-                    InterpError("`tokens` is needed to scatter into the vocabulary".into())
-                })?;
-                let mut out = vec![0.0; len];
-                for (i, &gi) in arg(0).iter().enumerate() {
-                    let tok = token_index(tokens[i], sh.v, i)?;
-                    out[i * sh.v + tok] = gi;
-                }
-                out
+            Op::Rank { .. }
+            | Op::Quantile { .. }
+            | Op::SortedCumsum { .. }
+            | Op::Keyed(_)
+            | Op::KeyedQuantile
+            | Op::Scan(_)
+            | Op::Pick
+            | Op::OneHot => {
+                let args: Vec<&[f64]> = n.args.iter().map(|a| vals[*a].as_slice()).collect();
+                let tokens = env.inputs.get("tokens").map(|t| t.as_slice());
+                special(g, n, &args, sh, env.mask, tokens)?
             }
             Op::Rand => {
                 let seed = arg(0)[0];
@@ -312,6 +188,181 @@ pub fn run_with(
         vals.push(v);
     }
     Ok(vals)
+}
+
+/// Whether `op` is evaluated by [`special`]: the operations that are not
+/// elementwise and not plain reductions (ranks, quantiles, sorted and keyed
+/// statistics, scans, picks and scatters). Executors that fuse elementwise
+/// work run these between their fused loops, with these semantics.
+pub fn is_special(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Rank { .. }
+            | Op::Quantile { .. }
+            | Op::SortedCumsum { .. }
+            | Op::Keyed(_)
+            | Op::KeyedQuantile
+            | Op::Scan(_)
+            | Op::Pick
+            | Op::OneHot
+    )
+}
+
+/// Evaluate one special node (see [`is_special`]) from its arguments'
+/// values (each at its own level) and the batch's mask and tokens.
+pub fn special(
+    g: &Graph,
+    n: &crate::ir::Node,
+    args: &[&[f64]],
+    sh: &Shape,
+    mask: &[f64],
+    tokens: Option<&[f64]>,
+) -> Result<Vec<f64>, InterpError> {
+    let len = sh.len(n.level);
+    let arg = |k: usize| -> &[f64] { args[k] };
+    Ok(match &n.op {
+        Op::Rank { over } => {
+            let from = n.level;
+            let mut out = vec![f64::INFINITY; len];
+            for members in units(sh, mask, from, *over) {
+                let mut idx = members;
+                idx.sort_by(|&a, &b| arg(0)[b].total_cmp(&arg(0)[a]).then(a.cmp(&b)));
+                for (r, i) in idx.into_iter().enumerate() {
+                    out[i] = r as f64;
+                }
+            }
+            out
+        }
+        Op::Quantile { over } => {
+            let from = g.nodes[n.args[0]].level;
+            let qlevel = g.nodes[n.args[1]].level;
+            let mut out = vec![0.0; len];
+            for (u, members) in units(sh, mask, from, *over).into_iter().enumerate() {
+                let mut xs: Vec<f64> = members.iter().map(|&i| arg(0)[i]).collect();
+                if xs.is_empty() {
+                    continue;
+                }
+                xs.sort_by(f64::total_cmp);
+                let q = arg(1)[sh.parent(*over, u, qlevel)];
+                let pos = q.clamp(0.0, 1.0) * (xs.len() - 1) as f64;
+                let lo = pos.floor() as usize;
+                let hi = pos.ceil() as usize;
+                out[u] = xs[lo] + (xs[hi] - xs[lo]) * (pos - lo as f64);
+            }
+            out
+        }
+        Op::SortedCumsum { over } => {
+            let from = n.level;
+            let mut out = vec![0.0; len];
+            for members in units(sh, mask, from, *over) {
+                let mut idx = members;
+                idx.sort_by(|&a, &b| arg(1)[b].total_cmp(&arg(1)[a]).then(a.cmp(&b)));
+                let mut acc = 0.0;
+                for i in idx {
+                    acc += arg(0)[i];
+                    out[i] = acc;
+                }
+            }
+            out
+        }
+        Op::Keyed(_) | Op::KeyedQuantile => {
+            let quantile = matches!(n.op, Op::KeyedQuantile);
+            let (xi, ki, mi) = if quantile { (0, 2, 3) } else { (0, 1, 2) };
+            // Members of each key, in index order.
+            let mut keys: Vec<(u64, Vec<usize>)> = Vec::new();
+            for i in 0..len {
+                let valid = n.level < Level::Token
+                    || mask
+                        .get(i % (sh.b * sh.t).max(1))
+                        .is_some_and(|m| *m != 0.0);
+                if !valid || arg(mi)[i] == 0.0 {
+                    continue;
+                }
+                let k = arg(ki)[i].to_bits();
+                match keys.iter_mut().find(|(kk, _)| *kk == k) {
+                    Some((_, v)) => v.push(i),
+                    None => keys.push((k, vec![i])),
+                }
+            }
+            let stat = |members: &[usize], at: usize| -> f64 {
+                let xs = members.iter().map(|&j| arg(xi)[j]);
+                match &n.op {
+                    Op::Keyed(Red::Sum) => xs.sum(),
+                    Op::Keyed(Red::Max) => xs.fold(f64::NEG_INFINITY, f64::max),
+                    Op::Keyed(Red::Min) => xs.fold(f64::INFINITY, f64::min),
+                    _ => {
+                        let mut v: Vec<f64> = xs.collect();
+                        v.sort_by(f64::total_cmp);
+                        let pos = arg(1)[at].clamp(0.0, 1.0) * (v.len() - 1) as f64;
+                        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+                        v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+                    }
+                }
+            };
+            (0..len)
+                .map(|i| {
+                    let k = arg(ki)[i].to_bits();
+                    keys.iter()
+                        .find(|(kk, _)| *kk == k)
+                        .map(|(_, m)| stat(m, i))
+                        .unwrap_or(0.0)
+                })
+                .collect()
+        }
+        Op::Scan(ScanOp::Latest) => {
+            let level_of = |k: usize| g.nodes[n.args[k]].level;
+            let mut out = vec![0.0; len];
+            for (b, row) in out.chunks_mut(sh.t.max(1)).enumerate().take(sh.b) {
+                let start = b * sh.t;
+                let mut cur = arg(2)[sh.parent(Level::Token, start, level_of(2))];
+                for (k, o) in row.iter_mut().enumerate() {
+                    let i = start + k;
+                    if mask.get(i).is_some_and(|m| *m != 0.0) {
+                        if arg(1)[i] != 0.0 {
+                            cur = arg(0)[i];
+                        }
+                        *o = cur;
+                    }
+                }
+            }
+            out
+        }
+        Op::Scan(s) => scan(
+            sh,
+            mask,
+            *s,
+            arg(0),
+            n.args.get(1).map(|a| (args[1], g.nodes[*a].level)),
+        ),
+        Op::Pick => {
+            let tokens = tokens.ok_or_else(|| {
+                InterpError("`tokens` is needed to read the sampled token's entry".into())
+            })?;
+            let mut out = vec![0.0; len];
+            for (i, o) in out.iter_mut().enumerate() {
+                let tok = token_index(tokens[i], sh.v, i)?;
+                *o = arg(0)[i * sh.v + tok];
+            }
+            out
+        }
+        Op::OneHot => {
+            let tokens = tokens.ok_or_else(|| {
+                InterpError("`tokens` is needed to scatter into the vocabulary".into())
+            })?;
+            let mut out = vec![0.0; len];
+            for (i, &gi) in arg(0).iter().enumerate() {
+                let tok = token_index(tokens[i], sh.v, i)?;
+                out[i * sh.v + tok] = gi;
+            }
+            out
+        }
+        _ => {
+            return Err(InterpError(format!(
+                "internal: {:?} is not a special operation",
+                n.op
+            )));
+        }
+    })
 }
 
 fn frozen_op(op: &Op) -> bool {
@@ -354,13 +405,7 @@ fn units(sh: &Shape, mask: &[f64], from: Level, over: Level) -> Vec<Vec<usize>> 
     out
 }
 
-fn scan(
-    sh: &Shape,
-    mask: &[f64],
-    op: ScanOp,
-    x: &[f64],
-    p: Option<(&Vec<f64>, Level)>,
-) -> Vec<f64> {
+fn scan(sh: &Shape, mask: &[f64], op: ScanOp, x: &[f64], p: Option<(&[f64], Level)>) -> Vec<f64> {
     let mut out = vec![0.0; x.len()];
     for b in 0..sh.b {
         let valid: Vec<usize> = (b * sh.t..(b + 1) * sh.t)

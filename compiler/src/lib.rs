@@ -20,6 +20,7 @@ pub mod host;
 pub mod host_llvm;
 pub mod interp;
 pub mod ir;
+pub mod kernel;
 pub mod logits;
 pub mod lower;
 pub mod resolve;
@@ -391,6 +392,16 @@ pub struct LossResult {
     pub d_logits: Option<Vec<f64>>,
 }
 
+/// Which executor evaluates a loss program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The f64 reference interpreter.
+    Interp,
+    /// The fused kernels ([`kernel::Plan`]) on the CPU, f32, on up to
+    /// `threads` threads.
+    Kernel { threads: usize },
+}
+
 /// Compile and run recipe `index` on a batch with the reference interpreter.
 pub fn run_loss(
     checked: &Checked,
@@ -398,16 +409,32 @@ pub fn run_loss(
     batch: &batch::Batch,
     batch_name: &str,
 ) -> Result<LossResult, Vec<Diagnostic>> {
+    run_loss_with(checked, index, batch, batch_name, Backend::Interp)
+}
+
+/// A batch's inputs as f32, for the kernel executors.
+pub fn inputs_f32(
+    inputs: &std::collections::HashMap<String, Vec<f64>>,
+) -> std::collections::HashMap<String, Vec<f32>> {
+    inputs
+        .iter()
+        .map(|(k, v)| (k.clone(), v.iter().map(|&x| x as f32).collect()))
+        .collect()
+}
+
+/// Compile and run recipe `index` on a batch with the chosen executor.
+pub fn run_loss_with(
+    checked: &Checked,
+    index: usize,
+    batch: &batch::Batch,
+    batch_name: &str,
+    backend: Backend,
+) -> Result<LossResult, Vec<Diagnostic>> {
     let have = |n: &str| batch.has(n);
     let compiled = compile_loss(checked, index, &have)?;
     let recipe = checked.recipes.get(index).ok_or_else(Vec::new)?;
     let prepared = batch::prepare(batch, batch_name, &compiled.graph, recipe)?;
-    let env = interp::Env {
-        shape: prepared.shape.clone(),
-        mask: &prepared.mask,
-        inputs: &prepared.inputs,
-    };
-    let vals = interp::run(&compiled.graph, &env).map_err(|e| {
+    let failed = |e: interp::InterpError| {
         vec![
             Diagnostic::error(
                 codes::BATCH_SHAPE,
@@ -420,9 +447,32 @@ pub fn run_loss(
             )
             .with_help("check the batch tensors against docs/batch-format.md"),
         ]
-    })?;
+    };
     let g = &compiled.graph;
-    let get = |name: &str| g.output(name).and_then(|id| vals.get(id)).cloned();
+    let values: std::collections::HashMap<String, Vec<f64>> = match backend {
+        Backend::Interp => {
+            let env = interp::Env {
+                shape: prepared.shape.clone(),
+                mask: &prepared.mask,
+                inputs: &prepared.inputs,
+            };
+            let vals = interp::run(g, &env).map_err(failed)?;
+            g.outputs
+                .iter()
+                .map(|(n, id)| (n.clone(), vals[*id].clone()))
+                .collect()
+        }
+        Backend::Kernel { threads } => {
+            let plan = kernel::Plan::new(g).map_err(|e| failed(interp::InterpError(e)))?;
+            let mut inputs = inputs_f32(&prepared.inputs);
+            inputs
+                .entry("mask".to_string())
+                .or_insert_with(|| prepared.mask.iter().map(|&x| x as f32).collect());
+            plan.run(&prepared.shape, &inputs, threads)
+                .map_err(failed)?
+        }
+    };
+    let get = |name: &str| values.get(name).cloned();
     let loss = get("loss")
         .and_then(|v| v.first().copied())
         .unwrap_or(f64::NAN);
@@ -443,9 +493,13 @@ pub fn run_loss(
     let metrics = g
         .outputs
         .iter()
-        .filter_map(|(n, id)| {
-            n.strip_prefix("metric.")
-                .map(|m| (m.to_string(), vals[*id][0]))
+        .filter_map(|(n, _)| {
+            n.strip_prefix("metric.").map(|m| {
+                (
+                    m.to_string(),
+                    get(n).and_then(|v| v.first().copied()).unwrap_or(f64::NAN),
+                )
+            })
         })
         .collect();
     Ok(LossResult {

@@ -1,0 +1,1116 @@
+//! The kernel plan: the device partition of a loss program (forward and the
+//! derived backward, one IR graph) cut into fused kernels, and the CPU
+//! executor of that plan.
+//!
+//! [`Plan::new`] walks the graph once in topological order and places every
+//! live node:
+//! - elementwise nodes (unary, binary, `where`, `clamp`, `stopgrad`,
+//!   broadcasts, `rand`) go into a [`Loop`]: one pass over the elements of
+//!   one level, whose body is a straight-line list of [`Ins`] over registers;
+//! - a reduction to a coarser level is a sink ([`Accum`]) of the loop over
+//!   its argument's level, so the value it reduces never reaches memory;
+//! - ranks, quantiles, sorted and keyed statistics, scans, picks and
+//!   scatters are [`Special`] steps between loops, with the interpreter's
+//!   semantics ([`interp::special`]).
+//!
+//! A node joins the earliest loop of its level that comes after everything
+//! it reads from other steps; only values read by another step (or named as
+//! outputs) get a buffer. GRPO's forward and backward become three loops:
+//! token-level ratios and clipping with the sums per sequence, the group
+//! statistics, and the token-level gradient.
+//!
+//! The plan is what `keel compile --emit kernels` prints; the CPU executor
+//! ([`Plan::run`]) runs every loop in chunks of [`CHUNK`] elements through
+//! the instruction list (tight loops the compiler vectorises), in f32 with
+//! f64 accumulators, across threads; the cubecl executor (crate
+//! `keel-device`) unrolls the same instruction list into one GPU kernel per
+//! loop.
+
+use crate::builtins::Level;
+use crate::interp::{self, InterpError, Shape};
+use crate::ir::{Bin, Graph, NodeId, Op, Red, Un};
+use std::collections::HashMap;
+use std::fmt::Write;
+
+/// Elements per chunk of the CPU executor.
+pub const CHUNK: usize = 256;
+
+/// Where an operand comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Src {
+    /// A register of this loop (a value computed earlier in the body).
+    Reg(usize),
+    /// A constant (a literal or a hyperparameter's value).
+    Const(f64),
+    /// A buffer, at its level: read at the element's own index when the
+    /// level is the loop's, else at its parent's index (a broadcast).
+    Buf(usize),
+    /// The batch's padded response length T.
+    PaddedLength,
+}
+
+/// What an instruction computes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KOp {
+    Un(Un),
+    Bin(Bin),
+    /// (cond, then, else)
+    Where,
+    /// (x, lo, hi)
+    Clamp,
+    /// (x): `stopgrad` and broadcasts.
+    Copy,
+    /// (seed): a uniform number from the seed and the element's index.
+    Rand,
+}
+
+/// One instruction of a loop body.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Ins {
+    /// `dst = op(args)`, then written to buffer `store` if there is one.
+    Compute {
+        dst: usize,
+        op: KOp,
+        args: Vec<Src>,
+        store: Option<usize>,
+        /// The IR node it computes.
+        node: NodeId,
+    },
+    /// A masked reduction of `src` into the coarser buffer `buf` (element
+    /// `parent(i)` at level `to`); empty units end as 0.
+    Accum {
+        src: Src,
+        red: Red,
+        to: Level,
+        buf: usize,
+        node: NodeId,
+    },
+}
+
+/// One fused pass over the elements of a level.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loop {
+    pub level: Level,
+    pub body: Vec<Ins>,
+    pub regs: usize,
+}
+
+/// A node evaluated on its own between loops.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Special {
+    pub node: NodeId,
+    pub args: Vec<Src>,
+    pub buf: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    Loop(Loop),
+    Special(Special),
+}
+
+/// A buffer: an input of the batch or a value that crosses steps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buffer {
+    pub level: Level,
+    /// The input it holds, if it is one.
+    pub input: Option<String>,
+    /// The node whose value it holds.
+    pub node: NodeId,
+}
+
+/// The fused kernels of one loss program.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub graph: Graph,
+    pub steps: Vec<Step>,
+    pub buffers: Vec<Buffer>,
+    /// Output name and where its value is.
+    pub outputs: Vec<(String, Src, Level)>,
+}
+
+/// Outputs of one evaluation, by name (`loss`, `d_logp`, `metric.…`).
+pub type Outputs = HashMap<String, Vec<f64>>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Constants, hyperparameters, inputs, the padded length: read in place.
+    Free,
+    Elem,
+    Reduce,
+    Special,
+}
+
+/// Operations worth a buffer rather than recomputation in a later loop.
+fn expensive(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Unary(
+            Un::Exp
+                | Un::Log
+                | Un::Log1p
+                | Un::Expm1
+                | Un::Sigmoid
+                | Un::Softplus
+                | Un::Tanh
+                | Un::Cos
+                | Un::Sin
+        ) | Op::Binary(Bin::Pow)
+    )
+}
+
+impl Plan {
+    /// Cut `graph` into fused loops and special steps.
+    ///
+    /// Every node gets a stage: free nodes 0, elementwise nodes the latest
+    /// stage of their arguments, reductions and special nodes one more than
+    /// their arguments'. A stage runs its special steps, then one loop per
+    /// level from coarse to fine (so a fine loop may read the coarse values
+    /// of its own stage). A loop computes the values its stage must produce
+    /// (reductions, outputs, arguments of special steps and of finer loops,
+    /// expensive values later loops read) and recomputes the cheap
+    /// elementwise values it needs from earlier stages instead of reading
+    /// them back from memory.
+    pub fn new(graph: &Graph) -> Result<Plan, String> {
+        let g = graph;
+        let n_nodes = g.nodes.len();
+        let live = g.live();
+        // Values known when the plan is built: constants, hyperparameters
+        // and elementwise work on them.
+        let mut konst: Vec<Option<f64>> = vec![None; n_nodes];
+        for (id, n) in g.nodes.iter().enumerate() {
+            konst[id] = match &n.op {
+                Op::Const(c) => Some(*c),
+                Op::Param { value, .. } => Some(*value),
+                Op::StopGrad | Op::Broadcast => konst[n.args[0]],
+                Op::Unary(_) | Op::Binary(_) | Op::Where | Op::Clamp => n
+                    .args
+                    .iter()
+                    .map(|a| konst[*a])
+                    .collect::<Option<Vec<f64>>>()
+                    .and_then(|v| interp::fold(&n.op, &v)),
+                _ => None,
+            };
+        }
+        let kind = |id: NodeId| -> Kind {
+            let n = &g.nodes[id];
+            if konst[id].is_some() || matches!(n.op, Op::Input(_) | Op::PaddedLength) {
+                Kind::Free
+            } else if interp::is_special(&n.op) {
+                Kind::Special
+            } else if matches!(n.op, Op::Reduce(_)) {
+                Kind::Reduce
+            } else {
+                Kind::Elem
+            }
+        };
+        let mut stage = vec![0usize; n_nodes];
+        for (id, n) in g.nodes.iter().enumerate() {
+            if !live[id] {
+                continue;
+            }
+            let args = n.args.iter().map(|a| stage[*a]).max().unwrap_or(0);
+            stage[id] = match kind(id) {
+                Kind::Free => 0,
+                Kind::Elem => args,
+                Kind::Reduce | Kind::Special => args + 1,
+            };
+        }
+        // Which elementwise values get a buffer.
+        let mut buffered = vec![false; n_nodes];
+        for (id, n) in g.nodes.iter().enumerate() {
+            if !live[id] {
+                continue;
+            }
+            for &a in &n.args {
+                if kind(a) != Kind::Elem {
+                    continue;
+                }
+                let reads = match kind(id) {
+                    Kind::Special => true,
+                    Kind::Elem => {
+                        n.level != g.nodes[a].level
+                            || (stage[id] > stage[a] && expensive(&g.nodes[a].op))
+                    }
+                    _ => false,
+                };
+                if reads {
+                    buffered[a] = true;
+                }
+            }
+        }
+        for (_, id) in &g.outputs {
+            if kind(*id) == Kind::Elem {
+                buffered[*id] = true;
+            }
+        }
+        // Buffers: inputs, buffered values, reductions, special results.
+        let mut buffers = Vec::new();
+        let mut buf_of: HashMap<NodeId, usize> = HashMap::new();
+        for (id, n) in g.nodes.iter().enumerate() {
+            if !live[id] {
+                continue;
+            }
+            let input = match &n.op {
+                Op::Input(name) => Some(name.clone()),
+                _ => None,
+            };
+            let k = kind(id);
+            if input.is_some() || buffered[id] || matches!(k, Kind::Reduce | Kind::Special) {
+                buf_of.insert(id, buffers.len());
+                buffers.push(Buffer {
+                    level: n.level,
+                    input,
+                    node: id,
+                });
+            }
+        }
+        let src_outside = |a: NodeId| -> Result<Src, String> {
+            if let Some(c) = konst[a] {
+                return Ok(Src::Const(c));
+            }
+            if matches!(g.nodes[a].op, Op::PaddedLength) {
+                return Ok(Src::PaddedLength);
+            }
+            buf_of
+                .get(&a)
+                .map(|b| Src::Buf(*b))
+                .ok_or_else(|| format!("internal: %{a} is read from memory but has no buffer"))
+        };
+        let max_stage = stage.iter().copied().max().unwrap_or(0);
+        let levels = [
+            Level::Step,
+            Level::Batch,
+            Level::Group,
+            Level::Seq,
+            Level::Token,
+            Level::Vocab,
+        ];
+        let mut steps = Vec::new();
+        for s in 0..=max_stage {
+            for (id, n) in g.nodes.iter().enumerate() {
+                if live[id] && kind(id) == Kind::Special && stage[id] == s {
+                    let args = n
+                        .args
+                        .iter()
+                        .map(|&a| src_outside(a))
+                        .collect::<Result<Vec<Src>, String>>()?;
+                    steps.push(Step::Special(Special {
+                        node: id,
+                        args,
+                        buf: buf_of[&id],
+                    }));
+                }
+            }
+            for level in levels {
+                // Roots: buffered values of this stage and level, and the
+                // reductions of values of this level computed here.
+                let mut roots: Vec<NodeId> = Vec::new();
+                for (id, n) in g.nodes.iter().enumerate() {
+                    if !live[id] {
+                        continue;
+                    }
+                    let is_root = match kind(id) {
+                        Kind::Elem => buffered[id] && stage[id] == s && n.level == level,
+                        Kind::Reduce => {
+                            let a = n.args[0];
+                            g.nodes[a].level == level && stage[a] == s
+                        }
+                        _ => false,
+                    };
+                    if is_root {
+                        roots.push(id);
+                    }
+                }
+                if roots.is_empty() {
+                    continue;
+                }
+                // The nodes this loop computes.
+                let mut inside = vec![false; n_nodes];
+                let mut stack: Vec<NodeId> = Vec::new();
+                for &r in &roots {
+                    if kind(r) == Kind::Reduce {
+                        inside[r] = true;
+                        stack.push(g.nodes[r].args[0]);
+                    } else {
+                        stack.push(r);
+                    }
+                }
+                while let Some(id) = stack.pop() {
+                    if inside[id]
+                        || kind(id) != Kind::Elem
+                        || g.nodes[id].level != level
+                        || (buffered[id] && stage[id] < s)
+                    {
+                        continue;
+                    }
+                    inside[id] = true;
+                    stack.extend(g.nodes[id].args.iter().copied());
+                }
+                // Last use of each register, for reuse.
+                let mut last_use: HashMap<NodeId, NodeId> = HashMap::new();
+                for (id, n) in g.nodes.iter().enumerate() {
+                    if inside[id] {
+                        for &a in &n.args {
+                            last_use.insert(a, id);
+                        }
+                    }
+                }
+                let mut lp = Loop {
+                    level,
+                    body: Vec::new(),
+                    regs: 0,
+                };
+                let mut reg_of: HashMap<NodeId, usize> = HashMap::new();
+                let mut free_regs: Vec<usize> = Vec::new();
+                for (id, n) in g.nodes.iter().enumerate() {
+                    if !inside[id] {
+                        continue;
+                    }
+                    let args = n
+                        .args
+                        .iter()
+                        .map(|&a| match reg_of.get(&a) {
+                            Some(r) if inside[a] => Ok(Src::Reg(*r)),
+                            _ => src_outside(a),
+                        })
+                        .collect::<Result<Vec<Src>, String>>()?;
+                    if let Op::Reduce(r) = n.op {
+                        lp.body.push(Ins::Accum {
+                            src: args[0],
+                            red: r,
+                            to: n.level,
+                            buf: buf_of[&id],
+                            node: id,
+                        });
+                    } else {
+                        let op = match &n.op {
+                            Op::Unary(u) => KOp::Un(*u),
+                            Op::Binary(b) => KOp::Bin(*b),
+                            Op::Where => KOp::Where,
+                            Op::Clamp => KOp::Clamp,
+                            Op::StopGrad | Op::Broadcast => KOp::Copy,
+                            Op::Rand => KOp::Rand,
+                            other => return Err(format!("internal: {other:?} in a loop")),
+                        };
+                        let dst = free_regs.pop().unwrap_or_else(|| {
+                            lp.regs += 1;
+                            lp.regs - 1
+                        });
+                        lp.body.push(Ins::Compute {
+                            dst,
+                            op,
+                            args: args.clone(),
+                            store: (buffered[id] && stage[id] == s).then(|| buf_of[&id]),
+                            node: id,
+                        });
+                        reg_of.insert(id, dst);
+                    }
+                    // Registers read for the last time here are free for
+                    // later instructions (this one's destination is already
+                    // taken, so it never overwrites its own arguments).
+                    for (&a, src) in n.args.iter().zip(&args) {
+                        if let Src::Reg(r) = src
+                            && last_use.get(&a) == Some(&id)
+                            && !free_regs.contains(r)
+                        {
+                            free_regs.push(*r);
+                        }
+                    }
+                }
+                steps.push(Step::Loop(lp));
+            }
+        }
+        let mut outputs = Vec::new();
+        for (name, id) in &g.outputs {
+            outputs.push((name.clone(), src_outside(*id)?, g.nodes[*id].level));
+        }
+        Ok(Plan {
+            graph: g.clone(),
+            steps,
+            buffers,
+            outputs,
+        })
+    }
+
+    /// The number of fused loops.
+    pub fn loops(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| matches!(s, Step::Loop(_)))
+            .count()
+    }
+
+    /// The listing `keel compile --emit kernels` prints.
+    pub fn print(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "// {} steps: {} fused loops, {} special; {} buffers",
+            self.steps.len(),
+            self.loops(),
+            self.steps.len() - self.loops(),
+            self.buffers.len()
+        );
+        for (i, b) in self.buffers.iter().enumerate() {
+            let what = match &b.input {
+                Some(name) => format!("input {name} (f32)"),
+                None => format!("%{}", b.node),
+            };
+            let _ = writeln!(out, "buffer b{i}: {} = {what}", b.level.name());
+        }
+        let src = |s: &Src| match s {
+            Src::Reg(r) => format!("r{r}"),
+            Src::Const(c) => format!("{c:?}"),
+            Src::PaddedLength => "T".to_string(),
+            Src::Buf(b) => format!("b{b}[{}]", self.buffers[*b].level.name()),
+        };
+        for (k, st) in self.steps.iter().enumerate() {
+            match st {
+                Step::Loop(lp) => {
+                    let _ = writeln!(
+                        out,
+                        "\nkernel k{k}: for each {} element i  // {} instructions, {} registers",
+                        lp.level.name(),
+                        lp.body.len(),
+                        lp.regs
+                    );
+                    for ins in &lp.body {
+                        match ins {
+                            Ins::Compute {
+                                dst,
+                                op,
+                                args,
+                                store,
+                                node,
+                            } => {
+                                let op = match op {
+                                    KOp::Un(u) => format!("{u:?}").to_lowercase(),
+                                    KOp::Bin(b) => format!("{b:?}").to_lowercase(),
+                                    KOp::Where => "where".into(),
+                                    KOp::Clamp => "clamp".into(),
+                                    KOp::Copy => "copy".into(),
+                                    KOp::Rand => "rand".into(),
+                                };
+                                let args: Vec<String> = args.iter().map(src).collect();
+                                let _ = writeln!(
+                                    out,
+                                    "  r{dst:<3} = {op} {:<40} // %{node}",
+                                    args.join(", ")
+                                );
+                                if let Some(b) = store {
+                                    let _ = writeln!(out, "  b{b}[i] = r{dst}");
+                                }
+                            }
+                            Ins::Accum {
+                                src: s,
+                                red,
+                                to,
+                                buf,
+                                node,
+                            } => {
+                                let _ = writeln!(
+                                    out,
+                                    "  b{buf}[{} of i] {} {}   // masked, %{node}",
+                                    to.name(),
+                                    match red {
+                                        Red::Sum => "+=",
+                                        Red::Max => "max=",
+                                        Red::Min => "min=",
+                                    },
+                                    src(s)
+                                );
+                            }
+                        }
+                    }
+                }
+                Step::Special(sp) => {
+                    let n = &self.graph.nodes[sp.node];
+                    let args: Vec<String> = sp.args.iter().map(src).collect();
+                    let _ = writeln!(
+                        out,
+                        "\nspecial s{k}: b{} = {} {}  // {}, %{}",
+                        sp.buf,
+                        crate::describe_node(&self.graph, sp.node)
+                            .split(['(', ')'])
+                            .nth(1)
+                            .unwrap_or(""),
+                        args.join(", "),
+                        n.level.name(),
+                        sp.node
+                    );
+                }
+            }
+        }
+        out.push('\n');
+        for (name, s, _) in &self.outputs {
+            let _ = writeln!(out, "out {name} = {}", src(s));
+        }
+        out
+    }
+}
+
+/// Index of the parent at a coarser level: `i / div`, then through the
+/// group map when the target is the group level; 0 for batch and step.
+#[derive(Clone, Copy)]
+struct ParentMap<'a> {
+    div: usize,
+    groups: Option<&'a [usize]>,
+    zero: bool,
+}
+
+impl<'a> ParentMap<'a> {
+    fn new(sh: &'a Shape, from: Level, to: Level) -> ParentMap<'a> {
+        if to >= from {
+            return ParentMap {
+                div: 1,
+                groups: None,
+                zero: false,
+            };
+        }
+        if to <= Level::Batch {
+            return ParentMap {
+                div: 1,
+                groups: None,
+                zero: true,
+            };
+        }
+        let extent = |l: Level| match l {
+            Level::Vocab => sh.v.max(1),
+            Level::Token => sh.t.max(1),
+            _ => 1,
+        };
+        // Divide down to `to`, or to seq when the target is the group.
+        let stop = to.max(Level::Seq);
+        let mut div = 1;
+        let mut l = from;
+        while l > stop {
+            div *= extent(l);
+            l = match l {
+                Level::Vocab => Level::Token,
+                _ => Level::Seq,
+            };
+        }
+        ParentMap {
+            div,
+            groups: (to == Level::Group && from > Level::Group).then_some(sh.group_of.as_slice()),
+            zero: false,
+        }
+    }
+
+    #[inline]
+    fn at(&self, i: usize) -> usize {
+        if self.zero {
+            return 0;
+        }
+        let q = i / self.div;
+        match self.groups {
+            Some(g) => g.get(q).copied().unwrap_or(0),
+            None => q,
+        }
+    }
+}
+
+/// A buffer's contents during a run: an input borrowed from the caller or a
+/// value computed by an earlier step.
+enum Data<'a> {
+    Missing,
+    Input(&'a [f32]),
+    Owned(Vec<f64>),
+}
+
+impl Data<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Data::Missing => 0,
+            Data::Input(s) => s.len(),
+            Data::Owned(v) => v.len(),
+        }
+    }
+    #[inline]
+    fn at(&self, i: usize) -> f64 {
+        match self {
+            Data::Missing => f64::NAN,
+            Data::Input(s) => s.get(i).map(|&x| x as f64).unwrap_or(f64::NAN),
+            Data::Owned(v) => v.get(i).copied().unwrap_or(f64::NAN),
+        }
+    }
+    /// Elements `i0..i0 + c` as f64: a slice of an owned buffer, or the
+    /// input's values converted into `scratch`.
+    fn range<'s>(&'s self, i0: usize, c: usize, scratch: &'s mut [f64]) -> &'s [f64] {
+        match self {
+            Data::Owned(v) if i0 + c <= v.len() => &v[i0..i0 + c],
+            Data::Input(s) if i0 + c <= s.len() => {
+                for (o, x) in scratch[..c].iter_mut().zip(&s[i0..i0 + c]) {
+                    *o = *x as f64;
+                }
+                &scratch[..c]
+            }
+            _ => {
+                scratch[..c].fill(f64::NAN);
+                &scratch[..c]
+            }
+        }
+    }
+    fn to_vec(&self) -> Vec<f64> {
+        (0..self.len()).map(|i| self.at(i)).collect()
+    }
+}
+
+/// What every loop reads: the shape, the mask and the buffers.
+struct Ctx<'a, 'b> {
+    sh: &'a Shape,
+    mask: &'a [f32],
+    bufs: &'b [Data<'a>],
+    levels: Vec<Level>,
+}
+
+impl Ctx<'_, '_> {
+    /// The value of `src` at element `i` of level `at`.
+    fn scalar(&self, src: Src, at: Level, i: usize) -> f64 {
+        match src {
+            Src::Const(c) => c,
+            Src::PaddedLength => self.sh.t as f64,
+            Src::Reg(_) => f64::NAN,
+            Src::Buf(b) => {
+                let l = self.levels[b];
+                let j = ParentMap::new(self.sh, at, l).at(i);
+                self.bufs[b].at(j)
+            }
+        }
+    }
+}
+
+/// A masked reduction's partial result over one thread's range.
+struct Partial {
+    buf: usize,
+    vals: Vec<f64>,
+    seen: Vec<bool>,
+}
+
+impl Plan {
+    /// Run the plan on a batch: `inputs` holds every input the graph reads
+    /// (flat, in level order, f32) and `mask` [B·T]. `threads` caps the
+    /// threads a loop is split across (1: this thread only).
+    pub fn run(
+        &self,
+        sh: &Shape,
+        inputs: &HashMap<String, Vec<f32>>,
+        threads: usize,
+    ) -> Result<Outputs, InterpError> {
+        let mask: &[f32] = inputs
+            .get("mask")
+            .map(|m| m.as_slice())
+            .ok_or_else(|| InterpError("input `mask` was not provided".into()))?;
+        if mask.len() != sh.b * sh.t {
+            return Err(InterpError(format!(
+                "input `mask` has {} values, expected {}",
+                mask.len(),
+                sh.b * sh.t
+            )));
+        }
+        let mut bufs: Vec<Data> = Vec::with_capacity(self.buffers.len());
+        for b in &self.buffers {
+            match &b.input {
+                Some(name) => {
+                    let x = inputs
+                        .get(name)
+                        .ok_or_else(|| InterpError(format!("input `{name}` was not provided")))?;
+                    if x.len() != sh.len(b.level) {
+                        return Err(InterpError(format!(
+                            "input `{name}` has {} values, expected {}",
+                            x.len(),
+                            sh.len(b.level)
+                        )));
+                    }
+                    bufs.push(Data::Input(x));
+                }
+                None => bufs.push(Data::Missing),
+            }
+        }
+        let levels: Vec<Level> = self.buffers.iter().map(|b| b.level).collect();
+        for st in &self.steps {
+            match st {
+                Step::Loop(lp) => {
+                    let written = run_loop(lp, sh, mask, &bufs, &levels, threads.max(1))?;
+                    for (b, v) in written {
+                        bufs[b] = Data::Owned(v);
+                    }
+                }
+                Step::Special(sp) => {
+                    let n = &self.graph.nodes[sp.node];
+                    let ctx = Ctx {
+                        sh,
+                        mask,
+                        bufs: &bufs,
+                        levels: levels.clone(),
+                    };
+                    let args: Vec<Vec<f64>> = sp
+                        .args
+                        .iter()
+                        .zip(&n.args)
+                        .map(|(src, a)| {
+                            let l = self.graph.nodes[*a].level;
+                            match src {
+                                Src::Buf(b) if levels[*b] == l => bufs[*b].to_vec(),
+                                _ => (0..sh.len(l)).map(|i| ctx.scalar(*src, l, i)).collect(),
+                            }
+                        })
+                        .collect();
+                    let refs: Vec<&[f64]> = args.iter().map(|v| v.as_slice()).collect();
+                    let mask64: Vec<f64> = mask.iter().map(|&m| m as f64).collect();
+                    let tokens: Option<Vec<f64>> = inputs
+                        .get("tokens")
+                        .map(|t| t.iter().map(|&x| x as f64).collect());
+                    let out =
+                        interp::special(&self.graph, n, &refs, sh, &mask64, tokens.as_deref())?;
+                    bufs[sp.buf] = Data::Owned(out);
+                }
+            }
+        }
+        let mut out = Outputs::new();
+        for (name, src, level) in &self.outputs {
+            let v = match src {
+                Src::Buf(b) => bufs[*b].to_vec(),
+                other => {
+                    let ctx = Ctx {
+                        sh,
+                        mask,
+                        bufs: &bufs,
+                        levels: levels.clone(),
+                    };
+                    (0..sh.len(*level))
+                        .map(|i| ctx.scalar(*other, *level, i))
+                        .collect()
+                }
+            };
+            out.insert(name.clone(), v);
+        }
+        Ok(out)
+    }
+}
+
+/// Run one loop; returns the buffers it wrote.
+fn run_loop(
+    lp: &Loop,
+    sh: &Shape,
+    mask: &[f32],
+    bufs: &[Data],
+    levels: &[Level],
+    threads: usize,
+) -> Result<Vec<(usize, Vec<f64>)>, InterpError> {
+    let len = sh.len(lp.level);
+    let ctx = Ctx {
+        sh,
+        mask,
+        bufs,
+        levels: levels.to_vec(),
+    };
+    // Buffers stored elementwise, in body order.
+    let stores: Vec<usize> = lp
+        .body
+        .iter()
+        .filter_map(|i| match i {
+            Ins::Compute { store: Some(b), .. } => Some(*b),
+            _ => None,
+        })
+        .collect();
+    let mut store_data: Vec<Vec<f64>> = stores.iter().map(|_| vec![0.0; len]).collect();
+    // Split the range: big loops across threads, in chunk multiples.
+    let n_threads = if len >= 1 << 15 { threads.min(16) } else { 1 };
+    let per = len.div_ceil(n_threads).div_ceil(CHUNK).max(1) * CHUNK;
+    let mut parts: Vec<Vec<Partial>> = Vec::new();
+    let mut err = None;
+    std::thread::scope(|scope| {
+        // Hand each thread its slice of every stored buffer.
+        let mut slices: Vec<Vec<&mut [f64]>> =
+            (0..len.div_ceil(per).max(1)).map(|_| Vec::new()).collect();
+        for data in store_data.iter_mut() {
+            for (k, ch) in data.chunks_mut(per).enumerate() {
+                slices[k].push(ch);
+            }
+        }
+        let ctx = &ctx;
+        let mut handles = Vec::new();
+        for (k, mine) in slices.into_iter().enumerate() {
+            let lo = k * per;
+            let hi = (lo + per).min(len);
+            if k + 1 == len.div_ceil(per).max(1) {
+                // The last range runs on this thread.
+                let r = run_range(lp, ctx, mine, lo, hi);
+                handles.push(Err(r));
+            } else {
+                handles.push(Ok(scope.spawn(move || run_range(lp, ctx, mine, lo, hi))));
+            }
+        }
+        for h in handles {
+            let r = match h {
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err(InterpError("a kernel thread panicked".into()))),
+                Err(r) => r,
+            };
+            match r {
+                Ok(p) => parts.push(p),
+                Err(e) => err = Some(e),
+            }
+        }
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let mut out: Vec<(usize, Vec<f64>)> = stores.into_iter().zip(store_data).collect();
+    // Merge the partial reductions in range order (deterministic).
+    let mut merged: Vec<Partial> = Vec::new();
+    for p in parts {
+        if merged.is_empty() {
+            merged = p;
+            continue;
+        }
+        for (m, q) in merged.iter_mut().zip(p) {
+            let red = lp.body.iter().find_map(|i| match i {
+                Ins::Accum { buf, red, .. } if *buf == m.buf => Some(*red),
+                _ => None,
+            });
+            for ((mv, ms), (qv, qs)) in m
+                .vals
+                .iter_mut()
+                .zip(m.seen.iter_mut())
+                .zip(q.vals.into_iter().zip(q.seen))
+            {
+                if !qs {
+                    continue;
+                }
+                *mv = if *ms {
+                    combine(red.unwrap_or(Red::Sum), *mv, qv)
+                } else {
+                    qv
+                };
+                *ms = true;
+            }
+        }
+    }
+    for m in merged {
+        let v = m
+            .vals
+            .iter()
+            .zip(&m.seen)
+            .map(|(&x, &s)| if s { x } else { 0.0 })
+            .collect();
+        out.push((m.buf, v));
+    }
+    Ok(out)
+}
+
+#[inline]
+fn combine(r: Red, a: f64, b: f64) -> f64 {
+    match r {
+        Red::Sum => a + b,
+        Red::Max => interp::binary(Bin::Max, a, b),
+        Red::Min => interp::binary(Bin::Min, a, b),
+    }
+}
+
+/// Run the loop body over elements `lo..hi`, writing the stored registers
+/// into `out` (one slice per stored buffer, starting at `lo`).
+fn run_range(
+    lp: &Loop,
+    ctx: &Ctx,
+    mut out: Vec<&mut [f64]>,
+    lo: usize,
+    hi: usize,
+) -> Result<Vec<Partial>, InterpError> {
+    let sh = ctx.sh;
+    let level = lp.level;
+    let mut regs = vec![0.0f64; lp.regs.max(1) * CHUNK];
+    let mut partials: Vec<Partial> = lp
+        .body
+        .iter()
+        .filter_map(|i| match i {
+            Ins::Accum { to, buf, .. } => Some(Partial {
+                buf: *buf,
+                vals: vec![0.0; sh.len(*to)],
+                seen: vec![false; sh.len(*to)],
+            }),
+            _ => None,
+        })
+        .collect();
+    let accum_maps: Vec<ParentMap> = lp
+        .body
+        .iter()
+        .filter_map(|i| match i {
+            Ins::Accum { to, .. } => Some(ParentMap::new(sh, level, *to)),
+            _ => None,
+        })
+        .collect();
+    let mut gathered = [[0.0f64; CHUNK]; 3];
+    let mut res = [0.0f64; CHUNK];
+    let mut i0 = lo;
+    while i0 < hi {
+        let c = CHUNK.min(hi - i0);
+        let mut store_k = 0;
+        let mut accum_k = 0;
+        for ins in &lp.body {
+            match ins {
+                Ins::Compute {
+                    dst,
+                    op,
+                    args,
+                    store,
+                    ..
+                } => {
+                    // Operands that are not registers or owned buffers at
+                    // this level land in `gathered`.
+                    let [g0, g1, g2] = &mut gathered;
+                    let mut scratch = [g0, g1, g2].into_iter();
+                    let mut ops: [&[f64]; 3] = [&[], &[], &[]];
+                    for (k, a) in args.iter().enumerate().take(3) {
+                        let Some(g) = scratch.next() else { break };
+                        ops[k] = operand(ctx, &regs, *a, level, i0, c, g);
+                    }
+                    compute(
+                        *op,
+                        &ops,
+                        &mut res[..c],
+                        i0,
+                        ctx,
+                        args.first().copied(),
+                        level,
+                    );
+                    regs[dst * CHUNK..dst * CHUNK + c].copy_from_slice(&res[..c]);
+                    if store.is_some() {
+                        if let Some(o) = out.get_mut(store_k) {
+                            let off = i0 - lo;
+                            o[off..off + c].copy_from_slice(&res[..c]);
+                        }
+                        store_k += 1;
+                    }
+                }
+                Ins::Accum { src, red, to, .. } => {
+                    let vals = operand(ctx, &regs, *src, level, i0, c, &mut gathered[0]);
+                    let pm = accum_maps[accum_k];
+                    let p = &mut partials[accum_k];
+                    for (j, &x) in vals.iter().enumerate() {
+                        let i = i0 + j;
+                        let member = match level {
+                            Level::Vocab if *to == Level::Token => true,
+                            Level::Vocab => {
+                                ctx.mask.get(i / sh.v.max(1)).is_some_and(|m| *m != 0.0)
+                            }
+                            Level::Token => ctx.mask.get(i).is_some_and(|m| *m != 0.0),
+                            _ => true,
+                        };
+                        if !member {
+                            continue;
+                        }
+                        let u = pm.at(i);
+                        let (Some(v), Some(s)) = (p.vals.get_mut(u), p.seen.get_mut(u)) else {
+                            continue;
+                        };
+                        *v = if *s { combine(*red, *v, x) } else { x };
+                        *s = true;
+                    }
+                    accum_k += 1;
+                }
+            }
+        }
+        i0 += c;
+    }
+    Ok(partials)
+}
+
+/// The operand's values over elements `i0..i0 + c`: a register, a slice
+/// of an owned buffer at the loop's level, or values gathered into
+/// `scratch` (inputs converted to f64, broadcasts, constants).
+fn operand<'s>(
+    ctx: &'s Ctx,
+    regs: &'s [f64],
+    src: Src,
+    level: Level,
+    i0: usize,
+    c: usize,
+    scratch: &'s mut [f64; CHUNK],
+) -> &'s [f64] {
+    match src {
+        Src::Reg(r) => &regs[r * CHUNK..r * CHUNK + c],
+        Src::Const(x) => {
+            scratch[..c].fill(x);
+            &scratch[..c]
+        }
+        Src::PaddedLength => {
+            scratch[..c].fill(ctx.sh.t as f64);
+            &scratch[..c]
+        }
+        Src::Buf(b) => {
+            let l = ctx.levels[b];
+            let d = &ctx.bufs[b];
+            if l == level {
+                return d.range(i0, c, scratch);
+            }
+            let pm = ParentMap::new(ctx.sh, level, l);
+            for (j, o) in scratch[..c].iter_mut().enumerate() {
+                *o = d.at(pm.at(i0 + j));
+            }
+            &scratch[..c]
+        }
+    }
+}
+
+/// `out[j] = op(args[0][j], …)` over one chunk, with the interpreter's
+/// semantics for every operation (the common ones written out so the
+/// compiler vectorises them).
+fn compute(
+    op: KOp,
+    args: &[&[f64]; 3],
+    out: &mut [f64],
+    i0: usize,
+    ctx: &Ctx,
+    first: Option<Src>,
+    level: Level,
+) {
+    let a = args[0];
+    match op {
+        KOp::Copy => out.copy_from_slice(a),
+        KOp::Rand => {
+            let seed = first.map(|s| ctx.scalar(s, level, 0)).unwrap_or(0.0);
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = interp::uniform(seed, i0 + j);
+            }
+        }
+        KOp::Un(u) => match u {
+            Un::Neg => out.iter_mut().zip(a).for_each(|(o, x)| *o = -x),
+            Un::Abs => out.iter_mut().zip(a).for_each(|(o, x)| *o = x.abs()),
+            Un::Sqrt => out.iter_mut().zip(a).for_each(|(o, x)| *o = x.sqrt()),
+            _ => out
+                .iter_mut()
+                .zip(a)
+                .for_each(|(o, x)| *o = interp::unary(u, *x)),
+        },
+        KOp::Bin(b) => {
+            let z = out.iter_mut().zip(a.iter().zip(args[1]));
+            match b {
+                Bin::Add => z.for_each(|(o, (x, y))| *o = x + y),
+                Bin::Sub => z.for_each(|(o, (x, y))| *o = x - y),
+                Bin::Mul => z.for_each(|(o, (x, y))| *o = x * y),
+                Bin::Div => z.for_each(|(o, (x, y))| *o = x / y),
+                Bin::Lt => z.for_each(|(o, (x, y))| *o = f64::from(u8::from(x < y))),
+                Bin::Le => z.for_each(|(o, (x, y))| *o = f64::from(u8::from(x <= y))),
+                Bin::Gt => z.for_each(|(o, (x, y))| *o = f64::from(u8::from(x > y))),
+                Bin::Ge => z.for_each(|(o, (x, y))| *o = f64::from(u8::from(x >= y))),
+                _ => z.for_each(|(o, (x, y))| *o = interp::binary(b, *x, *y)),
+            }
+        }
+        KOp::Where => {
+            let (t, e) = (args[1], args[2]);
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = if a[j] != 0.0 { t[j] } else { e[j] };
+            }
+        }
+        KOp::Clamp => {
+            let (lo, hi) = (args[1], args[2]);
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = interp::clamp(a[j], lo[j], hi[j]);
+            }
+        }
+    }
+}
