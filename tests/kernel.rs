@@ -49,7 +49,29 @@ fn variants(recipe: &keel_compiler::CheckedRecipe, seed: u64) -> Vec<(String, Ba
             }
         }
     }
-    out.push(("extreme log-ratios".into(), ext));
+    out.push(("extreme log-ratios".into(), ext.clone()));
+    // The same without logits: logp and entropy given per token.
+    if ext.has("logits") && keel_compiler::reads_logits_only_through_kernel(recipe) {
+        let mut plain = ext;
+        plain.tensors.remove("logits");
+        let n = b * t;
+        plain.insert(
+            "logp",
+            "f32",
+            vec![b, t],
+            (0..n).map(|i| -0.1 - (i % 7) as f64 * 0.3).collect(),
+        );
+        plain.insert(
+            "entropy",
+            "f32",
+            vec![b, t],
+            (0..n).map(|i| 0.2 + (i % 5) as f64 * 0.4).collect(),
+        );
+        if let Some(x) = plain.tensors.get_mut("old_logp") {
+            x.data[0] = -20.0;
+        }
+        out.push(("given logp and entropy".into(), plain));
+    }
     out
 }
 
@@ -76,7 +98,11 @@ fn same_vec(what: &str, got: &[f64], want: &[f64], rel: f64) -> Result<(), Strin
 
 fn compare(k: &LossResult, i: &LossResult) -> Result<(), String> {
     same_vec("loss", &[k.loss], &[i.loss], 1e-5)?;
-    same_vec("d_logp", &k.d_logp, &i.d_logp, 1e-5)?;
+    // With logits in the batch, the kernel path's d_logp is the partial
+    // derivative the logits kernel consumes; the gradient is d_logits.
+    if i.d_logits.is_none() {
+        same_vec("d_logp", &k.d_logp, &i.d_logp, 1e-5)?;
+    }
     if let (Some(a), Some(b)) = (&k.advantages, &i.advantages) {
         same_vec("advantages", a, b, 1e-5)?;
     }
@@ -92,6 +118,7 @@ fn compare(k: &LossResult, i: &LossResult) -> Result<(), String> {
 #[test]
 fn kernel_executor_equals_the_interpreter_on_every_stdlib_recipe() {
     let mut checked_runs = 0;
+    let mut with_logits = 0;
     let mut failures = Vec::new();
     for (file, _) in keel_compiler::stdlib::FILES {
         let c = check_file(&preset_path(file), &[]);
@@ -111,6 +138,7 @@ fn kernel_executor_equals_the_interpreter_on_every_stdlib_recipe() {
                                     ));
                                 }
                                 checked_runs += 1;
+                                with_logits += usize::from(k.d_logits.is_some());
                             }
                             (Err(_), Err(_)) => {}
                             (Ok(_), Err(e)) => failures.push(format!(
@@ -134,4 +162,7 @@ fn kernel_executor_equals_the_interpreter_on_every_stdlib_recipe() {
         failures.join("\n")
     );
     assert!(checked_runs >= 300, "only {checked_runs} runs compared");
+    // Recipes that read entropy get logits: the fused logits kernel's path.
+    assert!(with_logits >= 50, "only {with_logits} runs through logits");
+    eprintln!("{checked_runs} runs compared, {with_logits} through logits");
 }

@@ -3,7 +3,7 @@
 
 use crate::{Color, ErrorFormat, report};
 use keel_compiler::batch::Batch;
-use keel_compiler::{Disk, check_source_with, run_loss};
+use keel_compiler::{Backend, Disk, check_source_with, run_loss_with};
 use std::process::ExitCode;
 
 pub struct Args {
@@ -35,14 +35,13 @@ pub fn run(a: Args) -> ExitCode {
             }
         }
     }
-    if a.backend != "interp" {
+    let Some(backend) = parse_backend(&a.backend) else {
+        eprintln!("error: unknown backend `{}`", a.backend);
         eprintln!(
-            "error: backend `{}` is not available in this build; the generated-kernel backend arrives with the device-code work",
-            a.backend
+            "help: use `--backend interp` (the f64 reference interpreter) or `--backend kernel` (the fused kernels)"
         );
-        eprintln!("help: use `--backend interp` (the f64 reference interpreter)");
         return ExitCode::from(1);
-    }
+    };
     let checked = check_source_with(&Disk, &a.recipe, &text, &overrides);
     if checked.has_errors() {
         report::print(
@@ -84,7 +83,7 @@ pub fn run(a: Args) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = match run_loss(&checked, index, &batch, &a.batch) {
+    let result = match run_loss_with(&checked, index, &batch, &a.batch, backend) {
         Ok(r) => r,
         Err(diags) => {
             report::print(&a.recipe, &diags, checked.sources(), a.error_format, color);
@@ -130,12 +129,19 @@ pub fn run(a: Args) -> ExitCode {
             "loss": result.loss,
             "metrics": metrics,
             "skipped_metrics": result.skipped_metrics,
-            "backend": "interp",
+            "backend": a.backend,
         });
         println!("{out}");
     } else {
         println!("recipe   {recipe_name}");
-        println!("backend  interp (f64 reference)");
+        println!(
+            "backend  {}",
+            match backend {
+                Backend::Interp => "interp (f64 reference)".to_string(),
+                Backend::Kernel { threads } =>
+                    format!("kernel (fused loops on the CPU, {threads} threads)"),
+            }
+        );
         println!("loss     {:.9}", result.loss);
         for (k, v) in &result.metrics {
             println!("metric   {k:<16} {v:.9}");
@@ -148,4 +154,17 @@ pub fn run(a: Args) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `interp` or `kernel` (the fused CPU kernels on every core).
+pub fn parse_backend(name: &str) -> Option<Backend> {
+    match name {
+        "interp" => Some(Backend::Interp),
+        "kernel" => Some(Backend::Kernel {
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        }),
+        _ => None,
+    }
 }

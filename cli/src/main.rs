@@ -161,7 +161,8 @@ enum BenchWhat {
         /// Positions per sequence.
         #[arg(long, default_value_t = 512)]
         seq_len: usize,
-        /// Vocabulary size, for recipes that read logits, entropy or mean_logp.
+        /// Vocabulary size, for recipes that read logits, entropy or mean_logp
+        /// (0: logp and entropy given per token, no logits).
         #[arg(long, default_value_t = 64)]
         vocab: usize,
         /// `interp`, `kernel` or `all`.

@@ -598,6 +598,27 @@ impl<'a> ParentMap<'a> {
         }
     }
 
+    /// Split `i0..i0 + c` into runs of elements with the same parent:
+    /// `f(j0, j1, parent)` for offsets `j0..j1` (no division per element).
+    #[inline]
+    fn runs(&self, i0: usize, c: usize, mut f: impl FnMut(usize, usize, usize)) {
+        if self.zero {
+            f(0, c, 0);
+            return;
+        }
+        let mut j = 0;
+        while j < c {
+            let q = (i0 + j) / self.div;
+            let end = ((q + 1) * self.div - i0).min(c);
+            let p = match self.groups {
+                Some(g) => g.get(q).copied().unwrap_or(usize::MAX),
+                None => q,
+            };
+            f(j, end, p);
+            j = end;
+        }
+    }
+
     #[inline]
     fn at(&self, i: usize) -> usize {
         if self.zero {
@@ -729,7 +750,13 @@ impl Plan {
             }
         }
         let levels: Vec<Level> = self.buffers.iter().map(|b| b.level).collect();
-        for st in &self.steps {
+        let profile = std::env::var_os("KEEL_PROFILE_KERNELS").is_some();
+        let mask64: Vec<f64> = mask.iter().map(|&m| m as f64).collect();
+        let tokens: Option<Vec<f64>> = inputs
+            .get("tokens")
+            .map(|t| t.iter().map(|&x| x as f64).collect());
+        for (k, st) in self.steps.iter().enumerate() {
+            let started = std::time::Instant::now();
             match st {
                 Step::Loop(lp) => {
                     let written = run_loop(lp, sh, mask, &bufs, &levels, threads.max(1))?;
@@ -738,34 +765,20 @@ impl Plan {
                     }
                 }
                 Step::Special(sp) => {
-                    let n = &self.graph.nodes[sp.node];
-                    let ctx = Ctx {
-                        sh,
-                        mask,
-                        bufs: &bufs,
-                        levels: levels.clone(),
-                    };
-                    let args: Vec<Vec<f64>> = sp
-                        .args
-                        .iter()
-                        .zip(&n.args)
-                        .map(|(src, a)| {
-                            let l = self.graph.nodes[*a].level;
-                            match src {
-                                Src::Buf(b) if levels[*b] == l => bufs[*b].to_vec(),
-                                _ => (0..sh.len(l)).map(|i| ctx.scalar(*src, l, i)).collect(),
-                            }
-                        })
-                        .collect();
-                    let refs: Vec<&[f64]> = args.iter().map(|v| v.as_slice()).collect();
-                    let mask64: Vec<f64> = mask.iter().map(|&m| m as f64).collect();
-                    let tokens: Option<Vec<f64>> = inputs
-                        .get("tokens")
-                        .map(|t| t.iter().map(|&x| x as f64).collect());
                     let out =
-                        interp::special(&self.graph, n, &refs, sh, &mask64, tokens.as_deref())?;
+                        self.special(sp, sh, mask, &mask64, tokens.as_deref(), &bufs, &levels)?;
                     bufs[sp.buf] = Data::Owned(out);
                 }
+            }
+            if profile {
+                eprintln!(
+                    "step {k:>3}: {:>9.3} ms  {}",
+                    started.elapsed().as_secs_f64() * 1e3,
+                    match st {
+                        Step::Loop(lp) => format!("loop over {}", lp.level.name()),
+                        Step::Special(_) => "special".to_string(),
+                    }
+                );
             }
         }
         let mut out = Outputs::new();
@@ -788,6 +801,145 @@ impl Plan {
         }
         Ok(out)
     }
+}
+
+impl Plan {
+    /// Evaluate a special step: scans natively (row by row, over the valid
+    /// tokens), everything else through [`interp::special`].
+    #[allow(clippy::too_many_arguments)]
+    fn special(
+        &self,
+        sp: &Special,
+        sh: &Shape,
+        mask: &[f32],
+        mask64: &[f64],
+        tokens: Option<&[f64]>,
+        bufs: &[Data],
+        levels: &[Level],
+    ) -> Result<Vec<f64>, InterpError> {
+        let n = &self.graph.nodes[sp.node];
+        let ctx = Ctx {
+            sh,
+            mask,
+            bufs,
+            levels: levels.to_vec(),
+        };
+        // Arguments as f64 at their own level: owned buffers as they are,
+        // anything else converted or broadcast.
+        let converted: Vec<Option<Vec<f64>>> = sp
+            .args
+            .iter()
+            .zip(&n.args)
+            .map(|(src, a)| {
+                let l = self.graph.nodes[*a].level;
+                match src {
+                    Src::Buf(b) if levels[*b] == l && matches!(bufs[*b], Data::Owned(_)) => None,
+                    Src::Buf(b) if levels[*b] == l => Some(bufs[*b].to_vec()),
+                    _ => Some((0..sh.len(l)).map(|i| ctx.scalar(*src, l, i)).collect()),
+                }
+            })
+            .collect();
+        let refs: Vec<&[f64]> = sp
+            .args
+            .iter()
+            .zip(&converted)
+            .map(|(src, c)| match (c, src) {
+                (Some(v), _) => v.as_slice(),
+                (None, Src::Buf(b)) => match &bufs[*b] {
+                    Data::Owned(v) => v.as_slice(),
+                    _ => &[],
+                },
+                (None, _) => &[],
+            })
+            .collect();
+        if let Op::Scan(op) = n.op
+            && n.level == Level::Token
+            && refs.first().is_some_and(|x| x.len() == sh.b * sh.t)
+        {
+            let param = n.args.get(1).map(|a| (self.graph.nodes[*a].level, refs[1]));
+            let cond = refs.get(1).copied();
+            let fill = n.args.get(2).map(|a| (self.graph.nodes[*a].level, refs[2]));
+            return Ok(scan(sh, mask, op, refs[0], param, cond, fill));
+        }
+        interp::special(&self.graph, n, &refs, sh, mask64, tokens)
+    }
+}
+
+/// Scans along each sequence over its valid tokens (the interpreter's
+/// definition; masked positions get 0). `param` is g (RScan, FScan) or the
+/// fill (Next, Prev); for Latest, `cond` and `fill` are its arguments 1, 2.
+fn scan(
+    sh: &Shape,
+    mask: &[f32],
+    op: crate::ir::ScanOp,
+    x: &[f64],
+    param: Option<(Level, &[f64])>,
+    cond: Option<&[f64]>,
+    fill: Option<(Level, &[f64])>,
+) -> Vec<f64> {
+    use crate::ir::ScanOp as S;
+    let t = sh.t;
+    let mut out = vec![0.0; x.len()];
+    let at = |p: Option<(Level, &[f64])>, i: usize| -> f64 {
+        match p {
+            Some((l, v)) => v
+                .get(ParentMap::new(sh, Level::Token, l).at(i))
+                .copied()
+                .unwrap_or(f64::NAN),
+            None => 0.0,
+        }
+    };
+    let valid = |i: usize| mask.get(i).is_some_and(|m| *m != 0.0);
+    for b in 0..sh.b {
+        let (lo, hi) = (b * t, (b + 1) * t);
+        match op {
+            S::RScan => {
+                let mut acc = 0.0;
+                for i in (lo..hi).rev().filter(|&i| valid(i)) {
+                    acc = x[i] + at(param, i) * acc;
+                    out[i] = acc;
+                }
+            }
+            S::FScan => {
+                let mut acc = 0.0;
+                for i in (lo..hi).filter(|&i| valid(i)) {
+                    acc = x[i] + at(param, i) * acc;
+                    out[i] = acc;
+                }
+            }
+            S::RScanMin => {
+                let mut acc = f64::INFINITY;
+                for i in (lo..hi).rev().filter(|&i| valid(i)) {
+                    acc = x[i].min(acc);
+                    out[i] = acc;
+                }
+            }
+            S::Next => {
+                let mut next: Option<f64> = None;
+                for i in (lo..hi).rev().filter(|&i| valid(i)) {
+                    out[i] = next.unwrap_or_else(|| at(param, i));
+                    next = Some(x[i]);
+                }
+            }
+            S::Prev => {
+                let mut prev: Option<f64> = None;
+                for i in (lo..hi).filter(|&i| valid(i)) {
+                    out[i] = prev.unwrap_or_else(|| at(param, i));
+                    prev = Some(x[i]);
+                }
+            }
+            S::Latest => {
+                let mut cur = at(fill, lo);
+                for i in (lo..hi).filter(|&i| valid(i)) {
+                    if cond.and_then(|c| c.get(i)).is_some_and(|c| *c != 0.0) {
+                        cur = x[i];
+                    }
+                    out[i] = cur;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Run one loop; returns the buffers it wrote.
@@ -990,26 +1142,41 @@ fn run_range(
                     let vals = operand(ctx, &regs, *src, level, i0, c, &mut gathered[0]);
                     let pm = accum_maps[accum_k];
                     let p = &mut partials[accum_k];
-                    for (j, &x) in vals.iter().enumerate() {
-                        let i = i0 + j;
-                        let member = match level {
-                            Level::Vocab if *to == Level::Token => true,
-                            Level::Vocab => {
-                                ctx.mask.get(i / sh.v.max(1)).is_some_and(|m| *m != 0.0)
+                    // Membership: the token mask (for vocabulary entries,
+                    // their token's), except vocabulary → token.
+                    let masked = match level {
+                        Level::Vocab => *to != Level::Token,
+                        Level::Token => true,
+                        _ => false,
+                    };
+                    let per_mask = if level == Level::Vocab {
+                        sh.v.max(1)
+                    } else {
+                        1
+                    };
+                    pm.runs(i0, c, |j0, j1, u| {
+                        let mut acc = 0.0;
+                        let mut any = false;
+                        for (j, &x) in vals.iter().enumerate().take(j1).skip(j0) {
+                            let m = if per_mask == 1 {
+                                i0 + j
+                            } else {
+                                (i0 + j) / per_mask
+                            };
+                            if masked && !ctx.mask.get(m).is_some_and(|m| *m != 0.0) {
+                                continue;
                             }
-                            Level::Token => ctx.mask.get(i).is_some_and(|m| *m != 0.0),
-                            _ => true,
-                        };
-                        if !member {
-                            continue;
+                            acc = if any { combine(*red, acc, x) } else { x };
+                            any = true;
                         }
-                        let u = pm.at(i);
-                        let (Some(v), Some(s)) = (p.vals.get_mut(u), p.seen.get_mut(u)) else {
-                            continue;
-                        };
-                        *v = if *s { combine(*red, *v, x) } else { x };
-                        *s = true;
-                    }
+                        if !any {
+                            return;
+                        }
+                        if let (Some(v), Some(s)) = (p.vals.get_mut(u), p.seen.get_mut(u)) {
+                            *v = if *s { combine(*red, *v, acc) } else { acc };
+                            *s = true;
+                        }
+                    });
                     accum_k += 1;
                 }
             }
@@ -1047,10 +1214,9 @@ fn operand<'s>(
             if l == level {
                 return d.range(i0, c, scratch);
             }
-            let pm = ParentMap::new(ctx.sh, level, l);
-            for (j, o) in scratch[..c].iter_mut().enumerate() {
-                *o = d.at(pm.at(i0 + j));
-            }
+            ParentMap::new(ctx.sh, level, l).runs(i0, c, |j0, j1, u| {
+                scratch[j0..j1].fill(d.at(u));
+            });
             &scratch[..c]
         }
     }
@@ -1097,19 +1263,22 @@ fn compute(
                 Bin::Le => z.for_each(|(o, (x, y))| *o = f64::from(u8::from(x <= y))),
                 Bin::Gt => z.for_each(|(o, (x, y))| *o = f64::from(u8::from(x > y))),
                 Bin::Ge => z.for_each(|(o, (x, y))| *o = f64::from(u8::from(x >= y))),
+                // x^2 is x·x exactly (both correctly rounded).
+                Bin::Pow if args[1].iter().all(|&y| y == 2.0) => {
+                    out.iter_mut().zip(a).for_each(|(o, x)| *o = x * x)
+                }
                 _ => z.for_each(|(o, (x, y))| *o = interp::binary(b, *x, *y)),
             }
         }
         KOp::Where => {
-            let (t, e) = (args[1], args[2]);
-            for (j, o) in out.iter_mut().enumerate() {
-                *o = if a[j] != 0.0 { t[j] } else { e[j] };
+            // Both sides loaded, no bounds checks: a select, not a branch.
+            for (((o, &c), &t), &e) in out.iter_mut().zip(a).zip(args[1]).zip(args[2]) {
+                *o = if c != 0.0 { t } else { e };
             }
         }
         KOp::Clamp => {
-            let (lo, hi) = (args[1], args[2]);
-            for (j, o) in out.iter_mut().enumerate() {
-                *o = interp::clamp(a[j], lo[j], hi[j]);
+            for (((o, &x), &lo), &hi) in out.iter_mut().zip(a).zip(args[1]).zip(args[2]) {
+                *o = interp::clamp(x, lo, hi);
             }
         }
     }

@@ -422,7 +422,22 @@ pub fn inputs_f32(
         .collect()
 }
 
+/// Whether a recipe reads the token distribution only through `logp` and
+/// `entropy`, so the fused logits kernel can compute both from the logits and
+/// carry their gradients back (no vocabulary-level value in the program).
+pub fn reads_logits_only_through_kernel(recipe: &CheckedRecipe) -> bool {
+    !recipe.inputs.keys().any(|k| {
+        k == "mean_logp" || builtins::input(k).is_some_and(|i| i.level == builtins::Level::Vocab)
+    })
+}
+
 /// Compile and run recipe `index` on a batch with the chosen executor.
+///
+/// The kernel backend runs the fused kernels: when the batch carries
+/// `logits` and the recipe reads the distribution only through `logp` and
+/// `entropy`, the fused logits kernel computes them (f32), the loss program
+/// sees them as inputs, and the kernel carries `d_logp` and `d_entropy` back
+/// to `d_logits`; the rest of the program runs as fused loops.
 pub fn run_loss_with(
     checked: &Checked,
     index: usize,
@@ -430,10 +445,7 @@ pub fn run_loss_with(
     batch_name: &str,
     backend: Backend,
 ) -> Result<LossResult, Vec<Diagnostic>> {
-    let have = |n: &str| batch.has(n);
-    let compiled = compile_loss(checked, index, &have)?;
     let recipe = checked.recipes.get(index).ok_or_else(Vec::new)?;
-    let prepared = batch::prepare(batch, batch_name, &compiled.graph, recipe)?;
     let failed = |e: interp::InterpError| {
         vec![
             Diagnostic::error(
@@ -448,8 +460,50 @@ pub fn run_loss_with(
             .with_help("check the batch tensors against docs/batch-format.md"),
         ]
     };
+    let via_logits = matches!(backend, Backend::Kernel { .. })
+        && batch.has("logits")
+        && batch.has("tokens")
+        && reads_logits_only_through_kernel(recipe);
+    // The logits kernel's forward pass, and the batch the program then sees.
+    let mut logits_fwd = None;
+    let kernel_batch;
+    let batch = if via_logits {
+        let (z, tokens, v) = logits_input(batch).map_err(failed)?;
+        let fwd = logits::forward(&z, &tokens, v);
+        let mut b2 = batch.clone();
+        b2.tensors.remove("logits");
+        let shape = b2
+            .tensors
+            .get("tokens")
+            .map(|t| t.shape.clone())
+            .unwrap_or_default();
+        b2.insert(
+            "logp",
+            "f32",
+            shape.clone(),
+            fwd.logp.iter().map(|&x| x as f64).collect(),
+        );
+        b2.insert(
+            "entropy",
+            "f32",
+            shape,
+            fwd.entropy.iter().map(|&x| x as f64).collect(),
+        );
+        logits_fwd = Some((z, tokens, v, fwd));
+        kernel_batch = b2;
+        &kernel_batch
+    } else {
+        batch
+    };
+    let have = |n: &str| batch.has(n);
+    let compiled = if via_logits {
+        compile_loss_kernel(checked, index, &have)?
+    } else {
+        compile_loss(checked, index, &have)?
+    };
+    let prepared = batch::prepare(batch, batch_name, &compiled.graph, recipe)?;
     let g = &compiled.graph;
-    let values: std::collections::HashMap<String, Vec<f64>> = match backend {
+    let mut values: std::collections::HashMap<String, Vec<f64>> = match backend {
         Backend::Interp => {
             let env = interp::Env {
                 shape: prepared.shape.clone(),
@@ -472,6 +526,19 @@ pub fn run_loss_with(
                 .map_err(failed)?
         }
     };
+    if let Some((z, tokens, v, fwd)) = &logits_fwd {
+        let n = tokens.len();
+        let f32s = |name: &str| -> Vec<f32> {
+            match values.get(name) {
+                Some(x) if x.len() == n => x.iter().map(|&y| y as f32).collect(),
+                _ => vec![0.0; n],
+            }
+        };
+        let (dl, de) = (f32s("d_logp"), f32s("d_entropy"));
+        let mut d = vec![0.0f32; n * v];
+        logits::backward(z, tokens, *v, fwd, &dl, &de, &mut d);
+        values.insert("d_logits".into(), d.into_iter().map(|x| x as f64).collect());
+    }
     let get = |name: &str| values.get(name).cloned();
     let loss = get("loss")
         .and_then(|v| v.first().copied())
@@ -508,7 +575,10 @@ pub fn run_loss_with(
         skipped_metrics: compiled.skipped_metrics,
         b: prepared.shape.b,
         t: prepared.shape.t,
-        v: batch.has("logits").then_some(prepared.shape.v),
+        v: logits_fwd
+            .as_ref()
+            .map(|(_, _, v, _)| *v)
+            .or_else(|| batch.has("logits").then_some(prepared.shape.v)),
         d_logp,
         advantages: get("advantages"),
         d_logits: get("d_logits"),
@@ -539,4 +609,38 @@ pub fn describe_node(g: &ir::Graph, id: ir::NodeId) -> String {
         ),
         None => format!("%{id}"),
     }
+}
+
+/// A batch's `logits` [B, T, V] as f32 and `tokens` as indices, checked.
+fn logits_input(batch: &batch::Batch) -> Result<(Vec<f32>, Vec<u32>, usize), interp::InterpError> {
+    let (Some(z), Some(t)) = (batch.tensors.get("logits"), batch.tensors.get("tokens")) else {
+        return Err(interp::InterpError(
+            "`logits` and `tokens` are both needed".into(),
+        ));
+    };
+    let v = match z.shape.as_slice() {
+        [_, _, v] if *v > 0 => *v,
+        other => {
+            return Err(interp::InterpError(format!(
+                "`logits` has shape {other:?}, expected [B, T, V]"
+            )));
+        }
+    };
+    if t.data.len() * v != z.data.len() {
+        return Err(interp::InterpError(format!(
+            "`logits` has {} values but `tokens` {} positions of {v} entries",
+            z.data.len(),
+            t.data.len()
+        )));
+    }
+    let mut tokens = Vec::with_capacity(t.data.len());
+    for (i, &x) in t.data.iter().enumerate() {
+        if !(x >= 0.0 && x.fract() == 0.0 && (x as usize) < v) {
+            return Err(interp::InterpError(format!(
+                "`tokens` at flat position {i} is {x}, outside the vocabulary [0, {v})"
+            )));
+        }
+        tokens.push(x as u32);
+    }
+    Ok((z.data.iter().map(|&x| x as f32).collect(), tokens, v))
 }

@@ -57,7 +57,13 @@ pub fn batch(recipe: &CheckedRecipe, d: Dims, seed: u64) -> Batch {
     );
     let reads = |n: &str| recipe.inputs.contains_key(n);
     // Entropy and mean log-probs get their gradient only through logits.
-    let wants_logits = reads("logits") || reads("entropy") || reads("mean_logp");
+    // `v = 0`: no logits; `logp` and `entropy` are given per token (unless
+    // the recipe reads the vocabulary itself).
+    let vocab_level = recipe
+        .inputs
+        .keys()
+        .any(|k| k == "mean_logp" || builtins::input(k).is_some_and(|i| i.level == Level::Vocab));
+    let wants_logits = vocab_level || ((reads("entropy") || reads("logits")) && d.v > 0);
     if wants_logits {
         out.insert(
             "logits",
