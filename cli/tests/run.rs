@@ -663,8 +663,9 @@ fn cure_branches_in_stage_one_only() {
     assert_eq!(&samples[2..], &[32, 32]);
 }
 
-/// `keel bench loss` times the interpreter on a synthetic batch and says the
-/// kernel backend is not built; oversized vocabulary batches are refused.
+/// `keel bench loss` times the interpreter and the fused kernels on a
+/// synthetic batch (the loss they agree on); oversized vocabulary batches
+/// are refused.
 #[test]
 fn bench_loss_reports_tokens_per_second() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -691,7 +692,10 @@ fn bench_loss_reports_tokens_per_second() {
     assert_eq!(be["backend"], "interp");
     assert!(be["tokens_per_s"].as_f64().is_some_and(|x| x > 0.0));
     assert!(be["gb_per_s"].as_f64().is_some_and(|x| x > 0.0));
-    assert_eq!(v["backends"][1]["available"], false);
+    let k = &v["backends"][1];
+    assert_eq!(k["backend"], "kernel");
+    assert_eq!(k["available"], true);
+    assert!(k["tokens_per_s"].as_f64().is_some_and(|x| x > 0.0));
     let big = keel(
         &root,
         &[

@@ -638,6 +638,7 @@ enum Data<'a> {
     Missing,
     Input(&'a [f32]),
     Owned(Vec<f64>),
+    Ref(&'a [f64]),
 }
 
 impl Data<'_> {
@@ -646,6 +647,7 @@ impl Data<'_> {
             Data::Missing => 0,
             Data::Input(s) => s.len(),
             Data::Owned(v) => v.len(),
+            Data::Ref(v) => v.len(),
         }
     }
     #[inline]
@@ -654,6 +656,7 @@ impl Data<'_> {
             Data::Missing => f64::NAN,
             Data::Input(s) => s.get(i).map(|&x| x as f64).unwrap_or(f64::NAN),
             Data::Owned(v) => v.get(i).copied().unwrap_or(f64::NAN),
+            Data::Ref(v) => v.get(i).copied().unwrap_or(f64::NAN),
         }
     }
     /// Elements `i0..i0 + c` as f64: a slice of an owned buffer, or the
@@ -661,6 +664,7 @@ impl Data<'_> {
     fn range<'s>(&'s self, i0: usize, c: usize, scratch: &'s mut [f64]) -> &'s [f64] {
         match self {
             Data::Owned(v) if i0 + c <= v.len() => &v[i0..i0 + c],
+            Data::Ref(v) if i0 + c <= v.len() => &v[i0..i0 + c],
             Data::Input(s) if i0 + c <= s.len() => {
                 for (o, x) in scratch[..c].iter_mut().zip(&s[i0..i0 + c]) {
                     *o = *x as f64;
@@ -804,6 +808,23 @@ impl Plan {
 }
 
 impl Plan {
+    /// Evaluate special step `sp` on the host from the current values of
+    /// the buffers (`bufs[k]` at buffer k's level; inputs included): for
+    /// executors that run the loops elsewhere (the cubecl backend).
+    pub fn eval_special(
+        &self,
+        sp: &Special,
+        sh: &Shape,
+        mask: &[f32],
+        tokens: Option<&[f64]>,
+        bufs: &[Vec<f64>],
+    ) -> Result<Vec<f64>, InterpError> {
+        let data: Vec<Data> = bufs.iter().map(|b| Data::Ref(b.as_slice())).collect();
+        let levels: Vec<Level> = self.buffers.iter().map(|b| b.level).collect();
+        let mask64: Vec<f64> = mask.iter().map(|&m| m as f64).collect();
+        self.special(sp, sh, mask, &mask64, tokens, &data, &levels)
+    }
+
     /// Evaluate a special step: scans natively (row by row, over the valid
     /// tokens), everything else through [`interp::special`].
     #[allow(clippy::too_many_arguments)]
@@ -833,7 +854,11 @@ impl Plan {
             .map(|(src, a)| {
                 let l = self.graph.nodes[*a].level;
                 match src {
-                    Src::Buf(b) if levels[*b] == l && matches!(bufs[*b], Data::Owned(_)) => None,
+                    Src::Buf(b)
+                        if levels[*b] == l && matches!(bufs[*b], Data::Owned(_) | Data::Ref(_)) =>
+                    {
+                        None
+                    }
                     Src::Buf(b) if levels[*b] == l => Some(bufs[*b].to_vec()),
                     _ => Some((0..sh.len(l)).map(|i| ctx.scalar(*src, l, i)).collect()),
                 }
@@ -847,6 +872,7 @@ impl Plan {
                 (Some(v), _) => v.as_slice(),
                 (None, Src::Buf(b)) => match &bufs[*b] {
                     Data::Owned(v) => v.as_slice(),
+                    Data::Ref(v) => v,
                     _ => &[],
                 },
                 (None, _) => &[],

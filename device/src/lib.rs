@@ -2,6 +2,8 @@
 //! plane wide; each unit strides over the vocabulary, plane reductions give
 //! the row's maximum, Σ exp(z − max) and Σ exp(z − max)·z.
 
+pub mod plan;
+
 use cubecl::prelude::*;
 use keel_compiler::logits::Forward;
 

@@ -12,7 +12,6 @@ use std::time::Instant;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use keel_compiler::batch::{self, Batch};
-use keel_compiler::interp::{self, Env};
 use keel_compiler::ir::Graph;
 use keel_compiler::{Checked, Diagnostic, compile_loss, logits};
 use keel_grammar::{AssignOp, Stmt};
@@ -291,6 +290,9 @@ struct Loss {
     /// the fused logits kernel computes them and carries `d_logp` and
     /// `d_entropy` back to the logits; the program sees token-level values.
     kernel: bool,
+    /// The program as fused loops (`keel_compiler::kernel`), rebuilt when
+    /// hyperparameters change.
+    plan: keel_compiler::kernel::Plan,
 }
 
 impl Loss {
@@ -329,11 +331,32 @@ impl Loss {
                 "name a recipe with --recipe",
             )
         })?;
+        let plan = keel_compiler::kernel::Plan::new(&compiled.graph).map_err(|e| {
+            RunError::new(
+                codes::LOSS_PROGRAM,
+                format!("cannot plan the loss kernels: {e}"),
+                "this is a compiler bug; please report it",
+            )
+        })?;
         Ok(Loss {
             graph: compiled.graph,
             recipe,
             kernel,
+            plan,
         })
+    }
+
+    /// New hyperparameter values: the graph's and the plan's.
+    fn set_params(&mut self, params: &HashMap<String, f64>) -> Result<()> {
+        set_params(&mut self.graph, params);
+        self.plan = keel_compiler::kernel::Plan::new(&self.graph).map_err(|e| {
+            RunError::new(
+                codes::LOSS_PROGRAM,
+                format!("cannot plan the loss kernels: {e}"),
+                "this is a compiler bug; please report it",
+            )
+        })?;
+        Ok(())
     }
 
     /// The loss batch of `r` with the current (tempered) logits `z` [B·T·V],
@@ -394,19 +417,24 @@ impl Loss {
     fn run(&self, batch: &Batch) -> Result<LossOut> {
         let prepared = batch::prepare(batch, "rollout batch", &self.graph, &self.recipe)
             .map_err(|d| diag_error(d, "the runtime's batch does not fit the recipe's loss"))?;
-        let env = Env {
-            shape: prepared.shape.clone(),
-            mask: &prepared.mask,
-            inputs: &prepared.inputs,
-        };
-        let vals = interp::run(&self.graph, &env).map_err(|e| {
-            RunError::new(
-                codes::LOSS_PROGRAM,
-                e.0,
-                "this is a runtime bug; please report it",
-            )
-        })?;
-        let get = |n: &str| self.graph.output(n).and_then(|id| vals.get(id)).cloned();
+        let mut inputs = keel_compiler::inputs_f32(&prepared.inputs);
+        inputs
+            .entry("mask".to_string())
+            .or_insert_with(|| prepared.mask.iter().map(|&x| x as f32).collect());
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let mut vals = self
+            .plan
+            .run(&prepared.shape, &inputs, threads)
+            .map_err(|e| {
+                RunError::new(
+                    codes::LOSS_PROGRAM,
+                    e.0,
+                    "this is a runtime bug; please report it",
+                )
+            })?;
+        let mut get = |n: &str| vals.remove(n);
         let loss = get("loss")
             .and_then(|v| v.first().copied())
             .unwrap_or(f64::NAN);
@@ -417,13 +445,14 @@ impl Loss {
             .graph
             .outputs
             .iter()
-            .filter_map(|(n, id)| {
-                n.strip_prefix("metric.").map(|m| {
-                    (
-                        m.to_string(),
-                        vals[*id].first().copied().unwrap_or(f64::NAN),
-                    )
-                })
+            .filter_map(|(n, _)| {
+                let m = n.strip_prefix("metric.")?;
+                Some((
+                    m.to_string(),
+                    vals.get(n)
+                        .and_then(|v| v.first().copied())
+                        .unwrap_or(f64::NAN),
+                ))
             })
             .collect();
         Ok(LossOut {
@@ -1083,7 +1112,7 @@ pub fn run(
         let params = current_params(&st);
         if params != host_params {
             host = HostProgram::compile(checked, index, &params)?;
-            set_params(&mut loss.graph, &params);
+            loss.set_params(&params)?;
             host_params = params;
         }
         let scal = step_scalars(&host, &st, plan.steps)?;

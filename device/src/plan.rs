@@ -1,0 +1,735 @@
+//! The kernel plan (`keel_compiler::kernel::Plan`) on cubecl: one generated
+//! kernel per fused loop, segmented-reduction kernels for its reductions.
+//!
+//! Every buffer of a run lives in one f32 arena on the device; a small
+//! `meta` array holds the level lengths, B, T, V, G and each slot's offset,
+//! so a kernel compiled once serves every batch shape.
+//!
+//! - A loop becomes [`loop_kernel`]: one unit per element; its body is the
+//!   plan's instruction list, a `#[comptime]` argument the kernel unrolls
+//!   (instructions over a register array, constants folded in). cubecl
+//!   caches the compiled kernel by that list.
+//! - A reduction inside a loop writes its masked value (the reduction's
+//!   neutral element for non-members) and a member count per element; then
+//!   [`hop_kernel`] reduces level by level (vocab → token → seq →
+//!   group/batch), one cube per output unit with plane reductions, in a
+//!   fixed order (deterministic); the last hop writes 0 for empty units.
+//! - Special steps (ranks, quantiles, scans, keyed statistics) run on the
+//!   host between kernels with the plan's own host code (the arena is read
+//!   back and written again): correct everywhere, not yet fast.
+//! - `rand` values are a pure function of the seed and the element index;
+//!   they are computed on the host and uploaded with the inputs.
+
+use cubecl::prelude::*;
+use keel_compiler::builtins::Level;
+use keel_compiler::interp::{self, Shape};
+use keel_compiler::ir::{Bin, Red, Un};
+use keel_compiler::kernel::{Ins, KOp, Plan, Src, Step};
+use std::collections::HashMap;
+
+type Client = cubecl::client::Client;
+
+/// Meta layout: lengths per level (6), then B, T, V, G, then slot offsets.
+const M_B: usize = 6;
+const M_T: usize = 7;
+const M_V: usize = 8;
+const M_OFF: usize = 10;
+
+fn li(l: Level) -> usize {
+    match l {
+        Level::Step => 0,
+        Level::Batch => 1,
+        Level::Group => 2,
+        Level::Seq => 3,
+        Level::Token => 4,
+        Level::Vocab => 5,
+    }
+}
+
+/// An operand of a device instruction.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum DSrc {
+    Reg(usize),
+    /// f32 bits.
+    Const(u32),
+    /// Arena slot and its level.
+    Buf(usize, Level),
+    PaddedLength,
+}
+
+/// Membership of an element in a reduction.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Member {
+    All,
+    /// `mask[i]` (token level).
+    Mask,
+    /// `mask[i / V]` (vocabulary entries of masked tokens).
+    MaskOfToken,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum DIns {
+    Un(usize, Un, DSrc),
+    Bin(usize, Bin, DSrc, DSrc),
+    Where(usize, DSrc, DSrc, DSrc),
+    Clamp(usize, DSrc, DSrc, DSrc),
+    Copy(usize, DSrc),
+    /// `arena[slot][i] = regs[reg]`
+    Store(usize, usize),
+    /// value slot, count slot, neutral element (f32 bits), membership
+    Accum(DSrc, usize, usize, u32, Member),
+}
+
+/// The comptime configuration of one generated loop kernel.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct LoopCfg {
+    pub level: Level,
+    pub regs: usize,
+    pub ins: Vec<DIns>,
+    pub mask_slot: usize,
+}
+
+/// One level of a segmented reduction.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct HopCfg {
+    pub red: Red,
+    pub from: Level,
+    pub to: Level,
+    pub src: (usize, usize),
+    pub dst: (usize, usize),
+    pub finalize: bool,
+}
+
+#[cube]
+fn parent(
+    i: usize,
+    meta: &Tensor<u32>,
+    groups: &Tensor<u32>,
+    #[comptime] from: Level,
+    #[comptime] to: Level,
+) -> usize {
+    let mut q = i;
+    if comptime![to < from && to <= Level::Batch] {
+        q = 0;
+    } else if comptime![to < from] {
+        let v = meta[M_V] as usize;
+        let t = meta[M_T] as usize;
+        if comptime![from == Level::Vocab && to == Level::Token] {
+            q = i / v;
+        } else if comptime![from == Level::Vocab] {
+            q = i / (v * t);
+        } else if comptime![from == Level::Token] {
+            q = i / t;
+        }
+        if comptime![to == Level::Group] {
+            q = groups[q] as usize;
+        }
+    }
+    q
+}
+
+#[cube]
+fn read(
+    arena: &mut Tensor<f32>,
+    meta: &Tensor<u32>,
+    groups: &Tensor<u32>,
+    regs: &mut Array<f32>,
+    i: usize,
+    #[comptime] src: DSrc,
+    #[comptime] level: Level,
+) -> f32 {
+    match src {
+        DSrc::Reg(r) => regs[r],
+        DSrc::Const(bits) => f32::new(comptime![f32::from_bits(bits)]),
+        DSrc::PaddedLength => f32::cast_from(meta[M_T]),
+        DSrc::Buf(slot, from) => {
+            let off = meta[comptime![M_OFF + slot]] as usize;
+            arena[off + parent(i, meta, groups, level, from)]
+        }
+    }
+}
+
+#[cube]
+fn flag(c: bool) -> f32 {
+    select(c, f32::new(1.0), f32::new(0.0))
+}
+
+#[cube]
+fn unary(x: f32, #[comptime] op: Un) -> f32 {
+    match op {
+        Un::Neg => -x,
+        Un::Exp => f32::exp(x),
+        Un::Log => f32::ln(x),
+        Un::Log1p => f32::log1p(x),
+        Un::Expm1 => f32::exp_m1(x),
+        Un::Sqrt => f32::sqrt(x),
+        Un::Abs => f32::abs(x),
+        Un::Sign => flag(x > 0.0) - flag(x < 0.0),
+        Un::Sigmoid => f32::new(1.0) / (f32::new(1.0) + f32::exp(-x)),
+        Un::Softplus => f32::max(x, f32::new(0.0)) + f32::log1p(f32::exp(-f32::abs(x))),
+        Un::Tanh => f32::tanh(x),
+        Un::Relu => f32::max(x, f32::new(0.0)),
+        Un::Cos => f32::cos(x),
+        Un::Sin => f32::sin(x),
+        Un::Floor => f32::floor(x),
+        Un::Ceil => f32::ceil(x),
+        Un::Round => f32::round(x),
+        Un::Not => flag(x == 0.0),
+    }
+}
+
+#[cube]
+fn binary(x: f32, y: f32, #[comptime] op: Bin) -> f32 {
+    match op {
+        Bin::Add => x + y,
+        Bin::Sub => x - y,
+        Bin::Mul => x * y,
+        Bin::Div => x / y,
+        Bin::Pow => f32::powf(x, y),
+        Bin::Min => select(y < x, y, x),
+        Bin::Max => select(y > x, y, x),
+        Bin::Lt => flag(x < y),
+        Bin::Le => flag(x <= y),
+        Bin::Gt => flag(x > y),
+        Bin::Ge => flag(x >= y),
+        Bin::Eq => flag(x == y),
+        Bin::Ne => flag(x != y),
+        Bin::And => flag(x != 0.0 && y != 0.0),
+        Bin::Or => flag(x != 0.0 || y != 0.0),
+    }
+}
+
+#[cube]
+fn exec(
+    arena: &mut Tensor<f32>,
+    meta: &Tensor<u32>,
+    groups: &Tensor<u32>,
+    regs: &mut Array<f32>,
+    i: usize,
+    #[comptime] ins: DIns,
+    #[comptime] level: Level,
+    #[comptime] mask_slot: usize,
+) {
+    match ins {
+        DIns::Un(dst, op, a) => {
+            let x = read(arena, meta, groups, regs, i, a, level);
+            regs[dst] = unary(x, op);
+        }
+        DIns::Bin(dst, op, a, b) => {
+            let x = read(arena, meta, groups, regs, i, a, level);
+            let y = read(arena, meta, groups, regs, i, b, level);
+            regs[dst] = binary(x, y, op);
+        }
+        DIns::Where(dst, c, a, b) => {
+            let cv = read(arena, meta, groups, regs, i, c, level);
+            let x = read(arena, meta, groups, regs, i, a, level);
+            let y = read(arena, meta, groups, regs, i, b, level);
+            regs[dst] = select(cv != 0.0, x, y);
+        }
+        DIns::Clamp(dst, a, lo, hi) => {
+            let x = read(arena, meta, groups, regs, i, a, level);
+            let l = read(arena, meta, groups, regs, i, lo, level);
+            let h = read(arena, meta, groups, regs, i, hi, level);
+            let y = select(x < l, l, x);
+            regs[dst] = select(y > h, h, y);
+        }
+        DIns::Copy(dst, a) => {
+            regs[dst] = read(arena, meta, groups, regs, i, a, level);
+        }
+        DIns::Store(reg, slot) => {
+            let off = meta[comptime![M_OFF + slot]] as usize;
+            arena[off + i] = regs[reg];
+        }
+        DIns::Accum(src, vslot, cslot, neutral, member) => {
+            let x = read(arena, meta, groups, regs, i, src, level);
+            let moff = meta[comptime![M_OFF + mask_slot]] as usize;
+            let mut m = f32::new(1.0);
+            match member {
+                Member::All => {}
+                Member::Mask => {
+                    m = arena[moff + i];
+                }
+                Member::MaskOfToken => {
+                    m = arena[moff + i / (meta[M_V] as usize)];
+                }
+            }
+            let vo = meta[comptime![M_OFF + vslot]] as usize;
+            let co = meta[comptime![M_OFF + cslot]] as usize;
+            let inside = m != 0.0;
+            arena[vo + i] = select(inside, x, f32::new(comptime![f32::from_bits(neutral)]));
+            arena[co + i] = flag(inside);
+        }
+    }
+}
+
+#[cube(launch_unchecked)]
+fn loop_kernel(
+    arena: &mut Tensor<f32>,
+    meta: &Tensor<u32>,
+    groups: &Tensor<u32>,
+    #[comptime] cfg: LoopCfg,
+) {
+    let i = ABSOLUTE_POS;
+    let len = meta[comptime![li(cfg.level)]] as usize;
+    if i < len {
+        let mut regs = Array::<f32>::new(comptime![cfg.regs.max(1)]);
+        #[unroll]
+        for k in 0..cfg.ins.len() {
+            let ins = comptime![cfg.ins[k].clone()];
+            exec(
+                arena,
+                meta,
+                groups,
+                &mut regs,
+                i,
+                ins,
+                comptime![cfg.level],
+                comptime![cfg.mask_slot],
+            );
+        }
+    }
+}
+
+#[cube]
+fn combine(a: f32, b: f32, #[comptime] red: Red) -> f32 {
+    match red {
+        Red::Sum => a + b,
+        Red::Max => f32::max(a, b),
+        Red::Min => f32::min(a, b),
+    }
+}
+
+#[cube(launch_unchecked)]
+fn hop_kernel(
+    arena: &mut Tensor<f32>,
+    meta: &Tensor<u32>,
+    groups: &Tensor<u32>,
+    #[comptime] cfg: HopCfg,
+    #[comptime] neutral: u32,
+) {
+    let u = CUBE_POS;
+    let units = meta[comptime![li(cfg.to)]] as usize;
+    let step = CUBE_DIM as usize;
+    let sv = meta[comptime![M_OFF + cfg.src.0]] as usize;
+    let sc = meta[comptime![M_OFF + cfg.src.1]] as usize;
+    let mut acc = f32::new(comptime![f32::from_bits(neutral)]);
+    let mut cnt = f32::new(0.0);
+    if u < units {
+        if comptime![cfg.to == Level::Group] {
+            let b = meta[M_B] as usize;
+            let mut k = UNIT_POS as usize;
+            while k < b {
+                if groups[k] as usize == u {
+                    acc = combine(acc, arena[sv + k], cfg.red);
+                    cnt += arena[sc + k];
+                }
+                k += step;
+            }
+        } else if comptime![cfg.to <= Level::Batch] {
+            let n = meta[comptime![li(cfg.from)]] as usize;
+            let mut k = UNIT_POS as usize;
+            while k < n {
+                acc = combine(acc, arena[sv + k], cfg.red);
+                cnt += arena[sc + k];
+                k += step;
+            }
+        } else {
+            let mut seg = meta[M_T] as usize;
+            if comptime![cfg.from == Level::Vocab] {
+                seg = meta[M_V] as usize;
+            }
+            let base = u * seg;
+            let mut k = UNIT_POS as usize;
+            while k < seg {
+                acc = combine(acc, arena[sv + base + k], cfg.red);
+                cnt += arena[sc + base + k];
+                k += step;
+            }
+        }
+    }
+    let mut all = plane_sum(acc);
+    if comptime![cfg.red == Red::Max] {
+        all = plane_max(acc);
+    } else if comptime![cfg.red == Red::Min] {
+        all = plane_min(acc);
+    }
+    let n = plane_sum(cnt);
+    if UNIT_POS == 0 && u < units {
+        let dv = meta[comptime![M_OFF + cfg.dst.0]] as usize;
+        if comptime![cfg.finalize] {
+            arena[dv + u] = select(n > 0.0, all, f32::new(0.0));
+        } else {
+            let dc = meta[comptime![M_OFF + cfg.dst.1]] as usize;
+            arena[dv + u] = all;
+            arena[dc + u] = n;
+        }
+    }
+}
+
+/// The neutral element of a reduction. Shader languages have no infinite
+/// literals (WGSL rejects them), so ±f32::MAX stands in; member counts keep
+/// empty units apart.
+fn neutral(red: Red) -> f32 {
+    match red {
+        Red::Sum => 0.0,
+        Red::Max => -f32::MAX,
+        Red::Min => f32::MAX,
+    }
+}
+
+/// A constant as a finite f32 (no infinite or NaN literals in shaders).
+fn finite(c: f64) -> f32 {
+    let x = c as f32;
+    if x.is_nan() {
+        0.0
+    } else {
+        x.clamp(-f32::MAX, f32::MAX)
+    }
+}
+
+/// What the device runs for one plan step.
+#[derive(Clone, Debug)]
+enum DStep {
+    Loop(LoopCfg),
+    Hop(HopCfg),
+    /// Index of the plan's special step.
+    Special(usize),
+}
+
+/// A plan compiled for the device: kernels, and the arena's slots.
+pub struct DevicePlan {
+    plan: Plan,
+    steps: Vec<DStep>,
+    /// Level of every arena slot (the plan's buffers first).
+    slots: Vec<Level>,
+    mask_slot: usize,
+    /// Slots holding `rand` values: (slot, seed).
+    rands: Vec<(usize, f64)>,
+}
+
+impl DevicePlan {
+    /// Lower a kernel plan to device kernels.
+    pub fn new(plan: &Plan) -> Result<DevicePlan, String> {
+        let mut slots: Vec<Level> = plan.buffers.iter().map(|b| b.level).collect();
+        let mask_slot = slots.len();
+        slots.push(Level::Token);
+        let mut rands = Vec::new();
+        let mut steps = Vec::new();
+        let konst = |c: f64| DSrc::Const(finite(c).to_bits());
+        for (k, st) in plan.steps.iter().enumerate() {
+            let lp = match st {
+                Step::Special(_) => {
+                    steps.push(DStep::Special(k));
+                    continue;
+                }
+                Step::Loop(lp) => lp,
+            };
+            let mut ins = Vec::new();
+            let mut hops = Vec::new();
+            let src = |s: &Src| -> DSrc {
+                match s {
+                    Src::Reg(r) => DSrc::Reg(*r),
+                    Src::Const(c) => konst(*c),
+                    Src::PaddedLength => DSrc::PaddedLength,
+                    Src::Buf(b) => DSrc::Buf(*b, plan.buffers[*b].level),
+                }
+            };
+            for i in &lp.body {
+                match i {
+                    Ins::Compute {
+                        dst,
+                        op,
+                        args,
+                        store,
+                        ..
+                    } => {
+                        let a: Vec<DSrc> = args.iter().map(src).collect();
+                        let get = |k: usize| a.get(k).copied().unwrap_or(DSrc::Const(0));
+                        ins.push(match op {
+                            KOp::Un(u) => DIns::Un(*dst, *u, get(0)),
+                            KOp::Bin(b) => DIns::Bin(*dst, *b, get(0), get(1)),
+                            KOp::Where => DIns::Where(*dst, get(0), get(1), get(2)),
+                            KOp::Clamp => DIns::Clamp(*dst, get(0), get(1), get(2)),
+                            KOp::Copy => DIns::Copy(*dst, get(0)),
+                            KOp::Rand => {
+                                let Some(Src::Const(seed)) = args.first() else {
+                                    return Err(
+                                        "`rand` with a computed seed does not run on the device yet"
+                                            .into(),
+                                    );
+                                };
+                                slots.push(lp.level);
+                                rands.push((slots.len() - 1, *seed));
+                                DIns::Copy(*dst, DSrc::Buf(slots.len() - 1, lp.level))
+                            }
+                        });
+                        if let Some(b) = store {
+                            ins.push(DIns::Store(*dst, *b));
+                        }
+                    }
+                    Ins::Accum {
+                        src: s,
+                        red,
+                        to,
+                        buf,
+                        ..
+                    } => {
+                        let member = match lp.level {
+                            Level::Vocab if *to == Level::Token => Member::All,
+                            Level::Vocab => Member::MaskOfToken,
+                            Level::Token => Member::Mask,
+                            _ => Member::All,
+                        };
+                        slots.push(lp.level);
+                        slots.push(lp.level);
+                        let (v, c) = (slots.len() - 2, slots.len() - 1);
+                        ins.push(DIns::Accum(src(s), v, c, neutral(*red).to_bits(), member));
+                        // The hops down to the target level.
+                        let target = (*to).max(Level::Batch);
+                        let mut cur = lp.level;
+                        let mut from_slots = (v, c);
+                        while cur > target {
+                            let next = match cur {
+                                Level::Vocab => Level::Token,
+                                Level::Token => Level::Seq,
+                                Level::Seq if target == Level::Group => Level::Group,
+                                _ => Level::Batch,
+                            };
+                            let finalize = next == target;
+                            let dst = if finalize {
+                                (*buf, *buf)
+                            } else {
+                                slots.push(next);
+                                slots.push(next);
+                                (slots.len() - 2, slots.len() - 1)
+                            };
+                            hops.push(HopCfg {
+                                red: *red,
+                                from: cur,
+                                to: next,
+                                src: from_slots,
+                                dst,
+                                finalize,
+                            });
+                            from_slots = dst;
+                            cur = next;
+                        }
+                        if lp.level <= target {
+                            return Err(format!(
+                                "internal: a reduction from {} to {}",
+                                lp.level.name(),
+                                to.name()
+                            ));
+                        }
+                    }
+                }
+            }
+            steps.push(DStep::Loop(LoopCfg {
+                level: lp.level,
+                regs: lp.regs,
+                ins,
+                mask_slot,
+            }));
+            steps.extend(hops.into_iter().map(DStep::Hop));
+        }
+        Ok(DevicePlan {
+            plan: plan.clone(),
+            steps,
+            slots,
+            mask_slot,
+            rands,
+        })
+    }
+
+    /// The generated kernels, as their comptime configurations (what
+    /// cubecl compiles; `keel compile --emit kernels` prints the plan).
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for st in &self.steps {
+            match st {
+                DStep::Loop(c) => out.push_str(&format!(
+                    "loop_kernel over {} ({} instructions, {} registers)\n",
+                    c.level.name(),
+                    c.ins.len(),
+                    c.regs
+                )),
+                DStep::Hop(h) => out.push_str(&format!(
+                    "hop_kernel {:?} {} -> {}\n",
+                    h.red,
+                    h.from.name(),
+                    h.to.name()
+                )),
+                DStep::Special(k) => out.push_str(&format!("special step {k} on the host\n")),
+            }
+        }
+        out
+    }
+
+    /// Run on `client` with the batch's inputs (f32, flat, as for
+    /// [`Plan::run`]); returns the outputs as f64.
+    pub fn run(
+        &self,
+        client: &Client,
+        sh: &Shape,
+        inputs: &HashMap<String, Vec<f32>>,
+    ) -> Result<HashMap<String, Vec<f64>>, String> {
+        let mask = inputs
+            .get("mask")
+            .ok_or_else(|| "input `mask` was not provided".to_string())?;
+        if mask.len() != sh.b * sh.t {
+            return Err(format!(
+                "input `mask` has {} values, expected {}",
+                mask.len(),
+                sh.b * sh.t
+            ));
+        }
+        // Arena layout.
+        let mut offsets = Vec::with_capacity(self.slots.len());
+        let mut total = 0usize;
+        for l in &self.slots {
+            offsets.push(total);
+            total += sh.len(*l).max(1);
+        }
+        if total >= u32::MAX as usize {
+            return Err(format!("{total} values do not fit a 32-bit indexed arena"));
+        }
+        let mut host = vec![0.0f32; total];
+        for (k, b) in self.plan.buffers.iter().enumerate() {
+            if let Some(name) = &b.input {
+                let x = inputs
+                    .get(name)
+                    .ok_or_else(|| format!("input `{name}` was not provided"))?;
+                if x.len() != sh.len(b.level) {
+                    return Err(format!(
+                        "input `{name}` has {} values, expected {}",
+                        x.len(),
+                        sh.len(b.level)
+                    ));
+                }
+                host[offsets[k]..offsets[k] + x.len()].copy_from_slice(x);
+            }
+        }
+        host[offsets[self.mask_slot]..offsets[self.mask_slot] + mask.len()].copy_from_slice(mask);
+        for (slot, seed) in &self.rands {
+            let n = sh.len(self.slots[*slot]);
+            for (i, o) in host[offsets[*slot]..offsets[*slot] + n]
+                .iter_mut()
+                .enumerate()
+            {
+                *o = interp::uniform(*seed, i) as f32;
+            }
+        }
+        let lens = [
+            Level::Step,
+            Level::Batch,
+            Level::Group,
+            Level::Seq,
+            Level::Token,
+            Level::Vocab,
+        ]
+        .map(|l| sh.len(l) as u32);
+        let mut meta: Vec<u32> = lens.to_vec();
+        meta.extend([sh.b as u32, sh.t as u32, sh.v as u32, sh.n_groups as u32]);
+        meta.extend(offsets.iter().map(|&o| o as u32));
+        let groups: Vec<u32> = sh.group_of.iter().map(|&g| g as u32).collect();
+        let groups = if groups.is_empty() { vec![0] } else { groups };
+        let mut arena = client.create_from_slice(f32::as_bytes(&host));
+        let mh = client.create_from_slice(u32::as_bytes(&meta));
+        let gh = client.create_from_slice(u32::as_bytes(&groups));
+        let plane = client.properties().hardware.plane_size_max.max(1);
+        let arg = |h: &cubecl::server::Handle, n: usize| {
+            // SAFETY (for the launches below): every index a kernel touches
+            // is below the lengths in `meta`, which describe these buffers.
+            unsafe { TensorArg::from_raw_parts(h.clone(), [1].into(), [n].into()) }
+        };
+        for st in &self.steps {
+            match st {
+                DStep::Loop(cfg) => {
+                    let n = sh.len(cfg.level);
+                    if n == 0 {
+                        continue;
+                    }
+                    let dim = 256u32;
+                    let cubes = n.div_ceil(dim as usize) as u32;
+                    let (x, y) = (cubes.min(65_535), cubes.div_ceil(65_535));
+                    unsafe {
+                        loop_kernel::launch_unchecked(
+                            client,
+                            CubeCount::Static(x, y, 1),
+                            CubeDim::new_1d(dim),
+                            arg(&arena, total),
+                            arg(&mh, meta.len()),
+                            arg(&gh, groups.len()),
+                            cfg.clone(),
+                        )
+                    };
+                }
+                DStep::Hop(h) => {
+                    let units = sh.len(h.to).max(1) as u32;
+                    let (x, y) = (units.min(65_535), units.div_ceil(65_535));
+                    unsafe {
+                        hop_kernel::launch_unchecked(
+                            client,
+                            CubeCount::Static(x, y, 1),
+                            CubeDim::new_1d(plane),
+                            arg(&arena, total),
+                            arg(&mh, meta.len()),
+                            arg(&gh, groups.len()),
+                            h.clone(),
+                            neutral(h.red).to_bits(),
+                        )
+                    };
+                }
+                DStep::Special(k) => {
+                    let Step::Special(sp) = &self.plan.steps[*k] else {
+                        return Err("internal: not a special step".into());
+                    };
+                    let bytes = client.read_one(arena.clone()).map_err(|e| e.to_string())?;
+                    let now = f32::from_bytes(&bytes).to_vec();
+                    let bufs: Vec<Vec<f64>> = self
+                        .plan
+                        .buffers
+                        .iter()
+                        .enumerate()
+                        .map(|(k, b)| {
+                            now[offsets[k]..offsets[k] + sh.len(b.level)]
+                                .iter()
+                                .map(|&x| x as f64)
+                                .collect()
+                        })
+                        .collect();
+                    let tokens: Option<Vec<f64>> = inputs
+                        .get("tokens")
+                        .map(|t| t.iter().map(|&x| x as f64).collect());
+                    let out = self
+                        .plan
+                        .eval_special(sp, sh, mask, tokens.as_deref(), &bufs)
+                        .map_err(|e| e.0)?;
+                    let mut next = now;
+                    let o = offsets[sp.buf];
+                    for (d, x) in next[o..o + out.len()].iter_mut().zip(out) {
+                        *d = x as f32;
+                    }
+                    arena = client.create_from_slice(f32::as_bytes(&next));
+                }
+            }
+        }
+        let bytes = client.read_one(arena).map_err(|e| e.to_string())?;
+        let all = f32::from_bytes(&bytes).to_vec();
+        let mut out = HashMap::new();
+        for (name, src, level) in &self.plan.outputs {
+            let n = sh.len(*level);
+            let v: Vec<f64> = match src {
+                Src::Buf(b) => all[offsets[*b]..offsets[*b] + sh.len(self.slots[*b])]
+                    .iter()
+                    .map(|&x| x as f64)
+                    .collect(),
+                Src::Const(c) => vec![*c; n],
+                Src::PaddedLength => vec![sh.t as f64; n],
+                Src::Reg(_) => return Err(format!("internal: output `{name}` in a register")),
+            };
+            out.insert(name.clone(), v);
+        }
+        Ok(out)
+    }
+}
