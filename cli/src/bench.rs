@@ -77,7 +77,7 @@ pub fn run(a: Args) -> ExitCode {
         .map(|m| m.data.iter().filter(|&&x| x > 0.0).count())
         .unwrap_or(0);
     let backends: Vec<&str> = match a.backend.as_str() {
-        "all" => vec!["interp", "kernel"],
+        "all" => vec!["interp", "kernel", "device"],
         one => vec![one],
     };
     // Compile and check the batch once; the timings are of the evaluation.
@@ -157,6 +157,8 @@ pub fn run(a: Args) -> ExitCode {
     };
     let mut rows = Vec::new();
     let mut losses = Vec::new();
+    let mut unavailable: Vec<String> = Vec::new();
+    let mut device_name = "";
     for be in backends {
         let mut times = Vec::new();
         match be {
@@ -231,22 +233,73 @@ pub fn run(a: Args) -> ExitCode {
                     }
                 }
             }
+            "device" => {
+                // The cubecl kernels with the batch already on the device (as
+                // in training, where logits live there): kernels + sync.
+                let (client, name) = match keel_device::client_named() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        unavailable.push(format!("device: no device ({e})"));
+                        rows.push((be.to_string(), None));
+                        continue;
+                    }
+                };
+                device_name = name;
+                let run = || -> Result<(Vec<f64>, f64), String> {
+                    let plan = keel_compiler::kernel::Plan::new(&compiled.graph)?;
+                    let dp = keel_device::plan::DevicePlan::new(&plan)?;
+                    let inputs = prepared.inputs_f32();
+                    let mut times = Vec::new();
+                    let mut loss = f64::NAN;
+                    // One untimed run compiles the kernels.
+                    for k in 0..a.iters.max(1) + 1 {
+                        let mut on = dp.upload(&client, &prepared.shape, &inputs)?;
+                        let start = Instant::now();
+                        dp.execute(&client, &mut on)?;
+                        if k > 0 {
+                            times.push(start.elapsed().as_secs_f64());
+                        }
+                        let out = dp.download(&client, on)?;
+                        loss = out
+                            .get("loss")
+                            .and_then(|l| l.first().copied())
+                            .unwrap_or(f64::NAN);
+                    }
+                    Ok((times, loss))
+                };
+                match run() {
+                    Ok((t, loss)) => {
+                        times = t;
+                        losses.push((be, loss));
+                    }
+                    Err(e) => {
+                        eprintln!("error: the device backend failed: {e}");
+                        return ExitCode::from(1);
+                    }
+                }
+            }
             other => {
                 eprintln!("error: unknown backend `{other}`");
-                eprintln!("help: use `--backend interp`, `kernel` or `all`");
+                eprintln!("help: use `--backend interp`, `kernel`, `device` or `all`");
                 return ExitCode::from(2);
             }
         }
         rows.push((be.to_string(), Some(median(times))));
     }
-    // The backends must agree before their speeds mean anything.
-    if let (Some((_, x)), Some((_, y))) = (
-        losses.iter().find(|(b, _)| *b == "interp"),
-        losses.iter().find(|(b, _)| *b == "kernel"),
-    ) && (x - y).abs() > 1e-5 * x.abs().max(1e-6)
-    {
-        eprintln!("error: the kernel's loss {y} differs from the interpreter's {x}");
-        return ExitCode::from(1);
+    // The backends must agree before their speeds mean anything (the
+    // device computes in f32: its loss is held to 1e-4 of max(|loss|, 0.1)).
+    if let Some((_, x)) = losses.iter().find(|(b, _)| *b == "interp") {
+        for (b, y) in &losses {
+            let tol = if *b == "device" {
+                1e-4 * x.abs().max(0.1)
+            } else {
+                1e-5 * x.abs().max(1e-6)
+            };
+            if (x - y).abs() > tol {
+                eprintln!("error: the {b} backend's loss {y} differs from the interpreter's {x}");
+                return ExitCode::from(1);
+            }
+        }
     }
     if a.json {
         let out: Vec<serde_json::Value> = rows
@@ -254,6 +307,7 @@ pub fn run(a: Args) -> ExitCode {
             .map(|(be, s)| {
                 serde_json::json!({
                     "backend": be,
+                    "device": if be == "device" { device_name } else { "cpu" },
                     "available": s.is_some(),
                     "seconds": s,
                     "tokens_per_s": s.map(|s| valid as f64 / s),
@@ -294,6 +348,12 @@ pub fn run(a: Args) -> ExitCode {
             ),
             None => println!("{be:<8} not available"),
         }
+    }
+    for u in &unavailable {
+        println!("  ({u})");
+    }
+    if !device_name.is_empty() {
+        println!("  (device: cubecl on {device_name}, inputs already on the device; f32)");
     }
     if let (Some((_, Some(i))), Some((_, Some(k)))) = (
         rows.iter().find(|(b, _)| b == "interp"),

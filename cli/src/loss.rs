@@ -35,12 +35,20 @@ pub fn run(a: Args) -> ExitCode {
             }
         }
     }
-    let Some(backend) = parse_backend(&a.backend) else {
-        eprintln!("error: unknown backend `{}`", a.backend);
-        eprintln!(
-            "help: use `--backend interp` (the f64 reference interpreter) or `--backend kernel` (the fused kernels)"
-        );
-        return ExitCode::from(1);
+    let device = a.backend == "device";
+    let backend = if device {
+        None
+    } else {
+        match parse_backend(&a.backend) {
+            Some(b) => Some(b),
+            None => {
+                eprintln!("error: unknown backend `{}`", a.backend);
+                eprintln!(
+                    "help: use `--backend interp` (the f64 reference interpreter), `kernel` (the fused kernels on the CPU) or `device` (the kernels on cubecl: CUDA or Vulkan)"
+                );
+                return ExitCode::from(1);
+            }
+        }
     };
     let checked = check_source_with(&Disk, &a.recipe, &text, &overrides);
     if checked.has_errors() {
@@ -83,7 +91,29 @@ pub fn run(a: Args) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = match run_loss_with(&checked, index, &batch, &a.batch, backend) {
+    let mut device_name = "";
+    let result = match backend {
+        Some(b) => run_loss_with(&checked, index, &batch, &a.batch, b),
+        None => {
+            let (client, name) = match keel_device::client_named() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error[E0708]: no device for `--backend device`: {e}");
+                    eprintln!(
+                        "help: install a Vulkan driver (Debian: mesa-vulkan-drivers), build with `--features cuda` on an NVIDIA machine, or use `--backend kernel`"
+                    );
+                    return ExitCode::from(1);
+                }
+            };
+            device_name = name;
+            keel_compiler::run_loss_exec(&checked, index, &batch, &a.batch, false, &mut |g, p| {
+                let plan = keel_compiler::kernel::Plan::new(g)?;
+                let dp = keel_device::plan::DevicePlan::new(&plan)?;
+                dp.run(&client, &p.shape, &p.inputs_f32())
+            })
+        }
+    };
+    let result = match result {
         Ok(r) => r,
         Err(diags) => {
             report::print(&a.recipe, &diags, checked.sources(), a.error_format, color);
@@ -137,9 +167,10 @@ pub fn run(a: Args) -> ExitCode {
         println!(
             "backend  {}",
             match backend {
-                Backend::Interp => "interp (f64 reference)".to_string(),
-                Backend::Kernel { threads } =>
+                Some(Backend::Interp) => "interp (f64 reference)".to_string(),
+                Some(Backend::Kernel { threads }) =>
                     format!("kernel (fused loops on the CPU, {threads} threads)"),
+                None => format!("device (cubecl kernels, f32, on {device_name})"),
             }
         );
         println!("loss     {:.9}", result.loss);

@@ -215,10 +215,64 @@ fn loss_set_and_errors() {
         "--batch",
         "tests/golden/grpo__real.safetensors",
         "--backend",
-        "kernel",
+        "gpu",
     ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("not available"));
+    assert!(text(&out.stderr).contains("unknown backend `gpu`"));
+    assert!(text(&out.stderr).contains("help:"));
+}
+
+/// `--backend kernel` (fused loops on the CPU) and `--backend device` (the
+/// cubecl kernels, f32) report the interpreter's loss and gradients.
+#[test]
+fn loss_backends_agree() {
+    let dir = std::env::temp_dir().join(format!("keel-backends-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let mut results = Vec::new();
+    for be in ["interp", "kernel", "device"] {
+        let grads = dir.join(format!("{be}.safetensors"));
+        let out = keel(&[
+            "loss",
+            "stdlib/dapo.recipe",
+            "--batch",
+            "tests/golden/dapo__real.safetensors",
+            "--backend",
+            be,
+            "--json",
+            "--grad-out",
+            &grads.to_string_lossy(),
+        ]);
+        if be == "device"
+            && !out.status.success()
+            && std::env::var_os("KEEL_REQUIRE_VULKAN").is_none()
+        {
+            assert!(text(&out.stderr).contains("E0708"), "{}", text(&out.stderr));
+            continue;
+        }
+        assert!(out.status.success(), "{be}: {}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).expect("json");
+        assert_eq!(v["backend"], be);
+        let g = keel_compiler::batch::Batch::from_bytes(&std::fs::read(&grads).expect("grads"))
+            .expect("safetensors");
+        results.push((
+            be,
+            v["loss"].as_f64().expect("loss"),
+            g.tensors["d_logp"].data.clone(),
+        ));
+    }
+    let (_, loss, d) = &results[0];
+    let scale = d.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    for (be, l, dd) in &results[1..] {
+        let tol = if *be == "device" { 1e-5 } else { 1e-9 };
+        assert!(
+            (l - loss).abs() <= tol * loss.abs().max(0.1),
+            "{be}: loss {l} vs {loss}"
+        );
+        for (x, y) in dd.iter().zip(d) {
+            assert!((x - y).abs() <= tol * scale, "{be}: d_logp {x} vs {y}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -226,6 +280,18 @@ fn compile_emit_ir_and_explain_file() {
     let out = keel(&["compile", "stdlib/grpo.recipe", "--emit", "ir"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("out d_logp = %"));
+    // GRPO's kernels: two token passes (statistics, then the gradient)
+    // around the group statistics; the gradient comes out of a buffer.
+    let out = keel(&["compile", "stdlib/grpo.recipe", "--emit", "kernels"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listing = text(&out.stdout);
+    assert_eq!(
+        listing.matches("for each token element").count(),
+        2,
+        "{listing}"
+    );
+    assert!(listing.contains("[group of i] +="), "{listing}");
+    assert!(listing.contains("out d_logp = b"), "{listing}");
     let out = keel(&["compile", "stdlib/grpo.recipe", "--logits"]);
     assert!(text(&out.stdout).contains("out d_logits = %"));
     let out = keel(&["explain", "stdlib/grpo.recipe"]);

@@ -178,6 +178,20 @@ pub struct Prepared {
     pub inputs: HashMap<String, Vec<f64>>,
 }
 
+impl Prepared {
+    /// The inputs as f32 (with `mask`), as the kernel executors take them.
+    pub fn inputs_f32(&self) -> HashMap<String, Vec<f32>> {
+        let mut out: HashMap<String, Vec<f32>> = self
+            .inputs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.iter().map(|&x| x as f32).collect()))
+            .collect();
+        out.entry("mask".to_string())
+            .or_insert_with(|| self.mask.iter().map(|&x| x as f32).collect());
+        out
+    }
+}
+
 /// Where a recipe reads an input (for error labels).
 fn reader(checked: &CheckedRecipe, name: &str) -> (FileId, Span, String) {
     if name == "group"

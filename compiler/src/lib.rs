@@ -445,6 +445,43 @@ pub fn run_loss_with(
     batch_name: &str,
     backend: Backend,
 ) -> Result<LossResult, Vec<Diagnostic>> {
+    match backend {
+        Backend::Interp => run_loss_exec(checked, index, batch, batch_name, false, &mut |g, p| {
+            let env = interp::Env {
+                shape: p.shape.clone(),
+                mask: &p.mask,
+                inputs: &p.inputs,
+            };
+            let vals = interp::run(g, &env).map_err(|e| e.0)?;
+            Ok(g.outputs
+                .iter()
+                .map(|(n, id)| (n.clone(), vals[*id].clone()))
+                .collect())
+        }),
+        Backend::Kernel { threads } => {
+            run_loss_exec(checked, index, batch, batch_name, true, &mut |g, p| {
+                let plan = kernel::Plan::new(g)?;
+                plan.run(&p.shape, &p.inputs_f32(), threads)
+                    .map_err(|e| e.0)
+            })
+        }
+    }
+}
+
+/// The outputs of one evaluation of a loss program, by name.
+pub type Outputs = std::collections::HashMap<String, Vec<f64>>;
+
+/// [`run_loss_with`] with any executor: `exec` evaluates the compiled graph
+/// on the prepared batch. With `logits_kernel`, a batch with `logits` goes
+/// through the fused logits kernel (see [`run_loss_with`]).
+pub fn run_loss_exec(
+    checked: &Checked,
+    index: usize,
+    batch: &batch::Batch,
+    batch_name: &str,
+    logits_kernel: bool,
+    exec: &mut dyn FnMut(&ir::Graph, &batch::Prepared) -> Result<Outputs, String>,
+) -> Result<LossResult, Vec<Diagnostic>> {
     let recipe = checked.recipes.get(index).ok_or_else(Vec::new)?;
     let failed = |e: interp::InterpError| {
         vec![
@@ -460,7 +497,7 @@ pub fn run_loss_with(
             .with_help("check the batch tensors against docs/batch-format.md"),
         ]
     };
-    let via_logits = matches!(backend, Backend::Kernel { .. })
+    let via_logits = logits_kernel
         && batch.has("logits")
         && batch.has("tokens")
         && reads_logits_only_through_kernel(recipe);
@@ -503,29 +540,7 @@ pub fn run_loss_with(
     };
     let prepared = batch::prepare(batch, batch_name, &compiled.graph, recipe)?;
     let g = &compiled.graph;
-    let mut values: std::collections::HashMap<String, Vec<f64>> = match backend {
-        Backend::Interp => {
-            let env = interp::Env {
-                shape: prepared.shape.clone(),
-                mask: &prepared.mask,
-                inputs: &prepared.inputs,
-            };
-            let vals = interp::run(g, &env).map_err(failed)?;
-            g.outputs
-                .iter()
-                .map(|(n, id)| (n.clone(), vals[*id].clone()))
-                .collect()
-        }
-        Backend::Kernel { threads } => {
-            let plan = kernel::Plan::new(g).map_err(|e| failed(interp::InterpError(e)))?;
-            let mut inputs = inputs_f32(&prepared.inputs);
-            inputs
-                .entry("mask".to_string())
-                .or_insert_with(|| prepared.mask.iter().map(|&x| x as f32).collect());
-            plan.run(&prepared.shape, &inputs, threads)
-                .map_err(failed)?
-        }
-    };
+    let mut values = exec(g, &prepared).map_err(|e| failed(interp::InterpError(e)))?;
     if let Some((z, tokens, v, fwd)) = &logits_fwd {
         let n = tokens.len();
         let f32s = |name: &str| -> Vec<f32> {

@@ -7,11 +7,21 @@ pub mod plan;
 use cubecl::prelude::*;
 use keel_compiler::logits::Forward;
 
-/// A compute client on the first device this build can use (Vulkan through
-/// wgpu; lavapipe on a machine without a GPU).
+/// A compute client on the first device this build can use: the first CUDA
+/// GPU when built with the `cuda` feature and one answers, else Vulkan
+/// through wgpu (Mesa's lavapipe on a machine without a GPU).
 pub fn client() -> Result<cubecl::client::Client, String> {
+    Ok(client_named()?.0)
+}
+
+/// [`client`] and the name of the runtime it found (`cuda`, `vulkan`).
+pub fn client_named() -> Result<(cubecl::client::Client, &'static str), String> {
+    #[cfg(feature = "cuda")]
+    if let Ok(device) = cubecl::Device::cuda(0) {
+        return Ok((device.client(), "cuda"));
+    }
     let device = cubecl::Device::vulkan(Default::default()).map_err(|e| e.to_string())?;
-    Ok(device.client())
+    Ok((device.client(), "vulkan"))
 }
 
 #[cube(launch_unchecked)]

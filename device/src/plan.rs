@@ -396,6 +396,27 @@ enum DStep {
     Special(usize),
 }
 
+/// One batch on the device: the arena and its layout.
+pub struct OnDevice {
+    arena: cubecl::server::Handle,
+    meta: cubecl::server::Handle,
+    groups: cubecl::server::Handle,
+    meta_len: usize,
+    groups_len: usize,
+    total: usize,
+    offsets: Vec<usize>,
+    shape: Shape,
+    mask: Vec<f32>,
+    tokens: Option<Vec<f64>>,
+}
+
+impl OnDevice {
+    /// Bytes of the arena (inputs, intermediate values, outputs).
+    pub fn bytes(&self) -> usize {
+        self.total * 4
+    }
+}
+
 /// A plan compiled for the device: kernels, and the arena's slots.
 pub struct DevicePlan {
     plan: Plan,
@@ -573,6 +594,18 @@ impl DevicePlan {
         sh: &Shape,
         inputs: &HashMap<String, Vec<f32>>,
     ) -> Result<HashMap<String, Vec<f64>>, String> {
+        let mut on = self.upload(client, sh, inputs)?;
+        self.execute(client, &mut on)?;
+        self.download(client, on)
+    }
+
+    /// Lay out the arena and copy the inputs to the device.
+    pub fn upload(
+        &self,
+        client: &Client,
+        sh: &Shape,
+        inputs: &HashMap<String, Vec<f32>>,
+    ) -> Result<OnDevice, String> {
         let mask = inputs
             .get("mask")
             .ok_or_else(|| "input `mask` was not provided".to_string())?;
@@ -583,7 +616,6 @@ impl DevicePlan {
                 sh.b * sh.t
             ));
         }
-        // Arena layout.
         let mut offsets = Vec::with_capacity(self.slots.len());
         let mut total = 0usize;
         for l in &self.slots {
@@ -633,9 +665,26 @@ impl DevicePlan {
         meta.extend(offsets.iter().map(|&o| o as u32));
         let groups: Vec<u32> = sh.group_of.iter().map(|&g| g as u32).collect();
         let groups = if groups.is_empty() { vec![0] } else { groups };
-        let mut arena = client.create_from_slice(f32::as_bytes(&host));
-        let mh = client.create_from_slice(u32::as_bytes(&meta));
-        let gh = client.create_from_slice(u32::as_bytes(&groups));
+        Ok(OnDevice {
+            arena: client.create_from_slice(f32::as_bytes(&host)),
+            meta: client.create_from_slice(u32::as_bytes(&meta)),
+            groups: client.create_from_slice(u32::as_bytes(&groups)),
+            meta_len: meta.len(),
+            groups_len: groups.len(),
+            total,
+            offsets,
+            shape: sh.clone(),
+            mask: mask.clone(),
+            tokens: inputs
+                .get("tokens")
+                .map(|t| t.iter().map(|&x| x as f64).collect()),
+        })
+    }
+
+    /// Launch every kernel (and run the special steps) and wait for the
+    /// device to finish.
+    pub fn execute(&self, client: &Client, on: &mut OnDevice) -> Result<(), String> {
+        let sh = on.shape.clone();
         let plane = client.properties().hardware.plane_size_max.max(1);
         let arg = |h: &cubecl::server::Handle, n: usize| {
             // SAFETY (for the launches below): every index a kernel touches
@@ -657,9 +706,9 @@ impl DevicePlan {
                             client,
                             CubeCount::Static(x, y, 1),
                             CubeDim::new_1d(dim),
-                            arg(&arena, total),
-                            arg(&mh, meta.len()),
-                            arg(&gh, groups.len()),
+                            arg(&on.arena, on.total),
+                            arg(&on.meta, on.meta_len),
+                            arg(&on.groups, on.groups_len),
                             cfg.clone(),
                         )
                     };
@@ -672,9 +721,9 @@ impl DevicePlan {
                             client,
                             CubeCount::Static(x, y, 1),
                             CubeDim::new_1d(plane),
-                            arg(&arena, total),
-                            arg(&mh, meta.len()),
-                            arg(&gh, groups.len()),
+                            arg(&on.arena, on.total),
+                            arg(&on.meta, on.meta_len),
+                            arg(&on.groups, on.groups_len),
                             h.clone(),
                             neutral(h.red).to_bits(),
                         )
@@ -684,7 +733,9 @@ impl DevicePlan {
                     let Step::Special(sp) = &self.plan.steps[*k] else {
                         return Err("internal: not a special step".into());
                     };
-                    let bytes = client.read_one(arena.clone()).map_err(|e| e.to_string())?;
+                    let bytes = client
+                        .read_one(on.arena.clone())
+                        .map_err(|e| e.to_string())?;
                     let now = f32::from_bytes(&bytes).to_vec();
                     let bufs: Vec<Vec<f64>> = self
                         .plan
@@ -692,35 +743,42 @@ impl DevicePlan {
                         .iter()
                         .enumerate()
                         .map(|(k, b)| {
-                            now[offsets[k]..offsets[k] + sh.len(b.level)]
+                            now[on.offsets[k]..on.offsets[k] + sh.len(b.level)]
                                 .iter()
                                 .map(|&x| x as f64)
                                 .collect()
                         })
                         .collect();
-                    let tokens: Option<Vec<f64>> = inputs
-                        .get("tokens")
-                        .map(|t| t.iter().map(|&x| x as f64).collect());
                     let out = self
                         .plan
-                        .eval_special(sp, sh, mask, tokens.as_deref(), &bufs)
+                        .eval_special(sp, &sh, &on.mask, on.tokens.as_deref(), &bufs)
                         .map_err(|e| e.0)?;
                     let mut next = now;
-                    let o = offsets[sp.buf];
+                    let o = on.offsets[sp.buf];
                     for (d, x) in next[o..o + out.len()].iter_mut().zip(out) {
                         *d = x as f32;
                     }
-                    arena = client.create_from_slice(f32::as_bytes(&next));
+                    on.arena = client.create_from_slice(f32::as_bytes(&next));
                 }
             }
         }
-        let bytes = client.read_one(arena).map_err(|e| e.to_string())?;
+        cubecl::future::block_on(client.sync()).map_err(|e| e.to_string())
+    }
+
+    /// Copy the outputs back (f64).
+    pub fn download(
+        &self,
+        client: &Client,
+        on: OnDevice,
+    ) -> Result<HashMap<String, Vec<f64>>, String> {
+        let sh = &on.shape;
+        let bytes = client.read_one(on.arena).map_err(|e| e.to_string())?;
         let all = f32::from_bytes(&bytes).to_vec();
         let mut out = HashMap::new();
         for (name, src, level) in &self.plan.outputs {
             let n = sh.len(*level);
             let v: Vec<f64> = match src {
-                Src::Buf(b) => all[offsets[*b]..offsets[*b] + sh.len(self.slots[*b])]
+                Src::Buf(b) => all[on.offsets[*b]..on.offsets[*b] + sh.len(self.slots[*b])]
                     .iter()
                     .map(|&x| x as f64)
                     .collect(),
