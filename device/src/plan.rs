@@ -78,6 +78,19 @@ pub enum DIns {
     Store(usize, usize),
     /// value slot, count slot, neutral element (f32 bits), membership
     Accum(DSrc, usize, usize, u32, Member),
+    /// Row kernels: fold into accumulator k with the reduction, membership.
+    RowAccum(DSrc, usize, Red, Member),
+}
+
+/// Where a row kernel's accumulator goes after the plane reduction: the
+/// value and count slots at the row's level, or (`finalize`) the plan's
+/// buffer directly, 0 for an empty row.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct RowOut {
+    pub red: Red,
+    pub val: usize,
+    pub cnt: usize,
+    pub finalize: bool,
 }
 
 /// The comptime configuration of one generated loop kernel.
@@ -87,6 +100,10 @@ pub struct LoopCfg {
     pub regs: usize,
     pub ins: Vec<DIns>,
     pub mask_slot: usize,
+    /// Row kernels (token and vocabulary loops): one cube per row of the
+    /// next coarser level, its units striding along the row; reductions
+    /// fold in registers and finish with plane reductions.
+    pub rows: Vec<RowOut>,
 }
 
 /// One level of a segmented reduction.
@@ -205,6 +222,8 @@ fn exec(
     meta: &Tensor<u32>,
     groups: &Tensor<u32>,
     regs: &mut Array<f32>,
+    accs: &mut Array<f32>,
+    cnts: &mut Array<f32>,
     i: usize,
     #[comptime] ins: DIns,
     #[comptime] level: Level,
@@ -259,6 +278,24 @@ fn exec(
             arena[vo + i] = select(inside, x, f32::new(comptime![f32::from_bits(neutral)]));
             arena[co + i] = flag(inside);
         }
+        DIns::RowAccum(src, k, red, member) => {
+            let x = read(arena, meta, groups, regs, i, src, level);
+            let moff = meta[comptime![M_OFF + mask_slot]] as usize;
+            let mut m = f32::new(1.0);
+            match member {
+                Member::All => {}
+                Member::Mask => {
+                    m = arena[moff + i];
+                }
+                Member::MaskOfToken => {
+                    m = arena[moff + i / (meta[M_V] as usize)];
+                }
+            }
+            if m != 0.0 {
+                accs[k] = combine(accs[k], x, red);
+                cnts[k] += f32::new(1.0);
+            }
+        }
     }
 }
 
@@ -273,6 +310,8 @@ fn loop_kernel(
     let len = meta[comptime![li(cfg.level)]] as usize;
     if i < len {
         let mut regs = Array::<f32>::new(comptime![cfg.regs.max(1)]);
+        let mut accs = Array::<f32>::new(1usize);
+        let mut cnts = Array::<f32>::new(1usize);
         #[unroll]
         for k in 0..cfg.ins.len() {
             let ins = comptime![cfg.ins[k].clone()];
@@ -281,11 +320,87 @@ fn loop_kernel(
                 meta,
                 groups,
                 &mut regs,
+                &mut accs,
+                &mut cnts,
                 i,
                 ins,
                 comptime![cfg.level],
                 comptime![cfg.mask_slot],
             );
+        }
+    }
+}
+
+/// A token (vocabulary) loop: cube `r` takes row r of the sequence (token)
+/// level; its units stride along the row, fold reductions in registers and
+/// finish them with plane reductions, so no per-element value of a
+/// reduction reaches memory.
+#[cube(launch_unchecked)]
+fn row_kernel(
+    arena: &mut Tensor<f32>,
+    meta: &Tensor<u32>,
+    groups: &Tensor<u32>,
+    #[comptime] cfg: LoopCfg,
+) {
+    let row = CUBE_POS;
+    let mut seg = meta[M_T] as usize;
+    let mut rows = meta[comptime![li(Level::Seq)]] as usize;
+    if comptime![cfg.level == Level::Vocab] {
+        seg = meta[M_V] as usize;
+        rows = meta[comptime![li(Level::Token)]] as usize;
+    }
+    let n_acc = comptime![cfg.rows.len().max(1)];
+    let mut regs = Array::<f32>::new(comptime![cfg.regs.max(1)]);
+    let mut accs = Array::<f32>::new(n_acc);
+    let mut cnts = Array::<f32>::new(n_acc);
+    #[unroll]
+    for k in 0..cfg.rows.len() {
+        let red = comptime![cfg.rows[k].red];
+        accs[k] = f32::new(comptime![neutral(red)]);
+        cnts[k] = f32::new(0.0);
+    }
+    if row < rows {
+        let mut j = UNIT_POS as usize;
+        while j < seg {
+            let i = row * seg + j;
+            #[unroll]
+            for k in 0..cfg.ins.len() {
+                let ins = comptime![cfg.ins[k].clone()];
+                exec(
+                    arena,
+                    meta,
+                    groups,
+                    &mut regs,
+                    &mut accs,
+                    &mut cnts,
+                    i,
+                    ins,
+                    comptime![cfg.level],
+                    comptime![cfg.mask_slot],
+                );
+            }
+            j += CUBE_DIM as usize;
+        }
+    }
+    #[unroll]
+    for k in 0..cfg.rows.len() {
+        let out = comptime![cfg.rows[k].clone()];
+        let mut all = plane_sum(accs[k]);
+        if comptime![out.red == Red::Max] {
+            all = plane_max(accs[k]);
+        } else if comptime![out.red == Red::Min] {
+            all = plane_min(accs[k]);
+        }
+        let n = plane_sum(cnts[k]);
+        if UNIT_POS == 0 && row < rows {
+            let dv = meta[comptime![M_OFF + out.val]] as usize;
+            if comptime![out.finalize] {
+                arena[dv + row] = select(n > 0.0, all, f32::new(0.0));
+            } else {
+                let dc = meta[comptime![M_OFF + out.cnt]] as usize;
+                arena[dv + row] = all;
+                arena[dc + row] = n;
+            }
         }
     }
 }
@@ -447,6 +562,8 @@ impl DevicePlan {
             };
             let mut ins = Vec::new();
             let mut hops = Vec::new();
+            let mut rows: Vec<RowOut> = Vec::new();
+            let row_mode = matches!(lp.level, Level::Token | Level::Vocab);
             let src = |s: &Src| -> DSrc {
                 match s {
                     Src::Reg(r) => DSrc::Reg(*r),
@@ -501,14 +618,39 @@ impl DevicePlan {
                             Level::Token => Member::Mask,
                             _ => Member::All,
                         };
-                        slots.push(lp.level);
-                        slots.push(lp.level);
-                        let (v, c) = (slots.len() - 2, slots.len() - 1);
-                        ins.push(DIns::Accum(src(s), v, c, neutral(*red).to_bits(), member));
+                        // Row kernels fold the first level in registers.
+                        let (mut cur, first) = if row_mode {
+                            let partial = if lp.level == Level::Vocab {
+                                Level::Token
+                            } else {
+                                Level::Seq
+                            };
+                            let finalize = partial == (*to).max(Level::Batch);
+                            let (v, c) = if finalize {
+                                (*buf, *buf)
+                            } else {
+                                slots.push(partial);
+                                slots.push(partial);
+                                (slots.len() - 2, slots.len() - 1)
+                            };
+                            ins.push(DIns::RowAccum(src(s), rows.len(), *red, member));
+                            rows.push(RowOut {
+                                red: *red,
+                                val: v,
+                                cnt: c,
+                                finalize,
+                            });
+                            (partial, (v, c))
+                        } else {
+                            slots.push(lp.level);
+                            slots.push(lp.level);
+                            let (v, c) = (slots.len() - 2, slots.len() - 1);
+                            ins.push(DIns::Accum(src(s), v, c, neutral(*red).to_bits(), member));
+                            (lp.level, (v, c))
+                        };
                         // The hops down to the target level.
                         let target = (*to).max(Level::Batch);
-                        let mut cur = lp.level;
-                        let mut from_slots = (v, c);
+                        let mut from_slots = first;
                         while cur > target {
                             let next = match cur {
                                 Level::Vocab => Level::Token,
@@ -535,7 +677,7 @@ impl DevicePlan {
                             from_slots = dst;
                             cur = next;
                         }
-                        if lp.level <= target {
+                        if lp.level <= target || cur < target {
                             return Err(format!(
                                 "internal: a reduction from {} to {}",
                                 lp.level.name(),
@@ -550,6 +692,7 @@ impl DevicePlan {
                 regs: lp.regs,
                 ins,
                 mask_slot,
+                rows: if row_mode { rows } else { Vec::new() },
             }));
             steps.extend(hops.into_iter().map(DStep::Hop));
         }
@@ -693,6 +836,28 @@ impl DevicePlan {
         };
         for st in &self.steps {
             match st {
+                DStep::Loop(cfg) if matches!(cfg.level, Level::Token | Level::Vocab) => {
+                    let rows = sh.len(if cfg.level == Level::Vocab {
+                        Level::Token
+                    } else {
+                        Level::Seq
+                    }) as u32;
+                    if rows == 0 || sh.len(cfg.level) == 0 {
+                        continue;
+                    }
+                    let (x, y) = (rows.min(65_535), rows.div_ceil(65_535));
+                    unsafe {
+                        row_kernel::launch_unchecked(
+                            client,
+                            CubeCount::Static(x, y, 1),
+                            CubeDim::new_1d(plane),
+                            arg(&on.arena, on.total),
+                            arg(&on.meta, on.meta_len),
+                            arg(&on.groups, on.groups_len),
+                            cfg.clone(),
+                        )
+                    };
+                }
                 DStep::Loop(cfg) => {
                     let n = sh.len(cfg.level);
                     if n == 0 {
