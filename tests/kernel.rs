@@ -11,68 +11,13 @@ use keel_tests::{check_file, preset_path};
 
 /// The batch variants every recipe runs on.
 fn variants(recipe: &keel_compiler::CheckedRecipe, seed: u64) -> Vec<(String, Batch)> {
-    let (b, t, v, group) = (16, 24, 8, 4);
-    let base = synth::batch(recipe, Dims { b, t, v, group }, seed);
-    let mut out = vec![(format!("random {seed}"), base.clone())];
-    // Group 0 all equal: every per-sequence input copied from its first member.
-    let mut eq = base.clone();
-    for (name, tensor) in eq.tensors.iter_mut() {
-        if tensor.shape == [b] && name != "group" {
-            for i in 1..group {
-                tensor.data[i] = tensor.data[0];
-            }
-        }
-    }
-    out.push(("all-equal group".into(), eq));
-    // One-token sequences (rows 1..3) and a fully masked row (row 4).
-    let mut edge = base.clone();
-    if let Some(m) = edge.tensors.get_mut("mask") {
-        for r in 1..4 {
-            for j in 0..t {
-                m.data[r * t + j] = if j == 0 { 1.0 } else { 0.0 };
-            }
-        }
-        for j in 0..t {
-            m.data[4 * t + j] = 0.0;
-        }
-    }
-    out.push(("short and masked rows".into(), edge));
-    // Extreme log-ratios against the behaviour and reference policies.
-    let mut ext = base;
-    let logp: Option<Vec<f64>> = ext.tensors.get("logp").map(|x| x.data.clone());
-    if let Some(lp) = logp {
-        for (name, delta) in [("old_logp", 15.0), ("ref_logp", -12.0)] {
-            if let Some(x) = ext.tensors.get_mut(name) {
-                for (k, d) in [(0usize, delta), (1, -delta), (t, 0.5 * delta)] {
-                    x.data[k] = lp[k] + d;
-                }
-            }
-        }
-    }
-    out.push(("extreme log-ratios".into(), ext.clone()));
-    // The same without logits: logp and entropy given per token.
-    if ext.has("logits") && keel_compiler::reads_logits_only_through_kernel(recipe) {
-        let mut plain = ext;
-        plain.tensors.remove("logits");
-        let n = b * t;
-        plain.insert(
-            "logp",
-            "f32",
-            vec![b, t],
-            (0..n).map(|i| -0.1 - (i % 7) as f64 * 0.3).collect(),
-        );
-        plain.insert(
-            "entropy",
-            "f32",
-            vec![b, t],
-            (0..n).map(|i| 0.2 + (i % 5) as f64 * 0.4).collect(),
-        );
-        if let Some(x) = plain.tensors.get_mut("old_logp") {
-            x.data[0] = -20.0;
-        }
-        out.push(("given logp and entropy".into(), plain));
-    }
-    out
+    let d = Dims {
+        b: 16,
+        t: 24,
+        v: 8,
+        group: 4,
+    };
+    synth::variants(recipe, d, seed)
 }
 
 fn max_abs(v: &[f64]) -> f64 {

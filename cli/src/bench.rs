@@ -377,6 +377,7 @@ pub struct LogitsArgs {
     pub vocab: usize,
     pub bf16: bool,
     pub iters: usize,
+    pub device: bool,
 }
 
 /// `keel bench logits`: the fused logits kernel (logp, entropy, d_logits) on
@@ -405,6 +406,14 @@ pub fn logits(a: LogitsArgs) -> ExitCode {
     let d_logp: Vec<f32> = (0..n).map(|_| next() / 4.0).collect();
     let d_ent: Vec<f32> = (0..n).map(|_| next() / 4.0).collect();
     let after_inputs = peak_rss().unwrap_or(0);
+    if a.device {
+        if a.bf16 {
+            eprintln!("error: the device logits kernel takes f32 logits");
+            eprintln!("help: drop `--bf16`");
+            return ExitCode::from(2);
+        }
+        return logits_device(&z32, &tokens, v, &d_logp, &d_ent, a.iters);
+    }
     let elem = if a.bf16 { 2 } else { 4 };
     let mut d_logits = vec![0.0f32; n * v];
     let (mut tf, mut tb) = (Vec::new(), Vec::new());
@@ -462,4 +471,215 @@ pub fn logits(a: LogitsArgs) -> ExitCode {
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
+}
+
+/// `keel bench logits --device`: the cubecl logits kernel with the logits
+/// already on the device; checked against the CPU kernel on a few rows.
+fn logits_device(
+    z: &[f32],
+    tokens: &[u32],
+    v: usize,
+    d_logp: &[f32],
+    d_ent: &[f32],
+    iters: usize,
+) -> ExitCode {
+    let n = tokens.len();
+    let (client, name) = match keel_device::client_named() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error[E0708]: no device: {e}");
+            eprintln!(
+                "help: build with `--features cuda` on an NVIDIA machine, or install a Vulkan driver"
+            );
+            return ExitCode::from(1);
+        }
+    };
+    // Parity on the first rows (the kernel is the same for every row).
+    let k = n.min(64);
+    let cpu = keel_compiler::logits::forward(&z[..k * v], &tokens[..k], v);
+    let dev = keel_device::logits_forward(&client, &z[..k * v], &tokens[..k], v);
+    let mut worst = 0.0f64;
+    for i in 0..k {
+        for (a, b) in [(dev.logp[i], cpu.logp[i]), (dev.entropy[i], cpu.entropy[i])] {
+            worst = worst.max(((a - b).abs() / b.abs().max(1.0)) as f64);
+        }
+    }
+    let t = match keel_device::logits_bench(&client, z, tokens, v, d_logp, d_ent, iters) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: the device logits kernel failed: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let nv = (n * v) as f64;
+    println!(
+        "logits kernel on {name}: {n} tokens × {v} vocabulary, f32 ({:.2} GB in)",
+        nv * 4.0 / 1e9
+    );
+    println!(
+        "forward  (logp, entropy): {:>9.2} ms  {:>8.1} GB/s read",
+        t.forward_s * 1e3,
+        nv * 4.0 / t.forward_s / 1e9
+    );
+    println!(
+        "backward (d_logits):      {:>9.2} ms  {:>8.1} GB/s read + write",
+        t.backward_s * 1e3,
+        nv * 8.0 / t.backward_s / 1e9
+    );
+    println!(
+        "tokens/s (forward + backward): {:.0}",
+        n as f64 / (t.forward_s + t.backward_s)
+    );
+    println!(
+        "device memory: {:.2} GB = logits + one [N, V] gradient + O(N) ({:.2} × the logits)",
+        t.bytes as f64 / 1e9,
+        t.bytes as f64 / (nv * 4.0)
+    );
+    println!("parity with the CPU kernel on {k} rows: largest error {worst:.2e}");
+    if worst > 1e-4 {
+        eprintln!("error: the device kernel differs from the CPU kernel");
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
+
+/// `keel bench parity`: the device kernels against the interpreter on every
+/// stdlib recipe (randomized batches and their edge cases, a small and a
+/// larger shape) and the logits kernel against the CPU kernel.
+pub fn parity(seqs: usize, json: bool) -> ExitCode {
+    use keel_compiler::synth::{self, Dims};
+    let (client, name) = match keel_device::client_named() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error[E0708]: no device: {e}");
+            eprintln!(
+                "help: build with `--features cuda` on an NVIDIA machine, or install a Vulkan driver"
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let mut runs = 0usize;
+    let mut failures: Vec<String> = Vec::new();
+    let mut worst: Vec<(f64, String)> = Vec::new();
+    for (file, text) in keel_compiler::stdlib::FILES {
+        let c = check_source(&keel_compiler::NoFiles, &format!("std/{file}.recipe"), text);
+        if c.has_errors() {
+            failures.push(format!("std/{file} does not check"));
+            continue;
+        }
+        for (idx, r) in c.recipes.iter().enumerate() {
+            let v = if keel_compiler::reads_logits_only_through_kernel(r) {
+                0
+            } else {
+                8
+            };
+            let shapes = [(16, 24), (seqs.max(8) / 4 * 4, 128)];
+            let mut rworst = (0.0f64, String::new());
+            for (k, (b, t)) in shapes.into_iter().enumerate() {
+                let d = Dims { b, t, v, group: 4 };
+                for (what, batch) in synth::variants(r, d, 11 + k as u64) {
+                    let Ok(want) = keel_compiler::run_loss_with(
+                        &c,
+                        idx,
+                        &batch,
+                        "b",
+                        keel_compiler::Backend::Interp,
+                    ) else {
+                        continue;
+                    };
+                    let have = |n: &str| batch.has(n);
+                    let got = keel_compiler::compile_loss(&c, idx, &have)
+                        .map_err(|_| "does not compile".to_string())
+                        .and_then(|cl| {
+                            let p = keel_compiler::batch::prepare(&batch, "b", &cl.graph, r)
+                                .map_err(|_| "batch does not fit".to_string())?;
+                            keel_device::run_graph(&client, &cl.graph, &p)
+                        });
+                    let got = match got {
+                        Ok(g) => g,
+                        Err(e) => {
+                            failures.push(format!("{} ({what}, {b}x{t}): {e}", r.name));
+                            continue;
+                        }
+                    };
+                    runs += 1;
+                    for (out, e) in keel_compiler::parity::errors(&got, &want) {
+                        let label = format!("{what}, {b}x{t}, {out}");
+                        if e > rworst.0 {
+                            rworst = (e, label.clone());
+                        }
+                        if e > keel_compiler::parity::f32_tolerance(&r.name) {
+                            failures.push(format!("{} ({label}): error {e:.2e}", r.name));
+                        }
+                    }
+                }
+            }
+            worst.push((rworst.0, format!("{} ({})", r.name, rworst.1)));
+        }
+    }
+    // The logits kernel against the CPU kernel.
+    let mut logits_worst = 0.0f64;
+    for (n, v) in [(7, 50), (16, 151_936)] {
+        let mut x: u64 = 7;
+        let z: Vec<f32> = (0..n * v)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 33) as f64 / (1u64 << 31) as f64 * 10.0 - 5.0) as f32
+            })
+            .collect();
+        let tokens: Vec<u32> = (0..n).map(|i| ((i * 7919) % v) as u32).collect();
+        let cpu = keel_compiler::logits::forward(&z, &tokens, v);
+        let dev = keel_device::logits_forward(&client, &z, &tokens, v);
+        let dl: Vec<f32> = (0..n).map(|i| 0.3 - 0.1 * i as f32).collect();
+        let de: Vec<f32> = (0..n).map(|i| 0.05 * i as f32 - 0.2).collect();
+        let mut dc = vec![0.0f32; n * v];
+        keel_compiler::logits::backward(&z, &tokens, v, &cpu, &dl, &de, &mut dc);
+        let dd = keel_device::logits_backward(&client, &z, &tokens, v, &dev, &dl, &de);
+        for i in 0..n {
+            for (a, b) in [(dev.logp[i], cpu.logp[i]), (dev.entropy[i], cpu.entropy[i])] {
+                logits_worst = logits_worst.max(((a - b).abs() / b.abs().max(1.0)) as f64);
+            }
+        }
+        let scale = dc.iter().fold(1e-12f32, |m, x| m.max(x.abs()));
+        for (a, b) in dd.iter().zip(&dc) {
+            logits_worst = logits_worst.max(((a - b).abs() / scale) as f64);
+        }
+    }
+    if logits_worst > 1e-5 {
+        failures.push(format!("logits kernel: error {logits_worst:.2e}"));
+    }
+    worst.sort_by(|a, b| b.0.total_cmp(&a.0));
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "device": name,
+                "runs": runs,
+                "recipes": worst.len(),
+                "largest": worst.iter().take(5).map(|(e, l)| serde_json::json!({"error": e, "where": l})).collect::<Vec<_>>(),
+                "logits_error": logits_worst,
+                "failures": failures,
+            })
+        );
+    } else {
+        println!(
+            "device kernels on {name}: {runs} runs over {} recipes",
+            worst.len()
+        );
+        println!("largest errors (relative to each output's scale):");
+        for (e, l) in worst.iter().take(5) {
+            println!("  {e:.2e}  {l}");
+        }
+        println!("logits kernel vs the CPU kernel: {logits_worst:.2e}");
+        for f in &failures {
+            println!("FAILED {f}");
+        }
+    }
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }

@@ -107,9 +107,7 @@ pub fn run(a: Args) -> ExitCode {
             };
             device_name = name;
             keel_compiler::run_loss_exec(&checked, index, &batch, &a.batch, false, &mut |g, p| {
-                let plan = keel_compiler::kernel::Plan::new(g)?;
-                let dp = keel_device::plan::DevicePlan::new(&plan)?;
-                dp.run(&client, &p.shape, &p.inputs_f32())
+                keel_device::run_graph(&client, g, p)
             })
         }
     };

@@ -189,6 +189,21 @@ enum BenchWhat {
         bf16: bool,
         #[arg(long, default_value_t = 3)]
         iters: usize,
+        /// Run the cubecl kernel on the device (CUDA with `--features cuda`,
+        /// else Vulkan), logits already there; f32 only.
+        #[arg(long)]
+        device: bool,
+    },
+    /// Device kernels against the interpreter: every stdlib recipe on
+    /// randomized batches with edge cases, and the logits kernel; prints the
+    /// largest errors and fails above tolerance (for CUDA machines, where
+    /// the test suite cannot be built).
+    Parity {
+        /// Also a larger batch per recipe (sequences × positions).
+        #[arg(long, default_value_t = 64)]
+        seqs: usize,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -269,13 +284,18 @@ fn main() -> ExitCode {
                     vocab,
                     bf16,
                     iters,
+                    device,
                 },
         } => bench::logits(bench::LogitsArgs {
             tokens,
             vocab,
             bf16,
             iters,
+            device,
         }),
+        Command::Bench {
+            what: BenchWhat::Parity { seqs, json },
+        } => bench::parity(seqs, json),
         Command::Report { run_dir } => {
             match keel_runtime::report::write(std::path::Path::new(&run_dir)) {
                 Ok(path) => {

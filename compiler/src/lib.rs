@@ -23,6 +23,7 @@ pub mod ir;
 pub mod kernel;
 pub mod logits;
 pub mod lower;
+pub mod parity;
 pub mod resolve;
 pub mod source;
 pub mod stdlib;

@@ -148,3 +148,75 @@ pub fn traffic_bytes(batch: &Batch) -> usize {
         .unwrap_or(0);
     read + 4 * (bt + bv)
 }
+
+/// A random batch and its edge cases, for differential tests of the
+/// executors: all-equal groups (every per-sequence input of group 0 copied
+/// from its first member), one-token sequences (rows 1–3) and a fully
+/// masked row (row 4), extreme log-ratios against the behaviour and
+/// reference policies, and — when the batch has logits and the recipe reads
+/// the distribution only through logp and entropy — the same without
+/// logits. Needs `d.b ≥ 5 · d.group / d.group` rows (at least 5) and `d.t ≥ 2`.
+pub fn variants(recipe: &CheckedRecipe, d: Dims, seed: u64) -> Vec<(String, Batch)> {
+    let (b, t, group) = (d.b, d.t, d.group.max(1));
+    let base = batch(recipe, d, seed);
+    let mut out = vec![(format!("random {seed}"), base.clone())];
+    let mut eq = base.clone();
+    for (name, tensor) in eq.tensors.iter_mut() {
+        if tensor.shape == [b] && name != "group" {
+            for i in 1..group.min(b) {
+                tensor.data[i] = tensor.data[0];
+            }
+        }
+    }
+    out.push(("all-equal group".into(), eq));
+    let mut edge = base.clone();
+    if let Some(m) = edge.tensors.get_mut("mask")
+        && b >= 5
+    {
+        for r in 1..4 {
+            for j in 0..t {
+                m.data[r * t + j] = if j == 0 { 1.0 } else { 0.0 };
+            }
+        }
+        for j in 0..t {
+            m.data[4 * t + j] = 0.0;
+        }
+    }
+    out.push(("short and masked rows".into(), edge));
+    let mut ext = base;
+    let logp: Option<Vec<f64>> = ext.tensors.get("logp").map(|x| x.data.clone());
+    if let Some(lp) = logp
+        && lp.len() > t
+    {
+        for (name, delta) in [("old_logp", 15.0), ("ref_logp", -12.0)] {
+            if let Some(x) = ext.tensors.get_mut(name) {
+                for (k, dd) in [(0usize, delta), (1, -delta), (t, 0.5 * delta)] {
+                    x.data[k] = lp[k] + dd;
+                }
+            }
+        }
+    }
+    out.push(("extreme log-ratios".into(), ext.clone()));
+    if ext.has("logits") && crate::reads_logits_only_through_kernel(recipe) {
+        let mut plain = ext;
+        plain.tensors.remove("logits");
+        let n = b * t;
+        plain.insert(
+            "logp",
+            "f32",
+            vec![b, t],
+            (0..n).map(|i| -0.1 - (i % 7) as f64 * 0.3).collect(),
+        );
+        plain.insert(
+            "entropy",
+            "f32",
+            vec![b, t],
+            (0..n).map(|i| 0.2 + (i % 5) as f64 * 0.4).collect(),
+        );
+        if let Some(x) = plain.tensors.get_mut("old_logp") {
+            x.data[0] = -20.0;
+        }
+        out.push(("given logp and entropy".into(), plain));
+    }
+    out
+}

@@ -176,3 +176,103 @@ pub fn logits_backward(
     };
     f32::from_bytes(&client.read_one_unchecked(dh)).to_vec()
 }
+
+/// Timings of the logits kernel with everything already on the device.
+#[derive(Clone, Copy, Debug)]
+pub struct LogitsTimes {
+    pub forward_s: f64,
+    pub backward_s: f64,
+    /// Device bytes this run allocated: logits, one [N, V] gradient, O(N).
+    pub bytes: usize,
+}
+
+/// Upload `z` [n, v] once, then time the forward and backward kernels
+/// (launch + sync), median of `iters`; returns the times and checks the
+/// result against nothing (callers compare with the CPU kernel).
+pub fn logits_bench(
+    client: &Client,
+    z: &[f32],
+    tokens: &[u32],
+    v: usize,
+    d_logp: &[f32],
+    d_entropy: &[f32],
+    iters: usize,
+) -> Result<LogitsTimes, String> {
+    let n = tokens.len().min(z.len() / v.max(1));
+    if n == 0 {
+        return Err("no rows".into());
+    }
+    let zh = client.create_from_slice(f32::as_bytes(&z[..n * v]));
+    let th = client.create_from_slice(u32::as_bytes(&tokens[..n]));
+    let sh = client.empty(n * 4 * 4);
+    let grads: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            [
+                d_logp.get(i).copied().unwrap_or(0.0),
+                d_entropy.get(i).copied().unwrap_or(0.0),
+            ]
+        })
+        .collect();
+    let gh = client.create_from_slice(f32::as_bytes(&grads));
+    let dh = client.empty(n * v * 4);
+    let sync = || cubecl::future::block_on(client.sync()).map_err(|e| e.to_string());
+    sync()?;
+    let (mut tf, mut tb) = (Vec::new(), Vec::new());
+    for k in 0..iters.max(1) + 1 {
+        let start = std::time::Instant::now();
+        // SAFETY: every index the kernels read or write is below the lengths given.
+        unsafe {
+            logits_forward_kernel::launch_unchecked(
+                client,
+                CubeCount::Static(n as u32, 1, 1),
+                CubeDim::new_1d(width(client)),
+                TensorArg::from_raw_parts(zh.clone(), [1].into(), [n * v].into()),
+                TensorArg::from_raw_parts(th.clone(), [1].into(), [n].into()),
+                TensorArg::from_raw_parts(sh.clone(), [1].into(), [n * 4].into()),
+                v,
+            )
+        };
+        sync()?;
+        let f = start.elapsed().as_secs_f64();
+        let start = std::time::Instant::now();
+        unsafe {
+            logits_backward_kernel::launch_unchecked(
+                client,
+                CubeCount::Static(n as u32, 1, 1),
+                CubeDim::new_1d(width(client)),
+                TensorArg::from_raw_parts(zh.clone(), [1].into(), [n * v].into()),
+                TensorArg::from_raw_parts(th.clone(), [1].into(), [n].into()),
+                TensorArg::from_raw_parts(sh.clone(), [1].into(), [n * 4].into()),
+                TensorArg::from_raw_parts(gh.clone(), [1].into(), [n * 2].into()),
+                TensorArg::from_raw_parts(dh.clone(), [1].into(), [n * v].into()),
+                v,
+            )
+        };
+        sync()?;
+        let b = start.elapsed().as_secs_f64();
+        // The first iteration compiles the kernels.
+        if k > 0 {
+            tf.push(f);
+            tb.push(b);
+        }
+    }
+    tf.sort_by(f64::total_cmp);
+    tb.sort_by(f64::total_cmp);
+    Ok(LogitsTimes {
+        forward_s: tf[tf.len() / 2],
+        backward_s: tb[tb.len() / 2],
+        bytes: 2 * n * v * 4 + n * (4 + 16 + 8),
+    })
+}
+
+/// Evaluate a compiled loss program on a prepared batch with the device
+/// kernels: plan, lower, upload, run, download.
+pub fn run_graph(
+    client: &Client,
+    graph: &keel_compiler::ir::Graph,
+    prepared: &keel_compiler::batch::Prepared,
+) -> Result<keel_compiler::Outputs, String> {
+    let plan = keel_compiler::kernel::Plan::new(graph)?;
+    let dp = plan::DevicePlan::new(&plan)?;
+    dp.run(client, &prepared.shape, &prepared.inputs_f32())
+}

@@ -492,11 +492,15 @@ fn neutral(red: Red) -> f32 {
     }
 }
 
-/// A constant as a finite f32 (no infinite or NaN literals in shaders).
+/// A constant as a finite f32 (no infinite or NaN literals in shaders);
+/// a nonzero constant below f32's range keeps its sign as the smallest
+/// normal f32 (a guard like `max(s, 1e-300)` stays positive).
 fn finite(c: f64) -> f32 {
     let x = c as f32;
     if x.is_nan() {
         0.0
+    } else if x == 0.0 && c != 0.0 {
+        f32::MIN_POSITIVE.copysign(x)
     } else {
         x.clamp(-f32::MAX, f32::MAX)
     }
