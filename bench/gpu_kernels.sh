@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Device-kernel checks and benchmarks on a GPU machine (no Rust there):
+# parity of the CUDA kernels with the interpreter, GRPO's token-level loss at
+# 16M positions and the logits kernel at V = 151,936 x 32k tokens, each beside
+# PyTorch eager on the same GPU (bench/torch_eager.py). Build the binary here
+# as bench/gpu_quickstart.sh says (target/gpu/keel.xz) and carry target/gpu.
+# Results land in $OUT (default ./gpu-out). Usage: bench/gpu_kernels.sh
+set -u
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+KEEL=/tmp/keel-bin
+xz -dc target/gpu/keel.xz > "$KEEL" && chmod +x "$KEEL"
+if ! "$KEEL" --version; then
+    ldd --version | head -1; ldd "$KEEL"; exit 1
+fi
+LIBS=$(python3 -c 'import glob,os,site
+for d in site.getsitepackages():
+    for p in glob.glob(os.path.join(d,"nvidia","*","lib")): print(p)' 2>/dev/null | tr '\n' ':')
+export LD_LIBRARY_PATH="${LIBS}${LD_LIBRARY_PATH:-}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
+step() {
+    local name=$1 t=$2; shift 2
+    local start=$(date +%s.%N)
+    timeout "$t" "$@" > "$OUT/$name.txt" 2>&1
+    local code=$?
+    echo "$name exit=$code wall_s=$(python3 -c "import time;print(round(time.time()-$start,1))")" | tee -a "$OUT/summary.txt"
+    tail -12 "$OUT/$name.txt"
+}
+step parity 120 "$KEEL" bench parity --seqs 256
+step grpo 150 "$KEEL" bench loss stdlib/grpo.recipe --tokens 16777216 --seq-len 1024 --vocab 0 --backend device --iters 10 --json
+step grpo_small 60 "$KEEL" bench loss stdlib/grpo.recipe --tokens 1048576 --seq-len 1024 --vocab 0 --backend all --iters 3
+step logits 150 "$KEEL" bench logits --device --tokens 32768 --vocab 151936 --iters 5
+step eager 200 python3 bench/torch_eager.py
