@@ -23,7 +23,7 @@
 use cubecl::prelude::*;
 use keel_compiler::builtins::Level;
 use keel_compiler::interp::{self, Shape};
-use keel_compiler::ir::{Bin, Red, Un};
+use keel_compiler::ir::{Bin, Op, Red, ScanOp, Un};
 use keel_compiler::kernel::{Ins, KOp, Plan, Src, Step};
 use std::collections::HashMap;
 
@@ -481,6 +481,96 @@ fn hop_kernel(
     }
 }
 
+/// A scan along each sequence over its valid tokens (the interpreter's
+/// definition; masked positions get 0): one unit per sequence.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct ScanCfg {
+    pub op: ScanOp,
+    pub x: DSrc,
+    /// g (RScan, FScan), the fill (Next, Prev) or the condition (Latest).
+    pub p: DSrc,
+    /// The fill of Latest.
+    pub fill: DSrc,
+    pub out: usize,
+    pub mask_slot: usize,
+}
+
+#[cube(launch_unchecked)]
+fn scan_kernel(
+    arena: &mut Tensor<f32>,
+    meta: &Tensor<u32>,
+    groups: &Tensor<u32>,
+    #[comptime] cfg: ScanCfg,
+) {
+    let b = ABSOLUTE_POS;
+    let rows = meta[comptime![li(Level::Seq)]] as usize;
+    let t = meta[M_T] as usize;
+    let mut regs = Array::<f32>::new(1usize);
+    if b < rows {
+        let moff = meta[comptime![M_OFF + cfg.mask_slot]] as usize;
+        let out = meta[comptime![M_OFF + cfg.out]] as usize;
+        let start = b * t;
+        let lv = comptime![Level::Token];
+        if comptime![matches!(cfg.op, ScanOp::RScan | ScanOp::RScanMin | ScanOp::Next)] {
+            let mut acc = f32::new(0.0);
+            if comptime![cfg.op == ScanOp::RScanMin] {
+                acc = f32::new(f32::MAX);
+            }
+            let mut seen = false;
+            let mut j = t;
+            while j > 0 {
+                j -= 1;
+                let i = start + j;
+                let mut y = f32::new(0.0);
+                if arena[moff + i] != 0.0 {
+                    let x = read(arena, meta, groups, &mut regs, i, cfg.x, lv);
+                    let p = read(arena, meta, groups, &mut regs, i, cfg.p, lv);
+                    if comptime![cfg.op == ScanOp::RScan] {
+                        acc = x + p * acc;
+                        y = acc;
+                    } else if comptime![cfg.op == ScanOp::RScanMin] {
+                        acc = f32::min(x, acc);
+                        y = acc;
+                    } else {
+                        y = select(seen, acc, p);
+                        acc = x;
+                        seen = true;
+                    }
+                }
+                arena[out + i] = y;
+            }
+        } else {
+            let mut acc = f32::new(0.0);
+            if comptime![cfg.op == ScanOp::Latest] {
+                acc = read(arena, meta, groups, &mut regs, start, cfg.fill, lv);
+            }
+            let mut seen = false;
+            let mut j = 0usize;
+            while j < t {
+                let i = start + j;
+                let mut y = f32::new(0.0);
+                if arena[moff + i] != 0.0 {
+                    let x = read(arena, meta, groups, &mut regs, i, cfg.x, lv);
+                    let p = read(arena, meta, groups, &mut regs, i, cfg.p, lv);
+                    if comptime![cfg.op == ScanOp::FScan] {
+                        acc = x + p * acc;
+                        y = acc;
+                    } else if comptime![cfg.op == ScanOp::Latest] {
+                        acc = select(p != 0.0, x, acc);
+                        y = acc;
+                    } else {
+                        y = select(seen, acc, p);
+                        acc = x;
+                        seen = true;
+                    }
+                }
+                arena[out + i] = y;
+                j += 1;
+            }
+        }
+    }
+}
+
 /// The neutral element of a reduction. Shader languages have no infinite
 /// literals (WGSL rejects them), so ±f32::MAX stands in; member counts keep
 /// empty units apart.
@@ -511,6 +601,7 @@ fn finite(c: f64) -> f32 {
 enum DStep {
     Loop(LoopCfg),
     Hop(HopCfg),
+    Scan(ScanCfg),
     /// Index of the plan's special step.
     Special(usize),
 }
@@ -558,8 +649,29 @@ impl DevicePlan {
         let konst = |c: f64| DSrc::Const(finite(c).to_bits());
         for (k, st) in plan.steps.iter().enumerate() {
             let lp = match st {
-                Step::Special(_) => {
-                    steps.push(DStep::Special(k));
+                Step::Special(sp) => {
+                    let n = &plan.graph.nodes[sp.node];
+                    let dsrc = |s: Option<&Src>| -> DSrc {
+                        match s {
+                            Some(Src::Const(c)) => konst(*c),
+                            Some(Src::PaddedLength) => DSrc::PaddedLength,
+                            Some(Src::Buf(b)) => DSrc::Buf(*b, plan.buffers[*b].level),
+                            _ => DSrc::Const(0),
+                        }
+                    };
+                    match n.op {
+                        Op::Scan(op) if n.level == Level::Token => {
+                            steps.push(DStep::Scan(ScanCfg {
+                                op,
+                                x: dsrc(sp.args.first()),
+                                p: dsrc(sp.args.get(1)),
+                                fill: dsrc(sp.args.get(2)),
+                                out: sp.buf,
+                                mask_slot,
+                            }))
+                        }
+                        _ => steps.push(DStep::Special(k)),
+                    }
                     continue;
                 }
                 Step::Loop(lp) => lp,
@@ -727,6 +839,7 @@ impl DevicePlan {
                     h.from.name(),
                     h.to.name()
                 )),
+                DStep::Scan(c) => out.push_str(&format!("scan_kernel {:?} per sequence\n", c.op)),
                 DStep::Special(k) => out.push_str(&format!("special step {k} on the host\n")),
             }
         }
@@ -895,6 +1008,26 @@ impl DevicePlan {
                             arg(&on.groups, on.groups_len),
                             h.clone(),
                             neutral(h.red).to_bits(),
+                        )
+                    };
+                }
+                DStep::Scan(cfg) => {
+                    let rows = sh.b as u32;
+                    if rows == 0 || sh.t == 0 {
+                        continue;
+                    }
+                    let dim = 64u32;
+                    let cubes = rows.div_ceil(dim);
+                    let (x, y) = (cubes.min(65_535), cubes.div_ceil(65_535));
+                    unsafe {
+                        scan_kernel::launch_unchecked(
+                            client,
+                            CubeCount::Static(x, y, 1),
+                            CubeDim::new_1d(dim),
+                            arg(&on.arena, on.total),
+                            arg(&on.meta, on.meta_len),
+                            arg(&on.groups, on.groups_len),
+                            cfg.clone(),
                         )
                     };
                 }
