@@ -1,4 +1,4 @@
-//! `keel compile FILE --emit ir`
+//! `keel compile FILE --emit ir|kernels|kernel-source|clif|llvm-ir`
 
 use crate::{Color, ErrorFormat, report};
 use keel_compiler::{Disk, check_source, compile_loss};
@@ -26,6 +26,42 @@ pub fn run(
         return ExitCode::from(1);
     };
     match emit {
+        "kernel-source" => {
+            // A small synthetic batch of what the recipe reads runs the
+            // kernels once, so the runtime compiles them.
+            let recipe = &checked.recipes[index];
+            let d = keel_compiler::synth::Dims {
+                b: 8,
+                t: 16,
+                v: if logits { 8 } else { 0 },
+                group: 4,
+            };
+            let batch = keel_compiler::synth::batch(recipe, d, 1);
+            let have = |n: &str| batch.has(n);
+            let source = compile_loss(&checked, index, &have)
+                .map_err(|d| {
+                    report::print(path, &d, checked.sources(), format, color);
+                })
+                .and_then(|c| {
+                    let p = keel_compiler::batch::prepare(&batch, "synthetic batch", &c.graph, recipe)
+                        .map_err(|d| report::print(path, &d, checked.sources(), format, color))?;
+                    keel_device::kernel_sources(&c.graph, &p).map_err(|e| {
+                        eprintln!("error[E0708]: cannot compile the kernels on a device: {e}");
+                        eprintln!("help: install a Vulkan driver (Debian: mesa-vulkan-drivers) or build with `--features cuda` on an NVIDIA machine");
+                    })
+                });
+            match source {
+                Ok((text, device)) => {
+                    println!(
+                        "// the kernels of `{}` as the {device} runtime compiles them",
+                        recipe.name
+                    );
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(()) => ExitCode::from(1),
+            }
+        }
         "ir" | "kernels" => {
             // Without a batch, assume the usual tensors (and logits if asked).
             let have = move |n: &str| match n {
@@ -73,7 +109,7 @@ pub fn run(
         "llvm-ir" => emit_llvm(&checked, index),
         other => {
             eprintln!(
-                "error: `--emit {other}` is not available; use `ir`, `kernels`, `clif` or `llvm-ir`"
+                "error: `--emit {other}` is not available; use `ir`, `kernels`, `kernel-source`, `clif` or `llvm-ir`"
             );
             ExitCode::from(1)
         }

@@ -132,7 +132,10 @@ enum Command {
     },
     /// Run the language server on stdin/stdout.
     Lsp,
-    /// Show what the compiler makes of a recipe (`--emit ir`).
+    /// Show what the compiler makes of a recipe: `--emit ir` (the typed IR
+    /// and its gradient), `kernels` (the fused kernel plan), `kernel-source`
+    /// (the device kernels as the runtime compiles them: WGSL or CUDA C++),
+    /// `clif` (host code), `llvm-ir`.
     Compile {
         file: String,
         #[arg(long, default_value = "ir")]

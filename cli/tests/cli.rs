@@ -292,6 +292,24 @@ fn compile_emit_ir_and_explain_file() {
     );
     assert!(listing.contains("[group of i] +="), "{listing}");
     assert!(listing.contains("out d_logp = b"), "{listing}");
+    // The same kernels as the device runtime compiles them (WGSL on Vulkan).
+    let out = keel(&["compile", "stdlib/grpo.recipe", "--emit", "kernel-source"]);
+    if out.status.success() {
+        let src = text(&out.stdout);
+        assert!(
+            src.contains("row_kernel"),
+            "{}",
+            &src[..src.len().min(2000)]
+        );
+        assert!(src.contains("@compute") || src.contains("__global__"));
+    } else {
+        assert!(
+            std::env::var_os("KEEL_REQUIRE_VULKAN").is_none(),
+            "{}",
+            text(&out.stderr)
+        );
+        assert!(text(&out.stderr).contains("E0708"));
+    }
     let out = keel(&["compile", "stdlib/grpo.recipe", "--logits"]);
     assert!(text(&out.stdout).contains("out d_logits = %"));
     let out = keel(&["explain", "stdlib/grpo.recipe"]);

@@ -276,3 +276,30 @@ pub fn run_graph(
     let dp = plan::DevicePlan::new(&plan)?;
     dp.run(client, &prepared.shape, &prepared.inputs_f32())
 }
+
+/// The source the device runtime compiles for every kernel of `graph`
+/// (WGSL on Vulkan, CUDA C++ on NVIDIA), captured from cubecl's compilation
+/// log while the plan runs once on `prepared`. Must run before any other
+/// client is created in the process (cubecl's configuration is global).
+pub fn kernel_sources(
+    graph: &keel_compiler::ir::Graph,
+    prepared: &keel_compiler::batch::Prepared,
+) -> Result<(String, &'static str), String> {
+    use cubecl::config::compilation::CompilationLogLevel;
+    use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+    let path = std::env::temp_dir().join(format!("keel-kernels-{}.log", std::process::id()));
+    let mut cfg = CubeClRuntimeConfig::default();
+    cfg.compilation.logger.level = CompilationLogLevel::Full;
+    cfg.compilation.logger.file = Some(path.clone());
+    cfg.compilation.logger.append = false;
+    if !CubeClRuntimeConfig::try_set(cfg) {
+        return Err(
+            "the device runtime was configured before the kernels could be captured".into(),
+        );
+    }
+    let (client, name) = client_named()?;
+    run_graph(&client, graph, prepared)?;
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("no compilation log: {e}"))?;
+    let _ = std::fs::remove_file(&path);
+    Ok((text, name))
+}

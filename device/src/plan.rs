@@ -511,7 +511,10 @@ fn scan_kernel(
         let out = meta[comptime![M_OFF + cfg.out]] as usize;
         let start = b * t;
         let lv = comptime![Level::Token];
-        if comptime![matches!(cfg.op, ScanOp::RScan | ScanOp::RScanMin | ScanOp::Next)] {
+        if comptime![matches!(
+            cfg.op,
+            ScanOp::RScan | ScanOp::RScanMin | ScanOp::Next
+        )] {
             let mut acc = f32::new(0.0);
             if comptime![cfg.op == ScanOp::RScanMin] {
                 acc = f32::new(f32::MAX);
