@@ -574,6 +574,239 @@ fn scan_kernel(
     }
 }
 
+/// What a selection computes from its sorted members.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum SelKind {
+    Rank,
+    Quantile,
+    SortedCumsum,
+}
+
+/// A rank, quantile or sorted running sum within each unit of `over`: the
+/// members are sorted on the device by (unit, key descending, index) with a
+/// bitonic sort — a fixed network, so the result is deterministic — then
+/// read off.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct SelCfg {
+    pub kind: SelKind,
+    /// The members' level.
+    pub level: Level,
+    pub over: Level,
+    /// The sort key (the value itself for ranks and quantiles).
+    pub key: DSrc,
+    /// What a sorted running sum adds up.
+    pub x: DSrc,
+    /// A quantile's q.
+    pub q: DSrc,
+    pub out: usize,
+    pub mask_slot: usize,
+}
+
+const NO_UNIT: u32 = u32::MAX;
+
+#[cube(launch_unchecked)]
+fn sel_keys_kernel(
+    arena: &mut Tensor<f32>,
+    meta: &Tensor<u32>,
+    groups: &Tensor<u32>,
+    units: &mut Tensor<u32>,
+    vals: &mut Tensor<f32>,
+    idx: &mut Tensor<u32>,
+    n_pad: usize,
+    #[comptime] cfg: SelCfg,
+) {
+    let i = ABSOLUTE_POS;
+    let n = meta[comptime![li(cfg.level)]] as usize;
+    let mut regs = Array::<f32>::new(1usize);
+    if i < n_pad {
+        let mut u = u32::new(comptime![NO_UNIT as i64]);
+        let mut v = f32::new(0.0);
+        if i < n {
+            let moff = meta[comptime![M_OFF + cfg.mask_slot]] as usize;
+            let mut m = f32::new(1.0);
+            if comptime![cfg.level == Level::Token] {
+                m = arena[moff + i];
+            } else if comptime![cfg.level == Level::Vocab && cfg.over != Level::Token] {
+                m = arena[moff + i / (meta[M_V] as usize)];
+            }
+            if m != 0.0 {
+                u = parent(i, meta, groups, cfg.level, cfg.over) as u32;
+            }
+            v = read(arena, meta, groups, &mut regs, i, cfg.key, cfg.level);
+            if comptime![cfg.kind == SelKind::SortedCumsum] {
+                let out = meta[comptime![M_OFF + cfg.out]] as usize;
+                arena[out + i] = f32::new(0.0);
+            }
+        }
+        units[i] = u;
+        vals[i] = v;
+        idx[i] = i as u32;
+    }
+}
+
+/// Whether member a sorts before member b: unit, then key descending, then
+/// index.
+#[cube]
+fn before(ua: u32, va: f32, ia: u32, ub: u32, vb: f32, ib: u32) -> bool {
+    ua < ub || (ua == ub && (va > vb || (va == vb && ia < ib)))
+}
+
+#[cube(launch_unchecked)]
+fn bitonic_kernel(
+    units: &mut Tensor<u32>,
+    vals: &mut Tensor<f32>,
+    idx: &mut Tensor<u32>,
+    n_pad: usize,
+    k: usize,
+    j: usize,
+) {
+    let i = ABSOLUTE_POS;
+    let p = i ^ j;
+    if i < n_pad && p > i {
+        let (ua, va, ia) = (units[i], vals[i], idx[i]);
+        let (ub, vb, ib) = (units[p], vals[p], idx[p]);
+        let up = (i & k) == 0;
+        let swap = select(
+            up,
+            before(ub, vb, ib, ua, va, ia),
+            before(ua, va, ia, ub, vb, ib),
+        );
+        if swap {
+            units[i] = ub;
+            vals[i] = vb;
+            idx[i] = ib;
+            units[p] = ua;
+            vals[p] = va;
+            idx[p] = ia;
+        }
+    }
+}
+
+#[cube(launch_unchecked)]
+fn sel_bounds_kernel(
+    units: &Tensor<u32>,
+    start: &mut Tensor<u32>,
+    end: &mut Tensor<u32>,
+    n_pad: usize,
+) {
+    let p = ABSOLUTE_POS;
+    if p < n_pad {
+        let u = units[p];
+        if u != NO_UNIT {
+            if p == 0 || units[p - 1] != u {
+                start[u as usize] = p as u32;
+            }
+            if p + 1 == n_pad || units[p + 1] != u {
+                end[u as usize] = (p + 1) as u32;
+            }
+        }
+    }
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn sel_out_kernel(
+    arena: &mut Tensor<f32>,
+    meta: &Tensor<u32>,
+    groups: &Tensor<u32>,
+    units: &Tensor<u32>,
+    vals: &Tensor<f32>,
+    idx: &Tensor<u32>,
+    start: &Tensor<u32>,
+    end: &Tensor<u32>,
+    n_pad: usize,
+    #[comptime] cfg: SelCfg,
+) {
+    let t = ABSOLUTE_POS;
+    let out = meta[comptime![M_OFF + cfg.out]] as usize;
+    let n = meta[comptime![li(cfg.level)]] as usize;
+    let n_units = meta[comptime![li(cfg.over)]] as usize;
+    let mut regs = Array::<f32>::new(1usize);
+    if comptime![cfg.kind == SelKind::Rank] {
+        if t < n_pad {
+            let i = idx[t] as usize;
+            let u = units[t];
+            if i < n {
+                let mut r = f32::new(f32::MAX);
+                if u != NO_UNIT {
+                    r = f32::cast_from(t - start[u as usize] as usize);
+                }
+                arena[out + i] = r;
+            }
+        }
+    } else if t < n_units {
+        let s = start[t] as usize;
+        let c = end[t] as usize - s;
+        if comptime![cfg.kind == SelKind::Quantile] {
+            let mut y = f32::new(0.0);
+            if c > 0 {
+                let q = read(arena, meta, groups, &mut regs, t, cfg.q, cfg.over);
+                let q = f32::min(f32::max(q, f32::new(0.0)), f32::new(1.0));
+                let pos = q * f32::cast_from(c - 1);
+                let lo = f32::floor(pos);
+                let hi = f32::ceil(pos);
+                // Ascending rank k sits at sorted position s + c - 1 - k.
+                let xlo = vals[s + c - 1 - (lo as usize)];
+                let xhi = vals[s + c - 1 - (hi as usize)];
+                y = xlo + (xhi - xlo) * (pos - lo);
+            }
+            arena[out + t] = y;
+        } else {
+            let mut acc = f32::new(0.0);
+            let mut p = s;
+            while p < s + c {
+                let i = idx[p] as usize;
+                acc += read(arena, meta, groups, &mut regs, i, cfg.x, cfg.level);
+                arena[out + i] = acc;
+                p += 1;
+            }
+        }
+    }
+}
+
+/// `pick` (the sampled token's entry of a vocabulary value) or `onehot`
+/// (a token value scattered to the sampled token's entry).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct GatherCfg {
+    pub onehot: bool,
+    pub x: DSrc,
+    pub tokens_slot: usize,
+    pub out: usize,
+}
+
+#[cube(launch_unchecked)]
+fn gather_kernel(
+    arena: &mut Tensor<f32>,
+    meta: &Tensor<u32>,
+    groups: &Tensor<u32>,
+    #[comptime] cfg: GatherCfg,
+) {
+    let i = ABSOLUTE_POS;
+    let v = meta[M_V] as usize;
+    let tok_off = meta[comptime![M_OFF + cfg.tokens_slot]] as usize;
+    let out = meta[comptime![M_OFF + cfg.out]] as usize;
+    let mut regs = Array::<f32>::new(1usize);
+    if comptime![cfg.onehot] {
+        if i < meta[comptime![li(Level::Vocab)]] as usize {
+            let t = i / v;
+            let tok = arena[tok_off + t] as usize;
+            let g = read(arena, meta, groups, &mut regs, t, cfg.x, Level::Token);
+            arena[out + i] = select(i - t * v == tok, g, f32::new(0.0));
+        }
+    } else if i < meta[comptime![li(Level::Token)]] as usize {
+        let tok = arena[tok_off + i] as usize;
+        arena[out + i] = read(
+            arena,
+            meta,
+            groups,
+            &mut regs,
+            i * v + tok,
+            cfg.x,
+            Level::Vocab,
+        );
+    }
+}
+
 /// The neutral element of a reduction. Shader languages have no infinite
 /// literals (WGSL rejects them), so ±f32::MAX stands in; member counts keep
 /// empty units apart.
@@ -605,6 +838,8 @@ enum DStep {
     Loop(LoopCfg),
     Hop(HopCfg),
     Scan(ScanCfg),
+    Select(SelCfg),
+    Gather(GatherCfg),
     /// Index of the plan's special step.
     Special(usize),
 }
@@ -637,6 +872,8 @@ pub struct DevicePlan {
     /// Level of every arena slot (the plan's buffers first).
     slots: Vec<Level>,
     mask_slot: usize,
+    /// The sampled tokens, for `pick` and `onehot`.
+    tokens_slot: Option<usize>,
     /// Slots holding `rand` values: (slot, seed).
     rands: Vec<(usize, f64)>,
 }
@@ -649,6 +886,7 @@ impl DevicePlan {
         slots.push(Level::Token);
         let mut rands = Vec::new();
         let mut steps = Vec::new();
+        let mut tokens_slot: Option<usize> = None;
         let konst = |c: f64| DSrc::Const(finite(c).to_bits());
         for (k, st) in plan.steps.iter().enumerate() {
             let lp = match st {
@@ -671,6 +909,41 @@ impl DevicePlan {
                                 fill: dsrc(sp.args.get(2)),
                                 out: sp.buf,
                                 mask_slot,
+                            }))
+                        }
+                        Op::Rank { over } | Op::SortedCumsum { over } | Op::Quantile { over } => {
+                            let kind = match n.op {
+                                Op::Rank { .. } => SelKind::Rank,
+                                Op::Quantile { .. } => SelKind::Quantile,
+                                _ => SelKind::SortedCumsum,
+                            };
+                            let level = plan.graph.nodes[n.args[0]].level;
+                            let key = if kind == SelKind::SortedCumsum {
+                                dsrc(sp.args.get(1))
+                            } else {
+                                dsrc(sp.args.first())
+                            };
+                            steps.push(DStep::Select(SelCfg {
+                                kind,
+                                level,
+                                over: over.max(Level::Batch),
+                                key,
+                                x: dsrc(sp.args.first()),
+                                q: dsrc(sp.args.get(1)),
+                                out: sp.buf,
+                                mask_slot,
+                            }))
+                        }
+                        Op::Pick | Op::OneHot => {
+                            if tokens_slot.is_none() {
+                                slots.push(Level::Token);
+                                tokens_slot = Some(slots.len() - 1);
+                            }
+                            steps.push(DStep::Gather(GatherCfg {
+                                onehot: matches!(n.op, Op::OneHot),
+                                x: dsrc(sp.args.first()),
+                                tokens_slot: tokens_slot.unwrap_or(0),
+                                out: sp.buf,
                             }))
                         }
                         _ => steps.push(DStep::Special(k)),
@@ -820,6 +1093,7 @@ impl DevicePlan {
             steps,
             slots,
             mask_slot,
+            tokens_slot,
             rands,
         })
     }
@@ -843,6 +1117,17 @@ impl DevicePlan {
                     h.to.name()
                 )),
                 DStep::Scan(c) => out.push_str(&format!("scan_kernel {:?} per sequence\n", c.op)),
+                DStep::Gather(g) => out.push_str(if g.onehot {
+                    "gather_kernel onehot\n"
+                } else {
+                    "gather_kernel pick\n"
+                }),
+                DStep::Select(c) => out.push_str(&format!(
+                    "bitonic sort + {:?} of {} values over {}\n",
+                    c.kind,
+                    c.level.name(),
+                    c.over.name()
+                )),
                 DStep::Special(k) => out.push_str(&format!("special step {k} on the host\n")),
             }
         }
@@ -905,6 +1190,29 @@ impl DevicePlan {
             }
         }
         host[offsets[self.mask_slot]..offsets[self.mask_slot] + mask.len()].copy_from_slice(mask);
+        if let Some(ts) = self.tokens_slot {
+            let tokens = inputs.get("tokens").ok_or_else(|| {
+                "`tokens` is needed to read the sampled token's entry".to_string()
+            })?;
+            if tokens.len() != sh.b * sh.t {
+                return Err(format!(
+                    "input `tokens` has {} values, expected {}",
+                    tokens.len(),
+                    sh.b * sh.t
+                ));
+            }
+            if let Some((i, t)) = tokens
+                .iter()
+                .enumerate()
+                .find(|(_, t)| !(**t >= 0.0 && t.fract() == 0.0 && (**t as usize) < sh.v))
+            {
+                return Err(format!(
+                    "`tokens` at flat position {i} is {t}, outside the vocabulary [0, {})",
+                    sh.v
+                ));
+            }
+            host[offsets[ts]..offsets[ts] + tokens.len()].copy_from_slice(tokens);
+        }
         for (slot, seed) in &self.rands {
             let n = sh.len(self.slots[*slot]);
             for (i, o) in host[offsets[*slot]..offsets[*slot] + n]
@@ -1034,6 +1342,29 @@ impl DevicePlan {
                         )
                     };
                 }
+                DStep::Select(cfg) => self.select(client, on, cfg, plane)?,
+                DStep::Gather(cfg) => {
+                    let n = sh.len(if cfg.onehot {
+                        Level::Vocab
+                    } else {
+                        Level::Token
+                    });
+                    if n == 0 {
+                        continue;
+                    }
+                    let cubes = n.div_ceil(256) as u32;
+                    unsafe {
+                        gather_kernel::launch_unchecked(
+                            client,
+                            CubeCount::Static(cubes.min(65_535), cubes.div_ceil(65_535), 1),
+                            CubeDim::new_1d(256),
+                            arg(&on.arena, on.total),
+                            arg(&on.meta, on.meta_len),
+                            arg(&on.groups, on.groups_len),
+                            cfg.clone(),
+                        )
+                    };
+                }
                 DStep::Special(k) => {
                     let Step::Special(sp) = &self.plan.steps[*k] else {
                         return Err("internal: not a special step".into());
@@ -1068,6 +1399,109 @@ impl DevicePlan {
             }
         }
         cubecl::future::block_on(client.sync()).map_err(|e| e.to_string())
+    }
+
+    /// A selection: keys, a bitonic sort, unit bounds, the result.
+    fn select(
+        &self,
+        client: &Client,
+        on: &OnDevice,
+        cfg: &SelCfg,
+        _plane: u32,
+    ) -> Result<(), String> {
+        let sh = &on.shape;
+        let n = sh.len(cfg.level);
+        if n == 0 {
+            return Ok(());
+        }
+        let n_pad = n.next_power_of_two();
+        let n_units = sh.len(cfg.over).max(1);
+        let units = client.empty(n_pad * 4);
+        let vals = client.empty(n_pad * 4);
+        let idx = client.empty(n_pad * 4);
+        let zeros = vec![0u32; n_units];
+        let start = client.create_from_slice(u32::as_bytes(&zeros));
+        let end = client.create_from_slice(u32::as_bytes(&zeros));
+        let arg = |h: &cubecl::server::Handle, n: usize| {
+            // SAFETY (for the launches below): every index a kernel touches
+            // is below `n_pad`, `n_units` or the lengths in `meta`.
+            unsafe { TensorArg::from_raw_parts(h.clone(), [1].into(), [n].into()) }
+        };
+        let dim = 256u32;
+        let grid = |threads: usize| {
+            let cubes = (threads.div_ceil(dim as usize)) as u32;
+            CubeCount::Static(cubes.min(65_535), cubes.div_ceil(65_535), 1)
+        };
+        unsafe {
+            sel_keys_kernel::launch_unchecked(
+                client,
+                grid(n_pad),
+                CubeDim::new_1d(dim),
+                arg(&on.arena, on.total),
+                arg(&on.meta, on.meta_len),
+                arg(&on.groups, on.groups_len),
+                arg(&units, n_pad),
+                arg(&vals, n_pad),
+                arg(&idx, n_pad),
+                n_pad,
+                cfg.clone(),
+            )
+        };
+        let mut k = 2;
+        while k <= n_pad {
+            let mut j = k / 2;
+            while j > 0 {
+                unsafe {
+                    bitonic_kernel::launch_unchecked(
+                        client,
+                        grid(n_pad),
+                        CubeDim::new_1d(dim),
+                        arg(&units, n_pad),
+                        arg(&vals, n_pad),
+                        arg(&idx, n_pad),
+                        n_pad,
+                        k,
+                        j,
+                    )
+                };
+                j /= 2;
+            }
+            k *= 2;
+        }
+        unsafe {
+            sel_bounds_kernel::launch_unchecked(
+                client,
+                grid(n_pad),
+                CubeDim::new_1d(dim),
+                arg(&units, n_pad),
+                arg(&start, n_units),
+                arg(&end, n_units),
+                n_pad,
+            )
+        };
+        let threads = if cfg.kind == SelKind::Rank {
+            n_pad
+        } else {
+            n_units
+        };
+        unsafe {
+            sel_out_kernel::launch_unchecked(
+                client,
+                grid(threads),
+                CubeDim::new_1d(dim),
+                arg(&on.arena, on.total),
+                arg(&on.meta, on.meta_len),
+                arg(&on.groups, on.groups_len),
+                arg(&units, n_pad),
+                arg(&vals, n_pad),
+                arg(&idx, n_pad),
+                arg(&start, n_units),
+                arg(&end, n_units),
+                n_pad,
+                cfg.clone(),
+            )
+        };
+        Ok(())
     }
 
     /// Copy the outputs back (f64).

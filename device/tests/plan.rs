@@ -81,3 +81,45 @@ fn device_plan_equals_the_interpreter_on_every_stdlib_recipe() {
     );
     assert!(runs >= 80, "only {runs} runs");
 }
+
+/// Ranks, quantiles and sorted running sums lower to device kernels (a
+/// bitonic sort), not to the host.
+#[test]
+fn selections_run_on_the_device() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for (file, want) in [
+        ("grpo_lambda", "Rank"),
+        ("siren", "Quantile"),
+        ("pld", "SortedCumsum"),
+    ] {
+        let path = root.join("stdlib").join(format!("{file}.recipe"));
+        let text = std::fs::read_to_string(&path).expect("stdlib file");
+        let c = check_source(&Disk, &path.to_string_lossy(), &text);
+        let idx = c.main_recipe(None).expect("recipe");
+        let r = &c.recipes[idx];
+        let v = if keel_compiler::reads_logits_only_through_kernel(r) {
+            0
+        } else {
+            8
+        };
+        let batch = synth::batch(
+            r,
+            Dims {
+                b: 8,
+                t: 8,
+                v,
+                group: 4,
+            },
+            1,
+        );
+        let have = |n: &str| batch.has(n);
+        let compiled = keel_compiler::compile_loss(&c, idx, &have).expect("compiles");
+        let plan = keel_compiler::kernel::Plan::new(&compiled.graph).expect("plan");
+        let dp = keel_device::plan::DevicePlan::new(&plan).expect("lowers");
+        let listing = dp.describe();
+        assert!(
+            listing.contains(&format!("bitonic sort + {want}")),
+            "{file}:\n{listing}"
+        );
+    }
+}
