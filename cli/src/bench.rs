@@ -484,15 +484,8 @@ fn logits_device(
     iters: usize,
 ) -> ExitCode {
     let n = tokens.len();
-    let (client, name) = match keel_device::client_named() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error[E0708]: no device: {e}");
-            eprintln!(
-                "help: build with `--features cuda` on an NVIDIA machine, or install a Vulkan driver"
-            );
-            return ExitCode::from(1);
-        }
+    let Some((client, name)) = report::device_client() else {
+        return ExitCode::from(1);
     };
     // Parity on the first rows (the kernel is the same for every row).
     let k = n.min(64);
@@ -548,15 +541,8 @@ fn logits_device(
 /// larger shape) and the logits kernel against the CPU kernel.
 pub fn parity(seqs: usize, json: bool) -> ExitCode {
     use keel_compiler::synth::{self, Dims};
-    let (client, name) = match keel_device::client_named() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error[E0708]: no device: {e}");
-            eprintln!(
-                "help: build with `--features cuda` on an NVIDIA machine, or install a Vulkan driver"
-            );
-            return ExitCode::from(1);
-        }
+    let Some((client, name)) = report::device_client() else {
+        return ExitCode::from(1);
     };
     let mut runs = 0usize;
     let mut failures: Vec<String> = Vec::new();

@@ -95,15 +95,8 @@ pub fn run(a: Args) -> ExitCode {
     let result = match backend {
         Some(b) => run_loss_with(&checked, index, &batch, &a.batch, b),
         None => {
-            let (client, name) = match keel_device::client_named() {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error[E0708]: no device for `--backend device`: {e}");
-                    eprintln!(
-                        "help: install a Vulkan driver (Debian: mesa-vulkan-drivers), build with `--features cuda` on an NVIDIA machine, or use `--backend kernel`"
-                    );
-                    return ExitCode::from(1);
-                }
+            let Some((client, name)) = report::device_client() else {
+                return ExitCode::from(1);
             };
             device_name = name;
             keel_compiler::run_loss_exec(&checked, index, &batch, &a.batch, false, &mut |g, p| {

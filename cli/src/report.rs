@@ -68,3 +68,18 @@ pub fn read(path: &str) -> Option<String> {
         }
     }
 }
+
+/// The device client for the device backends, or an E0708 error printed
+/// (`None`).
+pub fn device_client() -> Option<(keel_device::Client, &'static str)> {
+    match keel_device::client_named() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("error[E0708]: no usable device: {e}");
+            eprintln!(
+                "help: install a Vulkan driver (Debian: mesa-vulkan-drivers), build with `--features cuda` on an NVIDIA machine, or use `--backend kernel` (the fused kernels on the CPU)"
+            );
+            None
+        }
+    }
+}

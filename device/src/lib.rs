@@ -93,10 +93,71 @@ fn logits_backward_kernel(
     }
 }
 
-type Client = cubecl::client::Client;
+/// A cubecl compute client.
+pub type Client = cubecl::client::Client;
 
 fn width(client: &Client) -> u32 {
     client.properties().hardware.plane_size_max.max(1)
+}
+
+type Handle = cubecl::server::Handle;
+
+fn raw(h: &Handle, n: usize) -> TensorArg {
+    // SAFETY (for every launch below): the kernels index below the lengths
+    // given here, which are the lengths the buffers were created with.
+    unsafe { TensorArg::from_raw_parts(h.clone(), [1].into(), [n].into()) }
+}
+
+/// Launch the forward kernel: `stats` [n, 4] from `z` [n, v] and `tokens`.
+fn launch_forward(
+    client: &Client,
+    z: &Handle,
+    tokens: &Handle,
+    stats: &Handle,
+    n: usize,
+    v: usize,
+) {
+    // SAFETY: see `raw`.
+    unsafe {
+        logits_forward_kernel::launch_unchecked(
+            client,
+            CubeCount::Static(n as u32, 1, 1),
+            CubeDim::new_1d(width(client)),
+            raw(z, n * v),
+            raw(tokens, n),
+            raw(stats, n * 4),
+            v,
+        )
+    };
+}
+
+/// Launch the backward kernel: `d` [n, v] from the statistics and `grads`
+/// [n, 2] (d_logp, d_entropy).
+#[allow(clippy::too_many_arguments)]
+fn launch_backward(
+    client: &Client,
+    z: &Handle,
+    tokens: &Handle,
+    stats: &Handle,
+    grads: &Handle,
+    d: &Handle,
+    n: usize,
+    v: usize,
+) {
+    // SAFETY: see `raw`.
+    unsafe {
+        logits_backward_kernel::launch_unchecked(
+            client,
+            CubeCount::Static(n as u32, 1, 1),
+            CubeDim::new_1d(width(client)),
+            raw(z, n * v),
+            raw(tokens, n),
+            raw(stats, n * 4),
+            raw(grads, n * 2),
+            raw(d, n * v),
+            v,
+        )
+    };
 }
 
 /// logp, entropy (and the statistics of the backward pass) of every row.
@@ -108,18 +169,7 @@ pub fn logits_forward(client: &Client, z: &[f32], tokens: &[u32], v: usize) -> F
     let zh = client.create_from_slice(f32::as_bytes(&z[..n * v]));
     let th = client.create_from_slice(u32::as_bytes(&tokens[..n]));
     let sh = client.empty(n * 4 * 4);
-    // SAFETY: every index the kernel reads or writes is below the lengths given.
-    unsafe {
-        logits_forward_kernel::launch_unchecked(
-            client,
-            CubeCount::Static(n as u32, 1, 1),
-            CubeDim::new_1d(width(client)),
-            TensorArg::from_raw_parts(zh, [1].into(), [n * v].into()),
-            TensorArg::from_raw_parts(th, [1].into(), [n].into()),
-            TensorArg::from_raw_parts(sh.clone(), [1].into(), [n * 4].into()),
-            v,
-        )
-    };
+    launch_forward(client, &zh, &th, &sh, n, v);
     let s = f32::from_bytes(&client.read_one_unchecked(sh)).to_vec();
     let col = |k: usize| (0..n).map(|i| s[i * 4 + k]).collect::<Vec<f32>>();
     Forward {
@@ -160,20 +210,7 @@ pub fn logits_backward(
     let sh = client.create_from_slice(f32::as_bytes(&stats));
     let gh = client.create_from_slice(f32::as_bytes(&grads));
     let dh = client.empty(n * v * 4);
-    // SAFETY: every index the kernel reads or writes is below the lengths given.
-    unsafe {
-        logits_backward_kernel::launch_unchecked(
-            client,
-            CubeCount::Static(n as u32, 1, 1),
-            CubeDim::new_1d(width(client)),
-            TensorArg::from_raw_parts(zh, [1].into(), [n * v].into()),
-            TensorArg::from_raw_parts(th, [1].into(), [n].into()),
-            TensorArg::from_raw_parts(sh, [1].into(), [n * 4].into()),
-            TensorArg::from_raw_parts(gh, [1].into(), [n * 2].into()),
-            TensorArg::from_raw_parts(dh.clone(), [1].into(), [n * v].into()),
-            v,
-        )
-    };
+    launch_backward(client, &zh, &th, &sh, &gh, &dh, n, v);
     f32::from_bytes(&client.read_one_unchecked(dh)).to_vec()
 }
 
@@ -220,34 +257,11 @@ pub fn logits_bench(
     let (mut tf, mut tb) = (Vec::new(), Vec::new());
     for k in 0..iters.max(1) + 1 {
         let start = std::time::Instant::now();
-        // SAFETY: every index the kernels read or write is below the lengths given.
-        unsafe {
-            logits_forward_kernel::launch_unchecked(
-                client,
-                CubeCount::Static(n as u32, 1, 1),
-                CubeDim::new_1d(width(client)),
-                TensorArg::from_raw_parts(zh.clone(), [1].into(), [n * v].into()),
-                TensorArg::from_raw_parts(th.clone(), [1].into(), [n].into()),
-                TensorArg::from_raw_parts(sh.clone(), [1].into(), [n * 4].into()),
-                v,
-            )
-        };
+        launch_forward(client, &zh, &th, &sh, n, v);
         sync()?;
         let f = start.elapsed().as_secs_f64();
         let start = std::time::Instant::now();
-        unsafe {
-            logits_backward_kernel::launch_unchecked(
-                client,
-                CubeCount::Static(n as u32, 1, 1),
-                CubeDim::new_1d(width(client)),
-                TensorArg::from_raw_parts(zh.clone(), [1].into(), [n * v].into()),
-                TensorArg::from_raw_parts(th.clone(), [1].into(), [n].into()),
-                TensorArg::from_raw_parts(sh.clone(), [1].into(), [n * 4].into()),
-                TensorArg::from_raw_parts(gh.clone(), [1].into(), [n * 2].into()),
-                TensorArg::from_raw_parts(dh.clone(), [1].into(), [n * v].into()),
-                v,
-            )
-        };
+        launch_backward(client, &zh, &th, &sh, &gh, &dh, n, v);
         sync()?;
         let b = start.elapsed().as_secs_f64();
         // The first iteration compiles the kernels.

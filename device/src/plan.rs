@@ -166,6 +166,29 @@ fn read(
     }
 }
 
+/// 1 where element `i` is a member of a reduction, else 0.
+#[cube]
+fn member_flag(
+    arena: &mut Tensor<f32>,
+    meta: &Tensor<u32>,
+    i: usize,
+    #[comptime] member: Member,
+    #[comptime] mask_slot: usize,
+) -> f32 {
+    let moff = meta[comptime![M_OFF + mask_slot]] as usize;
+    let mut m = f32::new(1.0);
+    match member {
+        Member::All => {}
+        Member::Mask => {
+            m = arena[moff + i];
+        }
+        Member::MaskOfToken => {
+            m = arena[moff + i / (meta[M_V] as usize)];
+        }
+    }
+    m
+}
+
 #[cube]
 fn flag(c: bool) -> f32 {
     select(c, f32::new(1.0), f32::new(0.0))
@@ -261,17 +284,7 @@ fn exec(
         }
         DIns::Accum(src, vslot, cslot, neutral, member) => {
             let x = read(arena, meta, groups, regs, i, src, level);
-            let moff = meta[comptime![M_OFF + mask_slot]] as usize;
-            let mut m = f32::new(1.0);
-            match member {
-                Member::All => {}
-                Member::Mask => {
-                    m = arena[moff + i];
-                }
-                Member::MaskOfToken => {
-                    m = arena[moff + i / (meta[M_V] as usize)];
-                }
-            }
+            let m = member_flag(arena, meta, i, member, mask_slot);
             let vo = meta[comptime![M_OFF + vslot]] as usize;
             let co = meta[comptime![M_OFF + cslot]] as usize;
             let inside = m != 0.0;
@@ -280,22 +293,42 @@ fn exec(
         }
         DIns::RowAccum(src, k, red, member) => {
             let x = read(arena, meta, groups, regs, i, src, level);
-            let moff = meta[comptime![M_OFF + mask_slot]] as usize;
-            let mut m = f32::new(1.0);
-            match member {
-                Member::All => {}
-                Member::Mask => {
-                    m = arena[moff + i];
-                }
-                Member::MaskOfToken => {
-                    m = arena[moff + i / (meta[M_V] as usize)];
-                }
-            }
+            let m = member_flag(arena, meta, i, member, mask_slot);
             if m != 0.0 {
                 accs[k] = combine(accs[k], x, red);
                 cnts[k] += f32::new(1.0);
             }
         }
+    }
+}
+
+/// The loop body at element `i`: the instruction list, unrolled.
+#[cube]
+fn body(
+    arena: &mut Tensor<f32>,
+    meta: &Tensor<u32>,
+    groups: &Tensor<u32>,
+    regs: &mut Array<f32>,
+    accs: &mut Array<f32>,
+    cnts: &mut Array<f32>,
+    i: usize,
+    #[comptime] cfg: &LoopCfg,
+) {
+    #[unroll]
+    for k in 0..cfg.ins.len() {
+        let ins = comptime![cfg.ins[k].clone()];
+        exec(
+            arena,
+            meta,
+            groups,
+            regs,
+            accs,
+            cnts,
+            i,
+            ins,
+            comptime![cfg.level],
+            comptime![cfg.mask_slot],
+        );
     }
 }
 
@@ -312,22 +345,9 @@ fn loop_kernel(
         let mut regs = Array::<f32>::new(comptime![cfg.regs.max(1)]);
         let mut accs = Array::<f32>::new(1usize);
         let mut cnts = Array::<f32>::new(1usize);
-        #[unroll]
-        for k in 0..cfg.ins.len() {
-            let ins = comptime![cfg.ins[k].clone()];
-            exec(
-                arena,
-                meta,
-                groups,
-                &mut regs,
-                &mut accs,
-                &mut cnts,
-                i,
-                ins,
-                comptime![cfg.level],
-                comptime![cfg.mask_slot],
-            );
-        }
+        body(
+            arena, meta, groups, &mut regs, &mut accs, &mut cnts, i, &cfg,
+        );
     }
 }
 
@@ -363,22 +383,9 @@ fn row_kernel(
         let mut j = UNIT_POS as usize;
         while j < seg {
             let i = row * seg + j;
-            #[unroll]
-            for k in 0..cfg.ins.len() {
-                let ins = comptime![cfg.ins[k].clone()];
-                exec(
-                    arena,
-                    meta,
-                    groups,
-                    &mut regs,
-                    &mut accs,
-                    &mut cnts,
-                    i,
-                    ins,
-                    comptime![cfg.level],
-                    comptime![cfg.mask_slot],
-                );
-            }
+            body(
+                arena, meta, groups, &mut regs, &mut accs, &mut cnts, i, &cfg,
+            );
             j += CUBE_DIM as usize;
         }
     }
