@@ -246,7 +246,10 @@ pub fn run(a: Args) -> ExitCode {
                 };
                 device_name = name;
                 let run = || -> Result<(Vec<f64>, f64), String> {
-                    let plan = keel_compiler::kernel::Plan::new(&compiled.graph)?;
+                    let plan = keel_compiler::kernel::Plan::with_policy(
+                        &compiled.graph,
+                        keel_compiler::kernel::Policy::Device,
+                    )?;
                     let dp = keel_device::plan::DevicePlan::new(&plan)?;
                     let inputs = prepared.inputs_f32();
                     let mut times = Vec::new();

@@ -141,7 +141,18 @@ enum Kind {
     Special,
 }
 
-/// Operations worth a buffer rather than recomputation in a later loop.
+/// Where a plan will run: what it stores and what it recomputes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Store values behind expensive operations once; recompute the rest.
+    Cpu,
+    /// Recompute every elementwise value; store only what crosses levels,
+    /// special steps and outputs.
+    Device,
+}
+
+/// Operations worth a buffer rather than recomputation in a later loop (on
+/// the CPU).
 fn expensive(op: &Op) -> bool {
     matches!(
         op,
@@ -172,6 +183,14 @@ impl Plan {
     /// elementwise values it needs from earlier stages instead of reading
     /// them back from memory.
     pub fn new(graph: &Graph) -> Result<Plan, String> {
+        Plan::with_policy(graph, Policy::Cpu)
+    }
+
+    /// [`Plan::new`] for a target: on a GPU, arithmetic is cheap next to
+    /// memory traffic, so every elementwise value a later loop needs is
+    /// recomputed there ([`Policy::Device`]); on the CPU, values behind an
+    /// exp, log or pow are stored once and read back ([`Policy::Cpu`]).
+    pub fn with_policy(graph: &Graph, policy: Policy) -> Result<Plan, String> {
         let g = graph;
         let n_nodes = g.nodes.len();
         let live = g.live();
@@ -230,7 +249,9 @@ impl Plan {
                     Kind::Special => true,
                     Kind::Elem => {
                         n.level != g.nodes[a].level
-                            || (stage[id] > stage[a] && expensive(&g.nodes[a].op))
+                            || (stage[id] > stage[a]
+                                && policy == Policy::Cpu
+                                && expensive(&g.nodes[a].op))
                     }
                     _ => false,
                 };

@@ -286,7 +286,8 @@ pub fn run_graph(
     graph: &keel_compiler::ir::Graph,
     prepared: &keel_compiler::batch::Prepared,
 ) -> Result<keel_compiler::Outputs, String> {
-    let plan = keel_compiler::kernel::Plan::new(graph)?;
+    let plan =
+        keel_compiler::kernel::Plan::with_policy(graph, keel_compiler::kernel::Policy::Device)?;
     let dp = plan::DevicePlan::new(&plan)?;
     dp.run(client, &prepared.shape, &prepared.inputs_f32())
 }

@@ -114,7 +114,11 @@ fn selections_run_on_the_device() {
         );
         let have = |n: &str| batch.has(n);
         let compiled = keel_compiler::compile_loss(&c, idx, &have).expect("compiles");
-        let plan = keel_compiler::kernel::Plan::new(&compiled.graph).expect("plan");
+        let plan = keel_compiler::kernel::Plan::with_policy(
+            &compiled.graph,
+            keel_compiler::kernel::Policy::Device,
+        )
+        .expect("plan");
         let dp = keel_device::plan::DevicePlan::new(&plan).expect("lowers");
         let listing = dp.describe();
         assert!(
