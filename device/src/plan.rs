@@ -814,6 +814,149 @@ fn gather_kernel(
     }
 }
 
+/// A keyed statistic (`sum_by`, `min_by`, `max_by`, `quantile_by`): every
+/// element gets the statistic of the members that share its key (0 for a key
+/// without members). Elements are sorted by (key, members first, then for
+/// quantiles x ascending, index) with the bitonic sort; one unit per run of
+/// equal keys reads the run off in order — the interpreter's order, so sums
+/// agree to the last bit of f32.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct KeyedCfg {
+    /// `None`: a quantile.
+    pub red: Option<Red>,
+    pub level: Level,
+    pub x: DSrc,
+    pub q: DSrc,
+    pub key: DSrc,
+    pub member: DSrc,
+    pub out: usize,
+    pub mask_slot: usize,
+}
+
+/// Whether element `i` is a member of its key's statistic.
+#[cube]
+fn keyed_member(
+    arena: &mut Tensor<f32>,
+    meta: &Tensor<u32>,
+    groups: &Tensor<u32>,
+    regs: &mut Array<f32>,
+    i: usize,
+    #[comptime] cfg: &KeyedCfg,
+) -> bool {
+    let mut valid = true;
+    if comptime![cfg.level == Level::Token] {
+        let moff = meta[comptime![M_OFF + cfg.mask_slot]] as usize;
+        valid = arena[moff + i] != 0.0;
+    }
+    let m = read(arena, meta, groups, regs, i, cfg.member, cfg.level);
+    valid && m != 0.0
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn keyed_keys_kernel(
+    arena: &mut Tensor<f32>,
+    meta: &Tensor<u32>,
+    groups: &Tensor<u32>,
+    units: &mut Tensor<u32>,
+    vals: &mut Tensor<f32>,
+    idx: &mut Tensor<u32>,
+    n_pad: usize,
+    #[comptime] cfg: KeyedCfg,
+) {
+    let i = ABSOLUTE_POS;
+    let n = meta[comptime![li(cfg.level)]] as usize;
+    let mut regs = Array::<f32>::new(1usize);
+    if i < n_pad {
+        let mut u = u32::new(comptime![NO_UNIT as i64]);
+        let mut v = f32::new(0.0);
+        if i < n {
+            // The key's bits, in an order-preserving unsigned form.
+            let k = read(arena, meta, groups, &mut regs, i, cfg.key, cfg.level);
+            let b = k.to_bits();
+            u = select(b >= 2147483648u32, b ^ 4294967295u32, b | 2147483648u32);
+            let m = keyed_member(arena, meta, groups, &mut regs, i, &cfg);
+            if comptime![cfg.red.is_none()] {
+                let x = read(arena, meta, groups, &mut regs, i, cfg.x, cfg.level);
+                v = select(m, -x, -f32::new(f32::MAX));
+            } else {
+                v = flag(m);
+            }
+        }
+        units[i] = u;
+        vals[i] = v;
+        idx[i] = i as u32;
+    }
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn keyed_out_kernel(
+    arena: &mut Tensor<f32>,
+    meta: &Tensor<u32>,
+    groups: &Tensor<u32>,
+    units: &Tensor<u32>,
+    vals: &Tensor<f32>,
+    idx: &Tensor<u32>,
+    n_pad: usize,
+    #[comptime] cfg: KeyedCfg,
+) {
+    let p = ABSOLUTE_POS;
+    let out = meta[comptime![M_OFF + cfg.out]] as usize;
+    let mut regs = Array::<f32>::new(1usize);
+    if p < n_pad {
+        let u = units[p];
+        if u != NO_UNIT && (p == 0 || units[p - 1] != u) {
+            let mut e = p;
+            let mut c = 0usize;
+            while e < n_pad && units[e] == u {
+                if keyed_member(arena, meta, groups, &mut regs, idx[e] as usize, &cfg) {
+                    c += 1;
+                }
+                e += 1;
+            }
+            if comptime![cfg.red.is_none()] {
+                // Members first, x ascending (vals = -x).
+                let mut r = p;
+                while r < e {
+                    let i = idx[r] as usize;
+                    let mut y = f32::new(0.0);
+                    if c > 0 {
+                        let q = read(arena, meta, groups, &mut regs, i, cfg.q, cfg.level);
+                        let q = f32::min(f32::max(q, f32::new(0.0)), f32::new(1.0));
+                        let pos = q * f32::cast_from(c - 1);
+                        let lo = f32::floor(pos);
+                        let hi = f32::ceil(pos);
+                        let xlo = -vals[p + lo as usize];
+                        let xhi = -vals[p + hi as usize];
+                        y = xlo + (xhi - xlo) * (pos - lo);
+                    }
+                    arena[out + i] = y;
+                    r += 1;
+                }
+            } else {
+                let red = comptime![cfg.red.unwrap_or(Red::Sum)];
+                let mut acc = f32::new(comptime![neutral(red)]);
+                let mut r = p;
+                while r < e {
+                    let i = idx[r] as usize;
+                    if keyed_member(arena, meta, groups, &mut regs, i, &cfg) {
+                        let x = read(arena, meta, groups, &mut regs, i, cfg.x, cfg.level);
+                        acc = combine(acc, x, red);
+                    }
+                    r += 1;
+                }
+                let y = select(c > 0, acc, f32::new(0.0));
+                let mut r = p;
+                while r < e {
+                    arena[out + idx[r] as usize] = y;
+                    r += 1;
+                }
+            }
+        }
+    }
+}
+
 /// The neutral element of a reduction. Shader languages have no infinite
 /// literals (WGSL rejects them), so ±f32::MAX stands in; member counts keep
 /// empty units apart.
@@ -839,6 +982,47 @@ fn finite(c: f64) -> f32 {
     }
 }
 
+type Handle = cubecl::server::Handle;
+
+fn raw(h: &Handle, n: usize) -> TensorArg {
+    // SAFETY (for every launch of this module): kernels index below the
+    // lengths given here or in `meta`, which describe these buffers.
+    unsafe { TensorArg::from_raw_parts(h.clone(), [1].into(), [n].into()) }
+}
+
+/// A grid of 256-unit cubes covering `threads` units (two dimensions past
+/// 65,535 cubes).
+fn grid(threads: usize) -> CubeCount {
+    let cubes = threads.div_ceil(256) as u32;
+    CubeCount::Static(cubes.min(65_535), cubes.div_ceil(65_535), 1)
+}
+
+/// Sort (units, vals, idx) by unit ascending, val descending, idx
+/// ascending: a bitonic network, log2(n)·(log2(n)+1)/2 launches.
+fn bitonic_sort(client: &Client, units: &Handle, vals: &Handle, idx: &Handle, n_pad: usize) {
+    let mut k = 2;
+    while k <= n_pad {
+        let mut j = k / 2;
+        while j > 0 {
+            unsafe {
+                bitonic_kernel::launch_unchecked(
+                    client,
+                    grid(n_pad),
+                    CubeDim::new_1d(256),
+                    raw(units, n_pad),
+                    raw(vals, n_pad),
+                    raw(idx, n_pad),
+                    n_pad,
+                    k,
+                    j,
+                )
+            };
+            j /= 2;
+        }
+        k *= 2;
+    }
+}
+
 /// What the device runs for one plan step.
 #[derive(Clone, Debug)]
 enum DStep {
@@ -846,6 +1030,7 @@ enum DStep {
     Hop(HopCfg),
     Scan(ScanCfg),
     Select(SelCfg),
+    Keyed(KeyedCfg),
     Gather(GatherCfg),
     /// Index of the plan's special step.
     Special(usize),
@@ -937,6 +1122,22 @@ impl DevicePlan {
                                 key,
                                 x: dsrc(sp.args.first()),
                                 q: dsrc(sp.args.get(1)),
+                                out: sp.buf,
+                                mask_slot,
+                            }))
+                        }
+                        Op::Keyed(_) | Op::KeyedQuantile if n.level <= Level::Token => {
+                            let (red, off) = match n.op {
+                                Op::Keyed(r) => (Some(r), 0),
+                                _ => (None, 1),
+                            };
+                            steps.push(DStep::Keyed(KeyedCfg {
+                                red,
+                                level: n.level,
+                                x: dsrc(sp.args.first()),
+                                q: dsrc(sp.args.get(1)),
+                                key: dsrc(sp.args.get(1 + off)),
+                                member: dsrc(sp.args.get(2 + off)),
                                 out: sp.buf,
                                 mask_slot,
                             }))
@@ -1124,6 +1325,13 @@ impl DevicePlan {
                     h.to.name()
                 )),
                 DStep::Scan(c) => out.push_str(&format!("scan_kernel {:?} per sequence\n", c.op)),
+                DStep::Keyed(k) => out.push_str(&format!(
+                    "bitonic sort + keyed {} of {} values\n",
+                    k.red
+                        .map(|r| format!("{r:?}"))
+                        .unwrap_or_else(|| "Quantile".into()),
+                    k.level.name()
+                )),
                 DStep::Gather(g) => out.push_str(if g.onehot {
                     "gather_kernel onehot\n"
                 } else {
@@ -1350,6 +1558,7 @@ impl DevicePlan {
                     };
                 }
                 DStep::Select(cfg) => self.select(client, on, cfg, plane)?,
+                DStep::Keyed(cfg) => self.keyed(client, on, cfg)?,
                 DStep::Gather(cfg) => {
                     let n = sh.len(if cfg.onehot {
                         Level::Vocab
@@ -1408,6 +1617,50 @@ impl DevicePlan {
         cubecl::future::block_on(client.sync()).map_err(|e| e.to_string())
     }
 
+    /// A keyed statistic: keys, a bitonic sort, one unit per run of keys.
+    fn keyed(&self, client: &Client, on: &OnDevice, cfg: &KeyedCfg) -> Result<(), String> {
+        let n = on.shape.len(cfg.level);
+        if n == 0 {
+            return Ok(());
+        }
+        let n_pad = n.next_power_of_two();
+        let units = client.empty(n_pad * 4);
+        let vals = client.empty(n_pad * 4);
+        let idx = client.empty(n_pad * 4);
+        unsafe {
+            keyed_keys_kernel::launch_unchecked(
+                client,
+                grid(n_pad),
+                CubeDim::new_1d(256),
+                raw(&on.arena, on.total),
+                raw(&on.meta, on.meta_len),
+                raw(&on.groups, on.groups_len),
+                raw(&units, n_pad),
+                raw(&vals, n_pad),
+                raw(&idx, n_pad),
+                n_pad,
+                cfg.clone(),
+            )
+        };
+        bitonic_sort(client, &units, &vals, &idx, n_pad);
+        unsafe {
+            keyed_out_kernel::launch_unchecked(
+                client,
+                grid(n_pad),
+                CubeDim::new_1d(256),
+                raw(&on.arena, on.total),
+                raw(&on.meta, on.meta_len),
+                raw(&on.groups, on.groups_len),
+                raw(&units, n_pad),
+                raw(&vals, n_pad),
+                raw(&idx, n_pad),
+                n_pad,
+                cfg.clone(),
+            )
+        };
+        Ok(())
+    }
+
     /// A selection: keys, a bitonic sort, unit bounds, the result.
     fn select(
         &self,
@@ -1429,16 +1682,7 @@ impl DevicePlan {
         let zeros = vec![0u32; n_units];
         let start = client.create_from_slice(u32::as_bytes(&zeros));
         let end = client.create_from_slice(u32::as_bytes(&zeros));
-        let arg = |h: &cubecl::server::Handle, n: usize| {
-            // SAFETY (for the launches below): every index a kernel touches
-            // is below `n_pad`, `n_units` or the lengths in `meta`.
-            unsafe { TensorArg::from_raw_parts(h.clone(), [1].into(), [n].into()) }
-        };
-        let dim = 256u32;
-        let grid = |threads: usize| {
-            let cubes = (threads.div_ceil(dim as usize)) as u32;
-            CubeCount::Static(cubes.min(65_535), cubes.div_ceil(65_535), 1)
-        };
+        let (arg, dim) = (raw, 256u32);
         unsafe {
             sel_keys_kernel::launch_unchecked(
                 client,
@@ -1454,27 +1698,7 @@ impl DevicePlan {
                 cfg.clone(),
             )
         };
-        let mut k = 2;
-        while k <= n_pad {
-            let mut j = k / 2;
-            while j > 0 {
-                unsafe {
-                    bitonic_kernel::launch_unchecked(
-                        client,
-                        grid(n_pad),
-                        CubeDim::new_1d(dim),
-                        arg(&units, n_pad),
-                        arg(&vals, n_pad),
-                        arg(&idx, n_pad),
-                        n_pad,
-                        k,
-                        j,
-                    )
-                };
-                j /= 2;
-            }
-            k *= 2;
-        }
+        bitonic_sort(client, &units, &vals, &idx, n_pad);
         unsafe {
             sel_bounds_kernel::launch_unchecked(
                 client,

@@ -26,6 +26,7 @@ fn device_plan_equals_the_interpreter_on_every_stdlib_recipe() {
     let mut failures = Vec::new();
     let mut worst = (0.0f64, String::new());
     let mut runs = 0;
+    let mut riskpo_runs = 0;
     for (file, _) in keel_compiler::stdlib::FILES {
         let path = root.join("stdlib").join(format!("{file}.recipe"));
         let text = std::fs::read_to_string(&path).expect("stdlib file");
@@ -60,6 +61,9 @@ fn device_plan_equals_the_interpreter_on_every_stdlib_recipe() {
                     }
                 };
                 runs += 1;
+                if r.name == "riskpo" {
+                    riskpo_runs += 1;
+                }
                 for (name, e) in keel_compiler::parity::errors(&got, &want) {
                     let label = format!("{} ({what}) {name}", r.name);
                     if e > worst.0 {
@@ -80,6 +84,10 @@ fn device_plan_equals_the_interpreter_on_every_stdlib_recipe() {
         failures.join("\n")
     );
     assert!(runs >= 80, "only {runs} runs");
+    assert!(
+        riskpo_runs >= 4,
+        "riskpo (keyed statistics) ran {riskpo_runs} times"
+    );
 }
 
 /// Ranks, quantiles and sorted running sums lower to device kernels (a
@@ -91,6 +99,8 @@ fn selections_run_on_the_device() {
         ("grpo_lambda", "Rank"),
         ("siren", "Quantile"),
         ("pld", "SortedCumsum"),
+        ("riskpo", "keyed Quantile"),
+        ("riskpo", "keyed Min"),
     ] {
         let path = root.join("stdlib").join(format!("{file}.recipe"));
         let text = std::fs::read_to_string(&path).expect("stdlib file");
