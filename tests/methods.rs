@@ -730,6 +730,29 @@ fn cumsum_by_gradient_matches_finite_differences() {
     b.b.insert("tokens", "i64", vec![2, 2], vec![0.0, 1.0, 2.0, 3.0]);
     let c = keel_tests::check_str(src);
     assert!(keel_tests::fd_check(&c, None, &b.b, "logits", 20) >= 10);
+    // The reverse running sum, and a gradient through it.
+    let src = "recipe r { objective.loss = sum(rcumsum_by(exp(logits), old_logp * 0 + logits) over vocab * vocab_index) over vocab }";
+    let c = keel_tests::check_str(src);
+    assert!(keel_tests::fd_check(&c, None, &b.b, "logits", 20) >= 10);
+}
+
+/// `rcumsum_by` is the suffix sum in `cumsum_by`'s order, ties included:
+/// keys [0.5, 0.9, 0.5, 0.1] order the members 1, 0, 2, 3.
+#[test]
+fn rcumsum_by_worked_example() {
+    let b = B::new(&[4])
+        .tok("logp", &[1.0, 2.0, 3.0, 4.0])
+        .tok("old_logp", &[0.5, 0.9, 0.5, 0.1]);
+    let fwd = keel_tests::loss_str(
+        "recipe r { monitor { c0 = sum(where(position == 0, cumsum_by(logp, old_logp) over seq, 0)) over batch }\n objective.loss = rcumsum_by(logp, old_logp) over seq * (position + 1) }",
+        &b.b,
+    );
+    // rcumsum = [8, 10, 7, 4]; token_mean of rcumsum·(position+1) = (8 + 20 + 21 + 16) / 4.
+    assert!(close(fwd.loss, 65.0 / 4.0, 1e-12, 0.0), "{}", fwd.loss);
+    assert!(close(metric(&fwd, "c0"), 3.0, 1e-12, 0.0));
+    // d/dx_u = (1/4) · sum of (position+1) over members ranked at or before u:
+    // order 1, 0, 2, 3 with weights 2, 1, 3, 4 → [3, 2, 6, 10] / 4.
+    assert_all(&fwd.d_logp, &[0.75, 0.5, 1.5, 2.5], 1e-12);
 }
 
 fn metric(r: &keel_compiler::LossResult, name: &str) -> f64 {

@@ -597,7 +597,7 @@ pub fn parity(seqs: usize, json: bool) -> ExitCode {
                         if e > rworst.0 {
                             rworst = (e, label.clone());
                         }
-                        if e > keel_compiler::parity::f32_tolerance(&r.name) {
+                        if e > keel_compiler::parity::F32_TOLERANCE {
                             failures.push(format!("{} ({label}): error {e:.2e}", r.name));
                         }
                     }

@@ -245,16 +245,21 @@ pub fn gradients(
                 };
                 push(bld, &mut adj, x, d);
             }
-            Op::SortedCumsum { over } => {
+            Op::SortedCumsum { over, reverse } => {
                 // y_v = sum of x_u ranked at or before v: x_u feeds every v
-                // ranked at or after it, a suffix sum = total - prefix + own.
+                // ranked at or after it — the reverse running sum of g (and
+                // the other way round), with no cancellation.
                 let (x, key) = (a(0), a(1));
                 let xl = bld.level(x);
-                let total = bld.reduce(Red::Sum, g, over);
-                let total = bld.broadcast(total, xl);
-                let prefix = bld.add(Op::SortedCumsum { over }, vec![g, key], xl, DType::F64);
-                let t = bld.binary(Bin::Sub, total, prefix);
-                let d = bld.binary(Bin::Add, t, g);
+                let d = bld.add(
+                    Op::SortedCumsum {
+                        over,
+                        reverse: !reverse,
+                    },
+                    vec![g, key],
+                    xl,
+                    DType::F64,
+                );
                 push(bld, &mut adj, x, d);
             }
             Op::Keyed(Red::Sum) => {

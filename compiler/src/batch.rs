@@ -272,7 +272,10 @@ pub fn prepare(
                     n.op,
                     Op::Rank { over: Level::Group }
                         | Op::Quantile { over: Level::Group }
-                        | Op::SortedCumsum { over: Level::Group }
+                        | Op::SortedCumsum {
+                            over: Level::Group,
+                            ..
+                        }
                 ))
     });
     if uses_groups {

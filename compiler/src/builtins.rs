@@ -270,6 +270,7 @@ builtins! {
     "max_by"("x", "key", "member?") Elementwise Num false "for each element, the maximum of x over the elements sharing its key (where member holds)";
     "quantile_by"("x", "q", "key", "member?") Elementwise Num false "for each element, the q-quantile (linear) of x over the elements sharing its key (where member holds)";
     "cumsum_by"("x", "key") Normalize Num false "running sum of x within each unit, in descending order of key (ties: lower index first), inclusive";
+    "rcumsum_by"("x", "key") Normalize Num false "the reverse: sum of x over the members ranked at or after each one in that order (a suffix sum, without the cancellation of `sum - cumsum_by + x`)";
     "rscan"("x", "gamma") Scan Num false "reverse discounted sum: y_t = x_t + gamma * y_{t+1}";
     "rscan_min"("x") Scan Num false "reverse running minimum: y_t = min(x_t, y_{t+1})";
     "cumsum"("x") Scan Num false "running sum from the first token";

@@ -251,12 +251,15 @@ pub fn special(
             }
             out
         }
-        Op::SortedCumsum { over } => {
+        Op::SortedCumsum { over, reverse } => {
             let from = n.level;
             let mut out = vec![0.0; len];
             for members in units(sh, mask, from, *over) {
                 let mut idx = members;
                 idx.sort_by(|&a, &b| arg(1)[b].total_cmp(&arg(1)[a]).then(a.cmp(&b)));
+                if *reverse {
+                    idx.reverse();
+                }
                 let mut acc = 0.0;
                 for i in idx {
                     acc += arg(0)[i];

@@ -134,8 +134,11 @@ pub enum Op {
     },
     /// (x, key): inclusive running sum of x within each unit of `over`, in
     /// descending order of key (ties: lower index first); invalid members 0.
+    /// `reverse`: the sum over the members ranked at or after each one (a
+    /// suffix sum in that order).
     SortedCumsum {
         over: Level,
+        reverse: bool,
     },
     /// (x, key, member): per element, the reduction of x over the members
     /// that share its key (at this node's level); 0 for a key with no member.
@@ -212,7 +215,10 @@ impl Graph {
                     n.op,
                     Op::Rank { over: Level::Group }
                         | Op::Quantile { over: Level::Group }
-                        | Op::SortedCumsum { over: Level::Group }
+                        | Op::SortedCumsum {
+                            over: Level::Group,
+                            ..
+                        }
                 )
         })
     }
@@ -256,8 +262,13 @@ impl Graph {
                 Op::Quantile { over } => {
                     format!("quantile over {} {}", over.name(), args.join(", "))
                 }
-                Op::SortedCumsum { over } => {
-                    format!("cumsum_by over {} {}", over.name(), args.join(", "))
+                Op::SortedCumsum { over, reverse } => {
+                    format!(
+                        "{}cumsum_by over {} {}",
+                        if *reverse { "r" } else { "" },
+                        over.name(),
+                        args.join(", ")
+                    )
                 }
                 Op::Keyed(r) => {
                     format!("{}_by {}", format!("{r:?}").to_lowercase(), args.join(", "))

@@ -520,15 +520,22 @@ impl<'a> Lowering<'a> {
                 self.b
                     .add(Op::KeyedQuantile, vec![x, q, key, member], l, DType::F64)
             }
-            ("cumsum_by", Some(l)) => {
+            ("cumsum_by" | "rcumsum_by", Some(l)) => {
                 let x = self.b.float(need(x)?);
                 let xl = self.b.level(x);
                 let key = need(arg(1))?;
                 let key = self.b.float(key);
                 let key = self.b.stopgrad(key);
                 let key = self.b.broadcast(key, xl);
-                self.b
-                    .add(Op::SortedCumsum { over: l }, vec![x, key], xl, DType::F64)
+                self.b.add(
+                    Op::SortedCumsum {
+                        over: l,
+                        reverse: bi.name == "rcumsum_by",
+                    },
+                    vec![x, key],
+                    xl,
+                    DType::F64,
+                )
             }
             ("topk", Some(l)) => {
                 let x = need(x)?;

@@ -607,6 +607,8 @@ pub struct SelCfg {
     pub q: DSrc,
     pub out: usize,
     pub mask_slot: usize,
+    /// A sorted running sum from the other end (a suffix sum).
+    pub reverse: bool,
 }
 
 const NO_UNIT: u32 = u32::MAX;
@@ -760,12 +762,16 @@ fn sel_out_kernel(
             arena[out + t] = y;
         } else {
             let mut acc = f32::new(0.0);
-            let mut p = s;
-            while p < s + c {
+            let mut k = 0usize;
+            while k < c {
+                let mut p = s + k;
+                if comptime![cfg.reverse] {
+                    p = s + c - 1 - k;
+                }
                 let i = idx[p] as usize;
                 acc += read(arena, meta, groups, &mut regs, i, cfg.x, cfg.level);
                 arena[out + i] = acc;
-                p += 1;
+                k += 1;
             }
         }
     }
@@ -1103,7 +1109,9 @@ impl DevicePlan {
                                 mask_slot,
                             }))
                         }
-                        Op::Rank { over } | Op::SortedCumsum { over } | Op::Quantile { over } => {
+                        Op::Rank { over }
+                        | Op::SortedCumsum { over, .. }
+                        | Op::Quantile { over } => {
                             let kind = match n.op {
                                 Op::Rank { .. } => SelKind::Rank,
                                 Op::Quantile { .. } => SelKind::Quantile,
@@ -1124,6 +1132,7 @@ impl DevicePlan {
                                 q: dsrc(sp.args.get(1)),
                                 out: sp.buf,
                                 mask_slot,
+                                reverse: matches!(n.op, Op::SortedCumsum { reverse: true, .. }),
                             }))
                         }
                         Op::Keyed(_) | Op::KeyedQuantile if n.level <= Level::Token => {

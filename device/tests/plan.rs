@@ -69,7 +69,7 @@ fn device_plan_equals_the_interpreter_on_every_stdlib_recipe() {
                     if e > worst.0 {
                         worst = (e, label.clone());
                     }
-                    if e > keel_compiler::parity::f32_tolerance(&r.name) {
+                    if e > keel_compiler::parity::F32_TOLERANCE {
                         failures.push(format!("{label}: error {e:.2e} of its scale"));
                     }
                 }
