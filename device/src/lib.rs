@@ -96,8 +96,12 @@ fn logits_backward_kernel(
 /// A cubecl compute client.
 pub type Client = cubecl::client::Client;
 
-fn width(client: &Client) -> u32 {
-    client.properties().hardware.plane_size_max.max(1)
+/// The cube width of the plane-reduction kernels: one plane. The smallest
+/// plane size the runtime may pick, so a cube never spans two planes (a
+/// plane reduction would then see half the cube).
+pub fn width(client: &Client) -> u32 {
+    let hw = &client.properties().hardware;
+    hw.plane_size_min.max(1).min(hw.max_units_per_cube.max(1))
 }
 
 type Handle = cubecl::server::Handle;

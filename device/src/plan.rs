@@ -996,16 +996,23 @@ fn raw(h: &Handle, n: usize) -> TensorArg {
     unsafe { TensorArg::from_raw_parts(h.clone(), [1].into(), [n].into()) }
 }
 
-/// A grid of 256-unit cubes covering `threads` units (two dimensions past
+/// A grid of `dim`-unit cubes covering `threads` units (two dimensions past
 /// 65,535 cubes).
-fn grid(threads: usize) -> CubeCount {
-    let cubes = threads.div_ceil(256) as u32;
+fn grid(threads: usize, dim: u32) -> CubeCount {
+    let cubes = threads.div_ceil(dim as usize) as u32;
     CubeCount::Static(cubes.min(65_535), cubes.div_ceil(65_535), 1)
 }
 
 /// Sort (units, vals, idx) by unit ascending, val descending, idx
 /// ascending: a bitonic network, log2(n)·(log2(n)+1)/2 launches.
-fn bitonic_sort(client: &Client, units: &Handle, vals: &Handle, idx: &Handle, n_pad: usize) {
+fn bitonic_sort(
+    client: &Client,
+    units: &Handle,
+    vals: &Handle,
+    idx: &Handle,
+    n_pad: usize,
+    dim: u32,
+) {
     let mut k = 2;
     while k <= n_pad {
         let mut j = k / 2;
@@ -1013,8 +1020,8 @@ fn bitonic_sort(client: &Client, units: &Handle, vals: &Handle, idx: &Handle, n_
             unsafe {
                 bitonic_kernel::launch_unchecked(
                     client,
-                    grid(n_pad),
-                    CubeDim::new_1d(256),
+                    grid(n_pad, dim),
+                    CubeDim::new_1d(dim),
                     raw(units, n_pad),
                     raw(vals, n_pad),
                     raw(idx, n_pad),
@@ -1054,6 +1061,9 @@ pub struct OnDevice {
     shape: Shape,
     mask: Vec<f32>,
     tokens: Option<Vec<f64>>,
+    /// Units per cube of the elementwise kernels (256, or the runtime's
+    /// limit if lower).
+    dim: u32,
 }
 
 impl OnDevice {
@@ -1460,7 +1470,14 @@ impl DevicePlan {
         meta.extend(offsets.iter().map(|&o| o as u32));
         let groups: Vec<u32> = sh.group_of.iter().map(|&g| g as u32).collect();
         let groups = if groups.is_empty() { vec![0] } else { groups };
+        // Launch shapes from the runtime's limits. (The reductions use plane
+        // operations; cubecl's wgpu runtime does not list them among
+        // lavapipe's features although they compile and run there, so a
+        // runtime without them surfaces as a kernel compilation error.)
+        let props = client.properties();
+        let dim = props.hardware.max_units_per_cube.clamp(1, 256);
         Ok(OnDevice {
+            dim,
             arena: client.create_from_slice(f32::as_bytes(&host)),
             meta: client.create_from_slice(u32::as_bytes(&meta)),
             groups: client.create_from_slice(u32::as_bytes(&groups)),
@@ -1480,7 +1497,7 @@ impl DevicePlan {
     /// device to finish.
     pub fn execute(&self, client: &Client, on: &mut OnDevice) -> Result<(), String> {
         let sh = on.shape.clone();
-        let plane = client.properties().hardware.plane_size_max.max(1);
+        let plane = crate::width(client);
         let arg = |h: &cubecl::server::Handle, n: usize| {
             // SAFETY (for the launches below): every index a kernel touches
             // is below the lengths in `meta`, which describe these buffers.
@@ -1515,7 +1532,7 @@ impl DevicePlan {
                     if n == 0 {
                         continue;
                     }
-                    let dim = 256u32;
+                    let dim = on.dim;
                     let cubes = n.div_ceil(dim as usize) as u32;
                     let (x, y) = (cubes.min(65_535), cubes.div_ceil(65_535));
                     unsafe {
@@ -1551,7 +1568,7 @@ impl DevicePlan {
                     if rows == 0 || sh.t == 0 {
                         continue;
                     }
-                    let dim = 64u32;
+                    let dim = on.dim.min(64);
                     let cubes = rows.div_ceil(dim);
                     let (x, y) = (cubes.min(65_535), cubes.div_ceil(65_535));
                     unsafe {
@@ -1577,12 +1594,11 @@ impl DevicePlan {
                     if n == 0 {
                         continue;
                     }
-                    let cubes = n.div_ceil(256) as u32;
                     unsafe {
                         gather_kernel::launch_unchecked(
                             client,
-                            CubeCount::Static(cubes.min(65_535), cubes.div_ceil(65_535), 1),
-                            CubeDim::new_1d(256),
+                            grid(n, on.dim),
+                            CubeDim::new_1d(on.dim),
                             arg(&on.arena, on.total),
                             arg(&on.meta, on.meta_len),
                             arg(&on.groups, on.groups_len),
@@ -1639,8 +1655,8 @@ impl DevicePlan {
         unsafe {
             keyed_keys_kernel::launch_unchecked(
                 client,
-                grid(n_pad),
-                CubeDim::new_1d(256),
+                grid(n_pad, on.dim),
+                CubeDim::new_1d(on.dim),
                 raw(&on.arena, on.total),
                 raw(&on.meta, on.meta_len),
                 raw(&on.groups, on.groups_len),
@@ -1651,12 +1667,12 @@ impl DevicePlan {
                 cfg.clone(),
             )
         };
-        bitonic_sort(client, &units, &vals, &idx, n_pad);
+        bitonic_sort(client, &units, &vals, &idx, n_pad, on.dim);
         unsafe {
             keyed_out_kernel::launch_unchecked(
                 client,
-                grid(n_pad),
-                CubeDim::new_1d(256),
+                grid(n_pad, on.dim),
+                CubeDim::new_1d(on.dim),
                 raw(&on.arena, on.total),
                 raw(&on.meta, on.meta_len),
                 raw(&on.groups, on.groups_len),
@@ -1691,11 +1707,11 @@ impl DevicePlan {
         let zeros = vec![0u32; n_units];
         let start = client.create_from_slice(u32::as_bytes(&zeros));
         let end = client.create_from_slice(u32::as_bytes(&zeros));
-        let (arg, dim) = (raw, 256u32);
+        let (arg, dim) = (raw, on.dim);
         unsafe {
             sel_keys_kernel::launch_unchecked(
                 client,
-                grid(n_pad),
+                grid(n_pad, dim),
                 CubeDim::new_1d(dim),
                 arg(&on.arena, on.total),
                 arg(&on.meta, on.meta_len),
@@ -1707,11 +1723,11 @@ impl DevicePlan {
                 cfg.clone(),
             )
         };
-        bitonic_sort(client, &units, &vals, &idx, n_pad);
+        bitonic_sort(client, &units, &vals, &idx, n_pad, on.dim);
         unsafe {
             sel_bounds_kernel::launch_unchecked(
                 client,
-                grid(n_pad),
+                grid(n_pad, dim),
                 CubeDim::new_1d(dim),
                 arg(&units, n_pad),
                 arg(&start, n_units),
@@ -1727,7 +1743,7 @@ impl DevicePlan {
         unsafe {
             sel_out_kernel::launch_unchecked(
                 client,
-                grid(threads),
+                grid(threads, dim),
                 CubeDim::new_1d(dim),
                 arg(&on.arena, on.total),
                 arg(&on.meta, on.meta_len),
