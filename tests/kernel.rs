@@ -111,3 +111,39 @@ fn kernel_executor_equals_the_interpreter_on_every_stdlib_recipe() {
     assert!(with_logits >= 50, "only {with_logits} runs through logits");
     eprintln!("{checked_runs} runs compared, {with_logits} through logits");
 }
+
+/// The fusion GRPO gets: two token passes (the per-batch sums, then the
+/// gradient), reductions folded into them, and — on a GPU, where the plan
+/// recomputes rather than stores — no token-level buffer but the inputs and
+/// the two outputs.
+#[test]
+fn grpo_fuses_into_two_token_passes() {
+    use keel_compiler::builtins::Level;
+    use keel_compiler::kernel::{Plan, Policy, Step};
+    let c = check_file(&preset_path("grpo"), &[]);
+    let idx = c.main_recipe(None).expect("grpo");
+    let have = |n: &str| !matches!(n, "logits" | "tokens" | "advantages" | "teacher_logits");
+    let compiled = keel_compiler::compile_loss(&c, idx, &have).expect("compiles");
+    for policy in [Policy::Cpu, Policy::Device] {
+        let plan = Plan::with_policy(&compiled.graph, policy).expect("plan");
+        let token_loops = plan
+            .steps
+            .iter()
+            .filter(|s| matches!(s, Step::Loop(l) if l.level == Level::Token))
+            .count();
+        assert_eq!(token_loops, 2, "{policy:?}:\n{}", plan.print());
+        assert!(!plan.steps.iter().any(|s| matches!(s, Step::Special(_))));
+        let computed: Vec<_> = plan
+            .buffers
+            .iter()
+            .filter(|b| b.level == Level::Token && b.input.is_none())
+            .collect();
+        let outputs = 2; // d_logp, advantages
+        let want = if policy == Policy::Cpu {
+            outputs + 2
+        } else {
+            outputs
+        };
+        assert_eq!(computed.len(), want, "{policy:?}:\n{}", plan.print());
+    }
+}
