@@ -35,6 +35,11 @@ use std::fmt::Write;
 /// Elements per chunk of the CPU executor.
 pub const CHUNK: usize = 256;
 
+/// Parts a loop of 32,768 elements or more is split into (run on as many
+/// threads as there are, in waves); fixed, so results do not depend on the
+/// machine's core count.
+pub const PARTS: usize = 8;
+
 /// Where an operand comes from.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Src {
@@ -1015,46 +1020,57 @@ fn run_loop(
         })
         .collect();
     let mut store_data: Vec<Vec<f64>> = stores.iter().map(|_| vec![0.0; len]).collect();
-    // Split the range: big loops across threads, in chunk multiples.
-    let n_threads = if len >= 1 << 15 { threads.min(16) } else { 1 };
-    let per = len.div_ceil(n_threads).div_ceil(CHUNK).max(1) * CHUNK;
+    // Split big loops into a fixed number of parts, whatever the thread
+    // count: the parts' partial reductions are merged in part order, so a
+    // result does not depend on how many cores ran it.
+    let n_parts = if len >= 1 << 15 { PARTS } else { 1 };
+    let per = len.div_ceil(n_parts).div_ceil(CHUNK).max(1) * CHUNK;
     let mut parts: Vec<Vec<Partial>> = Vec::new();
     let mut err = None;
-    std::thread::scope(|scope| {
-        // Hand each thread its slice of every stored buffer.
-        let mut slices: Vec<Vec<&mut [f64]>> =
-            (0..len.div_ceil(per).max(1)).map(|_| Vec::new()).collect();
-        for data in store_data.iter_mut() {
-            for (k, ch) in data.chunks_mut(per).enumerate() {
-                slices[k].push(ch);
-            }
+    // Each part's slice of every stored buffer.
+    let mut slices: Vec<Vec<&mut [f64]>> =
+        (0..len.div_ceil(per).max(1)).map(|_| Vec::new()).collect();
+    for data in store_data.iter_mut() {
+        for (k, ch) in data.chunks_mut(per).enumerate() {
+            slices[k].push(ch);
         }
-        let ctx = &ctx;
-        let mut handles = Vec::new();
-        for (k, mine) in slices.into_iter().enumerate() {
-            let lo = k * per;
-            let hi = (lo + per).min(len);
-            if k + 1 == len.div_ceil(per).max(1) {
-                // The last range runs on this thread.
-                let r = run_range(lp, ctx, mine, lo, hi);
-                handles.push(Err(r));
-            } else {
-                handles.push(Ok(scope.spawn(move || run_range(lp, ctx, mine, lo, hi))));
+    }
+    let ctx = &ctx;
+    let mut work: Vec<(usize, Vec<&mut [f64]>)> = slices.into_iter().enumerate().collect();
+    // Waves of `threads` parts: all but one on spawned threads.
+    while !work.is_empty() {
+        let rest = work.split_off(work.len().min(threads.max(1)));
+        let wave = std::mem::replace(&mut work, rest);
+        let results: Vec<Result<Vec<Partial>, InterpError>> = std::thread::scope(|scope| {
+            let mut handles = Vec::new();
+            let mut own = None;
+            let last = wave.len() - 1;
+            for (j, (k, mine)) in wave.into_iter().enumerate() {
+                let lo = k * per;
+                let hi = (lo + per).min(len);
+                if j == last {
+                    own = Some(run_range(lp, ctx, mine, lo, hi));
+                } else {
+                    handles.push(scope.spawn(move || run_range(lp, ctx, mine, lo, hi)));
+                }
             }
-        }
-        for h in handles {
-            let r = match h {
-                Ok(h) => h
-                    .join()
-                    .unwrap_or_else(|_| Err(InterpError("a kernel thread panicked".into()))),
-                Err(r) => r,
-            };
+            let mut out: Vec<Result<Vec<Partial>, InterpError>> = handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(InterpError("a kernel thread panicked".into())))
+                })
+                .collect();
+            out.extend(own);
+            out
+        });
+        for r in results {
             match r {
                 Ok(p) => parts.push(p),
                 Err(e) => err = Some(e),
             }
         }
-    });
+    }
     if let Some(e) = err {
         return Err(e);
     }
