@@ -381,3 +381,53 @@ fn compile_emit_clif() {
     let out = keel(&["compile", "stdlib/grpo_lambda.recipe", "--emit", "clif"]);
     assert!(text(&out.stdout).contains("runs with the device program"));
 }
+
+/// `keel bench parity` (the device kernels against the interpreter on every
+/// stdlib recipe) and `keel bench logits --device` pass on the CI runtime.
+#[test]
+fn bench_parity_and_device_logits() {
+    let out = keel(&["bench", "parity", "--seqs", "8", "--json"]);
+    if !out.status.success() && std::env::var_os("KEEL_REQUIRE_VULKAN").is_none() {
+        assert!(text(&out.stderr).contains("E0708"), "{}", text(&out.stderr));
+        return;
+    }
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).expect("json");
+    assert!(v["runs"].as_u64().is_some_and(|n| n >= 300), "{v}");
+    assert_eq!(v["recipes"].as_u64(), Some(keel_recipe_count()), "{v}");
+    assert!(
+        v["failures"].as_array().is_some_and(|f| f.is_empty()),
+        "{v}"
+    );
+    assert!(
+        v["largest"][0]["error"].as_f64().is_some_and(|e| e < 1e-5),
+        "{v}"
+    );
+    assert!(v["logits_error"].as_f64().is_some_and(|e| e < 1e-5), "{v}");
+    let out = keel(&[
+        "bench", "logits", "--device", "--tokens", "16", "--vocab", "1000", "--iters", "1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("parity with the CPU kernel on 16 rows"));
+}
+
+/// Recipes in the stdlib (every recipe of every file).
+fn keel_recipe_count() -> u64 {
+    keel_compiler::stdlib::FILES
+        .iter()
+        .map(|(name, text)| {
+            keel_compiler::check_source(
+                &keel_compiler::NoFiles,
+                &format!("std/{name}.recipe"),
+                text,
+            )
+            .recipes
+            .len() as u64
+        })
+        .sum()
+}
