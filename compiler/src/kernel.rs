@@ -795,8 +795,16 @@ impl Plan {
                     }
                 }
                 Step::Special(sp) => {
-                    let out =
-                        self.special(sp, sh, mask, &mask64, tokens.as_deref(), &bufs, &levels)?;
+                    let out = self.special(
+                        sp,
+                        sh,
+                        mask,
+                        &mask64,
+                        tokens.as_deref(),
+                        &bufs,
+                        &levels,
+                        threads,
+                    )?;
                     bufs[sp.buf] = Data::Owned(out);
                 }
             }
@@ -806,7 +814,8 @@ impl Plan {
                     started.elapsed().as_secs_f64() * 1e3,
                     match st {
                         Step::Loop(lp) => format!("loop over {}", lp.level.name()),
-                        Step::Special(_) => "special".to_string(),
+                        Step::Special(sp) =>
+                            format!("special {}", crate::describe_node(&self.graph, sp.node)),
                     }
                 );
             }
@@ -848,7 +857,7 @@ impl Plan {
         let data: Vec<Data> = bufs.iter().map(|b| Data::Ref(b.as_slice())).collect();
         let levels: Vec<Level> = self.buffers.iter().map(|b| b.level).collect();
         let mask64: Vec<f64> = mask.iter().map(|&m| m as f64).collect();
-        self.special(sp, sh, mask, &mask64, tokens, &data, &levels)
+        self.special(sp, sh, mask, &mask64, tokens, &data, &levels, 1)
     }
 
     /// Evaluate a special step: scans natively (row by row, over the valid
@@ -863,6 +872,7 @@ impl Plan {
         tokens: Option<&[f64]>,
         bufs: &[Data],
         levels: &[Level],
+        threads: usize,
     ) -> Result<Vec<f64>, InterpError> {
         let n = &self.graph.nodes[sp.node];
         let ctx = Ctx {
@@ -904,6 +914,27 @@ impl Plan {
                 (None, _) => &[],
             })
             .collect();
+        // Ranks and running sums over each token's vocabulary: contiguous
+        // rows, every entry a member; sorted row by row across threads.
+        if n.level == Level::Vocab
+            && sh.v > 0
+            && refs
+                .first()
+                .is_some_and(|x| x.len() == sh.len(Level::Vocab))
+        {
+            match n.op {
+                Op::Rank { over: Level::Token } => {
+                    return Ok(vocab_rows(sh.v, refs[0], refs[0], None, threads));
+                }
+                Op::SortedCumsum {
+                    over: Level::Token,
+                    reverse,
+                } if refs.get(1).is_some_and(|k| k.len() == refs[0].len()) => {
+                    return Ok(vocab_rows(sh.v, refs[1], refs[0], Some(reverse), threads));
+                }
+                _ => {}
+            }
+        }
         if let Op::Scan(op) = n.op
             && n.level == Level::Token
             && refs.first().is_some_and(|x| x.len() == sh.b * sh.t)
@@ -915,6 +946,69 @@ impl Plan {
         }
         interp::special(&self.graph, n, &refs, sh, mask64, tokens)
     }
+}
+
+/// Per row of `v` entries: sort by key descending (ties: lower index
+/// first, the interpreter's order), then the rank of each entry (`sum` is
+/// `None`) or the running sum of `x` in that order (`Some(reverse)`: from the
+/// other end). Rows split into fixed parts across threads.
+fn vocab_rows(v: usize, key: &[f64], x: &[f64], sum: Option<bool>, threads: usize) -> Vec<f64> {
+    let mut out = vec![0.0; key.len()];
+    let rows = key.len() / v;
+    let per_rows = rows.div_ceil(PARTS).max(1);
+    let work = |first: usize, chunk: &mut [f64]| {
+        let mut order: Vec<u128> = Vec::with_capacity(v);
+        let mut idx: Vec<usize> = Vec::with_capacity(v);
+        for (r, orow) in chunk.chunks_mut(v).enumerate() {
+            let base = (first + r) * v;
+            let k = &key[base..base + v];
+            // f64::total_cmp's order as unsigned bits, inverted for
+            // descending keys, then the index: one primitive sort key.
+            order.clear();
+            order.extend(k.iter().enumerate().map(|(i, x)| {
+                let b = x.to_bits();
+                let t = if b >> 63 == 1 { !b } else { b | (1 << 63) };
+                ((!t as u128) << 64) | i as u128
+            }));
+            order.sort_unstable();
+            idx.clear();
+            idx.extend(order.iter().map(|o| (*o as u64) as usize));
+            match sum {
+                None => {
+                    for (p, &i) in idx.iter().enumerate() {
+                        orow[i] = p as f64;
+                    }
+                }
+                Some(reverse) => {
+                    if reverse {
+                        idx.reverse();
+                    }
+                    let mut acc = 0.0;
+                    for &i in &idx {
+                        acc += x[base + i];
+                        orow[i] = acc;
+                    }
+                }
+            }
+        }
+    };
+    let chunks: Vec<(usize, &mut [f64])> = out
+        .chunks_mut(per_rows * v)
+        .enumerate()
+        .map(|(c, ch)| (c * per_rows, ch))
+        .collect();
+    let work = &work;
+    let mut pending = chunks;
+    while !pending.is_empty() {
+        let rest = pending.split_off(pending.len().min(threads.max(1)));
+        let wave = std::mem::replace(&mut pending, rest);
+        std::thread::scope(|scope| {
+            for (first, ch) in wave {
+                scope.spawn(move || work(first, ch));
+            }
+        });
+    }
+    out
 }
 
 /// Scans along each sequence over its valid tokens (the interpreter's
