@@ -103,42 +103,19 @@ pub fn run(a: Args) -> ExitCode {
         };
     // The kernel backend: with logits, the fused logits kernel computes logp
     // and entropy and carries their gradients back; the program sees them.
-    let via_logits = batch.has("logits") && keel_compiler::reads_logits_only_through_kernel(recipe);
-    let (z, tokens): (Vec<f32>, Vec<u32>) = if via_logits {
-        (
-            batch.tensors["logits"]
-                .data
-                .iter()
-                .map(|&x| x as f32)
-                .collect(),
-            batch.tensors["tokens"]
-                .data
-                .iter()
-                .map(|&x| x as u32)
-                .collect(),
-        )
-    } else {
-        (Vec::new(), Vec::new())
-    };
-    let mut kbatch = batch.clone();
-    if via_logits {
-        let f = keel_compiler::logits::forward(&z, &tokens, a.vocab);
-        kbatch.tensors.remove("logits");
-        for (name, x) in [("logp", &f.logp), ("entropy", &f.entropy)] {
-            kbatch.insert(
-                name,
-                "f32",
-                vec![b, t],
-                x.iter().map(|&y| y as f64).collect(),
-            );
+    let path = match keel_compiler::logits::KernelPath::of(&batch, recipe) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {}", e.0);
+            return ExitCode::from(1);
         }
-    }
+    };
+    let kbatch = match &path {
+        Some(p) => p.program_batch(&batch, &p.forward()),
+        None => batch.clone(),
+    };
     let khave = |n: &str| kbatch.has(n);
-    let kcompiled = match if via_logits {
-        keel_compiler::compile_loss_kernel(&checked, index, &khave)
-    } else {
-        keel_compiler::compile_loss(&checked, index, &khave)
-    } {
+    let kcompiled = match keel_compiler::compile_loss_for(&checked, index, &khave, path.is_some()) {
         Ok(c) => c,
         Err(d) => return fail(d),
     };
@@ -196,8 +173,8 @@ pub fn run(a: Args) -> ExitCode {
                     .unwrap_or(1);
                 for _ in 0..a.iters.max(1) {
                     let start = Instant::now();
-                    let fwd = via_logits.then(|| {
-                        let f = keel_compiler::logits::forward(&z, &tokens, a.vocab);
+                    let fwd = path.as_ref().map(|p| {
+                        let f = p.forward();
                         inputs32.insert("logp".into(), f.logp.clone());
                         inputs32.insert("entropy".into(), f.entropy.clone());
                         f
@@ -209,23 +186,8 @@ pub fn run(a: Args) -> ExitCode {
                             return ExitCode::from(1);
                         }
                     };
-                    if let Some(f) = &fwd {
-                        let col = |n: &str| -> Vec<f32> {
-                            out.get(n)
-                                .map(|x| x.iter().map(|&y| y as f32).collect())
-                                .unwrap_or_else(|| vec![0.0; b * t])
-                        };
-                        let mut d = vec![0.0f32; b * t * a.vocab];
-                        keel_compiler::logits::backward(
-                            &z,
-                            &tokens,
-                            a.vocab,
-                            f,
-                            &col("d_logp"),
-                            &col("d_entropy"),
-                            &mut d,
-                        );
-                        std::hint::black_box(&d);
+                    if let (Some(p), Some(f)) = (&path, &fwd) {
+                        std::hint::black_box(p.d_logits(f, &out));
                     }
                     times.push(start.elapsed().as_secs_f64());
                     if let Some(l) = out.get("loss") {
@@ -388,13 +350,8 @@ pub struct LogitsArgs {
 pub fn logits(a: LogitsArgs) -> ExitCode {
     use keel_compiler::logits::{self as lk, Bf16};
     let (n, v) = (a.tokens.max(1), a.vocab.max(2));
-    let mut x: u64 = 0x9E37_79B9;
-    let mut next = || {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((x >> 33) as f64 / (1u64 << 31) as f64 * 8.0 - 4.0) as f32
-    };
+    let mut rng = keel_compiler::synth::Lcg(0x9E37_79B9);
+    let mut next = || rng.uniform(-4.0, 4.0);
     let base_rss = peak_rss().unwrap_or(0);
     let z32: Vec<f32>;
     let z16: Vec<Bf16>;
@@ -609,15 +566,7 @@ pub fn parity(seqs: usize, json: bool) -> ExitCode {
     // The logits kernel against the CPU kernel.
     let mut logits_worst = 0.0f64;
     for (n, v) in [(7, 50), (16, 151_936)] {
-        let mut x: u64 = 7;
-        let z: Vec<f32> = (0..n * v)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((x >> 33) as f64 / (1u64 << 31) as f64 * 10.0 - 5.0) as f32
-            })
-            .collect();
+        let z = keel_compiler::synth::Lcg(7).fill(n * v, -5.0, 5.0);
         let tokens: Vec<u32> = (0..n).map(|i| ((i * 7919) % v) as u32).collect();
         let cpu = keel_compiler::logits::forward(&z, &tokens, v);
         let dev = keel_device::logits_forward(&client, &z, &tokens, v);

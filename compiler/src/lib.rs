@@ -351,13 +351,7 @@ pub fn compile_loss(
     index: usize,
     have: &dyn lower::Available,
 ) -> Result<CompiledLoss, Vec<Diagnostic>> {
-    let (Some(m), Some(c)) = (checked.merged.get(index), checked.recipes.get(index)) else {
-        return Err(Vec::new());
-    };
-    on_big_stack(|| lower::loss_program(&checked.program, m, c, have)).map(|p| CompiledLoss {
-        graph: p.graph,
-        skipped_metrics: p.skipped_metrics,
-    })
+    compile_loss_for(checked, index, have, false)
 }
 
 /// [`compile_loss`] for a batch whose `logp` and `entropy` come from the
@@ -368,15 +362,25 @@ pub fn compile_loss_kernel(
     index: usize,
     have: &dyn lower::Available,
 ) -> Result<CompiledLoss, Vec<Diagnostic>> {
+    compile_loss_for(checked, index, have, true)
+}
+
+/// [`compile_loss`], or [`compile_loss_kernel`] when `logits_kernel`.
+pub fn compile_loss_for(
+    checked: &Checked,
+    index: usize,
+    have: &dyn lower::Available,
+    logits_kernel: bool,
+) -> Result<CompiledLoss, Vec<Diagnostic>> {
     let (Some(m), Some(c)) = (checked.merged.get(index), checked.recipes.get(index)) else {
         return Err(Vec::new());
     };
-    on_big_stack(|| lower::loss_program_with(&checked.program, m, c, have, true)).map(|p| {
-        CompiledLoss {
+    on_big_stack(|| lower::loss_program_with(&checked.program, m, c, have, logits_kernel)).map(
+        |p| CompiledLoss {
             graph: p.graph,
             skipped_metrics: p.skipped_metrics,
-        }
-    })
+        },
+    )
 }
 
 /// What `keel loss` reports.
@@ -498,61 +502,28 @@ pub fn run_loss_exec(
             .with_help("check the batch tensors against docs/batch-format.md"),
         ]
     };
-    let via_logits = logits_kernel
-        && batch.has("logits")
-        && batch.has("tokens")
-        && reads_logits_only_through_kernel(recipe);
     // The logits kernel's forward pass, and the batch the program then sees.
-    let mut logits_fwd = None;
-    let kernel_batch;
-    let batch = if via_logits {
-        let (z, tokens, v) = logits_input(batch).map_err(failed)?;
-        let fwd = logits::forward(&z, &tokens, v);
-        let mut b2 = batch.clone();
-        b2.tensors.remove("logits");
-        let shape = b2
-            .tensors
-            .get("tokens")
-            .map(|t| t.shape.clone())
-            .unwrap_or_default();
-        b2.insert(
-            "logp",
-            "f32",
-            shape.clone(),
-            fwd.logp.iter().map(|&x| x as f64).collect(),
-        );
-        b2.insert(
-            "entropy",
-            "f32",
-            shape,
-            fwd.entropy.iter().map(|&x| x as f64).collect(),
-        );
-        logits_fwd = Some((z, tokens, v, fwd));
-        kernel_batch = b2;
-        &kernel_batch
+    let path = if logits_kernel {
+        logits::KernelPath::of(batch, recipe).map_err(failed)?
     } else {
-        batch
+        None
+    };
+    let fwd = path.as_ref().map(|p| p.forward());
+    let kernel_batch;
+    let batch = match (&path, &fwd) {
+        (Some(p), Some(f)) => {
+            kernel_batch = p.program_batch(batch, f);
+            &kernel_batch
+        }
+        _ => batch,
     };
     let have = |n: &str| batch.has(n);
-    let compiled = if via_logits {
-        compile_loss_kernel(checked, index, &have)?
-    } else {
-        compile_loss(checked, index, &have)?
-    };
+    let compiled = compile_loss_for(checked, index, &have, path.is_some())?;
     let prepared = batch::prepare(batch, batch_name, &compiled.graph, recipe)?;
     let g = &compiled.graph;
     let mut values = exec(g, &prepared).map_err(|e| failed(interp::InterpError(e)))?;
-    if let Some((z, tokens, v, fwd)) = &logits_fwd {
-        let n = tokens.len();
-        let f32s = |name: &str| -> Vec<f32> {
-            match values.get(name) {
-                Some(x) if x.len() == n => x.iter().map(|&y| y as f32).collect(),
-                _ => vec![0.0; n],
-            }
-        };
-        let (dl, de) = (f32s("d_logp"), f32s("d_entropy"));
-        let mut d = vec![0.0f32; n * v];
-        logits::backward(z, tokens, *v, fwd, &dl, &de, &mut d);
+    if let (Some(p), Some(f)) = (&path, &fwd) {
+        let d = p.d_logits(f, &values);
         values.insert("d_logits".into(), d.into_iter().map(|x| x as f64).collect());
     }
     let get = |name: &str| values.get(name).cloned();
@@ -591,9 +562,9 @@ pub fn run_loss_exec(
         skipped_metrics: compiled.skipped_metrics,
         b: prepared.shape.b,
         t: prepared.shape.t,
-        v: logits_fwd
+        v: path
             .as_ref()
-            .map(|(_, _, v, _)| *v)
+            .map(|p| p.v)
             .or_else(|| batch.has("logits").then_some(prepared.shape.v)),
         d_logp,
         advantages: get("advantages"),
@@ -625,38 +596,4 @@ pub fn describe_node(g: &ir::Graph, id: ir::NodeId) -> String {
         ),
         None => format!("%{id}"),
     }
-}
-
-/// A batch's `logits` [B, T, V] as f32 and `tokens` as indices, checked.
-fn logits_input(batch: &batch::Batch) -> Result<(Vec<f32>, Vec<u32>, usize), interp::InterpError> {
-    let (Some(z), Some(t)) = (batch.tensors.get("logits"), batch.tensors.get("tokens")) else {
-        return Err(interp::InterpError(
-            "`logits` and `tokens` are both needed".into(),
-        ));
-    };
-    let v = match z.shape.as_slice() {
-        [_, _, v] if *v > 0 => *v,
-        other => {
-            return Err(interp::InterpError(format!(
-                "`logits` has shape {other:?}, expected [B, T, V]"
-            )));
-        }
-    };
-    if t.data.len() * v != z.data.len() {
-        return Err(interp::InterpError(format!(
-            "`logits` has {} values but `tokens` {} positions of {v} entries",
-            z.data.len(),
-            t.data.len()
-        )));
-    }
-    let mut tokens = Vec::with_capacity(t.data.len());
-    for (i, &x) in t.data.iter().enumerate() {
-        if !(x >= 0.0 && x.fract() == 0.0 && (x as usize) < v) {
-            return Err(interp::InterpError(format!(
-                "`tokens` at flat position {i} is {x}, outside the vocabulary [0, {v})"
-            )));
-        }
-        tokens.push(x as u32);
-    }
-    Ok((z.data.iter().map(|&x| x as f32).collect(), tokens, v))
 }

@@ -176,20 +176,119 @@ pub fn backward<E: Elem>(
     });
 }
 
+/// A batch's logits taken through the fused kernel: the logits as f32, the
+/// sampled tokens as indices, the vocabulary size. The kernel computes
+/// `logp` and `entropy`, the loss program sees them as token inputs, and
+/// the kernel carries `d_logp` and `d_entropy` back to `d_logits`.
+pub struct KernelPath {
+    pub z: Vec<f32>,
+    pub tokens: Vec<u32>,
+    pub v: usize,
+}
+
+impl KernelPath {
+    /// The path for `batch` when it has `logits` and `tokens` and the recipe
+    /// reads the distribution only through `logp` and `entropy`
+    /// ([`crate::reads_logits_only_through_kernel`]); checks shapes and
+    /// token indices.
+    pub fn of(
+        batch: &crate::batch::Batch,
+        recipe: &crate::CheckedRecipe,
+    ) -> Result<Option<KernelPath>, crate::interp::InterpError> {
+        use crate::interp::InterpError;
+        let (Some(z), Some(t)) = (batch.tensors.get("logits"), batch.tensors.get("tokens")) else {
+            return Ok(None);
+        };
+        if !crate::reads_logits_only_through_kernel(recipe) {
+            return Ok(None);
+        }
+        let v = match z.shape.as_slice() {
+            [_, _, v] if *v > 0 => *v,
+            other => {
+                return Err(InterpError(format!(
+                    "`logits` has shape {other:?}, expected [B, T, V]"
+                )));
+            }
+        };
+        if t.data.len() * v != z.data.len() {
+            return Err(InterpError(format!(
+                "`logits` has {} values but `tokens` {} positions of {v} entries",
+                z.data.len(),
+                t.data.len()
+            )));
+        }
+        let mut tokens = Vec::with_capacity(t.data.len());
+        for (i, &x) in t.data.iter().enumerate() {
+            if !(x >= 0.0 && x.fract() == 0.0 && (x as usize) < v) {
+                return Err(InterpError(format!(
+                    "`tokens` at flat position {i} is {x}, outside the vocabulary [0, {v})"
+                )));
+            }
+            tokens.push(x as u32);
+        }
+        Ok(Some(KernelPath {
+            z: z.data.iter().map(|&x| x as f32).collect(),
+            tokens,
+            v,
+        }))
+    }
+
+    /// The kernel's forward pass: logp and entropy of every position.
+    pub fn forward(&self) -> Forward {
+        forward(&self.z, &self.tokens, self.v)
+    }
+
+    /// The batch the loss program sees: `logits` replaced by the kernel's
+    /// `logp` and `entropy` ([B, T], the shape of `tokens`).
+    pub fn program_batch(&self, batch: &crate::batch::Batch, fwd: &Forward) -> crate::batch::Batch {
+        let mut b = batch.clone();
+        b.tensors.remove("logits");
+        let shape = b
+            .tensors
+            .get("tokens")
+            .map(|t| t.shape.clone())
+            .unwrap_or_default();
+        for (name, x) in [("logp", &fwd.logp), ("entropy", &fwd.entropy)] {
+            b.insert(
+                name,
+                "f32",
+                shape.clone(),
+                x.iter().map(|&y| y as f64).collect(),
+            );
+        }
+        b
+    }
+
+    /// `d_logits` [N·V] from the program's `d_logp` and `d_entropy` (0
+    /// where the program has none).
+    pub fn d_logits(&self, fwd: &Forward, outputs: &crate::Outputs) -> Vec<f32> {
+        let n = self.tokens.len();
+        let col = |name: &str| -> Vec<f32> {
+            match outputs.get(name) {
+                Some(x) if x.len() == n => x.iter().map(|&y| y as f32).collect(),
+                _ => vec![0.0; n],
+            }
+        };
+        let mut d = vec![0.0f32; n * self.v];
+        backward(
+            &self.z,
+            &self.tokens,
+            self.v,
+            fwd,
+            &col("d_logp"),
+            &col("d_entropy"),
+            &mut d,
+        );
+        d
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn rows(n: usize, v: usize, seed: u64) -> Vec<f32> {
-        let mut x = seed;
-        (0..n * v)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((x >> 33) as f64 / (1u64 << 31) as f64 * 8.0 - 4.0) as f32
-            })
-            .collect()
+        crate::synth::Lcg(seed).fill(n * v, -4.0, 4.0)
     }
 
     /// Against a direct f64 computation, including a row whose maximum

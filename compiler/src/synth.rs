@@ -22,6 +22,27 @@ impl Gen {
     }
 }
 
+/// A 64-bit linear congruential generator (Knuth's MMIX constants): the
+/// cheap, reproducible uniforms of random logits in kernel tests and
+/// benchmarks.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// A uniform number in [lo, hi).
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) as f64 / (1u64 << 31) as f64 * (hi - lo) + lo) as f32
+    }
+
+    /// `n` uniforms in [lo, hi).
+    pub fn fill(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f32> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+}
+
 /// The shape of a synthetic batch.
 #[derive(Clone, Copy, Debug)]
 pub struct Dims {

@@ -67,6 +67,20 @@ pub enum Member {
     MaskOfToken,
 }
 
+impl Member {
+    /// The interpreter's rule for elements of `level` aggregated to `to`:
+    /// masked tokens are out, a vocabulary entry goes with its token, except
+    /// that every entry counts towards its own token.
+    pub fn of(level: Level, to: Level) -> Member {
+        match level {
+            Level::Vocab if to == Level::Token => Member::All,
+            Level::Vocab => Member::MaskOfToken,
+            Level::Token => Member::Mask,
+            _ => Member::All,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum DIns {
     Un(usize, Un, DSrc),
@@ -631,14 +645,8 @@ fn sel_keys_kernel(
         let mut u = u32::new(comptime![NO_UNIT as i64]);
         let mut v = f32::new(0.0);
         if i < n {
-            let moff = meta[comptime![M_OFF + cfg.mask_slot]] as usize;
-            let mut m = f32::new(1.0);
-            if comptime![cfg.level == Level::Token] {
-                m = arena[moff + i];
-            } else if comptime![cfg.level == Level::Vocab && cfg.over != Level::Token] {
-                m = arena[moff + i / (meta[M_V] as usize)];
-            }
-            if m != 0.0 {
+            let member = comptime![Member::of(cfg.level, cfg.over)];
+            if member_flag(arena, meta, i, member, cfg.mask_slot) != 0.0 {
                 u = parent(i, meta, groups, cfg.level, cfg.over) as u32;
             }
             v = read(arena, meta, groups, &mut regs, i, cfg.key, cfg.level);
@@ -1231,12 +1239,7 @@ impl DevicePlan {
                         buf,
                         ..
                     } => {
-                        let member = match lp.level {
-                            Level::Vocab if *to == Level::Token => Member::All,
-                            Level::Vocab => Member::MaskOfToken,
-                            Level::Token => Member::Mask,
-                            _ => Member::All,
-                        };
+                        let member = Member::of(lp.level, *to);
                         // Row kernels fold the first level in registers.
                         let (mut cur, first) = if row_mode {
                             let partial = if lp.level == Level::Vocab {

@@ -3,32 +3,18 @@
 //! runtime: Mesa's lavapipe in CI (KEEL_REQUIRE_VULKAN), any Vulkan GPU
 //! elsewhere; skipped where no Vulkan device answers, unless required.
 
+mod common;
+
 use keel_compiler::logits;
 
 fn rows(n: usize, v: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed;
-    (0..n * v)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((x >> 33) as f64 / (1u64 << 31) as f64 * 10.0 - 5.0) as f32
-        })
-        .collect()
+    keel_compiler::synth::Lcg(seed).fill(n * v, -5.0, 5.0)
 }
 
 #[test]
 fn cubecl_logits_kernel_equals_the_cpu_kernel() {
-    let client = match keel_device::client() {
-        Ok(c) => c,
-        Err(e) => {
-            assert!(
-                std::env::var_os("KEEL_REQUIRE_VULKAN").is_none(),
-                "no Vulkan device: {e}"
-            );
-            eprintln!("skipped: no Vulkan device ({e})");
-            return;
-        }
+    let Some(client) = common::client_or_skip() else {
+        return;
     };
     for (n, v) in [(5, 7), (13, 1000), (4, 33_000)] {
         let mut z = rows(n, v, (n * v) as u64);

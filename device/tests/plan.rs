@@ -5,22 +5,16 @@
 //! extreme log-ratios). Runs on cubecl's wgpu runtime: Mesa's lavapipe in CI
 //! (KEEL_REQUIRE_VULKAN), any Vulkan GPU elsewhere.
 
+mod common;
+
 use keel_compiler::synth::{self, Dims};
 use keel_compiler::{Backend, Disk, check_source, run_loss_with};
 use std::path::Path;
 
 #[test]
 fn device_plan_equals_the_interpreter_on_every_stdlib_recipe() {
-    let client = match keel_device::client() {
-        Ok(c) => c,
-        Err(e) => {
-            assert!(
-                std::env::var_os("KEEL_REQUIRE_VULKAN").is_none(),
-                "no Vulkan device: {e}"
-            );
-            eprintln!("skipped: no Vulkan device ({e})");
-            return;
-        }
+    let Some(client) = common::client_or_skip() else {
+        return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut failures = Vec::new();
