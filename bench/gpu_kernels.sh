@@ -7,18 +7,7 @@
 # Results land in $OUT (default ./gpu-out). The steps' timeouts add up to 545 s
 # (one device command may run 600 s). Usage: bench/gpu_kernels.sh
 set -u
-OUT=${OUT:-$PWD/gpu-out}
-mkdir -p "$OUT"
-KEEL=/tmp/keel-bin
-xz -dc target/gpu/keel.xz > "$KEEL" && chmod +x "$KEEL"
-if ! "$KEEL" --version; then
-    ldd --version | head -1; ldd "$KEEL"; exit 1
-fi
-LIBS=$(python3 -c 'import glob,os,site
-for d in site.getsitepackages():
-    for p in glob.glob(os.path.join(d,"nvidia","*","lib")): print(p)' 2>/dev/null | tr '\n' ':')
-export LD_LIBRARY_PATH="${LIBS}${LD_LIBRARY_PATH:-}"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
+. "$(dirname "$0")/gpu_env.sh"
 step() {
     local name=$1 t=$2; shift 2
     local start=$(date +%s.%N)

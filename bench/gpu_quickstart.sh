@@ -9,19 +9,7 @@
 set -u
 CUDA_T=${1:-300}
 CPU_T=${2:-120}
-OUT=${OUT:-$PWD/gpu-out}
-mkdir -p "$OUT"
-KEEL=/tmp/keel-bin
-xz -dc target/gpu/keel.xz > "$KEEL" && chmod +x "$KEEL"
-if ! "$KEEL" --version; then
-    ldd --version | head -1; ldd "$KEEL"; exit 1
-fi
-# cubecl loads libcuda (driver) and libnvrtc at run time; PyTorch's wheels carry nvrtc.
-LIBS=$(python3 -c 'import glob,os,site
-for d in site.getsitepackages():
-    for p in glob.glob(os.path.join(d,"nvidia","*","lib")): print(p)' 2>/dev/null | tr '\n' ':')
-export LD_LIBRARY_PATH="${LIBS}${LD_LIBRARY_PATH:-}"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
+. "$(dirname "$0")/gpu_env.sh"
 nproc | sed 's/^/cpu cores: /' | tee -a "$OUT/card.txt"
 run() {
     local dev=$1 t=$2
