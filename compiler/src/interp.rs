@@ -377,7 +377,7 @@ fn frozen_op(op: &Op) -> bool {
     }
 }
 
-fn token_index(t: f64, v: usize, i: usize) -> Result<usize, InterpError> {
+pub(crate) fn token_index(t: f64, v: usize, i: usize) -> Result<usize, InterpError> {
     if t >= 0.0 && (t as usize) < v && t.fract() == 0.0 {
         Ok(t as usize)
     } else {

@@ -27,8 +27,9 @@
 //! loop.
 
 use crate::builtins::Level;
+use crate::fastmath;
 use crate::interp::{self, InterpError, Shape};
-use crate::ir::{Bin, Graph, NodeId, Op, Red, Un};
+use crate::ir::{Bin, DType, Graph, Node, NodeId, Op, Red, Un};
 use std::collections::HashMap;
 use std::fmt::Write;
 
@@ -52,6 +53,9 @@ pub enum Src {
     Buf(usize),
     /// The batch's padded response length T.
     PaddedLength,
+    /// The element's vocabulary id (`vocab_index`, in vocabulary loops):
+    /// computed from the index, never read from memory.
+    VocabIndex,
 }
 
 /// What an instruction computes.
@@ -132,6 +136,62 @@ pub struct Plan {
     pub buffers: Vec<Buffer>,
     /// Output name and where its value is.
     pub outputs: Vec<(String, Src, Level)>,
+    /// Memory of the last run's buffers, reused by the next.
+    pool: Pool,
+}
+
+/// Big buffers kept between runs of a plan: a run reuses the memory of the
+/// last one instead of faulting fresh pages in (which cost more than the
+/// loops that fill them).
+#[derive(Default)]
+struct Pool(std::sync::Mutex<Vec<Vec<f64>>>);
+
+impl Clone for Pool {
+    fn clone(&self) -> Pool {
+        Pool::default()
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pool")
+    }
+}
+
+impl Pool {
+    /// Vectors below this many entries are left to the allocator.
+    const MIN: usize = 1 << 14;
+
+    /// A vector of `len` zeros.
+    fn take(&self, len: usize) -> Vec<f64> {
+        let mut v = if len < Self::MIN {
+            Vec::new()
+        } else {
+            self.0
+                .lock()
+                .ok()
+                .and_then(|mut p| {
+                    let k = (0..p.len())
+                        .filter(|&k| p[k].capacity() >= len)
+                        .min_by_key(|&k| p[k].capacity())?;
+                    Some(p.swap_remove(k))
+                })
+                .unwrap_or_default()
+        };
+        v.clear();
+        v.resize(len, 0.0);
+        v
+    }
+
+    /// Keep `v` for a later run.
+    fn give(&self, v: Vec<f64>) {
+        if v.capacity() >= Self::MIN
+            && let Ok(mut p) = self.0.lock()
+            && p.len() < 64
+        {
+            p.push(v);
+        }
+    }
 }
 
 /// Outputs of one evaluation, by name (`loss`, `d_logp`, `metric.…`).
@@ -162,15 +222,7 @@ fn expensive(op: &Op) -> bool {
     matches!(
         op,
         Op::Unary(
-            Un::Exp
-                | Un::Log
-                | Un::Log1p
-                | Un::Expm1
-                | Un::Sigmoid
-                | Un::Softplus
-                | Un::Tanh
-                | Un::Cos
-                | Un::Sin
+            Un::Log1p | Un::Expm1 | Un::Sigmoid | Un::Softplus | Un::Tanh | Un::Cos | Un::Sin
         ) | Op::Binary(Bin::Pow)
     )
 }
@@ -196,7 +248,8 @@ impl Plan {
     /// recomputed there ([`Policy::Device`]); on the CPU, values behind an
     /// exp, log or pow are stored once and read back ([`Policy::Cpu`]).
     pub fn with_policy(graph: &Graph, policy: Policy) -> Result<Plan, String> {
-        let g = graph;
+        let rewritten = fuse_gathers(graph);
+        let g = &rewritten;
         let n_nodes = g.nodes.len();
         let live = g.live();
         // Values known when the plan is built: constants, hyperparameters
@@ -278,6 +331,7 @@ impl Plan {
                 continue;
             }
             let input = match &n.op {
+                Op::Input(name) if name == VOCAB_INDEX => continue,
                 Op::Input(name) => Some(name.clone()),
                 _ => None,
             };
@@ -295,8 +349,10 @@ impl Plan {
             if let Some(c) = konst[a] {
                 return Ok(Src::Const(c));
             }
-            if matches!(g.nodes[a].op, Op::PaddedLength) {
-                return Ok(Src::PaddedLength);
+            match &g.nodes[a].op {
+                Op::PaddedLength => return Ok(Src::PaddedLength),
+                Op::Input(name) if name == VOCAB_INDEX => return Ok(Src::VocabIndex),
+                _ => {}
             }
             buf_of
                 .get(&a)
@@ -388,6 +444,9 @@ impl Plan {
                     regs: 0,
                 };
                 let mut reg_of: HashMap<NodeId, usize> = HashMap::new();
+                // Copies (`stopgrad`, broadcasts) of a value read from
+                // memory or a constant: read that instead.
+                let mut alias: HashMap<NodeId, Src> = HashMap::new();
                 let mut free_regs: Vec<usize> = Vec::new();
                 for (id, n) in g.nodes.iter().enumerate() {
                     if !inside[id] {
@@ -396,11 +455,20 @@ impl Plan {
                     let args = n
                         .args
                         .iter()
-                        .map(|&a| match reg_of.get(&a) {
-                            Some(r) if inside[a] => Ok(Src::Reg(*r)),
+                        .map(|&a| match (alias.get(&a), reg_of.get(&a)) {
+                            (Some(s), _) => Ok(*s),
+                            (None, Some(r)) if inside[a] => Ok(Src::Reg(*r)),
                             _ => src_outside(a),
                         })
                         .collect::<Result<Vec<Src>, String>>()?;
+                    if matches!(n.op, Op::StopGrad | Op::Broadcast)
+                        && !(buffered[id] && stage[id] == s)
+                        && let Some(&a) = args.first()
+                        && !matches!(a, Src::Reg(_))
+                    {
+                        alias.insert(id, a);
+                        continue;
+                    }
                     if let Op::Reduce(r) = n.op {
                         lp.body.push(Ins::Accum {
                             src: args[0],
@@ -456,6 +524,7 @@ impl Plan {
             steps,
             buffers,
             outputs,
+            pool: Pool::default(),
         })
     }
 
@@ -489,6 +558,7 @@ impl Plan {
             Src::Reg(r) => format!("r{r}"),
             Src::Const(c) => format!("{c:?}"),
             Src::PaddedLength => "T".to_string(),
+            Src::VocabIndex => "vocab_index".to_string(),
             Src::Buf(b) => format!("b{b}[{}]", self.buffers[*b].level.name()),
         };
         for (k, st) in self.steps.iter().enumerate() {
@@ -574,6 +644,193 @@ impl Plan {
         }
         out
     }
+}
+
+/// The input that numbers each vocabulary entry.
+const VOCAB_INDEX: &str = "vocab_index";
+
+/// Rewrite the gathers between the vocabulary and the token level into work
+/// the loops fuse:
+/// - `onehot(g)` becomes `where(vocab_index == tokens, g, 0)`, elementwise
+///   in the vocabulary loop that reads it (no [N, V] scatter in memory);
+/// - `pick(f(x, …))` of an elementwise vocabulary value becomes
+///   `f(pick(x), …)` at token level, down to the inputs (`pick(vocab_index)`
+///   is `tokens`), so only an input or a special step's result is gathered
+///   and the vocabulary value is not stored to be picked from.
+///
+/// Values are unchanged; node ids are renumbered in topological order.
+pub fn fuse_gathers(g: &Graph) -> Graph {
+    if !g
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, Op::Pick | Op::OneHot))
+    {
+        return g.clone();
+    }
+    let mut out = Graph {
+        nodes: Vec::with_capacity(g.nodes.len()),
+        outputs: Vec::new(),
+    };
+    let mut new_of: Vec<NodeId> = Vec::with_capacity(g.nodes.len());
+    let mut picked: HashMap<NodeId, NodeId> = HashMap::new();
+    let mut input_of: HashMap<String, NodeId> = HashMap::new();
+    let push = |out: &mut Graph, op: Op, args: Vec<NodeId>, level: Level, dtype: DType, grad| {
+        out.nodes.push(Node {
+            op,
+            args,
+            level,
+            dtype,
+            grad,
+        });
+        out.nodes.len() - 1
+    };
+    // An input node, shared.
+    let input = |out: &mut Graph, input_of: &mut HashMap<String, NodeId>, name: &str, level| {
+        if let Some(&id) = input_of.get(name) {
+            return id;
+        }
+        let id = push(
+            out,
+            Op::Input(name.to_string()),
+            Vec::new(),
+            level,
+            DType::I64,
+            false,
+        );
+        input_of.insert(name.to_string(), id);
+        id
+    };
+    // The token-level value `pick(old)`, in the new graph.
+    fn pick(
+        g: &Graph,
+        old: NodeId,
+        out: &mut Graph,
+        new_of: &[NodeId],
+        picked: &mut HashMap<NodeId, NodeId>,
+        tokens: &mut dyn FnMut(&mut Graph) -> NodeId,
+    ) -> NodeId {
+        if let Some(&id) = picked.get(&old) {
+            return id;
+        }
+        let n = &g.nodes[old];
+        let elementwise = matches!(
+            n.op,
+            Op::Unary(_) | Op::Binary(_) | Op::Where | Op::Clamp | Op::StopGrad | Op::Broadcast
+        );
+        let id = if n.level < Level::Vocab {
+            new_of[old]
+        } else if matches!(&n.op, Op::Input(name) if name == VOCAB_INDEX) {
+            tokens(out)
+        } else if let Op::Const(c) = n.op {
+            out.nodes.push(Node {
+                op: Op::Const(c),
+                args: Vec::new(),
+                level: Level::Token,
+                dtype: n.dtype,
+                grad: false,
+            });
+            out.nodes.len() - 1
+        } else if elementwise && !matches!(n.op, Op::Broadcast) {
+            let args = n
+                .args
+                .iter()
+                .map(|&a| pick(g, a, out, new_of, picked, tokens))
+                .collect();
+            out.nodes.push(Node {
+                op: n.op.clone(),
+                args,
+                level: Level::Token,
+                dtype: n.dtype,
+                grad: n.grad,
+            });
+            out.nodes.len() - 1
+        } else if matches!(n.op, Op::Broadcast) {
+            pick(g, n.args[0], out, new_of, picked, tokens)
+        } else {
+            out.nodes.push(Node {
+                op: Op::Pick,
+                args: vec![new_of[old]],
+                level: Level::Token,
+                dtype: n.dtype,
+                grad: n.grad,
+            });
+            out.nodes.len() - 1
+        };
+        picked.insert(old, id);
+        id
+    }
+    for n in &g.nodes {
+        let id = match n.op {
+            Op::Pick if n.args.len() == 1 => {
+                let mut tokens =
+                    |out: &mut Graph| input(out, &mut input_of, "tokens", Level::Token);
+                let id = pick(g, n.args[0], &mut out, &new_of, &mut picked, &mut tokens);
+                // A value of a coarser level (a picked broadcast): back to
+                // the token level.
+                if out.nodes[id].level < Level::Token {
+                    push(
+                        &mut out,
+                        Op::Broadcast,
+                        vec![id],
+                        Level::Token,
+                        n.dtype,
+                        n.grad,
+                    )
+                } else {
+                    id
+                }
+            }
+            Op::OneHot if n.args.len() == 1 => {
+                let vi = input(&mut out, &mut input_of, VOCAB_INDEX, Level::Vocab);
+                let tok = input(&mut out, &mut input_of, "tokens", Level::Token);
+                let hit = push(
+                    &mut out,
+                    Op::Binary(Bin::Eq),
+                    vec![vi, tok],
+                    Level::Vocab,
+                    DType::Bool,
+                    false,
+                );
+                let zero = push(
+                    &mut out,
+                    Op::Const(0.0),
+                    Vec::new(),
+                    Level::Step,
+                    DType::F64,
+                    false,
+                );
+                push(
+                    &mut out,
+                    Op::Where,
+                    vec![hit, new_of[n.args[0]], zero],
+                    Level::Vocab,
+                    n.dtype,
+                    n.grad,
+                )
+            }
+            _ => {
+                let args = n.args.iter().map(|&a| new_of[a]).collect();
+                if let Op::Input(name) = &n.op
+                    && let Some(&id) = input_of.get(name)
+                {
+                    id
+                } else {
+                    let id = push(&mut out, n.op.clone(), args, n.level, n.dtype, n.grad);
+                    if let Op::Input(name) = &n.op {
+                        input_of.insert(name.clone(), id);
+                    }
+                    id
+                }
+            }
+        };
+        new_of.push(id);
+    }
+    out.outputs = g
+        .outputs
+        .iter()
+        .map(|(name, id)| (name.clone(), new_of[*id]))
+        .collect();
+    out
 }
 
 /// Index of the parent at a coarser level: `i / div`, then through the
@@ -722,7 +979,8 @@ impl Ctx<'_, '_> {
         match src {
             Src::Const(c) => c,
             Src::PaddedLength => self.sh.t as f64,
-            Src::Reg(_) => f64::NAN,
+            Src::VocabIndex if at == Level::Vocab => (i % self.sh.v.max(1)) as f64,
+            Src::Reg(_) | Src::VocabIndex => f64::NAN,
             Src::Buf(b) => {
                 let l = self.levels[b];
                 let j = ParentMap::new(self.sh, at, l).at(i);
@@ -785,11 +1043,16 @@ impl Plan {
         let tokens: Option<Vec<f64>> = inputs
             .get("tokens")
             .map(|t| t.iter().map(|&x| x as f64).collect());
+        let mut orders = Orders {
+            shared: self.shared_row_keys(),
+            ..Orders::default()
+        };
         for (k, st) in self.steps.iter().enumerate() {
             let started = std::time::Instant::now();
             match st {
                 Step::Loop(lp) => {
-                    let written = run_loop(lp, sh, mask, &bufs, &levels, threads.max(1))?;
+                    let written =
+                        run_loop(lp, sh, mask, &bufs, &levels, threads.max(1), &self.pool)?;
                     for (b, v) in written {
                         bufs[b] = Data::Owned(v);
                     }
@@ -804,6 +1067,7 @@ impl Plan {
                         &bufs,
                         &levels,
                         threads,
+                        &mut orders,
                     )?;
                     bufs[sp.buf] = Data::Owned(out);
                 }
@@ -821,8 +1085,18 @@ impl Plan {
             }
         }
         let mut out = Outputs::new();
-        for (name, src, level) in &self.outputs {
+        for (k, (name, src, level)) in self.outputs.iter().enumerate() {
             let v = match src {
+                // The last output read from an owned buffer takes it.
+                Src::Buf(b)
+                    if matches!(bufs[*b], Data::Owned(_))
+                        && !self.outputs[k + 1..].iter().any(|o| o.1 == *src) =>
+                {
+                    match std::mem::replace(&mut bufs[*b], Data::Missing) {
+                        Data::Owned(v) => v,
+                        _ => Vec::new(),
+                    }
+                }
                 Src::Buf(b) => bufs[*b].to_vec(),
                 other => {
                     let ctx = Ctx {
@@ -837,6 +1111,11 @@ impl Plan {
                 }
             };
             out.insert(name.clone(), v);
+        }
+        for b in bufs {
+            if let Data::Owned(v) = b {
+                self.pool.give(v);
+            }
         }
         Ok(out)
     }
@@ -857,7 +1136,18 @@ impl Plan {
         let data: Vec<Data> = bufs.iter().map(|b| Data::Ref(b.as_slice())).collect();
         let levels: Vec<Level> = self.buffers.iter().map(|b| b.level).collect();
         let mask64: Vec<f64> = mask.iter().map(|&m| m as f64).collect();
-        self.special(sp, sh, mask, &mask64, tokens, &data, &levels, 1)
+        let mut orders = Orders::default();
+        self.special(
+            sp,
+            sh,
+            mask,
+            &mask64,
+            tokens,
+            &data,
+            &levels,
+            1,
+            &mut orders,
+        )
     }
 
     /// Evaluate a special step: scans natively (row by row, over the valid
@@ -873,8 +1163,21 @@ impl Plan {
         bufs: &[Data],
         levels: &[Level],
         threads: usize,
+        orders: &mut Orders,
     ) -> Result<Vec<f64>, InterpError> {
         let n = &self.graph.nodes[sp.node];
+        // The sampled token's entry of a buffer, read in place.
+        if let (Op::Pick, Some(Src::Buf(b)), Some(tok)) = (&n.op, sp.args.first(), tokens)
+            && levels[*b] == Level::Vocab
+            && tok.len() == sh.b * sh.t
+        {
+            let v = sh.v;
+            return tok
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| Ok(bufs[*b].at(i * v + interp::token_index(t, v, i)?)))
+                .collect();
+        }
         let ctx = Ctx {
             sh,
             mask,
@@ -915,25 +1218,29 @@ impl Plan {
             })
             .collect();
         // Ranks and running sums over each token's vocabulary: contiguous
-        // rows, every entry a member; sorted row by row across threads.
+        // rows, every entry a member; sorted row by row across threads (once
+        // for every step that sorts by the same key).
         if n.level == Level::Vocab
             && sh.v > 0
-            && refs
-                .first()
-                .is_some_and(|x| x.len() == sh.len(Level::Vocab))
+            && let Some(k) = row_key(&n.op)
+            && refs.iter().all(|x| x.len() == sh.len(Level::Vocab))
+            && let (Some(x), Some(key)) = (refs.first(), refs.get(k))
         {
-            match n.op {
-                Op::Rank { over: Level::Token } => {
-                    return Ok(vocab_rows(sh.v, refs[0], refs[0], None, threads));
-                }
-                Op::SortedCumsum {
-                    over: Level::Token,
-                    reverse,
-                } if refs.get(1).is_some_and(|k| k.len() == refs[0].len()) => {
-                    return Ok(vocab_rows(sh.v, refs[1], refs[0], Some(reverse), threads));
-                }
-                _ => {}
-            }
+            let sum = match n.op {
+                Op::SortedCumsum { reverse, .. } => Some(reverse),
+                _ => None,
+            };
+            let order = match sp.args.get(k) {
+                Some(Src::Buf(b)) if orders.shared.contains(b) => Some(
+                    orders
+                        .cache
+                        .entry(*b)
+                        .or_insert_with(|| vocab_orders(sh.v, key, threads))
+                        .as_slice(),
+                ),
+                _ => None,
+            };
+            return Ok(vocab_rows(sh.v, key, x, sum, order, threads, &self.pool));
         }
         if let Op::Scan(op) = n.op
             && n.level == Level::Token
@@ -948,57 +1255,67 @@ impl Plan {
     }
 }
 
-/// Per row of `v` entries: sort by key descending (ties: lower index
-/// first, the interpreter's order), then the rank of each entry (`sum` is
-/// `None`) or the running sum of `x` in that order (`Some(reverse)`: from the
-/// other end). Rows split into fixed parts across threads.
-fn vocab_rows(v: usize, key: &[f64], x: &[f64], sum: Option<bool>, threads: usize) -> Vec<f64> {
-    let mut out = vec![0.0; key.len()];
-    let rows = key.len() / v;
-    let per_rows = rows.div_ceil(PARTS).max(1);
-    let work = |first: usize, chunk: &mut [f64]| {
-        let mut order: Vec<u128> = Vec::with_capacity(v);
-        let mut idx: Vec<usize> = Vec::with_capacity(v);
-        for (r, orow) in chunk.chunks_mut(v).enumerate() {
-            let base = (first + r) * v;
-            let k = &key[base..base + v];
-            // f64::total_cmp's order as unsigned bits, inverted for
-            // descending keys, then the index: one primitive sort key.
-            order.clear();
-            order.extend(k.iter().enumerate().map(|(i, x)| {
-                let b = x.to_bits();
-                let t = if b >> 63 == 1 { !b } else { b | (1 << 63) };
-                ((!t as u128) << 64) | i as u128
-            }));
-            order.sort_unstable();
-            idx.clear();
-            idx.extend(order.iter().map(|o| (*o as u64) as usize));
-            match sum {
-                None => {
-                    for (p, &i) in idx.iter().enumerate() {
-                        orow[i] = p as f64;
-                    }
-                }
-                Some(reverse) => {
-                    if reverse {
-                        idx.reverse();
-                    }
-                    let mut acc = 0.0;
-                    for &i in &idx {
-                        acc += x[base + i];
-                        orow[i] = acc;
-                    }
-                }
+/// Which argument of a special step is the key it sorts each token's
+/// vocabulary by (ranks and sorted running sums within each token).
+fn row_key(op: &Op) -> Option<usize> {
+    match op {
+        Op::Rank { over: Level::Token } => Some(0),
+        Op::SortedCumsum {
+            over: Level::Token, ..
+        } => Some(1),
+        _ => None,
+    }
+}
+
+/// Row orders kept during one run: for keys that more than one step sorts
+/// by (a rank and a running sum by the same key, a running sum and its
+/// gradient).
+#[derive(Default)]
+struct Orders {
+    shared: Vec<usize>,
+    cache: HashMap<usize, Vec<u32>>,
+}
+
+impl Plan {
+    /// Buffers that more than one special step sorts each token's
+    /// vocabulary by.
+    fn shared_row_keys(&self) -> Vec<usize> {
+        let mut count: HashMap<usize, usize> = HashMap::new();
+        for st in &self.steps {
+            if let Step::Special(sp) = st
+                && let Some(k) = row_key(&self.graph.nodes[sp.node].op)
+                && let Some(Src::Buf(b)) = sp.args.get(k)
+            {
+                *count.entry(*b).or_default() += 1;
             }
         }
-    };
-    let chunks: Vec<(usize, &mut [f64])> = out
-        .chunks_mut(per_rows * v)
+        let mut shared: Vec<usize> = count
+            .into_iter()
+            .filter(|(_, c)| *c > 1)
+            .map(|(b, _)| b)
+            .collect();
+        shared.sort_unstable();
+        shared
+    }
+}
+
+/// Run `work(first_row, rows)` over `out` split into [`PARTS`] fixed parts of
+/// whole rows of `row` entries, on up to `threads` threads at a time (the
+/// split does not depend on the thread count).
+fn par_rows<T: Send>(
+    out: &mut [T],
+    row: usize,
+    threads: usize,
+    work: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let rows = out.len() / row.max(1);
+    let per_rows = rows.div_ceil(PARTS).max(1);
+    let mut pending: Vec<(usize, &mut [T])> = out
+        .chunks_mut(per_rows * row.max(1))
         .enumerate()
         .map(|(c, ch)| (c * per_rows, ch))
         .collect();
     let work = &work;
-    let mut pending = chunks;
     while !pending.is_empty() {
         let rest = pending.split_off(pending.len().min(threads.max(1)));
         let wave = std::mem::replace(&mut pending, rest);
@@ -1008,6 +1325,84 @@ fn vocab_rows(v: usize, key: &[f64], x: &[f64], sum: Option<bool>, threads: usiz
             }
         });
     }
+}
+
+/// The order of one row's entries: key descending, ties to the lower index
+/// (the interpreter's order), as indices into the row.
+fn row_order(k: &[f64], keys: &mut Vec<(u64, u32)>, idx: &mut [u32]) {
+    // f64::total_cmp's order as unsigned bits, inverted for descending
+    // keys; a stable sort keeps ties in index order.
+    keys.clear();
+    keys.extend(k.iter().enumerate().map(|(i, x)| {
+        let b = x.to_bits();
+        let t = if b >> 63 == 1 { !b } else { b | (1 << 63) };
+        (!t, i as u32)
+    }));
+    keys.sort_by_key(|e| e.0);
+    for (o, key) in idx.iter_mut().zip(keys.iter()) {
+        *o = key.1;
+    }
+}
+
+/// Every row's order ([`row_order`]), rows of `v` entries.
+fn vocab_orders(v: usize, key: &[f64], threads: usize) -> Vec<u32> {
+    let mut order = vec![0u32; key.len()];
+    par_rows(&mut order, v, threads, |first, chunk| {
+        let mut keys = Vec::with_capacity(v);
+        for (r, idx) in chunk.chunks_mut(v).enumerate() {
+            let base = (first + r) * v;
+            row_order(&key[base..base + v], &mut keys, idx);
+        }
+    });
+    order
+}
+
+/// Per row of `v` entries, in the row's key order (from `order` if given,
+/// else sorted here): the rank of each entry (`sum` is `None`) or the
+/// running sum of `x` in that order (`Some(reverse)`: from the other end).
+fn vocab_rows(
+    v: usize,
+    key: &[f64],
+    x: &[f64],
+    sum: Option<bool>,
+    order: Option<&[u32]>,
+    threads: usize,
+    pool: &Pool,
+) -> Vec<f64> {
+    let mut out = pool.take(key.len());
+    par_rows(&mut out, v, threads, |first, chunk| {
+        let mut keys = Vec::with_capacity(v);
+        let mut own = vec![0u32; v];
+        for (r, orow) in chunk.chunks_mut(v).enumerate() {
+            let base = (first + r) * v;
+            let idx: &[u32] = match order {
+                Some(o) => &o[base..base + v],
+                None => {
+                    row_order(&key[base..base + v], &mut keys, &mut own);
+                    &own
+                }
+            };
+            match sum {
+                None => {
+                    for (p, &i) in idx.iter().enumerate() {
+                        orow[i as usize] = p as f64;
+                    }
+                }
+                Some(reverse) => {
+                    let mut acc = 0.0;
+                    let mut add = |i: u32| {
+                        acc += x[base + i as usize];
+                        orow[i as usize] = acc;
+                    };
+                    if reverse {
+                        idx.iter().rev().for_each(|&i| add(i));
+                    } else {
+                        idx.iter().for_each(|&i| add(i));
+                    }
+                }
+            }
+        }
+    });
     out
 }
 
@@ -1096,6 +1491,7 @@ fn run_loop(
     bufs: &[Data],
     levels: &[Level],
     threads: usize,
+    pool: &Pool,
 ) -> Result<Vec<(usize, Vec<f64>)>, InterpError> {
     let len = sh.len(lp.level);
     let ctx = Ctx {
@@ -1113,7 +1509,7 @@ fn run_loop(
             _ => None,
         })
         .collect();
-    let mut store_data: Vec<Vec<f64>> = stores.iter().map(|_| vec![0.0; len]).collect();
+    let mut store_data: Vec<Vec<f64>> = stores.iter().map(|_| pool.take(len)).collect();
     // Split big loops into a fixed number of parts, whatever the thread
     // count: the parts' partial reductions are merged in part order, so a
     // result does not depend on how many cores ran it.
@@ -1220,6 +1616,16 @@ fn combine(r: Red, a: f64, b: f64) -> f64 {
     }
 }
 
+/// A loop's registers and constants during a run, one chunk each.
+struct Bank {
+    /// Boxed, so that an instruction computes into a spare chunk which then
+    /// trades places with its destination register (no copy).
+    #[allow(clippy::vec_box)]
+    regs: Vec<Box<[f64; CHUNK]>>,
+    /// Every constant operand of the loop, filled once: (bits, chunk).
+    consts: Vec<(u64, Box<[f64; CHUNK]>)>,
+}
+
 /// Run the loop body over elements `lo..hi`, writing the stored registers
 /// into `out` (one slice per stored buffer, starting at `lo`).
 fn run_range(
@@ -1231,7 +1637,6 @@ fn run_range(
 ) -> Result<Vec<Partial>, InterpError> {
     let sh = ctx.sh;
     let level = lp.level;
-    let mut regs = vec![0.0f64; lp.regs.max(1) * CHUNK];
     let mut partials: Vec<Partial> = lp
         .body
         .iter()
@@ -1253,7 +1658,30 @@ fn run_range(
         })
         .collect();
     let mut gathered = [[0.0f64; CHUNK]; 3];
-    let mut res = [0.0f64; CHUNK];
+    let mut res: Box<[f64; CHUNK]> = Box::new([0.0; CHUNK]);
+    let mut bank = Bank {
+        regs: (0..lp.regs.max(1))
+            .map(|_| Box::new([0.0; CHUNK]))
+            .collect(),
+        consts: Vec::new(),
+    };
+    for ins in &lp.body {
+        let args: &[Src] = match ins {
+            Ins::Compute { args, .. } => args,
+            Ins::Accum { src, .. } => std::slice::from_ref(src),
+        };
+        for a in args {
+            if let Src::Const(x) = a
+                && !bank.consts.iter().any(|(b, _)| *b == x.to_bits())
+            {
+                bank.consts.push((x.to_bits(), Box::new([*x; CHUNK])));
+            }
+        }
+    }
+    // Membership flags of the current chunk (1: a member), computed once
+    // per chunk (at `member_at`) for the masked reductions.
+    let mut member = [0.0f64; CHUNK];
+    let mut member_at = usize::MAX;
     let mut i0 = lo;
     while i0 < hi {
         let c = CHUNK.min(hi - i0);
@@ -1275,7 +1703,7 @@ fn run_range(
                     let mut ops: [&[f64]; 3] = [&[], &[], &[]];
                     for (k, a) in args.iter().enumerate().take(3) {
                         let Some(g) = scratch.next() else { break };
-                        ops[k] = operand(ctx, &regs, *a, level, i0, c, g);
+                        ops[k] = operand(ctx, &bank, *a, level, i0, c, g);
                     }
                     compute(
                         *op,
@@ -1286,7 +1714,6 @@ fn run_range(
                         args.first().copied(),
                         level,
                     );
-                    regs[dst * CHUNK..dst * CHUNK + c].copy_from_slice(&res[..c]);
                     if store.is_some() {
                         if let Some(o) = out.get_mut(store_k) {
                             let off = i0 - lo;
@@ -1294,9 +1721,12 @@ fn run_range(
                         }
                         store_k += 1;
                     }
+                    if let Some(r) = bank.regs.get_mut(*dst) {
+                        std::mem::swap(r, &mut res);
+                    }
                 }
                 Ins::Accum { src, red, to, .. } => {
-                    let vals = operand(ctx, &regs, *src, level, i0, c, &mut gathered[0]);
+                    let vals = operand(ctx, &bank, *src, level, i0, c, &mut gathered[0]);
                     let pm = accum_maps[accum_k];
                     let p = &mut partials[accum_k];
                     // Membership: the token mask (for vocabulary entries,
@@ -1306,31 +1736,21 @@ fn run_range(
                         Level::Token => true,
                         _ => false,
                     };
-                    let per_mask = if level == Level::Vocab {
-                        sh.v.max(1)
-                    } else {
-                        1
-                    };
+                    if masked && member_at != i0 {
+                        member_flags(ctx, level, i0, &mut member[..c]);
+                        member_at = i0;
+                    }
+                    let red = *red;
                     pm.runs(i0, c, |j0, j1, u| {
-                        let mut acc = 0.0;
-                        let mut any = false;
-                        for (j, &x) in vals.iter().enumerate().take(j1).skip(j0) {
-                            let m = if per_mask == 1 {
-                                i0 + j
-                            } else {
-                                (i0 + j) / per_mask
-                            };
-                            if masked && !ctx.mask.get(m).is_some_and(|m| *m != 0.0) {
-                                continue;
-                            }
-                            acc = if any { combine(*red, acc, x) } else { x };
-                            any = true;
-                        }
-                        if !any {
-                            return;
-                        }
+                        let xs = &vals[j0..j1];
+                        let folded = if masked {
+                            fold_masked(red, xs, &member[j0..j1])
+                        } else {
+                            fold(red, xs)
+                        };
+                        let Some(acc) = folded else { return };
                         if let (Some(v), Some(s)) = (p.vals.get_mut(u), p.seen.get_mut(u)) {
-                            *v = if *s { combine(*red, *v, acc) } else { acc };
+                            *v = if *s { combine(red, *v, acc) } else { acc };
                             *s = true;
                         }
                     });
@@ -1343,12 +1763,90 @@ fn run_range(
     Ok(partials)
 }
 
+/// Membership flags (1.0 or 0.0) of elements `i0..` at `level`: the token
+/// mask, for vocabulary entries their token's.
+fn member_flags(ctx: &Ctx, level: Level, i0: usize, out: &mut [f64]) {
+    let flag = |i: usize| f64::from(u8::from(ctx.mask.get(i).is_some_and(|m| *m != 0.0)));
+    if level == Level::Vocab {
+        ParentMap::new(ctx.sh, Level::Vocab, Level::Token).runs(i0, out.len(), |j0, j1, t| {
+            out[j0..j1].fill(flag(t));
+        });
+    } else {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = flag(i0 + j);
+        }
+    }
+}
+
+/// Lanes of a folded sum: independent accumulators the compiler keeps in
+/// vector registers (the order of additions is fixed, so the result is
+/// too).
+const LANES: usize = 4;
+
+/// The reduction of all of `xs` (`None` when empty).
+#[inline]
+fn fold(red: Red, xs: &[f64]) -> Option<f64> {
+    let (&first, rest) = xs.split_first()?;
+    Some(match red {
+        Red::Sum => {
+            let mut lanes = [0.0f64; LANES];
+            let chunks = xs.chunks_exact(LANES);
+            let tail = chunks.remainder();
+            for ch in chunks {
+                for (l, x) in lanes.iter_mut().zip(ch) {
+                    *l += x;
+                }
+            }
+            let mut acc = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+            for x in tail {
+                acc += x;
+            }
+            acc
+        }
+        _ => rest.iter().fold(first, |a, &x| combine(red, a, x)),
+    })
+}
+
+/// The reduction of the members of `xs` (`flags[j]` 1.0; `None` when none).
+#[inline]
+fn fold_masked(red: Red, xs: &[f64], flags: &[f64]) -> Option<f64> {
+    if !flags.iter().any(|&f| f != 0.0) {
+        return None;
+    }
+    Some(match red {
+        Red::Sum => {
+            let mut lanes = [0.0f64; LANES];
+            let chunks = xs.chunks_exact(LANES).zip(flags.chunks_exact(LANES));
+            let n = xs.len() - xs.len() % LANES;
+            for (ch, fl) in chunks {
+                for ((l, &x), &f) in lanes.iter_mut().zip(ch).zip(fl) {
+                    *l += if f != 0.0 { x } else { 0.0 };
+                }
+            }
+            let mut acc = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+            for (&x, &f) in xs[n..].iter().zip(&flags[n..]) {
+                acc += if f != 0.0 { x } else { 0.0 };
+            }
+            acc
+        }
+        _ => {
+            let mut acc: Option<f64> = None;
+            for (&x, &f) in xs.iter().zip(flags) {
+                if f != 0.0 {
+                    acc = Some(acc.map_or(x, |a| combine(red, a, x)));
+                }
+            }
+            acc?
+        }
+    })
+}
+
 /// The operand's values over elements `i0..i0 + c`: a register, a slice
 /// of an owned buffer at the loop's level, or values gathered into
 /// `scratch` (inputs converted to f64, broadcasts, constants).
 fn operand<'s>(
     ctx: &'s Ctx,
-    regs: &'s [f64],
+    bank: &'s Bank,
     src: Src,
     level: Level,
     i0: usize,
@@ -1356,13 +1854,28 @@ fn operand<'s>(
     scratch: &'s mut [f64; CHUNK],
 ) -> &'s [f64] {
     match src {
-        Src::Reg(r) => &regs[r * CHUNK..r * CHUNK + c],
-        Src::Const(x) => {
-            scratch[..c].fill(x);
-            &scratch[..c]
-        }
+        Src::Reg(r) => &bank.regs[r][..c],
+        Src::Const(x) => match bank.consts.iter().find(|(b, _)| *b == x.to_bits()) {
+            Some((_, full)) => &full[..c],
+            None => {
+                scratch[..c].fill(x);
+                &scratch[..c]
+            }
+        },
         Src::PaddedLength => {
             scratch[..c].fill(ctx.sh.t as f64);
+            &scratch[..c]
+        }
+        Src::VocabIndex => {
+            let v = ctx.sh.v.max(1);
+            let mut k = i0 % v;
+            for o in scratch[..c].iter_mut() {
+                *o = k as f64;
+                k += 1;
+                if k == v {
+                    k = 0;
+                }
+            }
             &scratch[..c]
         }
         Src::Buf(b) => {
@@ -1404,6 +1917,19 @@ fn compute(
             Un::Neg => out.iter_mut().zip(a).for_each(|(o, x)| *o = -x),
             Un::Abs => out.iter_mut().zip(a).for_each(|(o, x)| *o = x.abs()),
             Un::Sqrt => out.iter_mut().zip(a).for_each(|(o, x)| *o = x.sqrt()),
+            Un::Exp => out
+                .iter_mut()
+                .zip(a)
+                .for_each(|(o, x)| *o = fastmath::exp(*x)),
+            Un::Log => out
+                .iter_mut()
+                .zip(a)
+                .for_each(|(o, x)| *o = fastmath::ln(*x)),
+            Un::Sigmoid => out.iter_mut().zip(a).for_each(|(o, &x)| {
+                // The interpreter's two stable forms, as a select.
+                let e = fastmath::exp(-x.abs());
+                *o = if x >= 0.0 { 1.0 } else { e } / (1.0 + e);
+            }),
             _ => out
                 .iter_mut()
                 .zip(a)

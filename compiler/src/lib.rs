@@ -14,6 +14,7 @@ pub mod check;
 pub mod codes;
 pub mod diagnostic;
 pub mod explain;
+pub mod fastmath;
 pub mod format;
 pub mod host;
 #[cfg(feature = "llvm")]

@@ -55,6 +55,8 @@ pub enum DSrc {
     /// Arena slot and its level.
     Buf(usize, Level),
     PaddedLength,
+    /// The element's vocabulary id (vocabulary loops).
+    VocabIndex,
 }
 
 /// Membership of an element in a reduction.
@@ -173,6 +175,7 @@ fn read(
         DSrc::Reg(r) => regs[r],
         DSrc::Const(bits) => f32::new(comptime![f32::from_bits(bits)]),
         DSrc::PaddedLength => f32::cast_from(meta[M_T]),
+        DSrc::VocabIndex => f32::cast_from(i % (meta[M_V] as usize)),
         DSrc::Buf(slot, from) => {
             let off = meta[comptime![M_OFF + slot]] as usize;
             arena[off + parent(i, meta, groups, level, from)]
@@ -1112,6 +1115,7 @@ impl DevicePlan {
                         match s {
                             Some(Src::Const(c)) => konst(*c),
                             Some(Src::PaddedLength) => DSrc::PaddedLength,
+                            Some(Src::VocabIndex) => DSrc::VocabIndex,
                             Some(Src::Buf(b)) => DSrc::Buf(*b, plan.buffers[*b].level),
                             _ => DSrc::Const(0),
                         }
@@ -1196,6 +1200,7 @@ impl DevicePlan {
                     Src::Reg(r) => DSrc::Reg(*r),
                     Src::Const(c) => konst(*c),
                     Src::PaddedLength => DSrc::PaddedLength,
+                    Src::VocabIndex => DSrc::VocabIndex,
                     Src::Buf(b) => DSrc::Buf(*b, plan.buffers[*b].level),
                 }
             };
@@ -1782,6 +1787,7 @@ impl DevicePlan {
                     .collect(),
                 Src::Const(c) => vec![*c; n],
                 Src::PaddedLength => vec![sh.t as f64; n],
+                Src::VocabIndex => (0..n).map(|i| (i % sh.v.max(1)) as f64).collect(),
                 Src::Reg(_) => return Err(format!("internal: output `{name}` in a register")),
             };
             out.insert(name.clone(), v);
