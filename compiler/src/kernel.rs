@@ -883,7 +883,7 @@ impl<'a> ParentMap<'a> {
 
     /// Split `i0..i0 + c` into runs of elements with the same parent:
     /// `f(j0, j1, parent)` for offsets `j0..j1` (no division per element).
-    #[inline]
+    #[inline(always)]
     fn runs(&self, i0: usize, c: usize, mut f: impl FnMut(usize, usize, usize)) {
         if self.zero {
             f(0, c, 0);
@@ -944,6 +944,7 @@ impl Data<'_> {
     }
     /// Elements `i0..i0 + c` as f64: a slice of an owned buffer, or the
     /// input's values converted into `scratch`.
+    #[inline(always)]
     fn range<'s>(&'s self, i0: usize, c: usize, scratch: &'s mut [f64]) -> &'s [f64] {
         match self {
             Data::Owned(v) if i0 + c <= v.len() => &v[i0..i0 + c],
@@ -1327,19 +1328,62 @@ fn par_rows<T: Send>(
     }
 }
 
+/// Rows up to this long are ordered by counting (every pair compared,
+/// branch-free and vectorised), longer ones by sorting.
+const COUNT_ROW: usize = 128;
+
 /// The order of one row's entries: key descending, ties to the lower index
 /// (the interpreter's order), as indices into the row.
-fn row_order(k: &[f64], keys: &mut Vec<(u64, u32)>, idx: &mut [u32]) {
-    // f64::total_cmp's order as unsigned bits, inverted for descending
-    // keys; a stable sort keeps ties in index order.
+fn row_order(k: &[f64], keys: &mut Vec<i64>, idx: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { row_order_avx2(k, keys, idx) };
+    }
+    row_order_body(k, keys, idx)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn row_order_avx2(k: &[f64], keys: &mut Vec<i64>, idx: &mut [u32]) {
+    row_order_body(k, keys, idx)
+}
+
+#[inline(always)]
+fn row_order_body(k: &[f64], keys: &mut Vec<i64>, idx: &mut [u32]) {
+    // f64::total_cmp's order as bits, inverted so that ascending integers
+    // are descending keys.
     keys.clear();
-    keys.extend(k.iter().enumerate().map(|(i, x)| {
+    keys.extend(k.iter().map(|x| {
         let b = x.to_bits();
         let t = if b >> 63 == 1 { !b } else { b | (1 << 63) };
-        (!t, i as u32)
+        (!t ^ (1 << 63)) as i64
     }));
-    keys.sort_by_key(|e| e.0);
-    for (o, key) in idx.iter_mut().zip(keys.iter()) {
+    if k.len() <= COUNT_ROW {
+        // Entry i's place: the entries before it in the order (smaller
+        // integers, or equal ones at a lower index).
+        for (i, &ki) in keys.iter().enumerate() {
+            let mut place = 0u64;
+            for &kj in keys.iter() {
+                place += u64::from(kj < ki);
+            }
+            for &kj in &keys[..i] {
+                place += u64::from(kj == ki);
+            }
+            if let Some(o) = idx.get_mut(place as usize) {
+                *o = i as u32;
+            }
+        }
+        return;
+    }
+    // A stable sort keeps ties in index order.
+    let mut pairs: Vec<(i64, u32)> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (x, i as u32))
+        .collect();
+    pairs.sort_by_key(|e| e.0);
+    for (o, key) in idx.iter_mut().zip(&pairs) {
         *o = key.1;
     }
 }
@@ -1628,7 +1672,39 @@ struct Bank {
 
 /// Run the loop body over elements `lo..hi`, writing the stored registers
 /// into `out` (one slice per stored buffer, starting at `lo`).
+///
+/// On x86-64 machines with AVX2 the same code runs compiled for it (twice
+/// the vector width). Without fused multiply-adds, every operation rounds
+/// as in the baseline build, so the results are bit-identical either way.
 fn run_range(
+    lp: &Loop,
+    ctx: &Ctx,
+    out: Vec<&mut [f64]>,
+    lo: usize,
+    hi: usize,
+) -> Result<Vec<Partial>, InterpError> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { run_range_avx2(lp, ctx, out, lo, hi) };
+    }
+    run_range_body(lp, ctx, out, lo, hi)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn run_range_avx2(
+    lp: &Loop,
+    ctx: &Ctx,
+    out: Vec<&mut [f64]>,
+    lo: usize,
+    hi: usize,
+) -> Result<Vec<Partial>, InterpError> {
+    run_range_body(lp, ctx, out, lo, hi)
+}
+
+#[inline(always)]
+fn run_range_body(
     lp: &Loop,
     ctx: &Ctx,
     mut out: Vec<&mut [f64]>,
@@ -1784,7 +1860,7 @@ fn member_flags(ctx: &Ctx, level: Level, i0: usize, out: &mut [f64]) {
 const LANES: usize = 4;
 
 /// The reduction of all of `xs` (`None` when empty).
-#[inline]
+#[inline(always)]
 fn fold(red: Red, xs: &[f64]) -> Option<f64> {
     let (&first, rest) = xs.split_first()?;
     Some(match red {
@@ -1808,7 +1884,7 @@ fn fold(red: Red, xs: &[f64]) -> Option<f64> {
 }
 
 /// The reduction of the members of `xs` (`flags[j]` 1.0; `None` when none).
-#[inline]
+#[inline(always)]
 fn fold_masked(red: Red, xs: &[f64], flags: &[f64]) -> Option<f64> {
     if !flags.iter().any(|&f| f != 0.0) {
         return None;
@@ -1844,6 +1920,7 @@ fn fold_masked(red: Red, xs: &[f64], flags: &[f64]) -> Option<f64> {
 /// The operand's values over elements `i0..i0 + c`: a register, a slice
 /// of an owned buffer at the loop's level, or values gathered into
 /// `scratch` (inputs converted to f64, broadcasts, constants).
+#[inline(always)]
 fn operand<'s>(
     ctx: &'s Ctx,
     bank: &'s Bank,
@@ -1895,6 +1972,7 @@ fn operand<'s>(
 /// `out[j] = op(args[0][j], …)` over one chunk, with the interpreter's
 /// semantics for every operation (the common ones written out so the
 /// compiler vectorises them).
+#[inline(always)]
 fn compute(
     op: KOp,
     args: &[&[f64]; 3],
