@@ -138,32 +138,39 @@ pub struct Plan {
     pub outputs: Vec<(String, Src, Level)>,
     /// Memory of the last run's buffers, reused by the next.
     pool: Pool,
+    /// The same for the row orders of sorted steps.
+    order_pool: Pool<u32>,
 }
 
 /// Big buffers kept between runs of a plan: a run reuses the memory of the
 /// last one instead of faulting fresh pages in (which cost more than the
 /// loops that fill them).
-#[derive(Default)]
-struct Pool(std::sync::Mutex<Vec<Vec<f64>>>);
+struct Pool<T = f64>(std::sync::Mutex<Vec<Vec<T>>>);
 
-impl Clone for Pool {
-    fn clone(&self) -> Pool {
+impl<T> Default for Pool<T> {
+    fn default() -> Self {
+        Pool(std::sync::Mutex::new(Vec::new()))
+    }
+}
+
+impl<T> Clone for Pool<T> {
+    fn clone(&self) -> Self {
         Pool::default()
     }
 }
 
-impl std::fmt::Debug for Pool {
+impl<T> std::fmt::Debug for Pool<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Pool")
     }
 }
 
-impl Pool {
+impl<T: Clone + Default> Pool<T> {
     /// Vectors below this many entries are left to the allocator.
     const MIN: usize = 1 << 14;
 
     /// A vector of `len` zeros.
-    fn take(&self, len: usize) -> Vec<f64> {
+    fn take(&self, len: usize) -> Vec<T> {
         let mut v = if len < Self::MIN {
             Vec::new()
         } else {
@@ -179,12 +186,12 @@ impl Pool {
                 .unwrap_or_default()
         };
         v.clear();
-        v.resize(len, 0.0);
+        v.resize(len, T::default());
         v
     }
 
     /// Keep `v` for a later run.
-    fn give(&self, v: Vec<f64>) {
+    fn give(&self, v: Vec<T>) {
         if v.capacity() >= Self::MIN
             && let Ok(mut p) = self.0.lock()
             && p.len() < 64
@@ -444,8 +451,7 @@ impl Plan {
                     regs: 0,
                 };
                 let mut reg_of: HashMap<NodeId, usize> = HashMap::new();
-                // Copies (`stopgrad`, broadcasts) of a value read from
-                // memory or a constant: read that instead.
+                // Nodes that read another value unchanged: that value.
                 let mut alias: HashMap<NodeId, Src> = HashMap::new();
                 let mut free_regs: Vec<usize> = Vec::new();
                 for (id, n) in g.nodes.iter().enumerate() {
@@ -461,7 +467,14 @@ impl Plan {
                             _ => src_outside(a),
                         })
                         .collect::<Result<Vec<Src>, String>>()?;
-                    if matches!(n.op, Op::StopGrad | Op::Broadcast)
+                    // Copies (and x·1, x/1, exact) of a value that is not
+                    // in a register read their source directly.
+                    let copy = match n.op {
+                        Op::StopGrad | Op::Broadcast => true,
+                        Op::Binary(Bin::Mul | Bin::Div) => args.get(1) == Some(&Src::Const(1.0)),
+                        _ => false,
+                    };
+                    if copy
                         && !(buffered[id] && stage[id] == s)
                         && let Some(&a) = args.first()
                         && !matches!(a, Src::Reg(_))
@@ -525,6 +538,7 @@ impl Plan {
             buffers,
             outputs,
             pool: Pool::default(),
+            order_pool: Pool::default(),
         })
     }
 
@@ -1118,6 +1132,9 @@ impl Plan {
                 self.pool.give(v);
             }
         }
+        for (_, o) in orders.cache {
+            self.order_pool.give(o);
+        }
         Ok(out)
     }
 }
@@ -1236,7 +1253,7 @@ impl Plan {
                     orders
                         .cache
                         .entry(*b)
-                        .or_insert_with(|| vocab_orders(sh.v, key, threads))
+                        .or_insert_with(|| vocab_orders(sh.v, key, threads, &self.order_pool))
                         .as_slice(),
                 ),
                 _ => None,
@@ -1389,8 +1406,8 @@ fn row_order_body(k: &[f64], keys: &mut Vec<i64>, idx: &mut [u32]) {
 }
 
 /// Every row's order ([`row_order`]), rows of `v` entries.
-fn vocab_orders(v: usize, key: &[f64], threads: usize) -> Vec<u32> {
-    let mut order = vec![0u32; key.len()];
+fn vocab_orders(v: usize, key: &[f64], threads: usize, pool: &Pool<u32>) -> Vec<u32> {
+    let mut order = pool.take(key.len());
     par_rows(&mut order, v, threads, |first, chunk| {
         let mut keys = Vec::with_capacity(v);
         for (r, idx) in chunk.chunks_mut(v).enumerate() {
