@@ -178,3 +178,95 @@ fn results_do_not_depend_on_the_thread_count() {
         }
     }
 }
+
+/// The recipes that order each token's vocabulary (PLD's Plackett–Luce
+/// suffix sums, SIREN's nucleus by rank and running sum), on vocabularies
+/// long enough for the executor's sorted path (above 128 entries) and short
+/// enough for its counting path, with logits rounded to a coarse grid so
+/// that many keys tie: the kernel equals the interpreter, whose order (key
+/// descending, ties to the lower index) defines the result.
+#[test]
+fn vocabulary_orders_equal_the_interpreter_with_ties_and_long_rows() {
+    let mut compared = 0;
+    for file in ["pld", "siren", "lp_reg"] {
+        let c = check_file(&preset_path(file), &[]);
+        let idx = c.main_recipe(None).expect(file);
+        let r = &c.recipes[idx];
+        for (v, grid) in [(200usize, 0.0), (200, 0.5), (40, 0.25)] {
+            let d = Dims {
+                b: 8,
+                t: 12,
+                v,
+                group: 4,
+            };
+            let mut batch = synth::batch(r, d, 7);
+            if grid > 0.0 {
+                for name in ["logits", "teacher_logits", "old_logits"] {
+                    if let Some(t) = batch.tensors.get_mut(name) {
+                        for x in t.data.iter_mut() {
+                            *x = (*x / grid).round() * grid;
+                        }
+                    }
+                }
+            }
+            let want = run_loss_with(&c, idx, &batch, "b", Backend::Interp)
+                .unwrap_or_else(|e| panic!("{file}: {}", e[0].message));
+            for threads in [1, 2] {
+                let got = run_loss_with(&c, idx, &batch, "b", Backend::Kernel { threads })
+                    .unwrap_or_else(|e| panic!("{file}: {}", e[0].message));
+                if let Err(e) = compare(&got, &want) {
+                    panic!("{file} (V = {v}, grid {grid}, {threads} threads): {e}");
+                }
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(compared, 18);
+}
+
+/// The gathers between vocabulary and token level fuse: the gradient's
+/// one-hot scatter is no special step (a select in the vocabulary loop),
+/// and the only `pick` left gathers from an input, not from a stored
+/// log-softmax; no vocabulary-level value but the output gradient (and the
+/// inputs) gets a buffer in z-loss's plan.
+#[test]
+fn gathers_fuse_into_the_loops() {
+    use keel_compiler::builtins::Level;
+    use keel_compiler::ir::Op;
+    use keel_compiler::kernel::{Plan, Src, Step};
+    let c = check_file(&preset_path("z_loss"), &[]);
+    let idx = c.main_recipe(None).expect("z_loss");
+    let have = |n: &str| !matches!(n, "advantages" | "teacher_logits");
+    let compiled = keel_compiler::compile_loss(&c, idx, &have).expect("compiles");
+    assert!(
+        compiled
+            .graph
+            .nodes
+            .iter()
+            .any(|n| matches!(n.op, Op::OneHot)),
+        "the gradient scatters d_logp into the vocabulary"
+    );
+    let plan = Plan::new(&compiled.graph).expect("plan");
+    let mut picks = 0;
+    for st in &plan.steps {
+        if let Step::Special(sp) = st {
+            let op = &plan.graph.nodes[sp.node].op;
+            assert!(!matches!(op, Op::OneHot), "{}", plan.print());
+            if matches!(op, Op::Pick) {
+                picks += 1;
+                let Some(Src::Buf(b)) = sp.args.first() else {
+                    panic!("pick of {:?}", sp.args)
+                };
+                assert!(plan.buffers[*b].input.is_some(), "{}", plan.print());
+            }
+        }
+    }
+    assert_eq!(picks, 1, "{}", plan.print());
+    let vocab_computed = plan
+        .buffers
+        .iter()
+        .filter(|b| b.level == Level::Vocab && b.input.is_none())
+        .count();
+    assert_eq!(vocab_computed, 1, "{}", plan.print());
+    assert!(plan.print().contains("vocab_index"));
+}

@@ -1,4 +1,5 @@
-//! Branch-free `exp` and `ln` in f64 for the CPU kernel executor.
+//! Branch-free `exp` and `ln` in f64 for the CPU kernel executor, and `exp`
+//! in f32 for the fused logits kernel.
 //!
 //! The standard library calls libm one value at a time; these are written
 //! as straight-line arithmetic and bit operations (no calls, no branches,
@@ -53,6 +54,32 @@ pub fn exp(x: f64) -> f64 {
     let s2 = f64::from_bits((k2.wrapping_add(1023) as u64) << 52);
     let y = p * s1 * s2;
     if x.is_nan() { x } else { y }
+}
+
+/// e^x in f32 (Cephes' reduction and polynomial), for the fused logits
+/// kernel: eight lanes per AVX2 vector.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    let xc = x.clamp(-104.0, 89.0);
+    const SHIFT32: f32 = 12_582_912.0; // 1.5 · 2^23
+    let t = xc * std::f32::consts::LOG2_E + SHIFT32;
+    let n = t - SHIFT32;
+    let r = (xc - n * 0.693_359_4) - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_2e-4;
+    p = p * r + 1.398_2e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let y = p * r * r + r + 1.0;
+    // · 2^n in two factors (n from -150 to 129).
+    let k = (t.to_bits() as i32).wrapping_sub(SHIFT32.to_bits() as i32);
+    let k1 = k >> 1;
+    let k2 = k - k1;
+    let s1 = f32::from_bits((k1.wrapping_add(127) as u32) << 23);
+    let s2 = f32::from_bits((k2.wrapping_add(127) as u32) << 23);
+    let e = y * s1 * s2;
+    if x.is_nan() { x } else { e }
 }
 
 /// The natural logarithm (fdlibm's reduction and polynomial).
@@ -158,6 +185,38 @@ mod tests {
         for x in [-708.5, -720.0, -740.0, -744.0] {
             assert!(ulps(exp(x), x.exp()) <= 2, "exp({x})");
         }
+    }
+
+    #[test]
+    fn exp_f32_is_within_two_ulp_everywhere() {
+        let ulps32 = |a: f32, b: f32| -> u32 {
+            if a == b {
+                0
+            } else if a.is_nan() || b.is_nan() || a.signum() != b.signum() {
+                u32::MAX
+            } else {
+                a.to_bits().abs_diff(b.to_bits())
+            }
+        };
+        let mut worst = 0;
+        for x in sweep()
+            .into_iter()
+            .map(|x| x as f32)
+            .filter(|x| x.abs() < 110.0)
+        {
+            // Against the correctly rounded value (f64 exp, rounded once).
+            let want = (x as f64).exp() as f32;
+            let d = ulps32(exp_f32(x), want);
+            assert!(d <= 2, "exp_f32({x:e}) = {:e}, want {want:e}", exp_f32(x));
+            worst = worst.max(d);
+        }
+        assert!(worst <= 2);
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert_eq!(exp_f32(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f32(100.0), f32::INFINITY);
+        assert_eq!(exp_f32(-110.0), 0.0);
+        assert!(exp_f32(f32::NAN).is_nan());
     }
 
     #[test]

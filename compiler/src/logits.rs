@@ -10,13 +10,15 @@
 //! The interpreter's `pick(log_softmax(logits))` and entropy nodes define the
 //! same values; tests compare the two and finite differences.
 
+use crate::fastmath;
+
 /// A logits element: f32, or bf16 stored as its upper 16 bits.
 pub trait Elem: Copy + Send + Sync {
     fn f32(self) -> f32;
 }
 
 impl Elem for f32 {
-    #[inline]
+    #[inline(always)]
     fn f32(self) -> f32 {
         self
     }
@@ -27,7 +29,7 @@ impl Elem for f32 {
 pub struct Bf16(pub u16);
 
 impl Elem for Bf16 {
-    #[inline]
+    #[inline(always)]
     fn f32(self) -> f32 {
         f32::from_bits((self.0 as u32) << 16)
     }
@@ -61,8 +63,25 @@ fn threads(n: usize) -> usize {
         .min(n.max(1))
 }
 
-/// Online (max, Σ e^(z−max), Σ e^(z−max)·z) of one row, chunk by chunk.
+/// Online (max, Σ e^(z−max), Σ e^(z−max)·z) of one row, chunk by chunk
+/// (compiled for AVX2 too, picked at run time: eight f32 lanes).
 fn row_stats<E: Elem>(row: &[E]) -> (f64, f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { row_stats_avx2(row) };
+    }
+    row_stats_body(row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn row_stats_avx2<E: Elem>(row: &[E]) -> (f64, f64, f64) {
+    row_stats_body(row)
+}
+
+#[inline(always)]
+fn row_stats_body<E: Elem>(row: &[E]) -> (f64, f64, f64) {
     let mut m = f64::NEG_INFINITY;
     let (mut s, mut sz) = (0.0f64, 0.0f64);
     for chunk in row.chunks(CHUNK) {
@@ -80,14 +99,14 @@ fn row_stats<E: Elem>(row: &[E]) -> (f64, f64, f64) {
         for block in &mut lanes {
             for k in 0..8 {
                 let z = block[k].f32();
-                let e = (z - mf).exp();
+                let e = fastmath::exp_f32(z - mf);
                 cs[k] += e;
                 csz[k] += e * z;
             }
         }
         for &x in lanes.remainder() {
             let z = x.f32();
-            let e = (z - mf).exp();
+            let e = fastmath::exp_f32(z - mf);
             cs[0] += e;
             csz[0] += e * z;
         }
@@ -163,17 +182,39 @@ pub fn backward<E: Elem>(
                     let (lse, ez) = (fwd.lse[i], fwd.mean_z[i]);
                     let gl = d_logp.get(i).copied().unwrap_or(0.0);
                     let ge = d_entropy.get(i).copied().unwrap_or(0.0);
-                    for (o, &x) in orow.iter_mut().zip(row) {
-                        let z = x.f32();
-                        let p = (z - lse).exp();
-                        *o = -gl * p - ge * p * (z - ez);
-                    }
+                    backward_row(row, orow, lse, ez, gl, ge);
                     let tok = (tokens[i] as usize).min(v - 1);
                     orow[tok] += gl;
                 }
             });
         }
     });
+}
+
+/// One row of `d_logits` without the one-hot term (AVX2 when the CPU has
+/// it).
+fn backward_row<E: Elem>(row: &[E], orow: &mut [f32], lse: f32, ez: f32, gl: f32, ge: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { backward_row_avx2(row, orow, lse, ez, gl, ge) };
+    }
+    backward_row_body(row, orow, lse, ez, gl, ge)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn backward_row_avx2<E: Elem>(row: &[E], orow: &mut [f32], lse: f32, ez: f32, gl: f32, ge: f32) {
+    backward_row_body(row, orow, lse, ez, gl, ge)
+}
+
+#[inline(always)]
+fn backward_row_body<E: Elem>(row: &[E], orow: &mut [f32], lse: f32, ez: f32, gl: f32, ge: f32) {
+    for (o, &x) in orow.iter_mut().zip(row) {
+        let z = x.f32();
+        let p = fastmath::exp_f32(z - lse);
+        *o = -gl * p - ge * p * (z - ez);
+    }
 }
 
 /// A batch's logits taken through the fused kernel: the logits as f32, the
