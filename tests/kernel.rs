@@ -112,14 +112,15 @@ fn kernel_executor_equals_the_interpreter_on_every_stdlib_recipe() {
     eprintln!("{checked_runs} runs compared, {with_logits} through logits");
 }
 
-/// The fusion GRPO gets: two token passes (the per-batch sums, then the
-/// gradient), reductions folded into them, and no token-level buffer but
-/// the inputs and the two outputs (the ratio's exp is recomputed in the
-/// second pass on both targets: the CPU's exp is vectorised).
+/// The fusion GRPO gets: two token passes (the token count, then the
+/// gradient with every other sum), reductions folded into them, and no
+/// token-level buffer but the inputs and the two outputs (the ratio's exp
+/// is recomputed in the second pass on both targets: the CPU's exp is
+/// vectorised).
 #[test]
 fn grpo_fuses_into_two_token_passes() {
     use keel_compiler::builtins::Level;
-    use keel_compiler::kernel::{Plan, Policy, Step};
+    use keel_compiler::kernel::{Ins, Plan, Policy, Src, Step};
     let c = check_file(&preset_path("grpo"), &[]);
     let idx = c.main_recipe(None).expect("grpo");
     let have = |n: &str| !matches!(n, "logits" | "tokens" | "advantages" | "teacher_logits");
@@ -132,6 +133,33 @@ fn grpo_fuses_into_two_token_passes() {
             .filter(|s| matches!(s, Step::Loop(l) if l.level == Level::Token))
             .count();
         assert_eq!(token_loops, 2, "{policy:?}:\n{}", plan.print());
+        // The first pass exists for the token count the gradient is scaled
+        // by, so it reads the mask alone; every other token-level sum (the
+        // loss, the metrics) folds into the second pass.
+        let first = plan
+            .steps
+            .iter()
+            .find_map(|s| match s {
+                Step::Loop(l) if l.level == Level::Token => Some(l),
+                _ => None,
+            })
+            .expect("a token loop");
+        for ins in &first.body {
+            let srcs: Vec<&Src> = match ins {
+                Ins::Compute { args, .. } => args.iter().collect(),
+                Ins::Accum { src, .. } => vec![src],
+            };
+            for src in srcs {
+                if let Src::Buf(b) = src {
+                    let buf = &plan.buffers[*b];
+                    assert!(
+                        buf.level < Level::Token || buf.input.as_deref() == Some("mask"),
+                        "{policy:?}: the first token pass reads b{b}:\n{}",
+                        plan.print()
+                    );
+                }
+            }
+        }
         assert!(!plan.steps.iter().any(|s| matches!(s, Step::Special(_))));
         let computed: Vec<_> = plan
             .buffers
