@@ -372,6 +372,53 @@ impl Plan {
                 Kind::Reduce | Kind::Special => args + 1,
             };
         }
+        // A reduction whose value flows only to sequence level or coarser
+        // (a metric's sum, a loss's numerator) is deferred to the last loop
+        // over its argument's level: it folds into the pass that runs
+        // anyway, and an earlier pass that ran only for such sums reads
+        // less — GRPO's first token pass reads the mask alone (the token
+        // count the gradient is scaled by), not every input.
+        let mut last: HashMap<Level, usize> = HashMap::new();
+        for (id, n) in g.nodes.iter().enumerate() {
+            if live[id] && kind(id) == Kind::Elem {
+                let e = last.entry(n.level).or_insert(0);
+                *e = (*e).max(stage[id]);
+            }
+        }
+        // The finest level each value reaches: its own, or its readers'.
+        let mut reach: Vec<Level> = g.nodes.iter().map(|n| n.level).collect();
+        for id in (0..n_nodes).rev() {
+            if live[id] {
+                for &a in &g.nodes[id].args {
+                    reach[a] = reach[a].max(reach[id]);
+                }
+            }
+        }
+        let mut deferred = false;
+        for (id, n) in g.nodes.iter().enumerate() {
+            if live[id]
+                && kind(id) == Kind::Reduce
+                && reach[id] <= Level::Seq
+                && let Some(&t) = last.get(&g.nodes[n.args[0]].level)
+                && stage[id] < t + 1
+            {
+                stage[id] = t + 1;
+                deferred = true;
+            }
+        }
+        if deferred {
+            // Whatever reads a deferred value runs after it.
+            for (id, n) in g.nodes.iter().enumerate() {
+                if live[id] {
+                    let args = n.args.iter().map(|a| stage[*a]).max().unwrap_or(0);
+                    stage[id] = stage[id].max(match kind(id) {
+                        Kind::Free => 0,
+                        Kind::Elem => args,
+                        Kind::Reduce | Kind::Special => args + 1,
+                    });
+                }
+            }
+        }
         // Which elementwise values get a buffer.
         let mut buffered = vec![false; n_nodes];
         for (id, n) in g.nodes.iter().enumerate() {
@@ -473,10 +520,9 @@ impl Plan {
                     }
                     let is_root = match kind(id) {
                         Kind::Elem => buffered[id] && stage[id] == s && n.level == level,
-                        Kind::Reduce => {
-                            let a = n.args[0];
-                            g.nodes[a].level == level && stage[a] == s
-                        }
+                        // A reduction folds into the loop of the stage
+                        // before its own (its argument's, unless deferred).
+                        Kind::Reduce => g.nodes[n.args[0]].level == level && stage[id] == s + 1,
                         _ => false,
                     };
                     if is_root {
