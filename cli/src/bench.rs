@@ -375,12 +375,12 @@ pub fn logits(a: LogitsArgs) -> ExitCode {
     let d_ent: Vec<f32> = (0..n).map(|_| next() / 4.0).collect();
     let after_inputs = peak_rss().unwrap_or(0);
     if a.device {
-        if a.bf16 {
-            eprintln!("error: the device logits kernel takes f32 logits");
-            eprintln!("help: drop `--bf16`");
-            return ExitCode::from(2);
-        }
-        return logits_device(&z32, &tokens, v, &d_logp, &d_ent, a.iters);
+        let z = if a.bf16 {
+            keel_device::Logits::Bf16(&z16)
+        } else {
+            keel_device::Logits::F32(&z32)
+        };
+        return logits_device(z, &tokens, v, &d_logp, &d_ent, a.iters);
     }
     let elem = if a.bf16 { 2 } else { 4 };
     let mut d_logits = vec![0.0f32; n * v];
@@ -444,7 +444,7 @@ pub fn logits(a: LogitsArgs) -> ExitCode {
 /// `keel bench logits --device`: the cubecl logits kernel with the logits
 /// already on the device; checked against the CPU kernel on a few rows.
 fn logits_device(
-    z: &[f32],
+    z: keel_device::Logits,
     tokens: &[u32],
     v: usize,
     d_logp: &[f32],
@@ -457,8 +457,14 @@ fn logits_device(
     };
     // Parity on the first rows (the kernel is the same for every row).
     let k = n.min(64);
-    let cpu = keel_compiler::logits::forward(&z[..k * v], &tokens[..k], v);
-    let dev = keel_device::logits_forward(&client, &z[..k * v], &tokens[..k], v);
+    let cpu = z.head(k * v).cpu_forward(&tokens[..k], v);
+    let dev = match keel_device::logits_forward(&client, z.head(k * v), &tokens[..k], v) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: the device logits kernel failed: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let mut worst = 0.0f64;
     for i in 0..k {
         for (a, b) in [(dev.logp[i], cpu.logp[i]), (dev.entropy[i], cpu.entropy[i])] {
@@ -473,19 +479,21 @@ fn logits_device(
         }
     };
     let nv = (n * v) as f64;
+    let elem = z.elem_bytes() as f64;
     println!(
-        "logits kernel on {name}: {n} tokens × {v} vocabulary, f32 ({:.2} GB in)",
-        nv * 4.0 / 1e9
+        "logits kernel on {name}: {n} tokens × {v} vocabulary, {} ({:.2} GB in)",
+        if z.is_bf16() { "bf16" } else { "f32" },
+        nv * elem / 1e9
     );
     println!(
         "forward  (logp, entropy): {:>9.2} ms  {:>8.1} GB/s read",
         t.forward_s * 1e3,
-        nv * 4.0 / t.forward_s / 1e9
+        nv * elem / t.forward_s / 1e9
     );
     println!(
         "backward (d_logits):      {:>9.2} ms  {:>8.1} GB/s read + write",
         t.backward_s * 1e3,
-        nv * 8.0 / t.backward_s / 1e9
+        nv * (elem + 4.0) / t.backward_s / 1e9
     );
     println!(
         "tokens/s (forward + backward): {:.0}",
@@ -494,7 +502,7 @@ fn logits_device(
     println!(
         "device memory: {:.2} GB = logits + one [N, V] gradient + O(N) ({:.2} × the logits)",
         t.bytes as f64 / 1e9,
-        t.bytes as f64 / (nv * 4.0)
+        t.bytes as f64 / (nv * elem)
     );
     println!("parity with the CPU kernel on {k} rows: largest error {worst:.2e}");
     if worst > 1e-4 {
@@ -573,16 +581,33 @@ pub fn parity(seqs: usize, json: bool) -> ExitCode {
     }
     // The logits kernel against the CPU kernel.
     let mut logits_worst = 0.0f64;
-    for (n, v) in [(7, 50), (16, 151_936)] {
+    for (n, v, bf16) in [(7, 50, false), (16, 151_936, false), (16, 151_936, true)] {
         let z = keel_compiler::synth::Lcg(7).fill(n * v, -5.0, 5.0);
+        let zb: Vec<keel_compiler::logits::Bf16> = z
+            .iter()
+            .map(|&x| keel_compiler::logits::Bf16::from_f32(x))
+            .collect();
+        let z = if bf16 {
+            keel_device::Logits::Bf16(&zb)
+        } else {
+            keel_device::Logits::F32(&z)
+        };
         let tokens: Vec<u32> = (0..n).map(|i| ((i * 7919) % v) as u32).collect();
-        let cpu = keel_compiler::logits::forward(&z, &tokens, v);
-        let dev = keel_device::logits_forward(&client, &z, &tokens, v);
+        let cpu = z.cpu_forward(&tokens, v);
         let dl: Vec<f32> = (0..n).map(|i| 0.3 - 0.1 * i as f32).collect();
         let de: Vec<f32> = (0..n).map(|i| 0.05 * i as f32 - 0.2).collect();
-        let mut dc = vec![0.0f32; n * v];
-        keel_compiler::logits::backward(&z, &tokens, v, &cpu, &dl, &de, &mut dc);
-        let dd = keel_device::logits_backward(&client, &z, &tokens, v, &dev, &dl, &de);
+        let dc = z.cpu_backward(&tokens, v, &cpu, &dl, &de);
+        let ran = keel_device::logits_forward(&client, z, &tokens, v).and_then(|dev| {
+            let dd = keel_device::logits_backward(&client, z, &tokens, v, &dev, &dl, &de)?;
+            Ok((dev, dd))
+        });
+        let (dev, dd) = match ran {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("logits kernel ({n} x {v}): {e}"));
+                continue;
+            }
+        };
         for i in 0..n {
             for (a, b) in [(dev.logp[i], cpu.logp[i]), (dev.entropy[i], cpu.entropy[i])] {
                 logits_worst = logits_worst.max(((a - b).abs() / b.abs().max(1.0)) as f64);

@@ -1,11 +1,13 @@
 //! Device kernels on cubecl. The fused logits kernel: one cube per row, one
-//! plane wide; each unit strides over the vocabulary, plane reductions give
-//! the row's maximum, Σ exp(z − max) and Σ exp(z − max)·z.
+//! plane wide; each unit strides over the vocabulary once, keeping an online
+//! maximum with Σ exp(z − max) and Σ exp(z − max)·z, and plane reductions
+//! combine the units'. Logits are f32 or bf16 (read as 32-bit words and
+//! widened in the kernel, so every runtime takes them).
 
 pub mod plan;
 
 use cubecl::prelude::*;
-use keel_compiler::logits::Forward;
+use keel_compiler::logits::{Bf16, Forward};
 
 /// A compute client on the first device this build can use: the first CUDA
 /// GPU when built with the `cuda` feature and one answers, else Vulkan
@@ -24,40 +26,58 @@ pub fn client_named() -> Result<(cubecl::client::Client, &'static str), String> 
     Ok((device.client(), "vulkan"))
 }
 
+/// Logit `k` of the flat [N, V] logits: f32 bits, or bf16 (two per 32-bit
+/// word, the lower half first) widened to f32 exactly.
+#[cube]
+fn logit(z: &Tensor<u32>, k: usize, #[comptime] bf16: bool) -> f32 {
+    let mut bits = z[k];
+    if bf16 {
+        let w = z[k / 2];
+        bits = ((w >> (((k % 2) * 16) as u32)) & 0xffff) << 16;
+    }
+    f32::reinterpret(bits)
+}
+
 #[cube(launch_unchecked)]
 fn logits_forward_kernel(
-    z: &Tensor<f32>,
+    z: &Tensor<u32>,
     tokens: &Tensor<u32>,
     stats: &mut Tensor<f32>,
     #[comptime] v: usize,
+    #[comptime] bf16: bool,
 ) {
     let row = CUBE_POS;
     let base = row * v;
     let step = CUBE_DIM as usize;
+    // One pass over the row: each unit keeps its running maximum m and
+    // Σ e^(z−m), Σ e^(z−m)·z, rescaled when m grows; the plane combines
+    // them at the plane's maximum.
     let mut m = f32::new(-3.0e38);
+    let mut s = f32::new(0.0);
+    let mut sz = f32::new(0.0);
     let mut i = UNIT_POS as usize;
     while i < v {
-        m = f32::max(m, z[base + i]);
+        let x = logit(z, base + i, bf16);
+        if x > m {
+            let r = f32::exp(m - x);
+            s *= r;
+            sz *= r;
+            m = x;
+        }
+        let e = f32::exp(x - m);
+        s += e;
+        sz += e * x;
         i += step;
     }
     let mm = plane_max(m);
-    let mut s = f32::new(0.0);
-    let mut sz = f32::new(0.0);
-    let mut j = UNIT_POS as usize;
-    while j < v {
-        let x = z[base + j];
-        let e = f32::exp(x - mm);
-        s += e;
-        sz += e * x;
-        j += step;
-    }
-    let ss = plane_sum(s);
-    let ssz = plane_sum(sz);
+    let r = f32::exp(m - mm);
+    let ss = plane_sum(s * r);
+    let ssz = plane_sum(sz * r);
     if UNIT_POS == 0 {
         let lse = mm + f32::ln(ss);
         let mean_z = ssz / ss;
         let tok = tokens[row] as usize;
-        stats[row * 4] = z[base + tok] - lse;
+        stats[row * 4] = logit(z, base + tok, bf16) - lse;
         stats[row * 4 + 1] = lse - mean_z;
         stats[row * 4 + 2] = lse;
         stats[row * 4 + 3] = mean_z;
@@ -66,12 +86,13 @@ fn logits_forward_kernel(
 
 #[cube(launch_unchecked)]
 fn logits_backward_kernel(
-    z: &Tensor<f32>,
+    z: &Tensor<u32>,
     tokens: &Tensor<u32>,
     stats: &Tensor<f32>,
     grads: &Tensor<f32>,
     d: &mut Tensor<f32>,
     #[comptime] v: usize,
+    #[comptime] bf16: bool,
 ) {
     let row = CUBE_POS;
     let base = row * v;
@@ -82,7 +103,7 @@ fn logits_backward_kernel(
     let tok = tokens[row] as usize;
     let mut i = UNIT_POS as usize;
     while i < v {
-        let x = z[base + i];
+        let x = logit(z, base + i, bf16);
         let p = f32::exp(x - lse);
         let mut g = -gl * p - ge * p * (x - ez);
         if i == tok {
@@ -93,8 +114,100 @@ fn logits_backward_kernel(
     }
 }
 
+/// Logits handed to the device kernel: f32, or bf16 (half the bytes).
+#[derive(Clone, Copy)]
+pub enum Logits<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [Bf16]),
+}
+
+impl Logits<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Logits::F32(z) => z.len(),
+            Logits::Bf16(z) => z.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn is_bf16(&self) -> bool {
+        matches!(self, Logits::Bf16(_))
+    }
+    /// Bytes per logit.
+    pub fn elem_bytes(&self) -> usize {
+        if self.is_bf16() { 2 } else { 4 }
+    }
+    /// The first `n` logits on the device, as 32-bit words (bf16: two per
+    /// word, the lower half first; an odd count padded with a zero half).
+    fn upload(&self, client: &Client, n: usize) -> Handle {
+        match self {
+            Logits::F32(z) => client.create_from_slice(f32::as_bytes(&z[..n])),
+            Logits::Bf16(z) => {
+                let words: Vec<u32> = z[..n]
+                    .chunks(2)
+                    .map(|p| p[0].0 as u32 | (p.get(1).map_or(0, |h| h.0) as u32) << 16)
+                    .collect();
+                client.create_from_slice(u32::as_bytes(&words))
+            }
+        }
+    }
+    /// The first `n` logits.
+    pub fn head(&self, n: usize) -> Logits<'_> {
+        match self {
+            Logits::F32(z) => Logits::F32(&z[..n.min(z.len())]),
+            Logits::Bf16(z) => Logits::Bf16(&z[..n.min(z.len())]),
+        }
+    }
+    /// The CPU kernel's forward pass on the same logits.
+    pub fn cpu_forward(&self, tokens: &[u32], v: usize) -> Forward {
+        match self {
+            Logits::F32(z) => keel_compiler::logits::forward(z, tokens, v),
+            Logits::Bf16(z) => keel_compiler::logits::forward(z, tokens, v),
+        }
+    }
+    /// The CPU kernel's backward pass on the same logits.
+    pub fn cpu_backward(
+        &self,
+        tokens: &[u32],
+        v: usize,
+        fwd: &Forward,
+        d_logp: &[f32],
+        d_entropy: &[f32],
+    ) -> Vec<f32> {
+        let mut d = vec![0.0f32; (self.len() / v.max(1)) * v];
+        match self {
+            Logits::F32(z) => {
+                keel_compiler::logits::backward(z, tokens, v, fwd, d_logp, d_entropy, &mut d)
+            }
+            Logits::Bf16(z) => {
+                keel_compiler::logits::backward(z, tokens, v, fwd, d_logp, d_entropy, &mut d)
+            }
+        }
+        d
+    }
+    /// The length of the uploaded buffer in 32-bit words.
+    fn words(&self, n: usize) -> usize {
+        if self.is_bf16() { n.div_ceil(2) } else { n }
+    }
+}
+
 /// A cubecl compute client.
 pub type Client = cubecl::client::Client;
+
+/// Refuse a buffer larger than the runtime allocates at once (cubecl would
+/// fail later, and silently for a launch).
+fn fits(client: &Client, bytes: usize, what: &str) -> Result<(), String> {
+    let limit = client.properties().memory.max_page_size;
+    if bytes as u64 > limit {
+        return Err(format!(
+            "{what}: one device buffer of {:.1} MB is needed and this device allocates at most {:.1} MB at once; use fewer tokens",
+            bytes as f64 / 1e6,
+            limit as f64 / 1e6
+        ));
+    }
+    Ok(())
+}
 
 /// The cube width of the plane-reduction kernels: one plane. The smallest
 /// plane size the runtime may pick, so a cube never spans two planes (a
@@ -115,7 +228,7 @@ fn raw(h: &Handle, n: usize) -> TensorArg {
 /// Launch the forward kernel: `stats` [n, 4] from `z` [n, v] and `tokens`.
 fn launch_forward(
     client: &Client,
-    z: &Handle,
+    (z, z_words, bf16): (&Handle, usize, bool),
     tokens: &Handle,
     stats: &Handle,
     n: usize,
@@ -127,10 +240,11 @@ fn launch_forward(
             client,
             CubeCount::Static(n as u32, 1, 1),
             CubeDim::new_1d(width(client)),
-            raw(z, n * v),
+            raw(z, z_words),
             raw(tokens, n),
             raw(stats, n * 4),
             v,
+            bf16,
         )
     };
 }
@@ -140,7 +254,7 @@ fn launch_forward(
 #[allow(clippy::too_many_arguments)]
 fn launch_backward(
     client: &Client,
-    z: &Handle,
+    (z, z_words, bf16): (&Handle, usize, bool),
     tokens: &Handle,
     stats: &Handle,
     grads: &Handle,
@@ -154,50 +268,58 @@ fn launch_backward(
             client,
             CubeCount::Static(n as u32, 1, 1),
             CubeDim::new_1d(width(client)),
-            raw(z, n * v),
+            raw(z, z_words),
             raw(tokens, n),
             raw(stats, n * 4),
             raw(grads, n * 2),
             raw(d, n * v),
             v,
+            bf16,
         )
     };
 }
 
 /// logp, entropy (and the statistics of the backward pass) of every row.
-pub fn logits_forward(client: &Client, z: &[f32], tokens: &[u32], v: usize) -> Forward {
+pub fn logits_forward(
+    client: &Client,
+    z: Logits,
+    tokens: &[u32],
+    v: usize,
+) -> Result<Forward, String> {
     let n = tokens.len().min(z.len() / v.max(1));
     if n == 0 {
-        return Forward::default();
+        return Ok(Forward::default());
     }
-    let zh = client.create_from_slice(f32::as_bytes(&z[..n * v]));
+    fits(client, n * v * z.elem_bytes(), "the logits")?;
+    let zh = z.upload(client, n * v);
     let th = client.create_from_slice(u32::as_bytes(&tokens[..n]));
     let sh = client.empty(n * 4 * 4);
-    launch_forward(client, &zh, &th, &sh, n, v);
+    launch_forward(client, (&zh, z.words(n * v), z.is_bf16()), &th, &sh, n, v);
     let s = f32::from_bytes(&client.read_one_unchecked(sh)).to_vec();
     let col = |k: usize| (0..n).map(|i| s[i * 4 + k]).collect::<Vec<f32>>();
-    Forward {
+    Ok(Forward {
         logp: col(0),
         entropy: col(1),
         lse: col(2),
         mean_z: col(3),
-    }
+    })
 }
 
 /// d_logits [n, v] from d_logp and d_entropy.
 pub fn logits_backward(
     client: &Client,
-    z: &[f32],
+    z: Logits,
     tokens: &[u32],
     v: usize,
     fwd: &Forward,
     d_logp: &[f32],
     d_entropy: &[f32],
-) -> Vec<f32> {
+) -> Result<Vec<f32>, String> {
     let n = tokens.len().min(z.len() / v.max(1));
     if n == 0 {
-        return Vec::new();
+        return Ok(Vec::new());
     }
+    fits(client, n * v * 4, "d_logits")?;
     let stats: Vec<f32> = (0..n)
         .flat_map(|i| [fwd.logp[i], fwd.entropy[i], fwd.lse[i], fwd.mean_z[i]])
         .collect();
@@ -209,13 +331,14 @@ pub fn logits_backward(
             ]
         })
         .collect();
-    let zh = client.create_from_slice(f32::as_bytes(&z[..n * v]));
+    let zh = z.upload(client, n * v);
     let th = client.create_from_slice(u32::as_bytes(&tokens[..n]));
     let sh = client.create_from_slice(f32::as_bytes(&stats));
     let gh = client.create_from_slice(f32::as_bytes(&grads));
     let dh = client.empty(n * v * 4);
-    launch_backward(client, &zh, &th, &sh, &gh, &dh, n, v);
-    f32::from_bytes(&client.read_one_unchecked(dh)).to_vec()
+    let zw = (&zh, z.words(n * v), z.is_bf16());
+    launch_backward(client, zw, &th, &sh, &gh, &dh, n, v);
+    Ok(f32::from_bytes(&client.read_one_unchecked(dh)).to_vec())
 }
 
 /// Timings of the logits kernel with everything already on the device.
@@ -232,7 +355,7 @@ pub struct LogitsTimes {
 /// result against nothing (callers compare with the CPU kernel).
 pub fn logits_bench(
     client: &Client,
-    z: &[f32],
+    z: Logits,
     tokens: &[u32],
     v: usize,
     d_logp: &[f32],
@@ -243,7 +366,10 @@ pub fn logits_bench(
     if n == 0 {
         return Err("no rows".into());
     }
-    let zh = client.create_from_slice(f32::as_bytes(&z[..n * v]));
+    fits(client, n * v * z.elem_bytes(), "the logits")?;
+    fits(client, n * v * 4, "d_logits")?;
+    let zh = z.upload(client, n * v);
+    let zw = (&zh, z.words(n * v), z.is_bf16());
     let th = client.create_from_slice(u32::as_bytes(&tokens[..n]));
     let sh = client.empty(n * 4 * 4);
     let grads: Vec<f32> = (0..n)
@@ -261,11 +387,11 @@ pub fn logits_bench(
     let (mut tf, mut tb) = (Vec::new(), Vec::new());
     for k in 0..iters.max(1) + 1 {
         let start = std::time::Instant::now();
-        launch_forward(client, &zh, &th, &sh, n, v);
+        launch_forward(client, zw, &th, &sh, n, v);
         sync()?;
         let f = start.elapsed().as_secs_f64();
         let start = std::time::Instant::now();
-        launch_backward(client, &zh, &th, &sh, &gh, &dh, n, v);
+        launch_backward(client, zw, &th, &sh, &gh, &dh, n, v);
         sync()?;
         let b = start.elapsed().as_secs_f64();
         // The first iteration compiles the kernels.
@@ -279,7 +405,7 @@ pub fn logits_bench(
     Ok(LogitsTimes {
         forward_s: tf[tf.len() / 2],
         backward_s: tb[tb.len() / 2],
-        bytes: 2 * n * v * 4 + n * (4 + 16 + 8),
+        bytes: n * v * (z.elem_bytes() + 4) + n * (4 + 16 + 8),
     })
 }
 
