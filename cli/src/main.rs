@@ -193,7 +193,7 @@ enum BenchWhat {
         #[arg(long, default_value_t = 3)]
         iters: usize,
         /// Run the cubecl kernel on the device (CUDA with `--features cuda`,
-        /// else Vulkan), logits already there; f32 only.
+        /// else Vulkan), logits already there; f32, or bf16 with `--bf16`.
         #[arg(long)]
         device: bool,
     },
