@@ -1,0 +1,1135 @@
+//! The CPU executor of a kernel plan: every loop in chunks of [`CHUNK`]
+//! elements through its instruction list, big loops in [`PARTS`] fixed parts
+//! across threads; special steps natively or through the interpreter.
+
+use super::rows::{vocab_orders, vocab_rows};
+use super::{CHUNK, Ins, KOp, Loop, Outputs, PARTS, Plan, Special, Src, Step};
+use crate::builtins::Level;
+use crate::fastmath;
+use crate::interp::{self, InterpError, Shape};
+use crate::ir::{Bin, Op, Red, Un};
+use std::collections::HashMap;
+
+/// Big buffers kept between runs of a plan: a run reuses the memory of the
+/// last one instead of faulting fresh pages in (which cost more than the
+/// loops that fill them).
+pub(super) struct Pool<T = f64>(std::sync::Mutex<Vec<Vec<T>>>);
+
+impl<T> Default for Pool<T> {
+    fn default() -> Self {
+        Pool(std::sync::Mutex::new(Vec::new()))
+    }
+}
+
+impl<T> Clone for Pool<T> {
+    fn clone(&self) -> Self {
+        Pool::default()
+    }
+}
+
+impl<T> std::fmt::Debug for Pool<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pool")
+    }
+}
+
+impl<T: Clone + Default> Pool<T> {
+    /// Vectors below this many entries are left to the allocator.
+    const MIN: usize = 1 << 14;
+
+    /// A vector of `len` zeros.
+    pub(super) fn take(&self, len: usize) -> Vec<T> {
+        let mut v = if len < Self::MIN {
+            Vec::new()
+        } else {
+            self.0
+                .lock()
+                .ok()
+                .and_then(|mut p| {
+                    let k = (0..p.len())
+                        .filter(|&k| p[k].capacity() >= len)
+                        .min_by_key(|&k| p[k].capacity())?;
+                    Some(p.swap_remove(k))
+                })
+                .unwrap_or_default()
+        };
+        v.clear();
+        v.resize(len, T::default());
+        v
+    }
+
+    /// Keep `v` for a later run.
+    pub(super) fn give(&self, v: Vec<T>) {
+        if v.capacity() >= Self::MIN
+            && let Ok(mut p) = self.0.lock()
+            && p.len() < 64
+        {
+            p.push(v);
+        }
+    }
+}
+
+/// Index of the parent at a coarser level: `i / div`, then through the
+/// group map when the target is the group level; 0 for batch and step.
+#[derive(Clone, Copy)]
+struct ParentMap<'a> {
+    div: usize,
+    groups: Option<&'a [usize]>,
+    zero: bool,
+}
+
+impl<'a> ParentMap<'a> {
+    fn new(sh: &'a Shape, from: Level, to: Level) -> ParentMap<'a> {
+        if to >= from {
+            return ParentMap {
+                div: 1,
+                groups: None,
+                zero: false,
+            };
+        }
+        if to <= Level::Batch {
+            return ParentMap {
+                div: 1,
+                groups: None,
+                zero: true,
+            };
+        }
+        let extent = |l: Level| match l {
+            Level::Vocab => sh.v.max(1),
+            Level::Token => sh.t.max(1),
+            _ => 1,
+        };
+        // Divide down to `to`, or to seq when the target is the group.
+        let stop = to.max(Level::Seq);
+        let mut div = 1;
+        let mut l = from;
+        while l > stop {
+            div *= extent(l);
+            l = match l {
+                Level::Vocab => Level::Token,
+                _ => Level::Seq,
+            };
+        }
+        ParentMap {
+            div,
+            groups: (to == Level::Group && from > Level::Group).then_some(sh.group_of.as_slice()),
+            zero: false,
+        }
+    }
+
+    /// Split `i0..i0 + c` into runs of elements with the same parent:
+    /// `f(j0, j1, parent)` for offsets `j0..j1` (no division per element).
+    #[inline(always)]
+    fn runs(&self, i0: usize, c: usize, mut f: impl FnMut(usize, usize, usize)) {
+        if self.zero {
+            f(0, c, 0);
+            return;
+        }
+        let mut j = 0;
+        while j < c {
+            let q = (i0 + j) / self.div;
+            let end = ((q + 1) * self.div - i0).min(c);
+            let p = match self.groups {
+                Some(g) => g.get(q).copied().unwrap_or(usize::MAX),
+                None => q,
+            };
+            f(j, end, p);
+            j = end;
+        }
+    }
+
+    #[inline]
+    fn at(&self, i: usize) -> usize {
+        if self.zero {
+            return 0;
+        }
+        let q = i / self.div;
+        match self.groups {
+            Some(g) => g.get(q).copied().unwrap_or(0),
+            None => q,
+        }
+    }
+}
+
+/// A buffer's contents during a run: an input borrowed from the caller or a
+/// value computed by an earlier step.
+enum Data<'a> {
+    Missing,
+    Input(&'a [f32]),
+    Owned(Vec<f64>),
+    Ref(&'a [f64]),
+}
+
+impl Data<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Data::Missing => 0,
+            Data::Input(s) => s.len(),
+            Data::Owned(v) => v.len(),
+            Data::Ref(v) => v.len(),
+        }
+    }
+    #[inline]
+    fn at(&self, i: usize) -> f64 {
+        match self {
+            Data::Missing => f64::NAN,
+            Data::Input(s) => s.get(i).map(|&x| x as f64).unwrap_or(f64::NAN),
+            Data::Owned(v) => v.get(i).copied().unwrap_or(f64::NAN),
+            Data::Ref(v) => v.get(i).copied().unwrap_or(f64::NAN),
+        }
+    }
+    /// Elements `i0..i0 + c` as f64: a slice of an owned buffer, or the
+    /// input's values converted into `scratch`.
+    #[inline(always)]
+    fn range<'s>(&'s self, i0: usize, c: usize, scratch: &'s mut [f64]) -> &'s [f64] {
+        match self {
+            Data::Owned(v) if i0 + c <= v.len() => &v[i0..i0 + c],
+            Data::Ref(v) if i0 + c <= v.len() => &v[i0..i0 + c],
+            Data::Input(s) if i0 + c <= s.len() => {
+                for (o, x) in scratch[..c].iter_mut().zip(&s[i0..i0 + c]) {
+                    *o = *x as f64;
+                }
+                &scratch[..c]
+            }
+            _ => {
+                scratch[..c].fill(f64::NAN);
+                &scratch[..c]
+            }
+        }
+    }
+    fn to_vec(&self) -> Vec<f64> {
+        (0..self.len()).map(|i| self.at(i)).collect()
+    }
+}
+
+/// What every loop reads: the shape, the mask and the buffers.
+struct Ctx<'a, 'b> {
+    sh: &'a Shape,
+    mask: &'a [f32],
+    bufs: &'b [Data<'a>],
+    levels: Vec<Level>,
+}
+
+impl Ctx<'_, '_> {
+    /// The value of `src` at element `i` of level `at`.
+    fn scalar(&self, src: Src, at: Level, i: usize) -> f64 {
+        match src {
+            Src::Const(c) => c,
+            Src::PaddedLength => self.sh.t as f64,
+            Src::VocabIndex if at == Level::Vocab => (i % self.sh.v.max(1)) as f64,
+            Src::Reg(_) | Src::VocabIndex => f64::NAN,
+            Src::Buf(b) => {
+                let l = self.levels[b];
+                let j = ParentMap::new(self.sh, at, l).at(i);
+                self.bufs[b].at(j)
+            }
+        }
+    }
+}
+
+/// A masked reduction's partial result over one thread's range.
+struct Partial {
+    buf: usize,
+    vals: Vec<f64>,
+    seen: Vec<bool>,
+}
+
+impl Plan {
+    /// Run the plan on a batch: `inputs` holds every input the graph reads
+    /// (flat, in level order, f32) and `mask` [B·T]. `threads` caps the
+    /// threads a loop is split across (1: this thread only).
+    pub fn run(
+        &self,
+        sh: &Shape,
+        inputs: &HashMap<String, Vec<f32>>,
+        threads: usize,
+    ) -> Result<Outputs, InterpError> {
+        let mask: &[f32] = inputs
+            .get("mask")
+            .map(|m| m.as_slice())
+            .ok_or_else(|| InterpError("input `mask` was not provided".into()))?;
+        if mask.len() != sh.b * sh.t {
+            return Err(InterpError(format!(
+                "input `mask` has {} values, expected {}",
+                mask.len(),
+                sh.b * sh.t
+            )));
+        }
+        let mut bufs: Vec<Data> = Vec::with_capacity(self.buffers.len());
+        for b in &self.buffers {
+            match &b.input {
+                Some(name) => {
+                    let x = inputs
+                        .get(name)
+                        .ok_or_else(|| InterpError(format!("input `{name}` was not provided")))?;
+                    if x.len() != sh.len(b.level) {
+                        return Err(InterpError(format!(
+                            "input `{name}` has {} values, expected {}",
+                            x.len(),
+                            sh.len(b.level)
+                        )));
+                    }
+                    bufs.push(Data::Input(x));
+                }
+                None => bufs.push(Data::Missing),
+            }
+        }
+        let levels: Vec<Level> = self.buffers.iter().map(|b| b.level).collect();
+        let profile = std::env::var_os("KEEL_PROFILE_KERNELS").is_some();
+        let mask64: Vec<f64> = mask.iter().map(|&m| m as f64).collect();
+        let tokens: Option<Vec<f64>> = inputs
+            .get("tokens")
+            .map(|t| t.iter().map(|&x| x as f64).collect());
+        let mut orders = Orders {
+            shared: self.shared_row_keys(),
+            ..Orders::default()
+        };
+        for (k, st) in self.steps.iter().enumerate() {
+            let started = std::time::Instant::now();
+            match st {
+                Step::Loop(lp) => {
+                    let written =
+                        run_loop(lp, sh, mask, &bufs, &levels, threads.max(1), &self.pool)?;
+                    for (b, v) in written {
+                        bufs[b] = Data::Owned(v);
+                    }
+                }
+                Step::Special(sp) => {
+                    let out = self.special(
+                        sp,
+                        sh,
+                        mask,
+                        &mask64,
+                        tokens.as_deref(),
+                        &bufs,
+                        &levels,
+                        threads,
+                        &mut orders,
+                    )?;
+                    bufs[sp.buf] = Data::Owned(out);
+                }
+            }
+            if profile {
+                eprintln!(
+                    "step {k:>3}: {:>9.3} ms  {}",
+                    started.elapsed().as_secs_f64() * 1e3,
+                    match st {
+                        Step::Loop(lp) => format!("loop over {}", lp.level.name()),
+                        Step::Special(sp) =>
+                            format!("special {}", crate::describe_node(&self.graph, sp.node)),
+                    }
+                );
+            }
+        }
+        let mut out = Outputs::new();
+        for (k, (name, src, level)) in self.outputs.iter().enumerate() {
+            let v = match src {
+                // The last output read from an owned buffer takes it.
+                Src::Buf(b)
+                    if matches!(bufs[*b], Data::Owned(_))
+                        && !self.outputs[k + 1..].iter().any(|o| o.1 == *src) =>
+                {
+                    match std::mem::replace(&mut bufs[*b], Data::Missing) {
+                        Data::Owned(v) => v,
+                        _ => Vec::new(),
+                    }
+                }
+                Src::Buf(b) => bufs[*b].to_vec(),
+                other => {
+                    let ctx = Ctx {
+                        sh,
+                        mask,
+                        bufs: &bufs,
+                        levels: levels.clone(),
+                    };
+                    (0..sh.len(*level))
+                        .map(|i| ctx.scalar(*other, *level, i))
+                        .collect()
+                }
+            };
+            out.insert(name.clone(), v);
+        }
+        for b in bufs {
+            if let Data::Owned(v) = b {
+                self.pool.give(v);
+            }
+        }
+        for (_, o) in orders.cache {
+            self.order_pool.give(o);
+        }
+        Ok(out)
+    }
+}
+
+impl Plan {
+    /// Evaluate special step `sp` on the host from the current values of
+    /// the buffers (`bufs[k]` at buffer k's level; inputs included): for
+    /// executors that run the loops elsewhere (the cubecl backend).
+    pub fn eval_special(
+        &self,
+        sp: &Special,
+        sh: &Shape,
+        mask: &[f32],
+        tokens: Option<&[f64]>,
+        bufs: &[Vec<f64>],
+    ) -> Result<Vec<f64>, InterpError> {
+        let data: Vec<Data> = bufs.iter().map(|b| Data::Ref(b.as_slice())).collect();
+        let levels: Vec<Level> = self.buffers.iter().map(|b| b.level).collect();
+        let mask64: Vec<f64> = mask.iter().map(|&m| m as f64).collect();
+        let mut orders = Orders::default();
+        self.special(
+            sp,
+            sh,
+            mask,
+            &mask64,
+            tokens,
+            &data,
+            &levels,
+            1,
+            &mut orders,
+        )
+    }
+
+    /// Evaluate a special step: scans natively (row by row, over the valid
+    /// tokens), everything else through [`interp::special`].
+    #[allow(clippy::too_many_arguments)]
+    fn special(
+        &self,
+        sp: &Special,
+        sh: &Shape,
+        mask: &[f32],
+        mask64: &[f64],
+        tokens: Option<&[f64]>,
+        bufs: &[Data],
+        levels: &[Level],
+        threads: usize,
+        orders: &mut Orders,
+    ) -> Result<Vec<f64>, InterpError> {
+        let n = &self.graph.nodes[sp.node];
+        // The sampled token's entry of a buffer, read in place.
+        if let (Op::Pick, Some(Src::Buf(b)), Some(tok)) = (&n.op, sp.args.first(), tokens)
+            && levels[*b] == Level::Vocab
+            && tok.len() == sh.b * sh.t
+        {
+            let v = sh.v;
+            return tok
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| Ok(bufs[*b].at(i * v + interp::token_index(t, v, i)?)))
+                .collect();
+        }
+        let ctx = Ctx {
+            sh,
+            mask,
+            bufs,
+            levels: levels.to_vec(),
+        };
+        // Arguments as f64 at their own level: owned buffers as they are,
+        // anything else converted or broadcast.
+        let converted: Vec<Option<Vec<f64>>> = sp
+            .args
+            .iter()
+            .zip(&n.args)
+            .map(|(src, a)| {
+                let l = self.graph.nodes[*a].level;
+                match src {
+                    Src::Buf(b)
+                        if levels[*b] == l && matches!(bufs[*b], Data::Owned(_) | Data::Ref(_)) =>
+                    {
+                        None
+                    }
+                    Src::Buf(b) if levels[*b] == l => Some(bufs[*b].to_vec()),
+                    _ => Some((0..sh.len(l)).map(|i| ctx.scalar(*src, l, i)).collect()),
+                }
+            })
+            .collect();
+        let refs: Vec<&[f64]> = sp
+            .args
+            .iter()
+            .zip(&converted)
+            .map(|(src, c)| match (c, src) {
+                (Some(v), _) => v.as_slice(),
+                (None, Src::Buf(b)) => match &bufs[*b] {
+                    Data::Owned(v) => v.as_slice(),
+                    Data::Ref(v) => v,
+                    _ => &[],
+                },
+                (None, _) => &[],
+            })
+            .collect();
+        // Ranks and running sums over each token's vocabulary: contiguous
+        // rows, every entry a member; sorted row by row across threads (once
+        // for every step that sorts by the same key).
+        if n.level == Level::Vocab
+            && sh.v > 0
+            && let Some(k) = row_key(&n.op)
+            && refs.iter().all(|x| x.len() == sh.len(Level::Vocab))
+            && let (Some(x), Some(key)) = (refs.first(), refs.get(k))
+        {
+            let sum = match n.op {
+                Op::SortedCumsum { reverse, .. } => Some(reverse),
+                _ => None,
+            };
+            let order = match sp.args.get(k) {
+                Some(Src::Buf(b)) if orders.shared.contains(b) => Some(
+                    orders
+                        .cache
+                        .entry(*b)
+                        .or_insert_with(|| vocab_orders(sh.v, key, threads, &self.order_pool))
+                        .as_slice(),
+                ),
+                _ => None,
+            };
+            return Ok(vocab_rows(sh.v, key, x, sum, order, threads, &self.pool));
+        }
+        if let Op::Scan(op) = n.op
+            && n.level == Level::Token
+            && refs.first().is_some_and(|x| x.len() == sh.b * sh.t)
+        {
+            let param = n.args.get(1).map(|a| (self.graph.nodes[*a].level, refs[1]));
+            let cond = refs.get(1).copied();
+            let fill = n.args.get(2).map(|a| (self.graph.nodes[*a].level, refs[2]));
+            return Ok(scan(sh, mask, op, refs[0], param, cond, fill));
+        }
+        interp::special(&self.graph, n, &refs, sh, mask64, tokens)
+    }
+}
+
+/// Which argument of a special step is the key it sorts each token's
+/// vocabulary by (ranks and sorted running sums within each token).
+fn row_key(op: &Op) -> Option<usize> {
+    match op {
+        Op::Rank { over: Level::Token } => Some(0),
+        Op::SortedCumsum {
+            over: Level::Token, ..
+        } => Some(1),
+        _ => None,
+    }
+}
+
+/// Row orders kept during one run: for keys that more than one step sorts
+/// by (a rank and a running sum by the same key, a running sum and its
+/// gradient).
+#[derive(Default)]
+struct Orders {
+    shared: Vec<usize>,
+    cache: HashMap<usize, Vec<u32>>,
+}
+
+impl Plan {
+    /// Buffers that more than one special step sorts each token's
+    /// vocabulary by.
+    fn shared_row_keys(&self) -> Vec<usize> {
+        let mut count: HashMap<usize, usize> = HashMap::new();
+        for st in &self.steps {
+            if let Step::Special(sp) = st
+                && let Some(k) = row_key(&self.graph.nodes[sp.node].op)
+                && let Some(Src::Buf(b)) = sp.args.get(k)
+            {
+                *count.entry(*b).or_default() += 1;
+            }
+        }
+        let mut shared: Vec<usize> = count
+            .into_iter()
+            .filter(|(_, c)| *c > 1)
+            .map(|(b, _)| b)
+            .collect();
+        shared.sort_unstable();
+        shared
+    }
+}
+
+/// Scans along each sequence over its valid tokens (the interpreter's
+/// definition; masked positions get 0). `param` is g (RScan, FScan) or the
+/// fill (Next, Prev); for Latest, `cond` and `fill` are its arguments 1, 2.
+fn scan(
+    sh: &Shape,
+    mask: &[f32],
+    op: crate::ir::ScanOp,
+    x: &[f64],
+    param: Option<(Level, &[f64])>,
+    cond: Option<&[f64]>,
+    fill: Option<(Level, &[f64])>,
+) -> Vec<f64> {
+    use crate::ir::ScanOp as S;
+    let t = sh.t;
+    let mut out = vec![0.0; x.len()];
+    let at = |p: Option<(Level, &[f64])>, i: usize| -> f64 {
+        match p {
+            Some((l, v)) => v
+                .get(ParentMap::new(sh, Level::Token, l).at(i))
+                .copied()
+                .unwrap_or(f64::NAN),
+            None => 0.0,
+        }
+    };
+    let valid = |i: usize| mask.get(i).is_some_and(|m| *m != 0.0);
+    for b in 0..sh.b {
+        let (lo, hi) = (b * t, (b + 1) * t);
+        match op {
+            S::RScan => {
+                let mut acc = 0.0;
+                for i in (lo..hi).rev().filter(|&i| valid(i)) {
+                    acc = x[i] + at(param, i) * acc;
+                    out[i] = acc;
+                }
+            }
+            S::FScan => {
+                let mut acc = 0.0;
+                for i in (lo..hi).filter(|&i| valid(i)) {
+                    acc = x[i] + at(param, i) * acc;
+                    out[i] = acc;
+                }
+            }
+            S::RScanMin => {
+                let mut acc = f64::INFINITY;
+                for i in (lo..hi).rev().filter(|&i| valid(i)) {
+                    acc = x[i].min(acc);
+                    out[i] = acc;
+                }
+            }
+            S::Next => {
+                let mut next: Option<f64> = None;
+                for i in (lo..hi).rev().filter(|&i| valid(i)) {
+                    out[i] = next.unwrap_or_else(|| at(param, i));
+                    next = Some(x[i]);
+                }
+            }
+            S::Prev => {
+                let mut prev: Option<f64> = None;
+                for i in (lo..hi).filter(|&i| valid(i)) {
+                    out[i] = prev.unwrap_or_else(|| at(param, i));
+                    prev = Some(x[i]);
+                }
+            }
+            S::Latest => {
+                let mut cur = at(fill, lo);
+                for i in (lo..hi).filter(|&i| valid(i)) {
+                    if cond.and_then(|c| c.get(i)).is_some_and(|c| *c != 0.0) {
+                        cur = x[i];
+                    }
+                    out[i] = cur;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Run one loop; returns the buffers it wrote.
+fn run_loop(
+    lp: &Loop,
+    sh: &Shape,
+    mask: &[f32],
+    bufs: &[Data],
+    levels: &[Level],
+    threads: usize,
+    pool: &Pool,
+) -> Result<Vec<(usize, Vec<f64>)>, InterpError> {
+    let len = sh.len(lp.level);
+    let ctx = Ctx {
+        sh,
+        mask,
+        bufs,
+        levels: levels.to_vec(),
+    };
+    // Buffers stored elementwise, in body order.
+    let stores: Vec<usize> = lp
+        .body
+        .iter()
+        .filter_map(|i| match i {
+            Ins::Compute { store: Some(b), .. } => Some(*b),
+            _ => None,
+        })
+        .collect();
+    let mut store_data: Vec<Vec<f64>> = stores.iter().map(|_| pool.take(len)).collect();
+    // Split big loops into a fixed number of parts, whatever the thread
+    // count: the parts' partial reductions are merged in part order, so a
+    // result does not depend on how many cores ran it.
+    let n_parts = if len >= 1 << 15 { PARTS } else { 1 };
+    let per = len.div_ceil(n_parts).div_ceil(CHUNK).max(1) * CHUNK;
+    let mut parts: Vec<Vec<Partial>> = Vec::new();
+    let mut err = None;
+    // Each part's slice of every stored buffer.
+    let mut slices: Vec<Vec<&mut [f64]>> =
+        (0..len.div_ceil(per).max(1)).map(|_| Vec::new()).collect();
+    for data in store_data.iter_mut() {
+        for (k, ch) in data.chunks_mut(per).enumerate() {
+            slices[k].push(ch);
+        }
+    }
+    let ctx = &ctx;
+    let mut work: Vec<(usize, Vec<&mut [f64]>)> = slices.into_iter().enumerate().collect();
+    // Waves of `threads` parts: all but one on spawned threads.
+    while !work.is_empty() {
+        let rest = work.split_off(work.len().min(threads.max(1)));
+        let wave = std::mem::replace(&mut work, rest);
+        let results: Vec<Result<Vec<Partial>, InterpError>> = std::thread::scope(|scope| {
+            let mut handles = Vec::new();
+            let mut own = None;
+            let last = wave.len() - 1;
+            for (j, (k, mine)) in wave.into_iter().enumerate() {
+                let lo = k * per;
+                let hi = (lo + per).min(len);
+                if j == last {
+                    own = Some(run_range(lp, ctx, mine, lo, hi));
+                } else {
+                    handles.push(scope.spawn(move || run_range(lp, ctx, mine, lo, hi)));
+                }
+            }
+            let mut out: Vec<Result<Vec<Partial>, InterpError>> = handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(InterpError("a kernel thread panicked".into())))
+                })
+                .collect();
+            out.extend(own);
+            out
+        });
+        for r in results {
+            match r {
+                Ok(p) => parts.push(p),
+                Err(e) => err = Some(e),
+            }
+        }
+    }
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let mut out: Vec<(usize, Vec<f64>)> = stores.into_iter().zip(store_data).collect();
+    // Merge the partial reductions in range order (deterministic).
+    let mut merged: Vec<Partial> = Vec::new();
+    for p in parts {
+        if merged.is_empty() {
+            merged = p;
+            continue;
+        }
+        for (m, q) in merged.iter_mut().zip(p) {
+            let red = lp.body.iter().find_map(|i| match i {
+                Ins::Accum { buf, red, .. } if *buf == m.buf => Some(*red),
+                _ => None,
+            });
+            for ((mv, ms), (qv, qs)) in m
+                .vals
+                .iter_mut()
+                .zip(m.seen.iter_mut())
+                .zip(q.vals.into_iter().zip(q.seen))
+            {
+                if !qs {
+                    continue;
+                }
+                *mv = if *ms {
+                    combine(red.unwrap_or(Red::Sum), *mv, qv)
+                } else {
+                    qv
+                };
+                *ms = true;
+            }
+        }
+    }
+    for m in merged {
+        let v = m
+            .vals
+            .iter()
+            .zip(&m.seen)
+            .map(|(&x, &s)| if s { x } else { 0.0 })
+            .collect();
+        out.push((m.buf, v));
+    }
+    Ok(out)
+}
+
+#[inline]
+fn combine(r: Red, a: f64, b: f64) -> f64 {
+    match r {
+        Red::Sum => a + b,
+        Red::Max => interp::binary(Bin::Max, a, b),
+        Red::Min => interp::binary(Bin::Min, a, b),
+    }
+}
+
+/// A loop's registers and constants during a run, one chunk each.
+struct Bank {
+    /// Boxed, so that an instruction computes into a spare chunk which then
+    /// trades places with its destination register (no copy).
+    #[allow(clippy::vec_box)]
+    regs: Vec<Box<[f64; CHUNK]>>,
+    /// Every constant operand of the loop, filled once: (bits, chunk).
+    consts: Vec<(u64, Box<[f64; CHUNK]>)>,
+}
+
+/// Run the loop body over elements `lo..hi`, writing the stored registers
+/// into `out` (one slice per stored buffer, starting at `lo`).
+///
+/// On x86-64 machines with AVX2 the same code runs compiled for it (twice
+/// the vector width). Without fused multiply-adds, every operation rounds
+/// as in the baseline build, so the results are bit-identical either way.
+fn run_range(
+    lp: &Loop,
+    ctx: &Ctx,
+    out: Vec<&mut [f64]>,
+    lo: usize,
+    hi: usize,
+) -> Result<Vec<Partial>, InterpError> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { run_range_avx2(lp, ctx, out, lo, hi) };
+    }
+    run_range_body(lp, ctx, out, lo, hi)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn run_range_avx2(
+    lp: &Loop,
+    ctx: &Ctx,
+    out: Vec<&mut [f64]>,
+    lo: usize,
+    hi: usize,
+) -> Result<Vec<Partial>, InterpError> {
+    run_range_body(lp, ctx, out, lo, hi)
+}
+
+#[inline(always)]
+fn run_range_body(
+    lp: &Loop,
+    ctx: &Ctx,
+    mut out: Vec<&mut [f64]>,
+    lo: usize,
+    hi: usize,
+) -> Result<Vec<Partial>, InterpError> {
+    let sh = ctx.sh;
+    let level = lp.level;
+    let mut partials: Vec<Partial> = lp
+        .body
+        .iter()
+        .filter_map(|i| match i {
+            Ins::Accum { to, buf, .. } => Some(Partial {
+                buf: *buf,
+                vals: vec![0.0; sh.len(*to)],
+                seen: vec![false; sh.len(*to)],
+            }),
+            _ => None,
+        })
+        .collect();
+    let accum_maps: Vec<ParentMap> = lp
+        .body
+        .iter()
+        .filter_map(|i| match i {
+            Ins::Accum { to, .. } => Some(ParentMap::new(sh, level, *to)),
+            _ => None,
+        })
+        .collect();
+    let mut gathered = [[0.0f64; CHUNK]; 3];
+    let mut res: Box<[f64; CHUNK]> = Box::new([0.0; CHUNK]);
+    let mut bank = Bank {
+        regs: (0..lp.regs.max(1))
+            .map(|_| Box::new([0.0; CHUNK]))
+            .collect(),
+        consts: Vec::new(),
+    };
+    for ins in &lp.body {
+        let args: &[Src] = match ins {
+            Ins::Compute { args, .. } => args,
+            Ins::Accum { src, .. } => std::slice::from_ref(src),
+        };
+        for a in args {
+            if let Src::Const(x) = a
+                && !bank.consts.iter().any(|(b, _)| *b == x.to_bits())
+            {
+                bank.consts.push((x.to_bits(), Box::new([*x; CHUNK])));
+            }
+        }
+    }
+    // Membership flags of the current chunk (1: a member), computed once
+    // per chunk (at `member_at`) for the masked reductions.
+    let mut member = [0.0f64; CHUNK];
+    let mut member_at = usize::MAX;
+    let mut i0 = lo;
+    while i0 < hi {
+        let c = CHUNK.min(hi - i0);
+        let mut store_k = 0;
+        let mut accum_k = 0;
+        for ins in &lp.body {
+            match ins {
+                Ins::Compute {
+                    dst,
+                    op,
+                    args,
+                    store,
+                    ..
+                } => {
+                    // Operands that are not registers or owned buffers at
+                    // this level land in `gathered`.
+                    let [g0, g1, g2] = &mut gathered;
+                    let mut scratch = [g0, g1, g2].into_iter();
+                    let mut ops: [&[f64]; 3] = [&[], &[], &[]];
+                    for (k, a) in args.iter().enumerate().take(3) {
+                        let Some(g) = scratch.next() else { break };
+                        ops[k] = operand(ctx, &bank, *a, level, i0, c, g);
+                    }
+                    compute(
+                        *op,
+                        &ops,
+                        &mut res[..c],
+                        i0,
+                        ctx,
+                        args.first().copied(),
+                        level,
+                    );
+                    if store.is_some() {
+                        if let Some(o) = out.get_mut(store_k) {
+                            let off = i0 - lo;
+                            o[off..off + c].copy_from_slice(&res[..c]);
+                        }
+                        store_k += 1;
+                    }
+                    if let Some(r) = bank.regs.get_mut(*dst) {
+                        std::mem::swap(r, &mut res);
+                    }
+                }
+                Ins::Accum { src, red, to, .. } => {
+                    let vals = operand(ctx, &bank, *src, level, i0, c, &mut gathered[0]);
+                    let pm = accum_maps[accum_k];
+                    let p = &mut partials[accum_k];
+                    // Membership: the token mask (for vocabulary entries,
+                    // their token's), except vocabulary → token.
+                    let masked = match level {
+                        Level::Vocab => *to != Level::Token,
+                        Level::Token => true,
+                        _ => false,
+                    };
+                    if masked && member_at != i0 {
+                        member_flags(ctx, level, i0, &mut member[..c]);
+                        member_at = i0;
+                    }
+                    let red = *red;
+                    pm.runs(i0, c, |j0, j1, u| {
+                        let xs = &vals[j0..j1];
+                        let folded = if masked {
+                            fold_masked(red, xs, &member[j0..j1])
+                        } else {
+                            fold(red, xs)
+                        };
+                        let Some(acc) = folded else { return };
+                        if let (Some(v), Some(s)) = (p.vals.get_mut(u), p.seen.get_mut(u)) {
+                            *v = if *s { combine(red, *v, acc) } else { acc };
+                            *s = true;
+                        }
+                    });
+                    accum_k += 1;
+                }
+            }
+        }
+        i0 += c;
+    }
+    Ok(partials)
+}
+
+/// Membership flags (1.0 or 0.0) of elements `i0..` at `level`: the token
+/// mask, for vocabulary entries their token's.
+fn member_flags(ctx: &Ctx, level: Level, i0: usize, out: &mut [f64]) {
+    let flag = |i: usize| f64::from(u8::from(ctx.mask.get(i).is_some_and(|m| *m != 0.0)));
+    if level == Level::Vocab {
+        ParentMap::new(ctx.sh, Level::Vocab, Level::Token).runs(i0, out.len(), |j0, j1, t| {
+            out[j0..j1].fill(flag(t));
+        });
+    } else {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = flag(i0 + j);
+        }
+    }
+}
+
+/// Lanes of a folded sum: independent accumulators the compiler keeps in
+/// vector registers (the order of additions is fixed, so the result is
+/// too).
+const LANES: usize = 4;
+
+/// The reduction of all of `xs` (`None` when empty).
+#[inline(always)]
+fn fold(red: Red, xs: &[f64]) -> Option<f64> {
+    let (&first, rest) = xs.split_first()?;
+    Some(match red {
+        Red::Sum => {
+            let mut lanes = [0.0f64; LANES];
+            let chunks = xs.chunks_exact(LANES);
+            let tail = chunks.remainder();
+            for ch in chunks {
+                for (l, x) in lanes.iter_mut().zip(ch) {
+                    *l += x;
+                }
+            }
+            let mut acc = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+            for x in tail {
+                acc += x;
+            }
+            acc
+        }
+        _ => rest.iter().fold(first, |a, &x| combine(red, a, x)),
+    })
+}
+
+/// The reduction of the members of `xs` (`flags[j]` 1.0; `None` when none).
+#[inline(always)]
+fn fold_masked(red: Red, xs: &[f64], flags: &[f64]) -> Option<f64> {
+    if !flags.iter().any(|&f| f != 0.0) {
+        return None;
+    }
+    Some(match red {
+        Red::Sum => {
+            let mut lanes = [0.0f64; LANES];
+            let chunks = xs.chunks_exact(LANES).zip(flags.chunks_exact(LANES));
+            let n = xs.len() - xs.len() % LANES;
+            for (ch, fl) in chunks {
+                for ((l, &x), &f) in lanes.iter_mut().zip(ch).zip(fl) {
+                    *l += if f != 0.0 { x } else { 0.0 };
+                }
+            }
+            let mut acc = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+            for (&x, &f) in xs[n..].iter().zip(&flags[n..]) {
+                acc += if f != 0.0 { x } else { 0.0 };
+            }
+            acc
+        }
+        _ => {
+            let mut acc: Option<f64> = None;
+            for (&x, &f) in xs.iter().zip(flags) {
+                if f != 0.0 {
+                    acc = Some(acc.map_or(x, |a| combine(red, a, x)));
+                }
+            }
+            acc?
+        }
+    })
+}
+
+/// The operand's values over elements `i0..i0 + c`: a register, a slice
+/// of an owned buffer at the loop's level, or values gathered into
+/// `scratch` (inputs converted to f64, broadcasts, constants).
+#[inline(always)]
+fn operand<'s>(
+    ctx: &'s Ctx,
+    bank: &'s Bank,
+    src: Src,
+    level: Level,
+    i0: usize,
+    c: usize,
+    scratch: &'s mut [f64; CHUNK],
+) -> &'s [f64] {
+    match src {
+        Src::Reg(r) => &bank.regs[r][..c],
+        Src::Const(x) => match bank.consts.iter().find(|(b, _)| *b == x.to_bits()) {
+            Some((_, full)) => &full[..c],
+            None => {
+                scratch[..c].fill(x);
+                &scratch[..c]
+            }
+        },
+        Src::PaddedLength => {
+            scratch[..c].fill(ctx.sh.t as f64);
+            &scratch[..c]
+        }
+        Src::VocabIndex => {
+            let v = ctx.sh.v.max(1);
+            let mut k = i0 % v;
+            for o in scratch[..c].iter_mut() {
+                *o = k as f64;
+                k += 1;
+                if k == v {
+                    k = 0;
+                }
+            }
+            &scratch[..c]
+        }
+        Src::Buf(b) => {
+            let l = ctx.levels[b];
+            let d = &ctx.bufs[b];
+            if l == level {
+                return d.range(i0, c, scratch);
+            }
+            ParentMap::new(ctx.sh, level, l).runs(i0, c, |j0, j1, u| {
+                scratch[j0..j1].fill(d.at(u));
+            });
+            &scratch[..c]
+        }
+    }
+}
+
+/// `out[j] = op(args[0][j], …)` over one chunk, with the interpreter's
+/// semantics for every operation (the common ones written out so the
+/// compiler vectorises them).
+#[inline(always)]
+fn compute(
+    op: KOp,
+    args: &[&[f64]; 3],
+    out: &mut [f64],
+    i0: usize,
+    ctx: &Ctx,
+    first: Option<Src>,
+    level: Level,
+) {
+    let a = args[0];
+    match op {
+        KOp::Copy => out.copy_from_slice(a),
+        KOp::Rand => {
+            let seed = first.map(|s| ctx.scalar(s, level, 0)).unwrap_or(0.0);
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = interp::uniform(seed, i0 + j);
+            }
+        }
+        KOp::Un(u) => match u {
+            Un::Neg => out.iter_mut().zip(a).for_each(|(o, x)| *o = -x),
+            Un::Abs => out.iter_mut().zip(a).for_each(|(o, x)| *o = x.abs()),
+            Un::Sqrt => out.iter_mut().zip(a).for_each(|(o, x)| *o = x.sqrt()),
+            Un::Exp => out
+                .iter_mut()
+                .zip(a)
+                .for_each(|(o, x)| *o = fastmath::exp(*x)),
+            Un::Log => out
+                .iter_mut()
+                .zip(a)
+                .for_each(|(o, x)| *o = fastmath::ln(*x)),
+            Un::Sigmoid => out.iter_mut().zip(a).for_each(|(o, &x)| {
+                // The interpreter's two stable forms, as a select.
+                let e = fastmath::exp(-x.abs());
+                *o = if x >= 0.0 { 1.0 } else { e } / (1.0 + e);
+            }),
+            _ => out
+                .iter_mut()
+                .zip(a)
+                .for_each(|(o, x)| *o = interp::unary(u, *x)),
+        },
+        KOp::Bin(b) => {
+            let z = out.iter_mut().zip(a.iter().zip(args[1]));
+            match b {
+                Bin::Add => z.for_each(|(o, (x, y))| *o = x + y),
+                Bin::Sub => z.for_each(|(o, (x, y))| *o = x - y),
+                Bin::Mul => z.for_each(|(o, (x, y))| *o = x * y),
+                Bin::Div => z.for_each(|(o, (x, y))| *o = x / y),
+                Bin::Lt => z.for_each(|(o, (x, y))| *o = f64::from(u8::from(x < y))),
+                Bin::Le => z.for_each(|(o, (x, y))| *o = f64::from(u8::from(x <= y))),
+                Bin::Gt => z.for_each(|(o, (x, y))| *o = f64::from(u8::from(x > y))),
+                Bin::Ge => z.for_each(|(o, (x, y))| *o = f64::from(u8::from(x >= y))),
+                // x^2 is x·x exactly (both correctly rounded).
+                Bin::Pow if args[1].iter().all(|&y| y == 2.0) => {
+                    out.iter_mut().zip(a).for_each(|(o, x)| *o = x * x)
+                }
+                _ => z.for_each(|(o, (x, y))| *o = interp::binary(b, *x, *y)),
+            }
+        }
+        KOp::Where => {
+            // Both sides loaded, no bounds checks: a select, not a branch.
+            for (((o, &c), &t), &e) in out.iter_mut().zip(a).zip(args[1]).zip(args[2]) {
+                *o = if c != 0.0 { t } else { e };
+            }
+        }
+        KOp::Clamp => {
+            for (((o, &x), &lo), &hi) in out.iter_mut().zip(a).zip(args[1]).zip(args[2]) {
+                *o = interp::clamp(x, lo, hi);
+            }
+        }
+    }
+}
