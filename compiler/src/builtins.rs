@@ -26,6 +26,16 @@ pub enum Level {
 }
 
 impl Level {
+    /// Every level, coarse to fine.
+    pub const ALL: [Level; 6] = [
+        Level::Step,
+        Level::Batch,
+        Level::Group,
+        Level::Seq,
+        Level::Token,
+        Level::Vocab,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Level::Step => "step",

@@ -1473,15 +1473,7 @@ impl DevicePlan {
                 *o = interp::uniform(*seed, i) as f32;
             }
         }
-        let lens = [
-            Level::Step,
-            Level::Batch,
-            Level::Group,
-            Level::Seq,
-            Level::Token,
-            Level::Vocab,
-        ]
-        .map(|l| sh.len(l) as u32);
+        let lens = Level::ALL.map(|l| sh.len(l) as u32);
         let mut meta: Vec<u32> = lens.to_vec();
         meta.extend([sh.b as u32, sh.t as u32, sh.v as u32, sh.n_groups as u32]);
         meta.extend(offsets.iter().map(|&o| o as u32));

@@ -436,14 +436,6 @@ impl Plan {
                 .ok_or_else(|| format!("internal: %{a} is read from memory but has no buffer"))
         };
         let max_stage = stage.iter().copied().max().unwrap_or(0);
-        let levels = [
-            Level::Step,
-            Level::Batch,
-            Level::Group,
-            Level::Seq,
-            Level::Token,
-            Level::Vocab,
-        ];
         let mut steps = Vec::new();
         for s in 0..=max_stage {
             for (id, n) in g.nodes.iter().enumerate() {
@@ -460,7 +452,7 @@ impl Plan {
                     }));
                 }
             }
-            for level in levels {
+            for level in Level::ALL {
                 // Roots: buffered values of this stage and level, and the
                 // reductions of values of this level computed here.
                 let mut roots: Vec<NodeId> = Vec::new();
