@@ -583,10 +583,13 @@ pub fn parity(seqs: usize, json: bool) -> ExitCode {
     let mut logits_worst = 0.0f64;
     for (n, v, bf16) in [(7, 50, false), (16, 151_936, false), (16, 151_936, true)] {
         let z = keel_compiler::synth::Lcg(7).fill(n * v, -5.0, 5.0);
-        let zb: Vec<keel_compiler::logits::Bf16> = z
-            .iter()
-            .map(|&x| keel_compiler::logits::Bf16::from_f32(x))
-            .collect();
+        let zb: Vec<keel_compiler::logits::Bf16> = if bf16 {
+            z.iter()
+                .map(|&x| keel_compiler::logits::Bf16::from_f32(x))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let z = if bf16 {
             keel_device::Logits::Bf16(&zb)
         } else {

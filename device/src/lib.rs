@@ -140,16 +140,21 @@ impl Logits<'_> {
     }
     /// The first `n` logits on the device, as 32-bit words (bf16: two per
     /// word, the lower half first; an odd count padded with a zero half).
-    fn upload(&self, client: &Client, n: usize) -> Handle {
-        match self {
-            Logits::F32(z) => client.create_from_slice(f32::as_bytes(&z[..n])),
+    fn upload(&self, client: &Client, n: usize) -> OnDevice {
+        let (handle, words) = match self {
+            Logits::F32(z) => (client.create_from_slice(f32::as_bytes(&z[..n])), n),
             Logits::Bf16(z) => {
                 let words: Vec<u32> = z[..n]
                     .chunks(2)
                     .map(|p| p[0].0 as u32 | (p.get(1).map_or(0, |h| h.0) as u32) << 16)
                     .collect();
-                client.create_from_slice(u32::as_bytes(&words))
+                (client.create_from_slice(u32::as_bytes(&words)), words.len())
             }
+        };
+        OnDevice {
+            handle,
+            words,
+            bf16: self.is_bf16(),
         }
     }
     /// The first `n` logits.
@@ -186,22 +191,42 @@ impl Logits<'_> {
         }
         d
     }
-    /// The length of the uploaded buffer in 32-bit words.
-    fn words(&self, n: usize) -> usize {
-        if self.is_bf16() { n.div_ceil(2) } else { n }
-    }
+}
+
+/// Logits on the device: the buffer, its length in 32-bit words, and
+/// whether they are bf16.
+struct OnDevice {
+    handle: Handle,
+    words: usize,
+    bf16: bool,
+}
+
+/// What to do about logits too big for one device buffer.
+const FEWER: &str = "use fewer tokens";
+
+/// [d_logp, d_entropy] per row on the device.
+fn upload_grads(client: &Client, n: usize, d_logp: &[f32], d_entropy: &[f32]) -> Handle {
+    let grads: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            [
+                d_logp.get(i).copied().unwrap_or(0.0),
+                d_entropy.get(i).copied().unwrap_or(0.0),
+            ]
+        })
+        .collect();
+    client.create_from_slice(f32::as_bytes(&grads))
 }
 
 /// A cubecl compute client.
 pub type Client = cubecl::client::Client;
 
 /// Refuse a buffer larger than the runtime allocates at once (cubecl would
-/// fail later, and silently for a launch).
-fn fits(client: &Client, bytes: usize, what: &str) -> Result<(), String> {
+/// fail later, and silently for a launch); `help` says what to do instead.
+pub(crate) fn fits(client: &Client, bytes: usize, what: &str, help: &str) -> Result<(), String> {
     let limit = client.properties().memory.max_page_size;
     if bytes as u64 > limit {
         return Err(format!(
-            "{what}: one device buffer of {:.1} MB is needed and this device allocates at most {:.1} MB at once; use fewer tokens",
+            "{what} needs one device buffer of {:.1} MB and this device allocates at most {:.1} MB at once; {help}",
             bytes as f64 / 1e6,
             limit as f64 / 1e6
         ));
@@ -228,7 +253,7 @@ fn raw(h: &Handle, n: usize) -> TensorArg {
 /// Launch the forward kernel: `stats` [n, 4] from `z` [n, v] and `tokens`.
 fn launch_forward(
     client: &Client,
-    (z, z_words, bf16): (&Handle, usize, bool),
+    z: &OnDevice,
     tokens: &Handle,
     stats: &Handle,
     n: usize,
@@ -240,11 +265,11 @@ fn launch_forward(
             client,
             CubeCount::Static(n as u32, 1, 1),
             CubeDim::new_1d(width(client)),
-            raw(z, z_words),
+            raw(&z.handle, z.words),
             raw(tokens, n),
             raw(stats, n * 4),
             v,
-            bf16,
+            z.bf16,
         )
     };
 }
@@ -254,7 +279,7 @@ fn launch_forward(
 #[allow(clippy::too_many_arguments)]
 fn launch_backward(
     client: &Client,
-    (z, z_words, bf16): (&Handle, usize, bool),
+    z: &OnDevice,
     tokens: &Handle,
     stats: &Handle,
     grads: &Handle,
@@ -268,13 +293,13 @@ fn launch_backward(
             client,
             CubeCount::Static(n as u32, 1, 1),
             CubeDim::new_1d(width(client)),
-            raw(z, z_words),
+            raw(&z.handle, z.words),
             raw(tokens, n),
             raw(stats, n * 4),
             raw(grads, n * 2),
             raw(d, n * v),
             v,
-            bf16,
+            z.bf16,
         )
     };
 }
@@ -290,11 +315,11 @@ pub fn logits_forward(
     if n == 0 {
         return Ok(Forward::default());
     }
-    fits(client, n * v * z.elem_bytes(), "the logits")?;
-    let zh = z.upload(client, n * v);
+    fits(client, n * v * z.elem_bytes(), "storing the logits", FEWER)?;
+    let zd = z.upload(client, n * v);
     let th = client.create_from_slice(u32::as_bytes(&tokens[..n]));
     let sh = client.empty(n * 4 * 4);
-    launch_forward(client, (&zh, z.words(n * v), z.is_bf16()), &th, &sh, n, v);
+    launch_forward(client, &zd, &th, &sh, n, v);
     let s = f32::from_bytes(&client.read_one_unchecked(sh)).to_vec();
     let col = |k: usize| (0..n).map(|i| s[i * 4 + k]).collect::<Vec<f32>>();
     Ok(Forward {
@@ -319,25 +344,16 @@ pub fn logits_backward(
     if n == 0 {
         return Ok(Vec::new());
     }
-    fits(client, n * v * 4, "d_logits")?;
+    fits(client, n * v * 4, "storing d_logits", FEWER)?;
     let stats: Vec<f32> = (0..n)
         .flat_map(|i| [fwd.logp[i], fwd.entropy[i], fwd.lse[i], fwd.mean_z[i]])
         .collect();
-    let grads: Vec<f32> = (0..n)
-        .flat_map(|i| {
-            [
-                d_logp.get(i).copied().unwrap_or(0.0),
-                d_entropy.get(i).copied().unwrap_or(0.0),
-            ]
-        })
-        .collect();
-    let zh = z.upload(client, n * v);
+    let zd = z.upload(client, n * v);
     let th = client.create_from_slice(u32::as_bytes(&tokens[..n]));
     let sh = client.create_from_slice(f32::as_bytes(&stats));
-    let gh = client.create_from_slice(f32::as_bytes(&grads));
+    let gh = upload_grads(client, n, d_logp, d_entropy);
     let dh = client.empty(n * v * 4);
-    let zw = (&zh, z.words(n * v), z.is_bf16());
-    launch_backward(client, zw, &th, &sh, &gh, &dh, n, v);
+    launch_backward(client, &zd, &th, &sh, &gh, &dh, n, v);
     Ok(f32::from_bytes(&client.read_one_unchecked(dh)).to_vec())
 }
 
@@ -366,32 +382,23 @@ pub fn logits_bench(
     if n == 0 {
         return Err("no rows".into());
     }
-    fits(client, n * v * z.elem_bytes(), "the logits")?;
-    fits(client, n * v * 4, "d_logits")?;
-    let zh = z.upload(client, n * v);
-    let zw = (&zh, z.words(n * v), z.is_bf16());
+    fits(client, n * v * z.elem_bytes(), "storing the logits", FEWER)?;
+    fits(client, n * v * 4, "storing d_logits", FEWER)?;
+    let zd = z.upload(client, n * v);
     let th = client.create_from_slice(u32::as_bytes(&tokens[..n]));
     let sh = client.empty(n * 4 * 4);
-    let grads: Vec<f32> = (0..n)
-        .flat_map(|i| {
-            [
-                d_logp.get(i).copied().unwrap_or(0.0),
-                d_entropy.get(i).copied().unwrap_or(0.0),
-            ]
-        })
-        .collect();
-    let gh = client.create_from_slice(f32::as_bytes(&grads));
+    let gh = upload_grads(client, n, d_logp, d_entropy);
     let dh = client.empty(n * v * 4);
     let sync = || cubecl::future::block_on(client.sync()).map_err(|e| e.to_string());
     sync()?;
     let (mut tf, mut tb) = (Vec::new(), Vec::new());
     for k in 0..iters.max(1) + 1 {
         let start = std::time::Instant::now();
-        launch_forward(client, zw, &th, &sh, n, v);
+        launch_forward(client, &zd, &th, &sh, n, v);
         sync()?;
         let f = start.elapsed().as_secs_f64();
         let start = std::time::Instant::now();
-        launch_backward(client, zw, &th, &sh, &gh, &dh, n, v);
+        launch_backward(client, &zd, &th, &sh, &gh, &dh, n, v);
         sync()?;
         let b = start.elapsed().as_secs_f64();
         // The first iteration compiles the kernels.

@@ -1415,15 +1415,12 @@ impl DevicePlan {
         if total >= u32::MAX as usize {
             return Err(format!("{total} values do not fit a 32-bit indexed arena"));
         }
-        let limit = client.properties().memory.max_page_size;
-        let bytes = (total * std::mem::size_of::<f32>()) as u64;
-        if bytes > limit {
-            return Err(format!(
-                "the batch needs one device buffer of {:.1} MB and this device allocates at most {:.1} MB at once; run a smaller batch, or the `kernel` backend",
-                bytes as f64 / 1e6,
-                limit as f64 / 1e6
-            ));
-        }
+        crate::fits(
+            client,
+            total * std::mem::size_of::<f32>(),
+            "the batch",
+            "run a smaller batch, or the `kernel` backend",
+        )?;
         let mut host = vec![0.0f32; total];
         for (k, b) in self.plan.buffers.iter().enumerate() {
             if let Some(name) = &b.input {
