@@ -22,4 +22,4 @@ step grpo 120 "$KEEL" bench loss stdlib/grpo.recipe --tokens 16777216 --seq-len 
 step grpo_small 40 "$KEEL" bench loss stdlib/grpo.recipe --tokens 1048576 --seq-len 1024 --vocab 0 --backend all --iters 3
 step logits 120 "$KEEL" bench logits --device --tokens 32768 --vocab 151936 --iters 5
 step logits_bf16 40 "$KEEL" bench logits --device --bf16 --tokens 8192 --vocab 151936 --iters 5
-step eager 170 python3 bench/torch_eager.py
+step eager 170 python3 bench/torch_eager.py --check "$KEEL"

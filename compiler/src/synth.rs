@@ -173,7 +173,7 @@ pub fn traffic_bytes(batch: &Batch) -> usize {
 /// A random batch and its edge cases, for differential tests of the
 /// executors: all-equal groups (every per-sequence input of group 0 copied
 /// from its first member), one-token sequences (rows 1–3) and a fully
-/// masked row (row 4), extreme log-ratios against the behaviour and
+/// masked row (row 4) in groups interleaved across the batch, extreme log-ratios against the behaviour and
 /// reference policies, and — when the batch has logits and the recipe reads
 /// the distribution only through logp and entropy — the same without
 /// logits. Needs `d.b ≥ 5 · d.group / d.group` rows (at least 5) and `d.t ≥ 2`.
@@ -203,7 +203,15 @@ pub fn variants(recipe: &CheckedRecipe, d: Dims, seed: u64) -> Vec<(String, Batc
             m.data[4 * t + j] = 0.0;
         }
     }
-    out.push(("short and masked rows".into(), edge));
+    // Groups interleaved (sequence i answers prompt (G − 1) − i mod G), as a
+    // batch need not keep a group's sequences together.
+    if let Some(g) = edge.tensors.get_mut("group") {
+        let n_groups = b.div_ceil(group) as f64;
+        for (i, x) in g.data.iter_mut().enumerate() {
+            *x = n_groups - 1.0 - (i as f64 % n_groups);
+        }
+    }
+    out.push(("short and masked rows, interleaved groups".into(), edge));
     let mut ext = base;
     let logp: Option<Vec<f64>> = ext.tensors.get("logp").map(|x| x.data.clone());
     if let Some(lp) = logp

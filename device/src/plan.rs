@@ -33,6 +33,7 @@ type Client = cubecl::client::Client;
 const M_B: usize = 6;
 const M_T: usize = 7;
 const M_V: usize = 8;
+const M_G: usize = 9;
 const M_OFF: usize = 10;
 
 fn li(l: Level) -> usize {
@@ -455,14 +456,18 @@ fn hop_kernel(
     let mut cnt = f32::new(0.0);
     if u < units {
         if comptime![cfg.to == Level::Group] {
+            // `groups` holds [group of each sequence (B) | first member of
+            // each group (G + 1) | members, group by group (B)].
             let b = meta[M_B] as usize;
-            let mut k = UNIT_POS as usize;
-            while k < b {
-                if groups[k] as usize == u {
-                    acc = combine(acc, arena[sv + k], cfg.red);
-                    cnt += arena[sc + k];
-                }
-                k += step;
+            let starts = b;
+            let members = b + meta[M_G] as usize + 1;
+            let end = groups[starts + u + 1] as usize;
+            let mut j = groups[starts + u] as usize + UNIT_POS as usize;
+            while j < end {
+                let k = groups[members + j] as usize;
+                acc = combine(acc, arena[sv + k], cfg.red);
+                cnt += arena[sc + k];
+                j += step;
             }
         } else if comptime![cfg.to <= Level::Batch] {
             let n = meta[comptime![li(cfg.from)]] as usize;
@@ -999,6 +1004,33 @@ fn finite(c: f64) -> f32 {
     }
 }
 
+/// The group table the kernels read: the group of each sequence, then the
+/// first member of each group (G + 1 entries, a counting sort's offsets),
+/// then the sequences group by group, in order — a seq → group hop reads
+/// each sequence once.
+fn group_table(group_of: &[usize], n_groups: usize) -> Vec<u32> {
+    let b = group_of.len();
+    let mut table = Vec::with_capacity(2 * b + n_groups + 1);
+    table.extend(group_of.iter().map(|&g| g as u32));
+    let mut starts = vec![0u32; n_groups + 1];
+    for &g in group_of {
+        starts[g.min(n_groups.saturating_sub(1)) + 1] += 1;
+    }
+    for g in 0..n_groups {
+        starts[g + 1] += starts[g];
+    }
+    let mut next = starts.clone();
+    let mut members = vec![0u32; b];
+    for (k, &g) in group_of.iter().enumerate() {
+        let slot = &mut next[g.min(n_groups.saturating_sub(1))];
+        members[*slot as usize] = k as u32;
+        *slot += 1;
+    }
+    table.extend(starts);
+    table.extend(members);
+    table
+}
+
 type Handle = cubecl::server::Handle;
 
 fn raw(h: &Handle, n: usize) -> TensorArg {
@@ -1474,8 +1506,7 @@ impl DevicePlan {
         let mut meta: Vec<u32> = lens.to_vec();
         meta.extend([sh.b as u32, sh.t as u32, sh.v as u32, sh.n_groups as u32]);
         meta.extend(offsets.iter().map(|&o| o as u32));
-        let groups: Vec<u32> = sh.group_of.iter().map(|&g| g as u32).collect();
-        let groups = if groups.is_empty() { vec![0] } else { groups };
+        let groups = group_table(&sh.group_of, sh.n_groups);
         // Launch shapes from the runtime's limits. (The reductions use plane
         // operations; cubecl's wgpu runtime does not list them among
         // lavapipe's features although they compile and run there, so a
@@ -1791,5 +1822,19 @@ impl DevicePlan {
             out.insert(name.clone(), v);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::group_table;
+
+    #[test]
+    fn group_table_lists_members_group_by_group() {
+        // Sequences of groups 1, 0, 1, 2, 0 (interleaved, as a batch may be).
+        let t = group_table(&[1, 0, 1, 2, 0], 3);
+        assert_eq!(t, [1, 0, 1, 2, 0, 0, 2, 4, 5, 1, 4, 0, 2, 3]);
+        // One group, no sequences: still a non-empty table.
+        assert_eq!(group_table(&[], 1), [0, 0]);
     }
 }
