@@ -29,6 +29,7 @@ without a GPU (wall-clock timings).
 """
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -143,15 +144,16 @@ def logits_bench(sizes, v, dtype, iters):
         z = None
         try:
             empty_cache()
-            z = (torch.randn(n, v, device=DEV) * 2).to(dtype)
+            z = torch.empty(n, v, device=DEV, dtype=dtype).normal_(0, 2)
             tokens = torch.randint(0, v, (n,), device=DEV)
             gl = torch.randn(n, device=DEV) * 0.1
             ge = torch.randn(n, device=DEV) * 0.1
             sync()
             base = memory_allocated()
             reset_peak()
-            s = timed(lambda: logits_step(z, tokens, gl, ge), iters)
-            peak = max_memory_allocated() - base
+            with RssPeak() as rss:
+                s = timed(lambda: logits_step(z, tokens, gl, ge), iters)
+            peak = max_memory_allocated() - base if DEV == "cuda" else rss.extra
             return {"tokens": n, "vocab": v, "dtype": str(dtype).replace("torch.", ""),
                     "seconds": s, "tokens_per_s": n / s, "gb_s": n * v * width * 3 / s / 1e9,
                     "peak_extra_bytes": peak, "peak_extra_over_logits": peak / (n * v * width),
@@ -206,7 +208,6 @@ def check_same_math(keel, recipe, tol=1e-5):
     batch with logits: the loss, its metrics, d_logp and d_logits must agree
     (relative to each output's largest entry) — the eager baselines compute
     what the recipe computes."""
-    import os
     import subprocess
     import tempfile
 
@@ -262,6 +263,35 @@ def check_same_math(keel, recipe, tol=1e-5):
             report[backend] = {"max_rel_error": max(errs.values()), "errors": errs,
                                "ok": max(errs.values()) <= tol}
     return report
+
+
+class RssPeak:
+    """Peak resident memory above the level at entry, sampled every
+    millisecond (the CPU counterpart of torch.cuda.max_memory_allocated)."""
+
+    def __enter__(self):
+        import threading
+
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.base = self.rss()
+        self.peak = self.base
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def rss(self):
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def poll(self):
+        while not self.done.wait(0.001):
+            self.peak = max(self.peak, self.rss())
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        self.extra = self.peak - self.base
 
 
 def empty_cache():
