@@ -193,6 +193,8 @@ pub fn run(a: Args) -> ExitCode {
                     if let Some(l) = out.get("loss") {
                         losses.push((be, l.first().copied().unwrap_or(f64::NAN)));
                     }
+                    // As a training loop does once it has read them.
+                    plan.recycle(out.into_values());
                 }
             }
             "device" => {

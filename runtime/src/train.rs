@@ -455,6 +455,7 @@ impl Loss {
                 ))
             })
             .collect();
+        self.plan.recycle(vals.into_values());
         Ok(LossOut {
             loss,
             d_logits,
