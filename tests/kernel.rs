@@ -168,6 +168,36 @@ fn grpo_fuses_into_two_token_passes() {
             .collect();
         let outputs = 2; // d_logp, advantages
         assert_eq!(computed.len(), outputs, "{policy:?}:\n{}", plan.print());
+        // What a training step reads: the per-token advantages are neither
+        // computed nor stored; d_logp is the one token-level write.
+        let mut training = compiled.graph.clone();
+        training.keep_training_outputs();
+        let plan = Plan::with_policy(&training, policy).expect("plan");
+        let written: Vec<String> = plan
+            .buffers
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.level == Level::Token && b.input.is_none())
+            .map(|(k, _)| format!("b{k}"))
+            .collect();
+        assert_eq!(
+            written.len(),
+            1,
+            "{policy:?}: {written:?}\n{}",
+            plan.print()
+        );
+        let mut names: Vec<&str> = plan.outputs.iter().map(|o| o.0.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "d_logp",
+                "loss",
+                "metric.approx_kl",
+                "metric.clip_frac",
+                "metric.entropy"
+            ]
+        );
     }
 }
 

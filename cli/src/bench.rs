@@ -115,10 +115,16 @@ pub fn run(a: Args) -> ExitCode {
         None => batch.clone(),
     };
     let khave = |n: &str| kbatch.has(n);
-    let kcompiled = match keel_compiler::compile_loss_for(&checked, index, &khave, path.is_some()) {
-        Ok(c) => c,
-        Err(d) => return fail(d),
-    };
+    // The kernel and device backends compute what a training step reads
+    // (loss, gradients, metrics), not the diagnostic per-token advantages.
+    let mut kcompiled =
+        match keel_compiler::compile_loss_for(&checked, index, &khave, path.is_some()) {
+            Ok(c) => c,
+            Err(d) => return fail(d),
+        };
+    kcompiled.graph.keep_training_outputs();
+    let mut training_graph = compiled.graph.clone();
+    training_graph.keep_training_outputs();
     let kprepared =
         match keel_compiler::batch::prepare(&kbatch, "synthetic batch", &kcompiled.graph, recipe) {
             Ok(p) => p,
@@ -147,7 +153,7 @@ pub fn run(a: Args) -> ExitCode {
                 };
                 for _ in 0..a.iters.max(1) {
                     let start = Instant::now();
-                    let vals = match keel_compiler::interp::run(&compiled.graph, &env) {
+                    let vals = match keel_compiler::interp::run(&training_graph, &env) {
                         Ok(v) => v,
                         Err(e) => {
                             eprintln!("error: {}", e.0);
@@ -155,7 +161,7 @@ pub fn run(a: Args) -> ExitCode {
                         }
                     };
                     times.push(start.elapsed().as_secs_f64());
-                    if let Some(l) = compiled.graph.output("loss") {
+                    if let Some(l) = training_graph.output("loss") {
                         losses.push((be, vals[l].first().copied().unwrap_or(f64::NAN)));
                     }
                 }
@@ -211,7 +217,7 @@ pub fn run(a: Args) -> ExitCode {
                 device_name = name;
                 let run = || -> Result<(Vec<f64>, f64), String> {
                     let plan = keel_compiler::kernel::Plan::with_policy(
-                        &compiled.graph,
+                        &training_graph,
                         keel_compiler::kernel::Policy::Device,
                     )?;
                     let dp = keel_device::plan::DevicePlan::new(&plan)?;
@@ -327,6 +333,9 @@ pub fn run(a: Args) -> ExitCode {
     for u in &unavailable {
         println!("  ({u})");
     }
+    println!(
+        "  (every backend: the loss, its gradients and metrics, as a training step reads them)"
+    );
     if !device_name.is_empty() {
         println!("  (device: cubecl on {device_name}, inputs already on the device; f32)");
     }

@@ -223,6 +223,16 @@ impl Graph {
         })
     }
 
+    /// Keep only what a training step reads — the loss, its gradients and
+    /// the metrics — dropping the diagnostic outputs (`advantages`, the
+    /// per-token credit `keel loss --grad-out` writes). An executor then
+    /// neither computes nor stores them: on a device, GRPO's token pass
+    /// writes 4 bytes a token instead of 8.
+    pub fn keep_training_outputs(&mut self) {
+        self.outputs
+            .retain(|(n, _)| n == "loss" || n.starts_with("d_") || n.starts_with("metric."));
+    }
+
     /// Nodes reachable from the outputs (a dead-code sweep for printing).
     pub fn live(&self) -> Vec<bool> {
         let mut live = vec![false; self.nodes.len()];

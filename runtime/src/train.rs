@@ -331,7 +331,10 @@ impl Loss {
                 "name a recipe with --recipe",
             )
         })?;
-        let plan = keel_compiler::kernel::Plan::new(&compiled.graph).map_err(|e| {
+        // A training step reads the loss, gradients and metrics only.
+        let mut graph = compiled.graph;
+        graph.keep_training_outputs();
+        let plan = keel_compiler::kernel::Plan::new(&graph).map_err(|e| {
             RunError::new(
                 codes::LOSS_PROGRAM,
                 format!("cannot plan the loss kernels: {e}"),
@@ -339,7 +342,7 @@ impl Loss {
             )
         })?;
         Ok(Loss {
-            graph: compiled.graph,
+            graph,
             recipe,
             kernel,
             plan,
