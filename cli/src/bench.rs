@@ -78,7 +78,7 @@ pub fn run(a: Args) -> ExitCode {
         .unwrap_or(0);
     let backends: Vec<&str> = match a.backend.as_str() {
         "all" => vec!["interp", "kernel", "device"],
-        one => vec![one],
+        list => list.split(',').map(str::trim).collect(),
     };
     // Compile and check the batch once; the timings are of the evaluation.
     let fail = |d: Vec<keel_compiler::Diagnostic>| {

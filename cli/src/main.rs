@@ -168,7 +168,8 @@ enum BenchWhat {
         /// (0: logp and entropy given per token, no logits).
         #[arg(long, default_value_t = 64)]
         vocab: usize,
-        /// `interp`, `kernel` or `all`.
+        /// `interp`, `kernel`, `device`, a comma-separated list of them
+        /// (`interp,kernel`), or `all`.
         #[arg(long, default_value = "all")]
         backend: String,
         /// Evaluations timed (the median is reported).
