@@ -118,23 +118,17 @@ impl<'a> ParentMap<'a> {
     }
 
     /// Split `i0..i0 + c` into runs of elements with the same parent:
-    /// `f(j0, j1, parent)` for offsets `j0..j1` (no division per element).
+    /// `(j0, j1, parent)` for offsets `j0..j1` (no division per element).
+    /// An iterator, not a callback, so that the caller's loop body stays in
+    /// the caller (a closure is compiled on its own, without the caller's
+    /// AVX2/AVX-512 features).
     #[inline(always)]
-    fn runs(&self, i0: usize, c: usize, mut f: impl FnMut(usize, usize, usize)) {
-        if self.zero {
-            f(0, c, 0);
-            return;
-        }
-        let mut j = 0;
-        while j < c {
-            let q = (i0 + j) / self.div;
-            let end = ((q + 1) * self.div - i0).min(c);
-            let p = match self.groups {
-                Some(g) => g.get(q).copied().unwrap_or(usize::MAX),
-                None => q,
-            };
-            f(j, end, p);
-            j = end;
+    fn runs(&self, i0: usize, c: usize) -> Runs<'a> {
+        Runs {
+            map: *self,
+            i0,
+            c,
+            j: 0,
         }
     }
 
@@ -148,6 +142,38 @@ impl<'a> ParentMap<'a> {
             Some(g) => g.get(q).copied().unwrap_or(0),
             None => q,
         }
+    }
+}
+
+/// The runs of [`ParentMap::runs`].
+struct Runs<'a> {
+    map: ParentMap<'a>,
+    i0: usize,
+    c: usize,
+    j: usize,
+}
+
+impl Iterator for Runs<'_> {
+    type Item = (usize, usize, usize);
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<(usize, usize, usize)> {
+        if self.j >= self.c {
+            return None;
+        }
+        let j = self.j;
+        if self.map.zero {
+            self.j = self.c;
+            return Some((0, self.c, 0));
+        }
+        let q = (self.i0 + j) / self.map.div;
+        let end = ((q + 1) * self.map.div - self.i0).min(self.c);
+        let p = match self.map.groups {
+            Some(g) => g.get(q).copied().unwrap_or(usize::MAX),
+            None => q,
+        };
+        self.j = end;
+        Some((j, end, p))
     }
 }
 
@@ -979,19 +1005,19 @@ fn run_range_body(
                         member_at = i0;
                     }
                     let red = *red;
-                    pm.runs(i0, c, |j0, j1, u| {
+                    for (j0, j1, u) in pm.runs(i0, c) {
                         let xs = &vals[j0..j1];
                         let folded = if masked {
                             fold_masked(red, xs, &member[j0..j1])
                         } else {
                             fold(red, xs)
                         };
-                        let Some(acc) = folded else { return };
+                        let Some(acc) = folded else { continue };
                         if let (Some(v), Some(s)) = (p.vals.get_mut(u), p.seen.get_mut(u)) {
                             *v = if *s { combine(red, *v, acc) } else { acc };
                             *s = true;
                         }
-                    });
+                    }
                     accum_k += 1;
                 }
             }
@@ -1006,9 +1032,9 @@ fn run_range_body(
 fn member_flags(ctx: &Ctx, level: Level, i0: usize, out: &mut [f64]) {
     let flag = |i: usize| f64::from(u8::from(ctx.mask.get(i).is_some_and(|m| *m != 0.0)));
     if level == Level::Vocab {
-        ParentMap::new(ctx.sh, Level::Vocab, Level::Token).runs(i0, out.len(), |j0, j1, t| {
+        for (j0, j1, t) in ParentMap::new(ctx.sh, Level::Vocab, Level::Token).runs(i0, out.len()) {
             out[j0..j1].fill(flag(t));
-        });
+        }
     } else {
         for (j, o) in out.iter_mut().enumerate() {
             *o = flag(i0 + j);
@@ -1041,8 +1067,61 @@ fn fold(red: Red, xs: &[f64]) -> Option<f64> {
             }
             acc
         }
-        _ => rest.iter().fold(first, |a, &x| combine(red, a, x)),
+        _ => {
+            let lanes = min_max_lanes(red, xs, None);
+            // A zero result may depend on the order (which of +0 and -0 came
+            // first): the sequential fold decides it.
+            if lanes == 0.0 {
+                rest.iter().fold(first, |a, &x| combine(red, a, x))
+            } else {
+                lanes
+            }
+        }
     })
+}
+
+/// A min or max of `xs` (members only, when `flags` are given) in LANES
+/// independent select chains combined in lane order — the interpreter's
+/// result (NaN-propagating; equal values other than ±0 are the same bits),
+/// except possibly the sign of a zero result. The sequential fold was a
+/// chain of dependent compares, a third of a vocabulary loop's time.
+#[inline(always)]
+fn min_max_lanes(red: Red, xs: &[f64], flags: Option<&[f64]>) -> f64 {
+    let max = red == Red::Max;
+    let step = |a: f64, x: f64| {
+        let better = if max { x > a } else { x < a };
+        select(a.is_nan() | x.is_nan(), f64::NAN, select(better, x, a))
+    };
+    let start = if max {
+        f64::NEG_INFINITY
+    } else {
+        f64::INFINITY
+    };
+    let mut lanes = [start; LANES];
+    let n = xs.len() - xs.len() % LANES;
+    match flags {
+        None => {
+            for ch in xs[..n].chunks_exact(LANES) {
+                for (l, &x) in lanes.iter_mut().zip(ch) {
+                    *l = step(*l, x);
+                }
+            }
+        }
+        Some(f) => {
+            for (ch, fl) in xs[..n].chunks_exact(LANES).zip(f.chunks_exact(LANES)) {
+                for ((l, &x), &m) in lanes.iter_mut().zip(ch).zip(fl) {
+                    *l = select(m != 0.0, step(*l, x), *l);
+                }
+            }
+        }
+    }
+    let mut acc = lanes.into_iter().fold(start, step);
+    for (j, &x) in xs.iter().enumerate().skip(n) {
+        if flags.is_none_or(|f| f[j] != 0.0) {
+            acc = step(acc, x);
+        }
+    }
+    acc
 }
 
 /// The reduction of the members of `xs` (`flags[j]` 1.0; `None` when none).
@@ -1068,6 +1147,10 @@ fn fold_masked(red: Red, xs: &[f64], flags: &[f64]) -> Option<f64> {
             acc
         }
         _ => {
+            let lanes = min_max_lanes(red, xs, Some(flags));
+            if lanes != 0.0 {
+                return Some(lanes);
+            }
             let mut acc: Option<f64> = None;
             for (&x, &f) in xs.iter().zip(flags) {
                 if f != 0.0 {
@@ -1123,9 +1206,9 @@ fn operand<'s>(
             if l == level {
                 return d.range(i0, c, scratch);
             }
-            ParentMap::new(ctx.sh, level, l).runs(i0, c, |j0, j1, u| {
+            for (j0, j1, u) in ParentMap::new(ctx.sh, level, l).runs(i0, c) {
                 scratch[j0..j1].fill(d.at(u));
-            });
+            }
             &scratch[..c]
         }
     }
@@ -1232,4 +1315,71 @@ fn compute(
 fn select(c: bool, t: f64, e: f64) -> f64 {
     let m = u64::from(c).wrapping_neg();
     f64::from_bits((t.to_bits() & m) | (e.to_bits() & !m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Red, combine, fold, fold_masked};
+
+    /// The sequential fold over the members: the interpreter's definition.
+    fn sequential(red: Red, xs: &[f64], flags: &[f64]) -> Option<f64> {
+        let mut acc: Option<f64> = None;
+        for (&x, &f) in xs.iter().zip(flags) {
+            if f != 0.0 {
+                acc = Some(acc.map_or(x, |a| combine(red, a, x)));
+            }
+        }
+        acc
+    }
+
+    /// The lane-parallel min/max folds give the sequential result bit for
+    /// bit: NaN anywhere, infinities, ties of +0 and -0 in either order, any
+    /// length (with and without a tail) and any membership.
+    #[test]
+    fn min_max_folds_equal_the_sequential_fold() {
+        let pool = [
+            0.0,
+            -0.0,
+            1.5,
+            -2.25,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            3.0,
+            -0.0,
+            0.0,
+        ];
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        for case in 0..4000 {
+            let n = 1 + case % 19;
+            let nan_ok = case % 3 == 0;
+            let xs: Vec<f64> = (0..n)
+                .map(|_| {
+                    let x = pool[next() % pool.len()];
+                    if x.is_nan() && !nan_ok { 0.0 } else { x }
+                })
+                .collect();
+            let flags: Vec<f64> = (0..n).map(|_| (next() % 3 != 0) as u8 as f64).collect();
+            let all = vec![1.0; n];
+            for red in [Red::Max, Red::Min] {
+                let bits = |v: Option<f64>| v.map(f64::to_bits);
+                assert_eq!(
+                    bits(fold(red, &xs)),
+                    bits(sequential(red, &xs, &all)),
+                    "{red:?} {xs:?}"
+                );
+                assert_eq!(
+                    bits(fold_masked(red, &xs, &flags)),
+                    bits(sequential(red, &xs, &flags)),
+                    "{red:?} {xs:?} {flags:?}"
+                );
+            }
+        }
+    }
 }
