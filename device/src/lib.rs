@@ -1,7 +1,8 @@
-//! Device kernels on cubecl. The fused logits kernel: one cube per row, one
-//! plane wide; each unit strides over the vocabulary once, keeping an online
-//! maximum with Σ exp(z − max) and Σ exp(z − max)·z, and plane reductions
-//! combine the units'. Logits are f32 or bf16 (read as 32-bit words and
+//! Device kernels on cubecl. The fused logits kernel: one plane per row
+//! (several rows per cube, [`rows_per_cube`]); each unit strides over the
+//! vocabulary once, four entries at a time, keeping an online maximum with
+//! Σ exp(z − max) and Σ exp(z − max)·z, and plane reductions combine the
+//! units'. Logits are f32 or bf16 (read as 32-bit words and
 //! widened in the kernel, so every runtime takes them).
 
 pub mod plan;
@@ -30,12 +31,22 @@ pub fn client_named() -> Result<(cubecl::client::Client, &'static str), String> 
 /// word, the lower half first) widened to f32 exactly.
 #[cube]
 fn logit(z: &Tensor<u32>, k: usize, #[comptime] bf16: bool) -> f32 {
-    let mut bits = z[k];
-    if bf16 {
-        let w = z[k / 2];
-        bits = ((w >> (((k % 2) * 16) as u32)) & 0xffff) << 16;
-    }
+    // Only the branch for the logits' type is generated (`bf16` is known
+    // when the kernel compiles): an f32 read of word k would be past the
+    // end of bf16 logits.
+    let bits = if bf16 {
+        ((z[k / 2] >> (((k % 2) * 16) as u32)) & 0xffff) << 16
+    } else {
+        z[k]
+    };
     f32::reinterpret(bits)
+}
+
+/// The row of a plane-per-row kernel: cubes of `CUBE_DIM_Y` planes, one row
+/// each (see [`rows_per_cube`]).
+#[cube]
+fn plane_row() -> usize {
+    CUBE_POS * CUBE_DIM_Y as usize + UNIT_POS_Y as usize
 }
 
 #[cube(launch_unchecked)]
@@ -46,34 +57,58 @@ fn logits_forward_kernel(
     #[comptime] v: usize,
     #[comptime] bf16: bool,
 ) {
-    let row = CUBE_POS;
+    let row = plane_row();
+    let n = tokens.len();
     let base = row * v;
-    let step = CUBE_DIM as usize;
+    let step = CUBE_DIM_X as usize;
     // One pass over the row: each unit keeps its running maximum m and
     // Σ e^(z−m), Σ e^(z−m)·z, rescaled when m grows; the plane combines
-    // them at the plane's maximum.
+    // them at the plane's maximum. Four logits per iteration: four loads in
+    // flight per unit (one would leave a GPU's memory mostly idle).
     let mut m = f32::new(-3.0e38);
     let mut s = f32::new(0.0);
     let mut sz = f32::new(0.0);
-    let mut i = UNIT_POS as usize;
-    while i < v {
-        let x = logit(z, base + i, bf16);
-        if x > m {
-            let r = f32::exp(m - x);
-            s *= r;
-            sz *= r;
-            m = x;
+    if row < n {
+        let mut i = UNIT_POS_X as usize;
+        while i + 3 * step < v {
+            let x0 = logit(z, base + i, bf16);
+            let x1 = logit(z, base + i + step, bf16);
+            let x2 = logit(z, base + i + 2 * step, bf16);
+            let x3 = logit(z, base + i + 3 * step, bf16);
+            let xm = f32::max(f32::max(x0, x1), f32::max(x2, x3));
+            if xm > m {
+                let r = f32::exp(m - xm);
+                s *= r;
+                sz *= r;
+                m = xm;
+            }
+            let e0 = f32::exp(x0 - m);
+            let e1 = f32::exp(x1 - m);
+            let e2 = f32::exp(x2 - m);
+            let e3 = f32::exp(x3 - m);
+            s += (e0 + e1) + (e2 + e3);
+            sz += (e0 * x0 + e1 * x1) + (e2 * x2 + e3 * x3);
+            i += 4 * step;
         }
-        let e = f32::exp(x - m);
-        s += e;
-        sz += e * x;
-        i += step;
+        while i < v {
+            let x = logit(z, base + i, bf16);
+            if x > m {
+                let r = f32::exp(m - x);
+                s *= r;
+                sz *= r;
+                m = x;
+            }
+            let e = f32::exp(x - m);
+            s += e;
+            sz += e * x;
+            i += step;
+        }
     }
     let mm = plane_max(m);
     let r = f32::exp(m - mm);
     let ss = plane_sum(s * r);
     let ssz = plane_sum(sz * r);
-    if UNIT_POS == 0 {
+    if UNIT_POS_X == 0 && row < n {
         let lse = mm + f32::ln(ss);
         let mean_z = ssz / ss;
         let tok = tokens[row] as usize;
@@ -82,6 +117,17 @@ fn logits_forward_kernel(
         stats[row * 4 + 2] = lse;
         stats[row * 4 + 3] = mean_z;
     }
+}
+
+/// d_logits of one entry.
+#[cube]
+fn d_logit(x: f32, lse: f32, ez: f32, gl: f32, ge: f32, hit: bool) -> f32 {
+    let p = f32::exp(x - lse);
+    let mut g = -gl * p - ge * p * (x - ez);
+    if hit {
+        g += gl;
+    }
+    g
 }
 
 #[cube(launch_unchecked)]
@@ -94,23 +140,33 @@ fn logits_backward_kernel(
     #[comptime] v: usize,
     #[comptime] bf16: bool,
 ) {
-    let row = CUBE_POS;
-    let base = row * v;
-    let lse = stats[row * 4 + 2];
-    let ez = stats[row * 4 + 3];
-    let gl = grads[row * 2];
-    let ge = grads[row * 2 + 1];
-    let tok = tokens[row] as usize;
-    let mut i = UNIT_POS as usize;
-    while i < v {
-        let x = logit(z, base + i, bf16);
-        let p = f32::exp(x - lse);
-        let mut g = -gl * p - ge * p * (x - ez);
-        if i == tok {
-            g += gl;
+    let row = plane_row();
+    if row < tokens.len() {
+        let base = row * v;
+        let step = CUBE_DIM_X as usize;
+        let lse = stats[row * 4 + 2];
+        let ez = stats[row * 4 + 3];
+        let gl = grads[row * 2];
+        let ge = grads[row * 2 + 1];
+        let tok = tokens[row] as usize;
+        let mut i = UNIT_POS_X as usize;
+        // Four entries per iteration, as in the forward pass.
+        while i + 3 * step < v {
+            let x0 = logit(z, base + i, bf16);
+            let x1 = logit(z, base + i + step, bf16);
+            let x2 = logit(z, base + i + 2 * step, bf16);
+            let x3 = logit(z, base + i + 3 * step, bf16);
+            d[base + i] = d_logit(x0, lse, ez, gl, ge, i == tok);
+            d[base + i + step] = d_logit(x1, lse, ez, gl, ge, i + step == tok);
+            d[base + i + 2 * step] = d_logit(x2, lse, ez, gl, ge, i + 2 * step == tok);
+            d[base + i + 3 * step] = d_logit(x3, lse, ez, gl, ge, i + 3 * step == tok);
+            i += 4 * step;
         }
-        d[base + i] = g;
-        i += CUBE_DIM as usize;
+        while i < v {
+            let x = logit(z, base + i, bf16);
+            d[base + i] = d_logit(x, lse, ez, gl, ge, i == tok);
+            i += step;
+        }
     }
 }
 
@@ -242,6 +298,32 @@ pub fn width(client: &Client) -> u32 {
     hw.plane_size_min.max(1).min(hw.max_units_per_cube.max(1))
 }
 
+/// Rows per cube of the plane-per-row kernels (the logits kernel, the
+/// plan's token and vocabulary loops): as many planes as fill 256 units when
+/// the runtime's plane size is fixed — each plane then is one row — else
+/// one. A one-plane cube (32 units on CUDA) caps a GPU at half its threads
+/// (an SM holds 32 cubes), too few loads in flight for its memory.
+pub fn rows_per_cube(client: &Client) -> u32 {
+    let hw = &client.properties().hardware;
+    let plane = width(client);
+    if hw.plane_size_min != hw.plane_size_max {
+        return 1;
+    }
+    (256 / plane).clamp(1, (hw.max_units_per_cube / plane).max(1))
+}
+
+/// The cube of a plane-per-row kernel: one plane wide, `rows_per_cube` high.
+pub fn row_dim(client: &Client) -> CubeDim {
+    CubeDim::new_2d(width(client), rows_per_cube(client))
+}
+
+/// Cubes covering `rows` rows of a plane-per-row kernel (two dimensions
+/// past 65,535 cubes).
+pub fn row_cubes(client: &Client, rows: usize) -> CubeCount {
+    let cubes = rows.div_ceil(rows_per_cube(client) as usize) as u32;
+    CubeCount::Static(cubes.min(65_535), cubes.div_ceil(65_535), 1)
+}
+
 type Handle = cubecl::server::Handle;
 
 fn raw(h: &Handle, n: usize) -> TensorArg {
@@ -263,8 +345,8 @@ fn launch_forward(
     unsafe {
         logits_forward_kernel::launch_unchecked(
             client,
-            CubeCount::Static(n as u32, 1, 1),
-            CubeDim::new_1d(width(client)),
+            row_cubes(client, n),
+            row_dim(client),
             raw(&z.handle, z.words),
             raw(tokens, n),
             raw(stats, n * 4),
@@ -291,8 +373,8 @@ fn launch_backward(
     unsafe {
         logits_backward_kernel::launch_unchecked(
             client,
-            CubeCount::Static(n as u32, 1, 1),
-            CubeDim::new_1d(width(client)),
+            row_cubes(client, n),
+            row_dim(client),
             raw(&z.handle, z.words),
             raw(tokens, n),
             raw(stats, n * 4),

@@ -369,8 +369,9 @@ fn loop_kernel(
     }
 }
 
-/// A token (vocabulary) loop: cube `r` takes row r of the sequence (token)
-/// level; its units stride along the row, fold reductions in registers and
+/// A token (vocabulary) loop: one plane per row of the sequence (token)
+/// level, several rows per cube ([`crate::rows_per_cube`]); its units
+/// stride along the row, fold reductions in registers and
 /// finish them with plane reductions, so no per-element value of a
 /// reduction reaches memory.
 #[cube(launch_unchecked)]
@@ -380,7 +381,7 @@ fn row_kernel(
     groups: &Tensor<u32>,
     #[comptime] cfg: LoopCfg,
 ) {
-    let row = CUBE_POS;
+    let row = CUBE_POS * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
     let mut seg = meta[M_T] as usize;
     let mut rows = meta[comptime![li(Level::Seq)]] as usize;
     if comptime![cfg.level == Level::Vocab] {
@@ -398,13 +399,13 @@ fn row_kernel(
         cnts[k] = f32::new(0.0);
     }
     if row < rows {
-        let mut j = UNIT_POS as usize;
+        let mut j = UNIT_POS_X as usize;
         while j < seg {
             let i = row * seg + j;
             body(
                 arena, meta, groups, &mut regs, &mut accs, &mut cnts, i, &cfg,
             );
-            j += CUBE_DIM as usize;
+            j += CUBE_DIM_X as usize;
         }
     }
     #[unroll]
@@ -417,7 +418,7 @@ fn row_kernel(
             all = plane_min(accs[k]);
         }
         let n = plane_sum(cnts[k]);
-        if UNIT_POS == 0 && row < rows {
+        if UNIT_POS_X == 0 && row < rows {
             let dv = meta[comptime![M_OFF + out.val]] as usize;
             if comptime![out.finalize] {
                 arena[dv + row] = select(n > 0.0, all, f32::new(0.0));
@@ -1551,12 +1552,11 @@ impl DevicePlan {
                     if rows == 0 || sh.len(cfg.level) == 0 {
                         continue;
                     }
-                    let (x, y) = (rows.min(65_535), rows.div_ceil(65_535));
                     unsafe {
                         row_kernel::launch_unchecked(
                             client,
-                            CubeCount::Static(x, y, 1),
-                            CubeDim::new_1d(plane),
+                            crate::row_cubes(client, rows as usize),
+                            crate::row_dim(client),
                             arg(&on.arena, on.total),
                             arg(&on.meta, on.meta_len),
                             arg(&on.groups, on.groups_len),

@@ -24,6 +24,10 @@ fn cubecl_logits_kernel_equals_the_cpu_kernel() {
         (4, 33_000, false),
         (5, 7, true),
         (3, 1001, true),
+        // More rows than one cube holds (rows_per_cube: 32 on lavapipe),
+        // rows that end in the four-wide loop and in its tail.
+        (70, 300, true),
+        (45, 64, false),
     ] {
         let mut z = rows(n, v, (n * v) as u64);
         z[v - 1] = 40.0; // a late maximum in row 0
