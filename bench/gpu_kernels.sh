@@ -23,7 +23,7 @@ if [ "${DRY:-0}" = 1 ]; then
     SEQS=8 TOK=65536 SMALL=16384 LT=128 BT=64 DEV=cpu
 else
     . "$(dirname "$0")/gpu_env.sh"
-    SEQS=256 TOK=16777216 SMALL=1048576 LT=32768 BT=8192 DEV=cuda
+    SEQS=64 TOK=16777216 SMALL=1048576 LT=32768 BT=8192 DEV=cuda
 fi
 step() {
     local name=$1 t=$2; shift 2

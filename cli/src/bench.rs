@@ -526,6 +526,56 @@ fn logits_device(
 /// `keel bench parity`: the device kernels against the interpreter on every
 /// stdlib recipe (randomized batches and their edge cases, a small and a
 /// larger shape) and the logits kernel against the CPU kernel.
+/// The device logits kernel against the CPU kernel (f32 and bf16, up to
+/// V = 151,936): the largest error; failures are pushed to `failures`.
+fn logits_parity(client: &keel_device::Client, failures: &mut Vec<String>) -> f64 {
+    let mut logits_worst = 0.0f64;
+    for (n, v, bf16) in [(7, 50, false), (16, 151_936, false), (16, 151_936, true)] {
+        let z = keel_compiler::synth::Lcg(7).fill(n * v, -5.0, 5.0);
+        let zb: Vec<keel_compiler::logits::Bf16> = if bf16 {
+            z.iter()
+                .map(|&x| keel_compiler::logits::Bf16::from_f32(x))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let z = if bf16 {
+            keel_device::Logits::Bf16(&zb)
+        } else {
+            keel_device::Logits::F32(&z)
+        };
+        let tokens: Vec<u32> = (0..n).map(|i| ((i * 7919) % v) as u32).collect();
+        let cpu = z.cpu_forward(&tokens, v);
+        let dl: Vec<f32> = (0..n).map(|i| 0.3 - 0.1 * i as f32).collect();
+        let de: Vec<f32> = (0..n).map(|i| 0.05 * i as f32 - 0.2).collect();
+        let dc = z.cpu_backward(&tokens, v, &cpu, &dl, &de);
+        let ran = keel_device::logits_forward(client, z, &tokens, v).and_then(|dev| {
+            let dd = keel_device::logits_backward(client, z, &tokens, v, &dev, &dl, &de)?;
+            Ok((dev, dd))
+        });
+        let (dev, dd) = match ran {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("logits kernel ({n} x {v}): {e}"));
+                continue;
+            }
+        };
+        for i in 0..n {
+            for (a, b) in [(dev.logp[i], cpu.logp[i]), (dev.entropy[i], cpu.entropy[i])] {
+                logits_worst = logits_worst.max(((a - b).abs() / b.abs().max(1.0)) as f64);
+            }
+        }
+        let scale = dc.iter().fold(1e-12f32, |m, x| m.max(x.abs()));
+        for (a, b) in dd.iter().zip(&dc) {
+            logits_worst = logits_worst.max(((a - b).abs() / scale) as f64);
+        }
+    }
+    if logits_worst > 1e-5 {
+        failures.push(format!("logits kernel: error {logits_worst:.2e}"));
+    }
+    logits_worst
+}
+
 pub fn parity(seqs: usize, json: bool) -> ExitCode {
     use keel_compiler::synth::{self, Dims};
     let Some((client, name)) = report::device_client() else {
@@ -534,6 +584,11 @@ pub fn parity(seqs: usize, json: bool) -> ExitCode {
     let mut runs = 0usize;
     let mut failures: Vec<String> = Vec::new();
     let mut worst: Vec<(f64, String)> = Vec::new();
+    // The logits kernel first (fast), then recipe by recipe with a line of
+    // progress each on stderr: a run cut short by a time limit still shows
+    // what it checked.
+    let logits_worst = logits_parity(&client, &mut failures);
+    eprintln!("logits kernel vs the CPU kernel: {logits_worst:.2e}");
     for (file, text) in keel_compiler::stdlib::FILES {
         let c = check_source(&keel_compiler::NoFiles, &format!("std/{file}.recipe"), text);
         if c.has_errors() {
@@ -587,53 +642,12 @@ pub fn parity(seqs: usize, json: bool) -> ExitCode {
                     }
                 }
             }
+            eprintln!(
+                "{}: largest error {:.2e} ({}); {runs} runs so far",
+                r.name, rworst.0, rworst.1
+            );
             worst.push((rworst.0, format!("{} ({})", r.name, rworst.1)));
         }
-    }
-    // The logits kernel against the CPU kernel.
-    let mut logits_worst = 0.0f64;
-    for (n, v, bf16) in [(7, 50, false), (16, 151_936, false), (16, 151_936, true)] {
-        let z = keel_compiler::synth::Lcg(7).fill(n * v, -5.0, 5.0);
-        let zb: Vec<keel_compiler::logits::Bf16> = if bf16 {
-            z.iter()
-                .map(|&x| keel_compiler::logits::Bf16::from_f32(x))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let z = if bf16 {
-            keel_device::Logits::Bf16(&zb)
-        } else {
-            keel_device::Logits::F32(&z)
-        };
-        let tokens: Vec<u32> = (0..n).map(|i| ((i * 7919) % v) as u32).collect();
-        let cpu = z.cpu_forward(&tokens, v);
-        let dl: Vec<f32> = (0..n).map(|i| 0.3 - 0.1 * i as f32).collect();
-        let de: Vec<f32> = (0..n).map(|i| 0.05 * i as f32 - 0.2).collect();
-        let dc = z.cpu_backward(&tokens, v, &cpu, &dl, &de);
-        let ran = keel_device::logits_forward(&client, z, &tokens, v).and_then(|dev| {
-            let dd = keel_device::logits_backward(&client, z, &tokens, v, &dev, &dl, &de)?;
-            Ok((dev, dd))
-        });
-        let (dev, dd) = match ran {
-            Ok(r) => r,
-            Err(e) => {
-                failures.push(format!("logits kernel ({n} x {v}): {e}"));
-                continue;
-            }
-        };
-        for i in 0..n {
-            for (a, b) in [(dev.logp[i], cpu.logp[i]), (dev.entropy[i], cpu.entropy[i])] {
-                logits_worst = logits_worst.max(((a - b).abs() / b.abs().max(1.0)) as f64);
-            }
-        }
-        let scale = dc.iter().fold(1e-12f32, |m, x| m.max(x.abs()));
-        for (a, b) in dd.iter().zip(&dc) {
-            logits_worst = logits_worst.max(((a - b).abs() / scale) as f64);
-        }
-    }
-    if logits_worst > 1e-5 {
-        failures.push(format!("logits kernel: error {logits_worst:.2e}"));
     }
     worst.sort_by(|a, b| b.0.total_cmp(&a.0));
     if json {
