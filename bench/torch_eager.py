@@ -35,6 +35,8 @@ import time
 import torch
 
 DEV = "cuda"
+# torch.OutOfMemoryError is recent; torch.cuda's name is older.
+OOM = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
 
 
 def sync():
@@ -158,7 +160,7 @@ def logits_bench(sizes, v, dtype, iters):
                     "seconds": s, "tokens_per_s": n / s, "gb_s": n * v * width * 3 / s / 1e9,
                     "peak_extra_bytes": peak, "peak_extra_over_logits": peak / (n * v * width),
                     "oom_at_tokens": oom}
-        except torch.OutOfMemoryError:
+        except OOM:
             oom.append(n)
         finally:
             del z
@@ -174,7 +176,10 @@ def write_safetensors(path, tensors):
     header, blobs, off = {}, [], 0
     for name, t in tensors.items():
         t = t.detach().cpu().contiguous().clone()
-        data = bytes(t.untyped_storage())
+        try:
+            data = bytes(t.untyped_storage())
+        except AttributeError:  # torch < 2.0
+            data = t.numpy().tobytes()
         header[name] = {"dtype": ST_DTYPES[t.dtype], "shape": list(t.shape),
                         "data_offsets": [off, off + len(data)]}
         blobs.append(data)
