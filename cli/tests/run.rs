@@ -696,6 +696,55 @@ fn bench_loss_reports_tokens_per_second() {
     assert_eq!(k["backend"], "kernel");
     assert_eq!(k["available"], true);
     assert!(k["tokens_per_s"].as_f64().is_some_and(|x| x > 0.0));
+    // A list of backends, in the order given; an unknown one is an error
+    // naming the ones that exist.
+    let two = keel(
+        &root,
+        &[
+            "bench",
+            "loss",
+            "stdlib/grpo.recipe",
+            "--tokens",
+            "2048",
+            "--seq-len",
+            "64",
+            "--vocab",
+            "0",
+            "--iters",
+            "1",
+            "--backend",
+            "kernel,interp",
+            "--json",
+        ],
+    );
+    assert!(two.status.success(), "{}", text(&two.stderr));
+    let v: Value = serde_json::from_str(text(&two.stdout).trim()).expect("json");
+    let names: Vec<&str> = v["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .filter_map(|b| b["backend"].as_str())
+        .collect();
+    assert_eq!(names, ["kernel", "interp"]);
+    let bad = keel(
+        &root,
+        &[
+            "bench",
+            "loss",
+            "stdlib/grpo.recipe",
+            "--tokens",
+            "2048",
+            "--backend",
+            "interp,gpu",
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad.stderr).contains("unknown backend `gpu`")
+            && text(&bad.stderr).contains("a comma-separated list"),
+        "{}",
+        text(&bad.stderr)
+    );
     let big = keel(
         &root,
         &[
