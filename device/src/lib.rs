@@ -304,12 +304,19 @@ pub fn width(client: &Client) -> u32 {
 /// one. A one-plane cube (32 units on CUDA) caps a GPU at half its threads
 /// (an SM holds 32 cubes), too few loads in flight for its memory.
 pub fn rows_per_cube(client: &Client) -> u32 {
+    planes_per_cube(client, 256)
+}
+
+/// How many planes a cube of at most `units` units holds, when the
+/// runtime's plane size is fixed (each plane then is a known group of
+/// units); else one.
+pub fn planes_per_cube(client: &Client, units: u32) -> u32 {
     let hw = &client.properties().hardware;
     let plane = width(client);
     if hw.plane_size_min != hw.plane_size_max {
         return 1;
     }
-    (256 / plane).clamp(1, (hw.max_units_per_cube / plane).max(1))
+    (units / plane).clamp(1, (hw.max_units_per_cube / plane).max(1))
 }
 
 /// The cube of a plane-per-row kernel: one plane wide, `rows_per_cube` high.

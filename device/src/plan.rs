@@ -440,6 +440,23 @@ fn combine(a: f32, b: f32, #[comptime] red: Red) -> f32 {
     }
 }
 
+/// The plane reduction `red` of `x`.
+#[cube]
+fn plane_reduce(x: f32, #[comptime] red: Red) -> f32 {
+    let mut all = plane_sum(x);
+    if comptime![red == Red::Max] {
+        all = plane_max(x);
+    } else if comptime![red == Red::Min] {
+        all = plane_min(x);
+    }
+    all
+}
+
+/// A segmented reduction, one cube per output unit. A hop to the batch
+/// (one unit: the loss's sums, the metrics) runs `planes` planes in its
+/// one cube, combined through shared memory in plane order: a single plane
+/// would walk every sequence of the batch alone, a latency-bound loop of
+/// B / 32 dependent steps on one multiprocessor.
 #[cube(launch_unchecked)]
 fn hop_kernel(
     arena: &mut Tensor<f32>,
@@ -447,6 +464,7 @@ fn hop_kernel(
     groups: &Tensor<u32>,
     #[comptime] cfg: HopCfg,
     #[comptime] neutral: u32,
+    #[comptime] planes: usize,
 ) {
     let u = CUBE_POS;
     let units = meta[comptime![li(cfg.to)]] as usize;
@@ -492,13 +510,27 @@ fn hop_kernel(
             }
         }
     }
-    let mut all = plane_sum(acc);
-    if comptime![cfg.red == Red::Max] {
-        all = plane_max(acc);
-    } else if comptime![cfg.red == Red::Min] {
-        all = plane_min(acc);
+    let mut all = plane_reduce(acc, cfg.red);
+    let mut n = plane_sum(cnt);
+    if comptime![planes > 1] {
+        let mut vals = Shared::<[f32]>::new_slice(planes);
+        let mut cnts = Shared::<[f32]>::new_slice(planes);
+        if UNIT_POS_X == 0 {
+            vals[UNIT_POS_Y as usize] = all;
+            cnts[UNIT_POS_Y as usize] = n;
+        }
+        sync_cube();
+        let mut a = f32::new(comptime![f32::from_bits(neutral)]);
+        let mut c = f32::new(0.0);
+        let mut j = UNIT_POS_X as usize;
+        while j < planes {
+            a = combine(a, vals[j], cfg.red);
+            c += cnts[j];
+            j += CUBE_DIM_X as usize;
+        }
+        all = plane_reduce(a, cfg.red);
+        n = plane_sum(c);
     }
-    let n = plane_sum(cnt);
     if UNIT_POS == 0 && u < units {
         let dv = meta[comptime![M_OFF + cfg.dst.0]] as usize;
         if comptime![cfg.finalize] {
@@ -1587,16 +1619,23 @@ impl DevicePlan {
                 DStep::Hop(h) => {
                     let units = sh.len(h.to).max(1) as u32;
                     let (x, y) = (units.min(65_535), units.div_ceil(65_535));
+                    // One unit (the batch): a wide cube; else one plane each.
+                    let planes = if h.to <= Level::Batch {
+                        crate::planes_per_cube(client, 1024)
+                    } else {
+                        1
+                    };
                     unsafe {
                         hop_kernel::launch_unchecked(
                             client,
                             CubeCount::Static(x, y, 1),
-                            CubeDim::new_1d(plane),
+                            CubeDim::new_2d(plane, planes),
                             arg(&on.arena, on.total),
                             arg(&on.meta, on.meta_len),
                             arg(&on.groups, on.groups_len),
                             h.clone(),
                             neutral(h.red).to_bits(),
+                            planes as usize,
                         )
                     };
                 }
