@@ -466,7 +466,43 @@ fn hop_kernel(
     #[comptime] neutral: u32,
     #[comptime] planes: usize,
 ) {
-    let u = CUBE_POS;
+    hop_unit(arena, meta, groups, CUBE_POS, cfg, neutral, planes);
+}
+
+/// Several independent hops to the batch in one launch, cube k computing
+/// hop k (a GRPO step has six: its loss terms, token count and metrics),
+/// so that they run side by side instead of one launch after another.
+// An index loop: `#[unroll]` expands it at compile time, one branch per hop.
+#[allow(clippy::needless_range_loop)]
+#[cube(launch_unchecked)]
+fn batch_hops_kernel(
+    arena: &mut Tensor<f32>,
+    meta: &Tensor<u32>,
+    groups: &Tensor<u32>,
+    #[comptime] hops: Vec<(HopCfg, u32)>,
+    #[comptime] planes: usize,
+) {
+    #[unroll]
+    for k in 0..hops.len() {
+        if CUBE_POS == k {
+            let cfg = comptime![hops[k].0.clone()];
+            let neutral = comptime![hops[k].1];
+            hop_unit(arena, meta, groups, 0, cfg, neutral, planes);
+        }
+    }
+}
+
+/// Output unit `u` of a hop (see [`hop_kernel`]).
+#[cube]
+fn hop_unit(
+    arena: &mut Tensor<f32>,
+    meta: &Tensor<u32>,
+    groups: &Tensor<u32>,
+    u: usize,
+    #[comptime] cfg: HopCfg,
+    #[comptime] neutral: u32,
+    #[comptime] planes: usize,
+) {
     let units = meta[comptime![li(cfg.to)]] as usize;
     let step = CUBE_DIM as usize;
     let sv = meta[comptime![M_OFF + cfg.src.0]] as usize;
@@ -1125,6 +1161,53 @@ enum DStep {
     Special(usize),
 }
 
+/// What [`DevicePlan::execute`] launches: one step, or a run of
+/// consecutive independent hops to the batch in one kernel.
+enum Launch<'a> {
+    One(&'a DStep),
+    BatchHops(Vec<&'a HopCfg>),
+}
+
+/// The steps, with each run of two or more consecutive hops to the batch
+/// merged into one launch — as long as none of them reads or writes a
+/// slot another of them writes (they then run side by side).
+fn batch_hop_runs(steps: &[DStep], max_run: usize) -> Vec<Launch<'_>> {
+    fn flush<'a>(run: &mut Vec<&'a HopCfg>, out: &mut Vec<Launch<'a>>, steps: &mut Vec<&'a DStep>) {
+        if run.len() == 1 {
+            out.push(Launch::One(steps[0]));
+        } else if run.len() > 1 {
+            out.push(Launch::BatchHops(std::mem::take(run)));
+        }
+        run.clear();
+        steps.clear();
+    }
+    let conflict = |a: &HopCfg, b: &HopCfg| {
+        let (aw, bw) = ([a.dst.0, a.dst.1], [b.dst.0, b.dst.1]);
+        let (ar, br) = ([a.src.0, a.src.1], [b.src.0, b.src.1]);
+        aw.iter().any(|x| br.contains(x) || bw.contains(x)) || bw.iter().any(|x| ar.contains(x))
+    };
+    let mut out = Vec::new();
+    let mut run: Vec<&HopCfg> = Vec::new();
+    let mut run_steps: Vec<&DStep> = Vec::new();
+    for st in steps {
+        match st {
+            DStep::Hop(h) if h.to <= Level::Batch => {
+                if run.len() >= max_run || run.iter().any(|r| conflict(r, h)) {
+                    flush(&mut run, &mut out, &mut run_steps);
+                }
+                run.push(h);
+                run_steps.push(st);
+            }
+            _ => {
+                flush(&mut run, &mut out, &mut run_steps);
+                out.push(Launch::One(st));
+            }
+        }
+    }
+    flush(&mut run, &mut out, &mut run_steps);
+    out
+}
+
 /// One batch on the device: the arena and its layout.
 pub struct OnDevice {
     arena: cubecl::server::Handle,
@@ -1573,7 +1656,34 @@ impl DevicePlan {
             // is below the lengths in `meta`, which describe these buffers.
             unsafe { TensorArg::from_raw_parts(h.clone(), [1].into(), [n].into()) }
         };
-        for st in &self.steps {
+        // Each hop of a merged launch keeps two values per plane in shared
+        // memory; at most eight hops a launch (code size).
+        let planes = crate::planes_per_cube(client, 1024);
+        let shared = client.properties().hardware.max_shared_memory_size;
+        let max_run = (shared / (8 * planes as usize)).clamp(1, 8);
+        for launch in batch_hop_runs(&self.steps, max_run) {
+            let st = match launch {
+                Launch::One(st) => st,
+                Launch::BatchHops(hops) => {
+                    let hops: Vec<(HopCfg, u32)> = hops
+                        .into_iter()
+                        .map(|h| (h.clone(), neutral(h.red).to_bits()))
+                        .collect();
+                    unsafe {
+                        batch_hops_kernel::launch_unchecked(
+                            client,
+                            CubeCount::Static(hops.len() as u32, 1, 1),
+                            CubeDim::new_2d(plane, planes),
+                            arg(&on.arena, on.total),
+                            arg(&on.meta, on.meta_len),
+                            arg(&on.groups, on.groups_len),
+                            hops,
+                            planes as usize,
+                        )
+                    };
+                    continue;
+                }
+            };
             match st {
                 DStep::Loop(cfg) if matches!(cfg.level, Level::Token | Level::Vocab) => {
                     let rows = sh.len(if cfg.level == Level::Vocab {
@@ -1866,7 +1976,45 @@ impl DevicePlan {
 
 #[cfg(test)]
 mod tests {
-    use super::group_table;
+    use super::{DStep, HopCfg, Launch, batch_hop_runs, group_table};
+    use keel_compiler::builtins::Level;
+    use keel_compiler::ir::Red;
+
+    fn hop(to: Level, src: usize, dst: usize) -> DStep {
+        DStep::Hop(HopCfg {
+            red: Red::Sum,
+            from: Level::Seq,
+            to,
+            src: (src, src + 1),
+            dst: (dst, dst + 1),
+            finalize: false,
+        })
+    }
+
+    /// Consecutive independent hops to the batch share a launch; a hop that
+    /// reads what one of the run writes, a hop to another level, the cap,
+    /// and any other step each end a run; a lone hop stays a step.
+    #[test]
+    fn batch_hops_merge_only_when_independent() {
+        let steps = [
+            hop(Level::Batch, 0, 10),
+            hop(Level::Batch, 2, 12),
+            hop(Level::Batch, 10, 14), // reads the first hop's result
+            hop(Level::Group, 4, 16),
+            hop(Level::Batch, 6, 18),
+            hop(Level::Batch, 20, 22),
+            hop(Level::Batch, 24, 26),
+            hop(Level::Batch, 28, 30), // past the cap of 3
+        ];
+        let shape: Vec<String> = batch_hop_runs(&steps, 3)
+            .iter()
+            .map(|l| match l {
+                Launch::One(_) => "one".to_string(),
+                Launch::BatchHops(h) => format!("batch x{}", h.len()),
+            })
+            .collect();
+        assert_eq!(shape, ["batch x2", "one", "one", "batch x3", "one"]);
+    }
 
     #[test]
     fn group_table_lists_members_group_by_group() {
