@@ -534,7 +534,8 @@ impl Plan {
             let param = n.args.get(1).map(|a| (self.graph.nodes[*a].level, refs[1]));
             let cond = refs.get(1).copied();
             let fill = n.args.get(2).map(|a| (self.graph.nodes[*a].level, refs[2]));
-            return Ok(scan(sh, mask, op, refs[0], param, cond, fill));
+            let out = self.pool.take(refs[0].len());
+            return Ok(scan(sh, mask, op, refs[0], param, cond, fill, out, threads));
         }
         interp::special(&self.graph, n, &refs, sh, mask64, tokens)
     }
@@ -585,8 +586,12 @@ impl Plan {
 }
 
 /// Scans along each sequence over its valid tokens (the interpreter's
-/// definition; masked positions get 0). `param` is g (RScan, FScan) or the
-/// fill (Next, Prev); for Latest, `cond` and `fill` are its arguments 1, 2.
+/// definition; masked positions get 0), sequences across threads in fixed
+/// parts (each row on its own: the result does not depend on the thread
+/// count). `param` is g (RScan, FScan) or the fill (Next, Prev); for
+/// Latest, `cond` and `fill` are its arguments 1, 2. `out` is a zeroed
+/// buffer of `x`'s length.
+#[allow(clippy::too_many_arguments)]
 fn scan(
     sh: &Shape,
     mask: &[f32],
@@ -595,69 +600,77 @@ fn scan(
     param: Option<(Level, &[f64])>,
     cond: Option<&[f64]>,
     fill: Option<(Level, &[f64])>,
+    mut out: Vec<f64>,
+    threads: usize,
 ) -> Vec<f64> {
     use crate::ir::ScanOp as S;
     let t = sh.t;
-    let mut out = vec![0.0; x.len()];
-    let at = |p: Option<(Level, &[f64])>, i: usize| -> f64 {
+    if t == 0 {
+        return out;
+    }
+    let param = param.map(|(l, v)| (ParentMap::new(sh, Level::Token, l), v));
+    let fill = fill.map(|(l, v)| (ParentMap::new(sh, Level::Token, l), v));
+    let at = |p: Option<(ParentMap, &[f64])>, i: usize| -> f64 {
         match p {
-            Some((l, v)) => v
-                .get(ParentMap::new(sh, Level::Token, l).at(i))
-                .copied()
-                .unwrap_or(f64::NAN),
+            Some((pm, v)) => v.get(pm.at(i)).copied().unwrap_or(f64::NAN),
             None => 0.0,
         }
     };
     let valid = |i: usize| mask.get(i).is_some_and(|m| *m != 0.0);
-    for b in 0..sh.b {
-        let (lo, hi) = (b * t, (b + 1) * t);
-        match op {
-            S::RScan => {
-                let mut acc = 0.0;
-                for i in (lo..hi).rev().filter(|&i| valid(i)) {
-                    acc = x[i] + at(param, i) * acc;
-                    out[i] = acc;
-                }
-            }
-            S::FScan => {
-                let mut acc = 0.0;
-                for i in (lo..hi).filter(|&i| valid(i)) {
-                    acc = x[i] + at(param, i) * acc;
-                    out[i] = acc;
-                }
-            }
-            S::RScanMin => {
-                let mut acc = f64::INFINITY;
-                for i in (lo..hi).rev().filter(|&i| valid(i)) {
-                    acc = x[i].min(acc);
-                    out[i] = acc;
-                }
-            }
-            S::Next => {
-                let mut next: Option<f64> = None;
-                for i in (lo..hi).rev().filter(|&i| valid(i)) {
-                    out[i] = next.unwrap_or_else(|| at(param, i));
-                    next = Some(x[i]);
-                }
-            }
-            S::Prev => {
-                let mut prev: Option<f64> = None;
-                for i in (lo..hi).filter(|&i| valid(i)) {
-                    out[i] = prev.unwrap_or_else(|| at(param, i));
-                    prev = Some(x[i]);
-                }
-            }
-            S::Latest => {
-                let mut cur = at(fill, lo);
-                for i in (lo..hi).filter(|&i| valid(i)) {
-                    if cond.and_then(|c| c.get(i)).is_some_and(|c| *c != 0.0) {
-                        cur = x[i];
+    super::rows::par_rows(&mut out, t, threads, |first, rows| {
+        for (r, row) in rows.chunks_mut(t).enumerate() {
+            let lo = (first + r) * t;
+            // Position i of the batch is row[i - lo].
+            let mut put = |i: usize, v: f64| row[i - lo] = v;
+            let hi = lo + t;
+            match op {
+                S::RScan => {
+                    let mut acc = 0.0;
+                    for i in (lo..hi).rev().filter(|&i| valid(i)) {
+                        acc = x[i] + at(param, i) * acc;
+                        put(i, acc);
                     }
-                    out[i] = cur;
+                }
+                S::FScan => {
+                    let mut acc = 0.0;
+                    for i in (lo..hi).filter(|&i| valid(i)) {
+                        acc = x[i] + at(param, i) * acc;
+                        put(i, acc);
+                    }
+                }
+                S::RScanMin => {
+                    let mut acc = f64::INFINITY;
+                    for i in (lo..hi).rev().filter(|&i| valid(i)) {
+                        acc = x[i].min(acc);
+                        put(i, acc);
+                    }
+                }
+                S::Next => {
+                    let mut next: Option<f64> = None;
+                    for i in (lo..hi).rev().filter(|&i| valid(i)) {
+                        put(i, next.unwrap_or_else(|| at(param, i)));
+                        next = Some(x[i]);
+                    }
+                }
+                S::Prev => {
+                    let mut prev: Option<f64> = None;
+                    for i in (lo..hi).filter(|&i| valid(i)) {
+                        put(i, prev.unwrap_or_else(|| at(param, i)));
+                        prev = Some(x[i]);
+                    }
+                }
+                S::Latest => {
+                    let mut cur = at(fill, lo);
+                    for i in (lo..hi).filter(|&i| valid(i)) {
+                        if cond.and_then(|c| c.get(i)).is_some_and(|c| *c != 0.0) {
+                            cur = x[i];
+                        }
+                        put(i, cur);
+                    }
                 }
             }
         }
-    }
+    });
     out
 }
 

@@ -8,7 +8,7 @@ use super::exec::Pool;
 /// Run `work(first_row, rows)` over `out` split into [`PARTS`] fixed parts of
 /// whole rows of `row` entries, on up to `threads` threads at a time (the
 /// split does not depend on the thread count).
-fn par_rows<T: Send>(
+pub(super) fn par_rows<T: Send>(
     out: &mut [T],
     row: usize,
     threads: usize,
