@@ -669,21 +669,12 @@ fn cure_branches_in_stage_one_only() {
 #[test]
 fn bench_loss_reports_tokens_per_second() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = keel(
-        &root,
-        &[
-            "bench",
-            "loss",
-            "stdlib/dapo.recipe",
-            "--tokens",
-            "4096",
-            "--seq-len",
-            "64",
-            "--iters",
-            "1",
-            "--json",
-        ],
-    );
+    let bench = |args: &str| {
+        let mut argv = vec!["bench", "loss"];
+        argv.extend(args.split_whitespace());
+        keel(&root, &argv)
+    };
+    let out = bench("stdlib/dapo.recipe --tokens 4096 --seq-len 64 --iters 1 --json");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: Value = serde_json::from_str(text(&out.stdout).trim()).expect("json");
     assert_eq!(v["t"], 64);
@@ -698,24 +689,8 @@ fn bench_loss_reports_tokens_per_second() {
     assert!(k["tokens_per_s"].as_f64().is_some_and(|x| x > 0.0));
     // A list of backends, in the order given; an unknown one is an error
     // naming the ones that exist.
-    let two = keel(
-        &root,
-        &[
-            "bench",
-            "loss",
-            "stdlib/grpo.recipe",
-            "--tokens",
-            "2048",
-            "--seq-len",
-            "64",
-            "--vocab",
-            "0",
-            "--iters",
-            "1",
-            "--backend",
-            "kernel,interp",
-            "--json",
-        ],
+    let two = bench(
+        "stdlib/grpo.recipe --tokens 2048 --seq-len 64 --vocab 0 --iters 1 --backend kernel,interp --json",
     );
     assert!(two.status.success(), "{}", text(&two.stderr));
     let v: Value = serde_json::from_str(text(&two.stdout).trim()).expect("json");
@@ -726,18 +701,7 @@ fn bench_loss_reports_tokens_per_second() {
         .filter_map(|b| b["backend"].as_str())
         .collect();
     assert_eq!(names, ["kernel", "interp"]);
-    let bad = keel(
-        &root,
-        &[
-            "bench",
-            "loss",
-            "stdlib/grpo.recipe",
-            "--tokens",
-            "2048",
-            "--backend",
-            "interp,gpu",
-        ],
-    );
+    let bad = bench("stdlib/grpo.recipe --tokens 2048 --backend interp,gpu");
     assert_eq!(bad.status.code(), Some(2));
     assert!(
         text(&bad.stderr).contains("unknown backend `gpu`")
@@ -745,18 +709,7 @@ fn bench_loss_reports_tokens_per_second() {
         "{}",
         text(&bad.stderr)
     );
-    let big = keel(
-        &root,
-        &[
-            "bench",
-            "loss",
-            "stdlib/grpo.recipe",
-            "--tokens",
-            "1000000",
-            "--vocab",
-            "4096",
-        ],
-    );
+    let big = bench("stdlib/grpo.recipe --tokens 1000000 --vocab 4096");
     assert!(!big.status.success());
     assert!(
         text(&big.stderr).contains("lower --tokens or --vocab"),
