@@ -381,7 +381,7 @@ fn row_kernel(
     groups: &Tensor<u32>,
     #[comptime] cfg: LoopCfg,
 ) {
-    let row = CUBE_POS * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
+    let row = crate::plane_row();
     let mut seg = meta[M_T] as usize;
     let mut rows = meta[comptime![li(Level::Seq)]] as usize;
     if comptime![cfg.level == Level::Vocab] {
@@ -411,12 +411,7 @@ fn row_kernel(
     #[unroll]
     for k in 0..cfg.rows.len() {
         let out = comptime![cfg.rows[k].clone()];
-        let mut all = plane_sum(accs[k]);
-        if comptime![out.red == Red::Max] {
-            all = plane_max(accs[k]);
-        } else if comptime![out.red == Red::Min] {
-            all = plane_min(accs[k]);
-        }
+        let all = plane_reduce(accs[k], out.red);
         let n = plane_sum(cnts[k]);
         if UNIT_POS_X == 0 && row < rows {
             let dv = meta[comptime![M_OFF + out.val]] as usize;
@@ -1172,14 +1167,21 @@ enum Launch<'a> {
 /// merged into one launch — as long as none of them reads or writes a
 /// slot another of them writes (they then run side by side).
 fn batch_hop_runs(steps: &[DStep], max_run: usize) -> Vec<Launch<'_>> {
-    fn flush<'a>(run: &mut Vec<&'a HopCfg>, out: &mut Vec<Launch<'a>>, steps: &mut Vec<&'a DStep>) {
-        if run.len() == 1 {
-            out.push(Launch::One(steps[0]));
-        } else if run.len() > 1 {
-            out.push(Launch::BatchHops(std::mem::take(run)));
+    fn batch_hop(st: &DStep) -> Option<&HopCfg> {
+        match st {
+            DStep::Hop(h) if h.to <= Level::Batch => Some(h),
+            _ => None,
+        }
+    }
+    fn flush<'a>(run: &mut Vec<&'a DStep>, out: &mut Vec<Launch<'a>>) {
+        match run.as_slice() {
+            [] => {}
+            [one] => out.push(Launch::One(one)),
+            many => out.push(Launch::BatchHops(
+                many.iter().filter_map(|s| batch_hop(s)).collect(),
+            )),
         }
         run.clear();
-        steps.clear();
     }
     let conflict = |a: &HopCfg, b: &HopCfg| {
         let (aw, bw) = ([a.dst.0, a.dst.1], [b.dst.0, b.dst.1]);
@@ -1187,24 +1189,26 @@ fn batch_hop_runs(steps: &[DStep], max_run: usize) -> Vec<Launch<'_>> {
         aw.iter().any(|x| br.contains(x) || bw.contains(x)) || bw.iter().any(|x| ar.contains(x))
     };
     let mut out = Vec::new();
-    let mut run: Vec<&HopCfg> = Vec::new();
-    let mut run_steps: Vec<&DStep> = Vec::new();
+    let mut run: Vec<&DStep> = Vec::new();
     for st in steps {
-        match st {
-            DStep::Hop(h) if h.to <= Level::Batch => {
-                if run.len() >= max_run || run.iter().any(|r| conflict(r, h)) {
-                    flush(&mut run, &mut out, &mut run_steps);
+        match batch_hop(st) {
+            Some(h) => {
+                let clash = run
+                    .iter()
+                    .filter_map(|s| batch_hop(s))
+                    .any(|r| conflict(r, h));
+                if run.len() >= max_run || clash {
+                    flush(&mut run, &mut out);
                 }
-                run.push(h);
-                run_steps.push(st);
+                run.push(st);
             }
-            _ => {
-                flush(&mut run, &mut out, &mut run_steps);
+            None => {
+                flush(&mut run, &mut out);
                 out.push(Launch::One(st));
             }
         }
     }
-    flush(&mut run, &mut out, &mut run_steps);
+    flush(&mut run, &mut out);
     out
 }
 
@@ -1730,11 +1734,7 @@ impl DevicePlan {
                     let units = sh.len(h.to).max(1) as u32;
                     let (x, y) = (units.min(65_535), units.div_ceil(65_535));
                     // One unit (the batch): a wide cube; else one plane each.
-                    let planes = if h.to <= Level::Batch {
-                        crate::planes_per_cube(client, 1024)
-                    } else {
-                        1
-                    };
+                    let planes = if h.to <= Level::Batch { planes } else { 1 };
                     unsafe {
                         hop_kernel::launch_unchecked(
                             client,
