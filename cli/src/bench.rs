@@ -50,14 +50,47 @@ pub fn run(a: Args) -> ExitCode {
     let reads_vocab = ["logits", "entropy", "mean_logp"]
         .iter()
         .any(|n| recipe.inputs.contains_key(*n));
-    if reads_vocab && b * t * a.vocab.max(1) > 32 << 20 {
+    let backends: Vec<&str> = match a.backend.as_str() {
+        "all" => vec!["interp", "kernel", "device"],
+        list => list.split(',').map(str::trim).collect(),
+    };
+    if let Some(bad) = backends
+        .iter()
+        .find(|b| !matches!(**b, "interp" | "kernel" | "device"))
+    {
+        eprintln!("error: unknown backend `{bad}`");
+        eprintln!(
+            "help: use `--backend interp`, `kernel`, `device`, a comma-separated list of them, or `all`"
+        );
+        return ExitCode::from(2);
+    }
+    let want = |name: &str| backends.contains(&name);
+    let entries = b * t * a.vocab.max(1);
+    if reads_vocab && want("interp") && entries > 32 << 20 {
         eprintln!(
             "error: {b} × {t} × {} logits is more than the reference interpreter can hold (it keeps several f64 copies)",
             a.vocab
         );
         eprintln!(
-            "help: this recipe reads the vocabulary; lower --tokens or --vocab (B·T·V ≤ 33.5 M)"
+            "help: lower --tokens or --vocab (B·T·V ≤ 33.5 M), or leave the interpreter out: `--backend kernel,device`"
         );
+        return ExitCode::from(2);
+    }
+    // Bytes per logit at the least: the batch's (f64), the kernel's f32
+    // copy and gradient (or a vocabulary-level program's f64 and f32
+    // inputs), the device's f64 and f32 copies its upload is made from.
+    let per_entry = 8 + if want("kernel") { 12 } else { 0 } + if want("device") { 12 } else { 0 };
+    if let Some(free) = available_memory()
+        && reads_vocab
+        && entries.saturating_mul(per_entry) > free
+    {
+        eprintln!(
+            "error: {b} × {t} × {} logits need at least {:.1} GB here; {:.1} GB of memory is available",
+            a.vocab,
+            (entries * per_entry) as f64 / 1e9,
+            free as f64 / 1e9
+        );
+        eprintln!("help: lower --tokens or --vocab");
         return ExitCode::from(2);
     }
     let batch = synth::batch(
@@ -76,20 +109,6 @@ pub fn run(a: Args) -> ExitCode {
         .get("mask")
         .map(|m| m.data.iter().filter(|&&x| x > 0.0).count())
         .unwrap_or(0);
-    let backends: Vec<&str> = match a.backend.as_str() {
-        "all" => vec!["interp", "kernel", "device"],
-        list => list.split(',').map(str::trim).collect(),
-    };
-    if let Some(bad) = backends
-        .iter()
-        .find(|b| !matches!(**b, "interp" | "kernel" | "device"))
-    {
-        eprintln!("error: unknown backend `{bad}`");
-        eprintln!(
-            "help: use `--backend interp`, `kernel`, `device`, a comma-separated list of them, or `all`"
-        );
-        return ExitCode::from(2);
-    }
     // Compile and check the batch once; the timings are of the evaluation.
     let fail = |d: Vec<keel_compiler::Diagnostic>| {
         report::print(
@@ -106,11 +125,16 @@ pub fn run(a: Args) -> ExitCode {
         Ok(c) => c,
         Err(d) => return fail(d),
     };
-    let prepared =
+    // The interpreter and the device read the batch as it is (the device
+    // runs the logits step inside its plan).
+    let prepared = if want("interp") || want("device") {
         match keel_compiler::batch::prepare(&batch, "synthetic batch", &compiled.graph, recipe) {
-            Ok(p) => p,
+            Ok(p) => Some(p),
             Err(d) => return fail(d),
-        };
+        }
+    } else {
+        None
+    };
     // The kernel backend: with logits, the fused logits kernel computes logp
     // and entropy and carries their gradients back; the program sees them.
     let path = match keel_compiler::logits::KernelPath::of(&batch, recipe) {
@@ -120,9 +144,10 @@ pub fn run(a: Args) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let has_logits = batch.has("logits");
     let kbatch = match &path {
-        Some(p) => p.program_batch(&batch, &p.forward()),
-        None => batch.clone(),
+        Some(p) => std::borrow::Cow::Owned(p.program_batch(&batch, &p.forward())),
+        None => std::borrow::Cow::Borrowed(&batch),
     };
     let khave = |n: &str| kbatch.has(n);
     // The kernel and device backends compute what a training step reads
@@ -135,15 +160,33 @@ pub fn run(a: Args) -> ExitCode {
     kcompiled.graph.keep_training_outputs();
     let mut training_graph = compiled.graph.clone();
     training_graph.keep_training_outputs();
-    let kprepared =
-        match keel_compiler::batch::prepare(&kbatch, "synthetic batch", &kcompiled.graph, recipe) {
+    // The kernel's inputs in f32, as a training step hands them over.
+    let mut kernel_in = if want("kernel") {
+        let kprepared = match keel_compiler::batch::prepare(
+            &kbatch,
+            "synthetic batch",
+            &kcompiled.graph,
+            recipe,
+        ) {
             Ok(p) => p,
             Err(d) => return fail(d),
         };
-    let mut inputs32 = keel_compiler::inputs_f32(&kprepared.inputs);
-    inputs32
-        .entry("mask".to_string())
-        .or_insert_with(|| kprepared.mask.iter().map(|&x| x as f32).collect());
+        let mut inputs32 = keel_compiler::inputs_f32(&kprepared.inputs);
+        inputs32
+            .entry("mask".to_string())
+            .or_insert_with(|| kprepared.mask.iter().map(|&x| x as f32).collect());
+        Some((kprepared.shape, inputs32))
+    } else {
+        None
+    };
+    drop(kbatch);
+    // The kernel has its own copies of the logits (the logits kernel's f32
+    // ones, or the plan's f32 inputs): the batch's f64 ones are needed only
+    // by the other backends.
+    let mut batch = batch;
+    if prepared.is_none() {
+        batch.tensors.remove("logits");
+    }
     let median = |mut t: Vec<f64>| {
         t.sort_by(f64::total_cmp);
         t[t.len() / 2]
@@ -156,6 +199,7 @@ pub fn run(a: Args) -> ExitCode {
         let mut times = Vec::new();
         match be {
             "interp" => {
+                let Some(prepared) = &prepared else { continue };
                 let env = keel_compiler::interp::Env {
                     shape: prepared.shape.clone(),
                     mask: &prepared.mask,
@@ -177,6 +221,9 @@ pub fn run(a: Args) -> ExitCode {
                 }
             }
             "kernel" => {
+                let Some((kshape, inputs32)) = &mut kernel_in else {
+                    continue;
+                };
                 let plan = match keel_compiler::kernel::Plan::new(&kcompiled.graph) {
                     Ok(p) => p,
                     Err(e) => {
@@ -187,6 +234,12 @@ pub fn run(a: Args) -> ExitCode {
                 let threads = std::thread::available_parallelism()
                     .map(|n| n.get())
                     .unwrap_or(1);
+                // One d_logits buffer for every evaluation, as a training
+                // loop keeps (`keel bench logits` does the same).
+                let mut d_logits = match &path {
+                    Some(p) => vec![0.0f32; p.tokens.len() * p.v],
+                    None => Vec::new(),
+                };
                 for _ in 0..a.iters.max(1) {
                     let start = Instant::now();
                     let fwd = path.as_ref().map(|p| {
@@ -195,7 +248,7 @@ pub fn run(a: Args) -> ExitCode {
                         inputs32.insert("entropy".into(), f.entropy.clone());
                         f
                     });
-                    let out = match plan.run(&kprepared.shape, &inputs32, threads) {
+                    let out = match plan.run(kshape, inputs32, threads) {
                         Ok(v) => v,
                         Err(e) => {
                             eprintln!("error: {}", e.0);
@@ -203,7 +256,8 @@ pub fn run(a: Args) -> ExitCode {
                         }
                     };
                     if let (Some(p), Some(f)) = (&path, &fwd) {
-                        std::hint::black_box(p.d_logits(f, &out));
+                        p.d_logits_into(f, &out, &mut d_logits);
+                        std::hint::black_box(&d_logits);
                     }
                     times.push(start.elapsed().as_secs_f64());
                     if let Some(l) = out.get("loss") {
@@ -225,6 +279,7 @@ pub fn run(a: Args) -> ExitCode {
                     }
                 };
                 device_name = name;
+                let Some(prepared) = &prepared else { continue };
                 let run = || -> Result<(Vec<f64>, f64), String> {
                     let plan = keel_compiler::kernel::Plan::with_policy(
                         &training_graph,
@@ -315,7 +370,7 @@ pub fn run(a: Args) -> ExitCode {
         b,
         t,
         valid,
-        if batch.has("logits") {
+        if has_logits {
             format!(", vocabulary {}", a.vocab)
         } else {
             String::new()
@@ -353,6 +408,14 @@ pub fn run(a: Args) -> ExitCode {
         println!("kernel / interp: {:.1}x", i / k);
     }
     ExitCode::SUCCESS
+}
+
+/// Memory the system can give this process now (MemAvailable), in bytes.
+fn available_memory() -> Option<usize> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Peak resident memory of this process (VmHWM), in bytes.

@@ -709,11 +709,36 @@ fn bench_loss_reports_tokens_per_second() {
         "{}",
         text(&bad.stderr)
     );
+    // Beyond what the interpreter holds: refused while it is asked for,
+    // timed without it.
     let big = bench("stdlib/grpo.recipe --tokens 1000000 --vocab 4096");
-    assert!(!big.status.success());
+    assert_eq!(big.status.code(), Some(2));
     assert!(
-        text(&big.stderr).contains("lower --tokens or --vocab"),
+        text(&big.stderr).contains("lower --tokens or --vocab")
+            && text(&big.stderr).contains("`--backend kernel,device`"),
         "{}",
         text(&big.stderr)
+    );
+    let kernel = bench(
+        "stdlib/grpo.recipe --tokens 512 --seq-len 64 --vocab 66000 --backend kernel --iters 1 --json",
+    );
+    assert!(kernel.status.success(), "{}", text(&kernel.stderr));
+    let v: Value = serde_json::from_str(text(&kernel.stdout).trim()).expect("json");
+    assert!(
+        v["b"]
+            .as_u64()
+            .zip(v["t"].as_u64())
+            .map(|(b, t)| b * t * 66000)
+            > Some(32 << 20),
+        "{v}"
+    );
+    assert_eq!(v["backends"][0]["available"], true);
+    // More than the machine has: an error before anything is allocated.
+    let huge = bench("stdlib/grpo.recipe --tokens 100000000 --vocab 151936 --backend kernel");
+    assert_eq!(huge.status.code(), Some(2));
+    assert!(
+        text(&huge.stderr).contains("of memory is available"),
+        "{}",
+        text(&huge.stderr)
     );
 }

@@ -282,8 +282,15 @@ impl KernelPath {
     /// The batch the loss program sees: `logits` replaced by the kernel's
     /// `logp` and `entropy` ([B, T], the shape of `tokens`).
     pub fn program_batch(&self, batch: &crate::batch::Batch, fwd: &Forward) -> crate::batch::Batch {
-        let mut b = batch.clone();
-        b.tensors.remove("logits");
+        // Everything but the logits (not cloned: [N, V] f64).
+        let mut b = crate::batch::Batch {
+            tensors: batch
+                .tensors
+                .iter()
+                .filter(|(name, _)| name.as_str() != "logits")
+                .map(|(name, t)| (name.clone(), t.clone()))
+                .collect(),
+        };
         let shape = b
             .tensors
             .get("tokens")
@@ -303,6 +310,15 @@ impl KernelPath {
     /// `d_logits` [N·V] from the program's `d_logp` and `d_entropy` (0
     /// where the program has none).
     pub fn d_logits(&self, fwd: &Forward, outputs: &crate::Outputs) -> Vec<f32> {
+        let mut d = vec![0.0f32; self.tokens.len() * self.v];
+        self.d_logits_into(fwd, outputs, &mut d);
+        d
+    }
+
+    /// [`Self::d_logits`] into a buffer of N·V entries (every entry is
+    /// written), so a loop can keep one instead of faulting in a fresh
+    /// [N, V] allocation each step.
+    pub fn d_logits_into(&self, fwd: &Forward, outputs: &crate::Outputs, d: &mut [f32]) {
         let n = self.tokens.len();
         let col = |name: &str| -> Vec<f32> {
             match outputs.get(name) {
@@ -310,7 +326,6 @@ impl KernelPath {
                 _ => vec![0.0; n],
             }
         };
-        let mut d = vec![0.0f32; n * self.v];
         backward(
             &self.z,
             &self.tokens,
@@ -318,9 +333,8 @@ impl KernelPath {
             fwd,
             &col("d_logp"),
             &col("d_entropy"),
-            &mut d,
+            d,
         );
-        d
     }
 }
 
