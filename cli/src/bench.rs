@@ -76,19 +76,44 @@ pub fn run(a: Args) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    // Bytes per logit at the least: the batch's (f64), the kernel's f32
-    // copy and gradient (or a vocabulary-level program's f64 and f32
-    // inputs), the device's f64 and f32 copies its upload is made from.
-    let per_entry = 8 + if want("kernel") { 12 } else { 0 } + if want("device") { 12 } else { 0 };
-    if let Some(free) = available_memory()
+    // [B, T, V] tensors of the batch: the logits, and any other
+    // vocabulary-level input (a teacher's logits).
+    let vocab_tensors = recipe
+        .inputs
+        .keys()
+        .filter(|n| *n != "logits")
+        .filter(|n| {
+            keel_compiler::builtins::input(n)
+                .is_some_and(|i| i.level == keel_compiler::builtins::Level::Vocab)
+        })
+        .count()
+        + 1;
+    let through_kernel = keel_compiler::reads_logits_only_through_kernel(recipe);
+    // Bytes per [B, T, V] entry at the least, while the batch is prepared:
+    // the batch's (f64); for the kernel, the logits kernel's f32 copy and
+    // gradient, or a vocabulary-level program's f64 and f32 inputs; for the
+    // device, the f64 and f32 copies its upload is made from. (The kernel
+    // plan's own values are checked once it is planned.)
+    let per_entry = 8 * vocab_tensors
+        + match (want("kernel"), through_kernel) {
+            (false, _) => 0,
+            (true, true) => 8,
+            (true, false) => 12 * vocab_tensors,
+        }
+        + if want("device") {
+            12 * vocab_tensors
+        } else {
+            0
+        };
+    if let Some(free) = keel_compiler::available_memory()
         && reads_vocab
         && entries.saturating_mul(per_entry) > free
     {
         eprintln!(
-            "error: {b} × {t} × {} logits need at least {:.1} GB here; {:.1} GB of memory is available",
+            "error: {b} × {t} × {} vocabulary entries need about {} here; {} of memory is available",
             a.vocab,
-            (entries * per_entry) as f64 / 1e9,
-            free as f64 / 1e9
+            keel_compiler::human_bytes(entries.saturating_mul(per_entry)),
+            keel_compiler::human_bytes(free)
         );
         eprintln!("help: lower --tokens or --vocab");
         return ExitCode::from(2);
@@ -231,6 +256,20 @@ pub fn run(a: Args) -> ExitCode {
                         return ExitCode::from(101);
                     }
                 };
+                if let Err(keel_compiler::ExecError::TooLarge { what, need, free }) =
+                    keel_compiler::check_memory(
+                        "the kernel plan's values",
+                        plan.memory_bytes(kshape),
+                    )
+                {
+                    eprintln!(
+                        "error: {what} need {} for this batch; {} of memory is available",
+                        keel_compiler::human_bytes(need),
+                        keel_compiler::human_bytes(free)
+                    );
+                    eprintln!("help: lower --tokens or --vocab");
+                    return ExitCode::from(2);
+                }
                 let threads = std::thread::available_parallelism()
                     .map(|n| n.get())
                     .unwrap_or(1);
@@ -408,14 +447,6 @@ pub fn run(a: Args) -> ExitCode {
         println!("kernel / interp: {:.1}x", i / k);
     }
     ExitCode::SUCCESS
-}
-
-/// Memory the system can give this process now (MemAvailable), in bytes.
-fn available_memory() -> Option<usize> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// Peak resident memory of this process (VmHWM), in bytes.

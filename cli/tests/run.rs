@@ -612,6 +612,29 @@ fn unknown_device_is_an_error() {
     );
 }
 
+/// A step whose loss cannot fit in the memory available stops the run with
+/// E0606 (the limit set by hand) instead of being killed.
+#[test]
+fn loss_beyond_memory_stops_the_run() {
+    let d = dir("memory");
+    std::fs::write(d.join("small.recipe"), SMALL).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["run", "-q", "small.recipe", "--out", "x"])
+        .current_dir(&d)
+        .env("KEEL_CACHE", d.join("cache"))
+        .env("KEEL_MEMORY_LIMIT", "1000")
+        .output()
+        .expect("keel runs");
+    assert!(!out.status.success());
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("error[E0606]: the loss of one step needs")
+            && e.contains("1.0 kB of memory is available")
+            && e.contains("help: lower `rollout.prompts`"),
+        "{e}"
+    );
+}
+
 /// CURE's stage 1 branches: 4 first responses per prompt, each cut at a
 /// high-entropy token with 3 continuations — up to 16 samples per prompt;
 /// stage 2 (plain DAPO) samples `rollout.group` per prompt.

@@ -71,6 +71,7 @@ codes! {
     BATCH_NONFINITE = "E0603": "batch tensor holds NaN or infinity";
     BATCH_UNREADABLE = "E0604": "batch file cannot be read";
     UNKNOWN_SETTING = "E0605": "`--set` names no hyperparameter";
+    TOO_LARGE = "E0606": "batch needs more memory than is available";
     // The runtime (`keel run`).
     DATA_UNREADABLE = "E0700": "task data file cannot be read";
     DATA_RECORD = "E0701": "task data record is malformed";

@@ -408,6 +408,84 @@ pub enum Backend {
     Kernel { threads: usize },
 }
 
+/// Why an executor could not evaluate a loss program.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExecError {
+    /// Evaluation failed on this batch (an input's shape, a missing input).
+    Failed(String),
+    /// The batch needs more memory than the machine has available: what it
+    /// needs, and what is free (bytes).
+    TooLarge {
+        what: String,
+        need: usize,
+        free: usize,
+    },
+}
+
+impl From<String> for ExecError {
+    fn from(e: String) -> Self {
+        ExecError::Failed(e)
+    }
+}
+
+/// Memory this process may still allocate, in bytes: `KEEL_MEMORY_LIMIT`
+/// (bytes) when set, else the smaller of the system's `MemAvailable` and
+/// what the cgroup (v2) limit leaves; `None` where neither can be read.
+pub fn available_memory() -> Option<usize> {
+    if let Ok(v) = std::env::var("KEEL_MEMORY_LIMIT")
+        && let Ok(n) = v.trim().parse::<usize>()
+    {
+        return Some(n);
+    }
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let system = read("/proc/meminfo").and_then(|s| {
+        let line = s
+            .lines()
+            .find(|l| l.starts_with("MemAvailable:"))?
+            .to_string();
+        let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    });
+    let cgroup = read("/sys/fs/cgroup/memory.max")
+        .and_then(|m| m.trim().parse::<usize>().ok())
+        .map(|max| {
+            let used = read("/sys/fs/cgroup/memory.current")
+                .and_then(|c| c.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            max.saturating_sub(used)
+        });
+    match (system, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `n` bytes for a reader: `12.4 GB`, `310.2 MB`, `950 bytes`.
+pub fn human_bytes(n: usize) -> String {
+    let x = n as f64;
+    if x >= 1e9 {
+        format!("{:.1} GB", x / 1e9)
+    } else if x >= 1e6 {
+        format!("{:.1} MB", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1} kB", x / 1e3)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
+/// Whether `need` bytes for `what` fit in [`available_memory`].
+pub fn check_memory(what: &str, need: usize) -> Result<(), ExecError> {
+    match available_memory() {
+        Some(free) if need > free => Err(ExecError::TooLarge {
+            what: what.to_string(),
+            need,
+            free,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Compile and run recipe `index` on a batch with the reference interpreter.
 pub fn run_loss(
     checked: &Checked,
@@ -458,7 +536,7 @@ pub fn run_loss_with(
                 mask: &p.mask,
                 inputs: &p.inputs,
             };
-            let vals = interp::run(g, &env).map_err(|e| e.0)?;
+            let vals = interp::run(g, &env).map_err(|e| ExecError::Failed(e.0))?;
             Ok(g.outputs
                 .iter()
                 .map(|(n, id)| (n.clone(), vals[*id].clone()))
@@ -467,8 +545,9 @@ pub fn run_loss_with(
         Backend::Kernel { threads } => {
             run_loss_exec(checked, index, batch, batch_name, true, &mut |g, p| {
                 let plan = kernel::Plan::new(g)?;
+                check_memory("the kernel plan's values", plan.memory_bytes(&p.shape))?;
                 plan.run(&p.shape, &p.inputs_f32(), threads)
-                    .map_err(|e| e.0)
+                    .map_err(|e| ExecError::Failed(e.0))
             })
         }
     }
@@ -486,7 +565,7 @@ pub fn run_loss_exec(
     batch: &batch::Batch,
     batch_name: &str,
     logits_kernel: bool,
-    exec: &mut dyn FnMut(&ir::Graph, &batch::Prepared) -> Result<Outputs, String>,
+    exec: &mut dyn FnMut(&ir::Graph, &batch::Prepared) -> Result<Outputs, ExecError>,
 ) -> Result<LossResult, Vec<Diagnostic>> {
     let recipe = checked.recipes.get(index).ok_or_else(Vec::new)?;
     let failed = |e: interp::InterpError| {
@@ -522,7 +601,27 @@ pub fn run_loss_exec(
     let compiled = compile_loss_for(checked, index, &have, path.is_some())?;
     let prepared = batch::prepare(batch, batch_name, &compiled.graph, recipe)?;
     let g = &compiled.graph;
-    let mut values = exec(g, &prepared).map_err(|e| failed(interp::InterpError(e)))?;
+    let mut values = exec(g, &prepared).map_err(|e| match e {
+        ExecError::Failed(e) => failed(interp::InterpError(e)),
+        ExecError::TooLarge { what, need, free } => vec![
+            Diagnostic::error(
+                codes::TOO_LARGE,
+                format!(
+                    "{what} need {} for this batch; {} of memory is available",
+                    human_bytes(need),
+                    human_bytes(free)
+                ),
+                Label::new(
+                    recipe.file,
+                    recipe.name_span,
+                    "while evaluating this recipe",
+                ),
+            )
+            .with_help(
+                "evaluate fewer sequences at once (split the batch), or run on a GPU with `--backend device`; KEEL_MEMORY_LIMIT=BYTES sets the limit",
+            ),
+        ],
+    })?;
     if let (Some(p), Some(f)) = (&path, &fwd) {
         let d = p.d_logits(f, &values);
         values.insert("d_logits".into(), d.into_iter().map(|x| x as f64).collect());

@@ -57,6 +57,7 @@ pub mod codes {
     pub const LOSS_PROGRAM: &str = c::RUNTIME_INPUT.0;
     pub const WEIGHTS: &str = c::WEIGHTS.0;
     pub const DEVICE: &str = c::DEVICE.0;
+    pub const TOO_LARGE: &str = c::TOO_LARGE.0;
 }
 
 pub type Result<T> = std::result::Result<T, RunError>;

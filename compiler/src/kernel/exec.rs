@@ -396,6 +396,72 @@ impl Plan {
         Ok(out)
     }
 
+    /// What [`Plan::run`] allocates at its peak for a batch of shape `sh`,
+    /// in bytes, beyond its inputs: the run is walked step by step — a
+    /// value buffer (f64) is held from the step that writes it to the end,
+    /// a special step also holds, while it runs, the f64 copies of the
+    /// arguments it cannot read in place, and the row orders shared by
+    /// sorted steps (u32) and the f64 mask and tokens of special steps are
+    /// held throughout. An estimate from below (per-thread scratch rows and
+    /// small vectors are left out), so a batch that cannot fit is refused
+    /// before any of it is allocated.
+    pub fn memory_bytes(&self, sh: &Shape) -> usize {
+        let len = |l: Level| sh.len(l).max(1);
+        let value = |b: usize| len(self.buffers[b].level) * 8;
+        let mut held: usize = self
+            .shared_row_keys()
+            .iter()
+            .map(|&b| len(self.buffers[b].level) * 4)
+            .sum();
+        if self.steps.iter().any(|s| matches!(s, Step::Special(_))) {
+            let reads_tokens = self
+                .buffers
+                .iter()
+                .any(|b| b.input.as_deref() == Some("tokens"));
+            held += (1 + usize::from(reads_tokens)) * len(Level::Token) * 8;
+        }
+        let mut written = vec![false; self.buffers.len()];
+        let mut peak = held;
+        for st in &self.steps {
+            let mut write = |b: usize, held: &mut usize| {
+                if !std::mem::replace(&mut written[b], true) {
+                    *held += value(b);
+                }
+            };
+            match st {
+                Step::Loop(lp) => {
+                    for ins in &lp.body {
+                        match ins {
+                            Ins::Compute { store: Some(b), .. } | Ins::Accum { buf: b, .. } => {
+                                write(*b, &mut held)
+                            }
+                            Ins::Compute { store: None, .. } => {}
+                        }
+                    }
+                    peak = peak.max(held);
+                }
+                Step::Special(sp) => {
+                    let level = self.graph.nodes[sp.node].level;
+                    let copies = sp
+                        .args
+                        .iter()
+                        .filter(|a| match a {
+                            Src::Buf(b) => {
+                                self.buffers[*b].input.is_some() || self.buffers[*b].level != level
+                            }
+                            _ => true,
+                        })
+                        .count()
+                        * len(level)
+                        * 8;
+                    write(sp.buf, &mut held);
+                    peak = peak.max(held + copies);
+                }
+            }
+        }
+        peak
+    }
+
     /// Hand output buffers back once read, for the next run to reuse
     /// (outputs are handed over, not copied; a fresh buffer costs its page
     /// faults — at a million tokens, a third of a loss evaluation).

@@ -1,0 +1,108 @@
+//! `kernel::Plan::memory_bytes` — the estimate `keel loss --backend kernel`
+//! refuses an oversized batch by (E0606) — against what a run allocates,
+//! counted by this binary's allocator: it must not overstate the run's
+//! peak, and must account for most of it, for token-level, vocabulary-level
+//! and sorting recipes.
+
+use keel_compiler::kernel::Plan;
+use keel_compiler::synth::{self, Dims};
+use keel_tests::{check_file, preset_path};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct Counting;
+
+static NOW: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn grew(by: usize) {
+    let now = NOW.fetch_add(by, Ordering::SeqCst) + by;
+    PEAK.fetch_max(now, Ordering::SeqCst);
+}
+
+// SAFETY: every call is passed to the system allocator unchanged; the
+// counters only observe sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        grew(l.size());
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        grew(l.size());
+        unsafe { System.alloc_zeroed(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        NOW.fetch_sub(l.size(), Ordering::SeqCst);
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        if new >= l.size() {
+            grew(new - l.size());
+        } else {
+            NOW.fetch_sub(l.size() - new, Ordering::SeqCst);
+        }
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// Peak bytes allocated by one run of the training plan of `name` beyond
+/// what was allocated before it, and the plan's estimate.
+fn measure(name: &str, d: Dims) -> (usize, usize) {
+    let c = check_file(&preset_path(name), &[]);
+    let idx = c.main_recipe(None).expect("recipe");
+    let recipe = &c.recipes[idx];
+    let batch = synth::batch(recipe, d, 5);
+    let have = |n: &str| batch.has(n);
+    let mut compiled = keel_compiler::compile_loss(&c, idx, &have).expect("compiles");
+    compiled.graph.keep_training_outputs();
+    let prepared =
+        keel_compiler::batch::prepare(&batch, "b", &compiled.graph, recipe).expect("batch fits");
+    let inputs = prepared.inputs_f32();
+    let plan = Plan::new(&compiled.graph).expect("plan");
+    let estimate = plan.memory_bytes(&prepared.shape);
+    let before = NOW.load(Ordering::SeqCst);
+    PEAK.store(before, Ordering::SeqCst);
+    let out = plan.run(&prepared.shape, &inputs, 2).expect("runs");
+    let peak = PEAK.load(Ordering::SeqCst) - before;
+    drop(out);
+    (estimate, peak)
+}
+
+#[test]
+fn memory_estimate_bounds_a_run_from_below() {
+    // Large enough that the [B, T(, V)] values dominate the small
+    // allocations of a run.
+    let token = Dims {
+        b: 256,
+        t: 256,
+        v: 0,
+        group: 8,
+    };
+    let vocab = Dims {
+        b: 32,
+        t: 64,
+        v: 512,
+        group: 8,
+    };
+    let mut report = Vec::new();
+    for (name, d) in [
+        ("grpo", token),
+        ("ppo", token),
+        ("pure", token),
+        ("z_loss", vocab),
+        ("pld", vocab),
+        ("siren", vocab),
+        ("lp_reg", vocab),
+    ] {
+        let (est, peak) = measure(name, d);
+        report.push(format!("{name}: estimate {est}, peak {peak}"));
+        assert!(
+            est <= peak && est as f64 >= 0.8 * peak as f64,
+            "{}",
+            report.join("\n")
+        );
+    }
+}
