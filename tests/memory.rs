@@ -105,4 +105,5 @@ fn memory_estimate_bounds_a_run_from_below() {
             report.join("\n")
         );
     }
+    eprintln!("{}", report.join("\n"));
 }

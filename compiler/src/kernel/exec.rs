@@ -319,6 +319,7 @@ impl Plan {
             shared: self.shared_row_keys(),
             ..Orders::default()
         };
+        let release = self.release_after();
         for (k, st) in self.steps.iter().enumerate() {
             let started = std::time::Instant::now();
             match st {
@@ -342,6 +343,13 @@ impl Plan {
                         &mut orders,
                     )?;
                     bufs[sp.buf] = Data::Owned(out);
+                }
+            }
+            // Values no later step or output reads go back to the pool, for
+            // the next steps' buffers.
+            for &b in &release[k] {
+                if let Data::Owned(v) = std::mem::replace(&mut bufs[b], Data::Missing) {
+                    self.pool.give(v);
                 }
             }
             if profile {
@@ -420,9 +428,10 @@ impl Plan {
                 .any(|b| b.input.as_deref() == Some("tokens"));
             held += (1 + usize::from(reads_tokens)) * len(Level::Token) * 8;
         }
+        let release = self.release_after();
         let mut written = vec![false; self.buffers.len()];
         let mut peak = held;
-        for st in &self.steps {
+        for (k, st) in self.steps.iter().enumerate() {
             let mut write = |b: usize, held: &mut usize| {
                 if !std::mem::replace(&mut written[b], true) {
                     *held += value(b);
@@ -441,25 +450,84 @@ impl Plan {
                     peak = peak.max(held);
                 }
                 Step::Special(sp) => {
-                    let level = self.graph.nodes[sp.node].level;
-                    let copies = sp
+                    // As `special` converts them: at the argument's own
+                    // level, unless it is a value buffer of that level.
+                    let copies: usize = sp
                         .args
                         .iter()
-                        .filter(|a| match a {
-                            Src::Buf(b) => {
-                                self.buffers[*b].input.is_some() || self.buffers[*b].level != level
+                        .zip(&self.graph.nodes[sp.node].args)
+                        .map(|(src, a)| {
+                            let l = self.graph.nodes[*a].level;
+                            match src {
+                                Src::Buf(b)
+                                    if self.buffers[*b].input.is_none()
+                                        && self.buffers[*b].level == l =>
+                                {
+                                    0
+                                }
+                                _ => len(l) * 8,
                             }
-                            _ => true,
                         })
-                        .count()
-                        * len(level)
-                        * 8;
+                        .sum();
                     write(sp.buf, &mut held);
                     peak = peak.max(held + copies);
                 }
             }
+            for &b in &release[k] {
+                if written[b] {
+                    held -= value(b);
+                }
+            }
         }
         peak
+    }
+
+    /// For each step, the value buffers no later step and no output reads
+    /// once it has run (a buffer nothing reads goes after the step that
+    /// writes it). Inputs are never released.
+    fn release_after(&self) -> Vec<Vec<usize>> {
+        let mut last: Vec<Option<usize>> = vec![None; self.buffers.len()];
+        fn at(src: &Src, k: usize, last: &mut [Option<usize>]) {
+            if let Src::Buf(b) = src {
+                last[*b] = Some(k);
+            }
+        }
+        for (k, st) in self.steps.iter().enumerate() {
+            match st {
+                Step::Loop(lp) => {
+                    for ins in &lp.body {
+                        match ins {
+                            Ins::Compute { args, store, .. } => {
+                                for a in args {
+                                    at(a, k, &mut last);
+                                }
+                                if let Some(b) = store {
+                                    last[*b] = last[*b].max(Some(k));
+                                }
+                            }
+                            Ins::Accum { src, buf, .. } => {
+                                at(src, k, &mut last);
+                                last[*buf] = last[*buf].max(Some(k));
+                            }
+                        }
+                    }
+                }
+                Step::Special(sp) => {
+                    for a in &sp.args {
+                        at(a, k, &mut last);
+                    }
+                    last[sp.buf] = last[sp.buf].max(Some(k));
+                }
+            }
+        }
+        let mut release = vec![Vec::new(); self.steps.len()];
+        for (b, l) in last.iter().enumerate() {
+            let output = self.outputs.iter().any(|o| o.1 == Src::Buf(b));
+            if let (Some(k), None, false) = (l, &self.buffers[b].input, output) {
+                release[*k].push(b);
+            }
+        }
+        release
     }
 
     /// Hand output buffers back once read, for the next run to reuse
