@@ -594,16 +594,23 @@ fn jsonl_with_a_tokenizer_json_trains() {
     );
 }
 
-#[test]
-fn unknown_device_is_an_error() {
-    let d = dir("device");
+/// `keel run` of the small recipe in a fresh directory with one more
+/// environment variable.
+fn run_small_with(name: &str, var: (&str, &str)) -> Output {
+    let d = dir(name);
     std::fs::write(d.join("small.recipe"), SMALL).expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+    Command::new(env!("CARGO_BIN_EXE_keel"))
         .args(["run", "-q", "small.recipe", "--out", "x"])
         .current_dir(&d)
-        .env("KEEL_DEVICE", "tpu")
+        .env("KEEL_CACHE", d.join("cache"))
+        .env(var.0, var.1)
         .output()
-        .expect("keel runs");
+        .expect("keel runs")
+}
+
+#[test]
+fn unknown_device_is_an_error() {
+    let out = run_small_with("device", ("KEEL_DEVICE", "tpu"));
     assert!(!out.status.success());
     let e = text(&out.stderr);
     assert!(
@@ -616,15 +623,7 @@ fn unknown_device_is_an_error() {
 /// E0606 (the limit set by hand) instead of being killed.
 #[test]
 fn loss_beyond_memory_stops_the_run() {
-    let d = dir("memory");
-    std::fs::write(d.join("small.recipe"), SMALL).expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["run", "-q", "small.recipe", "--out", "x"])
-        .current_dir(&d)
-        .env("KEEL_CACHE", d.join("cache"))
-        .env("KEEL_MEMORY_LIMIT", "1000")
-        .output()
-        .expect("keel runs");
+    let out = run_small_with("memory", ("KEEL_MEMORY_LIMIT", "1000"));
     assert!(!out.status.success());
     let e = text(&out.stderr);
     assert!(
