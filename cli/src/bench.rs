@@ -256,17 +256,11 @@ pub fn run(a: Args) -> ExitCode {
                         return ExitCode::from(101);
                     }
                 };
-                if let Err(keel_compiler::ExecError::TooLarge { what, need, free }) =
-                    keel_compiler::check_memory(
-                        "the kernel plan's values",
-                        plan.memory_bytes(kshape),
-                    )
-                {
-                    eprintln!(
-                        "error: {what} need {} for this batch; {} of memory is available",
-                        keel_compiler::human_bytes(need),
-                        keel_compiler::human_bytes(free)
-                    );
+                if let Err(e) = keel_compiler::check_memory(
+                    "the kernel plan's values",
+                    plan.memory_bytes(kshape),
+                ) {
+                    eprintln!("error: {e}");
                     eprintln!("help: lower --tokens or --vocab");
                     return ExitCode::from(2);
                 }
@@ -723,6 +717,7 @@ pub fn parity(seqs: usize, json: bool) -> ExitCode {
                             let p = keel_compiler::batch::prepare(&batch, "b", &cl.graph, r)
                                 .map_err(|_| "batch does not fit".to_string())?;
                             keel_device::run_graph(&client, &cl.graph, &p)
+                                .map_err(|e| e.to_string())
                         });
                     let got = match got {
                         Ok(g) => g,

@@ -100,7 +100,7 @@ pub fn run(a: Args) -> ExitCode {
             };
             device_name = name;
             keel_compiler::run_loss_exec(&checked, index, &batch, &a.batch, false, &mut |g, p| {
-                keel_device::run_graph(&client, g, p).map_err(keel_compiler::ExecError::Failed)
+                keel_device::run_graph(&client, g, p)
             })
         }
     };

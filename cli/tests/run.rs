@@ -627,7 +627,7 @@ fn loss_beyond_memory_stops_the_run() {
     assert!(!out.status.success());
     let e = text(&out.stderr);
     assert!(
-        e.contains("error[E0606]: the loss of one step needs")
+        e.contains("error[E0606]: the values of one step's loss need ")
             && e.contains("1.0 kB of memory is available")
             && e.contains("help: lower `rollout.prompts`"),
         "{e}"

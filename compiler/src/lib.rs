@@ -413,18 +413,23 @@ pub enum Backend {
 pub enum ExecError {
     /// Evaluation failed on this batch (an input's shape, a missing input).
     Failed(String),
-    /// The batch needs more memory than the machine has available: what it
-    /// needs, and what is free (bytes).
-    TooLarge {
-        what: String,
-        need: usize,
-        free: usize,
-    },
+    /// The batch needs more memory than the executor can give it: what it
+    /// needs against what there is, and what to do (reported as E0606).
+    TooLarge { message: String, help: String },
 }
 
 impl From<String> for ExecError {
     fn from(e: String) -> Self {
         ExecError::Failed(e)
+    }
+}
+
+impl std::fmt::Display for ExecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExecError::Failed(e) => f.write_str(e),
+            ExecError::TooLarge { message, help } => write!(f, "{message} ({help})"),
+        }
     }
 }
 
@@ -474,14 +479,16 @@ pub fn human_bytes(n: usize) -> String {
     }
 }
 
-/// Whether `need` bytes for `what` fit in [`available_memory`].
-pub fn check_memory(what: &str, need: usize) -> Result<(), ExecError> {
+/// Whether `need` bytes for `what` fit in [`available_memory`]; if not,
+/// says so: "{what} need 12.4 GB for this batch; 9.1 GB of memory is
+/// available".
+pub fn check_memory(what: &str, need: usize) -> Result<(), String> {
     match available_memory() {
-        Some(free) if need > free => Err(ExecError::TooLarge {
-            what: what.to_string(),
-            need,
-            free,
-        }),
+        Some(free) if need > free => Err(format!(
+            "{what} need {} for this batch; {} of memory is available",
+            human_bytes(need),
+            human_bytes(free)
+        )),
         _ => Ok(()),
     }
 }
@@ -545,7 +552,12 @@ pub fn run_loss_with(
         Backend::Kernel { threads } => {
             run_loss_exec(checked, index, batch, batch_name, true, &mut |g, p| {
                 let plan = kernel::Plan::new(g)?;
-                check_memory("the kernel plan's values", plan.memory_bytes(&p.shape))?;
+                check_memory("the kernel plan's values", plan.memory_bytes(&p.shape)).map_err(
+                    |message| ExecError::TooLarge {
+                        message,
+                        help: "evaluate fewer sequences at once (split the batch), or run on a GPU with `--backend device`; KEEL_MEMORY_LIMIT=BYTES sets the limit".into(),
+                    },
+                )?;
                 plan.run(&p.shape, &p.inputs_f32(), threads)
                     .map_err(|e| ExecError::Failed(e.0))
             })
@@ -603,23 +615,17 @@ pub fn run_loss_exec(
     let g = &compiled.graph;
     let mut values = exec(g, &prepared).map_err(|e| match e {
         ExecError::Failed(e) => failed(interp::InterpError(e)),
-        ExecError::TooLarge { what, need, free } => vec![
+        ExecError::TooLarge { message, help } => vec![
             Diagnostic::error(
                 codes::TOO_LARGE,
-                format!(
-                    "{what} need {} for this batch; {} of memory is available",
-                    human_bytes(need),
-                    human_bytes(free)
-                ),
+                message,
                 Label::new(
                     recipe.file,
                     recipe.name_span,
                     "while evaluating this recipe",
                 ),
             )
-            .with_help(
-                "evaluate fewer sequences at once (split the batch), or run on a GPU with `--backend device`; KEEL_MEMORY_LIMIT=BYTES sets the limit",
-            ),
+            .with_help(help),
         ],
     })?;
     if let (Some(p), Some(f)) = (&path, &fwd) {

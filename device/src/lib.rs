@@ -507,15 +507,30 @@ pub fn logits_bench(
 
 /// Evaluate a compiled loss program on a prepared batch with the device
 /// kernels: plan, lower, upload, run, download.
+/// A batch whose arena exceeds the device's largest allocation is refused
+/// as [`keel_compiler::ExecError::TooLarge`] before anything is uploaded.
 pub fn run_graph(
     client: &Client,
     graph: &keel_compiler::ir::Graph,
     prepared: &keel_compiler::batch::Prepared,
-) -> Result<keel_compiler::Outputs, String> {
+) -> Result<keel_compiler::Outputs, keel_compiler::ExecError> {
     let plan =
         keel_compiler::kernel::Plan::with_policy(graph, keel_compiler::kernel::Policy::Device)?;
     let dp = plan::DevicePlan::new(&plan)?;
-    dp.run(client, &prepared.shape, &prepared.inputs_f32())
+    let need = dp.arena_bytes(&prepared.shape);
+    let limit = client.properties().memory.max_page_size;
+    if need as u64 > limit {
+        return Err(keel_compiler::ExecError::TooLarge {
+            message: format!(
+                "the batch needs one device buffer of {}; this device allocates at most {} at once",
+                keel_compiler::human_bytes(need),
+                keel_compiler::human_bytes(usize::try_from(limit).unwrap_or(usize::MAX))
+            ),
+            help: "evaluate fewer sequences at once (split the batch), or use `--backend kernel`"
+                .into(),
+        });
+    }
+    Ok(dp.run(client, &prepared.shape, &prepared.inputs_f32())?)
 }
 
 /// The source the device runtime compiles for every kernel of `graph`
@@ -539,7 +554,7 @@ pub fn kernel_sources(
         );
     }
     let (client, name) = client_named()?;
-    run_graph(&client, graph, prepared)?;
+    run_graph(&client, graph, prepared).map_err(|e| e.to_string())?;
     let text = std::fs::read_to_string(&path).map_err(|e| format!("no compilation log: {e}"))?;
     let _ = std::fs::remove_file(&path);
     Ok((text, name))

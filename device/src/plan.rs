@@ -1541,6 +1541,24 @@ impl DevicePlan {
         self.download(client, on)
     }
 
+    /// Where each slot starts in the arena, and the arena's length
+    /// (values).
+    fn layout(&self, sh: &Shape) -> (Vec<usize>, usize) {
+        let mut offsets = Vec::with_capacity(self.slots.len());
+        let mut total = 0usize;
+        for l in &self.slots {
+            offsets.push(total);
+            total += sh.len(*l).max(1);
+        }
+        (offsets, total)
+    }
+
+    /// The arena's size for a batch of shape `sh`, in bytes (f32): the one
+    /// device buffer [`Self::upload`] allocates.
+    pub fn arena_bytes(&self, sh: &Shape) -> usize {
+        self.layout(sh).1 * std::mem::size_of::<f32>()
+    }
+
     /// Lay out the arena and copy the inputs to the device.
     pub fn upload(
         &self,
@@ -1558,12 +1576,7 @@ impl DevicePlan {
                 sh.b * sh.t
             ));
         }
-        let mut offsets = Vec::with_capacity(self.slots.len());
-        let mut total = 0usize;
-        for l in &self.slots {
-            offsets.push(total);
-            total += sh.len(*l).max(1);
-        }
+        let (offsets, total) = self.layout(sh);
         if total >= u32::MAX as usize {
             return Err(format!("{total} values do not fit a 32-bit indexed arena"));
         }

@@ -131,3 +131,44 @@ fn selections_run_on_the_device() {
         );
     }
 }
+
+/// A batch whose arena is larger than the device's largest allocation is
+/// refused as too large (E0606 in `keel loss`) from its shape alone, before
+/// any input is read or uploaded.
+#[test]
+fn a_batch_beyond_the_device_limit_is_too_large() {
+    let Some(client) = common::client_or_skip() else {
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = root.join("stdlib/grpo.recipe");
+    let text = std::fs::read_to_string(&path).expect("stdlib file");
+    let c = check_source(&Disk, &path.to_string_lossy(), &text);
+    let idx = c.main_recipe(None).expect("grpo");
+    let have = |n: &str| !matches!(n, "logits" | "tokens" | "advantages" | "teacher_logits");
+    let compiled = keel_compiler::compile_loss(&c, idx, &have).expect("compiles");
+    let limit = client.properties().memory.max_page_size as usize;
+    // Enough positions for one token-level slot alone to exceed the limit.
+    let (b, t) = (limit / 4 / 1024 + 8, 1024);
+    let prepared = keel_compiler::batch::Prepared {
+        shape: keel_compiler::interp::Shape {
+            b,
+            t,
+            v: 0,
+            group_of: (0..b).map(|i| i / 8).collect(),
+            n_groups: b.div_ceil(8),
+        },
+        mask: Vec::new(),
+        inputs: Default::default(),
+    };
+    match keel_device::run_graph(&client, &compiled.graph, &prepared) {
+        Err(keel_compiler::ExecError::TooLarge { message, help }) => {
+            assert!(
+                message.contains("this device allocates at most")
+                    && help.contains("--backend kernel"),
+                "{message} / {help}"
+            );
+        }
+        other => panic!("expected TooLarge, got {:?}", other.map(|o| o.len())),
+    }
+}

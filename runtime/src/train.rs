@@ -424,16 +424,13 @@ impl Loss {
         inputs
             .entry("mask".to_string())
             .or_insert_with(|| prepared.mask.iter().map(|&x| x as f32).collect());
-        if let Err(keel_compiler::ExecError::TooLarge { need, free, .. }) =
-            keel_compiler::check_memory("", self.plan.memory_bytes(&prepared.shape))
-        {
+        if let Err(message) = keel_compiler::check_memory(
+            "the values of one step's loss",
+            self.plan.memory_bytes(&prepared.shape),
+        ) {
             return Err(RunError::new(
                 codes::TOO_LARGE,
-                format!(
-                    "the loss of one step needs {} and {} of memory is available",
-                    keel_compiler::human_bytes(need),
-                    keel_compiler::human_bytes(free)
-                ),
+                message,
                 "lower `rollout.prompts`, `rollout.group` or `rollout.max_tokens`; KEEL_MEMORY_LIMIT=BYTES sets the limit",
             ));
         }
