@@ -91,6 +91,8 @@ pub fn run(a: Args) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The file's bytes are converted; a full vocabulary's logits are large.
+    drop(bytes);
     let mut device_name = "";
     let result = match backend {
         Some(b) => run_loss_with(&checked, index, &batch, &a.batch, b),
@@ -104,7 +106,7 @@ pub fn run(a: Args) -> ExitCode {
             })
         }
     };
-    let result = match result {
+    let mut result = match result {
         Ok(r) => r,
         Err(diags) => {
             report::print(&a.recipe, &diags, checked.sources(), a.error_format, color);
@@ -122,8 +124,8 @@ pub fn run(a: Args) -> ExitCode {
         if let Some(adv) = &result.advantages {
             out.insert("advantages", "f32", vec![result.b, result.t], adv.clone());
         }
-        if let (Some(d), Some(v)) = (&result.d_logits, result.v) {
-            out.insert("d_logits", "f32", vec![result.b, result.t, v], d.clone());
+        if let (Some(d), Some(v)) = (result.d_logits.take(), result.v) {
+            out.insert("d_logits", "f32", vec![result.b, result.t, v], d);
         }
         let written = out
             .to_bytes()

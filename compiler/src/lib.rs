@@ -673,8 +673,9 @@ pub fn run_loss_exec(
             .map(|p| p.v)
             .or_else(|| batch.has("logits").then_some(prepared.shape.v)),
         d_logp,
-        advantages: get("advantages"),
-        d_logits: get("d_logits"),
+        // Taken, not cloned: d_logits is [B, T, V].
+        advantages: values.remove("advantages"),
+        d_logits: values.remove("d_logits"),
     })
 }
 
