@@ -65,7 +65,9 @@ fn measure(name: &str, d: Dims) -> (usize, usize) {
     let estimate = plan.memory_bytes(&prepared.shape);
     let before = NOW.load(Ordering::SeqCst);
     PEAK.store(before, Ordering::SeqCst);
-    let out = plan.run(&prepared.shape, &inputs, 2).expect("runs");
+    // One thread: the peak then does not depend on how threads interleave
+    // their scratch allocations.
+    let out = plan.run(&prepared.shape, &inputs, 1).expect("runs");
     let peak = PEAK.load(Ordering::SeqCst) - before;
     drop(out);
     (estimate, peak)
@@ -76,7 +78,7 @@ fn memory_estimate_bounds_a_run_from_below() {
     // Large enough that the [B, T(, V)] values dominate the small
     // allocations of a run.
     let token = Dims {
-        b: 256,
+        b: 512,
         t: 256,
         v: 0,
         group: 8,
@@ -100,7 +102,7 @@ fn memory_estimate_bounds_a_run_from_below() {
         let (est, peak) = measure(name, d);
         report.push(format!("{name}: estimate {est}, peak {peak}"));
         assert!(
-            est <= peak && est as f64 >= 0.8 * peak as f64,
+            est <= peak && est as f64 >= 0.9 * peak as f64,
             "{}",
             report.join("\n")
         );
