@@ -46,7 +46,10 @@ pub fn run(a: Args) -> ExitCode {
     .int("rollout", "group", 8)
     .max(1);
     let t = a.seq_len.max(1);
-    let b = (a.tokens.max(1)).div_ceil(t).div_ceil(group) * group;
+    let b = (a.tokens.max(1))
+        .div_ceil(t)
+        .div_ceil(group)
+        .saturating_mul(group);
     let reads_vocab = ["logits", "entropy", "mean_logp"]
         .iter()
         .any(|n| recipe.inputs.contains_key(*n));
@@ -65,7 +68,8 @@ pub fn run(a: Args) -> ExitCode {
         return ExitCode::from(2);
     }
     let want = |name: &str| backends.contains(&name);
-    let entries = b * t * a.vocab.max(1);
+    let positions = b.saturating_mul(t);
+    let entries = positions.saturating_mul(a.vocab.max(1));
     if reads_vocab && want("interp") && entries > 32 << 20 {
         eprintln!(
             "error: {b} × {t} × {} logits is more than the reference interpreter can hold (it keeps several f64 copies)",
@@ -105,14 +109,36 @@ pub fn run(a: Args) -> ExitCode {
         } else {
             0
         };
+    // Per position: each [B, T] tensor (the recipe's token-level inputs,
+    // the mask, the tokens) as the batch's f64, a prepared f64 copy and the
+    // executors' f32 one.
+    let token_tensors = recipe
+        .inputs
+        .keys()
+        .filter(|n| {
+            keel_compiler::builtins::input(n)
+                .is_some_and(|i| i.level == keel_compiler::builtins::Level::Token)
+        })
+        .count()
+        + 2;
+    let need = positions
+        .saturating_mul(20 * token_tensors)
+        .saturating_add(if reads_vocab {
+            entries.saturating_mul(per_entry)
+        } else {
+            0
+        });
     if let Some(free) = keel_compiler::available_memory()
-        && reads_vocab
-        && entries.saturating_mul(per_entry) > free
+        && need > free
     {
         eprintln!(
-            "error: {b} × {t} × {} vocabulary entries need about {} here; {} of memory is available",
-            a.vocab,
-            keel_compiler::human_bytes(entries.saturating_mul(per_entry)),
+            "error: {b} × {t} positions{} need about {} here; {} of memory is available",
+            if reads_vocab {
+                format!(" × {} vocabulary entries", a.vocab)
+            } else {
+                String::new()
+            },
+            keel_compiler::human_bytes(need),
             keel_compiler::human_bytes(free)
         );
         eprintln!("help: lower --tokens or --vocab");
@@ -464,6 +490,21 @@ pub struct LogitsArgs {
 pub fn logits(a: LogitsArgs) -> ExitCode {
     use keel_compiler::logits::{self as lk, Bf16};
     let (n, v) = (a.tokens.max(1), a.vocab.max(2));
+    // The logits and one f32 gradient of the same shape.
+    let need = n
+        .saturating_mul(v)
+        .saturating_mul(if a.bf16 { 2 } else { 4 } + 4);
+    if let Some(free) = keel_compiler::available_memory()
+        && need > free
+    {
+        eprintln!(
+            "error: {n} × {v} logits and their gradient need {}; {} of memory is available",
+            keel_compiler::human_bytes(need),
+            keel_compiler::human_bytes(free)
+        );
+        eprintln!("help: lower --tokens or --vocab");
+        return ExitCode::from(2);
+    }
     let mut rng = keel_compiler::synth::Lcg(0x9E37_79B9);
     let mut next = || rng.uniform(-4.0, 4.0);
     let base_rss = peak_rss().unwrap_or(0);

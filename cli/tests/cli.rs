@@ -457,6 +457,21 @@ fn bench_parity_and_device_logits() {
     assert!(text(&out.stdout).contains("parity with the CPU kernel on 16 rows"));
 }
 
+/// `keel bench logits` refuses sizes beyond the machine's memory up front
+/// (however large the numbers) instead of being killed.
+#[test]
+fn bench_logits_beyond_memory_is_refused() {
+    for tokens in ["10000000", "18446744073709551615"] {
+        let out = keel(&["bench", "logits", "--tokens", tokens, "--vocab", "151936"]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("of memory is available"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
 /// Recipes in the stdlib (every recipe of every file).
 fn keel_recipe_count() -> u64 {
     keel_compiler::stdlib::FILES

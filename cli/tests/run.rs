@@ -755,12 +755,19 @@ fn bench_loss_reports_tokens_per_second() {
         "{v}"
     );
     assert_eq!(v["backends"][0]["available"], true);
-    // More than the machine has: an error before anything is allocated.
-    let huge = bench("stdlib/grpo.recipe --tokens 100000000 --vocab 151936 --backend kernel");
-    assert_eq!(huge.status.code(), Some(2));
-    assert!(
-        text(&huge.stderr).contains("of memory is available"),
-        "{}",
-        text(&huge.stderr)
-    );
+    // More than the machine has: an error before anything is allocated,
+    // with or without a vocabulary, however large the numbers.
+    for args in [
+        "stdlib/grpo.recipe --tokens 100000000 --vocab 151936 --backend kernel",
+        "stdlib/grpo.recipe --tokens 100000000000 --vocab 0 --backend kernel",
+        "stdlib/grpo.recipe --tokens 18446744073709551615 --vocab 18446744073709551615 --backend kernel",
+    ] {
+        let huge = bench(args);
+        assert_eq!(huge.status.code(), Some(2), "{args}");
+        assert!(
+            text(&huge.stderr).contains("of memory is available"),
+            "{args}: {}",
+            text(&huge.stderr)
+        );
+    }
 }
