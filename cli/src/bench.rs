@@ -121,9 +121,10 @@ pub fn run(a: Args) -> ExitCode {
         })
         .count()
         + 2;
+    let vocab_batch = reads_vocab && a.vocab > 0;
     let need = positions
         .saturating_mul(20 * token_tensors)
-        .saturating_add(if reads_vocab {
+        .saturating_add(if vocab_batch {
             entries.saturating_mul(per_entry)
         } else {
             0
@@ -133,7 +134,7 @@ pub fn run(a: Args) -> ExitCode {
     {
         eprintln!(
             "error: {b} × {t} positions{} need about {} here; {} of memory is available",
-            if reads_vocab {
+            if vocab_batch {
                 format!(" × {} vocabulary entries", a.vocab)
             } else {
                 String::new()
@@ -714,6 +715,20 @@ fn logits_parity(client: &keel_device::Client, failures: &mut Vec<String>) -> f6
 
 pub fn parity(seqs: usize, json: bool) -> ExitCode {
     use keel_compiler::synth::{self, Dims};
+    // The larger shape: `seqs` × 128 positions, up to 8 vocabulary entries
+    // each, in every executor's copies (~700 bytes a position).
+    let need = seqs.saturating_mul(128).saturating_mul(700);
+    if let Some(free) = keel_compiler::available_memory()
+        && need > free
+    {
+        eprintln!(
+            "error: {seqs} sequences need about {}; {} of memory is available",
+            keel_compiler::human_bytes(need),
+            keel_compiler::human_bytes(free)
+        );
+        eprintln!("help: lower --seqs");
+        return ExitCode::from(2);
+    }
     let Some((client, name)) = report::device_client() else {
         return ExitCode::from(1);
     };

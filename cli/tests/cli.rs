@@ -457,12 +457,20 @@ fn bench_parity_and_device_logits() {
     assert!(text(&out.stdout).contains("parity with the CPU kernel on 16 rows"));
 }
 
-/// `keel bench logits` refuses sizes beyond the machine's memory up front
+/// `keel bench logits` and `parity` refuse sizes beyond the machine's memory up front
 /// (however large the numbers) instead of being killed.
 #[test]
 fn bench_logits_beyond_memory_is_refused() {
-    for tokens in ["10000000", "18446744073709551615"] {
-        let out = keel(&["bench", "logits", "--tokens", tokens, "--vocab", "151936"]);
+    let max = "18446744073709551615";
+    let cases: [&[&str]; 3] = [
+        &[
+            "bench", "logits", "--tokens", "10000000", "--vocab", "151936",
+        ],
+        &["bench", "logits", "--tokens", max, "--vocab", "151936"],
+        &["bench", "parity", "--seqs", max],
+    ];
+    for args in cases {
+        let out = keel(args);
         assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
         assert!(
             text(&out.stderr).contains("of memory is available"),
