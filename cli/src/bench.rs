@@ -284,7 +284,7 @@ pub fn run(a: Args) -> ExitCode {
                     }
                 };
                 if let Err(e) = keel_compiler::check_memory(
-                    "the kernel plan's values",
+                    "the kernel plan's values for this batch",
                     plan.memory_bytes(kshape),
                 ) {
                     eprintln!("error: {e}");

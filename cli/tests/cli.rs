@@ -191,7 +191,8 @@ fn loss_beyond_memory_is_an_error() {
     assert!(
         err.contains("error[E0606]")
             && err.contains("of memory is available")
-            && err.contains("for this batch; 1.0 kB of memory is available")
+            && err.contains("the kernel plan's values for this batch need ")
+            && err.contains("; 1.0 kB of memory is available")
             && err.contains("evaluate fewer sequences at once"),
         "{err}"
     );

@@ -619,17 +619,19 @@ fn unknown_device_is_an_error() {
     );
 }
 
-/// A step whose loss cannot fit in the memory available stops the run with
-/// E0606 (the limit set by hand) instead of being killed.
+/// A run whose model and step cannot fit in the memory available is refused
+/// with E0606 at `rollout.prompts` (the limit set by hand) before it starts,
+/// instead of being killed mid-step.
 #[test]
-fn loss_beyond_memory_stops_the_run() {
+fn run_beyond_memory_is_refused() {
     let out = run_small_with("memory", ("KEEL_MEMORY_LIMIT", "1000"));
     assert!(!out.status.success());
     let e = text(&out.stderr);
     assert!(
-        e.contains("error[E0606]: the values of one step's loss need ")
-            && e.contains("1.0 kB of memory is available")
-            && e.contains("help: lower `rollout.prompts`"),
+        e.contains("error[E0606]: the model and one training step need ")
+            && e.contains("; 1.0 kB of memory is available")
+            && e.contains("`rollout.prompts`")
+            && e.contains("lower `rollout.prompts` or `rollout.group`"),
         "{e}"
     );
 }

@@ -480,12 +480,11 @@ pub fn human_bytes(n: usize) -> String {
 }
 
 /// Whether `need` bytes for `what` fit in [`available_memory`]; if not,
-/// says so: "{what} need 12.4 GB for this batch; 9.1 GB of memory is
-/// available".
+/// says so: "{what} need 12.4 GB; 9.1 GB of memory is available".
 pub fn check_memory(what: &str, need: usize) -> Result<(), String> {
     match available_memory() {
         Some(free) if need > free => Err(format!(
-            "{what} need {} for this batch; {} of memory is available",
+            "{what} need {}; {} of memory is available",
             human_bytes(need),
             human_bytes(free)
         )),
@@ -552,7 +551,10 @@ pub fn run_loss_with(
         Backend::Kernel { threads } => {
             run_loss_exec(checked, index, batch, batch_name, true, &mut |g, p| {
                 let plan = kernel::Plan::new(g)?;
-                check_memory("the kernel plan's values", plan.memory_bytes(&p.shape)).map_err(
+                check_memory(
+                    "the kernel plan's values for this batch",
+                    plan.memory_bytes(&p.shape),
+                ).map_err(
                     |message| ExecError::TooLarge {
                         message,
                         help: "evaluate fewer sequences at once (split the batch), or run on a GPU with `--backend device`; KEEL_MEMORY_LIMIT=BYTES sets the limit".into(),

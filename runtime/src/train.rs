@@ -191,6 +191,40 @@ fn plan(checked: &Checked, index: usize) -> Result<Plan> {
             format!("arithmetic seed={seed} difficulty={difficulty}"),
         ),
     };
+    let prompts = s.int("rollout", "prompts", 8).max(1);
+    let group = s.int("rollout", "group", 8).max(1);
+    let minibatches = s.int("rollout", "minibatches", 1).max(1);
+    // What a step needs at the least: the weights with their gradient and
+    // AdamW's two moments (f32), and for each minibatch's samples the
+    // logits with their gradient and one activation per layer kept for the
+    // backward pass. An absurd rollout or model is refused here instead of
+    // being killed mid-step.
+    let params: usize = model
+        .layout()
+        .iter()
+        .map(|(_, [r, c])| r.saturating_mul(*c))
+        .fold(0usize, usize::saturating_add);
+    let samples = prompts.saturating_mul(group).div_ceil(minibatches);
+    let per_position = model.vocab.saturating_mul(8).saturating_add(
+        model
+            .d_model
+            .saturating_mul(model.layers)
+            .saturating_mul(16),
+    );
+    let need = params.saturating_mul(16).saturating_add(
+        samples
+            .saturating_mul(model.context)
+            .saturating_mul(per_position),
+    );
+    if let Err(message) = keel_compiler::check_memory("the model and one training step", need) {
+        let mut e = RunError::new(
+            codes::TOO_LARGE,
+            message,
+            "lower `rollout.prompts` or `rollout.group` (or raise `rollout.minibatches`), or the model's size and context; KEEL_MEMORY_LIMIT=BYTES sets the limit",
+        );
+        e.diagnostics = located(checked, index, "rollout", "prompts", &e);
+        return Err(e);
+    }
     Ok(Plan {
         tok,
         z_loss: s.num("model", "z_loss", 0.0),
@@ -203,11 +237,11 @@ fn plan(checked: &Checked, index: usize) -> Result<Plan> {
         warm_steps: s.int("task", "warmup_steps", 0) as u64,
         warm_lr: s.num("task", "warmup_lr", 1e-3),
         warm_batch: s.int("task", "warmup_batch", 32).max(1),
-        prompts: s.int("rollout", "prompts", 8).max(1),
-        group: s.int("rollout", "group", 8).max(1),
+        prompts,
+        group,
         top_p: s.num("rollout", "top_p", 1.0),
         epochs: s.int("rollout", "epochs", 1).max(1),
-        minibatches: s.int("rollout", "minibatches", 1).max(1),
+        minibatches,
         dynamic_sampling: s.num("rollout", "dynamic_sampling", 0.0) != 0.0,
         order: s
             .sym("curriculum", "order")
