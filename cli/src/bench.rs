@@ -129,21 +129,16 @@ pub fn run(a: Args) -> ExitCode {
         } else {
             0
         });
-    if let Some(free) = keel_compiler::available_memory()
-        && need > free
-    {
-        eprintln!(
-            "error: {b} × {t} positions{} need about {} here; {} of memory is available",
-            if vocab_batch {
-                format!(" × {} vocabulary entries", a.vocab)
-            } else {
-                String::new()
-            },
-            keel_compiler::human_bytes(need),
-            keel_compiler::human_bytes(free)
-        );
-        eprintln!("help: lower --tokens or --vocab");
-        return ExitCode::from(2);
+    let what = format!(
+        "{b} × {t} positions{}",
+        if vocab_batch {
+            format!(" × {} vocabulary entries", a.vocab)
+        } else {
+            String::new()
+        }
+    );
+    if let Some(code) = beyond_memory(&what, need, "lower --tokens or --vocab") {
+        return code;
     }
     let batch = synth::batch(
         recipe,
@@ -283,13 +278,12 @@ pub fn run(a: Args) -> ExitCode {
                         return ExitCode::from(101);
                     }
                 };
-                if let Err(e) = keel_compiler::check_memory(
+                if let Some(code) = beyond_memory(
                     "the kernel plan's values for this batch",
                     plan.memory_bytes(kshape),
+                    "lower --tokens or --vocab",
                 ) {
-                    eprintln!("error: {e}");
-                    eprintln!("help: lower --tokens or --vocab");
-                    return ExitCode::from(2);
+                    return code;
                 }
                 let threads = std::thread::available_parallelism()
                     .map(|n| n.get())
@@ -470,6 +464,15 @@ pub fn run(a: Args) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// When `need` bytes for `what` do not fit in the memory available: the
+/// error and `help` printed, and exit code 2.
+fn beyond_memory(what: &str, need: usize, help: &str) -> Option<ExitCode> {
+    let e = keel_compiler::check_memory(what, need).err()?;
+    eprintln!("error: {e}");
+    eprintln!("help: {help}");
+    Some(ExitCode::from(2))
+}
+
 /// Peak resident memory of this process (VmHWM), in bytes.
 fn peak_rss() -> Option<usize> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -495,16 +498,9 @@ pub fn logits(a: LogitsArgs) -> ExitCode {
     let need = n
         .saturating_mul(v)
         .saturating_mul(if a.bf16 { 2 } else { 4 } + 4);
-    if let Some(free) = keel_compiler::available_memory()
-        && need > free
-    {
-        eprintln!(
-            "error: {n} × {v} logits and their gradient need {}; {} of memory is available",
-            keel_compiler::human_bytes(need),
-            keel_compiler::human_bytes(free)
-        );
-        eprintln!("help: lower --tokens or --vocab");
-        return ExitCode::from(2);
+    let what = format!("{n} × {v} logits and their gradient");
+    if let Some(code) = beyond_memory(&what, need, "lower --tokens or --vocab") {
+        return code;
     }
     let mut rng = keel_compiler::synth::Lcg(0x9E37_79B9);
     let mut next = || rng.uniform(-4.0, 4.0);
@@ -718,16 +714,8 @@ pub fn parity(seqs: usize, json: bool) -> ExitCode {
     // The larger shape: `seqs` × 128 positions, up to 8 vocabulary entries
     // each, in every executor's copies (~700 bytes a position).
     let need = seqs.saturating_mul(128).saturating_mul(700);
-    if let Some(free) = keel_compiler::available_memory()
-        && need > free
-    {
-        eprintln!(
-            "error: {seqs} sequences need about {}; {} of memory is available",
-            keel_compiler::human_bytes(need),
-            keel_compiler::human_bytes(free)
-        );
-        eprintln!("help: lower --seqs");
-        return ExitCode::from(2);
+    if let Some(code) = beyond_memory(&format!("{seqs} sequences"), need, "lower --seqs") {
+        return code;
     }
     let Some((client, name)) = report::device_client() else {
         return ExitCode::from(1);
