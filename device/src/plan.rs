@@ -1245,8 +1245,68 @@ pub struct DevicePlan {
     mask_slot: usize,
     /// The sampled tokens, for `pick` and `onehot`.
     tokens_slot: Option<usize>,
-    /// Slots holding `rand` values: (slot, seed).
-    rands: Vec<(usize, f64)>,
+    /// Slots holding `rand` values (computed on the host at upload): (slot,
+    /// seed).
+    rands: Vec<(usize, Seed)>,
+}
+
+/// A `rand` seed: a constant, or a step-level value the host computes from
+/// the step's inputs and the hyperparameters (`seed + step`).
+#[derive(Clone, Copy, Debug)]
+enum Seed {
+    Const(f64),
+    Host(keel_compiler::ir::NodeId),
+}
+
+/// Whether node `id` is a step-level value the host can compute before the
+/// batch is uploaded: constants, hyperparameters, step inputs, the padded
+/// length and elementwise operations of them.
+fn on_host(g: &keel_compiler::ir::Graph, id: keel_compiler::ir::NodeId) -> bool {
+    let n = &g.nodes[id];
+    n.level == Level::Step
+        && match n.op {
+            Op::Const(_) | Op::Param { .. } | Op::Input(_) | Op::PaddedLength => true,
+            Op::Unary(_) | Op::Binary(_) | Op::Where | Op::Clamp | Op::StopGrad => {
+                n.args.iter().all(|&a| on_host(g, a))
+            }
+            _ => false,
+        }
+}
+
+/// The value of a node [`on_host`] accepts, as the interpreter computes it.
+fn host_value(
+    g: &keel_compiler::ir::Graph,
+    id: keel_compiler::ir::NodeId,
+    inputs: &HashMap<String, Vec<f32>>,
+    sh: &Shape,
+) -> Result<f64, String> {
+    let n = &g.nodes[id];
+    let arg = |k: usize| -> Result<f64, String> {
+        let a = n.args.get(k).ok_or("internal: a missing argument")?;
+        host_value(g, *a, inputs, sh)
+    };
+    Ok(match &n.op {
+        Op::Const(c) => *c,
+        Op::Param { value, .. } => *value,
+        Op::PaddedLength => sh.t as f64,
+        Op::Input(name) => inputs
+            .get(name)
+            .and_then(|x| x.first())
+            .map(|&x| x as f64)
+            .ok_or_else(|| format!("input `{name}` was not provided"))?,
+        Op::Unary(u) => interp::unary(*u, arg(0)?),
+        Op::Binary(b) => interp::binary(*b, arg(0)?, arg(1)?),
+        Op::Where => {
+            if arg(0)? != 0.0 {
+                arg(1)?
+            } else {
+                arg(2)?
+            }
+        }
+        Op::Clamp => interp::clamp(arg(0)?, arg(1)?, arg(2)?),
+        Op::StopGrad => arg(0)?,
+        _ => return Err("internal: not a host value".into()),
+    })
 }
 
 impl DevicePlan {
@@ -1363,7 +1423,7 @@ impl DevicePlan {
                         op,
                         args,
                         store,
-                        ..
+                        node,
                     } => {
                         let a: Vec<DSrc> = args.iter().map(src).collect();
                         let get = |k: usize| a.get(k).copied().unwrap_or(DSrc::Const(0));
@@ -1374,14 +1434,19 @@ impl DevicePlan {
                             KOp::Clamp => DIns::Clamp(*dst, get(0), get(1), get(2)),
                             KOp::Copy => DIns::Copy(*dst, get(0)),
                             KOp::Rand => {
-                                let Some(Src::Const(seed)) = args.first() else {
-                                    return Err(
-                                        "`rand` with a computed seed does not run on the device yet"
-                                            .into(),
-                                    );
+                                let seed = match (args.first(), plan.graph.nodes[*node].args.first())
+                                {
+                                    (Some(Src::Const(c)), _) => Seed::Const(*c),
+                                    (_, Some(&s)) if on_host(&plan.graph, s) => Seed::Host(s),
+                                    _ => {
+                                        return Err(
+                                            "`rand` with a seed computed from the batch does not run on the device; compute the seed from hyperparameters and step inputs (`seed + step`)"
+                                                .into(),
+                                        );
+                                    }
                                 };
                                 slots.push(lp.level);
-                                rands.push((slots.len() - 1, *seed));
+                                rands.push((slots.len() - 1, seed));
                                 DIns::Copy(*dst, DSrc::Buf(slots.len() - 1, lp.level))
                             }
                         });
@@ -1627,12 +1692,16 @@ impl DevicePlan {
             host[offsets[ts]..offsets[ts] + tokens.len()].copy_from_slice(tokens);
         }
         for (slot, seed) in &self.rands {
+            let seed = match *seed {
+                Seed::Const(c) => c,
+                Seed::Host(id) => host_value(&self.plan.graph, id, inputs, sh)?,
+            };
             let n = sh.len(self.slots[*slot]);
             for (i, o) in host[offsets[*slot]..offsets[*slot] + n]
                 .iter_mut()
                 .enumerate()
             {
-                *o = interp::uniform(*seed, i) as f32;
+                *o = interp::uniform(seed, i) as f32;
             }
         }
         let lens = Level::ALL.map(|l| sh.len(l) as u32);

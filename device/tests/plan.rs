@@ -172,3 +172,70 @@ fn a_batch_beyond_the_device_limit_is_too_large() {
         other => panic!("expected TooLarge, got {:?}", other.map(|o| o.len())),
     }
 }
+
+/// `rand` with a seed the host computes from hyperparameters and step inputs
+/// (`seed + step`) runs on the device and equals the interpreter — a fresh
+/// draw each step; a seed computed from the batch is refused with advice.
+#[test]
+fn rand_with_a_step_level_seed_runs_on_the_device() {
+    let Some(client) = common::client_or_skip() else {
+        return;
+    };
+    let src = |seed: &str| {
+        format!(
+            "import std/grpo\n\nrecipe seeded extends grpo {{\n    objective {{\n        seed = 3\n        loss = -credit * exp(logp - old_logp) * rand(logp, {seed})\n    }}\n}}\n"
+        )
+    };
+    let c = check_source(&Disk, "seeded.recipe", &src("seed + 2 * step"));
+    assert!(!c.has_errors(), "{:?}", c.diagnostics);
+    let idx = c.main_recipe(None).expect("recipe");
+    let r = &c.recipes[idx];
+    let d = Dims {
+        b: 8,
+        t: 12,
+        v: 0,
+        group: 4,
+    };
+    let mut losses = Vec::new();
+    for step in [10.0, 11.0] {
+        let mut batch = synth::batch(r, d, 2);
+        batch.insert("step", "i64", vec![], vec![step]);
+        let want = run_loss_with(&c, idx, &batch, "b", Backend::Interp).expect("interp");
+        let have = |n: &str| batch.has(n);
+        let compiled = keel_compiler::compile_loss(&c, idx, &have).expect("compiles");
+        let prepared =
+            keel_compiler::batch::prepare(&batch, "b", &compiled.graph, r).expect("batch fits");
+        let got = keel_device::run_graph(&client, &compiled.graph, &prepared).expect("runs");
+        let loss = got["loss"][0];
+        assert!(
+            (loss - want.loss).abs() <= 1e-5 * want.loss.abs().max(1e-3),
+            "step {step}: device {loss} vs interpreter {}",
+            want.loss
+        );
+        let scale = want.d_logp.iter().fold(1e-6f64, |m, x| m.max(x.abs()));
+        for (i, (a, b)) in got["d_logp"].iter().zip(&want.d_logp).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * scale,
+                "step {step} d_logp[{i}]: {a} vs {b}"
+            );
+        }
+        losses.push(want.loss);
+    }
+    assert_ne!(losses[0], losses[1], "a different draw each step");
+    // A seed from a batch reduction cannot be computed before the upload.
+    let c = check_source(&Disk, "seeded.recipe", &src("sum(reward) over batch"));
+    assert!(!c.has_errors(), "{:?}", c.diagnostics);
+    let idx = c.main_recipe(None).expect("recipe");
+    let batch = synth::batch(&c.recipes[idx], d, 2);
+    let have = |n: &str| batch.has(n);
+    let compiled = keel_compiler::compile_loss(&c, idx, &have).expect("compiles");
+    let plan = keel_compiler::kernel::Plan::with_policy(
+        &compiled.graph,
+        keel_compiler::kernel::Policy::Device,
+    )
+    .expect("plan");
+    let err = keel_device::plan::DevicePlan::new(&plan)
+        .err()
+        .expect("refused");
+    assert!(err.contains("seed computed from the batch"), "{err}");
+}
