@@ -335,11 +335,7 @@ pub fn run(a: Args) -> ExitCode {
                 device_name = name;
                 let Some(prepared) = &prepared else { continue };
                 let run = || -> Result<(Vec<f64>, f64), String> {
-                    let plan = keel_compiler::kernel::Plan::with_policy(
-                        &training_graph,
-                        keel_compiler::kernel::Policy::Device,
-                    )?;
-                    let dp = keel_device::plan::DevicePlan::new(&plan)?;
+                    let dp = keel_device::plan::DevicePlan::of_graph(&training_graph)?;
                     let inputs = prepared.inputs_f32();
                     let mut times = Vec::new();
                     let mut loss = f64::NAN;

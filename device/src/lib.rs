@@ -514,9 +514,7 @@ pub fn run_graph(
     graph: &keel_compiler::ir::Graph,
     prepared: &keel_compiler::batch::Prepared,
 ) -> Result<keel_compiler::Outputs, keel_compiler::ExecError> {
-    let plan =
-        keel_compiler::kernel::Plan::with_policy(graph, keel_compiler::kernel::Policy::Device)?;
-    let dp = plan::DevicePlan::new(&plan)?;
+    let dp = plan::DevicePlan::of_graph(graph)?;
     let need = dp.arena_bytes(&prepared.shape);
     let limit = client.properties().memory.max_page_size;
     if need as u64 > limit {

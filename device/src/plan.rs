@@ -1310,6 +1310,13 @@ fn host_value(
 }
 
 impl DevicePlan {
+    /// Plan a loss program for the device (every elementwise value
+    /// recomputed, [`keel_compiler::kernel::Policy::Device`]) and lower it.
+    pub fn of_graph(graph: &keel_compiler::ir::Graph) -> Result<DevicePlan, String> {
+        let plan = Plan::with_policy(graph, keel_compiler::kernel::Policy::Device)?;
+        DevicePlan::new(&plan)
+    }
+
     /// Lower a kernel plan to device kernels.
     pub fn new(plan: &Plan) -> Result<DevicePlan, String> {
         let mut slots: Vec<Level> = plan.buffers.iter().map(|b| b.level).collect();

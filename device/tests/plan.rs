@@ -118,12 +118,7 @@ fn selections_run_on_the_device() {
         );
         let have = |n: &str| batch.has(n);
         let compiled = keel_compiler::compile_loss(&c, idx, &have).expect("compiles");
-        let plan = keel_compiler::kernel::Plan::with_policy(
-            &compiled.graph,
-            keel_compiler::kernel::Policy::Device,
-        )
-        .expect("plan");
-        let dp = keel_device::plan::DevicePlan::new(&plan).expect("lowers");
+        let dp = keel_device::plan::DevicePlan::of_graph(&compiled.graph).expect("lowers");
         let listing = dp.describe();
         assert!(
             listing.contains(&format!("bitonic sort + {want}")),
@@ -229,12 +224,7 @@ fn rand_with_a_step_level_seed_runs_on_the_device() {
     let batch = synth::batch(&c.recipes[idx], d, 2);
     let have = |n: &str| batch.has(n);
     let compiled = keel_compiler::compile_loss(&c, idx, &have).expect("compiles");
-    let plan = keel_compiler::kernel::Plan::with_policy(
-        &compiled.graph,
-        keel_compiler::kernel::Policy::Device,
-    )
-    .expect("plan");
-    let err = keel_device::plan::DevicePlan::new(&plan)
+    let err = keel_device::plan::DevicePlan::of_graph(&compiled.graph)
         .err()
         .expect("refused");
     assert!(err.contains("seed computed from the batch"), "{err}");
