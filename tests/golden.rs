@@ -22,7 +22,7 @@ const PRESETS: &[&str] = &[
 fn tensor(b: &Batch, name: &str) -> Vec<f64> {
     b.tensors
         .get(name)
-        .map(|t| t.data.clone())
+        .map(|t| t.data.to_f64())
         .unwrap_or_default()
 }
 
@@ -116,7 +116,7 @@ fn d_logits_matches_finite_differences_with_entropy_bonus() {
         let n = keel_tests::fd_check(&c, None, &b, "logits", 400);
         assert!(n >= 250, "only {n} logits checked");
         let r = loss_of(&c, &b);
-        let d = r.d_logits.expect("d_logits");
+        let d = r.d_logits.expect("d_logits").to_f64();
         assert_eq!(d.len(), 4 * 6 * 64);
         // Masked-out positions get no gradient.
         assert!(

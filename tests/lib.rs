@@ -246,7 +246,8 @@ pub fn fd_check(
         };
         interp::run_with(g, &env, frozen).expect("runs")
     };
-    let base = run(&prep.inputs, None);
+    let inputs64 = prep.inputs_f64();
+    let base = run(&inputs64, None);
     let loss_id = g.output("loss").expect("loss");
     let grad_id = g
         .output(if wrt == "logits" {
@@ -256,7 +257,7 @@ pub fn fd_check(
         })
         .expect("gradient");
     let grad = &base[grad_id];
-    let x = prep.inputs.get(wrt).expect("input").clone();
+    let x = inputs64.get(wrt).expect("input").clone();
     let h = 1e-6;
     let mut checked = 0;
     let step = (x.len() / samples).max(1);
@@ -265,7 +266,7 @@ pub fn fd_check(
         if prep.mask[token] == 0.0 {
             continue;
         }
-        let mut inputs = prep.inputs.clone();
+        let mut inputs = inputs64.clone();
         let mut at = |d: f64| {
             if let Some(v) = inputs.get_mut(wrt) {
                 v[k] = x[k] + d;

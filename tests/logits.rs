@@ -27,18 +27,18 @@ fn kernel_path_equals_the_interpreter_on_logits() {
         assert!(batch.has("logits"), "recipe {k} should read entropy");
         // Path A: the interpreter differentiates through the logits.
         let a = keel_compiler::run_loss(&checked, idx, &batch, "a").expect("interpreter");
-        let d_a = a.d_logits.clone().expect("d_logits");
+        let d_a = a.d_logits.clone().expect("d_logits").to_f64();
         // Path B: the kernel computes logp and entropy; the program sees them as
         // given inputs and returns d_logp and d_entropy; the kernel carries them back.
         let z: Vec<f32> = batch.tensors["logits"]
             .data
             .iter()
-            .map(|&x| x as f32)
+            .map(|x| x as f32)
             .collect();
         let tokens: Vec<u32> = batch.tensors["tokens"]
             .data
             .iter()
-            .map(|&x| x as u32)
+            .map(|x| x as u32)
             .collect();
         let f = logits::forward(&z, &tokens, v);
         batch.tensors.remove("logits");
@@ -60,10 +60,11 @@ fn kernel_path_equals_the_interpreter_on_logits() {
         assert!(compiled.graph.output("d_entropy").is_some());
         let prepared =
             keel_compiler::batch::prepare(&batch, "b", &compiled.graph, recipe).expect("prepare");
+        let inputs = prepared.inputs_f64();
         let env = keel_compiler::interp::Env {
             shape: prepared.shape.clone(),
             mask: &prepared.mask,
-            inputs: &prepared.inputs,
+            inputs: &inputs,
         };
         let vals = keel_compiler::interp::run(&compiled.graph, &env).expect("runs");
         let out = |n: &str| vals[compiled.graph.output(n).expect("output")].clone();

@@ -48,6 +48,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
+/// The counters are the process's: one measurement at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Peak bytes allocated by one run of the training plan of `name` beyond
 /// what was allocated before it, and the plan's estimate.
 fn measure(name: &str, d: Dims) -> (usize, usize) {
@@ -75,6 +78,7 @@ fn measure(name: &str, d: Dims) -> (usize, usize) {
 
 #[test]
 fn memory_estimate_bounds_a_run_from_below() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // Large enough that the [B, T(, V)] values dominate the small
     // allocations of a run.
     let token = Dims {
@@ -106,6 +110,70 @@ fn memory_estimate_bounds_a_run_from_below() {
             "{}",
             report.join("\n")
         );
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+/// `keel loss --backend kernel` on a batch already read: the [B, T, V]
+/// logits are read where the batch holds them (f32), never copied. Beyond
+/// the gradient it returns (GRPO: the logits kernel's f32 `d_logits`) or the
+/// plan's own values (z-loss, a vocabulary-level program: its estimate,
+/// `d_logits` included), a run allocates less than 512 bytes a token. A copy
+/// of the logits (4 or 8 bytes an entry, 16 or 32 KB a token here) fails it.
+#[test]
+fn a_loss_reads_the_logits_in_place() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let d = Dims {
+        b: 16,
+        t: 64,
+        v: 4096,
+        group: 8,
+    };
+    let (n, nv) = (d.b * d.t, d.b * d.t * d.v);
+    let mut report = Vec::new();
+    for name in ["grpo", "z_loss"] {
+        let c = check_file(&preset_path(name), &[]);
+        let idx = c.main_recipe(None).expect("recipe");
+        let recipe = &c.recipes[idx];
+        let batch = synth::batch(recipe, d, 9);
+        assert!(
+            matches!(
+                batch.tensors["logits"].data,
+                keel_compiler::batch::Values::F32(_)
+            ),
+            "{name}: logits held as f32"
+        );
+        // What the program's plan holds (z-loss); GRPO's program is
+        // token-level once the logits kernel has run.
+        let allowed = if name == "grpo" {
+            4 * nv
+        } else {
+            let have = |x: &str| batch.has(x);
+            let mut compiled = keel_compiler::compile_loss(&c, idx, &have).expect("compiles");
+            compiled.graph.keep_training_outputs();
+            let p = keel_compiler::batch::prepare(&batch, "b", &compiled.graph, recipe)
+                .expect("batch fits");
+            Plan::new(&compiled.graph)
+                .expect("plan")
+                .memory_bytes(&p.shape)
+        };
+        let before = NOW.load(Ordering::SeqCst);
+        PEAK.store(before, Ordering::SeqCst);
+        let r = keel_compiler::run_loss_with(
+            &c,
+            idx,
+            &batch,
+            "b",
+            keel_compiler::Backend::Kernel { threads: 1 },
+        )
+        .unwrap_or_else(|e| panic!("{name}: {}", e[0].message));
+        let peak = PEAK.load(Ordering::SeqCst) - before;
+        assert_eq!(r.d_logits.as_ref().map(|x| x.len()), Some(nv), "{name}");
+        report.push(format!(
+            "{name}: peak {peak}, allowed {allowed} + {}",
+            512 * n
+        ));
+        assert!(peak <= allowed + 512 * n, "{}", report.join("\n"));
     }
     eprintln!("{}", report.join("\n"));
 }

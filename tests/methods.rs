@@ -643,7 +643,7 @@ fn z_loss_worked_example() {
         0.0
     ));
     assert_all(
-        &r.d_logits.expect("d_logits"),
+        &r.d_logits.expect("d_logits").to_f64(),
         &[0.000320, 0.000118, 0.000043],
         1e-2,
     );

@@ -3,8 +3,10 @@
 //! tokens: time per evaluation, tokens/s and effective GB/s per backend.
 
 use crate::report;
+use keel_compiler::batch::Values;
 use keel_compiler::synth::{self, Dims};
 use keel_compiler::{Disk, check_source};
+use std::borrow::Cow;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -93,25 +95,26 @@ pub fn run(a: Args) -> ExitCode {
         .count()
         + 1;
     let through_kernel = keel_compiler::reads_logits_only_through_kernel(recipe);
-    // Bytes per [B, T, V] entry at the least, while the batch is prepared:
-    // the batch's (f64); for the kernel, the logits kernel's f32 copy and
-    // gradient, or a vocabulary-level program's f64 and f32 inputs; for the
-    // device, the f64 and f32 copies its upload is made from. (The kernel
-    // plan's own values are checked once it is planned.)
-    let per_entry = 8 * vocab_tensors
-        + match (want("kernel"), through_kernel) {
-            (false, _) => 0,
-            (true, true) => 8,
-            (true, false) => 12 * vocab_tensors,
+    // Bytes per [B, T, V] entry at the least: the batch's (f32, read in
+    // place by the kernel plan and the logits kernel); for the kernel, the
+    // logits kernel's f32 gradient (a vocabulary-level program's own values
+    // are checked once it is planned); for the interpreter, its f64 copies;
+    // for the device, the f32 arena its upload is laid out in and the f64
+    // gradient it downloads.
+    let per_entry = 4 * vocab_tensors
+        + if want("kernel") && through_kernel {
+            4
+        } else {
+            0
         }
+        + if want("interp") { 8 * vocab_tensors } else { 0 }
         + if want("device") {
-            12 * vocab_tensors
+            4 * vocab_tensors + 8
         } else {
             0
         };
     // Per position: each [B, T] tensor (the recipe's token-level inputs,
-    // the mask, the tokens) as the batch's f64, a prepared f64 copy and the
-    // executors' f32 one.
+    // the mask, the tokens) as the batch's f64 and the executors' f32 copy.
     let token_tensors = recipe
         .inputs
         .keys()
@@ -123,7 +126,7 @@ pub fn run(a: Args) -> ExitCode {
         + 2;
     let vocab_batch = reads_vocab && a.vocab > 0;
     let need = positions
-        .saturating_mul(20 * token_tensors)
+        .saturating_mul(12 * token_tensors)
         .saturating_add(if vocab_batch {
             entries.saturating_mul(per_entry)
         } else {
@@ -154,7 +157,7 @@ pub fn run(a: Args) -> ExitCode {
     let valid: usize = batch
         .tensors
         .get("mask")
-        .map(|m| m.data.iter().filter(|&&x| x > 0.0).count())
+        .map(|m| m.data.iter().filter(|&x| x > 0.0).count())
         .unwrap_or(0);
     // Compile and check the batch once; the timings are of the evaluation.
     let fail = |d: Vec<keel_compiler::Diagnostic>| {
@@ -207,33 +210,17 @@ pub fn run(a: Args) -> ExitCode {
     kcompiled.graph.keep_training_outputs();
     let mut training_graph = compiled.graph.clone();
     training_graph.keep_training_outputs();
-    // The kernel's inputs in f32, as a training step hands them over.
+    // The kernel's inputs, read in place (the batch's f32 logits included),
+    // as a training step hands them over.
     let mut kernel_in = if want("kernel") {
-        let kprepared = match keel_compiler::batch::prepare(
-            &kbatch,
-            "synthetic batch",
-            &kcompiled.graph,
-            recipe,
-        ) {
-            Ok(p) => p,
+        match keel_compiler::batch::prepare(&kbatch, "synthetic batch", &kcompiled.graph, recipe) {
+            Ok(p) => Some(p),
             Err(d) => return fail(d),
-        };
-        let mut inputs32 = keel_compiler::inputs_f32(&kprepared.inputs);
-        inputs32
-            .entry("mask".to_string())
-            .or_insert_with(|| kprepared.mask.iter().map(|&x| x as f32).collect());
-        Some((kprepared.shape, inputs32))
+        }
     } else {
         None
     };
-    drop(kbatch);
-    // The kernel has its own copies of the logits (the logits kernel's f32
-    // ones, or the plan's f32 inputs): the batch's f64 ones are needed only
-    // by the other backends.
-    let mut batch = batch;
-    if prepared.is_none() {
-        batch.tensors.remove("logits");
-    }
+    let interp_in = prepared.as_ref().map(|p| p.inputs_f64());
     let median = |mut t: Vec<f64>| {
         t.sort_by(f64::total_cmp);
         t[t.len() / 2]
@@ -246,11 +233,13 @@ pub fn run(a: Args) -> ExitCode {
         let mut times = Vec::new();
         match be {
             "interp" => {
-                let Some(prepared) = &prepared else { continue };
+                let (Some(prepared), Some(inputs)) = (&prepared, &interp_in) else {
+                    continue;
+                };
                 let env = keel_compiler::interp::Env {
                     shape: prepared.shape.clone(),
                     mask: &prepared.mask,
-                    inputs: &prepared.inputs,
+                    inputs,
                 };
                 for _ in 0..a.iters.max(1) {
                     let start = Instant::now();
@@ -268,9 +257,10 @@ pub fn run(a: Args) -> ExitCode {
                 }
             }
             "kernel" => {
-                let Some((kshape, inputs32)) = &mut kernel_in else {
+                let Some(kprepared) = &mut kernel_in else {
                     continue;
                 };
+                let kshape = &kprepared.shape.clone();
                 let plan = match keel_compiler::kernel::Plan::new(&kcompiled.graph) {
                     Ok(p) => p,
                     Err(e) => {
@@ -298,11 +288,14 @@ pub fn run(a: Args) -> ExitCode {
                     let start = Instant::now();
                     let fwd = path.as_ref().map(|p| {
                         let f = p.forward();
-                        inputs32.insert("logp".into(), f.logp.clone());
-                        inputs32.insert("entropy".into(), f.entropy.clone());
+                        for (name, x) in [("logp", &f.logp), ("entropy", &f.entropy)] {
+                            kprepared
+                                .inputs
+                                .insert(name.into(), Cow::Owned(Values::F32(x.clone())));
+                        }
                         f
                     });
-                    let out = match plan.run(kshape, inputs32, threads) {
+                    let out = match plan.run(kshape, &*kprepared, threads) {
                         Ok(v) => v,
                         Err(e) => {
                             eprintln!("error: {}", e.0);
@@ -336,12 +329,11 @@ pub fn run(a: Args) -> ExitCode {
                 let Some(prepared) = &prepared else { continue };
                 let run = || -> Result<(Vec<f64>, f64), String> {
                     let dp = keel_device::plan::DevicePlan::of_graph(&training_graph)?;
-                    let inputs = prepared.inputs_f32();
                     let mut times = Vec::new();
                     let mut loss = f64::NAN;
                     // One untimed run compiles the kernels.
                     for k in 0..a.iters.max(1) + 1 {
-                        let mut on = dp.upload(&client, &prepared.shape, &inputs)?;
+                        let mut on = dp.upload(&client, &prepared.shape, prepared)?;
                         let start = Instant::now();
                         dp.execute(&client, &mut on)?;
                         if k > 0 {

@@ -113,6 +113,8 @@ pub fn run(a: Args) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The batch's logits are no longer needed while the gradient is written.
+    drop(batch);
     if let Some(path) = &a.grad_out {
         let mut out = Batch::default();
         out.insert(
@@ -125,12 +127,10 @@ pub fn run(a: Args) -> ExitCode {
             out.insert("advantages", "f32", vec![result.b, result.t], adv.clone());
         }
         if let (Some(d), Some(v)) = (result.d_logits.take(), result.v) {
-            out.insert("d_logits", "f32", vec![result.b, result.t, v], d);
+            out.insert_values("d_logits", "f32", vec![result.b, result.t, v], d);
         }
-        let written = out
-            .to_bytes()
-            .map_err(|e| e.to_string())
-            .and_then(|b| std::fs::write(path, b).map_err(|e| e.to_string()));
+        // Written as it is serialised: an f32 d_logits is not copied.
+        let written = out.write(std::path::Path::new(path));
         if let Err(e) = written {
             eprintln!("error: cannot write `{path}`: {e}");
             return ExitCode::from(1);

@@ -13,19 +13,121 @@ use crate::ir::{Graph, Op};
 use crate::source::FileId;
 use keel_grammar::Span;
 use safetensors::{Dtype, SafeTensors};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     pub dtype: String,
     pub shape: Vec<usize>,
-    pub data: Vec<f64>,
+    pub data: Values,
 }
 
-/// A batch file's tensors, converted to f64.
+/// A tensor's values, flat. A file's f32, bf16 and f16 tensors are held as
+/// f32 (each of their values is exact in f32): a [B, T, V] logits tensor
+/// costs 4 bytes an entry, not 8. Everything else (f64, integers, masks) is
+/// held as f64.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Values {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// Borrowed [`Values`].
+#[derive(Clone, Copy, Debug)]
+pub enum View<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+impl Values {
+    pub fn len(&self) -> usize {
+        self.view().len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn view(&self) -> View<'_> {
+        match self {
+            Values::F32(v) => View::F32(v),
+            Values::F64(v) => View::F64(v),
+        }
+    }
+    /// Element `i` as f64.
+    pub fn get(&self, i: usize) -> Option<f64> {
+        self.view().get(i)
+    }
+    /// Set element `i` (rounded to f32 in an f32 tensor); out of range: nothing.
+    pub fn set(&mut self, i: usize, x: f64) {
+        match self {
+            Values::F32(v) => {
+                if let Some(o) = v.get_mut(i) {
+                    *o = x as f32;
+                }
+            }
+            Values::F64(v) => {
+                if let Some(o) = v.get_mut(i) {
+                    *o = x;
+                }
+            }
+        }
+    }
+    pub fn iter(&self) -> impl Iterator<Item = f64> + '_ {
+        self.view().iter()
+    }
+    /// The values as f64 (a copy).
+    pub fn to_f64(&self) -> Vec<f64> {
+        self.iter().collect()
+    }
+}
+
+impl<'a> View<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            View::F32(v) => v.len(),
+            View::F64(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn get(&self, i: usize) -> Option<f64> {
+        match self {
+            View::F32(v) => v.get(i).map(|&x| x as f64),
+            View::F64(v) => v.get(i).copied(),
+        }
+    }
+    pub fn iter(self) -> impl Iterator<Item = f64> + 'a {
+        let (a, b) = match self {
+            View::F32(v) => (Some(v.iter().map(|&x| x as f64)), None),
+            View::F64(v) => (None, Some(v.iter().copied())),
+        };
+        a.into_iter().flatten().chain(b.into_iter().flatten())
+    }
+}
+
+impl From<Vec<f64>> for Values {
+    fn from(v: Vec<f64>) -> Values {
+        Values::F64(v)
+    }
+}
+
+impl From<Vec<f32>> for Values {
+    fn from(v: Vec<f32>) -> Values {
+        Values::F32(v)
+    }
+}
+
+/// A batch file's tensors ([`Values`]: f32 or f64).
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
     pub tensors: BTreeMap<String, Tensor>,
+}
+
+fn le<const N: usize>(c: &[u8]) -> [u8; N] {
+    let mut b = [0u8; N];
+    b.copy_from_slice(&c[..N]);
+    b
 }
 
 impl Batch {
@@ -40,55 +142,29 @@ impl Batch {
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
             let raw = view.data();
-            let (dtype, data): (&str, Vec<f64>) = match view.dtype() {
-                Dtype::F32 => (
-                    "f32",
-                    raw.chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-                        .collect(),
-                ),
-                Dtype::F64 => (
-                    "f64",
-                    raw.chunks_exact(8)
-                        .map(|c| {
-                            f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
-                        })
-                        .collect(),
-                ),
+            let f64s = |size: usize, f: &dyn Fn(&[u8]) -> f64| -> Values {
+                Values::F64(raw.chunks_exact(size).map(f).collect())
+            };
+            let f32s = |size: usize, f: &dyn Fn(&[u8]) -> f32| -> Values {
+                Values::F32(raw.chunks_exact(size).map(f).collect())
+            };
+            let (dtype, data): (&str, Values) = match view.dtype() {
+                Dtype::F32 => ("f32", f32s(4, &|c| f32::from_le_bytes(le(c)))),
+                Dtype::F64 => ("f64", f64s(8, &|c| f64::from_le_bytes(le(c)))),
                 Dtype::BF16 => (
                     "bf16",
-                    raw.chunks_exact(2)
-                        .map(|c| {
-                            f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) as f64
-                        })
-                        .collect(),
+                    f32s(2, &|c| {
+                        f32::from_bits((u16::from_le_bytes(le(c)) as u32) << 16)
+                    }),
                 ),
                 Dtype::F16 => (
                     "f16",
-                    raw.chunks_exact(2)
-                        .map(|c| f16_to_f64(u16::from_le_bytes([c[0], c[1]])))
-                        .collect(),
+                    f32s(2, &|c| f16_to_f64(u16::from_le_bytes(le(c))) as f32),
                 ),
-                Dtype::U8 => ("u8", raw.iter().map(|&b| b as f64).collect()),
-                Dtype::BOOL => (
-                    "bool",
-                    raw.iter().map(|&b| f64::from(u8::from(b != 0))).collect(),
-                ),
-                Dtype::I64 => (
-                    "i64",
-                    raw.chunks_exact(8)
-                        .map(|c| {
-                            i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
-                                as f64
-                        })
-                        .collect(),
-                ),
-                Dtype::I32 => (
-                    "i32",
-                    raw.chunks_exact(4)
-                        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-                        .collect(),
-                ),
+                Dtype::U8 => ("u8", f64s(1, &|c| c[0] as f64)),
+                Dtype::BOOL => ("bool", f64s(1, &|c| f64::from(u8::from(c[0] != 0)))),
+                Dtype::I64 => ("i64", f64s(8, &|c| i64::from_le_bytes(le(c)) as f64)),
+                Dtype::I32 => ("i32", f64s(4, &|c| i32::from_le_bytes(le(c)) as f64)),
                 other => return Err(format!("tensor `{name}` has unsupported dtype {other:?}")),
             };
             tensors.insert(
@@ -103,7 +179,17 @@ impl Batch {
         Ok(Batch { tensors })
     }
 
+    /// Add a tensor held as f64.
     pub fn insert(&mut self, name: &str, dtype: &str, shape: Vec<usize>, data: Vec<f64>) {
+        self.insert_values(name, dtype, shape, Values::F64(data));
+    }
+
+    /// Add a tensor held as f32 (4 bytes an entry).
+    pub fn insert_f32(&mut self, name: &str, dtype: &str, shape: Vec<usize>, data: Vec<f32>) {
+        self.insert_values(name, dtype, shape, Values::F32(data));
+    }
+
+    pub fn insert_values(&mut self, name: &str, dtype: &str, shape: Vec<usize>, data: Values) {
         self.tensors.insert(
             name.to_string(),
             Tensor {
@@ -114,44 +200,60 @@ impl Batch {
         );
     }
 
-    /// Serialise as safetensors, each tensor in its recorded dtype
-    /// (`f32`, `f64`, `i64`, `u8`).
-    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
-        let mut bufs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    /// The tensors' bytes in their recorded dtype (`f32`, `f64`, `i64`,
+    /// `u8`): an f32 tensor held as f32 is borrowed, not copied (on
+    /// little-endian machines).
+    fn encoded(&self) -> Vec<Encoded<'_>> {
+        use std::borrow::Cow;
+        let mut bufs = Vec::new();
         for (name, t) in &self.tensors {
-            let (dt, bytes): (Dtype, Vec<u8>) = match t.dtype.as_str() {
-                "f64" => (
-                    Dtype::F64,
-                    t.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                ),
-                "i64" => (
+            let (dt, bytes): (Dtype, Cow<[u8]>) = match (t.dtype.as_str(), &t.data) {
+                ("f64", d) => (Dtype::F64, d.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                ("i64", d) => (
                     Dtype::I64,
-                    t.data
-                        .iter()
-                        .flat_map(|x| (*x as i64).to_le_bytes())
-                        .collect(),
+                    d.iter().flat_map(|x| (x as i64).to_le_bytes()).collect(),
                 ),
-                "u8" | "bool" => (Dtype::U8, t.data.iter().map(|x| *x as u8).collect()),
-                _ => (
+                ("u8" | "bool", d) => (Dtype::U8, d.iter().map(|x| x as u8).collect()),
+                #[cfg(target_endian = "little")]
+                (_, Values::F32(v)) => (Dtype::F32, Cow::Borrowed(bytemuck::cast_slice(v))),
+                (_, d) => (
                     Dtype::F32,
-                    t.data
-                        .iter()
-                        .flat_map(|x| (*x as f32).to_le_bytes())
-                        .collect(),
+                    d.iter().flat_map(|x| (x as f32).to_le_bytes()).collect(),
                 ),
             };
             bufs.push((name.clone(), dt, t.shape.clone(), bytes));
         }
-        let views: Vec<(String, safetensors::tensor::TensorView)> = bufs
-            .iter()
-            .map(|(n, dt, shape, bytes)| {
-                safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes)
-                    .map(|v| (n.clone(), v))
-                    .map_err(|e| e.to_string())
-            })
-            .collect::<Result<_, _>>()?;
-        safetensors::tensor::serialize(views, &None).map_err(|e| e.to_string())
+        bufs
     }
+
+    /// Serialise as safetensors, each tensor in its recorded dtype
+    /// (`f32`, `f64`, `i64`, `u8`).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+        let bufs = self.encoded();
+        safetensors::tensor::serialize(views(&bufs)?, &None).map_err(|e| e.to_string())
+    }
+
+    /// [`Self::to_bytes`] straight into a file (no copy of the whole file in
+    /// memory).
+    pub fn write(&self, path: &std::path::Path) -> Result<(), String> {
+        let bufs = self.encoded();
+        safetensors::tensor::serialize_to_file(views(&bufs)?, &None, path)
+            .map_err(|e| e.to_string())
+    }
+}
+
+type Encoded<'a> = (String, Dtype, Vec<usize>, std::borrow::Cow<'a, [u8]>);
+
+fn views<'a>(
+    bufs: &'a [Encoded<'_>],
+) -> Result<Vec<(String, safetensors::tensor::TensorView<'a>)>, String> {
+    bufs.iter()
+        .map(|(n, dt, shape, bytes)| {
+            safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 fn f16_to_f64(h: u16) -> f64 {
@@ -171,24 +273,64 @@ fn f16_to_f64(h: u16) -> f64 {
     }
 }
 
-/// The checked inputs of one evaluation.
-pub struct Prepared {
+/// The checked inputs of one evaluation: the batch's tensors borrowed (a
+/// [B, T, V] tensor is not copied), the inputs a batch may leave out
+/// (`position`, `index`, `length`, step inputs) computed. `vocab_index` is
+/// never laid out: executors compute it from the element's index.
+pub struct Prepared<'a> {
     pub shape: Shape,
     pub mask: Vec<f64>,
-    pub inputs: HashMap<String, Vec<f64>>,
+    pub inputs: HashMap<String, Cow<'a, Values>>,
 }
 
-impl Prepared {
-    /// The inputs as f32 (with `mask`), as the kernel executors take them.
+impl Prepared<'_> {
+    /// The inputs as f64, as the reference interpreter takes them (a copy).
+    pub fn inputs_f64(&self) -> HashMap<String, Vec<f64>> {
+        self.inputs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_f64()))
+            .collect()
+    }
+
+    /// The inputs as f32 (with `mask`), as the kernel executors take them
+    /// (a copy; [`Prepared::view`] borrows them instead).
     pub fn inputs_f32(&self) -> HashMap<String, Vec<f32>> {
         let mut out: HashMap<String, Vec<f32>> = self
             .inputs
             .iter()
-            .map(|(k, v)| (k.clone(), v.iter().map(|&x| x as f32).collect()))
+            .map(|(k, v)| (k.clone(), v.iter().map(|x| x as f32).collect()))
             .collect();
         out.entry("mask".to_string())
             .or_insert_with(|| self.mask.iter().map(|&x| x as f32).collect());
         out
+    }
+}
+
+/// Named inputs an executor reads in place: `mask` and the batch's tensors,
+/// f32 or f64.
+pub trait Inputs {
+    fn view(&self, name: &str) -> Option<View<'_>>;
+}
+
+impl Inputs for Prepared<'_> {
+    fn view(&self, name: &str) -> Option<View<'_>> {
+        match self.inputs.get(name) {
+            Some(v) => Some(v.view()),
+            None if name == "mask" => Some(View::F64(&self.mask)),
+            None => None,
+        }
+    }
+}
+
+impl Inputs for HashMap<String, Vec<f32>> {
+    fn view(&self, name: &str) -> Option<View<'_>> {
+        self.get(name).map(|v| View::F32(v))
+    }
+}
+
+impl Inputs for HashMap<String, Vec<f64>> {
+    fn view(&self, name: &str) -> Option<View<'_>> {
+        self.get(name).map(|v| View::F64(v))
     }
 }
 
@@ -238,13 +380,18 @@ fn step_default(name: &str) -> Option<f64> {
     }
 }
 
+/// An input computed, not read from the batch.
+fn computed<'a>(xs: impl IntoIterator<Item = f64>) -> Cow<'a, Values> {
+    Cow::Owned(Values::F64(xs.into_iter().collect()))
+}
+
 /// Check the batch against the inputs the graph reads, and lay them out.
-pub fn prepare(
-    batch: &Batch,
+pub fn prepare<'a>(
+    batch: &'a Batch,
     batch_name: &str,
     graph: &Graph,
     checked: &CheckedRecipe,
-) -> Result<Prepared, Vec<Diagnostic>> {
+) -> Result<Prepared<'a>, Vec<Diagnostic>> {
     let mut errs = Vec::new();
     let live = graph.live();
     let mut needed: Vec<String> = graph
@@ -317,7 +464,7 @@ pub fn prepare(
         .iter()
         .find_map(|n| batch.tensors.get(*n).and_then(|l| l.shape.get(2).copied()))
         .unwrap_or(1);
-    let mut inputs: HashMap<String, Vec<f64>> = HashMap::new();
+    let mut inputs: HashMap<String, Cow<Values>> = HashMap::new();
     for name in &needed {
         let level = builtins::input(name)
             .map(|i| i.level)
@@ -337,28 +484,23 @@ pub fn prepare(
         let Some(tensor) = batch.tensors.get(name) else {
             match name.as_str() {
                 "position" => {
-                    inputs.insert(name.clone(), (0..b * t).map(|i| (i % t) as f64).collect());
+                    inputs.insert(name.clone(), computed((0..b * t).map(|i| (i % t) as f64)));
                 }
                 n if step_default(n).is_some() => {
-                    inputs.insert(name.clone(), vec![step_default(n).unwrap_or(0.0)]);
+                    inputs.insert(name.clone(), computed(step_default(n)));
                 }
                 "index" => {
-                    inputs.insert(name.clone(), (0..b).map(|i| i as f64).collect());
+                    inputs.insert(name.clone(), computed((0..b).map(|i| i as f64)));
                 }
-                "vocab_index" => {
-                    inputs.insert(
-                        name.clone(),
-                        (0..b * t * v).map(|i| (i % v) as f64).collect(),
-                    );
-                }
+                // Computed from the element's index by every executor.
+                "vocab_index" => {}
                 "length" => {
-                    let len = (0..b).map(|i| {
-                        mask_t.data[i * t..(i + 1) * t]
-                            .iter()
-                            .filter(|m| **m != 0.0)
-                            .count() as f64
-                    });
-                    inputs.insert(name.clone(), len.collect());
+                    let mask = mask_t.data.to_f64();
+                    let len = mask
+                        .chunks(t.max(1))
+                        .take(b)
+                        .map(|row| row.iter().filter(|m| **m != 0.0).count() as f64);
+                    inputs.insert(name.clone(), computed(len));
                 }
                 _ => {
                     let dt = expected_dtypes(name)[0];
@@ -415,20 +557,23 @@ pub fn prepare(
             };
             errs.push(err(
                 codes::BATCH_NONFINITE,
-                format!("tensor `{name}` holds {} at {at}", tensor.data[i]),
+                format!(
+                    "tensor `{name}` holds {} at {at}",
+                    tensor.data.get(i).unwrap_or(f64::NAN)
+                ),
                 reader(checked, name),
                 "inputs must be finite; check the code that produced the batch",
             ));
             continue;
         }
-        inputs.insert(name.clone(), tensor.data.clone());
+        inputs.insert(name.clone(), Cow::Borrowed(&tensor.data));
     }
     if let Some(i) = mask_t.data.iter().position(|m| !m.is_finite()) {
         errs.push(err(
             codes::BATCH_NONFINITE,
             format!(
                 "tensor `mask` holds {} at [{}, {}]",
-                mask_t.data[i],
+                mask_t.data.get(i).unwrap_or(f64::NAN),
                 i / t.max(1),
                 i % t.max(1)
             ),
@@ -447,7 +592,7 @@ pub fn prepare(
     let mut n_groups = 0;
     if let Some(g) = inputs.get("group") {
         let mut ids: Vec<f64> = Vec::new();
-        for &x in g {
+        for x in g.iter() {
             let k = match ids.iter().position(|y| *y == x) {
                 Some(k) => k,
                 None => {
@@ -473,8 +618,104 @@ pub fn prepare(
         mask: mask_t
             .data
             .iter()
-            .map(|m| f64::from(u8::from(*m != 0.0)))
+            .map(|m| f64::from(u8::from(m != 0.0)))
             .collect(),
         inputs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+
+    fn file(tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
+        let views: Vec<(String, TensorView)> = tensors
+            .iter()
+            .map(|(n, dt, shape, b)| {
+                let v = TensorView::new(*dt, shape.clone(), b).expect("view");
+                (n.to_string(), v)
+            })
+            .collect();
+        safetensors::tensor::serialize(views, &None).expect("serialise")
+    }
+
+    /// Each dtype's values, exactly; floats narrower than f64 held as f32
+    /// (4 bytes an entry), the rest as f64.
+    #[test]
+    fn dtypes_are_read_exactly_and_held_narrow() {
+        let bf16: Vec<u8> = [0x3F80u16, 0xC020, 0x0001] // 1, -2.5, smallest subnormal
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let f16: Vec<u8> = [0x3C00u16, 0xC100, 0x0001, 0x7BFF] // 1, -2.5, 2^-24, 65504
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let f32s: Vec<u8> = [0.1f32, -3.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let f64s: Vec<u8> = [0.1f64, 1e300]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let i64s: Vec<u8> = [-7i64, 151_935]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let b = Batch::from_bytes(&file(&[
+            ("a", Dtype::BF16, vec![3], bf16),
+            ("b", Dtype::F16, vec![4], f16),
+            ("c", Dtype::F32, vec![2], f32s),
+            ("d", Dtype::F64, vec![2], f64s),
+            ("e", Dtype::I64, vec![2], i64s),
+            ("f", Dtype::U8, vec![2], vec![0, 3]),
+        ]))
+        .expect("parses");
+        let t = |n: &str| &b.tensors[n].data;
+        assert_eq!(
+            t("a"),
+            &Values::F32(vec![1.0, -2.5, f32::from_bits(0x0001_0000)])
+        );
+        assert_eq!(
+            t("b"),
+            &Values::F32(vec![1.0, -2.5, 2f32.powi(-24), 65504.0])
+        );
+        assert_eq!(t("c"), &Values::F32(vec![0.1, -3.0]));
+        assert_eq!(t("d"), &Values::F64(vec![0.1, 1e300]));
+        assert_eq!(t("e"), &Values::F64(vec![-7.0, 151_935.0]));
+        assert_eq!(t("f"), &Values::F64(vec![0.0, 3.0]));
+        assert_eq!(b.tensors["a"].dtype, "bf16");
+        assert_eq!(t("c").get(0), Some(0.1f32 as f64));
+        assert_eq!(t("c").get(2), None);
+    }
+
+    /// A batch written to a file reads back as it was, f32 tensors
+    /// bit for bit, and `write` produces the bytes `to_bytes` does.
+    #[test]
+    fn write_and_read_back() {
+        let mut b = Batch::default();
+        b.insert_f32(
+            "d_logits",
+            "f32",
+            vec![2, 3],
+            vec![0.5, -1e-30, 3.25, 0.0, 7.0, -2.0],
+        );
+        b.insert("d_logp", "f32", vec![2], vec![0.25, -0.125]);
+        b.insert("mask", "u8", vec![2], vec![1.0, 0.0]);
+        b.insert("group", "i64", vec![2], vec![4.0, -1.0]);
+        b.insert("x", "f64", vec![1], vec![0.1]);
+        let path = std::env::temp_dir().join(format!("keel-batch-{}.st", std::process::id()));
+        b.write(&path).expect("writes");
+        let bytes = std::fs::read(&path).expect("reads");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(bytes, b.to_bytes().expect("serialises"));
+        let back = Batch::from_bytes(&bytes).expect("parses");
+        assert_eq!(back.tensors["d_logits"], b.tensors["d_logits"]);
+        assert_eq!(back.tensors["d_logp"].data, Values::F32(vec![0.25, -0.125]));
+        assert_eq!(back.tensors["mask"].data, Values::F64(vec![1.0, 0.0]));
+        assert_eq!(back.tensors["group"].data, Values::F64(vec![4.0, -1.0]));
+        assert_eq!(back.tensors["x"].data, Values::F64(vec![0.1]));
+    }
 }

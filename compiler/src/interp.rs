@@ -113,6 +113,10 @@ pub fn run_with(
                         x.len()
                     )));
                 }
+                // The vocabulary id of each entry: computed, never laid out.
+                None if name == "vocab_index" && n.level == Level::Vocab => {
+                    (0..len).map(|i| (i % sh.v.max(1)) as f64).collect()
+                }
                 None => return Err(InterpError(format!("input `{name}` was not provided"))),
             },
             Op::Unary(u) => arg(0).iter().map(|&x| unary(*u, x)).collect(),

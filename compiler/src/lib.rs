@@ -395,7 +395,8 @@ pub struct LossResult {
     pub v: Option<usize>,
     pub d_logp: Vec<f64>,
     pub advantages: Option<Vec<f64>>,
-    pub d_logits: Option<Vec<f64>>,
+    /// [B·T·V]: f32 from the fused logits kernel, f64 from a program.
+    pub d_logits: Option<batch::Values>,
 }
 
 /// Which executor evaluates a loss program.
@@ -502,16 +503,6 @@ pub fn run_loss(
     run_loss_with(checked, index, batch, batch_name, Backend::Interp)
 }
 
-/// A batch's inputs as f32, for the kernel executors.
-pub fn inputs_f32(
-    inputs: &std::collections::HashMap<String, Vec<f64>>,
-) -> std::collections::HashMap<String, Vec<f32>> {
-    inputs
-        .iter()
-        .map(|(k, v)| (k.clone(), v.iter().map(|&x| x as f32).collect()))
-        .collect()
-}
-
 /// Whether a recipe reads the token distribution only through `logp` and
 /// `entropy`, so the fused logits kernel can compute both from the logits and
 /// carry their gradients back (no vocabulary-level value in the program).
@@ -537,10 +528,11 @@ pub fn run_loss_with(
 ) -> Result<LossResult, Vec<Diagnostic>> {
     match backend {
         Backend::Interp => run_loss_exec(checked, index, batch, batch_name, false, &mut |g, p| {
+            let inputs = p.inputs_f64();
             let env = interp::Env {
                 shape: p.shape.clone(),
                 mask: &p.mask,
-                inputs: &p.inputs,
+                inputs: &inputs,
             };
             let vals = interp::run(g, &env).map_err(|e| ExecError::Failed(e.0))?;
             Ok(g.outputs
@@ -560,7 +552,7 @@ pub fn run_loss_with(
                         help: "evaluate fewer sequences at once (split the batch), or run on a GPU with `--backend device`; KEEL_MEMORY_LIMIT=BYTES sets the limit".into(),
                     },
                 )?;
-                plan.run(&p.shape, &p.inputs_f32(), threads)
+                plan.run(&p.shape, p, threads)
                     .map_err(|e| ExecError::Failed(e.0))
             })
         }
@@ -630,10 +622,10 @@ pub fn run_loss_exec(
             .with_help(help),
         ],
     })?;
-    if let (Some(p), Some(f)) = (&path, &fwd) {
-        let d = p.d_logits(f, &values);
-        values.insert("d_logits".into(), d.into_iter().map(|x| x as f64).collect());
-    }
+    let kernel_d_logits = match (&path, &fwd) {
+        (Some(p), Some(f)) => Some(p.d_logits(f, &values)),
+        _ => None,
+    };
     let get = |name: &str| values.get(name).cloned();
     let loss = get("loss")
         .and_then(|v| v.first().copied())
@@ -677,7 +669,10 @@ pub fn run_loss_exec(
         d_logp,
         // Taken, not cloned: d_logits is [B, T, V].
         advantages: values.remove("advantages"),
-        d_logits: values.remove("d_logits"),
+        d_logits: match kernel_d_logits {
+            Some(d) => Some(batch::Values::F32(d)),
+            None => values.remove("d_logits").map(batch::Values::F64),
+        },
     })
 }
 

@@ -217,25 +217,26 @@ fn backward_row_body<E: Elem>(row: &[E], orow: &mut [f32], lse: f32, ez: f32, gl
     }
 }
 
-/// A batch's logits taken through the fused kernel: the logits as f32, the
-/// sampled tokens as indices, the vocabulary size. The kernel computes
-/// `logp` and `entropy`, the loss program sees them as token inputs, and
-/// the kernel carries `d_logp` and `d_entropy` back to `d_logits`.
-pub struct KernelPath {
-    pub z: Vec<f32>,
+/// A batch's logits taken through the fused kernel: the logits as f32
+/// (borrowed from the batch when it holds them as f32), the sampled tokens
+/// as indices, the vocabulary size. The kernel computes `logp` and
+/// `entropy`, the loss program sees them as token inputs, and the kernel
+/// carries `d_logp` and `d_entropy` back to `d_logits`.
+pub struct KernelPath<'a> {
+    pub z: std::borrow::Cow<'a, [f32]>,
     pub tokens: Vec<u32>,
     pub v: usize,
 }
 
-impl KernelPath {
+impl<'a> KernelPath<'a> {
     /// The path for `batch` when it has `logits` and `tokens` and the recipe
     /// reads the distribution only through `logp` and `entropy`
     /// ([`crate::reads_logits_only_through_kernel`]); checks shapes and
     /// token indices.
     pub fn of(
-        batch: &crate::batch::Batch,
+        batch: &'a crate::batch::Batch,
         recipe: &crate::CheckedRecipe,
-    ) -> Result<Option<KernelPath>, crate::interp::InterpError> {
+    ) -> Result<Option<KernelPath<'a>>, crate::interp::InterpError> {
         use crate::interp::InterpError;
         let (Some(z), Some(t)) = (batch.tensors.get("logits"), batch.tensors.get("tokens")) else {
             return Ok(None);
@@ -259,7 +260,7 @@ impl KernelPath {
             )));
         }
         let mut tokens = Vec::with_capacity(t.data.len());
-        for (i, &x) in t.data.iter().enumerate() {
+        for (i, x) in t.data.iter().enumerate() {
             if !(x >= 0.0 && x.fract() == 0.0 && (x as usize) < v) {
                 return Err(InterpError(format!(
                     "`tokens` at flat position {i} is {x}, outside the vocabulary [0, {v})"
@@ -268,7 +269,12 @@ impl KernelPath {
             tokens.push(x as u32);
         }
         Ok(Some(KernelPath {
-            z: z.data.iter().map(|&x| x as f32).collect(),
+            z: match &z.data {
+                crate::batch::Values::F32(z) => z.as_slice().into(),
+                crate::batch::Values::F64(z) => {
+                    z.iter().map(|&x| x as f32).collect::<Vec<_>>().into()
+                }
+            },
             tokens,
             v,
         }))
@@ -282,7 +288,7 @@ impl KernelPath {
     /// The batch the loss program sees: `logits` replaced by the kernel's
     /// `logp` and `entropy` ([B, T], the shape of `tokens`).
     pub fn program_batch(&self, batch: &crate::batch::Batch, fwd: &Forward) -> crate::batch::Batch {
-        // Everything but the logits (not cloned: [N, V] f64).
+        // Everything but the logits (not cloned: [N, V]).
         let mut b = crate::batch::Batch {
             tensors: batch
                 .tensors
@@ -297,12 +303,7 @@ impl KernelPath {
             .map(|t| t.shape.clone())
             .unwrap_or_default();
         for (name, x) in [("logp", &fwd.logp), ("entropy", &fwd.entropy)] {
-            b.insert(
-                name,
-                "f32",
-                shape.clone(),
-                x.iter().map(|&y| y as f64).collect(),
-            );
+            b.insert_f32(name, "f32", shape.clone(), x.clone());
         }
         b
     }

@@ -44,7 +44,7 @@ pub fn errors(got: &Outputs, want: &LossResult) -> Vec<(String, f64)> {
         check("advantages", a);
     }
     if let Some(d) = &want.d_logits {
-        check("d_logits", d);
+        check("d_logits", &d.to_f64());
     }
     for (m, x) in &want.metrics {
         check(&format!("metric.{m}"), &[*x]);

@@ -74,7 +74,9 @@ pub fn batch(recipe: &CheckedRecipe, d: Dims, seed: u64) -> Batch {
         "group",
         "i64",
         vec![b],
-        (0..b).map(|i| (i / d.group.max(1)) as f64).collect(),
+        (0..b)
+            .map(|i| (i / d.group.max(1)) as f64)
+            .collect::<Vec<f64>>(),
     );
     let reads = |n: &str| recipe.inputs.contains_key(n);
     // Entropy and mean log-probs get their gradient only through logits.
@@ -86,11 +88,13 @@ pub fn batch(recipe: &CheckedRecipe, d: Dims, seed: u64) -> Batch {
         .any(|k| k == "mean_logp" || builtins::input(k).is_some_and(|i| i.level == Level::Vocab));
     let wants_logits = vocab_level || ((reads("entropy") || reads("logits")) && d.v > 0);
     if wants_logits {
-        out.insert(
+        out.insert_f32(
             "logits",
             "f32",
             vec![b, t, v],
-            (0..b * t * v).map(|_| 2.0 * g.n()).collect(),
+            (0..b * t * v)
+                .map(|_| (2.0 * g.n()) as f32)
+                .collect::<Vec<f32>>(),
         );
         out.insert(
             "tokens",
@@ -98,7 +102,7 @@ pub fn batch(recipe: &CheckedRecipe, d: Dims, seed: u64) -> Batch {
             vec![b, t],
             (0..b * t)
                 .map(|_| (g.u() * v as f64).floor().min(v as f64 - 1.0))
-                .collect(),
+                .collect::<Vec<f64>>(),
         );
     }
     for (name, _) in recipe.inputs.iter() {
@@ -148,11 +152,22 @@ pub fn batch(recipe: &CheckedRecipe, d: Dims, seed: u64) -> Batch {
             Ty0::Int => "i64",
             _ => "f32",
         };
-        out.insert(name, dtype, shape, data);
+        if info.level == Level::Vocab {
+            // As a file's f32 tensor is held: 4 bytes an entry.
+            let data: Vec<f32> = data.into_iter().map(|x| x as f32).collect();
+            out.insert_f32(name, dtype, shape, data);
+        } else {
+            out.insert(name, dtype, shape, data);
+        }
     }
     // The one-step values a batch file of a real run carries.
     if reads("reward") && !out.has("reward") {
-        out.insert("reward", "f32", vec![b], (0..b).map(|_| g.u()).collect());
+        out.insert(
+            "reward",
+            "f32",
+            vec![b],
+            (0..b).map(|_| g.u()).collect::<Vec<f64>>(),
+        );
     }
     out
 }
@@ -185,7 +200,8 @@ pub fn variants(recipe: &CheckedRecipe, d: Dims, seed: u64) -> Vec<(String, Batc
     for (name, tensor) in eq.tensors.iter_mut() {
         if tensor.shape == [b] && name != "group" {
             for i in 1..group.min(b) {
-                tensor.data[i] = tensor.data[0];
+                let first = tensor.data.get(0).unwrap_or(0.0);
+                tensor.data.set(i, first);
             }
         }
     }
@@ -196,31 +212,31 @@ pub fn variants(recipe: &CheckedRecipe, d: Dims, seed: u64) -> Vec<(String, Batc
     {
         for r in 1..4 {
             for j in 0..t {
-                m.data[r * t + j] = if j == 0 { 1.0 } else { 0.0 };
+                m.data.set(r * t + j, if j == 0 { 1.0 } else { 0.0 });
             }
         }
         for j in 0..t {
-            m.data[4 * t + j] = 0.0;
+            m.data.set(4 * t + j, 0.0);
         }
     }
     // Groups interleaved (sequence i answers prompt (G − 1) − i mod G), as a
     // batch need not keep a group's sequences together.
     if let Some(g) = edge.tensors.get_mut("group") {
         let n_groups = b.div_ceil(group) as f64;
-        for (i, x) in g.data.iter_mut().enumerate() {
-            *x = n_groups - 1.0 - (i as f64 % n_groups);
+        for i in 0..g.data.len() {
+            g.data.set(i, n_groups - 1.0 - (i as f64 % n_groups));
         }
     }
     out.push(("short and masked rows, interleaved groups".into(), edge));
     let mut ext = base;
-    let logp: Option<Vec<f64>> = ext.tensors.get("logp").map(|x| x.data.clone());
+    let logp: Option<Vec<f64>> = ext.tensors.get("logp").map(|x| x.data.to_f64());
     if let Some(lp) = logp
         && lp.len() > t
     {
         for (name, delta) in [("old_logp", 15.0), ("ref_logp", -12.0)] {
             if let Some(x) = ext.tensors.get_mut(name) {
                 for (k, dd) in [(0usize, delta), (1, -delta), (t, 0.5 * delta)] {
-                    x.data[k] = lp[k] + dd;
+                    x.data.set(k, lp[k] + dd);
                 }
             }
         }
@@ -234,16 +250,20 @@ pub fn variants(recipe: &CheckedRecipe, d: Dims, seed: u64) -> Vec<(String, Batc
             "logp",
             "f32",
             vec![b, t],
-            (0..n).map(|i| -0.1 - (i % 7) as f64 * 0.3).collect(),
+            (0..n)
+                .map(|i| -0.1 - (i % 7) as f64 * 0.3)
+                .collect::<Vec<f64>>(),
         );
         plain.insert(
             "entropy",
             "f32",
             vec![b, t],
-            (0..n).map(|i| 0.2 + (i % 5) as f64 * 0.4).collect(),
+            (0..n)
+                .map(|i| 0.2 + (i % 5) as f64 * 0.4)
+                .collect::<Vec<f64>>(),
         );
         if let Some(x) = plain.tensors.get_mut("old_logp") {
-            x.data[0] = -20.0;
+            x.data.set(0, -20.0);
         }
         out.push(("given logp and entropy".into(), plain));
     }

@@ -528,7 +528,7 @@ pub fn run_graph(
                 .into(),
         });
     }
-    Ok(dp.run(client, &prepared.shape, &prepared.inputs_f32())?)
+    Ok(dp.run(client, &prepared.shape, prepared)?)
 }
 
 /// The source the device runtime compiles for every kernel of `graph`

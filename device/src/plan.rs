@@ -21,6 +21,7 @@
 //!   they are computed on the host and uploaded with the inputs.
 
 use cubecl::prelude::*;
+use keel_compiler::batch::{Inputs, View};
 use keel_compiler::builtins::Level;
 use keel_compiler::interp::{self, Shape};
 use keel_compiler::ir::{Bin, Op, Red, ScanOp, Un};
@@ -1273,11 +1274,23 @@ fn on_host(g: &keel_compiler::ir::Graph, id: keel_compiler::ir::NodeId) -> bool 
         }
 }
 
+/// Copy an input into its place in the host arena, as f32.
+fn lay_out(dst: &mut [f32], x: View) {
+    match x {
+        View::F32(x) => dst.copy_from_slice(x),
+        View::F64(x) => {
+            for (o, &y) in dst.iter_mut().zip(x) {
+                *o = y as f32;
+            }
+        }
+    }
+}
+
 /// The value of a node [`on_host`] accepts, as the interpreter computes it.
 fn host_value(
     g: &keel_compiler::ir::Graph,
     id: keel_compiler::ir::NodeId,
-    inputs: &HashMap<String, Vec<f32>>,
+    inputs: &dyn Inputs,
     sh: &Shape,
 ) -> Result<f64, String> {
     let n = &g.nodes[id];
@@ -1290,9 +1303,8 @@ fn host_value(
         Op::Param { value, .. } => *value,
         Op::PaddedLength => sh.t as f64,
         Op::Input(name) => inputs
-            .get(name)
-            .and_then(|x| x.first())
-            .map(|&x| x as f64)
+            .view(name)
+            .and_then(|x| x.get(0))
             .ok_or_else(|| format!("input `{name}` was not provided"))?,
         Op::Unary(u) => interp::unary(*u, arg(0)?),
         Op::Binary(b) => interp::binary(*b, arg(0)?, arg(1)?),
@@ -1600,13 +1612,13 @@ impl DevicePlan {
         out
     }
 
-    /// Run on `client` with the batch's inputs (f32, flat, as for
+    /// Run on `client` with the batch's inputs (flat, f32 or f64, as for
     /// [`Plan::run`]); returns the outputs as f64.
     pub fn run(
         &self,
         client: &Client,
         sh: &Shape,
-        inputs: &HashMap<String, Vec<f32>>,
+        inputs: &impl Inputs,
     ) -> Result<HashMap<String, Vec<f64>>, String> {
         let mut on = self.upload(client, sh, inputs)?;
         self.execute(client, &mut on)?;
@@ -1631,15 +1643,16 @@ impl DevicePlan {
         self.layout(sh).1 * std::mem::size_of::<f32>()
     }
 
-    /// Lay out the arena and copy the inputs to the device.
+    /// Lay out the arena and copy the inputs to the device (converted to
+    /// f32 as they are laid out: no other copy is made).
     pub fn upload(
         &self,
         client: &Client,
         sh: &Shape,
-        inputs: &HashMap<String, Vec<f32>>,
+        inputs: &impl Inputs,
     ) -> Result<OnDevice, String> {
         let mask = inputs
-            .get("mask")
+            .view("mask")
             .ok_or_else(|| "input `mask` was not provided".to_string())?;
         if mask.len() != sh.b * sh.t {
             return Err(format!(
@@ -1662,7 +1675,7 @@ impl DevicePlan {
         for (k, b) in self.plan.buffers.iter().enumerate() {
             if let Some(name) = &b.input {
                 let x = inputs
-                    .get(name)
+                    .view(name)
                     .ok_or_else(|| format!("input `{name}` was not provided"))?;
                 if x.len() != sh.len(b.level) {
                     return Err(format!(
@@ -1671,12 +1684,15 @@ impl DevicePlan {
                         sh.len(b.level)
                     ));
                 }
-                host[offsets[k]..offsets[k] + x.len()].copy_from_slice(x);
+                lay_out(&mut host[offsets[k]..offsets[k] + x.len()], x);
             }
         }
-        host[offsets[self.mask_slot]..offsets[self.mask_slot] + mask.len()].copy_from_slice(mask);
+        lay_out(
+            &mut host[offsets[self.mask_slot]..offsets[self.mask_slot] + mask.len()],
+            mask,
+        );
         if let Some(ts) = self.tokens_slot {
-            let tokens = inputs.get("tokens").ok_or_else(|| {
+            let tokens = inputs.view("tokens").ok_or_else(|| {
                 "`tokens` is needed to read the sampled token's entry".to_string()
             })?;
             if tokens.len() != sh.b * sh.t {
@@ -1689,14 +1705,14 @@ impl DevicePlan {
             if let Some((i, t)) = tokens
                 .iter()
                 .enumerate()
-                .find(|(_, t)| !(**t >= 0.0 && t.fract() == 0.0 && (**t as usize) < sh.v))
+                .find(|(_, t)| !(*t >= 0.0 && t.fract() == 0.0 && (*t as usize) < sh.v))
             {
                 return Err(format!(
                     "`tokens` at flat position {i} is {t}, outside the vocabulary [0, {})",
                     sh.v
                 ));
             }
-            host[offsets[ts]..offsets[ts] + tokens.len()].copy_from_slice(tokens);
+            lay_out(&mut host[offsets[ts]..offsets[ts] + tokens.len()], tokens);
         }
         for (slot, seed) in &self.rands {
             let seed = match *seed {
@@ -1732,10 +1748,8 @@ impl DevicePlan {
             total,
             offsets,
             shape: sh.clone(),
-            mask: mask.clone(),
-            tokens: inputs
-                .get("tokens")
-                .map(|t| t.iter().map(|&x| x as f64).collect()),
+            mask: mask.iter().map(|x| x as f32).collect(),
+            tokens: inputs.view("tokens").map(|t| t.iter().collect()),
         })
     }
 

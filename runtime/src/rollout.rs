@@ -275,20 +275,23 @@ impl Rollouts {
 
     /// The loss batch for these rows, with the current policy's logits
     /// [B·T·V] (already divided by the sampling temperature) when given.
-    pub fn loss_batch(&self, logits: Option<Vec<f64>>, v: usize, s: StepInputs) -> Batch {
+    pub fn loss_batch(&self, logits: Option<Vec<f32>>, v: usize, s: StepInputs) -> Batch {
         let t = self.t();
         let b = self.len();
         let inputs = self.inputs(s);
         let mut batch = Batch::default();
         batch.insert("mask", "f32", vec![b, t], self.mask());
         if let Some(z) = logits {
-            batch.insert("logits", "f32", vec![b, t, v], z);
+            batch.insert_f32("logits", "f32", vec![b, t, v], z);
         }
         batch.insert(
             "tokens",
             "i64",
             vec![b, t],
-            self.tokens().iter().map(|&x| x as f64).collect(),
+            self.tokens()
+                .iter()
+                .map(|&x| x as f64)
+                .collect::<Vec<f64>>(),
         );
         for name in ["old_logp", "ref_logp", "step_reward", "old_mean_logp"] {
             if let Some(x) = inputs.get(name) {
@@ -296,11 +299,11 @@ impl Rollouts {
             }
         }
         if let Some(x) = inputs.get("old_logits") {
-            batch.insert(
+            batch.insert_f32(
                 "old_logits",
                 "f32",
                 vec![b, t, self.vocab.max(1)],
-                x.clone(),
+                x.iter().map(|&z| z as f32).collect::<Vec<f32>>(),
             );
         }
         batch.insert("step_end", "u8", vec![b, t], inputs["step_end"].clone());

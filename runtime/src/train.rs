@@ -404,24 +404,11 @@ impl Loss {
         if self.kernel {
             let (b, t) = (r.len(), r.t());
             let mut batch = r.loss_batch(None, v, si);
-            batch.insert(
-                "logp",
-                "f32",
-                vec![b, t],
-                fwd.logp.iter().map(|&x| x as f64).collect(),
-            );
-            batch.insert(
-                "entropy",
-                "f32",
-                vec![b, t],
-                fwd.entropy.iter().map(|&x| x as f64).collect(),
-            );
+            batch.insert_f32("logp", "f32", vec![b, t], fwd.logp.clone());
+            batch.insert_f32("entropy", "f32", vec![b, t], fwd.entropy.clone());
             (batch, fwd)
         } else {
-            (
-                r.loss_batch(Some(z.iter().map(|&x| x as f64).collect()), v, si),
-                fwd,
-            )
+            (r.loss_batch(Some(z.to_vec()), v, si), fwd)
         }
     }
 
@@ -454,10 +441,6 @@ impl Loss {
     fn run(&self, batch: &Batch) -> Result<LossOut> {
         let prepared = batch::prepare(batch, "rollout batch", &self.graph, &self.recipe)
             .map_err(|d| diag_error(d, "the runtime's batch does not fit the recipe's loss"))?;
-        let mut inputs = keel_compiler::inputs_f32(&prepared.inputs);
-        inputs
-            .entry("mask".to_string())
-            .or_insert_with(|| prepared.mask.iter().map(|&x| x as f32).collect());
         if let Err(message) = keel_compiler::check_memory(
             "the values of one step's loss",
             self.plan.memory_bytes(&prepared.shape),
@@ -473,7 +456,7 @@ impl Loss {
             .unwrap_or(1);
         let mut vals = self
             .plan
-            .run(&prepared.shape, &inputs, threads)
+            .run(&prepared.shape, &prepared, threads)
             .map_err(|e| {
                 RunError::new(
                     codes::LOSS_PROGRAM,

@@ -4,6 +4,7 @@
 
 use super::rows::{vocab_orders, vocab_rows};
 use super::{CHUNK, Ins, KOp, Loop, Outputs, PARTS, Plan, Special, Src, Step};
+use crate::batch::{Inputs, View};
 use crate::builtins::Level;
 use crate::fastmath;
 use crate::interp::{self, InterpError, Shape};
@@ -262,18 +263,22 @@ struct Partial {
 
 impl Plan {
     /// Run the plan on a batch: `inputs` holds every input the graph reads
-    /// (flat, in level order, f32) and `mask` [B·T]. `threads` caps the
+    /// (flat, in level order, f32 or f64, read in place) and `mask` [B·T]
+    /// (a [`crate::batch::Prepared`] or a map of vectors). `threads` caps the
     /// threads a loop is split across (1: this thread only).
     pub fn run(
         &self,
         sh: &Shape,
-        inputs: &HashMap<String, Vec<f32>>,
+        inputs: &impl Inputs,
         threads: usize,
     ) -> Result<Outputs, InterpError> {
-        let mask: &[f32] = inputs
-            .get("mask")
-            .map(|m| m.as_slice())
-            .ok_or_else(|| InterpError("input `mask` was not provided".into()))?;
+        // The mask as f32 (borrowed when it is f32).
+        let mask: std::borrow::Cow<[f32]> = match inputs.view("mask") {
+            Some(View::F32(m)) => m.into(),
+            Some(View::F64(m)) => m.iter().map(|&x| x as f32).collect::<Vec<f32>>().into(),
+            None => return Err(InterpError("input `mask` was not provided".into())),
+        };
+        let mask: &[f32] = &mask;
         if mask.len() != sh.b * sh.t {
             return Err(InterpError(format!(
                 "input `mask` has {} values, expected {}",
@@ -281,12 +286,13 @@ impl Plan {
                 sh.b * sh.t
             )));
         }
+        // Inputs are read in place, f32 or f64.
         let mut bufs: Vec<Data> = Vec::with_capacity(self.buffers.len());
         for b in &self.buffers {
             match &b.input {
                 Some(name) => {
                     let x = inputs
-                        .get(name)
+                        .view(name)
                         .ok_or_else(|| InterpError(format!("input `{name}` was not provided")))?;
                     if x.len() != sh.len(b.level) {
                         return Err(InterpError(format!(
@@ -295,7 +301,10 @@ impl Plan {
                             sh.len(b.level)
                         )));
                     }
-                    bufs.push(Data::Input(x));
+                    bufs.push(match x {
+                        View::F32(x) => Data::Input(x),
+                        View::F64(x) => Data::Ref(x),
+                    });
                 }
                 None => bufs.push(Data::Missing),
             }
@@ -312,9 +321,9 @@ impl Plan {
             }
         }
         let tokens: Option<Vec<f64>> = inputs
-            .get("tokens")
+            .view("tokens")
             .filter(|_| specials)
-            .map(|t| t.iter().map(|&x| x as f64).collect());
+            .map(|t| t.iter().collect());
         let mut orders = Orders {
             shared: self.shared_row_keys(),
             ..Orders::default()
