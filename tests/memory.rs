@@ -177,3 +177,42 @@ fn a_loss_reads_the_logits_in_place() {
     }
     eprintln!("{}", report.join("\n"));
 }
+
+/// `keel loss` with the reference interpreter refuses a batch by
+/// `interp::memory_bytes` (E0606): it must not overstate what a run
+/// allocates, and must account for most of it.
+#[test]
+fn interpreter_estimate_bounds_a_run_from_below() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let d = Dims {
+        b: 16,
+        t: 32,
+        v: 256,
+        group: 8,
+    };
+    let mut report = Vec::new();
+    for name in ["grpo", "ppo", "z_loss", "pld", "siren"] {
+        let c = check_file(&preset_path(name), &[]);
+        let idx = c.main_recipe(None).expect("recipe");
+        let recipe = &c.recipes[idx];
+        let batch = synth::batch(recipe, d, 3);
+        let have = |x: &str| batch.has(x);
+        let compiled = keel_compiler::compile_loss(&c, idx, &have).expect("compiles");
+        let p = keel_compiler::batch::prepare(&batch, "b", &compiled.graph, recipe)
+            .expect("batch fits");
+        let est = keel_compiler::interp::memory_bytes(&compiled.graph, &p.shape);
+        let before = NOW.load(Ordering::SeqCst);
+        PEAK.store(before, Ordering::SeqCst);
+        let r = keel_compiler::run_loss(&c, idx, &batch, "b")
+            .unwrap_or_else(|e| panic!("{name}: {}", e[0].message));
+        let peak = PEAK.load(Ordering::SeqCst) - before;
+        drop(r);
+        report.push(format!("{name}: estimate {est}, peak {peak}"));
+        assert!(
+            est <= peak && est as f64 >= 0.9 * peak as f64,
+            "{}",
+            report.join("\n")
+        );
+    }
+    eprintln!("{}", report.join("\n"));
+}

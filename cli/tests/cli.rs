@@ -164,40 +164,53 @@ fn loss_json_and_grad_out() {
     assert_eq!(g.tensors["d_logp"].dtype, "f32");
 }
 
-/// A batch the kernel plan cannot hold in the memory available is refused
-/// with E0606 before anything is allocated (the limit set by hand here);
-/// under the limit the same command runs.
+/// A batch the kernel plan, or the reference interpreter (the default
+/// backend), cannot hold in the memory available is refused with E0606
+/// before anything is allocated (the limit set by hand here); under the
+/// limit the same command runs.
 #[test]
 fn loss_beyond_memory_is_an_error() {
-    let args = [
-        "loss",
-        "stdlib/dapo.recipe",
-        "--batch",
-        "tests/golden/dapo__binary.safetensors",
-        "--backend",
-        "kernel",
-    ];
-    let run = |limit: &str| {
-        Command::new(env!("CARGO_BIN_EXE_keel"))
-            .args(args)
-            .env("KEEL_MEMORY_LIMIT", limit)
-            .current_dir(root())
-            .output()
-            .expect("keel runs")
-    };
-    let out = run("1000");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
-    let err = text(&out.stderr);
-    assert!(
-        err.contains("error[E0606]")
-            && err.contains("of memory is available")
-            && err.contains("the kernel plan's values for this batch need ")
-            && err.contains("; 1.0 kB of memory is available")
-            && err.contains("evaluate fewer sequences at once"),
-        "{err}"
-    );
-    let ok = run("1000000000");
-    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    for (backend, what, help) in [
+        (
+            "kernel",
+            "the kernel plan's values for this batch need ",
+            "evaluate fewer sequences at once",
+        ),
+        (
+            "interp",
+            "the reference interpreter's values for this batch need ",
+            "use `--backend kernel`",
+        ),
+    ] {
+        let args = [
+            "loss",
+            "stdlib/dapo.recipe",
+            "--batch",
+            "tests/golden/dapo__binary.safetensors",
+            "--backend",
+            backend,
+        ];
+        let run = |limit: &str| {
+            Command::new(env!("CARGO_BIN_EXE_keel"))
+                .args(args)
+                .env("KEEL_MEMORY_LIMIT", limit)
+                .current_dir(root())
+                .output()
+                .expect("keel runs")
+        };
+        let out = run("1000");
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("error[E0606]")
+                && err.contains(what)
+                && err.contains("; 1.0 kB of memory is available")
+                && err.contains(help),
+            "{backend}: {err}"
+        );
+        let ok = run("1000000000");
+        assert!(ok.status.success(), "{backend}: {}", text(&ok.stderr));
+    }
     let explain = keel(&["explain", "E0606"]);
     assert!(
         explain.status.success() && text(&explain.stdout).contains("KEEL_MEMORY_LIMIT"),

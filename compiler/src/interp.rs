@@ -69,6 +69,24 @@ pub struct Env<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct InterpError(pub String);
 
+/// What [`run`] holds at its end, in bytes: one f64 value per element of
+/// every live node (the interpreter keeps them all, constants broadcast to
+/// their level), and its own f64 copy of each input. An estimate from
+/// below (special steps' temporaries are left out), so a batch that
+/// cannot fit is refused before any of it is allocated.
+pub fn memory_bytes(g: &Graph, sh: &Shape) -> usize {
+    let live = g.live();
+    g.nodes
+        .iter()
+        .enumerate()
+        .filter(|(id, _)| live[*id])
+        .map(|(_, n)| {
+            let copies = if matches!(n.op, Op::Input(_)) { 2 } else { 1 };
+            sh.len(n.level).max(1).saturating_mul(8 * copies)
+        })
+        .fold(0usize, usize::saturating_add)
+}
+
 /// Evaluate every live node; returns all values (indexed by node id; dead
 /// nodes get an empty vector).
 pub fn run(g: &Graph, env: &Env) -> Result<Vec<Vec<f64>>, InterpError> {

@@ -528,6 +528,14 @@ pub fn run_loss_with(
 ) -> Result<LossResult, Vec<Diagnostic>> {
     match backend {
         Backend::Interp => run_loss_exec(checked, index, batch, batch_name, false, &mut |g, p| {
+            check_memory(
+                "the reference interpreter's values for this batch",
+                interp::memory_bytes(g, &p.shape),
+            )
+            .map_err(|message| ExecError::TooLarge {
+                message,
+                help: "the interpreter keeps every value of the program as f64 (it is the reference, for small batches): use `--backend kernel` (the fused kernels read the batch in place), or split the batch; KEEL_MEMORY_LIMIT=BYTES sets the limit".into(),
+            })?;
             let inputs = p.inputs_f64();
             let env = interp::Env {
                 shape: p.shape.clone(),
