@@ -76,6 +76,16 @@ pub fn run(a: Args) -> ExitCode {
         }
         return ExitCode::from(1);
     };
+    // A file whose tensors cannot be held is refused before it is read.
+    if let Some(need) = keel_compiler::batch::bytes_to_read(std::path::Path::new(&a.batch))
+        && let Err(e) = keel_compiler::check_memory("reading this batch's tensors would", need)
+    {
+        eprintln!("{}:1:1: error[E0606]: {e}", a.batch);
+        eprintln!(
+            "help: split the batch into files of fewer sequences; KEEL_MEMORY_LIMIT=BYTES sets the limit"
+        );
+        return ExitCode::from(1);
+    }
     let bytes = match std::fs::read(&a.batch) {
         Ok(b) => b,
         Err(e) => {

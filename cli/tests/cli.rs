@@ -164,53 +164,75 @@ fn loss_json_and_grad_out() {
     assert_eq!(g.tensors["d_logp"].dtype, "f32");
 }
 
-/// A batch the kernel plan, or the reference interpreter (the default
-/// backend), cannot hold in the memory available is refused with E0606
-/// before anything is allocated (the limit set by hand here); under the
-/// limit the same command runs.
+/// What `keel loss` cannot hold in the memory available is refused with
+/// E0606 before it is allocated (the limit set by hand here): a batch file
+/// whose tensors do not fit (located at the file), the kernel plan's values
+/// or the reference interpreter's (the default backend; located at the
+/// recipe). Under the limit the same commands run.
 #[test]
 fn loss_beyond_memory_is_an_error() {
-    for (backend, what, help) in [
+    // PLD at 8 × 16 positions × V = 1,024 (logits and teacher logits):
+    // reading the file takes ~2 MB, the kernel plan ~5 MB, the interpreter
+    // tens of MB.
+    let path = root().join("stdlib/pld.recipe");
+    let src = std::fs::read_to_string(&path).expect("pld");
+    let c = keel_compiler::check_source(&keel_compiler::Disk, &path.to_string_lossy(), &src);
+    let idx = c.main_recipe(None).expect("recipe");
+    let d = keel_compiler::synth::Dims {
+        b: 8,
+        t: 16,
+        v: 1024,
+        group: 4,
+    };
+    let batch_path = std::env::temp_dir().join(format!("keel-mem-{}.st", std::process::id()));
+    keel_compiler::synth::batch(&c.recipes[idx], d, 1)
+        .write(&batch_path)
+        .expect("writes");
+    let batch = batch_path.to_string_lossy().to_string();
+    let run = |backend: &str, limit: &str| {
+        Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["loss", "stdlib/pld.recipe", "--batch", &batch])
+            .args(["--backend", backend])
+            .env("KEEL_MEMORY_LIMIT", limit)
+            .current_dir(root())
+            .output()
+            .expect("keel runs")
+    };
+    for (backend, limit, want) in [
         (
             "kernel",
-            "the kernel plan's values for this batch need ",
-            "evaluate fewer sequences at once",
+            "1000",
+            format!("{batch}:1:1: error[E0606]: reading this batch's tensors would need "),
+        ),
+        (
+            "kernel",
+            "3000000",
+            "error[E0606]: the kernel plan's values for this batch need ".into(),
         ),
         (
             "interp",
-            "the reference interpreter's values for this batch need ",
-            "use `--backend kernel`",
+            "3000000",
+            "error[E0606]: the reference interpreter's values for this batch need ".into(),
         ),
     ] {
-        let args = [
-            "loss",
-            "stdlib/dapo.recipe",
-            "--batch",
-            "tests/golden/dapo__binary.safetensors",
-            "--backend",
-            backend,
-        ];
-        let run = |limit: &str| {
-            Command::new(env!("CARGO_BIN_EXE_keel"))
-                .args(args)
-                .env("KEEL_MEMORY_LIMIT", limit)
-                .current_dir(root())
-                .output()
-                .expect("keel runs")
-        };
-        let out = run("1000");
+        let out = run(backend, limit);
         assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
         let err = text(&out.stderr);
+        let help = match (limit, backend) {
+            ("1000", _) => "split the batch into files of fewer sequences",
+            (_, "kernel") => "evaluate fewer sequences at once",
+            _ => "use `--backend kernel`",
+        };
         assert!(
-            err.contains("error[E0606]")
-                && err.contains(what)
-                && err.contains("; 1.0 kB of memory is available")
-                && err.contains(help),
-            "{backend}: {err}"
+            err.contains(&want) && err.contains("of memory is available") && err.contains(help),
+            "{backend} at {limit}: {err}"
         );
-        let ok = run("1000000000");
+    }
+    for backend in ["kernel", "interp"] {
+        let ok = run(backend, "1000000000");
         assert!(ok.status.success(), "{backend}: {}", text(&ok.stderr));
     }
+    let _ = std::fs::remove_file(&batch_path);
     let explain = keel(&["explain", "E0606"]);
     assert!(
         explain.status.success() && text(&explain.stdout).contains("KEEL_MEMORY_LIMIT"),

@@ -242,6 +242,46 @@ impl Batch {
     }
 }
 
+/// What reading the safetensors file at `path` into a [`Batch`] holds at
+/// its peak, in bytes, from its header alone: the file's bytes and its
+/// tensors as held (f32 or f64 values). `None` when the header cannot be
+/// read; [`Batch::from_bytes`] then says what is wrong.
+pub fn bytes_to_read(path: &std::path::Path) -> Option<usize> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let file_len = usize::try_from(f.metadata().ok()?.len()).ok()?;
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).ok()?;
+    let n = usize::try_from(u64::from_le_bytes(n)).ok()?;
+    // The format's own limit on a header.
+    if n > 100_000_000 || n > file_len {
+        return None;
+    }
+    let mut header = vec![0u8; n];
+    f.read_exact(&mut header).ok()?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).ok()?;
+    let mut held = file_len;
+    for (name, info) in &header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let entries = info
+            .get("shape")?
+            .as_array()?
+            .iter()
+            .try_fold(1usize, |acc, d| {
+                acc.checked_mul(usize::try_from(d.as_u64()?).ok()?)
+            })?;
+        let width = match info.get("dtype")?.as_str()? {
+            "F32" | "BF16" | "F16" => 4,
+            _ => 8,
+        };
+        held = held.saturating_add(entries.saturating_mul(width));
+    }
+    Some(held)
+}
+
 type Encoded<'a> = (String, Dtype, Vec<usize>, std::borrow::Cow<'a, [u8]>);
 
 fn views<'a>(
