@@ -187,24 +187,12 @@ impl Rollouts {
         // Before the update the current policy is the behaviour policy.
         m.insert("logp".into(), self.token_level(&self.old_logp));
         m.insert("entropy".into(), self.token_level(&self.entropy));
-        let v = self.vocab.max(1);
-        let mut z = vec![0.0; b * t * v];
-        let mut mean_lp = vec![0.0; b * t];
-        for (r, row) in self.old_logits.iter().enumerate() {
-            for (j, tok) in row.chunks_exact(v).enumerate().take(t) {
-                let m = tok.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x as f64));
-                let lse = m + tok.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
-                for (k, &x) in tok.iter().enumerate() {
-                    z[(r * t + j) * v + k] = x as f64;
-                }
-                mean_lp[r * t + j] = tok.iter().map(|&x| x as f64 - lse).sum::<f64>() / v as f64;
-            }
+        // The behaviour policy's distribution, [B, T, V], only from rollouts
+        // that kept their logits (for a recipe that reads it, see
+        // [`Rollouts::VOCAB_INPUTS`]).
+        if b * t == 0 || self.old_logits.iter().any(|r| !r.is_empty()) {
+            self.vocab_inputs(&mut m);
         }
-        // Before the update the current policy is the behaviour policy.
-        m.insert("logits".into(), z.clone());
-        m.insert("old_logits".into(), z);
-        m.insert("mean_logp".into(), mean_lp.clone());
-        m.insert("old_mean_logp".into(), mean_lp);
         m.insert(
             "tokens".into(),
             self.tokens().iter().map(|&x| x as f64).collect(),
@@ -271,6 +259,34 @@ impl Rollouts {
         );
         m.insert("epoch".into(), vec![s.epoch]);
         m
+    }
+
+    /// Inputs read from the behaviour policy's distribution: a run keeps
+    /// the sampled positions' logits only when its recipe reads one.
+    pub const VOCAB_INPUTS: [&'static str; 4] =
+        ["logits", "old_logits", "mean_logp", "old_mean_logp"];
+
+    /// `logits`, `old_logits` ([B·T·V], before the update the current
+    /// policy is the behaviour policy), `mean_logp` and `old_mean_logp`.
+    fn vocab_inputs(&self, m: &mut HashMap<String, Vec<f64>>) {
+        let (b, t) = (self.len(), self.t());
+        let v = self.vocab.max(1);
+        let mut z = vec![0.0; b * t * v];
+        let mut mean_lp = vec![0.0; b * t];
+        for (r, row) in self.old_logits.iter().enumerate() {
+            for (j, tok) in row.chunks_exact(v).enumerate().take(t) {
+                let m = tok.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x as f64));
+                let lse = m + tok.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+                for (k, &x) in tok.iter().enumerate() {
+                    z[(r * t + j) * v + k] = x as f64;
+                }
+                mean_lp[r * t + j] = tok.iter().map(|&x| x as f64 - lse).sum::<f64>() / v as f64;
+            }
+        }
+        m.insert("logits".into(), z.clone());
+        m.insert("old_logits".into(), z);
+        m.insert("mean_logp".into(), mean_lp.clone());
+        m.insert("old_mean_logp".into(), mean_lp);
     }
 
     /// The loss batch for these rows, with the current policy's logits
@@ -404,5 +420,40 @@ mod tests {
             epoch: 0.0,
         });
         assert!((inp["old_mean_logp"][0] - 0.5f64.ln()).abs() < 1e-12);
+    }
+
+    /// Rollouts of a recipe that does not read the distribution keep no
+    /// logits, and their inputs have no [B, T, V] values; with logits kept,
+    /// `logits` and `old_logits` are [B·T·V].
+    #[test]
+    fn vocabulary_inputs_only_from_kept_logits() {
+        let s = StepInputs {
+            step: 1.0,
+            total_steps: 1.0,
+            epoch: 0.0,
+        };
+        let mut r = rows(&[0, 0, 1], 4);
+        let kept = r.inputs(s);
+        for name in Rollouts::VOCAB_INPUTS {
+            let want = if name.contains("logits") {
+                3 * 4 * 2
+            } else {
+                3 * 4
+            };
+            assert_eq!(kept[name].len(), want, "{name}");
+        }
+        r.old_logits = vec![Vec::new(); 3];
+        let none = r.inputs(s);
+        for name in Rollouts::VOCAB_INPUTS {
+            assert!(!none.contains_key(name), "{name}");
+        }
+        assert_eq!(none["old_logp"], kept["old_logp"]);
+        assert!(
+            r.loss_batch(None, 2, s)
+                .tensors
+                .keys()
+                .all(|k| !k.contains("logits")),
+            "no logits in the loss batch"
+        );
     }
 }

@@ -24,6 +24,10 @@ pub struct SampleConfig {
     pub max_tokens: usize,
     /// The end-of-sequence token.
     pub eos: u32,
+    /// Keep each sampled position's (tempered) logits, [len, V] a sample:
+    /// only a recipe that reads the behaviour policy's distribution needs
+    /// them.
+    pub keep_logits: bool,
 }
 
 /// Left-pad `prompts` to a common length: tokens and validity, row-major.
@@ -131,8 +135,10 @@ pub fn sample_limited(
             s.response.push(tok);
             s.old_logp.push(lp[tok as usize]);
             s.entropy.push(ent);
-            s.logits
-                .extend(row.iter().map(|&x| (x as f64 / cfg.temperature) as f32));
+            if cfg.keep_logits {
+                s.logits
+                    .extend(row.iter().map(|&x| (x as f64 / cfg.temperature) as f32));
+            }
             next[bi] = tok;
             if tok == cfg.eos {
                 done[bi] = true;

@@ -86,6 +86,10 @@ struct Plan {
     ck_keep: usize,
     adam: AdamWConfig,
     reads_ref: bool,
+    /// The recipe reads the behaviour policy's distribution (`old_logits`,
+    /// `mean_logp`, …): rollouts keep every sampled position's logits
+    /// ([B, T, V]); otherwise they keep none.
+    reads_old_logits: bool,
     /// The recipe mixes in rehearsal samples of the initial policy (`source` 1).
     reads_source: bool,
 }
@@ -258,6 +262,9 @@ fn plan(checked: &Checked, index: usize) -> Result<Plan> {
             weight_decay: s.num("optimizer", "weight_decay", 0.01),
         },
         reads_ref: recipe.inputs.contains_key("ref_logp"),
+        reads_old_logits: Rollouts::VOCAB_INPUTS
+            .iter()
+            .any(|n| recipe.inputs.contains_key(*n)),
         reads_source: recipe.inputs.contains_key("source"),
     })
 }
@@ -757,6 +764,7 @@ fn evaluate(
         top_p: plan.top_p,
         max_tokens,
         eos: tok.eos(),
+        keep_logits: false,
     };
     let r = rollouts(
         &policy.detached(),
@@ -1024,6 +1032,7 @@ pub fn run(
             top_p: plan.top_p,
             max_tokens: plan.model.context / 2,
             eos: tok.eos(),
+            keep_logits: plan.reads_old_logits,
         };
         let pool = rollouts(
             &reference, &plan.task, &problems, plan.group, cfg, &mut rng, tok,
@@ -1164,6 +1173,7 @@ pub fn run(
             top_p: plan.top_p,
             max_tokens,
             eos: tok.eos(),
+            keep_logits: plan.reads_old_logits,
         };
 
         // ---- rollouts ----------------------------------------------------
@@ -1727,6 +1737,7 @@ mod tests {
             top_p: 1.0,
             max_tokens: 10,
             eos: tok.eos(),
+            keep_logits: true,
         };
         let mut rng = Rng::new(9);
         let (first, samples, top_k) = (3, 2, 2);
