@@ -595,7 +595,8 @@ fn branched_rollouts(
                     response: s.response[..cut].to_vec(),
                     old_logp: s.old_logp[..cut].to_vec(),
                     entropy: s.entropy[..cut].to_vec(),
-                    logits: s.logits[..cut * v].to_vec(),
+                    // Empty unless the recipe reads the distribution.
+                    logits: s.logits.get(..cut * v).unwrap_or_default().to_vec(),
                     truncated: c.truncated,
                 };
                 joined.response.extend(c.response);
