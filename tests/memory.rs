@@ -118,8 +118,9 @@ fn memory_estimate_bounds_a_run_from_below() {
 /// logits are read where the batch holds them (f32), never copied. Beyond
 /// the gradient it returns (GRPO: the logits kernel's f32 `d_logits`) or the
 /// plan's own values (z-loss, a vocabulary-level program: its estimate,
-/// `d_logits` included), a run allocates less than 512 bytes a token. A copy
-/// of the logits (4 or 8 bytes an entry, 16 or 32 KB a token here) fails it.
+/// its f32 `d_logits` included), a run allocates less than 512 bytes a
+/// token. A copy of the logits (4 or 8 bytes an entry, 16 or 32 KB a token
+/// here) fails it.
 #[test]
 fn a_loss_reads_the_logits_in_place() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -169,6 +170,12 @@ fn a_loss_reads_the_logits_in_place() {
         .unwrap_or_else(|e| panic!("{name}: {}", e[0].message));
         let peak = PEAK.load(Ordering::SeqCst) - before;
         assert_eq!(r.d_logits.as_ref().map(|x| x.len()), Some(nv), "{name}");
+        // Both the logits kernel and a vocabulary-level plan hand over an
+        // f32 gradient.
+        assert!(
+            matches!(r.d_logits, Some(keel_compiler::batch::Values::F32(_))),
+            "{name}: d_logits held as f32"
+        );
         report.push(format!(
             "{name}: peak {peak}, allowed {allowed} + {}",
             512 * n

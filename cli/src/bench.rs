@@ -308,7 +308,7 @@ pub fn run(a: Args) -> ExitCode {
                     }
                     times.push(start.elapsed().as_secs_f64());
                     if let Some(l) = out.get("loss") {
-                        losses.push((be, l.first().copied().unwrap_or(f64::NAN)));
+                        losses.push((be, l.get(0).unwrap_or(f64::NAN)));
                     }
                     // As a training loop does once it has read them.
                     plan.recycle(out.into_values());

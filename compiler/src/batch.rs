@@ -79,6 +79,13 @@ impl Values {
     pub fn to_f64(&self) -> Vec<f64> {
         self.iter().collect()
     }
+    /// The values as f64 (f64 ones handed over, not copied).
+    pub fn into_f64(self) -> Vec<f64> {
+        match self {
+            Values::F64(v) => v,
+            other => other.to_f64(),
+        }
+    }
 }
 
 impl<'a> View<'a> {

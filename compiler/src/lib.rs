@@ -545,7 +545,7 @@ pub fn run_loss_with(
             let vals = interp::run(g, &env).map_err(|e| ExecError::Failed(e.0))?;
             Ok(g.outputs
                 .iter()
-                .map(|(n, id)| (n.clone(), vals[*id].clone()))
+                .map(|(n, id)| (n.clone(), batch::Values::F64(vals[*id].clone())))
                 .collect())
         }),
         Backend::Kernel { threads } => {
@@ -568,7 +568,7 @@ pub fn run_loss_with(
 }
 
 /// The outputs of one evaluation of a loss program, by name.
-pub type Outputs = std::collections::HashMap<String, Vec<f64>>;
+pub type Outputs = kernel::Outputs;
 
 /// [`run_loss_with`] with any executor: `exec` evaluates the compiled graph
 /// on the prepared batch. With `logits_kernel`, a batch with `logits` goes
@@ -634,11 +634,12 @@ pub fn run_loss_exec(
         (Some(p), Some(f)) => Some(p.d_logits(f, &values)),
         _ => None,
     };
-    let get = |name: &str| values.get(name).cloned();
-    let loss = get("loss")
-        .and_then(|v| v.first().copied())
-        .unwrap_or(f64::NAN);
-    let d_logp = get("d_logp").unwrap_or_default();
+    let first = |name: &str| values.get(name).and_then(|v| v.get(0));
+    let loss = first("loss").unwrap_or(f64::NAN);
+    let d_logp = values
+        .get("d_logp")
+        .map(batch::Values::to_f64)
+        .unwrap_or_default();
     if !loss.is_finite() || d_logp.iter().any(|x| !x.is_finite()) {
         let what = if loss.is_finite() {
             "its gradient"
@@ -656,12 +657,8 @@ pub fn run_loss_exec(
         .outputs
         .iter()
         .filter_map(|(n, _)| {
-            n.strip_prefix("metric.").map(|m| {
-                (
-                    m.to_string(),
-                    get(n).and_then(|v| v.first().copied()).unwrap_or(f64::NAN),
-                )
-            })
+            n.strip_prefix("metric.")
+                .map(|m| (m.to_string(), first(n).unwrap_or(f64::NAN)))
         })
         .collect();
     Ok(LossResult {
@@ -676,10 +673,10 @@ pub fn run_loss_exec(
             .or_else(|| batch.has("logits").then_some(prepared.shape.v)),
         d_logp,
         // Taken, not cloned: d_logits is [B, T, V].
-        advantages: values.remove("advantages"),
+        advantages: values.remove("advantages").map(batch::Values::into_f64),
         d_logits: match kernel_d_logits {
             Some(d) => Some(batch::Values::F32(d)),
-            None => values.remove("d_logits").map(batch::Values::F64),
+            None => values.remove("d_logits"),
         },
     })
 }

@@ -323,7 +323,7 @@ impl<'a> KernelPath<'a> {
         let n = self.tokens.len();
         let col = |name: &str| -> Vec<f32> {
             match outputs.get(name) {
-                Some(x) if x.len() == n => x.iter().map(|&y| y as f32).collect(),
+                Some(x) if x.len() == n => x.iter().map(|y| y as f32).collect(),
                 _ => vec![0.0; n],
             }
         };

@@ -33,7 +33,7 @@ pub fn errors(got: &Outputs, want: &LossResult) -> Vec<(String, f64)> {
     let mut out = Vec::new();
     let mut check = |name: &str, w: &[f64]| {
         if let Some(g) = got.get(name) {
-            out.push((name.to_string(), rel_err(g, w)));
+            out.push((name.to_string(), rel_err(&g.to_f64(), w)));
         }
     };
     check("loss", &[want.loss]);

@@ -528,7 +528,11 @@ pub fn run_graph(
                 .into(),
         });
     }
-    Ok(dp.run(client, &prepared.shape, prepared)?)
+    Ok(dp
+        .run(client, &prepared.shape, prepared)?
+        .into_iter()
+        .map(|(k, v)| (k, keel_compiler::batch::Values::F64(v)))
+        .collect())
 }
 
 /// The source the device runtime compiles for every kernel of `graph`

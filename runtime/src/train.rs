@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use keel_compiler::batch::{self, Batch};
+use keel_compiler::batch::{self, Batch, Values};
 use keel_compiler::ir::Graph;
 use keel_compiler::{Checked, Diagnostic, compile_loss, logits};
 use keel_grammar::{AssignOp, Stmt};
@@ -315,8 +315,9 @@ fn encode_prompt(tok: &Tokenizer, p: &Problem) -> Vec<u32> {
 /// What one evaluation of the loss program returns.
 struct LossOut {
     loss: f64,
-    /// d(loss)/d(logits) [B·T·V] (the interpreter path).
-    d_logits: Vec<f64>,
+    /// d(loss)/d(logits) [B·T·V] (a program that reads the logits; f32
+    /// from the CPU plan).
+    d_logits: Option<Values>,
     /// d(loss)/d(logp) and d(loss)/d(entropy) [B·T] (the kernel path).
     d_logp: Vec<f64>,
     d_entropy: Vec<f64>,
@@ -423,14 +424,18 @@ impl Loss {
     /// or carried back by the fused kernel from d_logp and d_entropy.
     fn d_logits(
         &self,
-        out: &LossOut,
+        out: &mut LossOut,
         z: &[f32],
         r: &Rollouts,
         v: usize,
         fwd: &logits::Forward,
     ) -> Vec<f32> {
         if !self.kernel {
-            return out.d_logits.iter().map(|&x| x as f32).collect();
+            return match out.d_logits.take() {
+                Some(Values::F32(d)) => d,
+                Some(d) => d.iter().map(|x| x as f32).collect(),
+                None => Vec::new(),
+            };
         }
         let n = r.len() * r.t();
         let dl: Vec<f32> = out.d_logp.iter().map(|&x| x as f32).collect();
@@ -471,13 +476,11 @@ impl Loss {
                     "this is a runtime bug; please report it",
                 )
             })?;
-        let mut get = |n: &str| vals.remove(n);
-        let loss = get("loss")
-            .and_then(|v| v.first().copied())
-            .unwrap_or(f64::NAN);
-        let d_logits = get("d_logits").unwrap_or_default();
-        let d_logp = get("d_logp").unwrap_or_default();
-        let d_entropy = get("d_entropy").unwrap_or_default();
+        let loss = vals.get("loss").and_then(|v| v.get(0)).unwrap_or(f64::NAN);
+        let d_logits = vals.remove("d_logits");
+        let mut get = |n: &str| vals.remove(n).map(Values::into_f64).unwrap_or_default();
+        let d_logp = get("d_logp");
+        let d_entropy = get("d_entropy");
         let metrics = self
             .graph
             .outputs
@@ -486,9 +489,7 @@ impl Loss {
                 let m = n.strip_prefix("metric.")?;
                 Some((
                     m.to_string(),
-                    vals.get(n)
-                        .and_then(|v| v.first().copied())
-                        .unwrap_or(f64::NAN),
+                    vals.get(n).and_then(|v| v.get(0)).unwrap_or(f64::NAN),
                 ))
             })
             .collect();
@@ -1407,9 +1408,9 @@ pub fn run(
                         ..step_in
                     };
                     let (lb, fwd) = loss.batch(&part, &zf, v, si);
-                    let out = loss.run(&lb)?;
+                    let mut out = loss.run(&lb)?;
                     let l = out.loss;
-                    let d_logits = loss.d_logits(&out, &zf, &part, v, &fwd);
+                    let d_logits = loss.d_logits(&mut out, &zf, &part, v, &fwd);
                     // clip fraction on the current ratios
                     let (mut cf, mut cn) = (0.0, 0.0);
                     for (row, resp) in part.responses.iter().enumerate() {

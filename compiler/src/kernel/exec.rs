@@ -2,9 +2,9 @@
 //! elements through its instruction list, big loops in [`PARTS`] fixed parts
 //! across threads; special steps natively or through the interpreter.
 
-use super::rows::{vocab_orders, vocab_rows};
+use super::rows::{Rows, vocab_orders, vocab_rows};
 use super::{CHUNK, Ins, KOp, Loop, Outputs, PARTS, Plan, Special, Src, Step};
-use crate::batch::{Inputs, View};
+use crate::batch::{Inputs, Values, View};
 use crate::builtins::Level;
 use crate::fastmath;
 use crate::interp::{self, InterpError, Shape};
@@ -184,26 +184,28 @@ enum Data<'a> {
     Missing,
     Input(&'a [f32]),
     Owned(Vec<f64>),
+    /// A vocabulary-level value, held as f32.
+    Owned32(Vec<f32>),
     Ref(&'a [f64]),
 }
 
 impl Data<'_> {
     fn len(&self) -> usize {
+        self.view().map(|v| v.len()).unwrap_or(0)
+    }
+    /// The values where they are, f32 or f64.
+    fn view(&self) -> Option<View<'_>> {
         match self {
-            Data::Missing => 0,
-            Data::Input(s) => s.len(),
-            Data::Owned(v) => v.len(),
-            Data::Ref(v) => v.len(),
+            Data::Missing => None,
+            Data::Input(s) => Some(View::F32(s)),
+            Data::Owned32(v) => Some(View::F32(v)),
+            Data::Owned(v) => Some(View::F64(v)),
+            Data::Ref(v) => Some(View::F64(v)),
         }
     }
     #[inline]
     fn at(&self, i: usize) -> f64 {
-        match self {
-            Data::Missing => f64::NAN,
-            Data::Input(s) => s.get(i).map(|&x| x as f64).unwrap_or(f64::NAN),
-            Data::Owned(v) => v.get(i).copied().unwrap_or(f64::NAN),
-            Data::Ref(v) => v.get(i).copied().unwrap_or(f64::NAN),
-        }
+        self.view().and_then(|v| v.get(i)).unwrap_or(f64::NAN)
     }
     /// Elements `i0..i0 + c` as f64: a slice of an owned buffer, or the
     /// input's values converted into `scratch`.
@@ -218,6 +220,12 @@ impl Data<'_> {
                 }
                 &scratch[..c]
             }
+            Data::Owned32(s) if i0 + c <= s.len() => {
+                for (o, x) in scratch[..c].iter_mut().zip(&s[i0..i0 + c]) {
+                    *o = *x as f64;
+                }
+                &scratch[..c]
+            }
             _ => {
                 scratch[..c].fill(f64::NAN);
                 &scratch[..c]
@@ -227,6 +235,22 @@ impl Data<'_> {
     fn to_vec(&self) -> Vec<f64> {
         (0..self.len()).map(|i| self.at(i)).collect()
     }
+}
+
+/// A value a step wrote: f64, or f32 for a vocabulary-level buffer.
+impl From<Values> for Data<'_> {
+    fn from(v: Values) -> Self {
+        match v {
+            Values::F64(v) => Data::Owned(v),
+            Values::F32(v) => Data::Owned32(v),
+        }
+    }
+}
+
+/// One stored buffer's slice of a loop's range.
+enum OutSlice<'a> {
+    F64(&'a mut [f64]),
+    F32(&'a mut [f32]),
 }
 
 /// What every loop reads: the shape, the mask and the buffers.
@@ -310,6 +334,7 @@ impl Plan {
             }
         }
         let levels: Vec<Level> = self.buffers.iter().map(|b| b.level).collect();
+        let narrow: Vec<bool> = self.buffers.iter().map(|b| b.narrow()).collect();
         let profile = std::env::var_os("KEEL_PROFILE_KERNELS").is_some();
         // The f64 mask and tokens only special steps read.
         let specials = self.steps.iter().any(|s| matches!(s, Step::Special(_)));
@@ -333,10 +358,11 @@ impl Plan {
             let started = std::time::Instant::now();
             match st {
                 Step::Loop(lp) => {
+                    let pools = (&self.pool, &self.pool32);
                     let written =
-                        run_loop(lp, sh, mask, &bufs, &levels, threads.max(1), &self.pool)?;
+                        run_loop(lp, sh, mask, &bufs, &levels, &narrow, threads.max(1), pools)?;
                     for (b, v) in written {
-                        bufs[b] = Data::Owned(v);
+                        bufs[b] = v.into();
                     }
                 }
                 Step::Special(sp) => {
@@ -350,16 +376,15 @@ impl Plan {
                         &levels,
                         threads,
                         &mut orders,
+                        narrow[sp.buf],
                     )?;
-                    bufs[sp.buf] = Data::Owned(out);
+                    bufs[sp.buf] = out.into();
                 }
             }
             // Values no later step or output reads go back to the pool, for
             // the next steps' buffers.
             for &b in &release[k] {
-                if let Data::Owned(v) = std::mem::replace(&mut bufs[b], Data::Missing) {
-                    self.pool.give(v);
-                }
+                self.give(std::mem::replace(&mut bufs[b], Data::Missing));
             }
             if profile {
                 eprintln!(
@@ -378,15 +403,16 @@ impl Plan {
             let v = match src {
                 // The last output read from an owned buffer takes it.
                 Src::Buf(b)
-                    if matches!(bufs[*b], Data::Owned(_))
+                    if matches!(bufs[*b], Data::Owned(_) | Data::Owned32(_))
                         && !self.outputs[k + 1..].iter().any(|o| o.1 == *src) =>
                 {
                     match std::mem::replace(&mut bufs[*b], Data::Missing) {
-                        Data::Owned(v) => v,
-                        _ => Vec::new(),
+                        Data::Owned32(v) => Values::F32(v),
+                        Data::Owned(v) => Values::F64(v),
+                        _ => Values::F64(Vec::new()),
                     }
                 }
-                Src::Buf(b) => bufs[*b].to_vec(),
+                Src::Buf(b) => Values::F64(bufs[*b].to_vec()),
                 other => {
                     let ctx = Ctx {
                         sh,
@@ -394,17 +420,17 @@ impl Plan {
                         bufs: &bufs,
                         levels: levels.clone(),
                     };
-                    (0..sh.len(*level))
-                        .map(|i| ctx.scalar(*other, *level, i))
-                        .collect()
+                    Values::F64(
+                        (0..sh.len(*level))
+                            .map(|i| ctx.scalar(*other, *level, i))
+                            .collect(),
+                    )
                 }
             };
             out.insert(name.clone(), v);
         }
         for b in bufs {
-            if let Data::Owned(v) = b {
-                self.pool.give(v);
-            }
+            self.give(b);
         }
         for (_, o) in orders.cache {
             self.order_pool.give(o);
@@ -424,7 +450,10 @@ impl Plan {
     /// before any of it is allocated.
     pub fn memory_bytes(&self, sh: &Shape) -> usize {
         let len = |l: Level| sh.len(l).max(1);
-        let value = |b: usize| len(self.buffers[b].level) * 8;
+        let value = |b: usize| {
+            let width = if self.buffers[b].narrow() { 4 } else { 8 };
+            len(self.buffers[b].level) * width
+        };
         let mut held: usize = self
             .shared_row_keys()
             .iter()
@@ -460,26 +489,43 @@ impl Plan {
                 }
                 Step::Special(sp) => {
                     // As `special` converts them: at the argument's own
-                    // level, unless it is a value buffer of that level.
-                    let copies: usize = sp
-                        .args
-                        .iter()
-                        .zip(&self.graph.nodes[sp.node].args)
-                        .map(|(src, a)| {
-                            let l = self.graph.nodes[*a].level;
-                            match src {
-                                Src::Buf(b)
-                                    if self.buffers[*b].input.is_none()
-                                        && self.buffers[*b].level == l =>
-                                {
-                                    0
+                    // level, unless it is a value buffer of that level that
+                    // the step reads in place (an f64 one; an f32 one only
+                    // in a vocabulary row step). A step whose f64 result is
+                    // narrowed holds both while it converts.
+                    let n = &self.graph.nodes[sp.node];
+                    let rows = n.level == Level::Vocab && row_key(&n.op).is_some();
+                    // The sampled token's entry is read in place.
+                    let pick = matches!(n.op, Op::Pick)
+                        && matches!(sp.args.first(), Some(Src::Buf(b)) if self.buffers[*b].level == Level::Vocab);
+                    let copies: usize = if pick {
+                        0
+                    } else {
+                        sp.args
+                            .iter()
+                            .zip(&n.args)
+                            .map(|(src, a)| {
+                                let l = self.graph.nodes[*a].level;
+                                match src {
+                                    Src::Buf(b)
+                                        if self.buffers[*b].input.is_none()
+                                            && self.buffers[*b].level == l
+                                            && (rows || !self.buffers[*b].narrow()) =>
+                                    {
+                                        0
+                                    }
+                                    _ => len(l) * 8,
                                 }
-                                _ => len(l) * 8,
-                            }
-                        })
-                        .sum();
+                            })
+                            .sum()
+                    };
+                    let widened = if self.buffers[sp.buf].narrow() && !rows {
+                        len(Level::Vocab) * 8
+                    } else {
+                        0
+                    };
                     write(sp.buf, &mut held);
-                    peak = peak.max(held + copies);
+                    peak = peak.max(held + copies + widened);
                 }
             }
             for &b in &release[k] {
@@ -542,9 +588,18 @@ impl Plan {
     /// Hand output buffers back once read, for the next run to reuse
     /// (outputs are handed over, not copied; a fresh buffer costs its page
     /// faults — at a million tokens, a third of a loss evaluation).
-    pub fn recycle(&self, outputs: impl IntoIterator<Item = Vec<f64>>) {
+    pub fn recycle(&self, outputs: impl IntoIterator<Item = Values>) {
         for v in outputs {
-            self.pool.give(v);
+            self.give(v.into());
+        }
+    }
+
+    /// A value's memory back to its pool.
+    fn give(&self, d: Data) {
+        match d {
+            Data::Owned(v) => self.pool.give(v),
+            Data::Owned32(v) => self.pool32.give(v),
+            _ => {}
         }
     }
 }
@@ -575,11 +630,14 @@ impl Plan {
             &levels,
             1,
             &mut orders,
+            false,
         )
+        .map(Values::into_f64)
     }
 
     /// Evaluate a special step: scans natively (row by row, over the valid
-    /// tokens), everything else through [`interp::special`].
+    /// tokens), everything else through [`interp::special`]. A `narrow`
+    /// result (a vocabulary-level buffer) is held as f32.
     #[allow(clippy::too_many_arguments)]
     fn special(
         &self,
@@ -592,8 +650,16 @@ impl Plan {
         levels: &[Level],
         threads: usize,
         orders: &mut Orders,
-    ) -> Result<Vec<f64>, InterpError> {
+        narrow: bool,
+    ) -> Result<Values, InterpError> {
         let n = &self.graph.nodes[sp.node];
+        let wrap = |v: Vec<f64>| {
+            if narrow {
+                Values::F32(v.iter().map(|&x| x as f32).collect())
+            } else {
+                Values::F64(v)
+            }
+        };
         // The sampled token's entry of a buffer, read in place.
         if let (Op::Pick, Some(Src::Buf(b)), Some(tok)) = (&n.op, sp.args.first(), tokens)
             && levels[*b] == Level::Vocab
@@ -604,7 +670,8 @@ impl Plan {
                 .iter()
                 .enumerate()
                 .map(|(i, &t)| Ok(bufs[*b].at(i * v + interp::token_index(t, v, i)?)))
-                .collect();
+                .collect::<Result<Vec<f64>, InterpError>>()
+                .map(wrap);
         }
         let ctx = Ctx {
             sh,
@@ -612,8 +679,8 @@ impl Plan {
             bufs,
             levels: levels.to_vec(),
         };
-        // Arguments as f64 at their own level: owned buffers as they are,
-        // anything else converted or broadcast.
+        // Arguments at their own level: buffers of that level where they
+        // are (f32 or f64), anything else converted or broadcast.
         let converted: Vec<Option<Vec<f64>>> = sp
             .args
             .iter()
@@ -621,38 +688,30 @@ impl Plan {
             .map(|(src, a)| {
                 let l = self.graph.nodes[*a].level;
                 match src {
-                    Src::Buf(b)
-                        if levels[*b] == l && matches!(bufs[*b], Data::Owned(_) | Data::Ref(_)) =>
-                    {
-                        None
-                    }
-                    Src::Buf(b) if levels[*b] == l => Some(bufs[*b].to_vec()),
+                    Src::Buf(b) if levels[*b] == l && bufs[*b].view().is_some() => None,
                     _ => Some((0..sh.len(l)).map(|i| ctx.scalar(*src, l, i)).collect()),
                 }
             })
             .collect();
-        let refs: Vec<&[f64]> = sp
+        let views: Vec<View> = sp
             .args
             .iter()
             .zip(&converted)
             .map(|(src, c)| match (c, src) {
-                (Some(v), _) => v.as_slice(),
-                (None, Src::Buf(b)) => match &bufs[*b] {
-                    Data::Owned(v) => v.as_slice(),
-                    Data::Ref(v) => v,
-                    _ => &[],
-                },
-                (None, _) => &[],
+                (Some(v), _) => View::F64(v),
+                (None, Src::Buf(b)) => bufs[*b].view().unwrap_or(View::F64(&[])),
+                (None, _) => View::F64(&[]),
             })
             .collect();
         // Ranks and running sums over each token's vocabulary: contiguous
         // rows, every entry a member; sorted row by row across threads (once
-        // for every step that sorts by the same key).
+        // for every step that sorts by the same key), reading f32 values in
+        // place.
         if n.level == Level::Vocab
             && sh.v > 0
             && let Some(k) = row_key(&n.op)
-            && refs.iter().all(|x| x.len() == sh.len(Level::Vocab))
-            && let (Some(x), Some(key)) = (refs.first(), refs.get(k))
+            && views.iter().all(|x| x.len() == sh.len(Level::Vocab))
+            && let (Some(&x), Some(&key)) = (views.first(), views.get(k))
         {
             let sum = match n.op {
                 Op::SortedCumsum { reverse, .. } => Some(reverse),
@@ -668,8 +727,33 @@ impl Plan {
                 ),
                 _ => None,
             };
-            return Ok(vocab_rows(sh.v, key, x, sum, order, threads, &self.pool));
+            let r = Rows {
+                v: sh.v,
+                key,
+                x,
+                sum,
+                order,
+                threads,
+            };
+            return Ok(if narrow {
+                let mut out = self.pool32.take(key.len());
+                vocab_rows(&r, &mut out);
+                Values::F32(out)
+            } else {
+                let mut out = self.pool.take(key.len());
+                vocab_rows(&r, &mut out);
+                Values::F64(out)
+            });
         }
+        // The rest reads f64: f32 arguments are converted.
+        let wide: Vec<std::borrow::Cow<[f64]>> = views
+            .iter()
+            .map(|v| match v {
+                View::F64(s) => std::borrow::Cow::Borrowed(*s),
+                View::F32(s) => std::borrow::Cow::Owned(s.iter().map(|&x| x as f64).collect()),
+            })
+            .collect();
+        let refs: Vec<&[f64]> = wide.iter().map(|c| c.as_ref()).collect();
         if let Op::Scan(op) = n.op
             && n.level == Level::Token
             && refs.first().is_some_and(|x| x.len() == sh.b * sh.t)
@@ -678,9 +762,11 @@ impl Plan {
             let cond = refs.get(1).copied();
             let fill = n.args.get(2).map(|a| (self.graph.nodes[*a].level, refs[2]));
             let out = self.pool.take(refs[0].len());
-            return Ok(scan(sh, mask, op, refs[0], param, cond, fill, out, threads));
+            return Ok(wrap(scan(
+                sh, mask, op, refs[0], param, cond, fill, out, threads,
+            )));
         }
-        interp::special(&self.graph, n, &refs, sh, mask64, tokens)
+        interp::special(&self.graph, n, &refs, sh, mask64, tokens).map(wrap)
     }
 }
 
@@ -817,16 +903,18 @@ fn scan(
     out
 }
 
-/// Run one loop; returns the buffers it wrote.
+/// Run one loop; returns the buffers it wrote (`narrow` ones as f32).
+#[allow(clippy::too_many_arguments)]
 fn run_loop(
     lp: &Loop,
     sh: &Shape,
     mask: &[f32],
     bufs: &[Data],
     levels: &[Level],
+    narrow: &[bool],
     threads: usize,
-    pool: &Pool,
-) -> Result<Vec<(usize, Vec<f64>)>, InterpError> {
+    (pool, pool32): (&Pool, &Pool<f32>),
+) -> Result<Vec<(usize, Values)>, InterpError> {
     let len = sh.len(lp.level);
     let ctx = Ctx {
         sh,
@@ -843,7 +931,16 @@ fn run_loop(
             _ => None,
         })
         .collect();
-    let mut store_data: Vec<Vec<f64>> = stores.iter().map(|_| pool.take(len)).collect();
+    let mut store_data: Vec<Values> = stores
+        .iter()
+        .map(|&b| {
+            if narrow.get(b).copied().unwrap_or(false) {
+                Values::F32(pool32.take(len))
+            } else {
+                Values::F64(pool.take(len))
+            }
+        })
+        .collect();
     // Split big loops into a fixed number of parts, whatever the thread
     // count: the parts' partial reductions are merged in part order, so a
     // result does not depend on how many cores ran it.
@@ -852,15 +949,24 @@ fn run_loop(
     let mut parts: Vec<Vec<Partial>> = Vec::new();
     let mut err = None;
     // Each part's slice of every stored buffer.
-    let mut slices: Vec<Vec<&mut [f64]>> =
+    let mut slices: Vec<Vec<OutSlice>> =
         (0..len.div_ceil(per).max(1)).map(|_| Vec::new()).collect();
     for data in store_data.iter_mut() {
-        for (k, ch) in data.chunks_mut(per).enumerate() {
-            slices[k].push(ch);
+        match data {
+            Values::F64(d) => {
+                for (k, ch) in d.chunks_mut(per).enumerate() {
+                    slices[k].push(OutSlice::F64(ch));
+                }
+            }
+            Values::F32(d) => {
+                for (k, ch) in d.chunks_mut(per).enumerate() {
+                    slices[k].push(OutSlice::F32(ch));
+                }
+            }
         }
     }
     let ctx = &ctx;
-    let mut work: Vec<(usize, Vec<&mut [f64]>)> = slices.into_iter().enumerate().collect();
+    let mut work: Vec<(usize, Vec<OutSlice>)> = slices.into_iter().enumerate().collect();
     // Waves of `threads` parts: all but one on spawned threads.
     while !work.is_empty() {
         let rest = work.split_off(work.len().min(threads.max(1)));
@@ -898,7 +1004,7 @@ fn run_loop(
     if let Some(e) = err {
         return Err(e);
     }
-    let mut out: Vec<(usize, Vec<f64>)> = stores.into_iter().zip(store_data).collect();
+    let mut out: Vec<(usize, Values)> = stores.into_iter().zip(store_data).collect();
     // Merge the partial reductions in range order (deterministic).
     let mut merged: Vec<Partial> = Vec::new();
     for p in parts {
@@ -936,7 +1042,7 @@ fn run_loop(
             .zip(&m.seen)
             .map(|(&x, &s)| if s { x } else { 0.0 })
             .collect();
-        out.push((m.buf, v));
+        out.push((m.buf, Values::F64(v)));
     }
     Ok(out)
 }
@@ -969,7 +1075,7 @@ struct Bank {
 fn run_range(
     lp: &Loop,
     ctx: &Ctx,
-    out: Vec<&mut [f64]>,
+    out: Vec<OutSlice>,
     lo: usize,
     hi: usize,
 ) -> Result<Vec<Partial>, InterpError> {
@@ -991,7 +1097,7 @@ fn run_range(
 fn run_range_avx512(
     lp: &Loop,
     ctx: &Ctx,
-    out: Vec<&mut [f64]>,
+    out: Vec<OutSlice>,
     lo: usize,
     hi: usize,
 ) -> Result<Vec<Partial>, InterpError> {
@@ -1003,7 +1109,7 @@ fn run_range_avx512(
 fn run_range_avx2(
     lp: &Loop,
     ctx: &Ctx,
-    out: Vec<&mut [f64]>,
+    out: Vec<OutSlice>,
     lo: usize,
     hi: usize,
 ) -> Result<Vec<Partial>, InterpError> {
@@ -1014,7 +1120,7 @@ fn run_range_avx2(
 fn run_range_body(
     lp: &Loop,
     ctx: &Ctx,
-    mut out: Vec<&mut [f64]>,
+    mut out: Vec<OutSlice>,
     lo: usize,
     hi: usize,
 ) -> Result<Vec<Partial>, InterpError> {
@@ -1072,7 +1178,8 @@ fn run_range_body(
         };
         for a in args {
             if let Src::Buf(b) = *a
-                && (ctx.levels[b] != level || matches!(ctx.bufs[b], Data::Input(_)))
+                && (ctx.levels[b] != level
+                    || matches!(ctx.bufs[b], Data::Input(_) | Data::Owned32(_)))
             {
                 match reads.iter_mut().find(|(x, _)| *x == b) {
                     Some((_, n)) => *n += 1,
@@ -1132,9 +1239,15 @@ fn run_range_body(
                         level,
                     );
                     if store.is_some() {
-                        if let Some(o) = out.get_mut(store_k) {
-                            let off = i0 - lo;
-                            o[off..off + c].copy_from_slice(&res[..c]);
+                        let off = i0 - lo;
+                        match out.get_mut(store_k) {
+                            Some(OutSlice::F64(o)) => o[off..off + c].copy_from_slice(&res[..c]),
+                            Some(OutSlice::F32(o)) => {
+                                for (d, &x) in o[off..off + c].iter_mut().zip(&res[..c]) {
+                                    *d = x as f32;
+                                }
+                            }
+                            None => {}
                         }
                         store_k += 1;
                     }

@@ -137,6 +137,14 @@ pub struct Buffer {
     pub node: NodeId,
 }
 
+impl Buffer {
+    /// A vocabulary-level value: the CPU executor holds it as f32 (4 bytes
+    /// an entry of [B, T, V]; registers and running sums stay f64).
+    pub fn narrow(&self) -> bool {
+        self.level == Level::Vocab && self.input.is_none()
+    }
+}
+
 /// The fused kernels of one loss program.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -147,12 +155,16 @@ pub struct Plan {
     pub outputs: Vec<(String, Src, Level)>,
     /// Memory of the last run's buffers, reused by the next.
     pool: Pool,
+    /// The same for vocabulary-level values (held as f32).
+    pool32: Pool<f32>,
     /// The same for the row orders of sorted steps.
     order_pool: Pool<u32>,
 }
 
-/// Outputs of one evaluation, by name (`loss`, `d_logp`, `metric.…`).
-pub type Outputs = HashMap<String, Vec<f64>>;
+/// Outputs of one evaluation, by name (`loss`, `d_logp`, `metric.…`):
+/// f64, except vocabulary-level ones (`d_logits`), which the CPU plan
+/// holds as f32.
+pub type Outputs = HashMap<String, crate::batch::Values>;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -598,6 +610,7 @@ impl Plan {
             buffers,
             outputs,
             pool: Pool::default(),
+            pool32: Pool::default(),
             order_pool: Pool::default(),
         })
     }
@@ -624,6 +637,7 @@ impl Plan {
         for (i, b) in self.buffers.iter().enumerate() {
             let what = match &b.input {
                 Some(name) => format!("input {name} (f32)"),
+                None if b.narrow() => format!("%{} (f32)", b.node),
                 None => format!("%{}", b.node),
             };
             let _ = writeln!(out, "buffer b{i}: {} = {what}", b.level.name());

@@ -4,6 +4,7 @@
 
 use super::PARTS;
 use super::exec::Pool;
+use crate::batch::View;
 
 /// Run `work(first_row, rows)` over `out` split into [`PARTS`] fixed parts of
 /// whole rows of `row` entries, on up to `threads` threads at a time (the
@@ -93,55 +94,92 @@ fn row_order_body(k: &[f64], keys: &mut Vec<i64>, idx: &mut [u32]) {
     }
 }
 
+/// Row `base..base + v` of `x` as f64: in place, or converted into
+/// `scratch`.
+fn row<'s>(x: View<'s>, base: usize, v: usize, scratch: &'s mut Vec<f64>) -> &'s [f64] {
+    match x {
+        View::F64(s) => &s[base..base + v],
+        View::F32(s) => {
+            scratch.clear();
+            scratch.extend(s[base..base + v].iter().map(|&y| y as f64));
+            scratch
+        }
+    }
+}
+
 /// Every row's order ([`row_order`]), rows of `v` entries.
-pub(super) fn vocab_orders(v: usize, key: &[f64], threads: usize, pool: &Pool<u32>) -> Vec<u32> {
+pub(super) fn vocab_orders(v: usize, key: View, threads: usize, pool: &Pool<u32>) -> Vec<u32> {
     let mut order = pool.take(key.len());
     par_rows(&mut order, v, threads, |first, chunk| {
-        let mut keys = Vec::with_capacity(v);
+        let (mut keys, mut scratch) = (Vec::with_capacity(v), Vec::new());
         for (r, idx) in chunk.chunks_mut(v).enumerate() {
             let base = (first + r) * v;
-            row_order(&key[base..base + v], &mut keys, idx);
+            row_order(row(key, base, v, &mut scratch), &mut keys, idx);
         }
     });
     order
 }
 
-/// Per row of `v` entries, in the row's key order (from `order` if given,
-/// else sorted here): the rank of each entry (`sum` is `None`) or the
-/// running sum of `x` in that order (`Some(reverse)`: from the other end).
-pub(super) fn vocab_rows(
-    v: usize,
-    key: &[f64],
-    x: &[f64],
-    sum: Option<bool>,
-    order: Option<&[u32]>,
-    threads: usize,
-    pool: &Pool,
-) -> Vec<f64> {
-    let mut out = pool.take(key.len());
-    par_rows(&mut out, v, threads, |first, chunk| {
-        let mut keys = Vec::with_capacity(v);
+/// One rank or running-sum step over rows of `v` entries, in each row's
+/// key order (from `order` if given, else sorted here): the rank of each
+/// entry (`sum` is `None`) or the running sum of `x` in that order
+/// (`Some(reverse)`: from the other end). `key` and `x` are read where they
+/// are, f32 or f64.
+pub(super) struct Rows<'a> {
+    pub v: usize,
+    pub key: View<'a>,
+    pub x: View<'a>,
+    pub sum: Option<bool>,
+    pub order: Option<&'a [u32]>,
+    pub threads: usize,
+}
+
+/// Where a result entry is stored: f64, or f32 for a vocabulary-level
+/// buffer (the running sum itself is f64).
+pub(super) trait Slot: Copy + Send {
+    fn of(x: f64) -> Self;
+}
+
+impl Slot for f64 {
+    fn of(x: f64) -> f64 {
+        x
+    }
+}
+
+impl Slot for f32 {
+    fn of(x: f64) -> f32 {
+        x as f32
+    }
+}
+
+/// Evaluate `r` into `out` (one entry per row entry; every entry is
+/// written).
+pub(super) fn vocab_rows<T: Slot>(r: &Rows, out: &mut [T]) {
+    let (v, key, x) = (r.v, r.key, r.x);
+    par_rows(out, v, r.threads, |first, chunk| {
+        let (mut keys, mut scratch, mut xs) = (Vec::with_capacity(v), Vec::new(), Vec::new());
         let mut own = vec![0u32; v];
-        for (r, orow) in chunk.chunks_mut(v).enumerate() {
-            let base = (first + r) * v;
-            let idx: &[u32] = match order {
+        for (k, orow) in chunk.chunks_mut(v).enumerate() {
+            let base = (first + k) * v;
+            let idx: &[u32] = match r.order {
                 Some(o) => &o[base..base + v],
                 None => {
-                    row_order(&key[base..base + v], &mut keys, &mut own);
+                    row_order(row(key, base, v, &mut scratch), &mut keys, &mut own);
                     &own
                 }
             };
-            match sum {
+            match r.sum {
                 None => {
                     for (p, &i) in idx.iter().enumerate() {
-                        orow[i as usize] = p as f64;
+                        orow[i as usize] = T::of(p as f64);
                     }
                 }
                 Some(reverse) => {
+                    let xr = row(x, base, v, &mut xs);
                     let mut acc = 0.0;
                     let mut add = |i: u32| {
-                        acc += x[base + i as usize];
-                        orow[i as usize] = acc;
+                        acc += xr[i as usize];
+                        orow[i as usize] = T::of(acc);
                     };
                     if reverse {
                         idx.iter().rev().for_each(|&i| add(i));
@@ -152,5 +190,4 @@ pub(super) fn vocab_rows(
             }
         }
     });
-    out
 }
