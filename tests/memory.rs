@@ -4,6 +4,7 @@
 //! peak, and must account for most of it, for token-level, vocabulary-level
 //! and sorting recipes.
 
+use keel_compiler::batch::Batch;
 use keel_compiler::kernel::Plan;
 use keel_compiler::synth::{self, Dims};
 use keel_tests::{check_file, preset_path};
@@ -51,13 +52,28 @@ static ALLOC: Counting = Counting;
 /// The counters are the process's: one measurement at a time.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// `f`'s result and the peak bytes it allocated beyond what was allocated
+/// before it.
+fn counted<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let before = NOW.load(Ordering::SeqCst);
+    PEAK.store(before, Ordering::SeqCst);
+    let out = f();
+    (out, PEAK.load(Ordering::SeqCst) - before)
+}
+
+/// A stdlib recipe (checked, its index) and a synthetic batch for it.
+fn recipe_and_batch(name: &str, d: Dims, seed: u64) -> (keel_compiler::Checked, usize, Batch) {
+    let c = check_file(&preset_path(name), &[]);
+    let idx = c.main_recipe(None).expect("recipe");
+    let batch = synth::batch(&c.recipes[idx], d, seed);
+    (c, idx, batch)
+}
+
 /// Peak bytes allocated by one run of the training plan of `name` beyond
 /// what was allocated before it, and the plan's estimate.
 fn measure(name: &str, d: Dims) -> (usize, usize) {
-    let c = check_file(&preset_path(name), &[]);
-    let idx = c.main_recipe(None).expect("recipe");
+    let (c, idx, batch) = recipe_and_batch(name, d, 5);
     let recipe = &c.recipes[idx];
-    let batch = synth::batch(recipe, d, 5);
     let have = |n: &str| batch.has(n);
     let mut compiled = keel_compiler::compile_loss(&c, idx, &have).expect("compiles");
     compiled.graph.keep_training_outputs();
@@ -66,12 +82,9 @@ fn measure(name: &str, d: Dims) -> (usize, usize) {
     let inputs = prepared.inputs_f32();
     let plan = Plan::new(&compiled.graph).expect("plan");
     let estimate = plan.memory_bytes(&prepared.shape);
-    let before = NOW.load(Ordering::SeqCst);
-    PEAK.store(before, Ordering::SeqCst);
     // One thread: the peak then does not depend on how threads interleave
     // their scratch allocations.
-    let out = plan.run(&prepared.shape, &inputs, 1).expect("runs");
-    let peak = PEAK.load(Ordering::SeqCst) - before;
+    let (out, peak) = counted(|| plan.run(&prepared.shape, &inputs, 1).expect("runs"));
     drop(out);
     (estimate, peak)
 }
@@ -133,10 +146,8 @@ fn a_loss_reads_the_logits_in_place() {
     let (n, nv) = (d.b * d.t, d.b * d.t * d.v);
     let mut report = Vec::new();
     for name in ["grpo", "z_loss"] {
-        let c = check_file(&preset_path(name), &[]);
-        let idx = c.main_recipe(None).expect("recipe");
+        let (c, idx, batch) = recipe_and_batch(name, d, 9);
         let recipe = &c.recipes[idx];
-        let batch = synth::batch(recipe, d, 9);
         assert!(
             matches!(
                 batch.tensors["logits"].data,
@@ -158,17 +169,9 @@ fn a_loss_reads_the_logits_in_place() {
                 .expect("plan")
                 .memory_bytes(&p.shape)
         };
-        let before = NOW.load(Ordering::SeqCst);
-        PEAK.store(before, Ordering::SeqCst);
-        let r = keel_compiler::run_loss_with(
-            &c,
-            idx,
-            &batch,
-            "b",
-            keel_compiler::Backend::Kernel { threads: 1 },
-        )
-        .unwrap_or_else(|e| panic!("{name}: {}", e[0].message));
-        let peak = PEAK.load(Ordering::SeqCst) - before;
+        let kernel = keel_compiler::Backend::Kernel { threads: 1 };
+        let (r, peak) = counted(|| keel_compiler::run_loss_with(&c, idx, &batch, "b", kernel));
+        let r = r.unwrap_or_else(|e| panic!("{name}: {}", e[0].message));
         assert_eq!(r.d_logits.as_ref().map(|x| x.len()), Some(nv), "{name}");
         // Both the logits kernel and a vocabulary-level plan hand over an
         // f32 gradient.
@@ -199,21 +202,15 @@ fn interpreter_estimate_bounds_a_run_from_below() {
     };
     let mut report = Vec::new();
     for name in ["grpo", "ppo", "z_loss", "pld", "siren"] {
-        let c = check_file(&preset_path(name), &[]);
-        let idx = c.main_recipe(None).expect("recipe");
+        let (c, idx, batch) = recipe_and_batch(name, d, 3);
         let recipe = &c.recipes[idx];
-        let batch = synth::batch(recipe, d, 3);
         let have = |x: &str| batch.has(x);
         let compiled = keel_compiler::compile_loss(&c, idx, &have).expect("compiles");
         let p = keel_compiler::batch::prepare(&batch, "b", &compiled.graph, recipe)
             .expect("batch fits");
         let est = keel_compiler::interp::memory_bytes(&compiled.graph, &p.shape);
-        let before = NOW.load(Ordering::SeqCst);
-        PEAK.store(before, Ordering::SeqCst);
-        let r = keel_compiler::run_loss(&c, idx, &batch, "b")
-            .unwrap_or_else(|e| panic!("{name}: {}", e[0].message));
-        let peak = PEAK.load(Ordering::SeqCst) - before;
-        drop(r);
+        let (r, peak) = counted(|| keel_compiler::run_loss(&c, idx, &batch, "b"));
+        r.unwrap_or_else(|e| panic!("{name}: {}", e[0].message));
         report.push(format!("{name}: estimate {est}, peak {peak}"));
         assert!(
             est <= peak && est as f64 >= 0.9 * peak as f64,

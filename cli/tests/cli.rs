@@ -172,8 +172,9 @@ fn loss_json_and_grad_out() {
 #[test]
 fn loss_beyond_memory_is_an_error() {
     // PLD at 8 × 16 positions × V = 1,024 (logits and teacher logits):
-    // reading the file takes ~2 MB, the kernel plan ~5 MB, the interpreter
-    // tens of MB.
+    // reading the file takes ~2 MB (16 bytes an entry), the kernel plan
+    // ~2.6 MB (~20), the interpreter tens of MB. The limit is set just
+    // above what reading takes.
     let path = root().join("stdlib/pld.recipe");
     let src = std::fs::read_to_string(&path).expect("pld");
     let c = keel_compiler::check_source(&keel_compiler::Disk, &path.to_string_lossy(), &src);
@@ -189,6 +190,20 @@ fn loss_beyond_memory_is_an_error() {
         .write(&batch_path)
         .expect("writes");
     let batch = batch_path.to_string_lossy().to_string();
+    let read = keel_compiler::batch::bytes_to_read(&batch_path).expect("a header");
+    let plan_need = {
+        let b = keel_compiler::synth::batch(&c.recipes[idx], d, 1);
+        let have = |n: &str| b.has(n);
+        let g = keel_compiler::compile_loss(&c, idx, &have)
+            .expect("compiles")
+            .graph;
+        let p = keel_compiler::batch::prepare(&b, "b", &g, &c.recipes[idx]).expect("fits");
+        keel_compiler::kernel::Plan::new(&g)
+            .expect("plan")
+            .memory_bytes(&p.shape)
+    };
+    assert!(plan_need > read + 100_000, "plan {plan_need}, read {read}");
+    let above_read = (read + 50_000).to_string();
     let run = |backend: &str, limit: &str| {
         Command::new(env!("CARGO_BIN_EXE_keel"))
             .args(["loss", "stdlib/pld.recipe", "--batch", &batch])
@@ -206,12 +221,12 @@ fn loss_beyond_memory_is_an_error() {
         ),
         (
             "kernel",
-            "3000000",
+            above_read.as_str(),
             "error[E0606]: the kernel plan's values for this batch need ".into(),
         ),
         (
             "interp",
-            "3000000",
+            above_read.as_str(),
             "error[E0606]: the reference interpreter's values for this batch need ".into(),
         ),
     ] {
