@@ -99,7 +99,7 @@ pub fn run(a: Args) -> ExitCode {
     // place by the kernel plan and the logits kernel); for the kernel, the
     // logits kernel's f32 gradient (a vocabulary-level program's own values
     // are checked once it is planned); for the interpreter, its f64 copies;
-    // for the device, the f32 arena its upload is laid out in and the f64
+    // for the device, the f32 arena its upload is laid out in and the f32
     // gradient it downloads.
     let per_entry = 4 * vocab_tensors
         + if want("kernel") && through_kernel {
@@ -109,7 +109,7 @@ pub fn run(a: Args) -> ExitCode {
         }
         + if want("interp") { 8 * vocab_tensors } else { 0 }
         + if want("device") {
-            4 * vocab_tensors + 8
+            4 * vocab_tensors + 4
         } else {
             0
         };
@@ -340,10 +340,7 @@ pub fn run(a: Args) -> ExitCode {
                             times.push(start.elapsed().as_secs_f64());
                         }
                         let out = dp.download(&client, on)?;
-                        loss = out
-                            .get("loss")
-                            .and_then(|l| l.first().copied())
-                            .unwrap_or(f64::NAN);
+                        loss = out.get("loss").and_then(|l| l.get(0)).unwrap_or(f64::NAN);
                     }
                     Ok((times, loss))
                 };

@@ -528,11 +528,7 @@ pub fn run_graph(
                 .into(),
         });
     }
-    Ok(dp
-        .run(client, &prepared.shape, prepared)?
-        .into_iter()
-        .map(|(k, v)| (k, keel_compiler::batch::Values::F64(v)))
-        .collect())
+    Ok(dp.run(client, &prepared.shape, prepared)?)
 }
 
 /// The source the device runtime compiles for every kernel of `graph`

@@ -21,7 +21,7 @@
 //!   they are computed on the host and uploaded with the inputs.
 
 use cubecl::prelude::*;
-use keel_compiler::batch::{Inputs, View};
+use keel_compiler::batch::{Inputs, Values, View};
 use keel_compiler::builtins::Level;
 use keel_compiler::interp::{self, Shape};
 use keel_compiler::ir::{Bin, Op, Red, ScanOp, Un};
@@ -1613,13 +1613,13 @@ impl DevicePlan {
     }
 
     /// Run on `client` with the batch's inputs (flat, f32 or f64, as for
-    /// [`Plan::run`]); returns the outputs as f64.
+    /// [`Plan::run`]); returns the outputs as [`Plan::run`] does.
     pub fn run(
         &self,
         client: &Client,
         sh: &Shape,
         inputs: &impl Inputs,
-    ) -> Result<HashMap<String, Vec<f64>>, String> {
+    ) -> Result<keel_compiler::Outputs, String> {
         let mut on = self.upload(client, sh, inputs)?;
         self.execute(client, &mut on)?;
         self.download(client, on)
@@ -2054,14 +2054,22 @@ impl DevicePlan {
         &self,
         client: &Client,
         on: OnDevice,
-    ) -> Result<HashMap<String, Vec<f64>>, String> {
+    ) -> Result<keel_compiler::Outputs, String> {
         let sh = &on.shape;
         let bytes = client.read_one(on.arena).map_err(|e| e.to_string())?;
-        let all = f32::from_bytes(&bytes).to_vec();
+        let all = f32::from_bytes(&bytes);
         let mut out = HashMap::new();
         for (name, src, level) in &self.plan.outputs {
             let n = sh.len(*level);
             let v: Vec<f64> = match src {
+                // A vocabulary-level output (`d_logits`) stays f32, as the
+                // CPU plan hands it over.
+                Src::Buf(b) if self.slots[*b] == Level::Vocab => {
+                    let o = on.offsets[*b];
+                    let x = all[o..o + sh.len(Level::Vocab)].to_vec();
+                    out.insert(name.clone(), Values::F32(x));
+                    continue;
+                }
                 Src::Buf(b) => all[on.offsets[*b]..on.offsets[*b] + sh.len(self.slots[*b])]
                     .iter()
                     .map(|&x| x as f64)
@@ -2071,7 +2079,7 @@ impl DevicePlan {
                 Src::VocabIndex => (0..n).map(|i| (i % sh.v.max(1)) as f64).collect(),
                 Src::Reg(_) => return Err(format!("internal: output `{name}` in a register")),
             };
-            out.insert(name.clone(), v);
+            out.insert(name.clone(), Values::F64(v));
         }
         Ok(out)
     }
