@@ -378,3 +378,55 @@ fn a_plan_reused_across_batches_gives_the_same_results() {
         assert_eq!(run(&batches[0]), first, "{file}");
     }
 }
+
+/// bf16 logits (a batch file's usual dtype) are read as they are held, two
+/// bytes an entry, by the logits kernel (GRPO with an entropy bonus) and in
+/// place by a vocabulary-level plan (z-loss, PLD with bf16 teacher logits):
+/// the results are bit-identical to the same values held as f32, and equal
+/// the interpreter within 1e-5.
+#[test]
+fn bf16_logits_are_read_in_place() {
+    use keel_compiler::batch::Values;
+    use keel_compiler::logits::Bf16;
+    for file in ["grpo", "z_loss", "pld"] {
+        let c = check_file(&preset_path(file), &[("entropy.coef", "0.01")]);
+        let idx = c.main_recipe(None).expect("recipe");
+        let d = Dims {
+            b: 8,
+            t: 12,
+            v: 96,
+            group: 4,
+        };
+        let base = synth::batch(&c.recipes[idx], d, 11);
+        let (mut as_bf16, mut as_f32) = (base.clone(), base);
+        let mut converted = 0;
+        for name in ["logits", "teacher_logits"] {
+            let Some(t) = as_bf16.tensors.get_mut(name) else {
+                continue;
+            };
+            let h: Vec<Bf16> = t.data.iter().map(|x| Bf16::from_f32(x as f32)).collect();
+            as_f32.tensors.get_mut(name).expect("same batch").data = Values::F32(
+                h.iter()
+                    .map(|x| f32::from_bits((x.0 as u32) << 16))
+                    .collect(),
+            );
+            t.dtype = "bf16".into();
+            t.data = Values::Bf16(h);
+            converted += 1;
+        }
+        assert!(converted > 0, "{file}: the batch has logits");
+        let kernel = Backend::Kernel { threads: 2 };
+        let got = run_loss_with(&c, idx, &as_bf16, "b", kernel)
+            .unwrap_or_else(|e| panic!("{file}: {}", e[0].message));
+        let wide = run_loss_with(&c, idx, &as_f32, "b", kernel)
+            .unwrap_or_else(|e| panic!("{file}: {}", e[0].message));
+        assert_eq!(got.loss.to_bits(), wide.loss.to_bits(), "{file}: loss");
+        assert_eq!(got.d_logits, wide.d_logits, "{file}: d_logits");
+        assert_eq!(got.d_logp, wide.d_logp, "{file}: d_logp");
+        let want = run_loss_with(&c, idx, &as_bf16, "b", Backend::Interp)
+            .unwrap_or_else(|e| panic!("{file}: {}", e[0].message));
+        if let Err(e) = compare(&got, &want) {
+            panic!("{file}: {e}");
+        }
+    }
+}

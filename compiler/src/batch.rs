@@ -10,6 +10,7 @@ use crate::codes::{self, Code};
 use crate::diagnostic::{Diagnostic, Label};
 use crate::interp::Shape;
 use crate::ir::{Graph, Op};
+use crate::logits::{Bf16, Elem};
 use crate::source::FileId;
 use keel_grammar::Span;
 use safetensors::{Dtype, SafeTensors};
@@ -23,14 +24,15 @@ pub struct Tensor {
     pub data: Values,
 }
 
-/// A tensor's values, flat. A file's f32, bf16 and f16 tensors are held as
-/// f32 (each of their values is exact in f32): a [B, T, V] logits tensor
-/// costs 4 bytes an entry, not 8. Everything else (f64, integers, masks) is
-/// held as f64.
+/// A tensor's values, flat. A file's bf16 tensors are held as bf16 (a
+/// [B, T, V] logits tensor costs 2 bytes an entry), its f32 and f16 ones as
+/// f32 (each f16 value is exact in f32), everything else (f64, integers,
+/// masks) as f64.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Values {
     F32(Vec<f32>),
     F64(Vec<f64>),
+    Bf16(Vec<Bf16>),
 }
 
 /// Borrowed [`Values`].
@@ -38,6 +40,7 @@ pub enum Values {
 pub enum View<'a> {
     F32(&'a [f32]),
     F64(&'a [f64]),
+    Bf16(&'a [Bf16]),
 }
 
 impl Values {
@@ -51,15 +54,22 @@ impl Values {
         match self {
             Values::F32(v) => View::F32(v),
             Values::F64(v) => View::F64(v),
+            Values::Bf16(v) => View::Bf16(v),
         }
     }
     /// Element `i` as f64.
     pub fn get(&self, i: usize) -> Option<f64> {
         self.view().get(i)
     }
-    /// Set element `i` (rounded to f32 in an f32 tensor); out of range: nothing.
+    /// Set element `i` (rounded to f32 or bf16 in a narrower tensor); out of
+    /// range: nothing.
     pub fn set(&mut self, i: usize, x: f64) {
         match self {
+            Values::Bf16(v) => {
+                if let Some(o) = v.get_mut(i) {
+                    *o = Bf16::from_f32(x as f32);
+                }
+            }
             Values::F32(v) => {
                 if let Some(o) = v.get_mut(i) {
                     *o = x as f32;
@@ -93,6 +103,7 @@ impl<'a> View<'a> {
         match self {
             View::F32(v) => v.len(),
             View::F64(v) => v.len(),
+            View::Bf16(v) => v.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -102,14 +113,38 @@ impl<'a> View<'a> {
         match self {
             View::F32(v) => v.get(i).map(|&x| x as f64),
             View::F64(v) => v.get(i).copied(),
+            View::Bf16(v) => v.get(i).map(|x| x.f32() as f64),
         }
     }
     pub fn iter(self) -> impl Iterator<Item = f64> + 'a {
-        let (a, b) = match self {
-            View::F32(v) => (Some(v.iter().map(|&x| x as f64)), None),
-            View::F64(v) => (None, Some(v.iter().copied())),
+        let (a, b, c) = match self {
+            View::F32(v) => (Some(v.iter().map(|&x| x as f64)), None, None),
+            View::F64(v) => (None, Some(v.iter().copied()), None),
+            View::Bf16(v) => (None, None, Some(v.iter().map(|x| x.f32() as f64))),
         };
-        a.into_iter().flatten().chain(b.into_iter().flatten())
+        a.into_iter()
+            .flatten()
+            .chain(b.into_iter().flatten())
+            .chain(c.into_iter().flatten())
+    }
+    /// Elements `i0..i0 + out.len()` as f64 into `out` (NaN past the end).
+    #[inline(always)]
+    pub fn widen(&self, i0: usize, out: &mut [f64]) {
+        let c = out.len();
+        match self {
+            View::F64(s) if i0 + c <= s.len() => out.copy_from_slice(&s[i0..i0 + c]),
+            View::F32(s) if i0 + c <= s.len() => {
+                for (o, x) in out.iter_mut().zip(&s[i0..i0 + c]) {
+                    *o = *x as f64;
+                }
+            }
+            View::Bf16(s) if i0 + c <= s.len() => {
+                for (o, x) in out.iter_mut().zip(&s[i0..i0 + c]) {
+                    *o = x.f32() as f64;
+                }
+            }
+            _ => out.fill(f64::NAN),
+        }
     }
 }
 
@@ -160,9 +195,11 @@ impl Batch {
                 Dtype::F64 => ("f64", f64s(8, &|c| f64::from_le_bytes(le(c)))),
                 Dtype::BF16 => (
                     "bf16",
-                    f32s(2, &|c| {
-                        f32::from_bits((u16::from_le_bytes(le(c)) as u32) << 16)
-                    }),
+                    Values::Bf16(
+                        raw.chunks_exact(2)
+                            .map(|c| Bf16(u16::from_le_bytes(le(c))))
+                            .collect(),
+                    ),
                 ),
                 Dtype::F16 => (
                     "f16",
@@ -687,8 +724,8 @@ mod tests {
         safetensors::tensor::serialize(views, &None).expect("serialise")
     }
 
-    /// Each dtype's values, exactly; floats narrower than f64 held as f32
-    /// (4 bytes an entry), the rest as f64.
+    /// Each dtype's values, exactly; bf16 held as it is (2 bytes an entry),
+    /// f32 and f16 as f32, the rest as f64.
     #[test]
     fn dtypes_are_read_exactly_and_held_narrow() {
         let bf16: Vec<u8> = [0x3F80u16, 0xC020, 0x0001] // 1, -2.5, smallest subnormal
@@ -723,7 +760,11 @@ mod tests {
         let t = |n: &str| &b.tensors[n].data;
         assert_eq!(
             t("a"),
-            &Values::F32(vec![1.0, -2.5, f32::from_bits(0x0001_0000)])
+            &Values::Bf16(vec![Bf16(0x3F80), Bf16(0xC020), Bf16(1)])
+        );
+        assert_eq!(
+            t("a").to_f64(),
+            vec![1.0, -2.5, f32::from_bits(0x0001_0000) as f64]
         );
         assert_eq!(
             t("b"),

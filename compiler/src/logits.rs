@@ -217,13 +217,20 @@ fn backward_row_body<E: Elem>(row: &[E], orow: &mut [f32], lse: f32, ez: f32, gl
     }
 }
 
-/// A batch's logits taken through the fused kernel: the logits as f32
-/// (borrowed from the batch when it holds them as f32), the sampled tokens
-/// as indices, the vocabulary size. The kernel computes `logp` and
-/// `entropy`, the loss program sees them as token inputs, and the kernel
-/// carries `d_logp` and `d_entropy` back to `d_logits`.
+/// The logits the fused kernel reads: borrowed from the batch when it holds
+/// them as f32 or bf16 (read as they are), else converted to f32.
+pub enum Logits<'a> {
+    F32(std::borrow::Cow<'a, [f32]>),
+    Bf16(&'a [Bf16]),
+}
+
+/// A batch's logits taken through the fused kernel: the logits
+/// ([`Logits`]), the sampled tokens as indices, the vocabulary size. The
+/// kernel computes `logp` and `entropy`, the loss program sees them as token
+/// inputs, and the kernel carries `d_logp` and `d_entropy` back to
+/// `d_logits` (f32).
 pub struct KernelPath<'a> {
-    pub z: std::borrow::Cow<'a, [f32]>,
+    pub z: Logits<'a>,
     pub tokens: Vec<u32>,
     pub v: usize,
 }
@@ -270,9 +277,10 @@ impl<'a> KernelPath<'a> {
         }
         Ok(Some(KernelPath {
             z: match &z.data {
-                crate::batch::Values::F32(z) => z.as_slice().into(),
+                crate::batch::Values::F32(z) => Logits::F32(z.as_slice().into()),
+                crate::batch::Values::Bf16(z) => Logits::Bf16(z),
                 crate::batch::Values::F64(z) => {
-                    z.iter().map(|&x| x as f32).collect::<Vec<_>>().into()
+                    Logits::F32(z.iter().map(|&x| x as f32).collect::<Vec<_>>().into())
                 }
             },
             tokens,
@@ -282,7 +290,10 @@ impl<'a> KernelPath<'a> {
 
     /// The kernel's forward pass: logp and entropy of every position.
     pub fn forward(&self) -> Forward {
-        forward(&self.z, &self.tokens, self.v)
+        match &self.z {
+            Logits::F32(z) => forward(z, &self.tokens, self.v),
+            Logits::Bf16(z) => forward(z, &self.tokens, self.v),
+        }
     }
 
     /// The batch the loss program sees: `logits` replaced by the kernel's
@@ -327,15 +338,11 @@ impl<'a> KernelPath<'a> {
                 _ => vec![0.0; n],
             }
         };
-        backward(
-            &self.z,
-            &self.tokens,
-            self.v,
-            fwd,
-            &col("d_logp"),
-            &col("d_entropy"),
-            d,
-        );
+        let (dl, de) = (col("d_logp"), col("d_entropy"));
+        match &self.z {
+            Logits::F32(z) => backward(z, &self.tokens, self.v, fwd, &dl, &de, d),
+            Logits::Bf16(z) => backward(z, &self.tokens, self.v, fwd, &dl, &de, d),
+        }
     }
 }
 

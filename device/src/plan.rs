@@ -1278,8 +1278,8 @@ fn on_host(g: &keel_compiler::ir::Graph, id: keel_compiler::ir::NodeId) -> bool 
 fn lay_out(dst: &mut [f32], x: View) {
     match x {
         View::F32(x) => dst.copy_from_slice(x),
-        View::F64(x) => {
-            for (o, &y) in dst.iter_mut().zip(x) {
+        other => {
+            for (o, y) in dst.iter_mut().zip(other.iter()) {
                 *o = y as f32;
             }
         }

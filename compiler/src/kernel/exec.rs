@@ -9,6 +9,7 @@ use crate::builtins::Level;
 use crate::fastmath;
 use crate::interp::{self, InterpError, Shape};
 use crate::ir::{Bin, Op, Red, Un};
+use crate::logits::Elem;
 use std::collections::HashMap;
 
 /// Big buffers kept between runs of a plan: a run reuses the memory of the
@@ -178,55 +179,48 @@ impl Iterator for Runs<'_> {
     }
 }
 
-/// A buffer's contents during a run: an input borrowed from the caller or a
-/// value computed by an earlier step.
+/// A buffer's contents during a run: an input borrowed from the caller (f32,
+/// f64 or bf16) or a value computed by an earlier step.
 enum Data<'a> {
     Missing,
-    Input(&'a [f32]),
+    In(View<'a>),
     Owned(Vec<f64>),
     /// A vocabulary-level value, held as f32.
     Owned32(Vec<f32>),
-    Ref(&'a [f64]),
 }
 
 impl Data<'_> {
     fn len(&self) -> usize {
         self.view().map(|v| v.len()).unwrap_or(0)
     }
-    /// The values where they are, f32 or f64.
+    /// The values where they are.
     fn view(&self) -> Option<View<'_>> {
         match self {
             Data::Missing => None,
-            Data::Input(s) => Some(View::F32(s)),
+            Data::In(v) => Some(*v),
             Data::Owned32(v) => Some(View::F32(v)),
             Data::Owned(v) => Some(View::F64(v)),
-            Data::Ref(v) => Some(View::F64(v)),
         }
+    }
+    /// Whether reading it as f64 converts (not f64 where it is).
+    fn narrow(&self) -> bool {
+        !matches!(self.view(), Some(View::F64(_)))
     }
     #[inline]
     fn at(&self, i: usize) -> f64 {
         self.view().and_then(|v| v.get(i)).unwrap_or(f64::NAN)
     }
-    /// Elements `i0..i0 + c` as f64: a slice of an owned buffer, or the
-    /// input's values converted into `scratch`.
+    /// Elements `i0..i0 + c` as f64: a slice of f64 values, or narrower
+    /// ones converted into `scratch`.
     #[inline(always)]
     fn range<'s>(&'s self, i0: usize, c: usize, scratch: &'s mut [f64]) -> &'s [f64] {
-        match self {
-            Data::Owned(v) if i0 + c <= v.len() => &v[i0..i0 + c],
-            Data::Ref(v) if i0 + c <= v.len() => &v[i0..i0 + c],
-            Data::Input(s) if i0 + c <= s.len() => {
-                for (o, x) in scratch[..c].iter_mut().zip(&s[i0..i0 + c]) {
-                    *o = *x as f64;
-                }
+        match self.view() {
+            Some(View::F64(v)) if i0 + c <= v.len() => &v[i0..i0 + c],
+            Some(v) => {
+                v.widen(i0, &mut scratch[..c]);
                 &scratch[..c]
             }
-            Data::Owned32(s) if i0 + c <= s.len() => {
-                for (o, x) in scratch[..c].iter_mut().zip(&s[i0..i0 + c]) {
-                    *o = *x as f64;
-                }
-                &scratch[..c]
-            }
-            _ => {
+            None => {
                 scratch[..c].fill(f64::NAN);
                 &scratch[..c]
             }
@@ -243,6 +237,7 @@ impl From<Values> for Data<'_> {
         match v {
             Values::F64(v) => Data::Owned(v),
             Values::F32(v) => Data::Owned32(v),
+            Values::Bf16(v) => Data::Owned32(v.iter().map(|x| x.f32()).collect()),
         }
     }
 }
@@ -299,7 +294,7 @@ impl Plan {
         // The mask as f32 (borrowed when it is f32).
         let mask: std::borrow::Cow<[f32]> = match inputs.view("mask") {
             Some(View::F32(m)) => m.into(),
-            Some(View::F64(m)) => m.iter().map(|&x| x as f32).collect::<Vec<f32>>().into(),
+            Some(m) => m.iter().map(|x| x as f32).collect::<Vec<f32>>().into(),
             None => return Err(InterpError("input `mask` was not provided".into())),
         };
         let mask: &[f32] = &mask;
@@ -325,10 +320,7 @@ impl Plan {
                             sh.len(b.level)
                         )));
                     }
-                    bufs.push(match x {
-                        View::F32(x) => Data::Input(x),
-                        View::F64(x) => Data::Ref(x),
-                    });
+                    bufs.push(Data::In(x));
                 }
                 None => bufs.push(Data::Missing),
             }
@@ -616,7 +608,7 @@ impl Plan {
         tokens: Option<&[f64]>,
         bufs: &[Vec<f64>],
     ) -> Result<Vec<f64>, InterpError> {
-        let data: Vec<Data> = bufs.iter().map(|b| Data::Ref(b.as_slice())).collect();
+        let data: Vec<Data> = bufs.iter().map(|b| Data::In(View::F64(b))).collect();
         let levels: Vec<Level> = self.buffers.iter().map(|b| b.level).collect();
         let mask64: Vec<f64> = mask.iter().map(|&m| m as f64).collect();
         let mut orders = Orders::default();
@@ -750,7 +742,7 @@ impl Plan {
             .iter()
             .map(|v| match v {
                 View::F64(s) => std::borrow::Cow::Borrowed(*s),
-                View::F32(s) => std::borrow::Cow::Owned(s.iter().map(|&x| x as f64).collect()),
+                other => std::borrow::Cow::Owned(other.iter().collect()),
             })
             .collect();
         let refs: Vec<&[f64]> = wide.iter().map(|c| c.as_ref()).collect();
@@ -963,6 +955,8 @@ fn run_loop(
                     slices[k].push(OutSlice::F32(ch));
                 }
             }
+            // Stores are made f64 or f32 just above.
+            Values::Bf16(_) => {}
         }
     }
     let ctx = &ctx;
@@ -1178,8 +1172,7 @@ fn run_range_body(
         };
         for a in args {
             if let Src::Buf(b) = *a
-                && (ctx.levels[b] != level
-                    || matches!(ctx.bufs[b], Data::Input(_) | Data::Owned32(_)))
+                && (ctx.levels[b] != level || ctx.bufs[b].narrow())
             {
                 match reads.iter_mut().find(|(x, _)| *x == b) {
                     Some((_, n)) => *n += 1,

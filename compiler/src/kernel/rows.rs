@@ -99,9 +99,9 @@ fn row_order_body(k: &[f64], keys: &mut Vec<i64>, idx: &mut [u32]) {
 fn row<'s>(x: View<'s>, base: usize, v: usize, scratch: &'s mut Vec<f64>) -> &'s [f64] {
     match x {
         View::F64(s) => &s[base..base + v],
-        View::F32(s) => {
-            scratch.clear();
-            scratch.extend(s[base..base + v].iter().map(|&y| y as f64));
+        other => {
+            scratch.resize(v, 0.0);
+            other.widen(base, scratch);
             scratch
         }
     }
