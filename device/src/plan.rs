@@ -1903,12 +1903,18 @@ impl DevicePlan {
                         .read_one(on.arena.clone())
                         .map_err(|e| e.to_string())?;
                     let now = f32::from_bytes(&bytes).to_vec();
+                    // Only the buffers the step reads, as f64 (the others
+                    // stay empty: a vocabulary-level arena is gigabytes).
+                    let reads = |k: usize| sp.args.contains(&Src::Buf(k));
                     let bufs: Vec<Vec<f64>> = self
                         .plan
                         .buffers
                         .iter()
                         .enumerate()
                         .map(|(k, b)| {
+                            if !reads(k) {
+                                return Vec::new();
+                            }
                             now[on.offsets[k]..on.offsets[k] + sh.len(b.level)]
                                 .iter()
                                 .map(|&x| x as f64)
