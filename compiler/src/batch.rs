@@ -148,19 +148,7 @@ impl<'a> View<'a> {
     }
 }
 
-impl From<Vec<f64>> for Values {
-    fn from(v: Vec<f64>) -> Values {
-        Values::F64(v)
-    }
-}
-
-impl From<Vec<f32>> for Values {
-    fn from(v: Vec<f32>) -> Values {
-        Values::F32(v)
-    }
-}
-
-/// A batch file's tensors ([`Values`]: f32 or f64).
+/// A batch file's tensors ([`Values`]).
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
     pub tensors: BTreeMap<String, Tensor>,
@@ -248,7 +236,6 @@ impl Batch {
     /// `u8`): an f32 tensor held as f32 is borrowed, not copied (on
     /// little-endian machines).
     fn encoded(&self) -> Vec<Encoded<'_>> {
-        use std::borrow::Cow;
         let mut bufs = Vec::new();
         for (name, t) in &self.tensors {
             let (dt, bytes): (Dtype, Cow<[u8]>) = match (t.dtype.as_str(), &t.data) {
@@ -288,7 +275,8 @@ impl Batch {
 
 /// What reading the safetensors file at `path` into a [`Batch`] holds at
 /// its peak, in bytes, from its header alone: the file's bytes and its
-/// tensors as held (f32 or f64 values). `None` when the header cannot be
+/// tensors as held ([`Values`]: bf16 as 2 bytes, f32 and f16 as 4, the
+/// rest as 8). `None` when the header cannot be
 /// read; [`Batch::from_bytes`] then says what is wrong.
 pub fn bytes_to_read(path: &std::path::Path) -> Option<usize> {
     use std::io::Read;
@@ -318,7 +306,8 @@ pub fn bytes_to_read(path: &std::path::Path) -> Option<usize> {
                 acc.checked_mul(usize::try_from(d.as_u64()?).ok()?)
             })?;
         let width = match info.get("dtype")?.as_str()? {
-            "F32" | "BF16" | "F16" => 4,
+            "BF16" => 2,
+            "F32" | "F16" => 4,
             _ => 8,
         };
         held = held.saturating_add(entries.saturating_mul(width));
@@ -326,7 +315,7 @@ pub fn bytes_to_read(path: &std::path::Path) -> Option<usize> {
     Some(held)
 }
 
-type Encoded<'a> = (String, Dtype, Vec<usize>, std::borrow::Cow<'a, [u8]>);
+type Encoded<'a> = (String, Dtype, Vec<usize>, Cow<'a, [u8]>);
 
 fn views<'a>(
     bufs: &'a [Encoded<'_>],
@@ -390,8 +379,8 @@ impl Prepared<'_> {
     }
 }
 
-/// Named inputs an executor reads in place: `mask` and the batch's tensors,
-/// f32 or f64.
+/// Named inputs an executor reads in place: `mask` and the batch's tensors
+/// ([`View`]).
 pub trait Inputs {
     fn view(&self, name: &str) -> Option<View<'_>>;
 }
@@ -409,12 +398,6 @@ impl Inputs for Prepared<'_> {
 impl Inputs for HashMap<String, Vec<f32>> {
     fn view(&self, name: &str) -> Option<View<'_>> {
         self.get(name).map(|v| View::F32(v))
-    }
-}
-
-impl Inputs for HashMap<String, Vec<f64>> {
-    fn view(&self, name: &str) -> Option<View<'_>> {
-        self.get(name).map(|v| View::F64(v))
     }
 }
 

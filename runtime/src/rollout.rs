@@ -190,7 +190,7 @@ impl Rollouts {
         // The behaviour policy's distribution, [B, T, V], only from rollouts
         // that kept their logits (for a recipe that reads it, see
         // [`Rollouts::VOCAB_INPUTS`]).
-        if b * t == 0 || self.old_logits.iter().any(|r| !r.is_empty()) {
+        if self.keeps_logits() {
             self.vocab_inputs(&mut m);
         }
         m.insert(
@@ -266,20 +266,34 @@ impl Rollouts {
     pub const VOCAB_INPUTS: [&'static str; 4] =
         ["logits", "old_logits", "mean_logp", "old_mean_logp"];
 
+    /// Whether the rows carry the behaviour policy's distribution (they
+    /// kept their logits; an empty batch counts as carrying it).
+    fn keeps_logits(&self) -> bool {
+        self.len() * self.t() == 0 || self.old_logits.iter().any(|r| !r.is_empty())
+    }
+
+    /// The kept logits laid out [B·T·V], zeros past each response.
+    fn old_logits_flat(&self) -> Vec<f32> {
+        let (t, v) = (self.t(), self.vocab.max(1));
+        let mut z = vec![0.0; self.len() * t * v];
+        for (r, row) in self.old_logits.iter().enumerate() {
+            let n = row.len().min(t * v) / v * v;
+            z[r * t * v..r * t * v + n].copy_from_slice(&row[..n]);
+        }
+        z
+    }
+
     /// `logits`, `old_logits` ([B·T·V], before the update the current
     /// policy is the behaviour policy), `mean_logp` and `old_mean_logp`.
     fn vocab_inputs(&self, m: &mut HashMap<String, Vec<f64>>) {
-        let (b, t) = (self.len(), self.t());
+        let t = self.t();
         let v = self.vocab.max(1);
-        let mut z = vec![0.0; b * t * v];
-        let mut mean_lp = vec![0.0; b * t];
+        let z: Vec<f64> = self.old_logits_flat().iter().map(|&x| x as f64).collect();
+        let mut mean_lp = vec![0.0; self.len() * t];
         for (r, row) in self.old_logits.iter().enumerate() {
             for (j, tok) in row.chunks_exact(v).enumerate().take(t) {
                 let m = tok.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x as f64));
                 let lse = m + tok.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
-                for (k, &x) in tok.iter().enumerate() {
-                    z[(r * t + j) * v + k] = x as f64;
-                }
                 mean_lp[r * t + j] = tok.iter().map(|&x| x as f64 - lse).sum::<f64>() / v as f64;
             }
         }
@@ -314,12 +328,12 @@ impl Rollouts {
                 batch.insert(name, "f32", vec![b, t], x.clone());
             }
         }
-        if let Some(x) = inputs.get("old_logits") {
+        if self.keeps_logits() {
             batch.insert_f32(
                 "old_logits",
                 "f32",
                 vec![b, t, self.vocab.max(1)],
-                x.iter().map(|&z| z as f32).collect::<Vec<f32>>(),
+                self.old_logits_flat(),
             );
         }
         batch.insert("step_end", "u8", vec![b, t], inputs["step_end"].clone());

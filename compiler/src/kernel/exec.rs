@@ -282,7 +282,7 @@ struct Partial {
 
 impl Plan {
     /// Run the plan on a batch: `inputs` holds every input the graph reads
-    /// (flat, in level order, f32 or f64, read in place) and `mask` [B·T]
+    /// (flat, in level order, f32, bf16 or f64, read in place) and `mask` [B·T]
     /// (a [`crate::batch::Prepared`] or a map of vectors). `threads` caps the
     /// threads a loop is split across (1: this thread only).
     pub fn run(
@@ -305,7 +305,7 @@ impl Plan {
                 sh.b * sh.t
             )));
         }
-        // Inputs are read in place, f32 or f64.
+        // Inputs are read in place, whatever their width.
         let mut bufs: Vec<Data> = Vec::with_capacity(self.buffers.len());
         for b in &self.buffers {
             match &b.input {
@@ -433,7 +433,8 @@ impl Plan {
 
     /// What [`Plan::run`] allocates at its peak for a batch of shape `sh`,
     /// in bytes, beyond its inputs: the run is walked step by step — a
-    /// value buffer (f64) is held from the step that writes it to the end,
+    /// value buffer (f64; f32 at vocabulary level) is held from the step
+    /// that writes it to its last reader,
     /// a special step also holds, while it runs, the f64 copies of the
     /// arguments it cannot read in place, and the row orders shared by
     /// sorted steps (u32) and the f64 mask and tokens of special steps are

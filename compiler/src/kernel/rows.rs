@@ -124,7 +124,7 @@ pub(super) fn vocab_orders(v: usize, key: View, threads: usize, pool: &Pool<u32>
 /// key order (from `order` if given, else sorted here): the rank of each
 /// entry (`sum` is `None`) or the running sum of `x` in that order
 /// (`Some(reverse)`: from the other end). `key` and `x` are read where they
-/// are, f32 or f64.
+/// are, widened a row at a time.
 pub(super) struct Rows<'a> {
     pub v: usize,
     pub key: View<'a>,
