@@ -331,6 +331,11 @@ case!(
     "import std/grpo\nrecipe r extends grpo {\n    model { layers = 2 * step }\n}\n"
 );
 case!(
+    e0303_guard_value_computed_during_training,
+    "E0303",
+    "import std/grpo\nrecipe r extends grpo {\n    guard mean(entropy) over batch < 0.1 => optimizer.lr = mean(entropy) over batch\n}\n"
+);
+case!(
     e0303_state_init,
     "E0303",
     "import std/grpo\nrecipe r extends grpo {\n    state { seen = progress }\n}\n"

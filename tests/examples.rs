@@ -174,3 +174,114 @@ fn language_reference_lists_every_builtin_and_input() {
         );
     }
 }
+
+/// The checker resolves each guard for the runtime: bare keys to their
+/// section, constant expressions folded, string literals decoded, windows and
+/// rollback counts as integers; a guard with an error is left out.
+#[test]
+fn guards_are_resolved_by_the_checker() {
+    use keel_compiler::{CheckedGuard, GuardAction as A, GuardOp as Op};
+    let c = keel_tests::check_str(
+        "import std/grpo\nrecipe r extends grpo {\n    state { s = 1.0 }\n    update { s = s }\n    \
+         guard g: step >= 2 for 3 steps => { lr *= 0.5; optimizer.lr = 1e-4 * 0.5; s += 2; rollback 4; warn \"a \\\"b\\\"\"; warn; stop }\n    \
+         guard mean(entropy) over batch < 0.1 => skip\n}\n",
+    );
+    assert!(!c.has_errors(), "{}", keel_tests::render(&c));
+    let r = &c.recipes[c.main_recipe(None).expect("r")];
+    let got: Vec<(&str, u64, &[A])> = r
+        .guards
+        .iter()
+        .map(|g: &CheckedGuard| (g.name.as_str(), g.window, g.actions.as_slice()))
+        .collect();
+    let assign = |t: &str, op, value| A::Assign {
+        target: t.to_string(),
+        op,
+        value,
+    };
+    assert_eq!(
+        got,
+        vec![
+            (
+                "g",
+                3,
+                &[
+                    assign("optimizer.lr", Op::Mul, 0.5),
+                    assign("optimizer.lr", Op::Set, 1e-4 * 0.5),
+                    assign("state.s", Op::Add, 2.0),
+                    A::Rollback(4),
+                    A::Warn("a \"b\"".to_string()),
+                    A::Warn("guard `g` fired".to_string()),
+                    A::Stop,
+                ][..]
+            ),
+            ("1", 1, &[A::Skip][..]),
+        ]
+    );
+    // A guard with an error is not handed to the runtime.
+    let bad = keel_tests::check_str(
+        "import std/grpo\nrecipe r extends grpo {\n    guard step > 1 => optimizer.lr = mean(entropy) over batch\n}\n",
+    );
+    assert!(bad.has_errors());
+    let r = &bad.recipes[bad.main_recipe(None).expect("r")];
+    assert!(r.guards.is_empty());
+}
+
+/// The dependency graph `cargo tree` prints for `package` (normal and build
+/// edges, no dev-dependencies), one crate name a line; `None` if cargo
+/// cannot be run here.
+fn crate_tree(package: &str, depth: Option<u32>) -> Option<Vec<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["tree", "--offline", "-p", package, "-e", "normal,build"])
+        .args(["--prefix", "none", "--format", "{p}"])
+        .current_dir(keel_tests::root());
+    if let Some(d) = depth {
+        cmd.args(["--depth", &d.to_string()]);
+    }
+    let out = cmd.output().ok()?;
+    assert!(
+        out.status.success(),
+        "cargo tree -p {package}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(String::from))
+            .collect(),
+    )
+}
+
+/// The layout's rules, as `cargo tree` sees them: the language server links
+/// no code generator (cranelift, cubecl, burn), and the runtime reads checked
+/// recipes, never the AST (no direct `keel-grammar` dependency).
+#[test]
+fn crate_graph_keeps_its_rules() {
+    let Some(lsp) = crate_tree("keel-lsp", None) else {
+        return;
+    };
+    assert!(lsp.iter().any(|c| c == "keel-check"), "{lsp:?}");
+    let heavy: Vec<&String> = lsp
+        .iter()
+        .filter(|c| {
+            c.starts_with("cranelift")
+                || c.starts_with("cubecl")
+                || c.starts_with("burn")
+                || *c == "keel-compiler"
+        })
+        .collect();
+    assert!(heavy.is_empty(), "keel-lsp links {heavy:?}");
+    let runtime = crate_tree("keel-runtime", Some(1)).unwrap_or_default();
+    assert!(runtime.iter().any(|c| c == "keel-compiler"), "{runtime:?}");
+    assert!(
+        !runtime.iter().any(|c| c == "keel-grammar"),
+        "keel-runtime depends on keel-grammar directly: {runtime:?}"
+    );
+    let check = crate_tree("keel-check", None).unwrap_or_default();
+    assert!(
+        !check
+            .iter()
+            .any(|c| c.starts_with("cranelift") || c == "safetensors"),
+        "keel-check: {check:?}"
+    );
+}

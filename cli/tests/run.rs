@@ -174,6 +174,49 @@ recipe unstable extends grpo {
     }
 }
 
+/// The learning rate of each RL step of a 4-step run of SMALL with `guard`.
+fn lr_under_guard(name: &str, guard: &str) -> Vec<f64> {
+    let d = dir(name);
+    let recipe = SMALL
+        .replace("steps = 12 }", "steps = 4 }")
+        .replace("warmup_steps = 30", "warmup_steps = 2")
+        .replace(
+            "eval { every = 4, problems = 8, k = 2 }",
+            &format!("eval {{ every = 0, problems = 4, k = 1 }}\n    {guard}"),
+        );
+    std::fs::write(d.join("small.recipe"), recipe).expect("write");
+    let out = keel(&d, &["run", "-q", "small.recipe", "--out", "run"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m = metrics(&d.join("run"));
+    let rl: Vec<&Value> = m.iter().filter(|l| l.get("loss").is_some()).collect();
+    for l in &rl {
+        assert!(
+            l.get("state.lr").is_none(),
+            "`lr` is not a state variable: {l}"
+        );
+    }
+    rl.iter().map(|l| l["lr"].as_f64().expect("lr")).collect()
+}
+
+/// `lr *= 0.5` in a guard halves `optimizer.lr` (the checker resolves the
+/// name; the runtime logged `state.lr = 0` and kept the rate).
+#[test]
+fn guard_with_a_bare_key_halves_the_learning_rate() {
+    let lr = lr_under_guard("halve", "guard halve: step >= 2 => { lr *= 0.5 }");
+    // The guard fires after steps 2 and 3: steps 3 and 4 train at half.
+    assert_eq!(lr, vec![1e-3, 1e-3, 5e-4, 2.5e-4]);
+}
+
+/// A constant expression in a guard action is folded (it was read as NaN).
+#[test]
+fn guard_with_a_constant_expression_sets_its_value() {
+    let lr = lr_under_guard(
+        "fold",
+        "guard halve: step >= 2 => { optimizer.lr = 1e-4 * 0.5 }",
+    );
+    assert_eq!(lr, vec![1e-3, 1e-3, 5e-5, 5e-5]);
+}
+
 #[test]
 fn report_renders_plots_of_a_run() {
     let d = dir("report");

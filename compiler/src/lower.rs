@@ -866,7 +866,10 @@ impl<'a> Lowering<'a> {
         };
         let b = &mut self.b;
         match mode {
-            "seq_mean_token_sum" | "seq_mean_token_mean" => {
+            // verl 0.9.1 `agg_loss`: the mean over sequences with a valid
+            // token of each sequence's token sum (or token mean); the
+            // `_norm` form then divides by a constant (Dr. GRPO).
+            "seq_mean_token_sum" | "seq_mean_token_mean" | "seq_mean_token_sum_norm" => {
                 let s = b.reduce(Red::Sum, x, Level::Seq);
                 let n = b.reduce(Red::Sum, ones, Level::Seq);
                 let zero = b.c(0.0);
@@ -883,15 +886,15 @@ impl<'a> Lowering<'a> {
                 let vf = b.float(valid);
                 let den = b.reduce(Red::Sum, vf, Level::Batch);
                 let den = b.binary(Bin::Max, den, one);
-                b.binary(Bin::Div, num, den)
-            }
-            "seq_mean_token_sum_norm" => {
-                let s = b.reduce(Red::Sum, x, Level::Batch);
+                let mean = b.binary(Bin::Div, num, den);
+                if mode != "seq_mean_token_sum_norm" {
+                    return mean;
+                }
                 let norm = match norm {
                     Some(n) => n,
                     None => b.add(Op::PaddedLength, Vec::new(), Level::Batch, DType::F64),
                 };
-                b.binary(Bin::Div, s, norm)
+                b.binary(Bin::Div, mean, norm)
             }
             _ => {
                 let s = b.reduce(Red::Sum, x, Level::Batch);

@@ -4,9 +4,9 @@
 
 use crate::find::{Found, find};
 use crate::line_index::LineIndex;
-use keel_compiler::builtins::{self, Level, Ty};
-use keel_compiler::check::Res;
-use keel_compiler::{Checked, FileId, SourceDb, check_source};
+use keel_check::builtins::{self, Level, Ty};
+use keel_check::check::Res;
+use keel_check::{Checked, FileId, SourceDb, check_source};
 use keel_grammar::{Item, Member, Span, Stmt, Tok};
 use lsp_types as lsp;
 use std::collections::HashMap;
@@ -48,7 +48,7 @@ pub fn stdlib_dir() -> PathBuf {
 
 fn materialize_stdlib(name: &str) -> Option<PathBuf> {
     let stem = name.strip_prefix("std/")?.strip_suffix(".recipe")?;
-    let text = keel_compiler::stdlib::get(stem)?;
+    let text = keel_check::stdlib::get(stem)?;
     let dir = stdlib_dir();
     std::fs::create_dir_all(&dir).ok()?;
     let path = dir.join(format!("{stem}.recipe"));
@@ -241,7 +241,7 @@ impl Analysis {
                                 .map(|p| p.name.name.clone())
                                 .collect::<Vec<_>>()
                                 .join(", "),
-                            keel_compiler::format::expr(&f.body)
+                            keel_check::format::expr(&f.body)
                         ),
                         None => format!("`{name}`"),
                     }
@@ -274,7 +274,7 @@ impl Analysis {
                 let i = recipe?;
                 format!(
                     "```\n{}```",
-                    keel_compiler::explain::explain_recipe(&self.checked, i)
+                    keel_check::explain::explain_recipe(&self.checked, i)
                 )
             }
             Found::Extends(p) | Found::Import(p) => {
@@ -506,7 +506,7 @@ impl Analysis {
             || word_start.trim_end().ends_with("import")
         {
             let with_prefix = !word_start.ends_with("std/");
-            for n in keel_compiler::stdlib::names() {
+            for n in keel_check::stdlib::names() {
                 let label = if with_prefix {
                     format!("std/{n}")
                 } else {
@@ -816,10 +816,7 @@ fn value_doc(a: &Analysis, recipe: Option<usize>, section: &str, name: &str) -> 
         Some(v) => {
             let value = match (&v.info.ty, v.info.constant) {
                 (Ty::Sym(s), _) => format!(" = {s}"),
-                (_, Some(c)) => format!(
-                    " = {}",
-                    keel_compiler::ir::fmt_f64(c).trim_end_matches(".0")
-                ),
+                (_, Some(c)) => format!(" = {}", number(c)),
                 _ => String::new(),
             };
             let from = if recipe
@@ -879,7 +876,7 @@ fn section_doc(s: &str) -> String {
 }
 
 fn header_of(stdlib: &str) -> String {
-    keel_compiler::stdlib::get(stdlib)
+    keel_check::stdlib::get(stdlib)
         .map(|t| {
             t.lines()
                 .take_while(|l| l.starts_with("//"))
@@ -893,16 +890,25 @@ fn header_of(stdlib: &str) -> String {
 /// The `keel explain` text of a stdlib preset (`std/grpo` or `grpo`).
 fn preset_doc(path: &str) -> Option<String> {
     let name = path.trim_start_matches("std/");
-    let text = keel_compiler::stdlib::get(name)?;
-    let checked = check_source(&keel_compiler::NoFiles, &format!("std/{name}.recipe"), text);
+    let text = keel_check::stdlib::get(name)?;
+    let checked = check_source(&keel_check::NoFiles, &format!("std/{name}.recipe"), text);
     let i = checked
         .main_recipe(Some(name))
         .or_else(|| checked.main_recipe(None));
     match i {
         Some(i) => Some(format!(
             "```\n{}```",
-            keel_compiler::explain::explain_recipe(&checked, i)
+            keel_check::explain::explain_recipe(&checked, i)
         )),
         None => Some(header_of(name)),
+    }
+}
+
+/// A constant as hover shows it: whole numbers without a fraction.
+fn number(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{x:.0}")
+    } else {
+        format!("{x}")
     }
 }

@@ -302,7 +302,7 @@ impl Server {
             lsp::request::Formatting::METHOD => parse::<lsp::DocumentFormattingParams>(req.params)
                 .map(|p| {
                     let edits = self.docs.get(&p.text_document.uri).and_then(|d| {
-                        let formatted = keel_compiler::format::format_source(&d.text).ok()?;
+                        let formatted = keel_check::format::format_source(&d.text).ok()?;
                         if formatted == d.text {
                             return Some(Vec::new());
                         }

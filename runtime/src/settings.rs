@@ -2,8 +2,8 @@
 //! (with the schema's defaults), and the step-level values (schedules, state
 //! updates, guard conditions, the reward) compiled to host code.
 
+use keel_compiler::builtins::Ty;
 use keel_compiler::{Checked, builtins};
-use keel_grammar::ExprKind;
 
 /// A constant setting.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,26 +21,20 @@ pub struct Settings<'a> {
 }
 
 impl Settings<'_> {
+    /// The setting `section.key`: the checked recipe's value (a string
+    /// literal's text, an option name, or a constant), else the schema's
+    /// default.
     pub fn get(&self, section: &str, key: &str) -> Option<Setting> {
-        let merged = self.checked.merged.get(self.index)?;
         let recipe = self.checked.recipes.get(self.index)?;
-        if let Some(e) = merged.section(section).and_then(|s| s.entry(key)) {
-            match &e.value.kind {
-                ExprKind::Str(s) => return Some(Setting::Str(unquote(s))),
-                ExprKind::Var(v)
-                    if recipe
-                        .value(section, key)
-                        .and_then(|v| v.info.constant)
-                        .is_none() =>
-                {
-                    return Some(Setting::Sym(v.name.clone()));
-                }
-                _ => {}
+        if let Some(v) = recipe.value(section, key) {
+            if let Some(t) = &v.text {
+                return Some(Setting::Str(t.clone()));
             }
-            if let Some(c) = recipe.value(section, key).and_then(|v| v.info.constant) {
-                return Some(Setting::Num(c));
-            }
-            return None;
+            return match (&v.info.ty, v.info.constant) {
+                (_, Some(c)) => Some(Setting::Num(c)),
+                (Ty::Sym(s), None) => Some(Setting::Sym(s.clone())),
+                _ => None,
+            };
         }
         let d = builtins::section(section)?.key(key)?.default?;
         Some(match d.parse::<f64>() {
@@ -78,33 +72,9 @@ impl Settings<'_> {
     /// Whether the recipe defines `section.key` itself (or inherits it).
     pub fn defined(&self, section: &str, key: &str) -> bool {
         self.checked
-            .merged
+            .recipes
             .get(self.index)
-            .and_then(|m| m.section(section))
-            .and_then(|s| s.entry(key))
+            .and_then(|r| r.value(section, key))
             .is_some()
     }
-}
-
-/// The text of a string literal (the lexer keeps the quotes and escapes).
-pub fn unquote(s: &str) -> String {
-    let inner = s
-        .strip_prefix('"')
-        .and_then(|x| x.strip_suffix('"'))
-        .unwrap_or(s);
-    let mut out = String::new();
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            match chars.next() {
-                Some('n') => out.push('\n'),
-                Some('t') => out.push('\t'),
-                Some(o) => out.push(o),
-                None => {}
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

@@ -14,7 +14,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use keel_compiler::batch::{self, Batch, Values};
 use keel_compiler::ir::Graph;
 use keel_compiler::{Checked, Diagnostic, compile_loss, logits};
-use keel_grammar::{AssignOp, Stmt};
+use keel_compiler::{GuardAction as Action, GuardOp};
 use serde_json::{Map, Value, json};
 
 use crate::checkpoint::{self, Checkpoint, TrainState, bits, unbits};
@@ -278,13 +278,12 @@ fn located(
     key: &str,
     e: &RunError,
 ) -> Vec<Diagnostic> {
-    let (Some(m), Some(r)) = (checked.merged.get(index), checked.recipes.get(index)) else {
+    let Some(r) = checked.recipes.get(index) else {
         return Vec::new();
     };
-    let (file, span) = m
-        .section(section)
-        .and_then(|s| s.entry(key))
-        .map(|en| (en.file, en.name_span))
+    let (file, span) = r
+        .value(section, key)
+        .map(|v| (v.file, v.name_span))
         .unwrap_or((r.file, r.name_span));
     vec![
         Diagnostic::error(
@@ -801,112 +800,6 @@ pub struct RunFile {
     pub fingerprint: String,
 }
 
-/// A guard as the runtime executes it.
-struct GuardSpec {
-    name: String,
-    window: u64,
-    actions: Vec<Action>,
-}
-
-enum Action {
-    Warn(String),
-    Stop,
-    Skip,
-    Rollback(u64),
-    Assign {
-        target: String,
-        op: AssignOp,
-        value: f64,
-    },
-}
-
-fn guard_specs(checked: &Checked, index: usize) -> Vec<GuardSpec> {
-    let Some(m) = checked.merged.get(index) else {
-        return Vec::new();
-    };
-    let num = |e: &keel_grammar::Expr| -> f64 {
-        match &e.kind {
-            keel_grammar::ExprKind::Number { value, .. } => *value,
-            keel_grammar::ExprKind::Unary(keel_grammar::UnOp::Neg, x) => match &x.kind {
-                keel_grammar::ExprKind::Number { value, .. } => -*value,
-                _ => f64::NAN,
-            },
-            _ => f64::NAN,
-        }
-    };
-    m.guards
-        .iter()
-        .enumerate()
-        .map(|(k, g)| {
-            let name = g
-                .guard
-                .name
-                .as_ref()
-                .map(|n| n.name.clone())
-                .unwrap_or_else(|| k.to_string());
-            let window = g
-                .guard
-                .window
-                .as_ref()
-                .map(|(e, _)| num(e))
-                .filter(|x| x.is_finite() && *x >= 1.0)
-                .unwrap_or(1.0) as u64;
-            let actions = g
-                .guard
-                .actions
-                .iter()
-                .filter_map(|s| match s {
-                    Stmt::Command { name, arg, .. } => match name.name.as_str() {
-                        "warn" => Some(Action::Warn(match arg.as_ref().map(|a| &a.kind) {
-                            Some(keel_grammar::ExprKind::Str(s)) => crate::settings::unquote(s),
-                            _ => format!("guard `{}` fired", name.name),
-                        })),
-                        "stop" => Some(Action::Stop),
-                        "skip" => Some(Action::Skip),
-                        "rollback" => Some(Action::Rollback(
-                            arg.as_ref()
-                                .map(num)
-                                .filter(|x| x.is_finite())
-                                .unwrap_or(1.0)
-                                .max(0.0) as u64,
-                        )),
-                        _ => None,
-                    },
-                    Stmt::Assign(a) => {
-                        let path: Vec<&str> = a.path.iter().map(|i| i.name.as_str()).collect();
-                        let target = if path.len() == 1 {
-                            format!("state.{}", path[0])
-                        } else {
-                            path.join(".")
-                        };
-                        Some(Action::Assign {
-                            target,
-                            op: a.op,
-                            value: num(&a.value),
-                        })
-                    }
-                    _ => None,
-                })
-                .collect();
-            GuardSpec {
-                name,
-                window,
-                actions,
-            }
-        })
-        .collect()
-}
-
-fn apply(op: AssignOp, cur: f64, v: f64) -> f64 {
-    match op {
-        AssignOp::Set => v,
-        AssignOp::Add => cur + v,
-        AssignOp::Sub => cur - v,
-        AssignOp::Mul => cur * v,
-        AssignOp::Div => cur / v,
-    }
-}
-
 /// Run (or resume) a recipe.
 pub fn run(
     checked: &Checked,
@@ -975,7 +868,11 @@ pub fn run(
             return Err(e);
         }
     }
-    let guards = guard_specs(checked, index);
+    let guards = checked
+        .recipes
+        .get(index)
+        .map(|r| r.guards.clone())
+        .unwrap_or_default();
 
     // ---- warm start (cached by recipe model/task settings and seed) ------
     let seeded = Weights::init(&plan.model);
@@ -1332,7 +1229,7 @@ pub fn run(
                         Action::Assign { target, op, value } => {
                             if base_params.contains_key(target) || target.starts_with("state.") {
                                 let cur = current_params(&st).get(target).copied().unwrap_or(0.0);
-                                let new = apply(*op, cur, *value);
+                                let new = op.apply(cur, *value);
                                 if let Some(s) = target.strip_prefix("state.") {
                                     st.host_state.insert(s.to_string(), bits(new));
                                 } else {
@@ -1347,14 +1244,14 @@ pub fn run(
                                     .map(|(a, b)| (unbits(*a), unbits(*b)))
                                     .unwrap_or((1.0, 0.0));
                                 let (a, b) = match op {
-                                    AssignOp::Mul => (a * value, b * value),
-                                    AssignOp::Div => (a / value, b / value),
-                                    AssignOp::Add => (a, b + value),
-                                    AssignOp::Sub => (a, b - value),
-                                    AssignOp::Set => (0.0, *value),
+                                    GuardOp::Mul => (a * value, b * value),
+                                    GuardOp::Div => (a / value, b / value),
+                                    GuardOp::Add => (a, b + value),
+                                    GuardOp::Sub => (a, b - value),
+                                    GuardOp::Set => (0.0, *value),
                                 };
                                 st.adjust.insert(target.clone(), (bits(a), bits(b)));
-                                what.push(format!("{target} {} {value}", op_text(*op)));
+                                what.push(format!("{target} {} {value}", op.text()));
                             }
                         }
                     }
@@ -1579,16 +1476,6 @@ pub fn run(
         &checkpoint::weights_to_bytes(&[("", &policy.weights())])?,
     )?;
     Ok(summary)
-}
-
-fn op_text(op: AssignOp) -> &'static str {
-    match op {
-        AssignOp::Set => "=",
-        AssignOp::Add => "+=",
-        AssignOp::Sub => "-=",
-        AssignOp::Mul => "*=",
-        AssignOp::Div => "/=",
-    }
 }
 
 fn json_num(x: f64) -> Value {

@@ -1,14 +1,24 @@
 """Generate tests/golden/*.safetensors: randomized batches (B=16, T=24,
 groups of 4, variable lengths, binary and real rewards) with the loss,
-advantages and d_logp that verl 0.9 computes (via verl_reference.py).
+advantages and d_logp that verl 0.9.1 computes.
+
+The expected values come from verl's own functions (`verl_torch.py`,
+`--reference verl`, the default; d_logp by torch autograd) for every preset
+but `clip_cov`, whose un-clipped tokens verl draws with `torch.randperm`;
+that one, and every preset with `--reference numpy`, comes from the numpy
+re-implementation `verl_reference.py` (d_logp by central differences).
+`--compare` writes nothing: it prints, per preset, how far the numpy
+reference is from verl's functions.
 
 Each file holds the batch tensors (f32/i64, as docs/batch-format.md says)
 plus `expect.loss` [1], `expect.d_logp` [B, T] and `expect.advantages` [B, T]
 in f64. The preset is the file name's part before `__`.
 
-Usage: python3 tests/reference/gen_golden.py   (needs numpy, safetensors)
+Usage: python3 tests/reference/gen_golden.py [--reference verl|numpy] [--compare]
+(needs numpy and safetensors; verl==0.9.1 and torch for the verl reference)
 """
 
+import argparse
 import os
 import numpy as np
 from safetensors.numpy import save_file
@@ -119,26 +129,60 @@ PRESETS = [
 ]
 
 
-def main():
-    os.makedirs(OUT, exist_ok=True)
+def batches():
+    """(preset, variant, f32 batch) in a fixed order and seed sequence."""
     seed = 1000
     for name in PRESETS:
         for variant in ("binary", "real"):
             seed += 1
             rng = np.random.default_rng(seed)
-            b32 = make_batch(rng, variant == "binary")
+            yield name, variant, make_batch(rng, variant == "binary")
+
+
+def numpy_expect(name, b):
+    loss, advf = preset_fn(name)
+    a = advf(b)
+    value = loss(b["logp"], b["logp"], b, a)
+    return value, fd_grad(loss, b, a), a * b["mask"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reference", choices=["verl", "numpy"], default="verl")
+    ap.add_argument("--compare", action="store_true")
+    args = ap.parse_args()
+    if args.reference == "verl" or args.compare:
+        import verl_torch
+    if args.compare:
+        for name, variant, b32 in batches():
+            if name not in verl_torch.VERL_PRESETS:
+                print(f"{name}/{variant}: not compared (verl draws with torch.randperm)")
+                continue
             b = as64(b32)
-            loss, advf = preset_fn(name)
-            a = advf(b)
-            value = loss(b["logp"], b["logp"], b, a)
-            grad = fd_grad(loss, b, a)
-            out = dict(b32)
-            out["expect.loss"] = np.array([value], dtype=np.float64)
-            out["expect.d_logp"] = grad.astype(np.float64)
-            out["expect.advantages"] = (a * b["mask"]).astype(np.float64)
-            path = os.path.join(OUT, f"{name}__{variant}.safetensors")
-            save_file(out, path)
-            print(f"{path}: loss {value:.9f}")
+            nl, nd, na = numpy_expect(name, b)
+            vl, vd, va = verl_torch.expect(name, b)
+            print(
+                f"{name}/{variant}: loss numpy {nl:.9g} verl {vl:.9g} "
+                f"(|diff| {abs(nl - vl):.2e}), max |d_logp diff| {np.max(np.abs(nd - vd)):.2e}, "
+                f"max |adv diff| {np.max(np.abs(na - va)):.2e}"
+            )
+        return
+    os.makedirs(OUT, exist_ok=True)
+    for name, variant, b32 in batches():
+        b = as64(b32)
+        if args.reference == "verl" and name in verl_torch.VERL_PRESETS:
+            value, grad, adv = verl_torch.expect(name, b)
+            source = "verl 0.9.1"
+        else:
+            value, grad, adv = numpy_expect(name, b)
+            source = "numpy reference"
+        out = dict(b32)
+        out["expect.loss"] = np.array([value], dtype=np.float64)
+        out["expect.d_logp"] = np.asarray(grad, dtype=np.float64)
+        out["expect.advantages"] = np.asarray(adv, dtype=np.float64)
+        path = os.path.join(OUT, f"{name}__{variant}.safetensors")
+        save_file(out, path, metadata={"reference": source})
+        print(f"{path}: loss {value:.9f} ({source})")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""An independent numpy re-implementation of verl 0.9's loss functions
+"""An independent numpy re-implementation of verl 0.9.1's loss functions
 (`verl/trainer/ppo/core_algos.py`, `verl/utils/torch_functional.py`), used
 only to produce the golden vectors in `tests/golden/`.
 
@@ -134,7 +134,11 @@ def agg_loss(L, m, mode):
         sm = (cnt > 0).astype(float)
         return np.sum(np.where(sm > 0, seq, 0) * sm) / sm.sum()
     if mode == "seq-mean-token-sum-norm":
-        return np.sum(np.sum(L * m, -1)) / m.shape[-1]
+        # verl 0.9.1: the seq-mean of token sums, then / the padded length
+        # (verl <= 0.4 had no seq-mean, B' times larger).
+        seq = np.sum(L * m, -1)
+        sm = (m.sum(-1) > 0).astype(float)
+        return np.sum(seq * sm) / sm.sum() / m.shape[-1]
     raise ValueError(mode)
 
 

@@ -17,7 +17,7 @@ pub fn reduction_formula(mode: &str) -> &'static str {
         "seq_mean_token_sum" => "(1/B') Σ_i Σ_t m_it·ℓ_it   (B' = sequences with a valid token)",
         "seq_mean_token_mean" => "(1/B') Σ_i [Σ_t m_it·ℓ_it / (Σ_t m_it + 1e-8)]",
         "seq_mean_token_sum_norm" => {
-            "Σ_it m_it·ℓ_it / N   (N = objective.norm, default the padded length T)"
+            "(1/B') Σ_i Σ_t m_it·ℓ_it / N   (B' = sequences with a valid token; N = objective.norm, default the padded length T)"
         }
         _ => "Σ_it m_it·ℓ_it / Σ_it m_it",
     }

@@ -89,7 +89,7 @@ codes! {
     SHADOWS_INPUT = "W0004": "name shadows a built-in input";
 }
 
-const INDEX: &str = include_str!("../../docs/errors.md");
+const INDEX: &str = include_str!("../../../docs/errors.md");
 
 /// The error-index entry for a code (`E0100`, case-insensitive), as Markdown.
 pub fn explain(code: &str) -> Option<String> {

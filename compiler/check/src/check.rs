@@ -81,6 +81,85 @@ pub struct Value {
     pub file: FileId,
     pub name_span: Span,
     pub defined_in: String,
+    /// The decoded text, when the entry is a string literal.
+    pub text: Option<String>,
+}
+
+/// How a guard changes a value: `=`, `+=`, `-=`, `*=`, `/=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuardOp {
+    Set,
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+impl GuardOp {
+    fn of(op: AssignOp) -> GuardOp {
+        match op {
+            AssignOp::Set => GuardOp::Set,
+            AssignOp::Add => GuardOp::Add,
+            AssignOp::Sub => GuardOp::Sub,
+            AssignOp::Mul => GuardOp::Mul,
+            AssignOp::Div => GuardOp::Div,
+        }
+    }
+
+    /// The new value of `cur` after `cur op= v`.
+    pub fn apply(self, cur: f64, v: f64) -> f64 {
+        match self {
+            GuardOp::Set => v,
+            GuardOp::Add => cur + v,
+            GuardOp::Sub => cur - v,
+            GuardOp::Mul => cur * v,
+            GuardOp::Div => cur / v,
+        }
+    }
+
+    /// The operator as written (`*=`).
+    pub fn text(self) -> &'static str {
+        match self {
+            GuardOp::Set => "=",
+            GuardOp::Add => "+=",
+            GuardOp::Sub => "-=",
+            GuardOp::Mul => "*=",
+            GuardOp::Div => "/=",
+        }
+    }
+}
+
+/// One action of a guard, as the checker resolved it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GuardAction {
+    /// `warn` with its message (the literal decoded, or a default).
+    Warn(String),
+    Stop,
+    Skip,
+    /// `rollback N`: N checkpoints' worth of steps.
+    Rollback(u64),
+    /// `target op= value`: `target` is the resolved `section.key`
+    /// (`state.x` for a state variable, `optimizer.lr` for `lr`), `value`
+    /// the constant-folded right-hand side.
+    Assign {
+        target: String,
+        op: GuardOp,
+        value: f64,
+    },
+}
+
+/// A guard of a recipe, resolved: what the runtime executes (it never reads
+/// the guard's syntax). A guard with an error in any action is left out.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckedGuard {
+    /// The guard's name, or its index among the recipe's guards; the host
+    /// program computes its condition as `guard.NAME`.
+    pub name: String,
+    /// Consecutive steps the condition must hold (`for N steps`; 1 if none).
+    pub window: u64,
+    pub actions: Vec<GuardAction>,
+    pub file: FileId,
+    pub span: Span,
 }
 
 /// The result of checking one recipe.
@@ -99,6 +178,8 @@ pub struct CheckedRecipe {
     /// The type and level of every expression of the recipe's own text,
     /// keyed like [`Resolutions`] (for hover).
     pub types: HashMap<(FileId, usize, usize), Info>,
+    /// The recipe's guards, resolved, in definition order.
+    pub guards: Vec<CheckedGuard>,
 }
 
 impl CheckedRecipe {
@@ -132,6 +213,7 @@ pub(crate) struct Checker<'p> {
     fn_stack: Vec<(usize, usize)>,
     res: Resolutions,
     types: HashMap<(FileId, usize, usize), Info>,
+    guards: Vec<CheckedGuard>,
 }
 
 impl<'p> Checker<'p> {
@@ -148,6 +230,7 @@ impl<'p> Checker<'p> {
             fn_stack: Vec::new(),
             res: HashMap::new(),
             types: HashMap::new(),
+            guards: Vec::new(),
         }
     }
 
@@ -184,8 +267,10 @@ impl<'p> Checker<'p> {
         for sec in &recipe.sections {
             self.check_section(sec);
         }
-        for g in &recipe.guards {
-            self.check_guard(g.file, &g.guard);
+        for (k, g) in recipe.guards.iter().enumerate() {
+            if let Some(checked) = self.check_guard(g.file, &g.guard, k) {
+                self.guards.push(checked);
+            }
         }
         self.check_recipe_rules();
         let mut values = Vec::new();
@@ -204,6 +289,10 @@ impl<'p> Checker<'p> {
                     file: e.file,
                     name_span: e.name_span,
                     defined_in: e.defined_in.clone(),
+                    text: match &e.value.kind {
+                        ExprKind::Str(s) => Some(keel_grammar::unquote(s)),
+                        _ => None,
+                    },
                 });
             }
         }
@@ -217,6 +306,7 @@ impl<'p> Checker<'p> {
             resolutions: self.res,
             group_use: self.group_use,
             types: self.types,
+            guards: self.guards,
         };
         (checked, self.diags)
     }
@@ -1897,7 +1987,17 @@ impl<'p> Checker<'p> {
         }
     }
 
-    fn check_guard(&mut self, file: FileId, g: &Guard) {
+    /// Check a guard and resolve it for the runtime (`None` when any part
+    /// of it has an error, which is then reported).
+    fn check_guard(&mut self, file: FileId, g: &Guard, index: usize) -> Option<CheckedGuard> {
+        let errors = self.diags.iter().filter(|d| d.is_error()).count();
+        let guard_name = g
+            .name
+            .as_ref()
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| index.to_string());
+        let mut window = 1;
+        let mut actions = Vec::new();
         let module = self.module_of(file);
         let ctx = Ctx {
             file,
@@ -1926,6 +2026,9 @@ impl<'p> Checker<'p> {
             let ni = self.check_expr(&ctx, n);
             let good_n = ni.constant.is_some_and(|v| v >= 1.0 && v.fract() == 0.0);
             let good_unit = unit.name == "steps" || unit.name == "step";
+            if let (Some(v), true, true) = (ni.constant, good_n, good_unit) {
+                window = v as u64;
+            }
             if !good_n || !good_unit {
                 let (span, label) = if good_n {
                     (unit.span, format!("`{}` is not a unit", unit.name))
@@ -1998,10 +2101,24 @@ impl<'p> Checker<'p> {
                             )
                             .with_help(msg),
                         );
+                        continue;
                     }
+                    let count = arg_info
+                        .as_ref()
+                        .and_then(|(i, _)| i.constant)
+                        .unwrap_or(1.0);
+                    actions.push(match name.name.as_str() {
+                        "warn" => GuardAction::Warn(match arg.as_ref().map(|a| &a.kind) {
+                            Some(ExprKind::Str(s)) => keel_grammar::unquote(s),
+                            _ => format!("guard `{guard_name}` fired"),
+                        }),
+                        "stop" => GuardAction::Stop,
+                        "skip" => GuardAction::Skip,
+                        _ => GuardAction::Rollback(count as u64),
+                    });
                 }
                 Stmt::Assign(asg) => {
-                    let target = match asg.path.as_slice() {
+                    let section = match asg.path.as_slice() {
                         [k] => {
                             let owners: Vec<String> = self
                                 .recipe
@@ -2037,7 +2154,7 @@ impl<'p> Checker<'p> {
                         .then(|| s.name.clone()),
                         _ => None,
                     };
-                    if target.is_none() {
+                    if section.is_none() {
                         self.diags.push(
                             Diagnostic::error(
                                 codes::UNKNOWN_NAME,
@@ -2062,6 +2179,24 @@ impl<'p> Checker<'p> {
                             )
                             .with_help("reduce it over the batch first"),
                         );
+                    } else if v.constant.is_none() {
+                        self.diags.push(
+                            Diagnostic::error(
+                                codes::NOT_CONSTANT,
+                                "a guard assigns a value known before training, but this one is computed during it",
+                                Label::new(file, asg.value.span, format!("{} value", v.level.adj())),
+                            )
+                            .with_help("write a number or a constant expression (`optimizer.lr = 1e-4 * 0.5`); for a value that follows the run, keep it in `state` and set it in `update`"),
+                        );
+                    }
+                    if let (Some(sec), Some(value), Some(key)) =
+                        (section, v.constant, asg.path.last())
+                    {
+                        actions.push(GuardAction::Assign {
+                            target: format!("{sec}.{}", key.name),
+                            op: GuardOp::of(asg.op),
+                            value,
+                        });
                     }
                 }
                 Stmt::Let { name, .. } => {
@@ -2077,6 +2212,14 @@ impl<'p> Checker<'p> {
                 Stmt::Error(_) => {}
             }
         }
+        let now = self.diags.iter().filter(|d| d.is_error()).count();
+        (now == errors).then(|| CheckedGuard {
+            name: guard_name,
+            window,
+            actions,
+            file,
+            span: g.span,
+        })
     }
 
     fn check_recipe_rules(&mut self) {

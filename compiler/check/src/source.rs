@@ -24,15 +24,6 @@ impl SourceDb for NoFiles {
     }
 }
 
-/// A `SourceDb` that reads the local disk.
-pub struct Disk;
-
-impl SourceDb for Disk {
-    fn load(&self, path: &str) -> Option<String> {
-        std::fs::read_to_string(path).ok()
-    }
-}
-
 /// One loaded text with its line starts.
 #[derive(Clone, Debug)]
 pub struct Source {
