@@ -2213,7 +2213,7 @@ impl<'p> Checker<'p> {
             }
         }
         let now = self.diags.iter().filter(|d| d.is_error()).count();
-        (now == errors).then(|| CheckedGuard {
+        (now == errors).then_some(CheckedGuard {
             name: guard_name,
             window,
             actions,
