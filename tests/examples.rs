@@ -253,8 +253,10 @@ fn crate_tree(package: &str, depth: Option<u32>) -> Option<Vec<String>> {
 }
 
 /// The layout's rules, as `cargo tree` sees them: the language server links
-/// no code generator (cranelift, cubecl, burn), and the runtime reads checked
-/// recipes, never the AST (no direct `keel-grammar` dependency).
+/// no code generator (cranelift, cubecl, burn), the runtime reads checked
+/// recipes, never the AST (no direct `keel-grammar` dependency), and each
+/// compiler stage (`keel-ir`, `keel-kernel`, `keel-host`) depends only on
+/// the stages before it and links no code generator it does not own.
 #[test]
 fn crate_graph_keeps_its_rules() {
     let Some(lsp) = crate_tree("keel-lsp", None) else {
@@ -283,5 +285,39 @@ fn crate_graph_keeps_its_rules() {
             .iter()
             .any(|c| c.starts_with("cranelift") || c == "safetensors"),
         "keel-check: {check:?}"
+    );
+    // The IR and the kernel plan link no code generator; host code links
+    // no GPU runtime; each stage depends only on the stages before it.
+    let code_generators = |c: &String| {
+        c.starts_with("cranelift")
+            || c.starts_with("inkwell")
+            || c.starts_with("cubecl")
+            || c.starts_with("burn")
+    };
+    for (krate, later) in [
+        (
+            "keel-ir",
+            &["keel-kernel", "keel-host", "keel-device", "keel-compiler"][..],
+        ),
+        (
+            "keel-kernel",
+            &["keel-host", "keel-device", "keel-compiler"][..],
+        ),
+    ] {
+        let tree = crate_tree(krate, None).unwrap_or_default();
+        assert!(tree.iter().any(|c| c == "keel-check"), "{krate}: {tree:?}");
+        let bad: Vec<&String> = tree
+            .iter()
+            .filter(|c| code_generators(c) || later.contains(&c.as_str()))
+            .collect();
+        assert!(bad.is_empty(), "{krate} links {bad:?}");
+    }
+    let host = crate_tree("keel-host", None).unwrap_or_default();
+    assert!(host.iter().any(|c| c.starts_with("cranelift")), "{host:?}");
+    assert!(
+        !host
+            .iter()
+            .any(|c| c.starts_with("cubecl") || c.starts_with("burn") || c == "keel-kernel"),
+        "keel-host: {host:?}"
     );
 }

@@ -120,19 +120,19 @@ fn kernel_executor_equals_the_interpreter_on_every_stdlib_recipe() {
 #[test]
 fn grpo_fuses_into_two_token_passes() {
     use keel_compiler::builtins::Level;
-    use keel_compiler::kernel::{Ins, Plan, Policy, Src, Step};
+    use keel_compiler::kernel::{Ins, Plan, Src, Step, Target};
     let c = check_file(&preset_path("grpo"), &[]);
     let idx = c.main_recipe(None).expect("grpo");
     let have = |n: &str| !matches!(n, "logits" | "tokens" | "advantages" | "teacher_logits");
     let compiled = keel_compiler::compile_loss(&c, idx, &have).expect("compiles");
-    for policy in [Policy::Cpu, Policy::Device] {
-        let plan = Plan::with_policy(&compiled.graph, policy).expect("plan");
+    for target in [Target::Cpu, Target::Device] {
+        let plan = Plan::for_target(&compiled.graph, target).expect("plan");
         let token_loops = plan
             .steps
             .iter()
             .filter(|s| matches!(s, Step::Loop(l) if l.level == Level::Token))
             .count();
-        assert_eq!(token_loops, 2, "{policy:?}:\n{}", plan.print());
+        assert_eq!(token_loops, 2, "{target:?}:\n{}", plan.print());
         // The first pass exists for the token count the gradient is scaled
         // by, so it reads the mask alone; every other token-level sum (the
         // loss, the metrics) folds into the second pass.
@@ -154,7 +154,7 @@ fn grpo_fuses_into_two_token_passes() {
                     let buf = &plan.buffers[*b];
                     assert!(
                         buf.level < Level::Token || buf.input.as_deref() == Some("mask"),
-                        "{policy:?}: the first token pass reads b{b}:\n{}",
+                        "{target:?}: the first token pass reads b{b}:\n{}",
                         plan.print()
                     );
                 }
@@ -167,12 +167,12 @@ fn grpo_fuses_into_two_token_passes() {
             .filter(|b| b.level == Level::Token && b.input.is_none())
             .collect();
         let outputs = 2; // d_logp, advantages
-        assert_eq!(computed.len(), outputs, "{policy:?}:\n{}", plan.print());
+        assert_eq!(computed.len(), outputs, "{target:?}:\n{}", plan.print());
         // What a training step reads: the per-token advantages are neither
         // computed nor stored; d_logp is the one token-level write.
         let mut training = compiled.graph.clone();
         training.keep_training_outputs();
-        let plan = Plan::with_policy(&training, policy).expect("plan");
+        let plan = Plan::for_target(&training, target).expect("plan");
         let written: Vec<String> = plan
             .buffers
             .iter()
@@ -183,7 +183,7 @@ fn grpo_fuses_into_two_token_passes() {
         assert_eq!(
             written.len(),
             1,
-            "{policy:?}: {written:?}\n{}",
+            "{target:?}: {written:?}\n{}",
             plan.print()
         );
         let mut names: Vec<&str> = plan.outputs.iter().map(|o| o.0.as_str()).collect();

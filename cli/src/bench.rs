@@ -2,7 +2,7 @@
 //! recipe's compiled loss and gradient on a synthetic batch of N response
 //! tokens: time per evaluation, tokens/s and effective GB/s per backend.
 
-use crate::report;
+use crate::diagnostics;
 use keel_compiler::batch::Values;
 use keel_compiler::synth::{self, Dims};
 use keel_compiler::{Disk, check_source};
@@ -22,17 +22,17 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> ExitCode {
-    let Some(text) = report::read(&a.recipe) else {
+    let Some(text) = diagnostics::read(&a.recipe) else {
         return ExitCode::from(1);
     };
     let checked = check_source(&Disk, &a.recipe, &text);
     if checked.has_errors() {
-        report::print(
+        diagnostics::print(
             &a.recipe,
             &checked.diagnostics,
             checked.sources(),
             crate::ErrorFormat::Human,
-            report::use_color(crate::Color::Auto),
+            diagnostics::use_color(crate::Color::Auto),
         );
         return ExitCode::from(1);
     }
@@ -94,7 +94,7 @@ pub fn run(a: Args) -> ExitCode {
         })
         .count()
         + 1;
-    let through_kernel = keel_compiler::reads_logits_only_through_kernel(recipe);
+    let through_kernel = keel_compiler::LogitsPath::fusable(recipe);
     // Bytes per [B, T, V] entry at the least: the batch's (f32, read in
     // place by the kernel plan and the logits kernel); for the kernel, the
     // logits kernel's f32 gradient (a vocabulary-level program's own values
@@ -161,7 +161,7 @@ pub fn run(a: Args) -> ExitCode {
         .unwrap_or(0);
     // Compile and check the batch once; the timings are of the evaluation.
     let fail = |d: Vec<keel_compiler::Diagnostic>| {
-        report::print(
+        diagnostics::print(
             &a.recipe,
             &d,
             checked.sources(),
@@ -195,6 +195,11 @@ pub fn run(a: Args) -> ExitCode {
         }
     };
     let has_logits = batch.has("logits");
+    let logits_path = if path.is_some() {
+        keel_compiler::LogitsPath::Fused
+    } else {
+        keel_compiler::LogitsPath::Program
+    };
     let kbatch = match &path {
         Some(p) => std::borrow::Cow::Owned(p.program_batch(&batch, &p.forward())),
         None => std::borrow::Cow::Borrowed(&batch),
@@ -202,11 +207,11 @@ pub fn run(a: Args) -> ExitCode {
     let khave = |n: &str| kbatch.has(n);
     // The kernel and device backends compute what a training step reads
     // (loss, gradients, metrics), not the diagnostic per-token advantages.
-    let mut kcompiled =
-        match keel_compiler::compile_loss_for(&checked, index, &khave, path.is_some()) {
-            Ok(c) => c,
-            Err(d) => return fail(d),
-        };
+    let mut kcompiled = match keel_compiler::compile_loss_for(&checked, index, &khave, logits_path)
+    {
+        Ok(c) => c,
+        Err(d) => return fail(d),
+    };
     kcompiled.graph.keep_training_outputs();
     let mut training_graph = compiled.graph.clone();
     training_graph.keep_training_outputs();
@@ -452,7 +457,7 @@ pub fn run(a: Args) -> ExitCode {
 /// When `need` bytes for `what` do not fit in the memory available: the
 /// error and `help` printed, and exit code 2.
 fn beyond_memory(what: &str, need: usize, help: &str) -> Option<ExitCode> {
-    let e = keel_compiler::check_memory(what, need).err()?;
+    let e = keel_compiler::check_memory(what, need, keel_compiler::available_memory()).err()?;
     eprintln!("error: {e}");
     eprintln!("help: {help}");
     Some(ExitCode::from(2))
@@ -581,7 +586,7 @@ fn logits_device(
     iters: usize,
 ) -> ExitCode {
     let n = tokens.len();
-    let Some((client, name)) = report::device_client() else {
+    let Some((client, name)) = diagnostics::device_client() else {
         return ExitCode::from(1);
     };
     // Parity on the first rows (the kernel is the same for every row).
@@ -702,7 +707,7 @@ pub fn parity(seqs: usize, json: bool) -> ExitCode {
     if let Some(code) = beyond_memory(&format!("{seqs} sequences"), need, "lower --seqs") {
         return code;
     }
-    let Some((client, name)) = report::device_client() else {
+    let Some((client, name)) = diagnostics::device_client() else {
         return ExitCode::from(1);
     };
     let mut runs = 0usize;
@@ -720,7 +725,7 @@ pub fn parity(seqs: usize, json: bool) -> ExitCode {
             continue;
         }
         for (idx, r) in c.recipes.iter().enumerate() {
-            let v = if keel_compiler::reads_logits_only_through_kernel(r) {
+            let v = if keel_compiler::LogitsPath::fusable(r) {
                 0
             } else {
                 8

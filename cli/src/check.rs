@@ -1,14 +1,14 @@
 //! `keel check FILE...`
 
-use crate::{Color, ErrorFormat, report};
+use crate::{Color, ErrorFormat, diagnostics};
 use keel_compiler::{Disk, check_source};
 use std::process::ExitCode;
 
 pub fn run(files: &[String], format: ErrorFormat, color: Color) -> ExitCode {
-    let color = report::use_color(color);
+    let color = diagnostics::use_color(color);
     let mut failed = false;
     for path in files {
-        let Some(text) = report::read(path) else {
+        let Some(text) = diagnostics::read(path) else {
             failed = true;
             continue;
         };
@@ -29,7 +29,7 @@ pub fn run(files: &[String], format: ErrorFormat, color: Color) -> ExitCode {
             });
             println!("{out}");
         } else {
-            report::print(path, &checked.diagnostics, checked.sources(), format, color);
+            diagnostics::print(path, &checked.diagnostics, checked.sources(), format, color);
         }
     }
     if failed {

@@ -1,6 +1,6 @@
 //! `keel compile FILE --emit ir|kernels|kernel-source|clif|llvm-ir`
 
-use crate::{Color, ErrorFormat, report};
+use crate::{Color, ErrorFormat, diagnostics};
 use keel_compiler::{Disk, check_source, compile_loss};
 use std::process::ExitCode;
 
@@ -12,13 +12,13 @@ pub fn run(
     format: ErrorFormat,
     color: Color,
 ) -> ExitCode {
-    let color = report::use_color(color);
-    let Some(text) = report::read(path) else {
+    let color = diagnostics::use_color(color);
+    let Some(text) = diagnostics::read(path) else {
         return ExitCode::from(1);
     };
     let checked = check_source(&Disk, path, &text);
     if checked.has_errors() {
-        report::print(path, &checked.diagnostics, checked.sources(), format, color);
+        diagnostics::print(path, &checked.diagnostics, checked.sources(), format, color);
         return ExitCode::from(1);
     }
     let Some(index) = checked.main_recipe(name) else {
@@ -40,11 +40,11 @@ pub fn run(
             let have = |n: &str| batch.has(n);
             let source = compile_loss(&checked, index, &have)
                 .map_err(|d| {
-                    report::print(path, &d, checked.sources(), format, color);
+                    diagnostics::print(path, &d, checked.sources(), format, color);
                 })
                 .and_then(|c| {
                     let p = keel_compiler::batch::prepare(&batch, "synthetic batch", &c.graph, recipe)
-                        .map_err(|d| report::print(path, &d, checked.sources(), format, color))?;
+                        .map_err(|d| diagnostics::print(path, &d, checked.sources(), format, color))?;
                     keel_device::kernel_sources(&c.graph, &p).map_err(|e| {
                         eprintln!("error[E0708]: cannot compile the kernels on a device: {e}");
                         eprintln!("help: install a Vulkan driver (Debian: mesa-vulkan-drivers) or build with `--features cuda` on an NVIDIA machine");
@@ -85,7 +85,7 @@ pub fn run(
                     }
                 },
                 Err(diags) => {
-                    report::print(path, &diags, checked.sources(), format, color);
+                    diagnostics::print(path, &diags, checked.sources(), format, color);
                     ExitCode::from(1)
                 }
             }
@@ -102,7 +102,7 @@ pub fn run(
                 }
             },
             Err(diags) => {
-                report::print(path, &diags, checked.sources(), format, color);
+                diagnostics::print(path, &diags, checked.sources(), format, color);
                 ExitCode::from(1)
             }
         },

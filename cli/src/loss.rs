@@ -1,9 +1,9 @@
 //! `keel loss RECIPE --batch BATCH.safetensors [--json] [--grad-out GRAD]
 //! [--set NAME=VALUE]... [--backend interp|kernel]`
 
-use crate::{Color, ErrorFormat, report};
+use crate::{Color, ErrorFormat, diagnostics};
 use keel_compiler::batch::Batch;
-use keel_compiler::{Backend, Disk, check_source_with, run_loss_with};
+use keel_compiler::{Backend, Disk, check_source_with, run_loss_on};
 use std::process::ExitCode;
 
 pub struct Args {
@@ -19,8 +19,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> ExitCode {
-    let color = report::use_color(a.color);
-    let Some(text) = report::read(&a.recipe) else {
+    let color = diagnostics::use_color(a.color);
+    let Some(text) = diagnostics::read(&a.recipe) else {
         return ExitCode::from(1);
     };
     let mut overrides = Vec::new();
@@ -52,7 +52,7 @@ pub fn run(a: Args) -> ExitCode {
     };
     let checked = check_source_with(&Disk, &a.recipe, &text, &overrides);
     if checked.has_errors() {
-        report::print(
+        diagnostics::print(
             &a.recipe,
             &checked.diagnostics,
             checked.sources(),
@@ -77,8 +77,16 @@ pub fn run(a: Args) -> ExitCode {
         return ExitCode::from(1);
     };
     // A file whose tensors cannot be held is refused before it is read.
-    if let Some(need) = keel_compiler::batch::bytes_to_read(std::path::Path::new(&a.batch))
-        && let Err(e) = keel_compiler::check_memory("reading this batch's tensors would", need)
+    let header = std::fs::File::open(&a.batch).ok().and_then(|f| {
+        let len = usize::try_from(f.metadata().ok()?.len()).ok()?;
+        keel_compiler::batch::bytes_to_read(f, len)
+    });
+    if let Some(need) = header
+        && let Err(e) = keel_compiler::check_memory(
+            "reading this batch's tensors would",
+            need,
+            keel_compiler::available_memory(),
+        )
     {
         eprintln!("{}:1:1: error[E0606]: {e}", a.batch);
         eprintln!(
@@ -104,22 +112,43 @@ pub fn run(a: Args) -> ExitCode {
     // The file's bytes are converted; a full vocabulary's logits are large.
     drop(bytes);
     let mut device_name = "";
+    let memory = keel_compiler::available_memory();
     let result = match backend {
-        Some(b) => run_loss_with(&checked, index, &batch, &a.batch, b),
+        Some(Backend::Interp) => run_loss_on(
+            &checked,
+            index,
+            &batch,
+            &a.batch,
+            &mut keel_compiler::interp::Interp { memory },
+            false,
+        ),
+        Some(Backend::Kernel { threads }) => run_loss_on(
+            &checked,
+            index,
+            &batch,
+            &a.batch,
+            &mut keel_compiler::kernel::Cpu::new(threads, memory),
+            true,
+        ),
         None => {
-            let Some((client, name)) = report::device_client() else {
+            let Some((client, name)) = diagnostics::device_client() else {
                 return ExitCode::from(1);
             };
             device_name = name;
-            keel_compiler::run_loss_exec(&checked, index, &batch, &a.batch, false, &mut |g, p| {
-                keel_device::run_graph(&client, g, p)
-            })
+            run_loss_on(
+                &checked,
+                index,
+                &batch,
+                &a.batch,
+                &mut keel_device::Device { client },
+                false,
+            )
         }
     };
     let mut result = match result {
         Ok(r) => r,
         Err(diags) => {
-            report::print(&a.recipe, &diags, checked.sources(), a.error_format, color);
+            diagnostics::print(&a.recipe, &diags, checked.sources(), a.error_format, color);
             return ExitCode::from(1);
         }
     };
@@ -140,7 +169,12 @@ pub fn run(a: Args) -> ExitCode {
             out.insert_values("d_logits", "f32", vec![result.b, result.t, v], d);
         }
         // Written as it is serialised: an f32 d_logits is not copied.
-        let written = out.write(std::path::Path::new(path));
+        let written = out
+            .with_views(|views| {
+                safetensors::tensor::serialize_to_file(views, &None, std::path::Path::new(path))
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|r| r);
         if let Err(e) = written {
             eprintln!("error: cannot write `{path}`: {e}");
             return ExitCode::from(1);

@@ -3,10 +3,10 @@
 mod bench;
 mod check;
 mod compile;
+mod diagnostics;
 mod explain;
 mod fmt;
 mod loss;
-mod report;
 mod run;
 
 use clap::{Parser, Subcommand, ValueEnum};

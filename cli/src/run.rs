@@ -1,7 +1,7 @@
 //! `keel run RECIPE [--out DIR] [--set K=V]...`, `keel run --resume DIR`, and
 //! `keel report DIR`.
 
-use crate::{Color, report};
+use crate::{Color, diagnostics};
 use keel_compiler::{Disk, check_source_with};
 use keel_runtime::train::{self, RunFile, RunOptions};
 use std::io::IsTerminal;
@@ -45,7 +45,7 @@ fn default_out(name: &str) -> PathBuf {
 }
 
 pub fn run(a: Args) -> ExitCode {
-    let color = report::use_color(a.color);
+    let color = diagnostics::use_color(a.color);
     // What to run: a recipe, or the run a directory describes.
     let (recipe_path, name, set, out, resume) = match (&a.resume, &a.recipe) {
         (Some(dir), None) => {
@@ -83,12 +83,12 @@ pub fn run(a: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Some(text) = report::read(&recipe_path) else {
+    let Some(text) = diagnostics::read(&recipe_path) else {
         return ExitCode::from(1);
     };
     let checked = check_source_with(&Disk, &recipe_path, &text, &set);
     if checked.has_errors() {
-        report::print(
+        diagnostics::print(
             &recipe_path,
             &checked.diagnostics,
             checked.sources(),
@@ -193,7 +193,7 @@ pub fn run(a: Args) -> ExitCode {
         }
         Err(e) => {
             if !e.diagnostics.is_empty() {
-                report::print(
+                diagnostics::print(
                     &recipe_path,
                     &e.diagnostics,
                     checked.sources(),

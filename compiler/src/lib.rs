@@ -1,25 +1,24 @@
-//! `keel-compiler`: from a checked recipe ([`keel_check`]) to its IR, its
-//! derived gradient, the reference interpreter and the CPU executors.
+//! `keel-compiler`: the compiler's driver over its stage crates.
 //!
-//! Entry points: [`compile_loss`] (IR + autodiff for one recipe and one
-//! batch's inputs) and [`run_loss`] (the f64 reference interpreter, or the
-//! kernel plan). The front end is re-exported from `keel-check` so that
-//! `keel_compiler::check_source` and `keel_compiler::builtins` keep working.
+//! The stages are crates of their own (`docs/architecture.md`): the front
+//! end [`keel_check`], the IR with its semantics and the reference
+//! interpreter [`keel_ir`], the kernel plan and its CPU executor
+//! [`keel_kernel`], host code [`keel_host`]. This crate re-exports them
+//! under the names the executables use (`keel_compiler::check_source`,
+//! `keel_compiler::ir`, `keel_compiler::kernel`, …) and adds what ties them
+//! together:
+//! - the one loss driver, [`LossProgram`]: compile a recipe's loss for a
+//!   batch and a [`LogitsPath`], then run it on any [`Executor`] (the
+//!   logits forward pass, the program's batch, prepare, run, collect the
+//!   loss, gradients and metrics); `keel loss`, `keel bench` and the
+//!   training loop all run a loss through it;
+//! - [`run_loss`] and its variants, what `keel loss` reports;
+//! - what touches the machine: the [`Disk`] a [`SourceDb`] reads and the
+//!   memory the process may still allocate ([`available_memory`]), handed
+//!   to the pure stages as values.
 
-pub mod autodiff;
-pub mod batch;
 pub mod disk;
-pub mod fastmath;
-pub mod host;
-#[cfg(feature = "llvm")]
-pub mod host_llvm;
-pub mod interp;
-pub mod ir;
-pub mod kernel;
-pub mod logits;
-pub mod lower;
 pub mod parity;
-pub mod synth;
 
 pub use disk::Disk;
 pub use keel_check::{
@@ -27,50 +26,182 @@ pub use keel_check::{
     NoFiles, Program, Severity, SourceDb, Sources, builtins, check, check_source,
     check_source_with, codes, diagnostic, explain, format, on_big_stack, resolve, source, stdlib,
 };
+#[cfg(feature = "llvm")]
+pub use keel_host::llvm as host_llvm;
+pub use keel_ir::{
+    CompiledLoss, ExecError, Executor, LogitsPath, Outputs, autodiff, batch, check_memory,
+    compile_host, compile_loss, compile_loss_for, compile_loss_kernel, describe_node, human_bytes,
+    interp, ir, lower, ops, synth,
+};
+pub use keel_kernel::{fastmath, logits};
+pub use {keel_host as host, keel_kernel as kernel};
 
-/// A loss program compiled for one recipe and the inputs a batch provides.
-pub struct CompiledLoss {
+/// A recipe's loss program, compiled once for one [`LogitsPath`] and the
+/// inputs a batch provides; hyperparameter values can be set between runs
+/// (the training loop's schedules).
+pub struct LossProgram {
+    /// The loss, its derived gradient and the metrics, as one graph.
     pub graph: ir::Graph,
+    pub recipe: CheckedRecipe,
+    pub path: LogitsPath,
+    /// Metrics the batch cannot give (an input it lacks).
     pub skipped_metrics: Vec<String>,
 }
 
-/// Compile recipe `index` of `checked` into its loss program (IR with the
-/// derived gradient), for a batch that has the tensors `have` says.
-pub fn compile_loss(
-    checked: &Checked,
-    index: usize,
-    have: &dyn lower::Available,
-) -> Result<CompiledLoss, Vec<Diagnostic>> {
-    compile_loss_for(checked, index, have, false)
+/// What one evaluation of a [`LossProgram`] gives.
+#[derive(Clone, Debug, Default)]
+pub struct LossOutput {
+    /// NaN when the program has no `loss` output.
+    pub loss: f64,
+    /// `metric.NAME` outputs, in the graph's order.
+    pub metrics: Vec<(String, f64)>,
+    pub b: usize,
+    pub t: usize,
+    /// The vocabulary size, when the batch has logits.
+    pub v: Option<usize>,
+    /// d(loss)/d(logp) [B·T] (empty when the program has none).
+    pub d_logp: Vec<f64>,
+    /// d(loss)/d(entropy) [B·T] on the fused path (empty otherwise).
+    pub d_entropy: Vec<f64>,
+    pub advantages: Option<Vec<f64>>,
+    /// d(loss)/d(logits) [B·T·V]: f32 from the fused logits kernel or the
+    /// CPU plan, f64 from the interpreter.
+    pub d_logits: Option<batch::Values>,
+    /// The fused logits kernel's logp [B·T] (f32), on the fused path.
+    pub logp: Option<Vec<f32>>,
+    /// Every other output, by name.
+    pub rest: Outputs,
 }
 
-/// [`compile_loss`] for a batch whose `logp` and `entropy` come from the
-/// fused logits kernel ([`logits`]): a read `entropy` is differentiated too,
-/// and the program outputs `d_entropy` beside `d_logp`.
-pub fn compile_loss_kernel(
-    checked: &Checked,
-    index: usize,
-    have: &dyn lower::Available,
-) -> Result<CompiledLoss, Vec<Diagnostic>> {
-    compile_loss_for(checked, index, have, true)
-}
+impl LossProgram {
+    /// Compile recipe `index` of `checked` for a batch that holds the
+    /// tensors `has` says, on `path` (see [`LogitsPath::of`]).
+    pub fn compile(
+        checked: &Checked,
+        index: usize,
+        path: LogitsPath,
+        has: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<LossProgram, Vec<Diagnostic>> {
+        let recipe = checked.recipes.get(index).cloned().ok_or_else(Vec::new)?;
+        let have = |n: &str| path.program_has(n, has(n));
+        let compiled = compile_loss_for(checked, index, &have, path)?;
+        Ok(LossProgram {
+            graph: compiled.graph,
+            recipe,
+            path,
+            skipped_metrics: compiled.skipped_metrics,
+        })
+    }
 
-/// [`compile_loss`], or [`compile_loss_kernel`] when `logits_kernel`.
-pub fn compile_loss_for(
-    checked: &Checked,
-    index: usize,
-    have: &dyn lower::Available,
-    logits_kernel: bool,
-) -> Result<CompiledLoss, Vec<Diagnostic>> {
-    let (Some(m), Some(c)) = (checked.merged.get(index), checked.recipes.get(index)) else {
-        return Err(Vec::new());
-    };
-    on_big_stack(|| lower::loss_program_with(&checked.program, m, c, have, logits_kernel)).map(
-        |p| CompiledLoss {
-            graph: p.graph,
-            skipped_metrics: p.skipped_metrics,
-        },
-    )
+    /// [`LossProgram::compile`] for `batch`: on the fused path when `fuse`
+    /// and the recipe and the batch allow it.
+    pub fn for_batch(
+        checked: &Checked,
+        index: usize,
+        batch: &batch::Batch,
+        fuse: bool,
+    ) -> Result<LossProgram, Vec<Diagnostic>> {
+        let has = |n: &str| batch.has(n);
+        let path = match checked.recipes.get(index) {
+            Some(r) if fuse => LogitsPath::of(r, &has),
+            _ => LogitsPath::Program,
+        };
+        LossProgram::compile(checked, index, path, &has)
+    }
+
+    /// A located error on this recipe.
+    fn error(&self, code: codes::Code, message: String, help: &str) -> Vec<Diagnostic> {
+        vec![
+            Diagnostic::error(
+                code,
+                message,
+                Label::new(
+                    self.recipe.file,
+                    self.recipe.name_span,
+                    "while evaluating this recipe",
+                ),
+            )
+            .with_help(help),
+        ]
+    }
+
+    /// Evaluate the program on `batch` (called `batch_name` in errors) with
+    /// `exec`: on the fused path, the logits kernel's forward pass first
+    /// and its backward pass after; then the loss, gradients and metrics.
+    /// A shape the program cannot read or a batch too large for the
+    /// executor is a located error (E0602, E0606).
+    pub fn run(
+        &self,
+        exec: &mut dyn Executor,
+        batch: &batch::Batch,
+        batch_name: &str,
+    ) -> Result<LossOutput, Vec<Diagnostic>> {
+        let shape_error = |e: String| {
+            self.error(
+                codes::BATCH_SHAPE,
+                e,
+                "check the batch tensors against docs/batch-format.md",
+            )
+        };
+        // The logits kernel's forward pass, and the batch the program sees.
+        let kernel = match self.path {
+            LogitsPath::Fused => logits::KernelPath::of(batch, &self.recipe)
+                .map_err(|e| shape_error(e.0))?
+                .ok_or_else(|| {
+                    shape_error(
+                        "the program was compiled for a batch with `logits` and `tokens`".into(),
+                    )
+                })
+                .map(Some)?,
+            LogitsPath::Program => None,
+        };
+        let fwd = kernel.as_ref().map(|k| k.forward());
+        let program_batch;
+        let seen = match (&kernel, &fwd) {
+            (Some(k), Some(f)) => {
+                program_batch = k.program_batch(batch, f);
+                &program_batch
+            }
+            _ => batch,
+        };
+        let prepared = batch::prepare(seen, batch_name, &self.graph, &self.recipe)?;
+        let mut values = exec.run(&self.graph, &prepared).map_err(|e| match e {
+            ExecError::Failed(e) => shape_error(e),
+            ExecError::TooLarge { message, help } => self.error(codes::TOO_LARGE, message, &help),
+        })?;
+        let d_logits = match (&kernel, &fwd) {
+            (Some(k), Some(f)) => Some(batch::Values::F32(k.d_logits(f, &values))),
+            _ => values.remove("d_logits"),
+        };
+        let first = |values: &Outputs, name: &str| values.get(name).and_then(|v| v.get(0));
+        let metrics = self
+            .graph
+            .outputs
+            .iter()
+            .filter_map(|(n, _)| {
+                let m = n.strip_prefix("metric.")?;
+                Some((m.to_string(), first(&values, n).unwrap_or(f64::NAN)))
+            })
+            .collect();
+        let loss = first(&values, "loss").unwrap_or(f64::NAN);
+        let mut take = |n: &str| values.remove(n).map(batch::Values::into_f64);
+        Ok(LossOutput {
+            loss,
+            metrics,
+            b: prepared.shape.b,
+            t: prepared.shape.t,
+            v: kernel
+                .as_ref()
+                .map(|k| k.v)
+                .or_else(|| batch.has("logits").then_some(prepared.shape.v)),
+            d_logp: take("d_logp").unwrap_or_default(),
+            d_entropy: take("d_entropy").unwrap_or_default(),
+            advantages: take("advantages"),
+            d_logits,
+            logp: fwd.map(|f| f.logp),
+            rest: values,
+        })
+    }
 }
 
 /// What `keel loss` reports.
@@ -96,31 +227,6 @@ pub enum Backend {
     /// The fused kernels ([`kernel::Plan`]) on the CPU, f32, on up to
     /// `threads` threads.
     Kernel { threads: usize },
-}
-
-/// Why an executor could not evaluate a loss program.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ExecError {
-    /// Evaluation failed on this batch (an input's shape, a missing input).
-    Failed(String),
-    /// The batch needs more memory than the executor can give it: what it
-    /// needs against what there is, and what to do (reported as E0606).
-    TooLarge { message: String, help: String },
-}
-
-impl From<String> for ExecError {
-    fn from(e: String) -> Self {
-        ExecError::Failed(e)
-    }
-}
-
-impl std::fmt::Display for ExecError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExecError::Failed(e) => f.write_str(e),
-            ExecError::TooLarge { message, help } => write!(f, "{message} ({help})"),
-        }
-    }
 }
 
 /// Memory this process may still allocate, in bytes: `KEEL_MEMORY_LIMIT`
@@ -155,33 +261,6 @@ pub fn available_memory() -> Option<usize> {
     }
 }
 
-/// `n` bytes for a reader: `12.4 GB`, `310.2 MB`, `950 bytes`.
-pub fn human_bytes(n: usize) -> String {
-    let x = n as f64;
-    if x >= 1e9 {
-        format!("{:.1} GB", x / 1e9)
-    } else if x >= 1e6 {
-        format!("{:.1} MB", x / 1e6)
-    } else if x >= 1e3 {
-        format!("{:.1} kB", x / 1e3)
-    } else {
-        format!("{n} bytes")
-    }
-}
-
-/// Whether `need` bytes for `what` fit in [`available_memory`]; if not,
-/// says so: "{what} need 12.4 GB; 9.1 GB of memory is available".
-pub fn check_memory(what: &str, need: usize) -> Result<(), String> {
-    match available_memory() {
-        Some(free) if need > free => Err(format!(
-            "{what} need {}; {} of memory is available",
-            human_bytes(need),
-            human_bytes(free)
-        )),
-        _ => Ok(()),
-    }
-}
-
 /// Compile and run recipe `index` on a batch with the reference interpreter.
 pub fn run_loss(
     checked: &Checked,
@@ -192,22 +271,15 @@ pub fn run_loss(
     run_loss_with(checked, index, batch, batch_name, Backend::Interp)
 }
 
-/// Whether a recipe reads the token distribution only through `logp` and
-/// `entropy`, so the fused logits kernel can compute both from the logits and
-/// carry their gradients back (no vocabulary-level value in the program).
-pub fn reads_logits_only_through_kernel(recipe: &CheckedRecipe) -> bool {
-    !recipe.inputs.keys().any(|k| {
-        k == "mean_logp" || builtins::input(k).is_some_and(|i| i.level == builtins::Level::Vocab)
-    })
-}
-
-/// Compile and run recipe `index` on a batch with the chosen executor.
+/// Compile and run recipe `index` on a batch with the chosen executor, with
+/// no memory limit.
 ///
 /// The kernel backend runs the fused kernels: when the batch carries
 /// `logits` and the recipe reads the distribution only through `logp` and
-/// `entropy`, the fused logits kernel computes them (f32), the loss program
-/// sees them as inputs, and the kernel carries `d_logp` and `d_entropy` back
-/// to `d_logits`; the rest of the program runs as fused loops.
+/// `entropy` ([`LogitsPath::Fused`]), the fused logits kernel computes them
+/// (f32), the loss program sees them as inputs, and the kernel carries
+/// `d_logp` and `d_entropy` back to `d_logits`; the rest of the program runs
+/// as fused loops.
 pub fn run_loss_with(
     checked: &Checked,
     index: usize,
@@ -216,120 +288,40 @@ pub fn run_loss_with(
     backend: Backend,
 ) -> Result<LossResult, Vec<Diagnostic>> {
     match backend {
-        Backend::Interp => run_loss_exec(checked, index, batch, batch_name, false, &mut |g, p| {
-            check_memory(
-                "the reference interpreter's values for this batch",
-                interp::memory_bytes(g, &p.shape),
-            )
-            .map_err(|message| ExecError::TooLarge {
-                message,
-                help: "the interpreter keeps every value of the program as f64 (it is the reference, for small batches): use `--backend kernel` (the fused kernels read the batch in place), or split the batch; KEEL_MEMORY_LIMIT=BYTES sets the limit".into(),
-            })?;
-            let inputs = p.inputs_f64();
-            let env = interp::Env {
-                shape: p.shape.clone(),
-                mask: &p.mask,
-                inputs: &inputs,
-            };
-            let vals = interp::run(g, &env).map_err(|e| ExecError::Failed(e.0))?;
-            Ok(g.outputs
-                .iter()
-                .map(|(n, id)| (n.clone(), batch::Values::F64(vals[*id].clone())))
-                .collect())
-        }),
-        Backend::Kernel { threads } => {
-            run_loss_exec(checked, index, batch, batch_name, true, &mut |g, p| {
-                let plan = kernel::Plan::new(g)?;
-                check_memory(
-                    "the kernel plan's values for this batch",
-                    plan.memory_bytes(&p.shape),
-                ).map_err(
-                    |message| ExecError::TooLarge {
-                        message,
-                        help: "evaluate fewer sequences at once (split the batch), or run on a GPU with `--backend device`; KEEL_MEMORY_LIMIT=BYTES sets the limit".into(),
-                    },
-                )?;
-                plan.run(&p.shape, p, threads)
-                    .map_err(|e| ExecError::Failed(e.0))
-            })
-        }
+        Backend::Interp => run_loss_on(
+            checked,
+            index,
+            batch,
+            batch_name,
+            &mut interp::Interp::default(),
+            false,
+        ),
+        Backend::Kernel { threads } => run_loss_on(
+            checked,
+            index,
+            batch,
+            batch_name,
+            &mut kernel::Cpu::new(threads, None),
+            true,
+        ),
     }
 }
 
-/// The outputs of one evaluation of a loss program, by name.
-pub type Outputs = kernel::Outputs;
-
-/// [`run_loss_with`] with any executor: `exec` evaluates the compiled graph
-/// on the prepared batch. With `logits_kernel`, a batch with `logits` goes
-/// through the fused logits kernel (see [`run_loss_with`]).
-pub fn run_loss_exec(
+/// [`run_loss_with`] on any executor (with its own memory limit), through
+/// the fused logits kernel when `fuse` and the recipe and batch allow it.
+/// A loss or gradient that is not finite is an error (E0502).
+pub fn run_loss_on(
     checked: &Checked,
     index: usize,
     batch: &batch::Batch,
     batch_name: &str,
-    logits_kernel: bool,
-    exec: &mut dyn FnMut(&ir::Graph, &batch::Prepared) -> Result<Outputs, ExecError>,
+    exec: &mut dyn Executor,
+    fuse: bool,
 ) -> Result<LossResult, Vec<Diagnostic>> {
-    let recipe = checked.recipes.get(index).ok_or_else(Vec::new)?;
-    let failed = |e: interp::InterpError| {
-        vec![
-            Diagnostic::error(
-                codes::BATCH_SHAPE,
-                e.0.clone(),
-                Label::new(
-                    recipe.file,
-                    recipe.name_span,
-                    "while evaluating this recipe",
-                ),
-            )
-            .with_help("check the batch tensors against docs/batch-format.md"),
-        ]
-    };
-    // The logits kernel's forward pass, and the batch the program then sees.
-    let path = if logits_kernel {
-        logits::KernelPath::of(batch, recipe).map_err(failed)?
-    } else {
-        None
-    };
-    let fwd = path.as_ref().map(|p| p.forward());
-    let kernel_batch;
-    let batch = match (&path, &fwd) {
-        (Some(p), Some(f)) => {
-            kernel_batch = p.program_batch(batch, f);
-            &kernel_batch
-        }
-        _ => batch,
-    };
-    let have = |n: &str| batch.has(n);
-    let compiled = compile_loss_for(checked, index, &have, path.is_some())?;
-    let prepared = batch::prepare(batch, batch_name, &compiled.graph, recipe)?;
-    let g = &compiled.graph;
-    let mut values = exec(g, &prepared).map_err(|e| match e {
-        ExecError::Failed(e) => failed(interp::InterpError(e)),
-        ExecError::TooLarge { message, help } => vec![
-            Diagnostic::error(
-                codes::TOO_LARGE,
-                message,
-                Label::new(
-                    recipe.file,
-                    recipe.name_span,
-                    "while evaluating this recipe",
-                ),
-            )
-            .with_help(help),
-        ],
-    })?;
-    let kernel_d_logits = match (&path, &fwd) {
-        (Some(p), Some(f)) => Some(p.d_logits(f, &values)),
-        _ => None,
-    };
-    let first = |name: &str| values.get(name).and_then(|v| v.get(0));
-    let loss = first("loss").unwrap_or(f64::NAN);
-    let d_logp = values
-        .get("d_logp")
-        .map(batch::Values::to_f64)
-        .unwrap_or_default();
-    if !loss.is_finite() || d_logp.iter().any(|x| !x.is_finite()) {
+    let program = LossProgram::for_batch(checked, index, batch, fuse)?;
+    let out = program.run(exec, batch, batch_name)?;
+    let loss = out.loss;
+    if !loss.is_finite() || out.d_logp.iter().any(|x| !x.is_finite()) {
         let what = if loss.is_finite() {
             "its gradient"
         } else {
@@ -338,60 +330,19 @@ pub fn run_loss_exec(
         return Err(vec![Diagnostic::error(
             codes::NON_FINITE_RESULT,
             format!("{what} is not finite on batch `{batch_name}` (loss = {loss})"),
-            Label::new(recipe.file, recipe.name_span, "in this recipe"),
+            Label::new(program.recipe.file, program.recipe.name_span, "in this recipe"),
         )
         .with_help("look for a division by a zero count, a whitening over one token, or a log of a non-positive value")]);
     }
-    let metrics = g
-        .outputs
-        .iter()
-        .filter_map(|(n, _)| {
-            n.strip_prefix("metric.")
-                .map(|m| (m.to_string(), first(n).unwrap_or(f64::NAN)))
-        })
-        .collect();
     Ok(LossResult {
         loss,
-        metrics,
-        skipped_metrics: compiled.skipped_metrics,
-        b: prepared.shape.b,
-        t: prepared.shape.t,
-        v: path
-            .as_ref()
-            .map(|p| p.v)
-            .or_else(|| batch.has("logits").then_some(prepared.shape.v)),
-        d_logp,
-        // Taken, not cloned: d_logits is [B, T, V].
-        advantages: values.remove("advantages").map(batch::Values::into_f64),
-        d_logits: match kernel_d_logits {
-            Some(d) => Some(batch::Values::F32(d)),
-            None => values.remove("d_logits"),
-        },
+        metrics: out.metrics,
+        skipped_metrics: program.skipped_metrics,
+        b: out.b,
+        t: out.t,
+        v: out.v,
+        d_logp: out.d_logp,
+        advantages: out.advantages,
+        d_logits: out.d_logits,
     })
-}
-
-/// The host part of recipe `index` (schedules, state updates, guard
-/// conditions, the per-sample reward) as IR, for the cranelift backend.
-pub fn compile_host(checked: &Checked, index: usize) -> Result<lower::HostGraph, Vec<Diagnostic>> {
-    let (Some(m), Some(c)) = (checked.merged.get(index), checked.recipes.get(index)) else {
-        return Err(Vec::new());
-    };
-    on_big_stack(|| lower::host_graph(&checked.program, m, c))
-}
-
-/// Describe a node for listings (`input step`, `param clip.eps_low`, `%12`).
-pub fn describe_node(g: &ir::Graph, id: ir::NodeId) -> String {
-    match g.nodes.get(id).map(|n| &n.op) {
-        Some(ir::Op::Input(n)) => format!("input {n}"),
-        Some(ir::Op::Param { name, .. }) => format!("param {name}"),
-        Some(op) => format!(
-            "%{id} ({})",
-            format!("{op:?}")
-                .split(['(', ' ', '{'])
-                .next()
-                .unwrap_or("")
-                .to_lowercase()
-        ),
-        None => format!("%{id}"),
-    }
 }

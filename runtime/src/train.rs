@@ -12,8 +12,9 @@ use std::time::Instant;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use keel_compiler::batch::{self, Batch, Values};
-use keel_compiler::ir::Graph;
-use keel_compiler::{Checked, Diagnostic, compile_loss, logits};
+use keel_compiler::{
+    Checked, Diagnostic, ExecError, Executor, LogitsPath, LossOutput, LossProgram, logits,
+};
 use keel_compiler::{GuardAction as Action, GuardOp};
 use serde_json::{Map, Value, json};
 
@@ -60,7 +61,7 @@ pub struct Summary {
 }
 
 /// The settings a run reads once.
-struct Plan {
+struct RunConfig {
     tok: Tokenizer,
     z_loss: f64,
     init_path: Option<String>,
@@ -94,7 +95,7 @@ struct Plan {
     reads_source: bool,
 }
 
-fn plan(checked: &Checked, index: usize) -> Result<Plan> {
+fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
     let s = Settings { checked, index };
     let recipe = checked.recipes.get(index).ok_or_else(|| {
         RunError::new(
@@ -220,7 +221,11 @@ fn plan(checked: &Checked, index: usize) -> Result<Plan> {
             .saturating_mul(model.context)
             .saturating_mul(per_position),
     );
-    if let Err(message) = keel_compiler::check_memory("the model and one training step", need) {
+    if let Err(message) = keel_compiler::check_memory(
+        "the model and one training step",
+        need,
+        keel_compiler::available_memory(),
+    ) {
         let mut e = RunError::new(
             codes::TOO_LARGE,
             message,
@@ -229,7 +234,7 @@ fn plan(checked: &Checked, index: usize) -> Result<Plan> {
         e.diagnostics = located(checked, index, "rollout", "prompts", &e);
         return Err(e);
     }
-    Ok(Plan {
+    Ok(RunConfig {
         tok,
         z_loss: s.num("model", "z_loss", 0.0),
         init_path: s.sym("model", "init"),
@@ -311,195 +316,79 @@ fn encode_prompt(tok: &Tokenizer, p: &Problem) -> Vec<u32> {
     v
 }
 
-/// What one evaluation of the loss program returns.
-struct LossOut {
-    loss: f64,
-    /// d(loss)/d(logits) [B·T·V] (a program that reads the logits; f32
-    /// from the CPU plan).
-    d_logits: Option<Values>,
-    /// d(loss)/d(logp) and d(loss)/d(entropy) [B·T] (the kernel path).
-    d_logp: Vec<f64>,
-    d_entropy: Vec<f64>,
-    metrics: Vec<(String, f64)>,
+/// The loss program, compiled once through the one loss driver
+/// ([`LossProgram`]), and the CPU kernel plan that runs it; hyperparameter
+/// values are set per step.
+struct Loss {
+    program: LossProgram,
+    exec: keel_compiler::kernel::Cpu,
 }
 
-/// The loss program, compiled once; hyperparameter values are set per step.
-struct Loss {
-    graph: Graph,
-    recipe: keel_compiler::CheckedRecipe,
-    /// The recipe reads the distribution only through `logp` and `entropy`:
-    /// the fused logits kernel computes them and carries `d_logp` and
-    /// `d_entropy` back to the logits; the program sees token-level values.
-    kernel: bool,
-    /// The program as fused loops (`keel_compiler::kernel`), rebuilt when
-    /// hyperparameters change.
-    plan: keel_compiler::kernel::Plan,
+/// The kernel plan failed to plan or run a program the checker accepted.
+fn plan_error(e: ExecError) -> RunError {
+    RunError::new(
+        codes::LOSS_PROGRAM,
+        e.to_string(),
+        "this is a compiler bug; please report it",
+    )
 }
 
 impl Loss {
     fn compile(checked: &Checked, index: usize, has_ref: bool) -> Result<Loss> {
-        let reads = |n: &str| {
-            checked
-                .recipes
-                .get(index)
-                .is_some_and(|r| r.inputs.contains_key(n))
-        };
-        let kernel = !["logits", "mean_logp", "vocab_index"]
-            .iter()
-            .any(|n| reads(n));
-        let have = move |n: &str| {
-            if kernel {
-                (provided(n, has_ref) && n != "logits") || matches!(n, "logp" | "entropy")
-            } else {
-                provided(n, has_ref)
-            }
-        };
-        let compiled = if kernel {
-            keel_compiler::compile_loss_kernel(checked, index, &have)
-        } else {
-            compile_loss(checked, index, &have)
-        };
-        let compiled = compiled.map_err(|d| {
-            diag_error(
-                d,
-                "the recipe's loss cannot be compiled for the runtime's batch",
-            )
-        })?;
-        let recipe = checked.recipes.get(index).cloned().ok_or_else(|| {
+        let recipe = checked.recipes.get(index).ok_or_else(|| {
             RunError::new(
                 codes::LOSS_PROGRAM,
                 "no recipe",
                 "name a recipe with --recipe",
             )
         })?;
-        // A training step reads the loss, gradients and metrics only.
-        let mut graph = compiled.graph;
-        graph.keep_training_outputs();
-        let plan = keel_compiler::kernel::Plan::new(&graph).map_err(|e| {
-            RunError::new(
-                codes::LOSS_PROGRAM,
-                format!("cannot plan the loss kernels: {e}"),
-                "this is a compiler bug; please report it",
+        // The runtime's batch: the tempered logits and what `provided` says.
+        // A recipe that reads the distribution only through `logp` and
+        // `entropy` takes the fused logits kernel.
+        let has = |n: &str| provided(n, has_ref);
+        let path = LogitsPath::of(recipe, &has);
+        let mut program = LossProgram::compile(checked, index, path, &has).map_err(|d| {
+            diag_error(
+                d,
+                "the recipe's loss cannot be compiled for the runtime's batch",
             )
         })?;
-        Ok(Loss {
-            graph,
-            recipe,
-            kernel,
-            plan,
-        })
+        // A training step reads the loss, gradients and metrics only.
+        program.graph.keep_training_outputs();
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let mut exec = keel_compiler::kernel::Cpu::new(threads, None).refusing_with(
+            "the values of one step's loss",
+            "lower `rollout.prompts`, `rollout.group` or `rollout.max_tokens`; KEEL_MEMORY_LIMIT=BYTES sets the limit",
+        );
+        exec.prepare(&program.graph).map_err(plan_error)?;
+        Ok(Loss { program, exec })
     }
 
     /// New hyperparameter values: the graph's and the plan's.
     fn set_params(&mut self, params: &HashMap<String, f64>) -> Result<()> {
-        set_params(&mut self.graph, params);
-        self.plan = keel_compiler::kernel::Plan::new(&self.graph).map_err(|e| {
-            RunError::new(
-                codes::LOSS_PROGRAM,
-                format!("cannot plan the loss kernels: {e}"),
-                "this is a compiler bug; please report it",
-            )
-        })?;
-        Ok(())
+        set_params(&mut self.program.graph, params);
+        self.exec.prepare(&self.program.graph).map_err(plan_error)
     }
 
-    /// The loss batch of `r` with the current (tempered) logits `z` [B·T·V],
-    /// and the fused kernel's forward statistics (logp, entropy per token).
-    fn batch(&self, r: &Rollouts, z: &[f32], v: usize, si: StepInputs) -> (Batch, logits::Forward) {
-        let tokens = r.tokens();
-        let fwd = logits::forward(z, &tokens, v);
-        if self.kernel {
-            let (b, t) = (r.len(), r.t());
-            let mut batch = r.loss_batch(None, v, si);
-            batch.insert_f32("logp", "f32", vec![b, t], fwd.logp.clone());
-            batch.insert_f32("entropy", "f32", vec![b, t], fwd.entropy.clone());
-            (batch, fwd)
-        } else {
-            (r.loss_batch(Some(z.to_vec()), v, si), fwd)
-        }
-    }
-
-    /// d(loss)/d(logits) [B·T·V], f32: from the program (interpreter path)
-    /// or carried back by the fused kernel from d_logp and d_entropy.
-    fn d_logits(
-        &self,
-        out: &mut LossOut,
-        z: &[f32],
-        r: &Rollouts,
-        v: usize,
-        fwd: &logits::Forward,
-    ) -> Vec<f32> {
-        if !self.kernel {
-            return match out.d_logits.take() {
-                Some(Values::F32(d)) => d,
-                Some(d) => d.iter().map(|x| x as f32).collect(),
-                None => Vec::new(),
-            };
-        }
-        let n = r.len() * r.t();
-        let dl: Vec<f32> = out.d_logp.iter().map(|&x| x as f32).collect();
-        let de: Vec<f32> = if out.d_entropy.len() == n {
-            out.d_entropy.iter().map(|&x| x as f32).collect()
-        } else {
-            vec![0.0; n]
-        };
-        let mut d = vec![0.0f32; n * v];
-        logits::backward(z, &r.tokens(), v, fwd, &dl, &de, &mut d);
-        d
-    }
-
-    /// (loss, gradients, metrics) on one batch.
-    fn run(&self, batch: &Batch) -> Result<LossOut> {
-        let prepared = batch::prepare(batch, "rollout batch", &self.graph, &self.recipe)
-            .map_err(|d| diag_error(d, "the runtime's batch does not fit the recipe's loss"))?;
-        if let Err(message) = keel_compiler::check_memory(
-            "the values of one step's loss",
-            self.plan.memory_bytes(&prepared.shape),
-        ) {
-            return Err(RunError::new(
-                codes::TOO_LARGE,
-                message,
-                "lower `rollout.prompts`, `rollout.group` or `rollout.max_tokens`; KEEL_MEMORY_LIMIT=BYTES sets the limit",
-            ));
-        }
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        let mut vals = self
-            .plan
-            .run(&prepared.shape, &prepared, threads)
-            .map_err(|e| {
-                RunError::new(
-                    codes::LOSS_PROGRAM,
-                    e.0,
-                    "this is a runtime bug; please report it",
-                )
+    /// (loss, gradients, metrics) on the loss batch of some rollouts
+    /// ([`Rollouts::loss_batch`], with the current tempered logits).
+    fn run(&mut self, batch: &Batch) -> Result<LossOutput> {
+        self.exec.memory = keel_compiler::available_memory();
+        let mut out = self
+            .program
+            .run(&mut self.exec, batch, "rollout batch")
+            .map_err(|d| match d.first() {
+                Some(e) if e.code == keel_compiler::codes::TOO_LARGE => RunError::new(
+                    codes::TOO_LARGE,
+                    e.message.clone(),
+                    e.help.clone().unwrap_or_default(),
+                ),
+                _ => diag_error(d, "the runtime's batch does not fit the recipe's loss"),
             })?;
-        let loss = vals.get("loss").and_then(|v| v.get(0)).unwrap_or(f64::NAN);
-        let d_logits = vals.remove("d_logits");
-        let mut get = |n: &str| vals.remove(n).map(Values::into_f64).unwrap_or_default();
-        let d_logp = get("d_logp");
-        let d_entropy = get("d_entropy");
-        let metrics = self
-            .graph
-            .outputs
-            .iter()
-            .filter_map(|(n, _)| {
-                let m = n.strip_prefix("metric.")?;
-                Some((
-                    m.to_string(),
-                    vals.get(n).and_then(|v| v.get(0)).unwrap_or(f64::NAN),
-                ))
-            })
-            .collect();
-        self.plan.recycle(vals.into_values());
-        Ok(LossOut {
-            loss,
-            d_logits,
-            d_logp,
-            d_entropy,
-            metrics,
-        })
+        self.exec.recycle(std::mem::take(&mut out.rest));
+        Ok(out)
     }
 }
 
@@ -685,17 +574,17 @@ fn token_logp(policy: &Policy, r: &Rollouts, temperature: f64) -> Vec<Vec<f64>> 
 }
 
 /// Cross-entropy on worked solutions.
-fn warm_start(plan: &Plan, policy: &mut Policy, tok: &Tokenizer, progress: &dyn Fn(u64)) {
+fn warm_start(setup: &RunConfig, policy: &mut Policy, tok: &Tokenizer, progress: &dyn Fn(u64)) {
     let dev = policy.device.clone();
-    let mut opt = AdamW::new(plan.adam, &policy.params, &dev);
+    let mut opt = AdamW::new(setup.adam, &policy.params, &dev);
     let warm_stream = 2;
-    for step in 0..plan.warm_steps {
+    for step in 0..setup.warm_steps {
         let mut prompts = Vec::new();
         let mut targets = Vec::new();
-        for k in 0..plan.warm_batch as u64 {
-            let p = plan
+        for k in 0..setup.warm_batch as u64 {
+            let p = setup
                 .task
-                .problem(warm_stream, step * plan.warm_batch as u64 + k);
+                .problem(warm_stream, step * setup.warm_batch as u64 + k);
             prompts.push(encode_prompt(tok, &p));
             let mut t = tok.encode(&p.solution).unwrap_or_default();
             t.push(tok.eos());
@@ -703,7 +592,7 @@ fn warm_start(plan: &Plan, policy: &mut Policy, tok: &Tokenizer, progress: &dyn 
         }
         let (ptoks, pvalid, p) = left_pad(&prompts);
         let t = targets.iter().map(|x| x.len()).max().unwrap_or(1);
-        let t = t.min(plan.model.context.saturating_sub(p)).max(1);
+        let t = t.min(setup.model.context.saturating_sub(p)).max(1);
         let b = prompts.len();
         let mut toks = Vec::new();
         let mut valid = Vec::new();
@@ -740,7 +629,7 @@ fn warm_start(plan: &Plan, policy: &mut Policy, tok: &Tokenizer, progress: &dyn 
         let norm = optim::global_norm(&gs);
         let gs = optim::clip(gs, norm, 1.0);
         let mut params: Vec<Tensor<2>> = policy.params.iter().map(|p| p.clone().detach()).collect();
-        opt.step(&mut params, &gs, plan.warm_lr);
+        opt.step(&mut params, &gs, setup.warm_lr);
         policy.params = params;
         progress(step + 1);
     }
@@ -749,29 +638,29 @@ fn warm_start(plan: &Plan, policy: &mut Policy, tok: &Tokenizer, progress: &dyn 
 
 /// Held-out evaluation: pass@1 (mean correctness over k samples) and pass@k.
 fn evaluate(
-    plan: &Plan,
+    setup: &RunConfig,
     policy: &Policy,
     temperature: f64,
     max_tokens: usize,
     step: u64,
     tok: &Tokenizer,
 ) -> (f64, f64) {
-    let problems: Vec<Problem> = (0..plan.eval_problems as u64)
-        .map(|i| plan.task.problem(EVAL_STREAM, i))
+    let problems: Vec<Problem> = (0..setup.eval_problems as u64)
+        .map(|i| setup.task.problem(EVAL_STREAM, i))
         .collect();
-    let mut rng = Rng::derive(plan.seed, 7, step);
+    let mut rng = Rng::derive(setup.seed, 7, step);
     let cfg = SampleConfig {
         temperature,
-        top_p: plan.top_p,
+        top_p: setup.top_p,
         max_tokens,
         eos: tok.eos(),
         keep_logits: false,
     };
     let r = rollouts(
         &policy.detached(),
-        &plan.task,
+        &setup.task,
         &problems,
-        plan.eval_k,
+        setup.eval_k,
         cfg,
         &mut rng,
         tok,
@@ -807,8 +696,8 @@ pub fn run(
     run_file: RunFile,
     opts: &RunOptions,
 ) -> Result<Summary> {
-    let plan = plan(checked, index)?;
-    let tok = &plan.tok;
+    let setup = run_config(checked, index)?;
+    let tok = &setup.tok;
     let dev = opts.device.clone();
     let out = &opts.out;
     let ck_dir = out.join("checkpoints");
@@ -837,8 +726,8 @@ pub fn run(
     };
 
     // ---- the loss and host programs -------------------------------------
-    let mut loss = Loss::compile(checked, index, plan.reads_ref)?;
-    let base_params = params_of(&loss.graph);
+    let mut loss = Loss::compile(checked, index, setup.reads_ref)?;
+    let base_params = params_of(&loss.program.graph);
     // A dry run on a one-token batch: an input the runtime does not produce
     // is reported now, not after the warm start.
     {
@@ -847,22 +736,22 @@ pub fn run(
             responses: vec![vec![tok.eos()]],
             old_logp: vec![vec![0.0]],
             entropy: vec![vec![0.0]],
-            old_logits: vec![vec![0.0; plan.model.vocab]],
-            vocab: plan.model.vocab,
-            ref_logp: plan.reads_ref.then(|| vec![vec![0.0]]),
+            old_logits: vec![vec![0.0; setup.model.vocab]],
+            vocab: setup.model.vocab,
+            ref_logp: setup.reads_ref.then(|| vec![vec![0.0]]),
             group: vec![0],
             verdicts: vec![Default::default()],
             truncated: vec![false],
             source: vec![0.0],
             difficulty: vec![0.0],
         };
-        let v = plan.model.vocab;
+        let v = setup.model.vocab;
         let si = StepInputs {
             step: 1.0,
-            total_steps: plan.steps as f64,
+            total_steps: setup.steps as f64,
             epoch: 0.0,
         };
-        if let Err(e) = loss.run(&loss.batch(&dry, &vec![0.0f32; v], v, si).0)
+        if let Err(e) = loss.run(&dry.loss_batch(Some(vec![0.0f32; v]), v, si))
             && !e.diagnostics.is_empty()
         {
             return Err(e);
@@ -875,8 +764,8 @@ pub fn run(
         .unwrap_or_default();
 
     // ---- warm start (cached by recipe model/task settings and seed) ------
-    let seeded = Weights::init(&plan.model);
-    let init = match &plan.init_path {
+    let seeded = Weights::init(&setup.model);
+    let init = match &setup.init_path {
         Some(p) => {
             let path = PathBuf::from(p);
             let bytes = fs::read(&path).map_err(|e| {
@@ -894,12 +783,12 @@ pub fn run(
         .collect::<Vec<u8>>());
     let key = fnv(format!(
         "{:?}|{}|{}|{}|{}|{:?}|{init_hash:x}",
-        plan.model, plan.task_desc, plan.warm_steps, plan.warm_lr, plan.warm_batch, plan.adam
+        setup.model, setup.task_desc, setup.warm_steps, setup.warm_lr, setup.warm_batch, setup.adam
     )
     .as_bytes());
     let cache_file = opts.cache.join(format!("warmstart-{key:016x}.safetensors"));
     let t0 = Instant::now();
-    let warm = if plan.warm_steps == 0 {
+    let warm = if setup.warm_steps == 0 {
         init.clone()
     } else if let Some(w) = fs::read(&cache_file)
         .ok()
@@ -908,9 +797,9 @@ pub fn run(
         say(&format!("warm start: reusing {}", cache_file.display()));
         w
     } else {
-        let mut policy = Policy::new(plan.model.clone(), &init, &dev);
-        let bar = bar(opts, plan.warm_steps, "warm start");
-        warm_start(&plan, &mut policy, tok, &|s| bar.set_position(s));
+        let mut policy = Policy::new(setup.model.clone(), &init, &dev);
+        let bar = bar(opts, setup.warm_steps, "warm start");
+        warm_start(&setup, &mut policy, tok, &|s| bar.set_position(s));
         bar.finish_and_clear();
         let w = policy.weights();
         fs::create_dir_all(&opts.cache).map_err(|e| io("create", &opts.cache, e))?;
@@ -918,23 +807,29 @@ pub fn run(
         w
     };
     summary.warm_s = t0.elapsed().as_secs_f64();
-    let reference = Policy::new(plan.model.clone(), &warm, &dev).detached();
+    let reference = Policy::new(setup.model.clone(), &warm, &dev).detached();
     // Rehearsal samples (DPH-RL, retain sets): correct responses of the
     // initial policy, sampled once from their own problem stream.
-    let rehearsal = if plan.reads_source {
-        let problems: Vec<Problem> = (0..(4 * plan.prompts) as u64)
-            .map(|i| plan.task.problem(REHEARSAL_STREAM, i))
+    let rehearsal = if setup.reads_source {
+        let problems: Vec<Problem> = (0..(4 * setup.prompts) as u64)
+            .map(|i| setup.task.problem(REHEARSAL_STREAM, i))
             .collect();
-        let mut rng = Rng::derive(plan.seed, REHEARSAL_STREAM, 0);
+        let mut rng = Rng::derive(setup.seed, REHEARSAL_STREAM, 0);
         let cfg = SampleConfig {
             temperature: 1.0,
-            top_p: plan.top_p,
-            max_tokens: plan.model.context / 2,
+            top_p: setup.top_p,
+            max_tokens: setup.model.context / 2,
             eos: tok.eos(),
-            keep_logits: plan.reads_old_logits,
+            keep_logits: setup.reads_old_logits,
         };
         let pool = rollouts(
-            &reference, &plan.task, &problems, plan.group, cfg, &mut rng, tok,
+            &reference,
+            &setup.task,
+            &problems,
+            setup.group,
+            cfg,
+            &mut rng,
+            tok,
         );
         let rows: Vec<usize> = (0..pool.len())
             .filter(|&i| pool.verdicts[i].correct)
@@ -949,10 +844,10 @@ pub fn run(
     };
 
     // ---- state: fresh or from the newest checkpoint -----------------------
-    let mut policy = Policy::new(plan.model.clone(), &warm, &dev);
-    let mut opt = AdamW::new(plan.adam, &policy.params, &dev);
+    let mut policy = Policy::new(setup.model.clone(), &warm, &dev);
+    let mut opt = AdamW::new(setup.adam, &policy.params, &dev);
     let mut st = TrainState {
-        rng: Rng::new(plan.seed ^ 0xA11CE).0,
+        rng: Rng::new(setup.seed ^ 0xA11CE).0,
         pass_counts: vec![(0, 0); 4],
         ..Default::default()
     };
@@ -971,7 +866,7 @@ pub fn run(
             .at(out.display().to_string()));
         };
         let ck = checkpoint::load(&dir, &init)?;
-        policy = Policy::new(plan.model.clone(), &ck.weights, &dev);
+        policy = Policy::new(setup.model.clone(), &ck.weights, &dev);
         opt.load(&ck.m, &ck.v, ck.state.adam_t, &dev);
         st = ck.state;
         truncate_lines(&metrics_path, st.metrics_lines)?;
@@ -1010,12 +905,12 @@ pub fn run(
                 m,
                 v,
             },
-            plan.ck_keep,
+            setup.ck_keep,
         )
     };
 
     // Evaluation before RL (after the warm start).
-    let first_scalars = step_scalars(&host, &st, plan.steps)?;
+    let first_scalars = step_scalars(&host, &st, setup.steps)?;
     let temp0 = first_scalars
         .get("rollout.temperature")
         .copied()
@@ -1025,28 +920,28 @@ pub fn run(
         .copied()
         .unwrap_or(32.0) as usize;
     if st.step == 0 {
-        let (p1, pk) = evaluate(&plan, &policy, temp0, max_tok0, 0, tok);
+        let (p1, pk) = evaluate(&setup, &policy, temp0, max_tok0, 0, tok);
         summary.pass_at_1_warm = Some(p1);
         let mut line = Map::new();
         line.insert("step".into(), json!(0));
         line.insert("phase".into(), json!("warm_start"));
         line.insert("pass_at_1".into(), json!(p1));
-        line.insert(format!("pass_at_{}", plan.eval_k), json!(pk));
+        line.insert(format!("pass_at_{}", setup.eval_k), json!(pk));
         line.insert("warm_s".into(), json!(summary.warm_s));
         write_line(&mut metrics_file, &line, &metrics_path)?;
         st.metrics_lines += 1;
         say(&format!(
             "after warm start ({:.1}s): pass@1 {:.3}, pass@{} {:.3}",
-            summary.warm_s, p1, plan.eval_k, pk
+            summary.warm_s, p1, setup.eval_k, pk
         ));
         save(&st, &policy, &opt)?;
     }
 
-    let bar = bar(opts, plan.steps, "RL");
+    let bar = bar(opts, setup.steps, "RL");
     bar.set_position(st.step);
     let rl_start = Instant::now();
     let mut stop = false;
-    while st.step < plan.steps && !stop {
+    while st.step < setup.steps && !stop {
         let step = st.step + 1;
         let params = current_params(&st);
         if params != host_params {
@@ -1054,7 +949,7 @@ pub fn run(
             loss.set_params(&params)?;
             host_params = params;
         }
-        let scal = step_scalars(&host, &st, plan.steps)?;
+        let scal = step_scalars(&host, &st, setup.steps)?;
         let adjusted = |name: &str, or: f64| -> f64 {
             let v = scal.get(name).copied().unwrap_or(or);
             match st.adjust.get(name) {
@@ -1069,10 +964,10 @@ pub fn run(
         let max_difficulty = scal.get("curriculum.max_difficulty").copied();
         let cfg = SampleConfig {
             temperature,
-            top_p: plan.top_p,
+            top_p: setup.top_p,
             max_tokens,
             eos: tok.eos(),
-            keep_logits: plan.reads_old_logits,
+            keep_logits: setup.reads_old_logits,
         };
 
         // ---- rollouts ----------------------------------------------------
@@ -1083,14 +978,14 @@ pub fn run(
         let mut rounds = 0;
         let step_in = StepInputs {
             step: step as f64,
-            total_steps: plan.steps as f64,
+            total_steps: setup.steps as f64,
             epoch: 0.0,
         };
         loop {
             let problems = next_problems(
-                &plan,
+                &setup,
                 &mut st,
-                plan.prompts.saturating_sub(batch.n_groups()),
+                setup.prompts.saturating_sub(batch.n_groups()),
                 max_difficulty,
             );
             let branch_first = scal.get("rollout.branch_first").copied().unwrap_or(0.0);
@@ -1106,13 +1001,19 @@ pub fn run(
                         .unwrap_or(20.0)
                         .max(1.0) as usize,
                 );
-                branched_rollouts(&sampler, &plan.task, &problems, b, cfg, &mut rng, tok)
+                branched_rollouts(&sampler, &setup.task, &problems, b, cfg, &mut rng, tok)
             } else {
                 rollouts(
-                    &sampler, &plan.task, &problems, plan.group, cfg, &mut rng, tok,
+                    &sampler,
+                    &setup.task,
+                    &problems,
+                    setup.group,
+                    cfg,
+                    &mut rng,
+                    tok,
                 )
             };
-            if plan.dynamic_sampling {
+            if setup.dynamic_sampling {
                 // Keep groups whose rewards differ (they carry a signal).
                 let rewards = rewards_of(&host, &r, step_in)?;
                 let keep: Vec<usize> = (0..r.n_groups())
@@ -1128,7 +1029,7 @@ pub fn run(
             }
             batch.extend(r);
             rounds += 1;
-            if !plan.dynamic_sampling || batch.n_groups() >= plan.prompts || rounds >= 4 {
+            if !setup.dynamic_sampling || batch.n_groups() >= setup.prompts || rounds >= 4 {
                 break;
             }
         }
@@ -1142,7 +1043,7 @@ pub fn run(
                 pc.1 += rows.len() as u64;
             }
         }
-        if plan.reads_ref && !batch.is_empty() {
+        if setup.reads_ref && !batch.is_empty() {
             batch.ref_logp = Some(token_logp(&reference, &batch, temperature));
         }
         let rollout_s = t_roll.elapsed().as_secs_f64();
@@ -1264,14 +1165,14 @@ pub fn run(
         // ---- the update --------------------------------------------------
         let t_train = Instant::now();
         if let Some(pool) = rehearsal.as_ref().filter(|p| !p.is_empty()) {
-            let rows: Vec<usize> = (0..plan.group)
-                .map(|k| ((step as usize - 1) * plan.group + k) % pool.len())
+            let rows: Vec<usize> = (0..setup.group)
+                .map(|k| ((step as usize - 1) * setup.group + k) % pool.len())
                 .collect();
             let mut r = pool.select_rows(&rows);
             r.group = vec![0; r.len()];
             r.difficulty = vec![0.0];
             r.source = vec![1.0; r.len()];
-            if plan.reads_ref {
+            if setup.reads_ref {
                 r.ref_logp = Some(token_logp(&reference, &r, temperature));
             }
             batch.extend(r);
@@ -1287,8 +1188,8 @@ pub fn run(
                 host_params.get("clip.eps_high").copied().unwrap_or(0.2),
             );
             let n_groups = batch.n_groups();
-            let mb = plan.minibatches.min(n_groups).max(1);
-            'epochs: for epoch in 0..plan.epochs {
+            let mb = setup.minibatches.min(n_groups).max(1);
+            'epochs: for epoch in 0..setup.epochs {
                 for k in 0..mb {
                     let groups: Vec<usize> = (0..n_groups).filter(|g| g % mb == k).collect();
                     let part = if mb == 1 {
@@ -1304,16 +1205,35 @@ pub fn run(
                         epoch: epoch as f64,
                         ..step_in
                     };
-                    let (lb, fwd) = loss.batch(&part, &zf, v, si);
+                    let lb = part.loss_batch(Some(zf), v, si);
                     let mut out = loss.run(&lb)?;
                     let l = out.loss;
-                    let d_logits = loss.d_logits(&mut out, &zf, &part, v, &fwd);
+                    let d_logits: Vec<f32> = match out.d_logits.take() {
+                        Some(Values::F32(d)) => d,
+                        Some(d) => d.iter().map(|x| x as f32).collect(),
+                        None => Vec::new(),
+                    };
+                    // The current log-probs: the fused kernel's, or the
+                    // same kernel's forward pass on the batch's logits.
+                    let logp = match (out.logp.take(), lb.tensors.get("logits")) {
+                        (Some(lp), _) => lp,
+                        (
+                            None,
+                            Some(batch::Tensor {
+                                data: Values::F32(z),
+                                ..
+                            }),
+                        ) => logits::forward(z, &part.tokens(), v).logp,
+                        _ => Vec::new(),
+                    };
+                    drop(lb);
                     // clip fraction on the current ratios
                     let (mut cf, mut cn) = (0.0, 0.0);
                     for (row, resp) in part.responses.iter().enumerate() {
                         for j in 0..resp.len() {
-                            let ratio =
-                                (fwd.logp[row * t + j] as f64 - part.old_logp[row][j]).exp();
+                            let ratio = (logp.get(row * t + j).map_or(f64::NAN, |&x| x as f64)
+                                - part.old_logp[row][j])
+                                .exp();
                             cf += f64::from(u8::from(ratio < 1.0 - eps.0 || ratio > 1.0 + eps.1));
                             cn += 1.0;
                         }
@@ -1336,7 +1256,7 @@ pub fn run(
                     // The recipe's gradient w.r.t. the logits enters burn's
                     // autodiff as the linear term <z, D>, whose derivative is D.
                     let mut surrogate = (z.clone() * d).sum();
-                    if plan.z_loss > 0.0 {
+                    if setup.z_loss > 0.0 {
                         // model.z_loss: coef · mean over response tokens of logsumexp(z)².
                         let m = z.clone().max_dim(2).detach();
                         let lse = (z - m.clone()).exp().sum_dim(2).log() + m;
@@ -1345,7 +1265,7 @@ pub fn run(
                         let mt = Tensor::<3>::from_data(TensorData::new(mask, [b, t, 1]), &dev);
                         let zl = (lse.powf_scalar(2.0) * mt).sum().div_scalar(n);
                         z_losses.push(to_vec(&zl).first().copied().unwrap_or(f32::NAN) as f64);
-                        surrogate = surrogate + zl.mul_scalar(plan.z_loss);
+                        surrogate = surrogate + zl.mul_scalar(setup.z_loss);
                     }
                     let grads = surrogate.backward();
                     let gs: Vec<Tensor<2>> = policy
@@ -1408,7 +1328,7 @@ pub fn run(
                 .cloned();
             if let Some((s, dir)) = pick {
                 let ck = checkpoint::load(&dir, &init)?;
-                policy = Policy::new(plan.model.clone(), &ck.weights, &dev);
+                policy = Policy::new(setup.model.clone(), &ck.weights, &dev);
                 opt.load(&ck.m, &ck.v, ck.state.adam_t, &dev);
                 // Weights, optimizer and the recipe's state go back; the step
                 // counter, data cursor, RNG and guard changes go on.
@@ -1420,11 +1340,11 @@ pub fn run(
         }
 
         // ---- evaluation, metrics, checkpoint ------------------------------
-        let last = step == plan.steps || stop;
-        if (plan.eval_every > 0 && step.is_multiple_of(plan.eval_every)) || last {
-            let (p1, pk) = evaluate(&plan, &policy, temperature, max_tokens, step, tok);
+        let last = step == setup.steps || stop;
+        if (setup.eval_every > 0 && step.is_multiple_of(setup.eval_every)) || last {
+            let (p1, pk) = evaluate(&setup, &policy, temperature, max_tokens, step, tok);
             line.insert("pass_at_1".into(), json!(p1));
-            line.insert(format!("pass_at_{}", plan.eval_k), json!(pk));
+            line.insert(format!("pass_at_{}", setup.eval_k), json!(pk));
             if last {
                 summary.pass_at_1_final = Some(p1);
                 summary.pass_at_k_final = Some(pk);
@@ -1462,9 +1382,9 @@ pub fn run(
                 .unwrap_or(f64::NAN)
         ));
         if !opts.progress && !opts.quiet && (step.is_multiple_of(10) || last) {
-            eprintln!("step {step}/{}: {}", plan.steps, bar.message());
+            eprintln!("step {step}/{}: {}", setup.steps, bar.message());
         }
-        if step.is_multiple_of(plan.ck_every) || last {
+        if step.is_multiple_of(setup.ck_every) || last {
             save(&st, &policy, &opt)?;
         }
     }
@@ -1541,17 +1461,17 @@ fn rewards_of(host: &HostProgram, r: &Rollouts, s: StepInputs) -> Result<Vec<f64
 
 /// The next prompts of the training stream, in curriculum order.
 fn next_problems(
-    plan: &Plan,
+    setup: &RunConfig,
     st: &mut TrainState,
     n: usize,
     max_difficulty: Option<f64>,
 ) -> Vec<Problem> {
-    let window = if plan.order == "random" { n } else { 4 * n };
+    let window = if setup.order == "random" { n } else { 4 * n };
     let mut cands: Vec<(u64, Problem)> = Vec::new();
     let mut i = st.cursor;
     let mut tries = 0;
     while cands.len() < window && tries < 50 * window.max(1) {
-        let p = plan.task.problem(TRAIN_STREAM, i);
+        let p = setup.task.problem(TRAIN_STREAM, i);
         i += 1;
         tries += 1;
         if max_difficulty.is_some_and(|m| m.is_finite() && p.difficulty > m + 1e-12) {
@@ -1564,7 +1484,7 @@ fn next_problems(
         let (c, a) = st.pass_counts.get(b).copied().unwrap_or((0, 0));
         (c as f64 + 1.0) / (a as f64 + 2.0)
     };
-    match plan.order.as_str() {
+    match setup.order.as_str() {
         // Easiest first: the highest online pass rate.
         "difficulty" => cands.sort_by(|a, b| {
             rate(b.1.difficulty)

@@ -1,4 +1,6 @@
-//! Printing diagnostics the same way for every subcommand.
+//! Printing diagnostics the same way for every subcommand (human, short or
+//! JSON; colour or not), reading a recipe file with a located error, and
+//! finding the device for `--backend device`.
 
 use crate::{Color, ErrorFormat};
 use keel_compiler::{Diagnostic, Sources};

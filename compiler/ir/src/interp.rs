@@ -12,7 +12,8 @@
 //! positions get 0.
 
 use crate::builtins::Level;
-use crate::ir::{Bin, Graph, Op, Red, ScanOp, Un};
+use crate::ir::{Graph, Op, Red, ScanOp, Un};
+use crate::ops::{binary, clamp, unary, uniform};
 
 /// The shapes and index maps of one batch.
 #[derive(Clone, Debug)]
@@ -85,6 +86,43 @@ pub fn memory_bytes(g: &Graph, sh: &Shape) -> usize {
             sh.len(n.level).max(1).saturating_mul(8 * copies)
         })
         .fold(0usize, usize::saturating_add)
+}
+
+/// The reference interpreter as an [`Executor`](crate::Executor): refuses
+/// a batch whose values ([`memory_bytes`]) would not fit in `memory` bytes
+/// (what the process may still allocate; `None`: no limit).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Interp {
+    pub memory: Option<usize>,
+}
+
+impl crate::Executor for Interp {
+    fn run(
+        &mut self,
+        g: &Graph,
+        p: &crate::batch::Prepared,
+    ) -> Result<crate::Outputs, crate::ExecError> {
+        crate::check_memory(
+            "the reference interpreter's values for this batch",
+            memory_bytes(g, &p.shape),
+            self.memory,
+        )
+        .map_err(|message| crate::ExecError::TooLarge {
+            message,
+            help: "the interpreter keeps every value of the program as f64 (it is the reference, for small batches): use `--backend kernel` (the fused kernels read the batch in place), or split the batch; KEEL_MEMORY_LIMIT=BYTES sets the limit".into(),
+        })?;
+        let inputs = p.inputs_f64();
+        let env = Env {
+            shape: p.shape.clone(),
+            mask: &p.mask,
+            inputs: &inputs,
+        };
+        let vals = run(g, &env).map_err(|e| crate::ExecError::Failed(e.0))?;
+        Ok(g.outputs
+            .iter()
+            .map(|(n, id)| (n.clone(), crate::batch::Values::F64(vals[*id].clone())))
+            .collect())
+    }
 }
 
 /// Evaluate every live node; returns all values (indexed by node id; dead
@@ -399,7 +437,9 @@ fn frozen_op(op: &Op) -> bool {
     }
 }
 
-pub(crate) fn token_index(t: f64, v: usize, i: usize) -> Result<usize, InterpError> {
+/// The vocabulary index of token `t` at flat position `i`, checked against
+/// the vocabulary size `v`.
+pub fn token_index(t: f64, v: usize, i: usize) -> Result<usize, InterpError> {
     if t >= 0.0 && (t as usize) < v && t.fract() == 0.0 {
         Ok(t as usize)
     } else {
@@ -476,123 +516,4 @@ fn scan(sh: &Shape, mask: &[f64], op: ScanOp, x: &[f64], p: Option<(&[f64], Leve
         }
     }
     out
-}
-
-/// A uniform number in [0, 1) from a seed and an index (SplitMix64).
-pub fn uniform(seed: f64, i: usize) -> f64 {
-    let mut z = (seed as i64 as u64) ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64
-}
-
-pub fn unary(u: Un, x: f64) -> f64 {
-    match u {
-        Un::Neg => -x,
-        Un::Exp => x.exp(),
-        Un::Log => x.ln(),
-        Un::Log1p => x.ln_1p(),
-        Un::Expm1 => x.exp_m1(),
-        Un::Sqrt => x.sqrt(),
-        Un::Abs => x.abs(),
-        Un::Sign => {
-            if x > 0.0 {
-                1.0
-            } else if x < 0.0 {
-                -1.0
-            } else {
-                0.0
-            }
-        }
-        Un::Sigmoid => {
-            if x >= 0.0 {
-                1.0 / (1.0 + (-x).exp())
-            } else {
-                let e = x.exp();
-                e / (1.0 + e)
-            }
-        }
-        Un::Softplus => x.max(0.0) + (-x.abs()).exp().ln_1p(),
-        Un::Tanh => x.tanh(),
-        Un::Relu => x.max(0.0),
-        Un::Cos => x.cos(),
-        Un::Sin => x.sin(),
-        Un::Floor => x.floor(),
-        Un::Ceil => x.ceil(),
-        Un::Round => x.round(),
-        Un::Not => b(x == 0.0),
-    }
-}
-
-fn b(v: bool) -> f64 {
-    if v { 1.0 } else { 0.0 }
-}
-
-/// Binary operations. `min`/`max` propagate NaN (like torch.minimum).
-pub fn binary(op: Bin, x: f64, y: f64) -> f64 {
-    match op {
-        Bin::Add => x + y,
-        Bin::Sub => x - y,
-        Bin::Mul => x * y,
-        Bin::Div => x / y,
-        Bin::Pow => x.powf(y),
-        // NaN-propagating; otherwise the smaller (larger) value, the first
-        // argument on a tie (so -0 and +0 are deterministic). The host JIT
-        // reproduces exactly this.
-        Bin::Min => {
-            if x.is_nan() || y.is_nan() {
-                f64::NAN
-            } else if y < x {
-                y
-            } else {
-                x
-            }
-        }
-        Bin::Max => {
-            if x.is_nan() || y.is_nan() {
-                f64::NAN
-            } else if y > x {
-                y
-            } else {
-                x
-            }
-        }
-        Bin::Lt => b(x < y),
-        Bin::Le => b(x <= y),
-        Bin::Gt => b(x > y),
-        Bin::Ge => b(x >= y),
-        Bin::Eq => b(x == y),
-        Bin::Ne => b(x != y),
-        Bin::And => b(x != 0.0 && y != 0.0),
-        Bin::Or => b(x != 0.0 || y != 0.0),
-    }
-}
-
-/// `min(max(x, lo), hi)`, NaN-propagating in x, like torch.clamp: below lo
-/// gives lo, then above hi gives hi (a NaN bound never wins a comparison).
-pub fn clamp(x: f64, lo: f64, hi: f64) -> f64 {
-    if x.is_nan() {
-        return x;
-    }
-    let y = if x < lo { lo } else { x };
-    if y > hi { hi } else { y }
-}
-
-/// Fold a pointwise op over constants (the builder's constant folding).
-pub fn fold(op: &Op, a: &[f64]) -> Option<f64> {
-    Some(match (op, a) {
-        (Op::Unary(u), [x]) => unary(*u, *x),
-        (Op::Binary(bn), [x, y]) => binary(*bn, *x, *y),
-        (Op::Where, [c, t, e]) => {
-            if *c != 0.0 {
-                *t
-            } else {
-                *e
-            }
-        }
-        (Op::Clamp, [x, lo, hi]) => clamp(*x, *lo, *hi),
-        _ => return None,
-    })
 }

@@ -8,7 +8,7 @@
 pub mod plan;
 
 use cubecl::prelude::*;
-use keel_compiler::logits::{Bf16, Forward};
+use keel_kernel::logits::{Bf16, Forward};
 
 /// A compute client on the first device this build can use: the first CUDA
 /// GPU when built with the `cuda` feature and one answers, else Vulkan
@@ -223,8 +223,8 @@ impl Logits<'_> {
     /// The CPU kernel's forward pass on the same logits.
     pub fn cpu_forward(&self, tokens: &[u32], v: usize) -> Forward {
         match self {
-            Logits::F32(z) => keel_compiler::logits::forward(z, tokens, v),
-            Logits::Bf16(z) => keel_compiler::logits::forward(z, tokens, v),
+            Logits::F32(z) => keel_kernel::logits::forward(z, tokens, v),
+            Logits::Bf16(z) => keel_kernel::logits::forward(z, tokens, v),
         }
     }
     /// The CPU kernel's backward pass on the same logits.
@@ -239,10 +239,10 @@ impl Logits<'_> {
         let mut d = vec![0.0f32; (self.len() / v.max(1)) * v];
         match self {
             Logits::F32(z) => {
-                keel_compiler::logits::backward(z, tokens, v, fwd, d_logp, d_entropy, &mut d)
+                keel_kernel::logits::backward(z, tokens, v, fwd, d_logp, d_entropy, &mut d)
             }
             Logits::Bf16(z) => {
-                keel_compiler::logits::backward(z, tokens, v, fwd, d_logp, d_entropy, &mut d)
+                keel_kernel::logits::backward(z, tokens, v, fwd, d_logp, d_entropy, &mut d)
             }
         }
         d
@@ -508,21 +508,21 @@ pub fn logits_bench(
 /// Evaluate a compiled loss program on a prepared batch with the device
 /// kernels: plan, lower, upload, run, download.
 /// A batch whose arena exceeds the device's largest allocation is refused
-/// as [`keel_compiler::ExecError::TooLarge`] before anything is uploaded.
+/// as [`keel_ir::ExecError::TooLarge`] before anything is uploaded.
 pub fn run_graph(
     client: &Client,
-    graph: &keel_compiler::ir::Graph,
-    prepared: &keel_compiler::batch::Prepared,
-) -> Result<keel_compiler::Outputs, keel_compiler::ExecError> {
+    graph: &keel_ir::ir::Graph,
+    prepared: &keel_ir::batch::Prepared,
+) -> Result<keel_ir::Outputs, keel_ir::ExecError> {
     let dp = plan::DevicePlan::of_graph(graph)?;
     let need = dp.arena_bytes(&prepared.shape);
     let limit = client.properties().memory.max_page_size;
     if need as u64 > limit {
-        return Err(keel_compiler::ExecError::TooLarge {
+        return Err(keel_ir::ExecError::TooLarge {
             message: format!(
                 "the batch needs one device buffer of {}; this device allocates at most {} at once",
-                keel_compiler::human_bytes(need),
-                keel_compiler::human_bytes(usize::try_from(limit).unwrap_or(usize::MAX))
+                keel_ir::human_bytes(need),
+                keel_ir::human_bytes(usize::try_from(limit).unwrap_or(usize::MAX))
             ),
             help: "evaluate fewer sequences at once (split the batch), or use `--backend kernel`"
                 .into(),
@@ -536,8 +536,8 @@ pub fn run_graph(
 /// log while the plan runs once on `prepared`. Must run before any other
 /// client is created in the process (cubecl's configuration is global).
 pub fn kernel_sources(
-    graph: &keel_compiler::ir::Graph,
-    prepared: &keel_compiler::batch::Prepared,
+    graph: &keel_ir::ir::Graph,
+    prepared: &keel_ir::batch::Prepared,
 ) -> Result<(String, &'static str), String> {
     use cubecl::config::compilation::CompilationLogLevel;
     use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
@@ -556,4 +556,20 @@ pub fn kernel_sources(
     let text = std::fs::read_to_string(&path).map_err(|e| format!("no compilation log: {e}"))?;
     let _ = std::fs::remove_file(&path);
     Ok((text, name))
+}
+
+/// The device kernels as an [`Executor`](keel_ir::Executor): plan, lower,
+/// upload, run and download each evaluation ([`run_graph`]).
+pub struct Device {
+    pub client: Client,
+}
+
+impl keel_ir::Executor for Device {
+    fn run(
+        &mut self,
+        g: &keel_ir::ir::Graph,
+        p: &keel_ir::batch::Prepared,
+    ) -> Result<keel_ir::Outputs, keel_ir::ExecError> {
+        run_graph(&self.client, g, p)
+    }
 }

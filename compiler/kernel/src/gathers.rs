@@ -1,8 +1,8 @@
 //! Gathers between the vocabulary and the token level, rewritten into work
 //! the loops fuse (see [`fuse_gathers`]).
 
-use crate::builtins::Level;
-use crate::ir::{Bin, DType, Graph, Node, NodeId, Op};
+use keel_check::builtins::Level;
+use keel_ir::ir::{Bin, DType, Graph, Node, NodeId, Op};
 use std::collections::HashMap;
 
 /// The input that numbers each vocabulary entry.

@@ -341,7 +341,7 @@ impl Builder {
                     _ => None,
                 })
                 .collect::<Option<Vec<f64>>>()
-            && let Some(v) = crate::interp::fold(&op, &vals)
+            && let Some(v) = crate::ops::fold(&op, &vals)
         {
             return self.add(Op::Const(v), Vec::new(), level, dtype);
         }

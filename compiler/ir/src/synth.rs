@@ -242,7 +242,7 @@ pub fn variants(recipe: &CheckedRecipe, d: Dims, seed: u64) -> Vec<(String, Batc
         }
     }
     out.push(("extreme log-ratios".into(), ext.clone()));
-    if ext.has("logits") && crate::reads_logits_only_through_kernel(recipe) {
+    if ext.has("logits") && crate::LogitsPath::fusable(recipe) {
         let mut plain = ext;
         plain.tensors.remove("logits");
         let n = b * t;

@@ -1,4 +1,4 @@
-//! The kernel plan (`keel_compiler::kernel::Plan`) on cubecl: one generated
+//! The kernel plan (`keel_kernel::Plan`) on cubecl: one generated
 //! kernel per fused loop, segmented-reduction kernels for its reductions.
 //!
 //! Every buffer of a run lives in one f32 arena on the device; a small
@@ -21,11 +21,12 @@
 //!   they are computed on the host and uploaded with the inputs.
 
 use cubecl::prelude::*;
-use keel_compiler::batch::{Inputs, Values, View};
-use keel_compiler::builtins::Level;
-use keel_compiler::interp::{self, Shape};
-use keel_compiler::ir::{Bin, Op, Red, ScanOp, Un};
-use keel_compiler::kernel::{Ins, KOp, Plan, Src, Step};
+use keel_check::builtins::Level;
+use keel_ir::batch::{Inputs, Values, View};
+use keel_ir::interp::Shape;
+use keel_ir::ir::{Bin, Op, Red, ScanOp, Un};
+use keel_ir::ops;
+use keel_kernel::{Ins, KOp, Plan, Src, Step};
 use std::collections::HashMap;
 
 type Client = cubecl::client::Client;
@@ -1256,13 +1257,13 @@ pub struct DevicePlan {
 #[derive(Clone, Copy, Debug)]
 enum Seed {
     Const(f64),
-    Host(keel_compiler::ir::NodeId),
+    Host(keel_ir::ir::NodeId),
 }
 
 /// Whether node `id` is a step-level value the host can compute before the
 /// batch is uploaded: constants, hyperparameters, step inputs, the padded
 /// length and elementwise operations of them.
-fn on_host(g: &keel_compiler::ir::Graph, id: keel_compiler::ir::NodeId) -> bool {
+fn on_host(g: &keel_ir::ir::Graph, id: keel_ir::ir::NodeId) -> bool {
     let n = &g.nodes[id];
     n.level == Level::Step
         && match n.op {
@@ -1288,8 +1289,8 @@ fn lay_out(dst: &mut [f32], x: View) {
 
 /// The value of a node [`on_host`] accepts, as the interpreter computes it.
 fn host_value(
-    g: &keel_compiler::ir::Graph,
-    id: keel_compiler::ir::NodeId,
+    g: &keel_ir::ir::Graph,
+    id: keel_ir::ir::NodeId,
     inputs: &dyn Inputs,
     sh: &Shape,
 ) -> Result<f64, String> {
@@ -1306,8 +1307,8 @@ fn host_value(
             .view(name)
             .and_then(|x| x.get(0))
             .ok_or_else(|| format!("input `{name}` was not provided"))?,
-        Op::Unary(u) => interp::unary(*u, arg(0)?),
-        Op::Binary(b) => interp::binary(*b, arg(0)?, arg(1)?),
+        Op::Unary(u) => ops::unary(*u, arg(0)?),
+        Op::Binary(b) => ops::binary(*b, arg(0)?, arg(1)?),
         Op::Where => {
             if arg(0)? != 0.0 {
                 arg(1)?
@@ -1315,7 +1316,7 @@ fn host_value(
                 arg(2)?
             }
         }
-        Op::Clamp => interp::clamp(arg(0)?, arg(1)?, arg(2)?),
+        Op::Clamp => ops::clamp(arg(0)?, arg(1)?, arg(2)?),
         Op::StopGrad => arg(0)?,
         _ => return Err("internal: not a host value".into()),
     })
@@ -1323,9 +1324,9 @@ fn host_value(
 
 impl DevicePlan {
     /// Plan a loss program for the device (every elementwise value
-    /// recomputed, [`keel_compiler::kernel::Policy::Device`]) and lower it.
-    pub fn of_graph(graph: &keel_compiler::ir::Graph) -> Result<DevicePlan, String> {
-        let plan = Plan::with_policy(graph, keel_compiler::kernel::Policy::Device)?;
+    /// recomputed, [`keel_kernel::Target::Device`]) and lower it.
+    pub fn of_graph(graph: &keel_ir::ir::Graph) -> Result<DevicePlan, String> {
+        let plan = Plan::for_target(graph, keel_kernel::Target::Device)?;
         DevicePlan::new(&plan)
     }
 
@@ -1619,7 +1620,7 @@ impl DevicePlan {
         client: &Client,
         sh: &Shape,
         inputs: &impl Inputs,
-    ) -> Result<keel_compiler::Outputs, String> {
+    ) -> Result<keel_ir::Outputs, String> {
         let mut on = self.upload(client, sh, inputs)?;
         self.execute(client, &mut on)?;
         self.download(client, on)
@@ -1724,7 +1725,7 @@ impl DevicePlan {
                 .iter_mut()
                 .enumerate()
             {
-                *o = interp::uniform(seed, i) as f32;
+                *o = ops::uniform(seed, i) as f32;
             }
         }
         let lens = Level::ALL.map(|l| sh.len(l) as u32);
@@ -2056,11 +2057,7 @@ impl DevicePlan {
     }
 
     /// Copy the outputs back (f64).
-    pub fn download(
-        &self,
-        client: &Client,
-        on: OnDevice,
-    ) -> Result<keel_compiler::Outputs, String> {
+    pub fn download(&self, client: &Client, on: OnDevice) -> Result<keel_ir::Outputs, String> {
         let sh = &on.shape;
         let bytes = client.read_one(on.arena).map_err(|e| e.to_string())?;
         let all = f32::from_bytes(&bytes);
@@ -2094,8 +2091,8 @@ impl DevicePlan {
 #[cfg(test)]
 mod tests {
     use super::{DStep, HopCfg, Launch, batch_hop_runs, group_table};
-    use keel_compiler::builtins::Level;
-    use keel_compiler::ir::Red;
+    use keel_check::builtins::Level;
+    use keel_ir::ir::Red;
 
     fn hop(to: Level, src: usize, dst: usize) -> DStep {
         DStep::Hop(HopCfg {

@@ -4,12 +4,13 @@
 
 use super::rows::{Rows, vocab_orders, vocab_rows};
 use super::{CHUNK, Ins, KOp, Loop, Outputs, PARTS, Plan, Special, Src, Step};
-use crate::batch::{Inputs, Values, View};
-use crate::builtins::Level;
 use crate::fastmath;
-use crate::interp::{self, InterpError, Shape};
-use crate::ir::{Bin, Op, Red, Un};
 use crate::logits::Elem;
+use keel_check::builtins::Level;
+use keel_ir::batch::{Inputs, Values, View};
+use keel_ir::interp::{self, InterpError, Shape};
+use keel_ir::ir::{Bin, Op, Red, Un};
+use keel_ir::ops;
 use std::collections::HashMap;
 
 /// Big buffers kept between runs of a plan: a run reuses the memory of the
@@ -283,7 +284,7 @@ struct Partial {
 impl Plan {
     /// Run the plan on a batch: `inputs` holds every input the graph reads
     /// (flat, in level order, f32, bf16 or f64, read in place) and `mask` [B·T]
-    /// (a [`crate::batch::Prepared`] or a map of vectors). `threads` caps the
+    /// (a [`keel_ir::batch::Prepared`] or a map of vectors). `threads` caps the
     /// threads a loop is split across (1: this thread only).
     pub fn run(
         &self,
@@ -385,7 +386,7 @@ impl Plan {
                     match st {
                         Step::Loop(lp) => format!("loop over {}", lp.level.name()),
                         Step::Special(sp) =>
-                            format!("special {}", crate::describe_node(&self.graph, sp.node)),
+                            format!("special {}", keel_ir::describe_node(&self.graph, sp.node)),
                     }
                 );
             }
@@ -817,7 +818,7 @@ impl Plan {
 fn scan(
     sh: &Shape,
     mask: &[f32],
-    op: crate::ir::ScanOp,
+    op: keel_ir::ir::ScanOp,
     x: &[f64],
     param: Option<(Level, &[f64])>,
     cond: Option<&[f64]>,
@@ -825,7 +826,7 @@ fn scan(
     mut out: Vec<f64>,
     threads: usize,
 ) -> Vec<f64> {
-    use crate::ir::ScanOp as S;
+    use keel_ir::ir::ScanOp as S;
     let t = sh.t;
     if t == 0 {
         return out;
@@ -1046,8 +1047,8 @@ fn run_loop(
 fn combine(r: Red, a: f64, b: f64) -> f64 {
     match r {
         Red::Sum => a + b,
-        Red::Max => interp::binary(Bin::Max, a, b),
-        Red::Min => interp::binary(Bin::Min, a, b),
+        Red::Max => ops::binary(Bin::Max, a, b),
+        Red::Min => ops::binary(Bin::Min, a, b),
     }
 }
 
@@ -1496,7 +1497,7 @@ fn compute(
         KOp::Rand => {
             let seed = first.map(|s| ctx.scalar(s, level, 0)).unwrap_or(0.0);
             for (j, o) in out.iter_mut().enumerate() {
-                *o = interp::uniform(seed, i0 + j);
+                *o = ops::uniform(seed, i0 + j);
             }
         }
         KOp::Un(u) => match u {
@@ -1519,7 +1520,7 @@ fn compute(
             _ => out
                 .iter_mut()
                 .zip(a)
-                .for_each(|(o, x)| *o = interp::unary(u, *x)),
+                .for_each(|(o, x)| *o = ops::unary(u, *x)),
         },
         KOp::Bin(b) => {
             let z = out.iter_mut().zip(a.iter().zip(args[1]));
@@ -1552,7 +1553,7 @@ fn compute(
                 Bin::Pow if args[1].iter().all(|&y| y == 2.0) => {
                     out.iter_mut().zip(a).for_each(|(o, x)| *o = x * x)
                 }
-                _ => z.for_each(|(o, (x, y))| *o = interp::binary(b, *x, *y)),
+                _ => z.for_each(|(o, (x, y))| *o = ops::binary(b, *x, *y)),
             }
         }
         KOp::Where => {
@@ -1561,7 +1562,7 @@ fn compute(
             }
         }
         KOp::Clamp => {
-            // `interp::clamp` as selects: a NaN `x` fails both comparisons
+            // `ops::clamp` as selects: a NaN `x` fails both comparisons
             // and comes through.
             for (((o, &x), &lo), &hi) in out.iter_mut().zip(a).zip(args[1]).zip(args[2]) {
                 let y = select(x < lo, lo, x);

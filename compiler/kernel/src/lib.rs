@@ -28,14 +28,16 @@
 //! the cubecl executor (crate `keel-device`) unrolls the same instruction
 //! list into one GPU kernel per loop.
 
-use crate::builtins::Level;
-use crate::interp;
-use crate::ir::{Bin, Graph, NodeId, Op, Red, Un};
+use keel_check::builtins::Level;
+use keel_ir::ir::{Bin, Graph, NodeId, Op, Red, Un};
+use keel_ir::{interp, ops};
 use std::collections::HashMap;
 use std::fmt::Write;
 
 mod exec;
+pub mod fastmath;
 mod gathers;
+pub mod logits;
 mod rows;
 
 use exec::Pool;
@@ -164,7 +166,7 @@ pub struct Plan {
 /// Outputs of one evaluation, by name (`loss`, `d_logp`, `metric.…`):
 /// f64, except vocabulary-level ones (`d_logits`), which the CPU plan
 /// holds as f32.
-pub type Outputs = HashMap<String, crate::batch::Values>;
+pub use keel_ir::Outputs;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -177,7 +179,7 @@ enum Kind {
 
 /// Where a plan will run: what it stores and what it recomputes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Policy {
+pub enum Target {
     /// Store values behind expensive operations once; recompute the rest.
     Cpu,
     /// Recompute every elementwise value; store only what crosses levels,
@@ -248,18 +250,18 @@ impl Plan {
     /// elementwise values it needs from earlier stages instead of reading
     /// them back from memory.
     pub fn new(graph: &Graph) -> Result<Plan, String> {
-        Plan::with_policy(graph, Policy::Cpu)
+        Plan::for_target(graph, Target::Cpu)
     }
 
     /// [`Plan::new`] for a target: on a GPU, arithmetic is cheap next to
     /// memory traffic, so every elementwise value a later loop needs is
-    /// recomputed there ([`Policy::Device`]); on the CPU, values behind an
-    /// exp, log or pow are stored once and read back ([`Policy::Cpu`]).
-    pub fn with_policy(graph: &Graph, policy: Policy) -> Result<Plan, String> {
+    /// recomputed there ([`Target::Device`]); on the CPU, values behind an
+    /// exp, log or pow are stored once and read back ([`Target::Cpu`]).
+    pub fn for_target(graph: &Graph, target: Target) -> Result<Plan, String> {
         let g = fuse_gathers(graph);
         let none = vec![false; g.nodes.len()];
-        let plan = Plan::build(&g, policy, &none)?;
-        if policy != Policy::Cpu {
+        let plan = Plan::build(&g, target, &none)?;
+        if target != Target::Cpu {
             return Ok(plan);
         }
         // On the CPU, a value that several later loops recompute is stored
@@ -285,12 +287,12 @@ impl Plan {
         if !store.contains(&true) {
             return Ok(plan);
         }
-        Plan::build(&g, policy, &store)
+        Plan::build(&g, target, &store)
     }
 
     /// Cut `g` into loops and special steps; `store[id]` gives elementwise
     /// node `id` a buffer (written once, read by later loops).
-    fn build(g: &Graph, policy: Policy, store: &[bool]) -> Result<Plan, String> {
+    fn build(g: &Graph, target: Target, store: &[bool]) -> Result<Plan, String> {
         let n_nodes = g.nodes.len();
         let live = g.live();
         // Values known when the plan is built: constants, hyperparameters
@@ -306,7 +308,7 @@ impl Plan {
                     .iter()
                     .map(|a| konst[*a])
                     .collect::<Option<Vec<f64>>>()
-                    .and_then(|v| interp::fold(&n.op, &v)),
+                    .and_then(|v| ops::fold(&n.op, &v)),
                 _ => None,
             };
         }
@@ -396,7 +398,7 @@ impl Plan {
                     Kind::Elem => {
                         n.level != g.nodes[a].level
                             || (stage[id] > stage[a]
-                                && policy == Policy::Cpu
+                                && target == Target::Cpu
                                 && (expensive(&g.nodes[a].op) || store[a]))
                     }
                     _ => false,
@@ -715,7 +717,7 @@ impl Plan {
                         out,
                         "\nspecial s{k}: b{} = {} {}  // {}, %{}",
                         sp.buf,
-                        crate::describe_node(&self.graph, sp.node)
+                        keel_ir::describe_node(&self.graph, sp.node)
                             .split(['(', ')'])
                             .nth(1)
                             .unwrap_or(""),
@@ -731,5 +733,82 @@ impl Plan {
             let _ = writeln!(out, "out {name} = {}", src(s));
         }
         out
+    }
+}
+
+/// The kernel plan on the CPU as an [`Executor`](keel_ir::Executor): plans
+/// a graph when it is [prepared](keel_ir::Executor::prepare) (or first
+/// run), refuses a batch whose values would not fit in `memory` bytes, and
+/// runs on up to `threads` threads.
+pub struct Cpu {
+    pub threads: usize,
+    /// What the process may still allocate (`None`: no limit).
+    pub memory: Option<usize>,
+    /// What a refused batch's values are called, and what to do about it
+    /// (E0606).
+    pub what: &'static str,
+    pub help: &'static str,
+    plan: Option<Plan>,
+}
+
+impl Cpu {
+    /// An executor on `threads` threads within `memory` bytes.
+    pub fn new(threads: usize, memory: Option<usize>) -> Cpu {
+        Cpu {
+            threads,
+            memory,
+            what: "the kernel plan's values for this batch",
+            help: "evaluate fewer sequences at once (split the batch), or run on a GPU with `--backend device`; KEEL_MEMORY_LIMIT=BYTES sets the limit",
+            plan: None,
+        }
+    }
+
+    /// The same executor, refusing a batch that does not fit with these
+    /// words.
+    pub fn refusing_with(mut self, what: &'static str, help: &'static str) -> Cpu {
+        self.what = what;
+        self.help = help;
+        self
+    }
+
+    /// The plan of the graph last prepared.
+    pub fn plan(&self) -> Option<&Plan> {
+        self.plan.as_ref()
+    }
+}
+
+impl keel_ir::Executor for Cpu {
+    fn prepare(&mut self, g: &Graph) -> Result<(), keel_ir::ExecError> {
+        self.plan = Some(Plan::new(g).map_err(|e| {
+            keel_ir::ExecError::Failed(format!("cannot plan the loss kernels: {e}"))
+        })?);
+        Ok(())
+    }
+
+    fn run(
+        &mut self,
+        g: &Graph,
+        p: &keel_ir::batch::Prepared,
+    ) -> Result<Outputs, keel_ir::ExecError> {
+        if self.plan.is_none() {
+            self.prepare(g)?;
+        }
+        let Some(plan) = &self.plan else {
+            return Err(keel_ir::ExecError::Failed("no kernel plan".into()));
+        };
+        keel_ir::check_memory(self.what, plan.memory_bytes(&p.shape), self.memory).map_err(
+            |message| keel_ir::ExecError::TooLarge {
+                message,
+                help: self.help.into(),
+            },
+        )?;
+        plan.run(&p.shape, p, self.threads)
+            .map_err(|e| keel_ir::ExecError::Failed(e.0))
+    }
+
+    fn recycle(&mut self, outputs: Outputs) {
+        if let Some(plan) = &self.plan {
+            plan.recycle(outputs.into_values());
+        }
     }
 }

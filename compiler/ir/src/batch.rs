@@ -10,12 +10,43 @@ use crate::codes::{self, Code};
 use crate::diagnostic::{Diagnostic, Label};
 use crate::interp::Shape;
 use crate::ir::{Graph, Op};
-use crate::logits::{Bf16, Elem};
 use crate::source::FileId;
 use keel_grammar::Span;
 use safetensors::{Dtype, SafeTensors};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+
+/// A logits element: f32, or bf16 stored as its upper 16 bits.
+pub trait Elem: Copy + Send + Sync {
+    fn f32(self) -> f32;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
+    }
+}
+
+/// A bf16 value (the upper half of an f32).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bf16(pub u16);
+
+impl Elem for Bf16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        f32::from_bits((self.0 as u32) << 16)
+    }
+}
+
+impl Bf16 {
+    /// Round to nearest even.
+    pub fn from_f32(x: f32) -> Bf16 {
+        let b = x.to_bits();
+        let round = ((b >> 16) & 1) + 0x7FFF;
+        Bf16((b.wrapping_add(round) >> 16) as u16)
+    }
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
@@ -257,31 +288,33 @@ impl Batch {
         bufs
     }
 
+    /// The tensors as safetensors views in their recorded dtype (an f32
+    /// tensor held as f32 borrowed, not copied), handed to `f`: the caller
+    /// writes them where it wants (`safetensors::tensor::serialize_to_file`
+    /// streams them to a file without a copy of the whole file).
+    pub fn with_views<R>(
+        &self,
+        f: impl FnOnce(Vec<(String, safetensors::tensor::TensorView<'_>)>) -> R,
+    ) -> Result<R, String> {
+        let bufs = self.encoded();
+        Ok(f(views(&bufs)?))
+    }
+
     /// Serialise as safetensors, each tensor in its recorded dtype
     /// (`f32`, `f64`, `i64`, `u8`).
     pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
         let bufs = self.encoded();
         safetensors::tensor::serialize(views(&bufs)?, &None).map_err(|e| e.to_string())
     }
-
-    /// [`Self::to_bytes`] straight into a file (no copy of the whole file in
-    /// memory).
-    pub fn write(&self, path: &std::path::Path) -> Result<(), String> {
-        let bufs = self.encoded();
-        safetensors::tensor::serialize_to_file(views(&bufs)?, &None, path)
-            .map_err(|e| e.to_string())
-    }
 }
 
-/// What reading the safetensors file at `path` into a [`Batch`] holds at
-/// its peak, in bytes, from its header alone: the file's bytes and its
-/// tensors as held ([`Values`]: bf16 as 2 bytes, f32 and f16 as 4, the
-/// rest as 8). `None` when the header cannot be
-/// read; [`Batch::from_bytes`] then says what is wrong.
-pub fn bytes_to_read(path: &std::path::Path) -> Option<usize> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).ok()?;
-    let file_len = usize::try_from(f.metadata().ok()?.len()).ok()?;
+/// What reading a safetensors file of `file_len` bytes into a [`Batch`]
+/// holds at its peak, in bytes, from its header alone (read from `f`, the
+/// file's start; the caller opens it): the file's bytes and its tensors as
+/// held ([`Values`]: bf16 as 2 bytes, f32 and f16 as 4, the rest as 8).
+/// `None` when the header cannot be read; [`Batch::from_bytes`] then says
+/// what is wrong.
+pub fn bytes_to_read(mut f: impl std::io::Read, file_len: usize) -> Option<usize> {
     let mut n = [0u8; 8];
     f.read_exact(&mut n).ok()?;
     let n = usize::try_from(u64::from_le_bytes(n)).ok()?;
@@ -777,11 +810,7 @@ mod tests {
         b.insert("mask", "u8", vec![2], vec![1.0, 0.0]);
         b.insert("group", "i64", vec![2], vec![4.0, -1.0]);
         b.insert("x", "f64", vec![1], vec![0.1]);
-        let path = std::env::temp_dir().join(format!("keel-batch-{}.st", std::process::id()));
-        b.write(&path).expect("writes");
-        let bytes = std::fs::read(&path).expect("reads");
-        let _ = std::fs::remove_file(&path);
-        assert_eq!(bytes, b.to_bytes().expect("serialises"));
+        let bytes = b.to_bytes().expect("serialises");
         let back = Batch::from_bytes(&bytes).expect("parses");
         assert_eq!(back.tensors["d_logits"], b.tensors["d_logits"]);
         assert_eq!(back.tensors["d_logp"].data, Values::F32(vec![0.25, -0.125]));

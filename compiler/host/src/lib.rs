@@ -19,17 +19,17 @@
 //! Semantics are the interpreter's, bit for bit on f64: arithmetic, sqrt,
 //! floor and ceil are IEEE instructions; comparisons are ordered (false on
 //! NaN) except `!=` (true on NaN); `min`/`max`/`clamp`/`where` are compare
-//! and select chains mirroring `interp::binary`/`interp::clamp`; every other
-//! function calls the interpreter's own `interp::unary` through a registered
+//! and select chains mirroring `ops::binary`/`ops::clamp`; every other
+//! function calls the one definition, `ops::unary`, through a registered
 //! symbol. Division by zero gives ±inf or NaN as IEEE says.
 //!
 //! A compiled function stays valid after its [`Jit`] is dropped:
 //! cranelift-jit never frees finalized code unless asked to (unsafely),
 //! which Keel never does.
 
-use crate::builtins::Level;
-use crate::interp;
-use crate::ir::{Bin, Graph, NodeId, Op, Un};
+#[cfg(feature = "llvm")]
+pub mod llvm;
+
 use cranelift_codegen::Context;
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{AbiParam, InstBuilder, MemFlagsData, Value, types};
@@ -37,6 +37,9 @@ use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module, default_libcall_names};
+use keel_check::builtins::Level;
+use keel_ir::ir::{Bin, Graph, NodeId, Op, Un};
+use keel_ir::ops;
 
 /// The unary operations host code reaches through `keel_unary`, by code.
 pub const UNARY: &[Un] = &[
@@ -62,13 +65,13 @@ pub const UNARY: &[Un] = &[
 
 pub(crate) extern "C" fn keel_unary(op: i64, x: f64) -> f64 {
     match UNARY.get(op as usize) {
-        Some(u) => interp::unary(*u, x),
+        Some(u) => ops::unary(*u, x),
         None => f64::NAN,
     }
 }
 
 pub(crate) extern "C" fn keel_pow(x: f64, y: f64) -> f64 {
-    interp::binary(Bin::Pow, x, y)
+    ops::binary(Bin::Pow, x, y)
 }
 
 /// A compiled scalar program.

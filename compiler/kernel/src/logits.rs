@@ -11,38 +11,7 @@
 //! same values; tests compare the two and finite differences.
 
 use crate::fastmath;
-
-/// A logits element: f32, or bf16 stored as its upper 16 bits.
-pub trait Elem: Copy + Send + Sync {
-    fn f32(self) -> f32;
-}
-
-impl Elem for f32 {
-    #[inline(always)]
-    fn f32(self) -> f32 {
-        self
-    }
-}
-
-/// A bf16 value (the upper half of an f32).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Bf16(pub u16);
-
-impl Elem for Bf16 {
-    #[inline(always)]
-    fn f32(self) -> f32 {
-        f32::from_bits((self.0 as u32) << 16)
-    }
-}
-
-impl Bf16 {
-    /// Round to nearest even.
-    pub fn from_f32(x: f32) -> Bf16 {
-        let b = x.to_bits();
-        let round = ((b >> 16) & 1) + 0x7FFF;
-        Bf16((b.wrapping_add(round) >> 16) as u16)
-    }
-}
+pub use keel_ir::batch::{Bf16, Elem};
 
 /// Per-row statistics of the forward pass (kept for the backward pass).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -238,17 +207,17 @@ pub struct KernelPath<'a> {
 impl<'a> KernelPath<'a> {
     /// The path for `batch` when it has `logits` and `tokens` and the recipe
     /// reads the distribution only through `logp` and `entropy`
-    /// ([`crate::reads_logits_only_through_kernel`]); checks shapes and
+    /// ([`keel_ir::LogitsPath::fusable`]); checks shapes and
     /// token indices.
     pub fn of(
-        batch: &'a crate::batch::Batch,
-        recipe: &crate::CheckedRecipe,
-    ) -> Result<Option<KernelPath<'a>>, crate::interp::InterpError> {
-        use crate::interp::InterpError;
+        batch: &'a keel_ir::batch::Batch,
+        recipe: &keel_check::CheckedRecipe,
+    ) -> Result<Option<KernelPath<'a>>, keel_ir::interp::InterpError> {
+        use keel_ir::interp::InterpError;
         let (Some(z), Some(t)) = (batch.tensors.get("logits"), batch.tensors.get("tokens")) else {
             return Ok(None);
         };
-        if !crate::reads_logits_only_through_kernel(recipe) {
+        if !keel_ir::LogitsPath::fusable(recipe) {
             return Ok(None);
         }
         let v = match z.shape.as_slice() {
@@ -277,9 +246,9 @@ impl<'a> KernelPath<'a> {
         }
         Ok(Some(KernelPath {
             z: match &z.data {
-                crate::batch::Values::F32(z) => Logits::F32(z.as_slice().into()),
-                crate::batch::Values::Bf16(z) => Logits::Bf16(z),
-                crate::batch::Values::F64(z) => {
+                keel_ir::batch::Values::F32(z) => Logits::F32(z.as_slice().into()),
+                keel_ir::batch::Values::Bf16(z) => Logits::Bf16(z),
+                keel_ir::batch::Values::F64(z) => {
                     Logits::F32(z.iter().map(|&x| x as f32).collect::<Vec<_>>().into())
                 }
             },
@@ -298,9 +267,13 @@ impl<'a> KernelPath<'a> {
 
     /// The batch the loss program sees: `logits` replaced by the kernel's
     /// `logp` and `entropy` ([B, T], the shape of `tokens`).
-    pub fn program_batch(&self, batch: &crate::batch::Batch, fwd: &Forward) -> crate::batch::Batch {
+    pub fn program_batch(
+        &self,
+        batch: &keel_ir::batch::Batch,
+        fwd: &Forward,
+    ) -> keel_ir::batch::Batch {
         // Everything but the logits (not cloned: [N, V]).
-        let mut b = crate::batch::Batch {
+        let mut b = keel_ir::batch::Batch {
             tensors: batch
                 .tensors
                 .iter()
@@ -321,7 +294,7 @@ impl<'a> KernelPath<'a> {
 
     /// `d_logits` [N·V] from the program's `d_logp` and `d_entropy` (0
     /// where the program has none).
-    pub fn d_logits(&self, fwd: &Forward, outputs: &crate::Outputs) -> Vec<f32> {
+    pub fn d_logits(&self, fwd: &Forward, outputs: &keel_ir::Outputs) -> Vec<f32> {
         let mut d = vec![0.0f32; self.tokens.len() * self.v];
         self.d_logits_into(fwd, outputs, &mut d);
         d
@@ -330,7 +303,7 @@ impl<'a> KernelPath<'a> {
     /// [`Self::d_logits`] into a buffer of N·V entries (every entry is
     /// written), so a loop can keep one instead of faulting in a fresh
     /// [N, V] allocation each step.
-    pub fn d_logits_into(&self, fwd: &Forward, outputs: &crate::Outputs, d: &mut [f32]) {
+    pub fn d_logits_into(&self, fwd: &Forward, outputs: &keel_ir::Outputs, d: &mut [f32]) {
         let n = self.tokens.len();
         let col = |name: &str| -> Vec<f32> {
             match outputs.get(name) {
@@ -351,7 +324,7 @@ mod tests {
     use super::*;
 
     fn rows(n: usize, v: usize, seed: u64) -> Vec<f32> {
-        crate::synth::Lcg(seed).fill(n * v, -4.0, 4.0)
+        keel_ir::synth::Lcg(seed).fill(n * v, -4.0, 4.0)
     }
 
     /// Against a direct f64 computation, including a row whose maximum

@@ -4,7 +4,7 @@
 
 use super::PARTS;
 use super::exec::Pool;
-use crate::batch::View;
+use keel_ir::batch::View;
 
 /// Run `work(first_row, rows)` over `out` split into [`PARTS`] fixed parts of
 /// whole rows of `row` entries, on up to `threads` threads at a time (the

@@ -16,7 +16,7 @@ fn device_plan_equals_the_interpreter_on_every_stdlib_recipe() {
     let Some(client) = common::client_or_skip() else {
         return;
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut failures = Vec::new();
     let mut worst = (0.0f64, String::new());
     let mut runs = 0;
@@ -28,7 +28,7 @@ fn device_plan_equals_the_interpreter_on_every_stdlib_recipe() {
         assert!(!c.has_errors(), "{file}");
         for (idx, r) in c.recipes.iter().enumerate() {
             // Logits only for recipes that read the vocabulary themselves.
-            let v = if keel_compiler::reads_logits_only_through_kernel(r) {
+            let v = if keel_compiler::LogitsPath::fusable(r) {
                 0
             } else {
                 8
@@ -88,7 +88,7 @@ fn device_plan_equals_the_interpreter_on_every_stdlib_recipe() {
 /// bitonic sort), not to the host.
 #[test]
 fn selections_run_on_the_device() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     for (file, want) in [
         ("grpo_lambda", "Rank"),
         ("siren", "Quantile"),
@@ -101,7 +101,7 @@ fn selections_run_on_the_device() {
         let c = check_source(&Disk, &path.to_string_lossy(), &text);
         let idx = c.main_recipe(None).expect("recipe");
         let r = &c.recipes[idx];
-        let v = if keel_compiler::reads_logits_only_through_kernel(r) {
+        let v = if keel_compiler::LogitsPath::fusable(r) {
             0
         } else {
             8
@@ -135,7 +135,7 @@ fn a_batch_beyond_the_device_limit_is_too_large() {
     let Some(client) = common::client_or_skip() else {
         return;
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let path = root.join("stdlib/grpo.recipe");
     let text = std::fs::read_to_string(&path).expect("stdlib file");
     let c = check_source(&Disk, &path.to_string_lossy(), &text);

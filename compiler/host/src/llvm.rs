@@ -1,17 +1,17 @@
 //! The optional LLVM backend of host code (feature `llvm`, inkwell over
-//! LLVM 16): the same scalar programs as [`crate::host`], with the same
+//! LLVM 16): the same scalar programs as [`crate`] (cranelift), with the same
 //! calling convention and the same bit-exact semantics (no fast-math; the
 //! same compare/select chains; the interpreter's functions for everything
 //! else). Each compiled function owns its execution engine; the LLVM
 //! context is leaked so that it outlives them.
 
-use crate::builtins::Level;
-use crate::host;
-use crate::ir::{Bin, Graph, NodeId, Op, Un};
+use crate as host;
 use inkwell::context::Context;
 use inkwell::execution_engine::ExecutionEngine;
 use inkwell::values::{BasicMetadataValueEnum, FloatValue, FunctionValue};
 use inkwell::{AddressSpace, FloatPredicate, OptimizationLevel};
+use keel_check::builtins::Level;
+use keel_ir::ir::{Bin, Graph, NodeId, Op, Un};
 
 /// A scalar program compiled by LLVM: `fn(inputs: *const f64, outputs: *mut f64)`.
 pub struct LlvmScalarFn {
