@@ -145,14 +145,16 @@ impl LossProgram {
         };
         // The logits kernel's forward pass, and the batch the program sees.
         let kernel = match self.path {
-            LogitsPath::Fused => logits::KernelPath::of(batch, &self.recipe)
-                .map_err(|e| shape_error(e.0))?
-                .ok_or_else(|| {
-                    shape_error(
-                        "the program was compiled for a batch with `logits` and `tokens`".into(),
-                    )
-                })
-                .map(Some)?,
+            LogitsPath::Fused => Some(
+                logits::KernelPath::of(batch, &self.recipe)
+                    .map_err(|e| shape_error(e.0))?
+                    .ok_or_else(|| {
+                        shape_error(
+                            "the program was compiled for a batch with `logits` and `tokens`"
+                                .into(),
+                        )
+                    })?,
+            ),
             LogitsPath::Program => None,
         };
         let fwd = kernel.as_ref().map(|k| k.forward());
