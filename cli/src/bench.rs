@@ -457,9 +457,9 @@ pub fn run(a: Args) -> ExitCode {
 /// When `need` bytes for `what` do not fit in the memory available: the
 /// error and `help` printed, and exit code 2.
 fn beyond_memory(what: &str, need: usize, help: &str) -> Option<ExitCode> {
-    let e = keel_compiler::check_memory(what, need, keel_compiler::available_memory()).err()?;
-    eprintln!("error: {e}");
-    eprintln!("help: {help}");
+    let e =
+        keel_compiler::check_memory(what, need, keel_compiler::available_memory(), help).err()?;
+    crate::diagnostics::fail(&e);
     Some(ExitCode::from(2))
 }
 

@@ -46,8 +46,11 @@ pub fn run(
                     let p = keel_compiler::batch::prepare(&batch, "synthetic batch", &c.graph, recipe)
                         .map_err(|d| diagnostics::print(path, &d, checked.sources(), format, color))?;
                     keel_device::kernel_sources(&c.graph, &p).map_err(|e| {
-                        eprintln!("error[E0708]: cannot compile the kernels on a device: {e}");
-                        eprintln!("help: install a Vulkan driver (Debian: mesa-vulkan-drivers) or build with `--features cuda` on an NVIDIA machine");
+                        diagnostics::fail(&keel_compiler::Error::new(
+                            keel_compiler::codes::DEVICE,
+                            format!("cannot compile the kernels on a device: {e}"),
+                            "install a Vulkan driver (Debian: mesa-vulkan-drivers) or build with `--features cuda` on an NVIDIA machine",
+                        ));
                     })
                 });
             match source {

@@ -1,9 +1,9 @@
-//! Printing diagnostics the same way for every subcommand (human, short or
-//! JSON; colour or not), reading a recipe file with a located error, and
-//! finding the device for `--backend device`.
+//! Printing diagnostics and errors the same way for every subcommand
+//! (human, short or JSON; colour or not), reading a recipe file with a
+//! located error, and finding the device for `--backend device`.
 
 use crate::{Color, ErrorFormat};
-use keel_compiler::{Diagnostic, Sources};
+use keel_compiler::{Diagnostic, Error, Sources, codes};
 use std::io::IsTerminal;
 
 pub fn use_color(color: Color) -> bool {
@@ -60,12 +60,35 @@ pub fn print(
     }
 }
 
+/// Print an error (`location: error[CODE]: message`, then its help line).
+pub fn fail(e: &Error) {
+    eprintln!("{e}");
+}
+
+/// Print an error and the located diagnostics behind it (rendered against
+/// the recipe's `sources`), each once.
+pub fn fail_with(e: &Error, path: &str, sources: &Sources, format: ErrorFormat, color: bool) {
+    if !e.diagnostics.is_empty() {
+        print(path, &e.diagnostics, sources, format, color);
+    }
+    if !e.told_by_diagnostics() {
+        fail(e);
+    }
+}
+
 /// Read a recipe file, or print a located error.
 pub fn read(path: &str) -> Option<String> {
     match std::fs::read_to_string(path) {
         Ok(t) => Some(t),
         Err(e) => {
-            eprintln!("{path}:1:1: error[E0101]: cannot read file: {e}");
+            fail(
+                &Error::new(
+                    codes::UNKNOWN_MODULE,
+                    format!("cannot read file: {e}"),
+                    "check the path; recipes are `.recipe` files",
+                )
+                .at(format!("{path}:1:1")),
+            );
             None
         }
     }
@@ -77,11 +100,17 @@ pub fn device_client() -> Option<(keel_device::Client, &'static str)> {
     match keel_device::client_named() {
         Ok(c) => Some(c),
         Err(e) => {
-            eprintln!("error[E0708]: no usable device: {e}");
-            eprintln!(
-                "help: install a Vulkan driver (Debian: mesa-vulkan-drivers), build with `--features cuda` on an NVIDIA machine, or use `--backend kernel` (the fused kernels on the CPU)"
-            );
+            fail(&device_error(format!("no usable device: {e}")));
             None
         }
     }
+}
+
+/// E0708 with what to do about it.
+pub fn device_error(message: String) -> Error {
+    Error::new(
+        codes::DEVICE,
+        message,
+        "install a Vulkan driver (Debian: mesa-vulkan-drivers), build with `--features cuda` on an NVIDIA machine, or use `--backend kernel` (the fused kernels on the CPU)",
+    )
 }

@@ -3,7 +3,7 @@
 
 use crate::{Color, ErrorFormat, diagnostics};
 use keel_compiler::batch::Batch;
-use keel_compiler::{Backend, Disk, check_source_with, run_loss_on};
+use keel_compiler::{Backend, Disk, Error, check_source_with, codes, run_loss_on};
 use std::process::ExitCode;
 
 pub struct Args {
@@ -86,26 +86,30 @@ pub fn run(a: Args) -> ExitCode {
             "reading this batch's tensors would",
             need,
             keel_compiler::available_memory(),
+            "split the batch into files of fewer sequences; KEEL_MEMORY_LIMIT=BYTES sets the limit",
         )
     {
-        eprintln!("{}:1:1: error[E0606]: {e}", a.batch);
-        eprintln!(
-            "help: split the batch into files of fewer sequences; KEEL_MEMORY_LIMIT=BYTES sets the limit"
-        );
+        diagnostics::fail(&e.at(format!("{}:1:1", a.batch)));
         return ExitCode::from(1);
     }
     let bytes = match std::fs::read(&a.batch) {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("{}:1:1: error[E0604]: cannot read batch file: {e}", a.batch);
+            diagnostics::fail(
+                &Error::new(
+                    codes::BATCH_UNREADABLE,
+                    format!("cannot read batch file: {e}"),
+                    "check the path given to --batch",
+                )
+                .at(format!("{}:1:1", a.batch)),
+            );
             return ExitCode::from(1);
         }
     };
     let batch = match Batch::from_bytes(&bytes) {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("{}:1:1: error[E0604]: {e}", a.batch);
-            eprintln!("help: a batch is a safetensors file; see docs/batch-format.md");
+            diagnostics::fail(&e.at(format!("{}:1:1", a.batch)));
             return ExitCode::from(1);
         }
     };

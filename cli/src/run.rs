@@ -2,7 +2,7 @@
 //! `keel report DIR`.
 
 use crate::{Color, diagnostics};
-use keel_compiler::{Disk, check_source_with};
+use keel_compiler::{Disk, Error, check_source_with, codes};
 use keel_runtime::train::{self, RunFile, RunOptions};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -56,12 +56,13 @@ pub fn run(a: Args) -> ExitCode {
             {
                 Ok(r) => r,
                 Err(e) => {
-                    eprintln!(
-                        "{}: error[E0704]: cannot read the run description: {e}",
-                        path.display()
-                    );
-                    eprintln!(
-                        "  = help: `--resume` takes a directory written by `keel run` (it holds run.json and checkpoints/)"
+                    diagnostics::fail(
+                        &Error::new(
+                            codes::RUN_DIR,
+                            format!("cannot read the run description: {e}"),
+                            "`--resume` takes a directory written by `keel run` (it holds run.json and checkpoints/)",
+                        )
+                        .at(path.display().to_string()),
                     );
                     return ExitCode::from(1);
                 }
@@ -113,12 +114,15 @@ pub fn run(a: Args) -> ExitCode {
         if let Some(rf) = rf
             && rf.fingerprint != fingerprint
         {
-            eprintln!(
-                "{}: error[E0705]: the recipe changed since this run started",
-                recipe_path
-            );
-            eprintln!(
-                "  = help: resume with the recipe as it was, or start a new run with `keel run {recipe_path}`"
+            diagnostics::fail(
+                &Error::new(
+                    codes::RESUME_MISMATCH,
+                    "the recipe changed since this run started",
+                    format!(
+                        "resume with the recipe as it was, or start a new run with `keel run {recipe_path}`"
+                    ),
+                )
+                .at(recipe_path.clone()),
             );
             return ExitCode::from(1);
         }
@@ -128,9 +132,15 @@ pub fn run(a: Args) -> ExitCode {
             Some(o) => {
                 let p = PathBuf::from(o);
                 if p.join("run.json").exists() {
-                    eprintln!("{o}: error[E0704]: the directory already holds a run");
-                    eprintln!(
-                        "  = help: continue it with `keel run --resume {o}`, or choose another --out"
+                    diagnostics::fail(
+                        &Error::new(
+                            codes::RUN_DIR,
+                            "the directory already holds a run",
+                            format!(
+                                "continue it with `keel run --resume {o}`, or choose another --out"
+                            ),
+                        )
+                        .at(o.clone()),
                     );
                     return ExitCode::from(1);
                 }
@@ -149,7 +159,7 @@ pub fn run(a: Args) -> ExitCode {
     let device = match keel_runtime::default_device() {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("{e}");
+            diagnostics::fail(&e);
             return ExitCode::from(1);
         }
     };
@@ -192,18 +202,13 @@ pub fn run(a: Args) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            if !e.diagnostics.is_empty() {
-                diagnostics::print(
-                    &recipe_path,
-                    &e.diagnostics,
-                    checked.sources(),
-                    crate::ErrorFormat::Human,
-                    color,
-                );
-            }
-            if !e.diagnostics.iter().any(|d| d.code.0 == e.code) {
-                eprintln!("{e}");
-            }
+            diagnostics::fail_with(
+                &e,
+                &recipe_path,
+                checked.sources(),
+                crate::ErrorFormat::Human,
+                color,
+            );
             ExitCode::from(1)
         }
     }

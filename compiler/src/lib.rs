@@ -29,7 +29,7 @@ pub use keel_check::{
 #[cfg(feature = "llvm")]
 pub use keel_host::llvm as host_llvm;
 pub use keel_ir::{
-    CompiledLoss, ExecError, Executor, LogitsPath, Outputs, autodiff, batch, check_memory,
+    CompiledLoss, Error, Executor, LogitsPath, Outputs, autodiff, batch, check_memory,
     compile_host, compile_loss, compile_loss_for, compile_loss_kernel, describe_node, human_bytes,
     interp, ir, lower, ops, synth,
 };
@@ -167,10 +167,9 @@ impl LossProgram {
             _ => batch,
         };
         let prepared = batch::prepare(seen, batch_name, &self.graph, &self.recipe)?;
-        let mut values = exec.run(&self.graph, &prepared).map_err(|e| match e {
-            ExecError::Failed(e) => shape_error(e),
-            ExecError::TooLarge { message, help } => self.error(codes::TOO_LARGE, message, &help),
-        })?;
+        let mut values = exec
+            .run(&self.graph, &prepared)
+            .map_err(|e| self.error(e.code, e.message, &e.help))?;
         let d_logits = match (&kernel, &fwd) {
             (Some(k), Some(f)) => Some(batch::Values::F32(k.d_logits(f, &values))),
             _ => values.remove("d_logits"),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{RunError, codes};
+use crate::error::{Error, codes};
 use crate::model::Weights;
 
 /// Everything but the tensors. Floats are stored as their bit patterns so a
@@ -45,8 +45,8 @@ pub fn unbits(x: u64) -> f64 {
     f64::from_bits(x)
 }
 
-fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> RunError {
-    RunError::new(
+fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::new(
         codes::CHECKPOINT,
         format!("cannot {what} `{}`: {e}", path.display()),
         "check that the run directory is writable and the disk is not full",
@@ -55,14 +55,14 @@ fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> RunError {
 }
 
 /// Write bytes to `path` and fsync them.
-pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let mut f = fs::File::create(path).map_err(|e| io_err("create", path, e))?;
     f.write_all(bytes).map_err(|e| io_err("write", path, e))?;
     f.sync_all().map_err(|e| io_err("sync", path, e))
 }
 
 /// Write `contents` to `path` atomically (temporary file, fsync, rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
     write_synced(&tmp, bytes)?;
     fs::rename(&tmp, path).map_err(|e| io_err("rename into", path, e))?;
@@ -76,7 +76,7 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-pub fn weights_to_bytes(sets: &[(&str, &Weights)]) -> Result<Vec<u8>, RunError> {
+pub fn weights_to_bytes(sets: &[(&str, &Weights)]) -> Result<Vec<u8>, Error> {
     let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (prefix, w) in sets {
         for ((name, shape), data) in w.names.iter().zip(&w.shapes).zip(&w.data) {
@@ -95,7 +95,7 @@ pub fn weights_to_bytes(sets: &[(&str, &Weights)]) -> Result<Vec<u8>, RunError> 
             TensorView::new(Dtype::F32, s.clone(), b)
                 .map(|v| (n.clone(), v))
                 .map_err(|e| {
-                    RunError::new(
+                    Error::new(
                         codes::CHECKPOINT,
                         format!("cannot encode `{n}`: {e}"),
                         "this is a runtime bug; please report it",
@@ -104,7 +104,7 @@ pub fn weights_to_bytes(sets: &[(&str, &Weights)]) -> Result<Vec<u8>, RunError> 
         })
         .collect::<Result<_, _>>()?;
     safetensors::serialize(views, &None).map_err(|e| {
-        RunError::new(
+        Error::new(
             codes::CHECKPOINT,
             format!("cannot encode weights: {e}"),
             "this is a runtime bug; please report it",
@@ -118,9 +118,9 @@ pub fn weights_from_bytes(
     prefix: &str,
     like: &Weights,
     path: &Path,
-) -> Result<Weights, RunError> {
+) -> Result<Weights, Error> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| {
-        RunError::new(
+        Error::new(
             codes::WEIGHTS,
             format!("not a safetensors file: {e}"),
             "pass a file written by `keel run` or another safetensors writer",
@@ -135,7 +135,7 @@ pub fn weights_from_bytes(
             format!("{prefix}.{name}")
         };
         let t = st.tensor(&full).map_err(|_| {
-            RunError::new(
+            Error::new(
                 codes::WEIGHTS,
                 format!("the file has no tensor `{full}`"),
                 "the weights must come from a model with the same `model` settings (d_model, layers, heads, vocabulary)",
@@ -143,7 +143,7 @@ pub fn weights_from_bytes(
             .at(path.display().to_string())
         })?;
         if t.shape() != shape.as_slice() || t.dtype() != Dtype::F32 {
-            return Err(RunError::new(
+            return Err(Error::new(
                 codes::WEIGHTS,
                 format!("tensor `{full}` is {:?} {:?}, expected F32 {:?}", t.dtype(), t.shape(), shape),
                 "the weights must come from a model with the same `model` settings (d_model, layers, heads, vocabulary)",
@@ -176,7 +176,7 @@ pub fn dir_name(step: u64) -> String {
 }
 
 /// Save into `root/step-NNNNNNN/` and keep only the newest `keep`.
-pub fn save(root: &Path, ck: &Checkpoint, keep: usize) -> Result<PathBuf, RunError> {
+pub fn save(root: &Path, ck: &Checkpoint, keep: usize) -> Result<PathBuf, Error> {
     fs::create_dir_all(root).map_err(|e| io_err("create", root, e))?;
     let name = dir_name(ck.state.step);
     let tmp = root.join(format!(".tmp-{name}"));
@@ -221,13 +221,13 @@ pub fn list(root: &Path) -> Vec<(u64, PathBuf)> {
     out
 }
 
-pub fn load(dir: &Path, like: &Weights) -> Result<Checkpoint, RunError> {
+pub fn load(dir: &Path, like: &Weights) -> Result<Checkpoint, Error> {
     let read = |f: &str| {
         let p = dir.join(f);
         fs::read(&p).map_err(|e| io_err("read", &p, e))
     };
     let state: TrainState = serde_json::from_slice(&read("state.json")?).map_err(|e| {
-        RunError::new(
+        Error::new(
             codes::CHECKPOINT,
             format!("damaged checkpoint state: {e}"),
             "resume from an older checkpoint or start a new run",

@@ -13,7 +13,7 @@ use keel_compiler::interp::{self, Env, Shape};
 use keel_compiler::ir::{Graph, NodeId, Op};
 use keel_compiler::{Checked, lower};
 
-use crate::error::{RunError, codes};
+use crate::error::{Error, codes};
 
 pub struct HostProgram {
     graph: Graph,
@@ -44,9 +44,9 @@ impl HostProgram {
         checked: &Checked,
         index: usize,
         params: &HashMap<String, f64>,
-    ) -> Result<HostProgram, RunError> {
+    ) -> Result<HostProgram, Error> {
         let fail = |m: String| {
-            RunError::new(
+            Error::new(
                 codes::LOSS_PROGRAM,
                 format!("the recipe's host program cannot be compiled: {m}"),
                 "this is a compiler bug if `keel check` accepts the recipe; please report it",
@@ -80,14 +80,14 @@ impl HostProgram {
         self.reward.is_some()
     }
 
-    fn device_values(&self, batch: &BatchView) -> Result<Vec<Vec<f64>>, RunError> {
+    fn device_values(&self, batch: &BatchView) -> Result<Vec<Vec<f64>>, Error> {
         let env = Env {
             shape: batch.shape.clone(),
             mask: batch.mask,
             inputs: batch.inputs,
         };
         interp::run(&self.graph, &env).map_err(|e| {
-            RunError::new(
+            Error::new(
                 codes::LOSS_PROGRAM,
                 format!("a batch statistic of the host program failed: {}", e.0),
                 "check that the recipe's inputs are produced by the runtime (docs/runtime.md)",
@@ -96,7 +96,7 @@ impl HostProgram {
     }
 
     /// The value of every scalar (`optimizer.lr`, `guard.NAME`, `state.X`, …).
-    pub fn scalars(&self, batch: &BatchView) -> Result<HashMap<String, f64>, RunError> {
+    pub fn scalars(&self, batch: &BatchView) -> Result<HashMap<String, f64>, Error> {
         let needs_device = self
             .scalar
             .inputs
@@ -131,7 +131,7 @@ impl HostProgram {
     }
 
     /// The reward of every sample, or `None` when the recipe has no `reward`.
-    pub fn reward(&self, batch: &BatchView) -> Result<Option<Vec<f64>>, RunError> {
+    pub fn reward(&self, batch: &BatchView) -> Result<Option<Vec<f64>>, Error> {
         match &self.reward {
             None => Ok(None),
             Some(RewardFn::Device(r)) => Ok(self.device_values(batch)?.get(*r).cloned()),
@@ -174,7 +174,7 @@ impl HostProgram {
                     }));
                 }
                 f.call(&refs, &scal).map(Some).map_err(|e| {
-                    RunError::new(
+                    Error::new(
                         codes::LOSS_PROGRAM,
                         format!("reward program: {e}"),
                         "this is a runtime bug; please report it",

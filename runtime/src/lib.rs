@@ -17,16 +17,16 @@ pub mod tasks;
 pub mod tokenizer;
 pub mod train;
 
-pub use error::RunError;
+pub use error::Error;
 pub mod report;
 
 /// The device a run uses: burn's Flex CPU backend with autodiff, or with the
 /// `cuda` feature the first CUDA GPU (unless `KEEL_DEVICE=cpu`). A CUDA build
 /// without a usable GPU is an error (E0708) that says how to use the CPU.
-pub fn default_device() -> Result<burn::tensor::Device, RunError> {
+pub fn default_device() -> Result<burn::tensor::Device, Error> {
     let want = std::env::var("KEEL_DEVICE").unwrap_or_default();
     if !want.is_empty() && want != "cpu" && want != "cuda" {
-        return Err(RunError::new(
+        return Err(Error::new(
             error::codes::DEVICE,
             format!("KEEL_DEVICE={want} names no device"),
             "use KEEL_DEVICE=cpu or KEEL_DEVICE=cuda (a build with `--features cuda`)",
@@ -41,7 +41,7 @@ pub fn default_device() -> Result<burn::tensor::Device, RunError> {
     #[cfg(not(feature = "cuda"))]
     {
         if want == "cuda" {
-            return Err(RunError::new(
+            return Err(Error::new(
                 error::codes::DEVICE,
                 "this keel was built without CUDA",
                 "build with `cargo build --release -p keel-cli --features cuda` (see docs/runtime.md), or unset KEEL_DEVICE",
@@ -52,7 +52,7 @@ pub fn default_device() -> Result<burn::tensor::Device, RunError> {
 }
 
 #[cfg(feature = "cuda")]
-fn cuda_device() -> Result<burn::tensor::Device, RunError> {
+fn cuda_device() -> Result<burn::tensor::Device, Error> {
     // The CUDA runtime panics when no driver or GPU answers; probe once with
     // the panic message silenced and turn a failure into an error.
     let hook = std::panic::take_hook();
@@ -70,7 +70,7 @@ fn cuda_device() -> Result<burn::tensor::Device, RunError> {
             .cloned()
             .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "the CUDA runtime failed to start".into());
-        RunError::new(
+        Error::new(
             error::codes::DEVICE,
             format!("no usable CUDA device: {why}"),
             "check `nvidia-smi` and that libcuda and libnvrtc are on LD_LIBRARY_PATH, or run on the CPU with KEEL_DEVICE=cpu",

@@ -11,7 +11,7 @@
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use crate::error::{RunError, codes};
+use crate::error::{Error, codes};
 use crate::rng::Rng;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -26,12 +26,12 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    pub fn validate(&self) -> Result<(), RunError> {
+    pub fn validate(&self) -> Result<(), Error> {
         if self.heads == 0
             || !self.d_model.is_multiple_of(self.heads)
             || !(self.d_model / self.heads).is_multiple_of(2)
         {
-            return Err(RunError::new(
+            return Err(Error::new(
                 codes::MODEL_SETTING,
                 format!(
                     "model.d_model = {} is not a multiple of 2 × model.heads = {}",

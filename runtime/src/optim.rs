@@ -1,9 +1,9 @@
 //! AdamW (decoupled weight decay) and global gradient-norm clipping over the
 //! policy's flat weight list. Its state is plain tensors, saved in checkpoints.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Gradients, Tensor};
 
-use crate::model::{Weights, to_vec};
+use crate::model::{Policy, Weights, to_vec};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWConfig {
@@ -85,4 +85,36 @@ pub fn clip(grads: Vec<Tensor<2>>, norm: f64, max_norm: f64) -> Vec<Tensor<2>> {
     }
     let s = max_norm / (norm + 1e-6);
     grads.into_iter().map(|g| g.mul_scalar(s)).collect()
+}
+
+/// One AdamW step on `policy` from a backward pass: the gradients' global L2
+/// norm, clipped to `max_norm`, then the update at `lr`. The warm start and
+/// the RL update both take this step. Returns the norm before clipping;
+/// when it is not finite the policy and the optimizer are left as they are
+/// and `None` comes back (the caller skips the step).
+pub fn clipped_step(
+    policy: &mut Policy,
+    opt: &mut AdamW,
+    grads: &Gradients,
+    max_norm: f64,
+    lr: f64,
+) -> Option<f64> {
+    let dev = policy.device.clone();
+    let gs: Vec<Tensor<2>> = policy
+        .params
+        .iter()
+        .map(|p| {
+            p.grad(grads)
+                .unwrap_or_else(|| Tensor::zeros(p.dims(), &dev))
+        })
+        .collect();
+    let norm = global_norm(&gs);
+    if !norm.is_finite() {
+        return None;
+    }
+    let gs = clip(gs, norm, max_norm);
+    let mut params: Vec<Tensor<2>> = policy.params.iter().map(|p| p.clone().detach()).collect();
+    opt.step(&mut params, &gs, lr);
+    policy.params = params;
+    Some(norm)
 }

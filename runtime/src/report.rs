@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::error::{RunError, codes};
+use crate::error::{Error, codes};
 
 /// The metrics plotted, in order: (key or key prefix, title).
 const PLOTS: &[(&str, &str)] = &[
@@ -25,10 +25,10 @@ const PLOTS: &[(&str, &str)] = &[
 
 const COLORS: &[&str] = &["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
 
-pub fn write(run_dir: &Path) -> Result<PathBuf, RunError> {
+pub fn write(run_dir: &Path) -> Result<PathBuf, Error> {
     let path = run_dir.join("metrics.jsonl");
     let text = std::fs::read_to_string(&path).map_err(|e| {
-        RunError::new(
+        Error::new(
             codes::CHECKPOINT,
             format!("cannot read `{}`: {e}", path.display()),
             "`keel report` takes a directory written by `keel run`",
@@ -38,7 +38,7 @@ pub fn write(run_dir: &Path) -> Result<PathBuf, RunError> {
     let mut rows = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let v: Value = serde_json::from_str(line).map_err(|e| {
-            RunError::new(codes::CHECKPOINT, format!("damaged metrics line: {e}"), "the file is written by `keel run`; a run killed mid-write can be resumed with `keel run --resume`")
+            Error::new(codes::CHECKPOINT, format!("damaged metrics line: {e}"), "the file is written by `keel run`; a run killed mid-write can be resumed with `keel run --resume`")
                 .at(format!("{}:{}", path.display(), n + 1))
         })?;
         rows.push(v);

@@ -2,7 +2,7 @@
 //! (a pure function of the seed and the problem index), and JSONL files with a
 //! verifier.
 
-use crate::error::{RunError, codes};
+use crate::error::{Error, codes};
 use crate::rng::Rng;
 
 /// One problem.
@@ -377,7 +377,7 @@ impl Expr<'_> {
 
 /// Read a JSONL file of `{"prompt": ..., "answer": ...}` records (an optional
 /// `"solution"` is the warm-start target; the answer otherwise).
-pub fn load_jsonl(path: &str, text: &str) -> Result<Vec<Problem>, RunError> {
+pub fn load_jsonl(path: &str, text: &str) -> Result<Vec<Problem>, Error> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let at = format!("{path}:{}", n + 1);
@@ -385,19 +385,19 @@ pub fn load_jsonl(path: &str, text: &str) -> Result<Vec<Problem>, RunError> {
             continue;
         }
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
-            RunError::new(
+            Error::new(
                 codes::DATA_RECORD,
                 format!("line is not JSON: {e}"),
                 "each line must be one JSON object such as {\"prompt\": \"2+2=\", \"answer\": \"4\"}",
             )
             .at(at.clone())
         })?;
-        let field = |name: &str| -> Result<Option<String>, RunError> {
+        let field = |name: &str| -> Result<Option<String>, Error> {
             match v.get(name) {
                 None | Some(serde_json::Value::Null) => Ok(None),
                 Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
                 Some(serde_json::Value::Number(x)) => Ok(Some(x.to_string())),
-                Some(other) => Err(RunError::new(
+                Some(other) => Err(Error::new(
                     codes::DATA_RECORD,
                     format!("field `{name}` must be a string, found {other}"),
                     format!("write `\"{name}\": \"...\"`"),
@@ -406,7 +406,7 @@ pub fn load_jsonl(path: &str, text: &str) -> Result<Vec<Problem>, RunError> {
             }
         };
         if !v.is_object() {
-            return Err(RunError::new(
+            return Err(Error::new(
                 codes::DATA_RECORD,
                 "line is not a JSON object",
                 "each line must be one JSON object such as {\"prompt\": \"2+2=\", \"answer\": \"4\"}",
@@ -414,7 +414,7 @@ pub fn load_jsonl(path: &str, text: &str) -> Result<Vec<Problem>, RunError> {
             .at(at));
         }
         let prompt = field("prompt")?.ok_or_else(|| {
-            RunError::new(
+            Error::new(
                 codes::DATA_RECORD,
                 "record has no `prompt` field",
                 "add `\"prompt\": \"...\"` to the record",
@@ -422,7 +422,7 @@ pub fn load_jsonl(path: &str, text: &str) -> Result<Vec<Problem>, RunError> {
             .at(at.clone())
         })?;
         let answer = field("answer")?.ok_or_else(|| {
-            RunError::new(
+            Error::new(
                 codes::DATA_RECORD,
                 "record has no `answer` field",
                 "add `\"answer\": \"...\"` to the record",
@@ -439,7 +439,7 @@ pub fn load_jsonl(path: &str, text: &str) -> Result<Vec<Problem>, RunError> {
         });
     }
     if out.is_empty() {
-        return Err(RunError::new(
+        return Err(Error::new(
             codes::DATA_RECORD,
             "the file has no records",
             "add one JSON object per line with `prompt` and `answer` fields",

@@ -12,14 +12,12 @@ use std::time::Instant;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use keel_compiler::batch::{self, Batch, Values};
-use keel_compiler::{
-    Checked, Diagnostic, ExecError, Executor, LogitsPath, LossOutput, LossProgram, logits,
-};
-use keel_compiler::{GuardAction as Action, GuardOp};
+use keel_compiler::{Checked, Diagnostic, Executor, LogitsPath, LossOutput, LossProgram, logits};
+use keel_compiler::{CheckedGuard, GuardAction as Action, GuardOp};
 use serde_json::{Map, Value, json};
 
 use crate::checkpoint::{self, Checkpoint, TrainState, bits, unbits};
-use crate::error::{Result, RunError, codes};
+use crate::error::{Error, Result, codes};
 use crate::hostprog::{BatchView, HostProgram, params_of, set_params};
 use crate::model::{ModelConfig, Policy, Weights, to_vec};
 use crate::optim::{self, AdamW, AdamWConfig};
@@ -98,7 +96,7 @@ struct RunConfig {
 fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
     let s = Settings { checked, index };
     let recipe = checked.recipes.get(index).ok_or_else(|| {
-        RunError::new(
+        Error::new(
             codes::LOSS_PROGRAM,
             "no recipe to run",
             "name a recipe with --recipe",
@@ -107,7 +105,7 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
     let tok_path = s.sym("task", "tokenizer");
     let tok = match &tok_path {
         Some(path) => Tokenizer::from_file(path).map_err(|e| {
-            RunError::new(
+            Error::new(
                 codes::TASK_SETTING,
                 format!("cannot load the tokenizer `{path}`: {e}"),
                 "`task.tokenizer` names a Hugging Face tokenizer.json with an end-of-sequence token",
@@ -139,7 +137,7 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
         ),
         "jsonl" => {
             let Some(path) = s.sym("task", "path") else {
-                let mut e = RunError::new(
+                let mut e = Error::new(
                     codes::TASK_SETTING,
                     "task `jsonl` needs `task.path`",
                     "add `task { name = jsonl, path = \"data.jsonl\" }`",
@@ -149,7 +147,7 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
                 return Err(e);
             };
             let text = fs::read_to_string(&path).map_err(|e| {
-                RunError::new(
+                Error::new(
                     codes::DATA_UNREADABLE,
                     format!("cannot read `{path}`: {e}"),
                     "check the path in `task.path` (relative to the working directory)",
@@ -159,7 +157,7 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
             let problems = tasks::load_jsonl(&path, &text)?;
             for (k, p) in problems.iter().enumerate() {
                 if let Err(c) = tok.encode(&p.prompt).and(tok.encode(&p.solution)) {
-                    return Err(RunError::new(
+                    return Err(Error::new(
                         codes::TASK_SETTING,
                         c,
                         "use ASCII digits, letters and punctuation, remove the character, or set `task.tokenizer` to a tokenizer.json",
@@ -175,7 +173,7 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
                         .map(|p| p.answer.clone())
                         .unwrap_or_default();
                     Verifier::Regex(regex::Regex::new(&pat).map_err(|e| {
-                        RunError::new(
+                        Error::new(
                             codes::TASK_SETTING,
                             format!("the answer of the first record is not a regex: {e}"),
                             "with `verifier = regex` every answer is a regular expression",
@@ -221,18 +219,14 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
             .saturating_mul(model.context)
             .saturating_mul(per_position),
     );
-    if let Err(message) = keel_compiler::check_memory(
+    if let Err(e) = keel_compiler::check_memory(
         "the model and one training step",
         need,
         keel_compiler::available_memory(),
+        "lower `rollout.prompts` or `rollout.group` (or raise `rollout.minibatches`), or the model's size and context; KEEL_MEMORY_LIMIT=BYTES sets the limit",
     ) {
-        let mut e = RunError::new(
-            codes::TOO_LARGE,
-            message,
-            "lower `rollout.prompts` or `rollout.group` (or raise `rollout.minibatches`), or the model's size and context; KEEL_MEMORY_LIMIT=BYTES sets the limit",
-        );
-        e.diagnostics = located(checked, index, "rollout", "prompts", &e);
-        return Err(e);
+        let diagnostics = located(checked, index, "rollout", "prompts", &e);
+        return Err(e.with_diagnostics(diagnostics));
     }
     Ok(RunConfig {
         tok,
@@ -281,7 +275,7 @@ fn located(
     index: usize,
     section: &str,
     key: &str,
-    e: &RunError,
+    e: &Error,
 ) -> Vec<Diagnostic> {
     let Some(r) = checked.recipes.get(index) else {
         return Vec::new();
@@ -292,7 +286,7 @@ fn located(
         .unwrap_or((r.file, r.name_span));
     vec![
         Diagnostic::error(
-            keel_compiler::codes::Code(e.code),
+            e.code,
             e.message.clone(),
             keel_compiler::Label::new(file, span, format!("`{section}.{key}`")),
         )
@@ -324,19 +318,10 @@ struct Loss {
     exec: keel_compiler::kernel::Cpu,
 }
 
-/// The kernel plan failed to plan or run a program the checker accepted.
-fn plan_error(e: ExecError) -> RunError {
-    RunError::new(
-        codes::LOSS_PROGRAM,
-        e.to_string(),
-        "this is a compiler bug; please report it",
-    )
-}
-
 impl Loss {
     fn compile(checked: &Checked, index: usize, has_ref: bool) -> Result<Loss> {
         let recipe = checked.recipes.get(index).ok_or_else(|| {
-            RunError::new(
+            Error::new(
                 codes::LOSS_PROGRAM,
                 "no recipe",
                 "name a recipe with --recipe",
@@ -362,14 +347,14 @@ impl Loss {
             "the values of one step's loss",
             "lower `rollout.prompts`, `rollout.group` or `rollout.max_tokens`; KEEL_MEMORY_LIMIT=BYTES sets the limit",
         );
-        exec.prepare(&program.graph).map_err(plan_error)?;
+        exec.prepare(&program.graph)?;
         Ok(Loss { program, exec })
     }
 
     /// New hyperparameter values: the graph's and the plan's.
     fn set_params(&mut self, params: &HashMap<String, f64>) -> Result<()> {
         set_params(&mut self.program.graph, params);
-        self.exec.prepare(&self.program.graph).map_err(plan_error)
+        self.exec.prepare(&self.program.graph)
     }
 
     /// (loss, gradients, metrics) on the loss batch of some rollouts
@@ -380,7 +365,7 @@ impl Loss {
             .program
             .run(&mut self.exec, batch, "rollout batch")
             .map_err(|d| match d.first() {
-                Some(e) if e.code == keel_compiler::codes::TOO_LARGE => RunError::new(
+                Some(e) if e.code == keel_compiler::codes::TOO_LARGE => Error::new(
                     codes::TOO_LARGE,
                     e.message.clone(),
                     e.help.clone().unwrap_or_default(),
@@ -392,9 +377,9 @@ impl Loss {
     }
 }
 
-fn diag_error(d: Vec<Diagnostic>, what: &str) -> RunError {
+fn diag_error(d: Vec<Diagnostic>, what: &str) -> Error {
     let first = d.first().map(|x| x.message.clone()).unwrap_or_default();
-    let mut e = RunError::new(
+    let mut e = Error::new(
         codes::LOSS_PROGRAM,
         format!("{what}: {first}"),
         "see the located errors above; `docs/runtime.md` lists the inputs the runtime provides",
@@ -617,20 +602,8 @@ fn warm_start(setup: &RunConfig, policy: &mut Policy, tok: &Tokenizer, progress:
         let n: f32 = w.iter().sum();
         let wt = Tensor::<2>::from_data(TensorData::new(w, [b, t]), &dev);
         let loss = (picked * wt).sum().div_scalar(-n.max(1.0));
-        let grads = loss.backward();
-        let gs: Vec<Tensor<2>> = policy
-            .params
-            .iter()
-            .map(|p| {
-                p.grad(&grads)
-                    .unwrap_or_else(|| Tensor::zeros(p.dims(), &dev))
-            })
-            .collect();
-        let norm = optim::global_norm(&gs);
-        let gs = optim::clip(gs, norm, 1.0);
-        let mut params: Vec<Tensor<2>> = policy.params.iter().map(|p| p.clone().detach()).collect();
-        opt.step(&mut params, &gs, setup.warm_lr);
-        policy.params = params;
+        // A non-finite gradient norm leaves the weights as they are.
+        let _ = optim::clipped_step(policy, &mut opt, &loss.backward(), 1.0, setup.warm_lr);
         progress(step + 1);
     }
     policy.params = policy.params.iter().map(|p| p.clone().detach()).collect();
@@ -689,317 +662,429 @@ pub struct RunFile {
     pub fingerprint: String,
 }
 
-/// Run (or resume) a recipe.
+/// Run (or resume) a recipe: set up (the programs, the warm start, the
+/// state), evaluate after the warm start, then one [`Trainer::step`] per
+/// step, and write the final weights.
 pub fn run(
     checked: &Checked,
     index: usize,
     run_file: RunFile,
     opts: &RunOptions,
 ) -> Result<Summary> {
-    let setup = run_config(checked, index)?;
-    let tok = &setup.tok;
-    let dev = opts.device.clone();
-    let out = &opts.out;
-    let ck_dir = out.join("checkpoints");
-    let metrics_path = out.join("metrics.jsonl");
-    let io = |what: &str, p: &Path, e: std::io::Error| {
-        RunError::new(
-            codes::CHECKPOINT,
-            format!("cannot {what} `{}`: {e}", p.display()),
-            "check that the run directory is writable",
-        )
-        .at(p.display().to_string())
-    };
-    fs::create_dir_all(out).map_err(|e| io("create", out, e))?;
-    let run_path = out.join("run.json");
-    if !opts.resume {
-        let json = serde_json::to_vec_pretty(&run_file).map_err(|e| {
-            RunError::new(codes::CHECKPOINT, e.to_string(), "this is a runtime bug")
-        })?;
-        checkpoint::write_atomic(&run_path, &json)?;
+    let mut t = Trainer::start(checked, index, run_file, opts)?;
+    t.evaluate_warm_start()?;
+    let bar = bar(opts, t.setup.steps, "RL");
+    bar.set_position(t.st.step);
+    let rl_start = Instant::now();
+    let mut stop = false;
+    while t.st.step < t.setup.steps && !stop {
+        stop = t.step(&bar)?;
     }
-    let mut summary = Summary::default();
-    let say = |line: &str| {
-        if !opts.quiet {
-            eprintln!("{line}");
-        }
-    };
+    bar.finish_and_clear();
+    t.summary.steps = t.st.step;
+    t.summary.rl_s = rl_start.elapsed().as_secs_f64();
+    checkpoint::write_atomic(
+        &opts.out.join("final.safetensors"),
+        &checkpoint::weights_to_bytes(&[("", &t.policy.weights())])?,
+    )?;
+    Ok(t.summary)
+}
 
-    // ---- the loss and host programs -------------------------------------
-    let mut loss = Loss::compile(checked, index, setup.reads_ref)?;
-    let base_params = params_of(&loss.program.graph);
-    // A dry run on a one-token batch: an input the runtime does not produce
-    // is reported now, not after the warm start.
-    {
-        let dry = Rollouts {
-            prompts: vec![vec![tok.bos()]],
-            responses: vec![vec![tok.eos()]],
-            old_logp: vec![vec![0.0]],
-            entropy: vec![vec![0.0]],
-            old_logits: vec![vec![0.0; setup.model.vocab]],
-            vocab: setup.model.vocab,
-            ref_logp: setup.reads_ref.then(|| vec![vec![0.0]]),
-            group: vec![0],
-            verdicts: vec![Default::default()],
-            truncated: vec![false],
-            source: vec![0.0],
-            difficulty: vec![0.0],
-        };
-        let v = setup.model.vocab;
-        let si = StepInputs {
-            step: 1.0,
-            total_steps: setup.steps as f64,
-            epoch: 0.0,
-        };
-        if let Err(e) = loss.run(&dry.loss_batch(Some(vec![0.0f32; v]), v, si))
-            && !e.diagnostics.is_empty()
-        {
-            return Err(e);
-        }
-    }
-    let guards = checked
-        .recipes
-        .get(index)
-        .map(|r| r.guards.clone())
-        .unwrap_or_default();
-
-    // ---- warm start (cached by recipe model/task settings and seed) ------
-    let seeded = Weights::init(&setup.model);
-    let init = match &setup.init_path {
-        Some(p) => {
-            let path = PathBuf::from(p);
-            let bytes = fs::read(&path).map_err(|e| {
-                RunError::new(codes::WEIGHTS, format!("cannot read `{p}`: {e}"), "`model.init` names a safetensors file of weights, such as RUN_DIR/final.safetensors of an earlier run").at(p.clone())
-            })?;
-            checkpoint::weights_from_bytes(&bytes, "", &seeded, &path)?
-        }
-        None => seeded,
-    };
-    let init_hash = fnv(&init
-        .data
-        .iter()
-        .flatten()
-        .flat_map(|x| x.to_le_bytes())
-        .collect::<Vec<u8>>());
-    let key = fnv(format!(
-        "{:?}|{}|{}|{}|{}|{:?}|{init_hash:x}",
-        setup.model, setup.task_desc, setup.warm_steps, setup.warm_lr, setup.warm_batch, setup.adam
+/// An IO error on the run directory or the cache.
+fn io_error(what: &str, p: &Path, e: std::io::Error) -> Error {
+    Error::new(
+        codes::CHECKPOINT,
+        format!("cannot {what} `{}`: {e}", p.display()),
+        "check that the run directory is writable",
     )
-    .as_bytes());
-    let cache_file = opts.cache.join(format!("warmstart-{key:016x}.safetensors"));
-    let t0 = Instant::now();
-    let warm = if setup.warm_steps == 0 {
-        init.clone()
-    } else if let Some(w) = fs::read(&cache_file)
-        .ok()
-        .and_then(|b| checkpoint::weights_from_bytes(&b, "", &init, &cache_file).ok())
-    {
-        say(&format!("warm start: reusing {}", cache_file.display()));
-        w
-    } else {
-        let mut policy = Policy::new(setup.model.clone(), &init, &dev);
-        let bar = bar(opts, setup.warm_steps, "warm start");
-        warm_start(&setup, &mut policy, tok, &|s| bar.set_position(s));
-        bar.finish_and_clear();
-        let w = policy.weights();
-        fs::create_dir_all(&opts.cache).map_err(|e| io("create", &opts.cache, e))?;
-        checkpoint::write_atomic(&cache_file, &checkpoint::weights_to_bytes(&[("", &w)])?)?;
-        w
-    };
-    summary.warm_s = t0.elapsed().as_secs_f64();
-    let reference = Policy::new(setup.model.clone(), &warm, &dev).detached();
-    // Rehearsal samples (DPH-RL, retain sets): correct responses of the
-    // initial policy, sampled once from their own problem stream.
-    let rehearsal = if setup.reads_source {
-        let problems: Vec<Problem> = (0..(4 * setup.prompts) as u64)
-            .map(|i| setup.task.problem(REHEARSAL_STREAM, i))
-            .collect();
-        let mut rng = Rng::derive(setup.seed, REHEARSAL_STREAM, 0);
-        let cfg = SampleConfig {
-            temperature: 1.0,
-            top_p: setup.top_p,
-            max_tokens: setup.model.context / 2,
-            eos: tok.eos(),
-            keep_logits: setup.reads_old_logits,
-        };
-        let pool = rollouts(
-            &reference,
-            &setup.task,
-            &problems,
-            setup.group,
-            cfg,
-            &mut rng,
-            tok,
-        );
-        let rows: Vec<usize> = (0..pool.len())
-            .filter(|&i| pool.verdicts[i].correct)
-            .collect();
-        say(&format!(
-            "rehearsal pool: {} correct responses of the initial policy",
-            rows.len()
-        ));
-        Some(pool.select_rows(&rows))
-    } else {
-        None
-    };
+    .at(p.display().to_string())
+}
 
-    // ---- state: fresh or from the newest checkpoint -----------------------
-    let mut policy = Policy::new(setup.model.clone(), &warm, &dev);
-    let mut opt = AdamW::new(setup.adam, &policy.params, &dev);
-    let mut st = TrainState {
-        rng: Rng::new(setup.seed ^ 0xA11CE).0,
-        pass_counts: vec![(0, 0); 4],
-        ..Default::default()
-    };
-    for (name, v) in &base_params {
-        if let Some(s) = name.strip_prefix("state.") {
-            st.host_state.insert(s.to_string(), bits(*v));
-        }
+/// The hyperparameter values now: the recipe's, guard overrides, and the
+/// recipe's state.
+fn current_params(base: &HashMap<String, f64>, st: &TrainState) -> HashMap<String, f64> {
+    let mut p = base.clone();
+    for (k, v) in &st.overrides {
+        p.insert(k.clone(), unbits(*v));
     }
-    if opts.resume {
-        let Some((_, dir)) = checkpoint::list(&ck_dir).pop() else {
-            return Err(RunError::new(
-                codes::CHECKPOINT,
-                format!("`{}` has no checkpoint to resume from", out.display()),
-                "start the run again without --resume",
-            )
-            .at(out.display().to_string()));
-        };
-        let ck = checkpoint::load(&dir, &init)?;
-        policy = Policy::new(setup.model.clone(), &ck.weights, &dev);
-        opt.load(&ck.m, &ck.v, ck.state.adam_t, &dev);
-        st = ck.state;
-        truncate_lines(&metrics_path, st.metrics_lines)?;
-        say(&format!("resuming {} at step {}", out.display(), st.step));
-    } else {
-        let _ = fs::remove_file(&metrics_path);
-        let _ = fs::remove_dir_all(&ck_dir);
+    for (k, v) in &st.host_state {
+        p.insert(format!("state.{k}"), unbits(*v));
     }
-    let mut metrics_file = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| io("open", &metrics_path, e))?;
+    p
+}
 
-    // Current hyperparameter values: the recipe's, guard overrides, state.
-    let current_params = |st: &TrainState| -> HashMap<String, f64> {
-        let mut p = base_params.clone();
-        for (k, v) in &st.overrides {
-            p.insert(k.clone(), unbits(*v));
-        }
-        for (k, v) in &st.host_state {
-            p.insert(format!("state.{k}"), unbits(*v));
-        }
-        p
-    };
-    let mut host_params = current_params(&st);
-    let mut host = HostProgram::compile(checked, index, &host_params)?;
+/// What the schedules say for one step, after guard adjustments.
+struct Knobs {
+    scalars: HashMap<String, f64>,
+    lr: f64,
+    temperature: f64,
+    max_tokens: usize,
+    grad_clip: f64,
+    max_difficulty: Option<f64>,
+}
 
-    let save = |st: &TrainState, policy: &Policy, opt: &AdamW| -> Result<PathBuf> {
-        let (m, v) = opt.state(&policy.names, &policy.shapes);
+/// What the guards decided for one step.
+#[derive(Default)]
+struct Decision {
+    skip: bool,
+    rollback: Option<u64>,
+    stop: bool,
+}
+
+/// One step's line of `metrics.jsonl` and the events it reports.
+struct StepLog {
+    line: Map<String, Value>,
+    events: Vec<String>,
+}
+
+/// A run in progress: what [`Trainer::start`] sets up once, and the state
+/// each step reads and updates.
+struct Trainer<'a> {
+    checked: &'a Checked,
+    index: usize,
+    opts: &'a RunOptions,
+    setup: RunConfig,
+    /// The recipe's hyperparameters as written (`--set` included).
+    base_params: HashMap<String, f64>,
+    /// The values the host program and the loss were last compiled with.
+    host_params: HashMap<String, f64>,
+    loss: Loss,
+    host: HostProgram,
+    guards: Vec<CheckedGuard>,
+    /// The weights before the warm start (checkpoints are read against them).
+    init: Weights,
+    /// The frozen policy after the warm start (`ref_logp`, rehearsal).
+    reference: Policy,
+    /// Correct responses of the initial policy, when the recipe reads `source`.
+    rehearsal: Option<Rollouts>,
+    policy: Policy,
+    opt: AdamW,
+    st: TrainState,
+    ck_dir: PathBuf,
+    metrics_path: PathBuf,
+    metrics_file: fs::File,
+    summary: Summary,
+}
+
+impl<'a> Trainer<'a> {
+    /// Everything before the first step: the run directory, the loss and
+    /// host programs (checked on a one-token batch), the warm start, the
+    /// reference policy and rehearsal pool, and the state, fresh or from the
+    /// newest checkpoint.
+    fn start(
+        checked: &'a Checked,
+        index: usize,
+        run_file: RunFile,
+        opts: &'a RunOptions,
+    ) -> Result<Trainer<'a>> {
+        let setup = run_config(checked, index)?;
+        let out = &opts.out;
+        fs::create_dir_all(out).map_err(|e| io_error("create", out, e))?;
+        if !opts.resume {
+            let json = serde_json::to_vec_pretty(&run_file).map_err(|e| {
+                Error::new(codes::CHECKPOINT, e.to_string(), "this is a runtime bug")
+            })?;
+            checkpoint::write_atomic(&out.join("run.json"), &json)?;
+        }
+        let mut loss = Loss::compile(checked, index, setup.reads_ref)?;
+        loss_accepts_the_runtime_batch(&mut loss, &setup)?;
+        let base_params = params_of(&loss.program.graph);
+        let guards = checked
+            .recipes
+            .get(index)
+            .map(|r| r.guards.clone())
+            .unwrap_or_default();
+        let mut summary = Summary::default();
+        let t0 = Instant::now();
+        let (init, warm) = warm_weights(&setup, opts)?;
+        summary.warm_s = t0.elapsed().as_secs_f64();
+        let reference = Policy::new(setup.model.clone(), &warm, &opts.device).detached();
+        let rehearsal = setup
+            .reads_source
+            .then(|| rehearsal_pool(&setup, &reference, opts));
+        let ck_dir = out.join("checkpoints");
+        let metrics_path = out.join("metrics.jsonl");
+        let mut policy = Policy::new(setup.model.clone(), &warm, &opts.device);
+        let mut opt = AdamW::new(setup.adam, &policy.params, &opts.device);
+        let mut st = TrainState {
+            rng: Rng::new(setup.seed ^ 0xA11CE).0,
+            pass_counts: vec![(0, 0); 4],
+            ..Default::default()
+        };
+        for (name, v) in &base_params {
+            if let Some(s) = name.strip_prefix("state.") {
+                st.host_state.insert(s.to_string(), bits(*v));
+            }
+        }
+        if opts.resume {
+            let Some((_, dir)) = checkpoint::list(&ck_dir).pop() else {
+                return Err(Error::new(
+                    codes::CHECKPOINT,
+                    format!("`{}` has no checkpoint to resume from", out.display()),
+                    "start the run again without --resume",
+                )
+                .at(out.display().to_string()));
+            };
+            let ck = checkpoint::load(&dir, &init)?;
+            policy = Policy::new(setup.model.clone(), &ck.weights, &opts.device);
+            opt.load(&ck.m, &ck.v, ck.state.adam_t, &opts.device);
+            st = ck.state;
+            truncate_lines(&metrics_path, st.metrics_lines)?;
+            say(
+                opts,
+                &format!("resuming {} at step {}", out.display(), st.step),
+            );
+        } else {
+            let _ = fs::remove_file(&metrics_path);
+            let _ = fs::remove_dir_all(&ck_dir);
+        }
+        let metrics_file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(|e| io_error("open", &metrics_path, e))?;
+        let host_params = current_params(&base_params, &st);
+        let host = HostProgram::compile(checked, index, &host_params)?;
+        Ok(Trainer {
+            checked,
+            index,
+            opts,
+            setup,
+            base_params,
+            host_params,
+            loss,
+            host,
+            guards,
+            init,
+            reference,
+            rehearsal,
+            policy,
+            opt,
+            st,
+            ck_dir,
+            metrics_path,
+            metrics_file,
+            summary,
+        })
+    }
+
+    fn save(&self) -> Result<PathBuf> {
+        let (m, v) = self.opt.state(&self.policy.names, &self.policy.shapes);
         checkpoint::save(
-            &ck_dir,
+            &self.ck_dir,
             &Checkpoint {
-                state: st.clone(),
-                weights: policy.weights(),
+                state: self.st.clone(),
+                weights: self.policy.weights(),
                 m,
                 v,
             },
-            setup.ck_keep,
+            self.setup.ck_keep,
         )
-    };
+    }
 
-    // Evaluation before RL (after the warm start).
-    let first_scalars = step_scalars(&host, &st, setup.steps)?;
-    let temp0 = first_scalars
-        .get("rollout.temperature")
-        .copied()
-        .unwrap_or(1.0);
-    let max_tok0 = first_scalars
-        .get("rollout.max_tokens")
-        .copied()
-        .unwrap_or(32.0) as usize;
-    if st.step == 0 {
-        let (p1, pk) = evaluate(&setup, &policy, temp0, max_tok0, 0, tok);
-        summary.pass_at_1_warm = Some(p1);
+    fn write_line(&mut self, line: &Map<String, Value>) -> Result<()> {
+        write_line(&mut self.metrics_file, line, &self.metrics_path)?;
+        self.st.metrics_lines += 1;
+        Ok(())
+    }
+
+    /// The evaluation before RL (after the warm start), on a fresh run:
+    /// metrics line 0 and the first checkpoint.
+    fn evaluate_warm_start(&mut self) -> Result<()> {
+        if self.st.step != 0 {
+            return Ok(());
+        }
+        let k = self.knobs()?;
+        let setup = &self.setup;
+        let (p1, pk) = evaluate(
+            setup,
+            &self.policy,
+            k.scalars.get("rollout.temperature").copied().unwrap_or(1.0),
+            k.scalars.get("rollout.max_tokens").copied().unwrap_or(32.0) as usize,
+            0,
+            &setup.tok,
+        );
+        self.summary.pass_at_1_warm = Some(p1);
         let mut line = Map::new();
         line.insert("step".into(), json!(0));
         line.insert("phase".into(), json!("warm_start"));
         line.insert("pass_at_1".into(), json!(p1));
         line.insert(format!("pass_at_{}", setup.eval_k), json!(pk));
-        line.insert("warm_s".into(), json!(summary.warm_s));
-        write_line(&mut metrics_file, &line, &metrics_path)?;
-        st.metrics_lines += 1;
-        say(&format!(
-            "after warm start ({:.1}s): pass@1 {:.3}, pass@{} {:.3}",
-            summary.warm_s, p1, setup.eval_k, pk
-        ));
-        save(&st, &policy, &opt)?;
+        line.insert("warm_s".into(), json!(self.summary.warm_s));
+        say(
+            self.opts,
+            &format!(
+                "after warm start ({:.1}s): pass@1 {:.3}, pass@{} {:.3}",
+                self.summary.warm_s, p1, setup.eval_k, pk
+            ),
+        );
+        self.write_line(&line)?;
+        self.save()?;
+        Ok(())
     }
 
-    let bar = bar(opts, setup.steps, "RL");
-    bar.set_position(st.step);
-    let rl_start = Instant::now();
-    let mut stop = false;
-    while st.step < setup.steps && !stop {
-        let step = st.step + 1;
-        let params = current_params(&st);
-        if params != host_params {
-            host = HostProgram::compile(checked, index, &params)?;
-            loss.set_params(&params)?;
-            host_params = params;
+    /// One RL step: rollouts, scoring and guards, the update, a rollback if
+    /// a guard asked for one, then logging, evaluation and the checkpoint.
+    /// Returns whether a guard stopped the run.
+    fn step(&mut self, bar: &indicatif::ProgressBar) -> Result<bool> {
+        let step = self.st.step + 1;
+        self.refresh_params()?;
+        let k = self.knobs()?;
+        let step_in = StepInputs {
+            step: step as f64,
+            total_steps: self.setup.steps as f64,
+            epoch: 0.0,
+        };
+        let t_roll = Instant::now();
+        let mut batch = self.rollouts(&k, step_in)?;
+        let rollout_s = t_roll.elapsed().as_secs_f64();
+        let n_tokens: usize = batch.responses.iter().map(|r| r.len()).sum();
+        let n_samples = batch.len();
+
+        let mut log = StepLog {
+            line: Map::new(),
+            events: Vec::new(),
+        };
+        log.line.insert("step".into(), json!(step));
+        let mut d = self.score_and_guard(&batch, step_in, n_tokens, &mut log)?;
+        log.line.insert("lr".into(), json!(k.lr));
+
+        let t_train = Instant::now();
+        self.add_rehearsal(&mut batch, step, k.temperature);
+        if !d.skip && d.rollback.is_none() {
+            d.skip = self.update(&batch, &k, step_in, &mut log)?;
         }
-        let scal = step_scalars(&host, &st, setup.steps)?;
+        let train_s = t_train.elapsed().as_secs_f64();
+        if d.skip {
+            log.line.insert("skipped".into(), json!(true));
+        }
+        self.st.step = step;
+        if let Some(n) = d.rollback {
+            self.roll_back(step, n, &mut log)?;
+        }
+
+        let last = step == self.setup.steps || d.stop;
+        if (self.setup.eval_every > 0 && step.is_multiple_of(self.setup.eval_every)) || last {
+            let (p1, pk) = evaluate(
+                &self.setup,
+                &self.policy,
+                k.temperature,
+                k.max_tokens,
+                step,
+                &self.setup.tok,
+            );
+            log.line.insert("pass_at_1".into(), json!(p1));
+            log.line
+                .insert(format!("pass_at_{}", self.setup.eval_k), json!(pk));
+            if last {
+                self.summary.pass_at_1_final = Some(p1);
+                self.summary.pass_at_k_final = Some(pk);
+            }
+        }
+        let StepLog { mut line, events } = log;
+        if !events.is_empty() {
+            line.insert("events".into(), json!(events));
+            for e in &events {
+                bar.println(format!("step {step}: {e}"));
+            }
+            self.summary
+                .events
+                .extend(events.iter().map(|e| format!("step {step}: {e}")));
+        }
+        line.insert("samples".into(), json!(n_samples));
+        line.insert("tokens".into(), json!(n_tokens));
+        // Wall-clock figures (the only fields that differ between identical runs).
+        line.insert("rollout_s".into(), json!(rollout_s));
+        line.insert("train_s".into(), json!(train_s));
+        line.insert(
+            "tokens_per_s".into(),
+            json!(n_tokens as f64 / (rollout_s + train_s).max(1e-9)),
+        );
+        self.write_line(&line)?;
+        self.st.adam_t = self.opt.t;
+        bar.set_position(step);
+        bar.set_message(format!(
+            "reward {:.3} entropy {:.3}",
+            line.get("reward_mean")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(f64::NAN),
+            line.get("entropy_mean")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(f64::NAN)
+        ));
+        let opts = self.opts;
+        if !opts.progress && !opts.quiet && (step.is_multiple_of(10) || last) {
+            eprintln!("step {step}/{}: {}", self.setup.steps, bar.message());
+        }
+        if step.is_multiple_of(self.setup.ck_every) || last {
+            self.save()?;
+        }
+        Ok(d.stop)
+    }
+
+    /// Recompile the host program and reset the loss's parameters when a
+    /// guard or the recipe's state changed a hyperparameter.
+    fn refresh_params(&mut self) -> Result<()> {
+        let params = current_params(&self.base_params, &self.st);
+        if params != self.host_params {
+            self.host = HostProgram::compile(self.checked, self.index, &params)?;
+            self.loss.set_params(&params)?;
+            self.host_params = params;
+        }
+        Ok(())
+    }
+
+    /// The schedules' values at the next step, with guard adjustments.
+    fn knobs(&self) -> Result<Knobs> {
+        let scalars = step_scalars(&self.host, &self.st, self.setup.steps)?;
         let adjusted = |name: &str, or: f64| -> f64 {
-            let v = scal.get(name).copied().unwrap_or(or);
-            match st.adjust.get(name) {
+            let v = scalars.get(name).copied().unwrap_or(or);
+            match self.st.adjust.get(name) {
                 Some((a, b)) => v * unbits(*a) + unbits(*b),
                 None => v,
             }
         };
-        let lr = adjusted("optimizer.lr", 1e-3);
-        let temperature = adjusted("rollout.temperature", 1.0);
-        let max_tokens = adjusted("rollout.max_tokens", 32.0).max(1.0) as usize;
-        let grad_clip = adjusted("optimizer.grad_clip", 1.0);
-        let max_difficulty = scal.get("curriculum.max_difficulty").copied();
+        Ok(Knobs {
+            lr: adjusted("optimizer.lr", 1e-3),
+            temperature: adjusted("rollout.temperature", 1.0),
+            max_tokens: adjusted("rollout.max_tokens", 32.0).max(1.0) as usize,
+            grad_clip: adjusted("optimizer.grad_clip", 1.0),
+            max_difficulty: scalars.get("curriculum.max_difficulty").copied(),
+            scalars,
+        })
+    }
+
+    /// The step's rollouts: prompts in curriculum order, sampled in groups
+    /// (or branched), refilled by dynamic sampling, with the reference
+    /// policy's log-probs when the recipe reads them.
+    fn rollouts(&mut self, k: &Knobs, step_in: StepInputs) -> Result<Rollouts> {
+        let setup = &self.setup;
+        let tok = &setup.tok;
         let cfg = SampleConfig {
-            temperature,
+            temperature: k.temperature,
             top_p: setup.top_p,
-            max_tokens,
+            max_tokens: k.max_tokens,
             eos: tok.eos(),
             keep_logits: setup.reads_old_logits,
         };
-
-        // ---- rollouts ----------------------------------------------------
-        let t_roll = Instant::now();
-        let mut rng = Rng(st.rng);
-        let sampler = policy.detached();
+        let mut rng = Rng(self.st.rng);
+        let sampler = self.policy.detached();
         let mut batch = Rollouts::default();
         let mut rounds = 0;
-        let step_in = StepInputs {
-            step: step as f64,
-            total_steps: setup.steps as f64,
-            epoch: 0.0,
-        };
         loop {
             let problems = next_problems(
-                &setup,
-                &mut st,
+                setup,
+                &mut self.st,
                 setup.prompts.saturating_sub(batch.n_groups()),
-                max_difficulty,
+                k.max_difficulty,
             );
-            let branch_first = scal.get("rollout.branch_first").copied().unwrap_or(0.0);
+            let knob = |name: &str, or: f64| k.scalars.get(name).copied().unwrap_or(or);
+            let branch_first = knob("rollout.branch_first", 0.0);
             let mut r = if branch_first >= 1.0 {
                 let b = (
                     branch_first as usize,
-                    scal.get("rollout.branch_samples")
-                        .copied()
-                        .unwrap_or(3.0)
-                        .max(0.0) as usize,
-                    scal.get("rollout.branch_top_k")
-                        .copied()
-                        .unwrap_or(20.0)
-                        .max(1.0) as usize,
+                    knob("rollout.branch_samples", 3.0).max(0.0) as usize,
+                    knob("rollout.branch_top_k", 20.0).max(1.0) as usize,
                 );
                 branched_rollouts(&sampler, &setup.task, &problems, b, cfg, &mut rng, tok)
             } else {
@@ -1015,7 +1100,7 @@ pub fn run(
             };
             if setup.dynamic_sampling {
                 // Keep groups whose rewards differ (they carry a signal).
-                let rewards = rewards_of(&host, &r, step_in)?;
+                let rewards = rewards_of(&self.host, &r, step_in)?;
                 let keep: Vec<usize> = (0..r.n_groups())
                     .filter(|&g| {
                         let v: Vec<f64> = (0..r.len())
@@ -1033,369 +1118,471 @@ pub fn run(
                 break;
             }
         }
-        st.rng = rng.0;
+        self.st.rng = rng.0;
         for (g, d) in batch.difficulty.iter().enumerate() {
             let bucket = ((d * 3.999) as usize).min(3);
             let rows: Vec<usize> = (0..batch.len()).filter(|&i| batch.group[i] == g).collect();
             let c = rows.iter().filter(|&&i| batch.verdicts[i].correct).count() as u64;
-            if let Some(pc) = st.pass_counts.get_mut(bucket) {
+            if let Some(pc) = self.st.pass_counts.get_mut(bucket) {
                 pc.0 += c;
                 pc.1 += rows.len() as u64;
             }
         }
         if setup.reads_ref && !batch.is_empty() {
-            batch.ref_logp = Some(token_logp(&reference, &batch, temperature));
+            batch.ref_logp = Some(token_logp(&self.reference, &batch, k.temperature));
         }
-        let rollout_s = t_roll.elapsed().as_secs_f64();
-        let n_tokens: usize = batch.responses.iter().map(|r| r.len()).sum();
-        let n_samples = batch.len();
+        Ok(batch)
+    }
 
-        // ---- reward, metrics of the batch, guards -------------------------
-        let mut line = Map::new();
-        line.insert("step".into(), json!(step));
-        let mut events: Vec<String> = Vec::new();
-        let mut skip = batch.is_empty();
-        let mut rollback: Option<u64> = None;
+    /// Rewards and the batch's metrics, the recipe's state updates, and the
+    /// guards: which fired, and what they change or decide.
+    fn score_and_guard(
+        &mut self,
+        batch: &Rollouts,
+        step_in: StepInputs,
+        n_tokens: usize,
+        log: &mut StepLog,
+    ) -> Result<Decision> {
+        let mut d = Decision {
+            skip: batch.is_empty(),
+            ..Default::default()
+        };
         if batch.is_empty() {
-            events.push(
+            log.events.push(
                 "no group with differing rewards after dynamic sampling; step skipped".into(),
             );
-        } else {
-            let rewards = rewards_of(&host, &batch, step_in)?;
-            let n = batch.len() as f64;
-            line.insert("reward_mean".into(), json!(rewards.iter().sum::<f64>() / n));
-            line.insert(
-                "correct_mean".into(),
-                json!(batch.verdicts.iter().filter(|v| v.correct).count() as f64 / n),
-            );
-            line.insert(
-                "format_ok".into(),
-                json!(batch.verdicts.iter().filter(|v| v.format_ok).count() as f64 / n),
-            );
-            let ent: Vec<f64> = batch.entropy.iter().flatten().copied().collect();
-            line.insert(
-                "entropy_mean".into(),
-                json!(ent.iter().sum::<f64>() / ent.len().max(1) as f64),
-            );
-            line.insert("response_len".into(), json!(n_tokens as f64 / n));
-            if let Some(rl) = &batch.ref_logp {
-                // k3 estimate of KL(π‖π_ref) on the sampled tokens.
-                let (mut s, mut c) = (0.0, 0.0);
-                for (a, b) in batch.old_logp.iter().flatten().zip(rl.iter().flatten()) {
-                    let d = b - a;
-                    s += d.exp() - d - 1.0;
-                    c += 1.0;
-                }
-                line.insert("kl_ref".into(), json!(s / f64::max(c, 1.0)));
-            }
-            let inputs = batch.inputs(step_in);
-            let mask = batch.mask();
-            let view = BatchView {
-                shape: batch.shape(),
-                mask: &mask,
-                inputs: &inputs,
-            };
-            let hs = host.scalars(&view)?;
-            // state updates
-            for (k, v) in &hs {
-                if let Some(s) = k.strip_prefix("state.") {
-                    st.host_state.insert(s.to_string(), bits(*v));
-                }
-            }
-            for g in &guards {
-                let fired = hs.get(&format!("guard.{}", g.name)).copied().unwrap_or(0.0) != 0.0;
-                let run = st.guard_run.entry(g.name.clone()).or_insert(0);
-                *run = if fired { *run + 1 } else { 0 };
-                if *run < g.window {
-                    continue;
-                }
-                *run = 0;
-                let mut what = vec![format!("guard `{}`", g.name)];
-                for a in &g.actions {
-                    match a {
-                        Action::Warn(m) => what.push(format!("warn: {m}")),
-                        Action::Stop => {
-                            stop = true;
-                            summary.stopped_by_guard = true;
-                            what.push("stop".into());
-                        }
-                        Action::Skip => {
-                            skip = true;
-                            what.push("skip".into());
-                        }
-                        Action::Rollback(n) => {
-                            rollback = Some(*n);
-                            what.push(format!("rollback {n}"));
-                        }
-                        Action::Assign { target, op, value } => {
-                            if base_params.contains_key(target) || target.starts_with("state.") {
-                                let cur = current_params(&st).get(target).copied().unwrap_or(0.0);
-                                let new = op.apply(cur, *value);
-                                if let Some(s) = target.strip_prefix("state.") {
-                                    st.host_state.insert(s.to_string(), bits(new));
-                                } else {
-                                    st.overrides.insert(target.clone(), bits(new));
-                                }
-                                what.push(format!("{target} = {new}"));
-                            } else {
-                                // A computed value (a schedule): scale or shift it from now on.
-                                let (a, b) = st
-                                    .adjust
-                                    .get(target)
-                                    .map(|(a, b)| (unbits(*a), unbits(*b)))
-                                    .unwrap_or((1.0, 0.0));
-                                let (a, b) = match op {
-                                    GuardOp::Mul => (a * value, b * value),
-                                    GuardOp::Div => (a / value, b / value),
-                                    GuardOp::Add => (a, b + value),
-                                    GuardOp::Sub => (a, b - value),
-                                    GuardOp::Set => (0.0, *value),
-                                };
-                                st.adjust.insert(target.clone(), (bits(a), bits(b)));
-                                what.push(format!("{target} {} {value}", op.text()));
-                            }
-                        }
-                    }
-                }
-                events.push(what.join("; "));
-            }
+            return Ok(d);
         }
-        line.insert("lr".into(), json!(lr));
-
-        // ---- the update --------------------------------------------------
-        let t_train = Instant::now();
-        if let Some(pool) = rehearsal.as_ref().filter(|p| !p.is_empty()) {
-            let rows: Vec<usize> = (0..setup.group)
-                .map(|k| ((step as usize - 1) * setup.group + k) % pool.len())
-                .collect();
-            let mut r = pool.select_rows(&rows);
-            r.group = vec![0; r.len()];
-            r.difficulty = vec![0.0];
-            r.source = vec![1.0; r.len()];
-            if setup.reads_ref {
-                r.ref_logp = Some(token_logp(&reference, &r, temperature));
-            }
-            batch.extend(r);
-        }
-        if !skip && rollback.is_none() {
-            let mut losses = Vec::new();
-            let mut norms = Vec::new();
-            let mut clip_fracs = Vec::new();
-            let mut z_losses: Vec<f64> = Vec::new();
-            let mut monitors: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-            let eps = (
-                host_params.get("clip.eps_low").copied().unwrap_or(0.2),
-                host_params.get("clip.eps_high").copied().unwrap_or(0.2),
-            );
-            let n_groups = batch.n_groups();
-            let mb = setup.minibatches.min(n_groups).max(1);
-            'epochs: for epoch in 0..setup.epochs {
-                for k in 0..mb {
-                    let groups: Vec<usize> = (0..n_groups).filter(|g| g % mb == k).collect();
-                    let part = if mb == 1 {
-                        batch.clone()
-                    } else {
-                        batch.select_groups(&groups)
-                    };
-                    policy.require_grad();
-                    let z = response_logits(&policy, &part, temperature);
-                    let [b, t, v] = z.dims();
-                    let zf: Vec<f32> = to_vec(&z);
-                    let si = StepInputs {
-                        epoch: epoch as f64,
-                        ..step_in
-                    };
-                    let lb = part.loss_batch(Some(zf), v, si);
-                    let mut out = loss.run(&lb)?;
-                    let l = out.loss;
-                    let d_logits: Vec<f32> = match out.d_logits.take() {
-                        Some(Values::F32(d)) => d,
-                        Some(d) => d.iter().map(|x| x as f32).collect(),
-                        None => Vec::new(),
-                    };
-                    // The current log-probs: the fused kernel's, or the
-                    // same kernel's forward pass on the batch's logits.
-                    let logp = match (out.logp.take(), lb.tensors.get("logits")) {
-                        (Some(lp), _) => lp,
-                        (
-                            None,
-                            Some(batch::Tensor {
-                                data: Values::F32(z),
-                                ..
-                            }),
-                        ) => logits::forward(z, &part.tokens(), v).logp,
-                        _ => Vec::new(),
-                    };
-                    drop(lb);
-                    // clip fraction on the current ratios
-                    let (mut cf, mut cn) = (0.0, 0.0);
-                    for (row, resp) in part.responses.iter().enumerate() {
-                        for j in 0..resp.len() {
-                            let ratio = (logp.get(row * t + j).map_or(f64::NAN, |&x| x as f64)
-                                - part.old_logp[row][j])
-                                .exp();
-                            cf += f64::from(u8::from(ratio < 1.0 - eps.0 || ratio > 1.0 + eps.1));
-                            cn += 1.0;
-                        }
-                    }
-                    clip_fracs.push(cf / f64::max(cn, 1.0));
-                    for (name, x) in out.metrics {
-                        monitors.entry(name).or_default().push(x);
-                    }
-                    if !l.is_finite()
-                        || d_logits.len() != b * t * v
-                        || d_logits.iter().any(|x| !x.is_finite())
-                    {
-                        events.push(format!(
-                            "non-finite loss or gradient (loss = {l}); step skipped"
-                        ));
-                        skip = true;
-                        break 'epochs;
-                    }
-                    let d = Tensor::<3>::from_data(TensorData::new(d_logits, [b, t, v]), &dev);
-                    // The recipe's gradient w.r.t. the logits enters burn's
-                    // autodiff as the linear term <z, D>, whose derivative is D.
-                    let mut surrogate = (z.clone() * d).sum();
-                    if setup.z_loss > 0.0 {
-                        // model.z_loss: coef · mean over response tokens of logsumexp(z)².
-                        let m = z.clone().max_dim(2).detach();
-                        let lse = (z - m.clone()).exp().sum_dim(2).log() + m;
-                        let mask: Vec<f32> = part.mask().iter().map(|&x| x as f32).collect();
-                        let n = mask.iter().sum::<f32>().max(1.0);
-                        let mt = Tensor::<3>::from_data(TensorData::new(mask, [b, t, 1]), &dev);
-                        let zl = (lse.powf_scalar(2.0) * mt).sum().div_scalar(n);
-                        z_losses.push(to_vec(&zl).first().copied().unwrap_or(f32::NAN) as f64);
-                        surrogate = surrogate + zl.mul_scalar(setup.z_loss);
-                    }
-                    let grads = surrogate.backward();
-                    let gs: Vec<Tensor<2>> = policy
-                        .params
-                        .iter()
-                        .map(|p| {
-                            p.grad(&grads)
-                                .unwrap_or_else(|| Tensor::zeros(p.dims(), &dev))
-                        })
-                        .collect();
-                    let norm = optim::global_norm(&gs);
-                    if !norm.is_finite() {
-                        events.push("non-finite gradient norm; step skipped".into());
-                        skip = true;
-                        break 'epochs;
-                    }
-                    let gs = optim::clip(gs, norm, grad_clip);
-                    let mut params: Vec<Tensor<2>> =
-                        policy.params.iter().map(|p| p.clone().detach()).collect();
-                    opt.step(&mut params, &gs, lr);
-                    policy.params = params;
-                    losses.push(l);
-                    norms.push(norm);
-                }
-            }
-            policy.params = policy.params.iter().map(|p| p.clone().detach()).collect();
-            let mean = |v: &[f64]| {
-                if v.is_empty() {
-                    f64::NAN
-                } else {
-                    v.iter().sum::<f64>() / v.len() as f64
-                }
-            };
-            if !losses.is_empty() {
-                line.insert("loss".into(), json!(mean(&losses)));
-                line.insert("grad_norm".into(), json!(mean(&norms)));
-                line.insert("clip_frac".into(), json!(mean(&clip_fracs)));
-                if !z_losses.is_empty() {
-                    line.insert("z_loss".into(), json_num(mean(&z_losses)));
-                }
-            }
-            for (k, v) in monitors {
-                line.insert(format!("monitor.{k}"), json_num(mean(&v)));
-            }
-        }
-        let train_s = t_train.elapsed().as_secs_f64();
-        if skip {
-            line.insert("skipped".into(), json!(true));
-        }
-        st.step = step;
-
-        if let Some(n) = rollback {
-            let target = step.saturating_sub(n);
-            let cks = checkpoint::list(&ck_dir);
-            let pick = cks
-                .iter()
-                .rev()
-                .find(|(s, _)| *s <= target)
-                .or(cks.first())
-                .cloned();
-            if let Some((s, dir)) = pick {
-                let ck = checkpoint::load(&dir, &init)?;
-                policy = Policy::new(setup.model.clone(), &ck.weights, &dev);
-                opt.load(&ck.m, &ck.v, ck.state.adam_t, &dev);
-                // Weights, optimizer and the recipe's state go back; the step
-                // counter, data cursor, RNG and guard changes go on.
-                st.host_state = ck.state.host_state;
-                st.guard_run.clear();
-                events.push(format!("rolled back to the checkpoint of step {s}"));
-                line.insert("rolled_back_to".into(), json!(s));
-            }
-        }
-
-        // ---- evaluation, metrics, checkpoint ------------------------------
-        let last = step == setup.steps || stop;
-        if (setup.eval_every > 0 && step.is_multiple_of(setup.eval_every)) || last {
-            let (p1, pk) = evaluate(&setup, &policy, temperature, max_tokens, step, tok);
-            line.insert("pass_at_1".into(), json!(p1));
-            line.insert(format!("pass_at_{}", setup.eval_k), json!(pk));
-            if last {
-                summary.pass_at_1_final = Some(p1);
-                summary.pass_at_k_final = Some(pk);
-            }
-        }
-        if !events.is_empty() {
-            line.insert("events".into(), json!(events));
-            for e in &events {
-                bar.println(format!("step {step}: {e}"));
-            }
-            summary
-                .events
-                .extend(events.iter().map(|e| format!("step {step}: {e}")));
-        }
-        line.insert("samples".into(), json!(n_samples));
-        line.insert("tokens".into(), json!(n_tokens));
-        // Wall-clock figures (the only fields that differ between identical runs).
-        line.insert("rollout_s".into(), json!(rollout_s));
-        line.insert("train_s".into(), json!(train_s));
+        let line = &mut log.line;
+        let rewards = rewards_of(&self.host, batch, step_in)?;
+        let n = batch.len() as f64;
+        line.insert("reward_mean".into(), json!(rewards.iter().sum::<f64>() / n));
         line.insert(
-            "tokens_per_s".into(),
-            json!(n_tokens as f64 / (rollout_s + train_s).max(1e-9)),
+            "correct_mean".into(),
+            json!(batch.verdicts.iter().filter(|v| v.correct).count() as f64 / n),
         );
-        write_line(&mut metrics_file, &line, &metrics_path)?;
-        st.metrics_lines += 1;
-        st.adam_t = opt.t;
-        bar.set_position(step);
-        bar.set_message(format!(
-            "reward {:.3} entropy {:.3}",
-            line.get("reward_mean")
-                .and_then(|v| v.as_f64())
-                .unwrap_or(f64::NAN),
-            line.get("entropy_mean")
-                .and_then(|v| v.as_f64())
-                .unwrap_or(f64::NAN)
-        ));
-        if !opts.progress && !opts.quiet && (step.is_multiple_of(10) || last) {
-            eprintln!("step {step}/{}: {}", setup.steps, bar.message());
+        line.insert(
+            "format_ok".into(),
+            json!(batch.verdicts.iter().filter(|v| v.format_ok).count() as f64 / n),
+        );
+        let ent: Vec<f64> = batch.entropy.iter().flatten().copied().collect();
+        line.insert(
+            "entropy_mean".into(),
+            json!(ent.iter().sum::<f64>() / ent.len().max(1) as f64),
+        );
+        line.insert("response_len".into(), json!(n_tokens as f64 / n));
+        if let Some(rl) = &batch.ref_logp {
+            // k3 estimate of KL(π‖π_ref) on the sampled tokens.
+            let (mut s, mut c) = (0.0, 0.0);
+            for (a, b) in batch.old_logp.iter().flatten().zip(rl.iter().flatten()) {
+                let d = b - a;
+                s += d.exp() - d - 1.0;
+                c += 1.0;
+            }
+            line.insert("kl_ref".into(), json!(s / f64::max(c, 1.0)));
         }
-        if step.is_multiple_of(setup.ck_every) || last {
-            save(&st, &policy, &opt)?;
+        let inputs = batch.inputs(step_in);
+        let mask = batch.mask();
+        let view = BatchView {
+            shape: batch.shape(),
+            mask: &mask,
+            inputs: &inputs,
+        };
+        let hs = self.host.scalars(&view)?;
+        // state updates
+        for (k, v) in &hs {
+            if let Some(s) = k.strip_prefix("state.") {
+                self.st.host_state.insert(s.to_string(), bits(*v));
+            }
         }
+        for g in &self.guards {
+            let fired = hs.get(&format!("guard.{}", g.name)).copied().unwrap_or(0.0) != 0.0;
+            let run = self.st.guard_run.entry(g.name.clone()).or_insert(0);
+            *run = if fired { *run + 1 } else { 0 };
+            if *run < g.window {
+                continue;
+            }
+            *run = 0;
+            let mut what = vec![format!("guard `{}`", g.name)];
+            for a in &g.actions {
+                match a {
+                    Action::Warn(m) => what.push(format!("warn: {m}")),
+                    Action::Stop => {
+                        d.stop = true;
+                        self.summary.stopped_by_guard = true;
+                        what.push("stop".into());
+                    }
+                    Action::Skip => {
+                        d.skip = true;
+                        what.push("skip".into());
+                    }
+                    Action::Rollback(n) => {
+                        d.rollback = Some(*n);
+                        what.push(format!("rollback {n}"));
+                    }
+                    Action::Assign { target, op, value } => {
+                        what.push(assign(&self.base_params, &mut self.st, target, *op, *value));
+                    }
+                }
+            }
+            log.events.push(what.join("; "));
+        }
+        Ok(d)
     }
-    bar.finish_and_clear();
-    summary.steps = st.step;
-    summary.rl_s = rl_start.elapsed().as_secs_f64();
-    checkpoint::write_atomic(
-        &out.join("final.safetensors"),
-        &checkpoint::weights_to_bytes(&[("", &policy.weights())])?,
-    )?;
-    Ok(summary)
+
+    /// Rehearsal samples of the initial policy join the batch (`source` 1),
+    /// a group's worth per step, in turn.
+    fn add_rehearsal(&self, batch: &mut Rollouts, step: u64, temperature: f64) {
+        let Some(pool) = self.rehearsal.as_ref().filter(|p| !p.is_empty()) else {
+            return;
+        };
+        let rows: Vec<usize> = (0..self.setup.group)
+            .map(|k| ((step as usize - 1) * self.setup.group + k) % pool.len())
+            .collect();
+        let mut r = pool.select_rows(&rows);
+        r.group = vec![0; r.len()];
+        r.difficulty = vec![0.0];
+        r.source = vec![1.0; r.len()];
+        if self.setup.reads_ref {
+            r.ref_logp = Some(token_logp(&self.reference, &r, temperature));
+        }
+        batch.extend(r);
+    }
+
+    /// The update: for each epoch and minibatch, the policy's tempered
+    /// logits, the recipe's loss and its gradient w.r.t. the logits (the
+    /// compiled program), injected into burn's autodiff, one clipped AdamW
+    /// step. Returns whether the step was skipped (a non-finite loss or
+    /// gradient).
+    fn update(
+        &mut self,
+        batch: &Rollouts,
+        k: &Knobs,
+        step_in: StepInputs,
+        log: &mut StepLog,
+    ) -> Result<bool> {
+        let dev = self.opts.device.clone();
+        let setup = &self.setup;
+        let mut skip = false;
+        let mut losses = Vec::new();
+        let mut norms = Vec::new();
+        let mut clip_fracs = Vec::new();
+        let mut z_losses: Vec<f64> = Vec::new();
+        let mut monitors: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let eps = (
+            self.host_params.get("clip.eps_low").copied().unwrap_or(0.2),
+            self.host_params
+                .get("clip.eps_high")
+                .copied()
+                .unwrap_or(0.2),
+        );
+        let n_groups = batch.n_groups();
+        let mb = setup.minibatches.min(n_groups).max(1);
+        'epochs: for epoch in 0..setup.epochs {
+            for part_k in 0..mb {
+                let groups: Vec<usize> = (0..n_groups).filter(|g| g % mb == part_k).collect();
+                let part = if mb == 1 {
+                    batch.clone()
+                } else {
+                    batch.select_groups(&groups)
+                };
+                self.policy.require_grad();
+                let z = response_logits(&self.policy, &part, k.temperature);
+                let [b, t, v] = z.dims();
+                let zf: Vec<f32> = to_vec(&z);
+                let si = StepInputs {
+                    epoch: epoch as f64,
+                    ..step_in
+                };
+                let lb = part.loss_batch(Some(zf), v, si);
+                let mut out = self.loss.run(&lb)?;
+                let l = out.loss;
+                let d_logits: Vec<f32> = match out.d_logits.take() {
+                    Some(Values::F32(d)) => d,
+                    Some(d) => d.iter().map(|x| x as f32).collect(),
+                    None => Vec::new(),
+                };
+                // The current log-probs: the fused kernel's, or the
+                // same kernel's forward pass on the batch's logits.
+                let logp = match (out.logp.take(), lb.tensors.get("logits")) {
+                    (Some(lp), _) => lp,
+                    (
+                        None,
+                        Some(batch::Tensor {
+                            data: Values::F32(z),
+                            ..
+                        }),
+                    ) => logits::forward(z, &part.tokens(), v).logp,
+                    _ => Vec::new(),
+                };
+                drop(lb);
+                // clip fraction on the current ratios
+                let (mut cf, mut cn) = (0.0, 0.0);
+                for (row, resp) in part.responses.iter().enumerate() {
+                    for j in 0..resp.len() {
+                        let ratio = (logp.get(row * t + j).map_or(f64::NAN, |&x| x as f64)
+                            - part.old_logp[row][j])
+                            .exp();
+                        cf += f64::from(u8::from(ratio < 1.0 - eps.0 || ratio > 1.0 + eps.1));
+                        cn += 1.0;
+                    }
+                }
+                clip_fracs.push(cf / f64::max(cn, 1.0));
+                for (name, x) in out.metrics {
+                    monitors.entry(name).or_default().push(x);
+                }
+                if !l.is_finite()
+                    || d_logits.len() != b * t * v
+                    || d_logits.iter().any(|x| !x.is_finite())
+                {
+                    log.events.push(format!(
+                        "non-finite loss or gradient (loss = {l}); step skipped"
+                    ));
+                    skip = true;
+                    break 'epochs;
+                }
+                let d = Tensor::<3>::from_data(TensorData::new(d_logits, [b, t, v]), &dev);
+                // The recipe's gradient w.r.t. the logits enters burn's
+                // autodiff as the linear term <z, D>, whose derivative is D.
+                let mut surrogate = (z.clone() * d).sum();
+                if setup.z_loss > 0.0 {
+                    // model.z_loss: coef · mean over response tokens of logsumexp(z)².
+                    let m = z.clone().max_dim(2).detach();
+                    let lse = (z - m.clone()).exp().sum_dim(2).log() + m;
+                    let mask: Vec<f32> = part.mask().iter().map(|&x| x as f32).collect();
+                    let n = mask.iter().sum::<f32>().max(1.0);
+                    let mt = Tensor::<3>::from_data(TensorData::new(mask, [b, t, 1]), &dev);
+                    let zl = (lse.powf_scalar(2.0) * mt).sum().div_scalar(n);
+                    z_losses.push(to_vec(&zl).first().copied().unwrap_or(f32::NAN) as f64);
+                    surrogate = surrogate + zl.mul_scalar(setup.z_loss);
+                }
+                let grads = surrogate.backward();
+                let Some(norm) =
+                    optim::clipped_step(&mut self.policy, &mut self.opt, &grads, k.grad_clip, k.lr)
+                else {
+                    log.events
+                        .push("non-finite gradient norm; step skipped".into());
+                    skip = true;
+                    break 'epochs;
+                };
+                losses.push(l);
+                norms.push(norm);
+            }
+        }
+        self.policy.params = self
+            .policy
+            .params
+            .iter()
+            .map(|p| p.clone().detach())
+            .collect();
+        let mean = |v: &[f64]| {
+            if v.is_empty() {
+                f64::NAN
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
+        };
+        let line = &mut log.line;
+        if !losses.is_empty() {
+            line.insert("loss".into(), json!(mean(&losses)));
+            line.insert("grad_norm".into(), json!(mean(&norms)));
+            line.insert("clip_frac".into(), json!(mean(&clip_fracs)));
+            if !z_losses.is_empty() {
+                line.insert("z_loss".into(), json_num(mean(&z_losses)));
+            }
+        }
+        for (k, v) in monitors {
+            line.insert(format!("monitor.{k}"), json_num(mean(&v)));
+        }
+        Ok(skip)
+    }
+
+    /// A guard's `rollback N`: weights, optimizer and the recipe's state go
+    /// back to the newest checkpoint at or before step − N; the step
+    /// counter, data cursor, RNG and guard changes go on.
+    fn roll_back(&mut self, step: u64, n: u64, log: &mut StepLog) -> Result<()> {
+        let target = step.saturating_sub(n);
+        let cks = checkpoint::list(&self.ck_dir);
+        let pick = cks
+            .iter()
+            .rev()
+            .find(|(s, _)| *s <= target)
+            .or(cks.first())
+            .cloned();
+        if let Some((s, dir)) = pick {
+            let ck = checkpoint::load(&dir, &self.init)?;
+            self.policy = Policy::new(self.setup.model.clone(), &ck.weights, &self.opts.device);
+            self.opt
+                .load(&ck.m, &ck.v, ck.state.adam_t, &self.opts.device);
+            self.st.host_state = ck.state.host_state;
+            self.st.guard_run.clear();
+            log.events
+                .push(format!("rolled back to the checkpoint of step {s}"));
+            log.line.insert("rolled_back_to".into(), json!(s));
+        }
+        Ok(())
+    }
+}
+
+/// A guard's assignment `target op= value`. A hyperparameter or a state
+/// variable takes its new value; a computed value (a schedule) is scaled or
+/// shifted from now on. Returns the event's text.
+fn assign(
+    base: &HashMap<String, f64>,
+    st: &mut TrainState,
+    target: &str,
+    op: GuardOp,
+    value: f64,
+) -> String {
+    if base.contains_key(target) || target.starts_with("state.") {
+        let cur = current_params(base, st).get(target).copied().unwrap_or(0.0);
+        let new = op.apply(cur, value);
+        if let Some(s) = target.strip_prefix("state.") {
+            st.host_state.insert(s.to_string(), bits(new));
+        } else {
+            st.overrides.insert(target.to_string(), bits(new));
+        }
+        format!("{target} = {new}")
+    } else {
+        let (a, b) = st
+            .adjust
+            .get(target)
+            .map(|(a, b)| (unbits(*a), unbits(*b)))
+            .unwrap_or((1.0, 0.0));
+        let (a, b) = match op {
+            GuardOp::Mul => (a * value, b * value),
+            GuardOp::Div => (a / value, b / value),
+            GuardOp::Add => (a, b + value),
+            GuardOp::Sub => (a, b - value),
+            GuardOp::Set => (0.0, value),
+        };
+        st.adjust.insert(target.to_string(), (bits(a), bits(b)));
+        format!("{target} {} {value}", op.text())
+    }
+}
+
+/// A dry run on a one-token batch: an input the runtime does not produce is
+/// reported now, not after the warm start.
+fn loss_accepts_the_runtime_batch(loss: &mut Loss, setup: &RunConfig) -> Result<()> {
+    let tok = &setup.tok;
+    let v = setup.model.vocab;
+    let dry = Rollouts {
+        prompts: vec![vec![tok.bos()]],
+        responses: vec![vec![tok.eos()]],
+        old_logp: vec![vec![0.0]],
+        entropy: vec![vec![0.0]],
+        old_logits: vec![vec![0.0; v]],
+        vocab: v,
+        ref_logp: setup.reads_ref.then(|| vec![vec![0.0]]),
+        group: vec![0],
+        verdicts: vec![Default::default()],
+        truncated: vec![false],
+        source: vec![0.0],
+        difficulty: vec![0.0],
+    };
+    let si = StepInputs {
+        step: 1.0,
+        total_steps: setup.steps as f64,
+        epoch: 0.0,
+    };
+    match loss.run(&dry.loss_batch(Some(vec![0.0f32; v]), v, si)) {
+        Err(e) if !e.diagnostics.is_empty() => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The weights before and after the warm start (cached by the recipe's
+/// model and task settings, the seed and the initial weights).
+fn warm_weights(setup: &RunConfig, opts: &RunOptions) -> Result<(Weights, Weights)> {
+    let seeded = Weights::init(&setup.model);
+    let init = match &setup.init_path {
+        Some(p) => {
+            let path = PathBuf::from(p);
+            let bytes = fs::read(&path).map_err(|e| {
+                Error::new(codes::WEIGHTS, format!("cannot read `{p}`: {e}"), "`model.init` names a safetensors file of weights, such as RUN_DIR/final.safetensors of an earlier run").at(p.clone())
+            })?;
+            checkpoint::weights_from_bytes(&bytes, "", &seeded, &path)?
+        }
+        None => seeded,
+    };
+    let init_hash = fnv(&init
+        .data
+        .iter()
+        .flatten()
+        .flat_map(|x| x.to_le_bytes())
+        .collect::<Vec<u8>>());
+    let key = fnv(format!(
+        "{:?}|{}|{}|{}|{}|{:?}|{init_hash:x}",
+        setup.model, setup.task_desc, setup.warm_steps, setup.warm_lr, setup.warm_batch, setup.adam
+    )
+    .as_bytes());
+    let cache_file = opts.cache.join(format!("warmstart-{key:016x}.safetensors"));
+    let warm = if setup.warm_steps == 0 {
+        init.clone()
+    } else if let Some(w) = fs::read(&cache_file)
+        .ok()
+        .and_then(|b| checkpoint::weights_from_bytes(&b, "", &init, &cache_file).ok())
+    {
+        say(
+            opts,
+            &format!("warm start: reusing {}", cache_file.display()),
+        );
+        w
+    } else {
+        let mut policy = Policy::new(setup.model.clone(), &init, &opts.device);
+        let bar = bar(opts, setup.warm_steps, "warm start");
+        warm_start(setup, &mut policy, &setup.tok, &|s| bar.set_position(s));
+        bar.finish_and_clear();
+        let w = policy.weights();
+        fs::create_dir_all(&opts.cache).map_err(|e| io_error("create", &opts.cache, e))?;
+        checkpoint::write_atomic(&cache_file, &checkpoint::weights_to_bytes(&[("", &w)])?)?;
+        w
+    };
+    Ok((init, warm))
+}
+
+/// Rehearsal samples (DPH-RL, retain sets): correct responses of the
+/// initial policy, sampled once from their own problem stream.
+fn rehearsal_pool(setup: &RunConfig, reference: &Policy, opts: &RunOptions) -> Rollouts {
+    let tok = &setup.tok;
+    let problems: Vec<Problem> = (0..(4 * setup.prompts) as u64)
+        .map(|i| setup.task.problem(REHEARSAL_STREAM, i))
+        .collect();
+    let mut rng = Rng::derive(setup.seed, REHEARSAL_STREAM, 0);
+    let cfg = SampleConfig {
+        temperature: 1.0,
+        top_p: setup.top_p,
+        max_tokens: setup.model.context / 2,
+        eos: tok.eos(),
+        keep_logits: setup.reads_old_logits,
+    };
+    let pool = rollouts(
+        reference,
+        &setup.task,
+        &problems,
+        setup.group,
+        cfg,
+        &mut rng,
+        tok,
+    );
+    let rows: Vec<usize> = (0..pool.len())
+        .filter(|&i| pool.verdicts[i].correct)
+        .collect();
+    say(
+        opts,
+        &format!(
+            "rehearsal pool: {} correct responses of the initial policy",
+            rows.len()
+        ),
+    );
+    pool.select_rows(&rows)
+}
+
+/// A line for the user, unless the run is quiet.
+fn say(opts: &RunOptions, line: &str) {
+    if !opts.quiet {
+        eprintln!("{line}");
+    }
 }
 
 fn json_num(x: f64) -> Value {
@@ -1408,7 +1595,7 @@ fn write_line(f: &mut fs::File, line: &Map<String, Value>, path: &Path) -> Resul
     f.write_all(s.as_bytes())
         .and_then(|_| f.sync_data())
         .map_err(|e| {
-            RunError::new(
+            Error::new(
                 codes::CHECKPOINT,
                 format!("cannot write `{}`: {e}", path.display()),
                 "check that the run directory is writable",

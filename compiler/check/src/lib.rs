@@ -17,6 +17,7 @@ pub mod builtins;
 pub mod check;
 pub mod codes;
 pub mod diagnostic;
+pub mod error;
 pub mod explain;
 pub mod format;
 pub mod resolve;
@@ -25,6 +26,7 @@ pub mod stdlib;
 
 pub use check::{CheckedGuard, CheckedRecipe, GuardAction, GuardOp};
 pub use diagnostic::{Diagnostic, Label, Severity};
+pub use error::Error;
 pub use resolve::{Merged, Program};
 pub use source::{FileId, NoFiles, SourceDb, Sources};
 

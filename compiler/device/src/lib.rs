@@ -508,27 +508,33 @@ pub fn logits_bench(
 /// Evaluate a compiled loss program on a prepared batch with the device
 /// kernels: plan, lower, upload, run, download.
 /// A batch whose arena exceeds the device's largest allocation is refused
-/// as [`keel_ir::ExecError::TooLarge`] before anything is uploaded.
+/// as an E0606 [`keel_ir::Error`] before anything is uploaded.
 pub fn run_graph(
     client: &Client,
     graph: &keel_ir::ir::Graph,
     prepared: &keel_ir::batch::Prepared,
-) -> Result<keel_ir::Outputs, keel_ir::ExecError> {
-    let dp = plan::DevicePlan::of_graph(graph)?;
+) -> Result<keel_ir::Outputs, keel_ir::Error> {
+    let dp = plan::DevicePlan::of_graph(graph).map_err(keel_ir::plan_error)?;
     let need = dp.arena_bytes(&prepared.shape);
     let limit = client.properties().memory.max_page_size;
     if need as u64 > limit {
-        return Err(keel_ir::ExecError::TooLarge {
-            message: format!(
+        return Err(keel_ir::Error::new(
+            keel_check::codes::TOO_LARGE,
+            format!(
                 "the batch needs one device buffer of {}; this device allocates at most {} at once",
                 keel_ir::human_bytes(need),
                 keel_ir::human_bytes(usize::try_from(limit).unwrap_or(usize::MAX))
             ),
-            help: "evaluate fewer sequences at once (split the batch), or use `--backend kernel`"
-                .into(),
-        });
+            "evaluate fewer sequences at once (split the batch), or use `--backend kernel`",
+        ));
     }
-    Ok(dp.run(client, &prepared.shape, prepared)?)
+    dp.run(client, &prepared.shape, prepared).map_err(|e| {
+        keel_ir::Error::new(
+            keel_check::codes::DEVICE,
+            format!("the device failed to run the kernels: {e}"),
+            "`--backend kernel` runs the same kernels on the CPU",
+        )
+    })
 }
 
 /// The source the device runtime compiles for every kernel of `graph`
@@ -552,7 +558,7 @@ pub fn kernel_sources(
         );
     }
     let (client, name) = client_named()?;
-    run_graph(&client, graph, prepared).map_err(|e| e.to_string())?;
+    run_graph(&client, graph, prepared).map_err(|e| e.message)?;
     let text = std::fs::read_to_string(&path).map_err(|e| format!("no compilation log: {e}"))?;
     let _ = std::fs::remove_file(&path);
     Ok((text, name))
@@ -569,7 +575,7 @@ impl keel_ir::Executor for Device {
         &mut self,
         g: &keel_ir::ir::Graph,
         p: &keel_ir::batch::Prepared,
-    ) -> Result<keel_ir::Outputs, keel_ir::ExecError> {
+    ) -> Result<keel_ir::Outputs, keel_ir::Error> {
         run_graph(&self.client, g, p)
     }
 }

@@ -157,7 +157,12 @@ fn a_batch_beyond_the_device_limit_is_too_large() {
         inputs: Default::default(),
     };
     match keel_device::run_graph(&client, &compiled.graph, &prepared) {
-        Err(keel_compiler::ExecError::TooLarge { message, help }) => {
+        Err(keel_compiler::Error {
+            code: keel_compiler::codes::TOO_LARGE,
+            message,
+            help,
+            ..
+        }) => {
             assert!(
                 message.contains("this device allocates at most")
                     && help.contains("--backend kernel"),

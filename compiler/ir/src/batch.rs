@@ -196,10 +196,17 @@ impl Batch {
         self.tensors.contains_key(name)
     }
 
-    /// Parse a safetensors file's bytes.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Batch, String> {
-        let st =
-            SafeTensors::deserialize(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
+    /// Parse a safetensors file's bytes; an unreadable file is E0604.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Batch, crate::Error> {
+        let unreadable = |message: String| {
+            crate::Error::new(
+                keel_check::codes::BATCH_UNREADABLE,
+                message,
+                "a batch is a safetensors file; see docs/batch-format.md",
+            )
+        };
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| unreadable(format!("not a safetensors file: {e}")))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
             let raw = view.data();
@@ -228,7 +235,11 @@ impl Batch {
                 Dtype::BOOL => ("bool", f64s(1, &|c| f64::from(u8::from(c[0] != 0)))),
                 Dtype::I64 => ("i64", f64s(8, &|c| i64::from_le_bytes(le(c)) as f64)),
                 Dtype::I32 => ("i32", f64s(4, &|c| i32::from_le_bytes(le(c)) as f64)),
-                other => return Err(format!("tensor `{name}` has unsupported dtype {other:?}")),
+                other => {
+                    return Err(unreadable(format!(
+                        "tensor `{name}` has unsupported dtype {other:?}"
+                    )));
+                }
             };
             tensors.insert(
                 name.to_string(),

@@ -101,23 +101,20 @@ impl crate::Executor for Interp {
         &mut self,
         g: &Graph,
         p: &crate::batch::Prepared,
-    ) -> Result<crate::Outputs, crate::ExecError> {
+    ) -> Result<crate::Outputs, crate::Error> {
         crate::check_memory(
             "the reference interpreter's values for this batch",
             memory_bytes(g, &p.shape),
             self.memory,
-        )
-        .map_err(|message| crate::ExecError::TooLarge {
-            message,
-            help: "the interpreter keeps every value of the program as f64 (it is the reference, for small batches): use `--backend kernel` (the fused kernels read the batch in place), or split the batch; KEEL_MEMORY_LIMIT=BYTES sets the limit".into(),
-        })?;
+            "the interpreter keeps every value of the program as f64 (it is the reference, for small batches): use `--backend kernel` (the fused kernels read the batch in place), or split the batch; KEEL_MEMORY_LIMIT=BYTES sets the limit",
+        )?;
         let inputs = p.inputs_f64();
         let env = Env {
             shape: p.shape.clone(),
             mask: &p.mask,
             inputs: &inputs,
         };
-        let vals = run(g, &env).map_err(|e| crate::ExecError::Failed(e.0))?;
+        let vals = run(g, &env).map_err(|e| crate::batch_error(e.0))?;
         Ok(g.outputs
             .iter()
             .map(|(n, id)| (n.clone(), crate::batch::Values::F64(vals[*id].clone())))

@@ -139,30 +139,13 @@ pub fn compile_host(checked: &Checked, index: usize) -> Result<lower::HostGraph,
     on_big_stack(|| lower::host_graph(&checked.program, m, c))
 }
 
-/// Why an executor could not evaluate a loss program.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ExecError {
-    /// Evaluation failed on this batch (an input's shape, a missing input).
-    Failed(String),
-    /// The batch needs more memory than the executor can give it: what it
-    /// needs against what there is, and what to do (reported as E0606).
-    TooLarge { message: String, help: String },
-}
-
-impl From<String> for ExecError {
-    fn from(e: String) -> Self {
-        ExecError::Failed(e)
-    }
-}
-
-impl std::fmt::Display for ExecError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExecError::Failed(e) => f.write_str(e),
-            ExecError::TooLarge { message, help } => write!(f, "{message} ({help})"),
-        }
-    }
-}
+/// Why an executor could not evaluate a loss program: Keel's one error
+/// type. The executors use three codes: [`codes::TOO_LARGE`] (the batch
+/// needs more memory than the executor can give it), [`codes::BATCH_SHAPE`]
+/// (evaluation failed on this batch: an input's shape, a missing input) and
+/// [`codes::NOT_LOWERABLE`] (the program cannot be planned or compiled for
+/// the executor).
+pub use keel_check::Error;
 
 /// An executor of loss programs: evaluates a compiled graph on a prepared
 /// batch. The reference interpreter ([`interp::Interp`]), the CPU kernel
@@ -172,13 +155,13 @@ pub trait Executor {
     /// Get ready to evaluate `g` (plan it, compile it): called when a
     /// program is compiled and again when its parameters change. An
     /// executor that needs nothing of the kind keeps the default.
-    fn prepare(&mut self, _g: &ir::Graph) -> Result<(), ExecError> {
+    fn prepare(&mut self, _g: &ir::Graph) -> Result<(), Error> {
         Ok(())
     }
 
     /// Every output of `g` (the graph last [prepared](Self::prepare)) on
     /// `p`, by name.
-    fn run(&mut self, g: &ir::Graph, p: &batch::Prepared) -> Result<Outputs, ExecError>;
+    fn run(&mut self, g: &ir::Graph, p: &batch::Prepared) -> Result<Outputs, Error>;
 
     /// Outputs the caller is done with, for the executor to reuse their
     /// buffers.
@@ -201,16 +184,41 @@ pub fn human_bytes(n: usize) -> String {
 
 /// Whether `need` bytes for `what` fit in `free` (what the process may
 /// still allocate, measured by the caller; `None`: unknown, so it fits); if
-/// not, says so: "{what} need 12.4 GB; 9.1 GB of memory is available".
-pub fn check_memory(what: &str, need: usize, free: Option<usize>) -> Result<(), String> {
+/// not, an E0606 error that says so, "{what} need 12.4 GB; 9.1 GB of memory
+/// is available", with the caller's `help`.
+pub fn check_memory(what: &str, need: usize, free: Option<usize>, help: &str) -> Result<(), Error> {
     match free {
-        Some(free) if need > free => Err(format!(
-            "{what} need {}; {} of memory is available",
-            human_bytes(need),
-            human_bytes(free)
+        Some(free) if need > free => Err(Error::new(
+            codes::TOO_LARGE,
+            format!(
+                "{what} need {}; {} of memory is available",
+                human_bytes(need),
+                human_bytes(free)
+            ),
+            help,
         )),
         _ => Ok(()),
     }
+}
+
+/// An evaluation that failed on a batch the program was compiled for (an
+/// input's shape, a missing input): E0602.
+pub fn batch_error(message: impl Into<String>) -> Error {
+    Error::new(
+        codes::BATCH_SHAPE,
+        message,
+        "check the batch tensors against docs/batch-format.md",
+    )
+}
+
+/// A program the checker accepted that an executor cannot plan or compile
+/// (E0500): a compiler bug.
+pub fn plan_error(message: impl Into<String>) -> Error {
+    Error::new(
+        codes::NOT_LOWERABLE,
+        message,
+        "this is a compiler bug; please report it with the recipe",
+    )
 }
 
 /// Describe a node for listings (`input step`, `param clip.eps_low`, `%12`).

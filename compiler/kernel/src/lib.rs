@@ -778,32 +778,29 @@ impl Cpu {
 }
 
 impl keel_ir::Executor for Cpu {
-    fn prepare(&mut self, g: &Graph) -> Result<(), keel_ir::ExecError> {
-        self.plan = Some(Plan::new(g).map_err(|e| {
-            keel_ir::ExecError::Failed(format!("cannot plan the loss kernels: {e}"))
-        })?);
+    fn prepare(&mut self, g: &Graph) -> Result<(), keel_ir::Error> {
+        self.plan = Some(
+            Plan::new(g)
+                .map_err(|e| keel_ir::plan_error(format!("cannot plan the loss kernels: {e}")))?,
+        );
         Ok(())
     }
 
-    fn run(
-        &mut self,
-        g: &Graph,
-        p: &keel_ir::batch::Prepared,
-    ) -> Result<Outputs, keel_ir::ExecError> {
+    fn run(&mut self, g: &Graph, p: &keel_ir::batch::Prepared) -> Result<Outputs, keel_ir::Error> {
         if self.plan.is_none() {
             self.prepare(g)?;
         }
         let Some(plan) = &self.plan else {
-            return Err(keel_ir::ExecError::Failed("no kernel plan".into()));
+            return Err(keel_ir::plan_error("no kernel plan"));
         };
-        keel_ir::check_memory(self.what, plan.memory_bytes(&p.shape), self.memory).map_err(
-            |message| keel_ir::ExecError::TooLarge {
-                message,
-                help: self.help.into(),
-            },
+        keel_ir::check_memory(
+            self.what,
+            plan.memory_bytes(&p.shape),
+            self.memory,
+            self.help,
         )?;
         plan.run(&p.shape, p, self.threads)
-            .map_err(|e| keel_ir::ExecError::Failed(e.0))
+            .map_err(|e| keel_ir::batch_error(e.0))
     }
 
     fn recycle(&mut self, outputs: Outputs) {
