@@ -303,6 +303,18 @@ fn crate_graph_keeps_its_rules() {
             "keel-kernel",
             &["keel-host", "keel-device", "keel-compiler"][..],
         ),
+        // The exporter is a backend of the IR: it writes Python from the
+        // graph and links no executor.
+        (
+            "keel-export",
+            &[
+                "keel-kernel",
+                "keel-host",
+                "keel-device",
+                "keel-compiler",
+                "keel-runtime",
+            ][..],
+        ),
     ] {
         let tree = crate_tree(krate, None).unwrap_or_default();
         assert!(tree.iter().any(|c| c == "keel-check"), "{krate}: {tree:?}");

@@ -5,6 +5,7 @@ mod check;
 mod compile;
 mod diagnostics;
 mod explain;
+mod export;
 mod fmt;
 mod loss;
 mod run;
@@ -88,6 +89,29 @@ enum Command {
         /// `interp` (the f64 reference interpreter) or `kernel`.
         #[arg(long, default_value = "interp")]
         backend: String,
+        /// Which recipe of the file.
+        #[arg(long = "recipe")]
+        name: Option<String>,
+        #[arg(long, value_enum, default_value = "human")]
+        error_format: ErrorFormat,
+        #[arg(long, value_enum, default_value = "auto")]
+        color: Color,
+    },
+    /// Export a recipe's loss as Python: a package whose `forward(batch)`
+    /// computes the loss, advantages and metrics in PyTorch, one expression
+    /// per IR node (`keel export stdlib/grpo.recipe --out export/grpo`).
+    Export {
+        /// The recipe file.
+        recipe: String,
+        /// What to write: `torch`, a plain PyTorch package (see docs/export.md).
+        #[arg(long, value_enum, default_value = "torch")]
+        target: export::Target,
+        /// The directory to write (created; files in it are replaced).
+        #[arg(long)]
+        out: String,
+        /// Override a hyperparameter: `--set clip.eps_high=0.28` (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
         /// Which recipe of the file.
         #[arg(long = "recipe")]
         name: Option<String>,
@@ -221,6 +245,23 @@ fn main() -> ExitCode {
         } => check::run(&files, error_format, color),
         Command::Fmt { files, check } => fmt::run(&files, check),
         Command::Explain { what, recipe } => explain::run(&what, recipe.as_deref()),
+        Command::Export {
+            recipe,
+            target,
+            out,
+            set,
+            name,
+            error_format,
+            color,
+        } => export::run(export::Args {
+            recipe,
+            target,
+            out,
+            set,
+            name,
+            error_format,
+            color,
+        }),
         Command::Loss {
             recipe,
             batch,

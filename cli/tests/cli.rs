@@ -548,3 +548,46 @@ fn keel_recipe_count() -> u64 {
         })
         .sum()
 }
+
+/// `keel export`: the package's files, `--set` in its PARAMS, and a located
+/// error for a recipe that does not check.
+#[test]
+fn export_writes_a_torch_package_with_the_recipes_values() {
+    let out = std::env::temp_dir().join(format!("keel-export-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let o = out.to_string_lossy().to_string();
+    let r = keel(&[
+        "export",
+        "stdlib/grpo.recipe",
+        "--out",
+        &o,
+        "--set",
+        "clip.eps_high=0.28",
+    ]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r.stderr));
+    for f in [
+        "README.md",
+        "pyproject.toml",
+        "keel_grpo/__init__.py",
+        "keel_grpo/_keel.py",
+        "keel_grpo/loss.py",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let loss = std::fs::read_to_string(out.join("keel_grpo/loss.py")).expect("loss.py");
+    assert!(loss.contains("\"clip.eps_high\": 0.28,"), "{loss}");
+    assert!(loss.contains("def forward(inp, params=None, dtype=None):"));
+    assert!(
+        loss.contains("INPUTS = [\"entropy\", \"group\", \"logp\", \"mask\", \"old_logp\", \"ref_logp\", \"reward\"]"),
+        "{loss}"
+    );
+    let bad = temp_recipe("bad_export", "recipe r { objective { loss = nope } }\n");
+    let r = keel(&["export", &bad.to_string_lossy(), "--out", &o]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(
+        text(&r.stderr).contains("error[E0100]"),
+        "{}",
+        text(&r.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -1,0 +1,99 @@
+//! `keel export RECIPE --target torch --out DIR [--set NAME=VALUE]...`
+
+use crate::{Color, ErrorFormat, diagnostics};
+use keel_compiler::{Disk, Error, check_source_with, codes};
+use std::path::Path;
+use std::process::ExitCode;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// A PyTorch package: `forward(batch)` → loss, advantages, metrics.
+    Torch,
+}
+
+pub struct Args {
+    pub recipe: String,
+    pub target: Target,
+    pub out: String,
+    pub set: Vec<String>,
+    pub name: Option<String>,
+    pub error_format: ErrorFormat,
+    pub color: Color,
+}
+
+pub fn run(a: Args) -> ExitCode {
+    let color = diagnostics::use_color(a.color);
+    let Some(text) = diagnostics::read(&a.recipe) else {
+        return ExitCode::from(1);
+    };
+    let mut overrides = Vec::new();
+    for s in &a.set {
+        match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                overrides.push((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => {
+                eprintln!("error: `--set {s}` must look like `--set section.key=VALUE`");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let checked = check_source_with(&Disk, &a.recipe, &text, &overrides);
+    if checked.has_errors() {
+        diagnostics::print(
+            &a.recipe,
+            &checked.diagnostics,
+            checked.sources(),
+            a.error_format,
+            color,
+        );
+        return ExitCode::from(1);
+    }
+    let Some(index) = checked.main_recipe(a.name.as_deref()) else {
+        eprintln!(
+            "error: `{}` has no recipe{}",
+            a.recipe,
+            a.name
+                .as_ref()
+                .map(|n| format!(" named `{n}`"))
+                .unwrap_or_default()
+        );
+        return ExitCode::from(1);
+    };
+    let Target::Torch = a.target;
+    let has = keel_export::torch_inputs(&checked.recipes[index]);
+    let package = match keel_export::torch_package(&checked, index, &has, &a.recipe) {
+        Ok(p) => p,
+        Err(d) => {
+            diagnostics::print(&a.recipe, &d, checked.sources(), a.error_format, color);
+            return ExitCode::from(1);
+        }
+    };
+    let out = Path::new(&a.out);
+    for (rel, body) in &package.files {
+        let path = out.join(rel);
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|_| std::fs::write(&path, body));
+        if let Err(e) = written {
+            diagnostics::fail(
+                &Error::new(
+                    codes::RUN_DIR,
+                    format!("cannot write `{}`: {e}", path.display()),
+                    "choose an --out directory you can write to",
+                )
+                .at(path.display().to_string()),
+            );
+            return ExitCode::from(1);
+        }
+    }
+    eprintln!(
+        "keel export: {} → {} (package `{}`; see {}/README.md)",
+        a.recipe,
+        out.display(),
+        package.name,
+        out.display()
+    );
+    ExitCode::SUCCESS
+}

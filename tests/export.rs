@@ -1,0 +1,162 @@
+//! `keel export --target torch`: every stdlib recipe's exported package,
+//! run by PyTorch (CPU, float64) on randomized batches, equals Keel's
+//! reference interpreter: the loss, the advantages, the metrics, and torch
+//! autograd's gradient equals the one Keel derives (d_logp, or d_logits for
+//! recipes that read the vocabulary), each within 1e-9 of its scale (both
+//! sides are float64; the largest error measured is about 4e-12).
+//!
+//! Needs a Python with torch and safetensors: `KEEL_PYTHON`, else the
+//! project's venv `.venv/bin/python` (`.ci/run` creates it). Without one the
+//! test says so and passes, unless `KEEL_REQUIRE_TORCH=1` (CI).
+
+use keel_compiler::batch::Batch;
+use keel_compiler::interp::Interp;
+use keel_compiler::synth::{self, Dims};
+use keel_compiler::{LogitsPath, LossProgram};
+use keel_tests::root;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn python() -> Option<PathBuf> {
+    let p = std::env::var_os("KEEL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv/bin/python"));
+    let ok = Command::new(&p)
+        .args(["-c", "import torch, safetensors"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os("KEEL_REQUIRE_TORCH").is_none(),
+        "KEEL_REQUIRE_TORCH is set but {} cannot import torch and safetensors",
+        p.display()
+    );
+    eprintln!(
+        "skipped: no Python with torch at {} (set KEEL_PYTHON, or run .ci/run once)",
+        p.display()
+    );
+    None
+}
+
+#[test]
+fn exported_torch_packages_equal_the_interpreter_on_every_stdlib_recipe() {
+    let Some(py) = python() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("keel-export-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cases = Vec::new();
+    let mut recipes = std::collections::BTreeSet::new();
+    for (file, text) in keel_tests::recipes_in("stdlib") {
+        let path = root().join(&file);
+        let c = keel_compiler::check_source(&keel_compiler::Disk, &path.to_string_lossy(), &text);
+        assert!(!c.has_errors(), "{file}");
+        for (idx, r) in c.recipes.iter().enumerate() {
+            let v = if LogitsPath::fusable(r) { 0 } else { 8 };
+            let d = Dims {
+                b: 12,
+                t: 10,
+                v,
+                group: 4,
+            };
+            for (k, (what, mut batch)) in synth::variants(r, d, 5).into_iter().enumerate() {
+                batch.tensors.remove("advantages");
+                // As written to the file (f32 tensors rounded), so that both
+                // sides read the same numbers.
+                let batch =
+                    Batch::from_bytes(&batch.to_bytes().expect("serialises")).expect("reads back");
+                let has = |n: &str| batch.has(n) && n != "advantages";
+                let Ok(program) = LossProgram::compile(&c, idx, LogitsPath::Program, &has) else {
+                    continue;
+                };
+                let Ok(want) = program.run(&mut Interp { memory: None }, &batch, "b") else {
+                    continue;
+                };
+                let pkg = keel_export::torch_package(&c, idx, &has, &file).expect("exports");
+                let case = dir.join(format!("{}-{k}", r.name));
+                for (rel, body) in &pkg.files {
+                    let p = case.join(rel);
+                    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+                    std::fs::write(&p, body).expect("write");
+                }
+                let mut out: Batch = batch.clone();
+                let (b, t) = (want.b, want.t);
+                out.insert("expect.loss", "f64", vec![], vec![want.loss]);
+                if let Some(a) = &want.advantages {
+                    out.insert("expect.advantages", "f64", vec![b, t], a.clone());
+                }
+                for (m, x) in &want.metrics {
+                    out.insert(&format!("expect.metric.{m}"), "f64", vec![], vec![*x]);
+                }
+                match (&want.d_logits, want.v) {
+                    (Some(dl), Some(v)) => {
+                        out.insert("expect.d_logits", "f64", vec![b, t, v], dl.to_f64())
+                    }
+                    _ => out.insert("expect.d_logp", "f64", vec![b, t], want.d_logp.clone()),
+                }
+                let file = case.join("batch.safetensors");
+                std::fs::write(&file, out.to_bytes().expect("serialises")).expect("write");
+                recipes.insert(r.name.clone());
+                cases.push(serde_json::json!({
+                    "name": format!("{} ({what})", r.name),
+                    "dir": case.to_string_lossy(),
+                    "package": pkg.name,
+                    "batch": file.to_string_lossy(),
+                }));
+            }
+        }
+    }
+    let manifest = dir.join("cases.json");
+    std::fs::write(&manifest, serde_json::to_vec(&cases).expect("json")).expect("write");
+    let script = root().join("tests/reference/export_parity.py");
+    let run = Command::new(&py)
+        .arg(&script)
+        .arg(&manifest)
+        .output()
+        .expect("python runs");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let text = String::from_utf8_lossy(&run.stdout);
+    let result: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON object");
+    let mut failures = Vec::new();
+    let mut worst = (0.0f64, String::new());
+    let mut checked = 0;
+    let mut above = 0;
+    for case in result.as_array().expect("array") {
+        let name = case["case"].as_str().unwrap_or("?");
+        if let Some(e) = case.get("exception") {
+            failures.push(format!("{name}: {e}"));
+            continue;
+        }
+        for (out, e) in case["errors"].as_object().expect("errors") {
+            let e = e.as_f64().unwrap_or(f64::INFINITY);
+            checked += 1;
+            above += usize::from(e > 1e-9);
+            if e > worst.0 {
+                worst = (e, format!("{name} {out}"));
+            }
+            if e > 1e-9 {
+                failures.push(format!("{name} {out}: error {e:.2e} of its scale"));
+            }
+        }
+    }
+    eprintln!(
+        "{} cases of {} recipes, {checked} outputs ({above} above 1e-9); largest error {:.2e} ({})",
+        cases.len(),
+        recipes.len(),
+        worst.0,
+        worst.1
+    );
+    if failures.is_empty() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("the failing cases are kept in {}", dir.display());
+    }
+    assert!(recipes.len() >= 40, "only {} recipes ran", recipes.len());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -1,0 +1,91 @@
+"""Runs the packages `keel export --target torch` wrote against Keel's own
+results: called by `tests/export.rs` with a manifest of cases, each a
+package directory and a batch holding the inputs and Keel's reference
+interpreter's outputs (`expect.*`). Computes each package's `forward` in
+float64, its gradient with torch autograd, and prints one JSON object:
+for each case and output, the error relative to the reference's scale (as
+`keel_compiler::parity::rel_err`: its largest entry, at least 0.1 for a
+single value and 1e-6 otherwise).
+
+Needs torch and safetensors (the project's venv, `.ci/run`).
+"""
+
+import importlib
+import json
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+
+def rel_err(got, want):
+    got = got.detach().to(torch.float64).reshape(-1)
+    want = want.to(torch.float64).reshape(-1)
+    if got.numel() != want.numel():
+        return float("inf")
+    floor = 0.1 if want.numel() == 1 else 1e-6
+    finite = want[~torch.isnan(want)].abs()
+    scale = max(floor, float(finite.max())) if finite.numel() else floor
+    both = torch.isnan(got) & torch.isnan(want)
+    one = torch.isnan(got) ^ torch.isnan(want)
+    if bool(one.any()):
+        return float("inf")
+    d = torch.where(both, torch.zeros_like(got), (got - want).abs())
+    return float(d.max()) / scale if d.numel() else 0.0
+
+
+def run_case(case):
+    for m in [m for m in sys.modules if m.startswith("keel_")]:
+        del sys.modules[m]
+    sys.path.insert(0, case["dir"])
+    try:
+        mod = importlib.import_module(case["package"])
+    finally:
+        sys.path.pop(0)
+    t = load_file(case["batch"])
+    inp = {k: v for k, v in t.items() if not k.startswith("expect.")}
+    want = {k[len("expect."):]: v for k, v in t.items() if k.startswith("expect.")}
+    wrt = "logits" if "logits" in mod.INPUTS else "logp"
+    x = None
+    if wrt in inp:
+        x = inp[wrt].to(torch.float64).requires_grad_(True)
+        inp[wrt] = x
+    out = mod.forward(inp, dtype=torch.float64)
+    errs = {}
+    for name, value in out.items():
+        if name in want:
+            errs[name] = rel_err(value, want[name])
+        else:
+            errs[name] = float("inf")
+    gname = "d_" + wrt
+    if gname in want:
+        mask = inp["mask"].to(torch.float64)
+        if x is not None and out["loss"].requires_grad:
+            (g,) = torch.autograd.grad(out["loss"], x, allow_unused=True)
+        else:
+            g = None
+        if g is None:
+            g = torch.zeros_like(want[gname], dtype=torch.float64)
+        m = mask if g.dim() == 2 else mask[..., None]
+        errs[gname] = rel_err(g * m, want[gname])
+    missing = [k for k in want if k not in errs]
+    for k in missing:
+        errs[k] = float("inf")
+    return errs
+
+
+def main(manifest):
+    with open(manifest) as f:
+        cases = json.load(f)
+    result = []
+    for case in cases:
+        try:
+            errs = run_case(case)
+            result.append({"case": case["name"], "errors": errs})
+        except Exception as e:  # reported per case, with what failed
+            result.append({"case": case["name"], "exception": f"{type(e).__name__}: {e}"})
+    print(json.dumps(result, allow_nan=True))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
