@@ -210,6 +210,18 @@ fn grpo_lambda_worked_example() {
         .seq("length", "i64", &l2);
     let r = rewards("grpo_lambda", &b);
     assert_all(&r[..4], &[0.946212, 0.853788, 0.0, 0.0], 1e-6);
+    // The top group's correct responses all of one length (std 0): the
+    // std is 1e-4, as for a single correct response, so each gets
+    // 1 - alpha/2 = 0.9, not 0/0 (which made the loss NaN).
+    let mut l5 = l2.clone();
+    l5[..4].copy_from_slice(&[200., 200., 250., 500.]);
+    let b = B::new(&[1; 20])
+        .seq("correct", "u8", &c4)
+        .seq("group", "i64", &groups)
+        .seq("length", "i64", &l5);
+    let r = rewards("grpo_lambda", &b);
+    assert_all(&r[..4], &[0.9, 0.9, 0.0, 0.0], 1e-12);
+    assert!(run("grpo_lambda", &b).loss.is_finite());
 }
 
 #[test]

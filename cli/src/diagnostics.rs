@@ -3,7 +3,7 @@
 //! located error, and finding the device for `--backend device`.
 
 use crate::{Color, ErrorFormat};
-use keel_compiler::{Diagnostic, Error, Sources, codes};
+use keel_compiler::{Checked, Diagnostic, Disk, Error, Sources, check_source_with, codes};
 use std::io::IsTerminal;
 
 pub fn use_color(color: Color) -> bool {
@@ -92,6 +92,57 @@ pub fn read(path: &str) -> Option<String> {
             None
         }
     }
+}
+
+/// `--set NAME=VALUE` arguments as (name, value) pairs, or what is wrong.
+pub fn parse_set(set: &[String]) -> Result<Vec<(String, String)>, String> {
+    set.iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => Err(format!(
+                "`--set {s}` must look like `--set section.key=VALUE`"
+            )),
+        })
+        .collect()
+}
+
+/// Read the recipe file at `path`, apply `--set`, check it, and pick the
+/// recipe a command acts on (`name`, else the file's main one). Every
+/// failure is printed; `None` means exit 1.
+pub fn load(
+    path: &str,
+    set: &[String],
+    name: Option<&str>,
+    format: ErrorFormat,
+    color: bool,
+) -> Option<(Checked, usize)> {
+    let text = read(path)?;
+    let overrides = match parse_set(set) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return None;
+        }
+    };
+    let checked = check_source_with(&Disk, path, &text, &overrides);
+    if checked.has_errors() {
+        print(path, &checked.diagnostics, checked.sources(), format, color);
+        return None;
+    }
+    let Some(index) = checked.main_recipe(name) else {
+        let names: Vec<&str> = checked.recipes.iter().map(|r| r.name.as_str()).collect();
+        eprintln!(
+            "error: `{path}` has no recipe{}",
+            name.map(|n| format!(" named `{n}`")).unwrap_or_default()
+        );
+        if !names.is_empty() {
+            eprintln!("help: recipes in the file: {}", names.join(", "));
+        }
+        return None;
+    };
+    Some((checked, index))
 }
 
 /// The device client for the device backends, or an E0708 error printed

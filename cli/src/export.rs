@@ -1,7 +1,7 @@
 //! `keel export RECIPE --target torch --out DIR [--set NAME=VALUE]...`
 
 use crate::{Color, ErrorFormat, diagnostics};
-use keel_compiler::{Disk, Error, check_source_with, codes};
+use keel_compiler::{Error, codes};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -23,41 +23,9 @@ pub struct Args {
 
 pub fn run(a: Args) -> ExitCode {
     let color = diagnostics::use_color(a.color);
-    let Some(text) = diagnostics::read(&a.recipe) else {
-        return ExitCode::from(1);
-    };
-    let mut overrides = Vec::new();
-    for s in &a.set {
-        match s.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => {
-                overrides.push((k.trim().to_string(), v.trim().to_string()))
-            }
-            _ => {
-                eprintln!("error: `--set {s}` must look like `--set section.key=VALUE`");
-                return ExitCode::from(1);
-            }
-        }
-    }
-    let checked = check_source_with(&Disk, &a.recipe, &text, &overrides);
-    if checked.has_errors() {
-        diagnostics::print(
-            &a.recipe,
-            &checked.diagnostics,
-            checked.sources(),
-            a.error_format,
-            color,
-        );
-        return ExitCode::from(1);
-    }
-    let Some(index) = checked.main_recipe(a.name.as_deref()) else {
-        eprintln!(
-            "error: `{}` has no recipe{}",
-            a.recipe,
-            a.name
-                .as_ref()
-                .map(|n| format!(" named `{n}`"))
-                .unwrap_or_default()
-        );
+    let Some((checked, index)) =
+        diagnostics::load(&a.recipe, &a.set, a.name.as_deref(), a.error_format, color)
+    else {
         return ExitCode::from(1);
     };
     let Target::Torch = a.target;

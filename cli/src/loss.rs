@@ -3,7 +3,7 @@
 
 use crate::{Color, ErrorFormat, diagnostics};
 use keel_compiler::batch::Batch;
-use keel_compiler::{Backend, Disk, Error, check_source_with, codes, run_loss_on};
+use keel_compiler::{Backend, Error, codes, run_loss_on};
 use std::process::ExitCode;
 
 pub struct Args {
@@ -20,21 +20,6 @@ pub struct Args {
 
 pub fn run(a: Args) -> ExitCode {
     let color = diagnostics::use_color(a.color);
-    let Some(text) = diagnostics::read(&a.recipe) else {
-        return ExitCode::from(1);
-    };
-    let mut overrides = Vec::new();
-    for s in &a.set {
-        match s.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => {
-                overrides.push((k.trim().to_string(), v.trim().to_string()))
-            }
-            _ => {
-                eprintln!("error: `--set {s}` must look like `--set section.key=VALUE`");
-                return ExitCode::from(1);
-            }
-        }
-    }
     let device = a.backend == "device";
     let backend = if device {
         None
@@ -50,30 +35,9 @@ pub fn run(a: Args) -> ExitCode {
             }
         }
     };
-    let checked = check_source_with(&Disk, &a.recipe, &text, &overrides);
-    if checked.has_errors() {
-        diagnostics::print(
-            &a.recipe,
-            &checked.diagnostics,
-            checked.sources(),
-            a.error_format,
-            color,
-        );
-        return ExitCode::from(1);
-    }
-    let Some(index) = checked.main_recipe(a.name.as_deref()) else {
-        let names: Vec<&str> = checked.recipes.iter().map(|r| r.name.as_str()).collect();
-        eprintln!(
-            "error: `{}` has no recipe{}",
-            a.recipe,
-            a.name
-                .as_ref()
-                .map(|n| format!(" named `{n}`"))
-                .unwrap_or_default()
-        );
-        if !names.is_empty() {
-            eprintln!("help: recipes in the file: {}", names.join(", "));
-        }
+    let Some((checked, index)) =
+        diagnostics::load(&a.recipe, &a.set, a.name.as_deref(), a.error_format, color)
+    else {
         return ExitCode::from(1);
     };
     // A file whose tensors cannot be held is refused before it is read.

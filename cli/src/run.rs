@@ -18,19 +18,6 @@ pub struct Args {
     pub color: Color,
 }
 
-fn parse_set(set: &[String]) -> Result<Vec<(String, String)>, String> {
-    set.iter()
-        .map(|s| match s.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => {
-                Ok((k.trim().to_string(), v.trim().to_string()))
-            }
-            _ => Err(format!(
-                "`--set {s}` must look like `--set section.key=VALUE`"
-            )),
-        })
-        .collect()
-}
-
 /// `runs/NAME`, or `runs/NAME-2`, … — the first that does not exist.
 fn default_out(name: &str) -> PathBuf {
     let base = Path::new("runs");
@@ -70,7 +57,7 @@ pub fn run(a: Args) -> ExitCode {
             (rf.recipe_path, rf.recipe, rf.set, PathBuf::from(dir), true)
         }
         (None, Some(recipe)) => {
-            let set = match parse_set(&a.set) {
+            let set = match diagnostics::parse_set(&a.set) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("error: {e}");

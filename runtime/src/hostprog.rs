@@ -261,28 +261,16 @@ recipe q extends grpo {
             total_steps: 100.0,
             epoch: 0.0,
         };
-        let inputs = r.inputs(s);
-        let mask = r.mask();
-        let view = BatchView {
-            shape: r.shape(),
-            mask: &mask,
-            inputs: &inputs,
-        };
-        let reward = h.reward(&view).expect("runs").expect("a reward");
+        let (reward, sc) = r.with_host_view(s, |view| (h.reward(view), h.scalars(view)));
+        let reward = reward.expect("runs").expect("a reward");
         assert_eq!(reward, vec![1.0 - 0.01, 0.0, 1.0 - 0.03]);
-        let sc = h.scalars(&view).expect("runs");
+        let sc = sc.expect("runs");
         assert_eq!(sc["optimizer.lr"], 3e-4 * 0.5);
         // The state starts from the value given, not the recipe's 1.0.
         assert!((sc["state.avg"] - (0.5 * 0.2 + 0.5 * 0.04)).abs() < 1e-15);
         assert_eq!(sc["guard.low"], 1.0);
         let r = batch(&[true], 0.5);
-        let inputs = r.inputs(s);
-        let mask = r.mask();
-        let view = BatchView {
-            shape: r.shape(),
-            mask: &mask,
-            inputs: &inputs,
-        };
-        assert_eq!(h.scalars(&view).expect("runs")["guard.low"], 0.0);
+        let sc = r.with_host_view(s, |view| h.scalars(view)).expect("runs");
+        assert_eq!(sc["guard.low"], 0.0);
     }
 }

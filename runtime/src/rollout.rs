@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use keel_compiler::batch::Batch;
 use keel_compiler::interp::Shape;
 
+use crate::hostprog::BatchView;
 use crate::tasks::Verdict;
 use crate::tokenizer::PAD;
 
@@ -173,6 +174,18 @@ impl Rollouts {
             }
         }
         out
+    }
+
+    /// The host program's view of these rollouts at step `s` (shape, mask
+    /// and inputs), handed to `f`.
+    pub fn with_host_view<R>(&self, s: StepInputs, f: impl FnOnce(&BatchView) -> R) -> R {
+        let inputs = self.inputs(s);
+        let mask = self.mask();
+        f(&BatchView {
+            shape: self.shape(),
+            mask: &mask,
+            inputs: &inputs,
+        })
     }
 
     /// Every input the runtime provides, flat in level order (for the

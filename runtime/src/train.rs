@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 
 use crate::checkpoint::{self, Checkpoint, TrainState, bits, unbits};
 use crate::error::{Error, Result, codes};
-use crate::hostprog::{BatchView, HostProgram, params_of, set_params};
+use crate::hostprog::{HostProgram, params_of, set_params};
 use crate::model::{ModelConfig, Policy, Weights, to_vec};
 use crate::optim::{self, AdamW, AdamWConfig};
 use crate::rng::Rng;
@@ -1181,14 +1181,7 @@ impl<'a> Trainer<'a> {
             }
             line.insert("kl_ref".into(), json!(s / f64::max(c, 1.0)));
         }
-        let inputs = batch.inputs(step_in);
-        let mask = batch.mask();
-        let view = BatchView {
-            shape: batch.shape(),
-            mask: &mask,
-            inputs: &inputs,
-        };
-        let hs = self.host.scalars(&view)?;
+        let hs = batch.with_host_view(step_in, |view| self.host.scalars(view))?;
         // state updates
         for (k, v) in &hs {
             if let Some(s) = k.strip_prefix("state.") {
@@ -1615,35 +1608,23 @@ fn truncate_lines(path: &Path, n: u64) -> Result<()> {
     checkpoint::write_atomic(path, kept.as_bytes())
 }
 
-/// Step-level host values at the next step (no batch statistics).
+/// Step-level host values at the next step (no batch statistics: those
+/// guards read are NaN here; only schedules are used).
 fn step_scalars(host: &HostProgram, st: &TrainState, total: u64) -> Result<HashMap<String, f64>> {
-    let r = Rollouts::default();
     let step = StepInputs {
         step: (st.step + 1) as f64,
         total_steps: total as f64,
         epoch: 0.0,
     };
-    let inputs = r.inputs(step);
-    let view = BatchView {
-        shape: r.shape(),
-        mask: &[],
-        inputs: &inputs,
-    };
-    // Batch statistics read by guards are NaN here; only schedules are used.
-    host.scalars(&view)
+    Rollouts::default().with_host_view(step, |view| host.scalars(view))
 }
 
 fn rewards_of(host: &HostProgram, r: &Rollouts, s: StepInputs) -> Result<Vec<f64>> {
-    let inputs = r.inputs(s);
-    let mask = r.mask();
-    let view = BatchView {
-        shape: r.shape(),
-        mask: &mask,
-        inputs: &inputs,
-    };
-    Ok(host
-        .reward(&view)?
-        .unwrap_or_else(|| inputs["reward"].clone()))
+    r.with_host_view(s, |view| {
+        Ok(host
+            .reward(view)?
+            .unwrap_or_else(|| view.inputs["reward"].clone()))
+    })
 }
 
 /// The next prompts of the training stream, in curriculum order.
