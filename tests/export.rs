@@ -45,6 +45,20 @@ fn exported_torch_packages_equal_the_interpreter_on_every_stdlib_recipe() {
     let Some(py) = python() else {
         return;
     };
+    let verl = Command::new(&py)
+        .args(["-c", "import verl; assert verl.__version__ == '0.9.1'"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        verl || std::env::var_os("KEEL_REQUIRE_TORCH").is_none(),
+        "KEEL_REQUIRE_TORCH is set but verl 0.9.1 is not installed in {}",
+        py.display()
+    );
+    if !verl {
+        eprintln!("verl 0.9.1 is not installed: the credit is not checked through verl's registry");
+    }
+    let mut verl_cases = 0;
+    let mut verl_recipes = std::collections::BTreeSet::new();
     let dir = std::env::temp_dir().join(format!("keel-export-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut cases = Vec::new();
@@ -74,7 +88,25 @@ fn exported_torch_packages_equal_the_interpreter_on_every_stdlib_recipe() {
                 let Ok(want) = program.run(&mut Interp { memory: None }, &batch, "b") else {
                     continue;
                 };
-                let pkg = keel_export::torch_package(&c, idx, &has, &file).expect("exports");
+                let mut pkg = keel_export::torch_package(&c, idx, &has, &file).expect("exports");
+                // verl puts a response's reward on its last valid token: a
+                // row with none cannot carry one, so such batches are not
+                // checked through verl.
+                let empty_row = batch.tensors.get("mask").is_some_and(|m| {
+                    (0..want.b)
+                        .any(|i| (0..want.t).all(|j| m.data.get(i * want.t + j) == Some(0.0)))
+                });
+                let estimator =
+                    if verl && !empty_row && want.advantages.is_some() && batch.has("reward") {
+                        keel_export::verl_estimator(&c, idx, &file).ok()
+                    } else {
+                        None
+                    };
+                if let Some(files) = &estimator {
+                    pkg.files.extend(files.iter().cloned());
+                    verl_cases += 1;
+                    verl_recipes.insert(r.name.clone());
+                }
                 let case = dir.join(format!("{}-{k}", r.name));
                 for (rel, body) in &pkg.files {
                     let p = case.join(rel);
@@ -104,6 +136,7 @@ fn exported_torch_packages_equal_the_interpreter_on_every_stdlib_recipe() {
                     "dir": case.to_string_lossy(),
                     "package": pkg.name,
                     "batch": file.to_string_lossy(),
+                    "verl": estimator.is_some(),
                 }));
             }
         }
@@ -146,6 +179,10 @@ fn exported_torch_packages_equal_the_interpreter_on_every_stdlib_recipe() {
         }
     }
     eprintln!(
+        "{verl_cases} cases of {} recipes checked the credit through verl's get_adv_estimator_fn: {verl_recipes:?}",
+        verl_recipes.len()
+    );
+    eprintln!(
         "{} cases of {} recipes, {checked} outputs ({above} above 1e-9); largest error {:.2e} ({})",
         cases.len(),
         recipes.len(),
@@ -158,5 +195,6 @@ fn exported_torch_packages_equal_the_interpreter_on_every_stdlib_recipe() {
         eprintln!("the failing cases are kept in {}", dir.display());
     }
     assert!(recipes.len() >= 40, "only {} recipes ran", recipes.len());
+    assert!(!verl || verl_cases >= 70, "only {verl_cases} verl cases");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

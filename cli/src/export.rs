@@ -30,13 +30,19 @@ pub fn run(a: Args) -> ExitCode {
     };
     let Target::Torch = a.target;
     let has = keel_export::torch_inputs(&checked.recipes[index]);
-    let package = match keel_export::torch_package(&checked, index, &has, &a.recipe) {
+    let mut package = match keel_export::torch_package(&checked, index, &has, &a.recipe) {
         Ok(p) => p,
         Err(d) => {
             diagnostics::print(&a.recipe, &d, checked.sources(), a.error_format, color);
             return ExitCode::from(1);
         }
     };
+    // The credit as a verl advantage estimator, when verl gives it what it
+    // reads (imported only by a user of verl).
+    let estimator = keel_export::verl_estimator(&checked, index, &a.recipe);
+    if let Ok(files) = &estimator {
+        package.files.extend(files.iter().cloned());
+    }
     let out = Path::new(&a.out);
     for (rel, body) in &package.files {
         let path = out.join(rel);
@@ -63,5 +69,12 @@ pub fn run(a: Args) -> ExitCode {
         package.name,
         out.display()
     );
+    match estimator {
+        Ok(_) => eprintln!(
+            "  the credit as a verl advantage estimator: import {}.verl_adv, algorithm.adv_estimator={}",
+            package.name, package.name
+        ),
+        Err(why) => eprintln!("  no verl advantage estimator: {why}"),
+    }
     ExitCode::SUCCESS
 }

@@ -571,6 +571,8 @@ fn export_writes_a_torch_package_with_the_recipes_values() {
         "keel_grpo/__init__.py",
         "keel_grpo/_keel.py",
         "keel_grpo/loss.py",
+        "keel_grpo/credit.py",
+        "keel_grpo/verl_adv.py",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }

@@ -34,14 +34,37 @@ def rel_err(got, want):
     return float(d.max()) / scale if d.numel() else 0.0
 
 
+def verl_advantages(case, inp, want):
+    """The credit through verl's own registry: `get_adv_estimator_fn` on
+    verl's inputs (the reward at each response's last valid token, group
+    uids as strings), against Keel's advantages."""
+    import numpy as np
+    from verl.trainer.ppo import core_algos
+
+    name = case["package"]
+    # Each case imports its package afresh; verl refuses a second function
+    # under one name, so the previous case's registration goes first.
+    core_algos.ADV_ESTIMATOR_REGISTRY.pop(name, None)
+    importlib.import_module(case["package"] + ".verl_adv")
+    fn = core_algos.get_adv_estimator_fn(name)
+    mask = inp["mask"].to(torch.float64)
+    reward = inp["reward"].to(torch.float64)
+    tlr = torch.zeros_like(mask)
+    for i in range(mask.shape[0]):
+        idx = torch.nonzero(mask[i]).reshape(-1)
+        if idx.numel():
+            tlr[i, idx[-1]] = reward[i]
+    group = inp.get("group")
+    index = np.array([f"uid-{int(g)}" for g in group.tolist()]) if group is not None else None
+    adv, ret = fn(token_level_rewards=tlr, response_mask=mask.bool(), config=None, index=index)
+    return max(rel_err(adv, want["advantages"]), rel_err(ret, want["advantages"]))
+
+
 def run_case(case):
     for m in [m for m in sys.modules if m.startswith("keel_")]:
         del sys.modules[m]
     sys.path.insert(0, case["dir"])
-    try:
-        mod = importlib.import_module(case["package"])
-    finally:
-        sys.path.pop(0)
+    mod = importlib.import_module(case["package"])
     t = load_file(case["batch"])
     inp = {k: v for k, v in t.items() if not k.startswith("expect.")}
     want = {k[len("expect."):]: v for k, v in t.items() if k.startswith("expect.")}
@@ -68,6 +91,8 @@ def run_case(case):
             g = torch.zeros_like(want[gname], dtype=torch.float64)
         m = mask if g.dim() == 2 else mask[..., None]
         errs[gname] = rel_err(g * m, want[gname])
+    if case.get("verl"):
+        errs["verl.advantages"] = verl_advantages(case, inp, want)
     missing = [k for k in want if k not in errs]
     for k in missing:
         errs[k] = float("inf")
@@ -80,7 +105,10 @@ def main(manifest):
     result = []
     for case in cases:
         try:
-            errs = run_case(case)
+            try:
+                errs = run_case(case)
+            finally:
+                sys.path.remove(case["dir"])
             result.append({"case": case["name"], "errors": errs})
         except Exception as e:  # reported per case, with what failed
             result.append({"case": case["name"], "exception": f"{type(e).__name__}: {e}"})

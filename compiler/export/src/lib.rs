@@ -16,7 +16,7 @@ mod torch;
 use keel_check::{Checked, Diagnostic};
 use keel_ir::LogitsPath;
 
-pub use torch::forward_source;
+pub use torch::{Outputs, forward_source};
 
 /// The IR's semantics in torch, shipped as `_keel.py` in every package.
 pub const RUNTIME: &str = include_str!("keel_rt.py");
@@ -60,7 +60,7 @@ pub fn torch_package(
     let compiled =
         keel_ir::compile_loss_for(checked, index, &|n: &str| has(n), LogitsPath::Program)?;
     let name = package_name(&recipe.name);
-    let module = forward_source(&compiled.graph, &recipe.name, source);
+    let module = forward_source(&compiled.graph, &recipe.name, source, Outputs::All);
     let init = format!(
         "\"\"\"The loss of Keel recipe `{r}`, exported by `keel export` (see README.md).\"\"\"\n\nfrom .loss import INPUTS, OUTPUTS, PARAMS, RECIPE, forward\n\n__all__ = [\"forward\", \"INPUTS\", \"OUTPUTS\", \"PARAMS\", \"RECIPE\"]\n",
         r = recipe.name
@@ -81,4 +81,96 @@ pub fn torch_package(
         ],
         name,
     })
+}
+
+/// The inputs verl hands an advantage estimator, by Keel's names:
+/// `token_level_rewards` summed over the response (`reward`), the response
+/// mask, the group uids (`index`), and what Keel derives from the mask.
+const VERL_ESTIMATOR_INPUTS: &[&str] = &[
+    "reward",
+    "mask",
+    "group",
+    "length",
+    "position",
+    "index",
+    "step",
+    "total_steps",
+    "epoch",
+    "progress",
+];
+
+/// The recipe's credit as a verl advantage estimator (`credit.py` and
+/// `verl_adv.py` of the package), registered as `keel_NAME` through
+/// `verl.trainer.ppo.core_algos.register_adv_est`; `Err` names the inputs
+/// the credit reads that verl's estimators are not given.
+pub fn verl_estimator(
+    checked: &Checked,
+    index: usize,
+    source: &str,
+) -> Result<Vec<(String, String)>, String> {
+    let recipe = checked.recipes.get(index).ok_or("no such recipe")?;
+    let has = torch_inputs(recipe);
+    let compiled =
+        keel_ir::compile_loss_for(checked, index, &|n: &str| has(n), LogitsPath::Program)
+            .map_err(|d| d.first().map(|d| d.message.clone()).unwrap_or_default())?;
+    let g = &compiled.graph;
+    if g.output("advantages").is_none() {
+        return Err("the recipe has no credit".into());
+    }
+    let keep = Outputs::Only("advantages");
+    let missing: Vec<String> = torch::inputs(g, keep)
+        .into_iter()
+        .filter(|n| !VERL_ESTIMATOR_INPUTS.contains(&n.as_str()))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "the credit reads {}, which verl does not give an advantage estimator",
+            missing.join(", ")
+        ));
+    }
+    let name = package_name(&recipe.name);
+    let credit = forward_source(g, &recipe.name, source, keep);
+    let adv = format!(
+        r#""""The credit of Keel recipe `{r}` as a verl advantage estimator.
+
+Written by `keel export`; do not edit. Importing this module registers
+`{name}` with `verl.trainer.ppo.core_algos.register_adv_est`; set
+`algorithm.adv_estimator={name}`. verl's `token_level_rewards` summed over
+the response are Keel's `reward`; its group uids (`index`) are Keel's
+`group`. Group and batch statistics are taken over the whole step's batch,
+which verl hands the estimator, as Keel's credit does.
+"""
+
+import numpy as np
+import torch
+from verl.trainer.ppo.core_algos import register_adv_est
+
+from .credit import forward as _credit
+
+NAME = "{name}"
+
+
+def _group_ids(index, device):
+    ids = {{}}
+    uids = np.asarray(index).tolist()
+    return torch.tensor([ids.setdefault(u, len(ids)) for u in uids], dtype=torch.long, device=device)
+
+
+@register_adv_est(NAME)
+def compute_advantages(token_level_rewards, response_mask, config=None, index=None, **kwargs):
+    """(advantages, returns), both Keel's credit broadcast to the tokens and masked."""
+    mask = response_mask.to(token_level_rewards.dtype)
+    inp = {{"mask": mask, "reward": (token_level_rewards * mask).sum(-1)}}
+    if index is not None:
+        inp["group"] = _group_ids(index, mask.device)
+    with torch.no_grad():
+        adv = _credit(inp, dtype=token_level_rewards.dtype)["advantages"]
+    return adv, adv
+"#,
+        r = recipe.name,
+    );
+    Ok(vec![
+        (format!("{name}/credit.py"), credit),
+        (format!("{name}/verl_adv.py"), adv),
+    ])
 }

@@ -61,13 +61,29 @@ fn red(r: Red) -> &'static str {
     }
 }
 
+/// Which outputs a module returns: all it exports, or one of them.
+#[derive(Clone, Copy)]
+pub enum Outputs<'a> {
+    All,
+    Only(&'a str),
+}
+
+impl Outputs<'_> {
+    fn keeps(self, name: &str) -> bool {
+        match self {
+            Outputs::All => exported(name),
+            Outputs::Only(n) => n == name,
+        }
+    }
+}
+
 /// Which nodes the exported outputs depend on.
-fn needed(g: &Graph) -> Vec<bool> {
+fn needed(g: &Graph, keep: Outputs) -> Vec<bool> {
     let mut live = vec![false; g.nodes.len()];
     let mut stack: Vec<NodeId> = g
         .outputs
         .iter()
-        .filter(|(n, _)| exported(n))
+        .filter(|(n, _)| keep.keeps(n))
         .map(|(_, id)| *id)
         .collect();
     while let Some(id) = stack.pop() {
@@ -81,8 +97,8 @@ fn needed(g: &Graph) -> Vec<bool> {
 }
 
 /// The hyperparameters the exported outputs read, with their values.
-pub fn params(g: &Graph) -> BTreeMap<String, f64> {
-    let live = needed(g);
+pub fn params(g: &Graph, keep: Outputs) -> BTreeMap<String, f64> {
+    let live = needed(g, keep);
     g.nodes
         .iter()
         .enumerate()
@@ -95,8 +111,8 @@ pub fn params(g: &Graph) -> BTreeMap<String, f64> {
 }
 
 /// The batch inputs the exported outputs read (and `tokens` for a pick).
-pub fn inputs(g: &Graph) -> Vec<String> {
-    let live = needed(g);
+pub fn inputs(g: &Graph, keep: Outputs) -> Vec<String> {
+    let live = needed(g, keep);
     let mut v: Vec<String> = Vec::new();
     for (i, n) in g.nodes.iter().enumerate() {
         if !live[i] {
@@ -225,8 +241,8 @@ fn expr(g: &Graph, id: NodeId) -> String {
 
 /// The text of `loss.py`: the recipe's hyperparameters and inputs, and
 /// `forward(inp, params=None, dtype=None)`.
-pub fn forward_source(g: &Graph, recipe: &str, source: &str) -> String {
-    let live = needed(g);
+pub fn forward_source(g: &Graph, recipe: &str, source: &str, keep: Outputs) -> String {
+    let live = needed(g, keep);
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -234,16 +250,16 @@ pub fn forward_source(g: &Graph, recipe: &str, source: &str) -> String {
     );
     let _ = writeln!(s, "RECIPE = {}", string(recipe));
     let _ = writeln!(s, "PARAMS = {{");
-    for (k, v) in params(g) {
+    for (k, v) in params(g, keep) {
         let _ = writeln!(s, "    {}: {},", string(&k), float(v));
     }
     let _ = writeln!(s, "}}");
-    let ins: Vec<String> = inputs(g).iter().map(|n| string(n)).collect();
+    let ins: Vec<String> = inputs(g, keep).iter().map(|n| string(n)).collect();
     let _ = writeln!(s, "INPUTS = [{}]", ins.join(", "));
     let outs: Vec<String> = g
         .outputs
         .iter()
-        .filter(|(n, _)| exported(n))
+        .filter(|(n, _)| keep.keeps(n))
         .map(|(n, _)| string(n))
         .collect();
     let _ = writeln!(s, "OUTPUTS = [{}]\n\n", outs.join(", "));
@@ -257,7 +273,7 @@ pub fn forward_source(g: &Graph, recipe: &str, source: &str) -> String {
         }
     }
     let _ = writeln!(s, "    return {{");
-    for (n, id) in g.outputs.iter().filter(|(n, _)| exported(n)) {
+    for (n, id) in g.outputs.iter().filter(|(n, _)| keep.keeps(n)) {
         let _ = writeln!(s, "        {}: v{id},", string(n));
     }
     let _ = writeln!(s, "    }}");
@@ -271,7 +287,7 @@ pub fn readme(g: &Graph, recipe: &str, package: &str, source: &str) -> String {
         s,
         "# `{package}`: the loss of Keel recipe `{recipe}`\n\nWritten by `keel export {source} --target torch`; export again instead of\nediting. The package imports only torch.\n\n```python\nimport torch\nfrom {package} import forward\n\nout = forward(batch)          # batch: dict of tensors by Keel's input names\nout[\"loss\"].backward()        # torch autograd: the gradient Keel derives\n```\n\n## Inputs\n\nShapes as in Keel's `docs/batch-format.md`: B sequences, T response\npositions, V vocabulary entries; `mask` [B, T] selects the tokens that count,\n`group` [B] marks responses to the same prompt. `position`, `index`,\n`length` and the step inputs (`step`, `total_steps`: 1; `epoch`,\n`progress`: 0) are derived when absent.\n"
     );
-    for n in inputs(g) {
+    for n in inputs(g, Outputs::All) {
         let shown = match keel_check::builtins::input(&n).map(|i| i.level) {
             Some(Level::Vocab) => "[B, T, V]",
             Some(Level::Token) => "[B, T]",
@@ -286,7 +302,7 @@ pub fn readme(g: &Graph, recipe: &str, package: &str, source: &str) -> String {
         s,
         "\n## Hyperparameters\n\n`PARAMS`, the recipe's values (`--set` applied); `forward(batch, params={{...}})`\noverrides them.\n"
     );
-    for (k, v) in params(g) {
+    for (k, v) in params(g, Outputs::All) {
         let _ = writeln!(s, "- `{k}` = {}", float(v));
     }
     let _ = writeln!(
