@@ -137,6 +137,10 @@ fn exported_torch_packages_equal_the_interpreter_on_every_stdlib_recipe() {
                     "package": pkg.name,
                     "batch": file.to_string_lossy(),
                     "verl": estimator.is_some(),
+                    // Keel's loss from its terms through verl's `agg_loss`:
+                    // not on a batch with an empty row (verl's token mean of
+                    // an empty term divides by 0 where Keel's gives 0).
+                    "verl_terms": verl && !empty_row,
                 }));
             }
         }

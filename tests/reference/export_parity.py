@@ -60,6 +60,42 @@ def verl_advantages(case, inp, want):
     return max(rel_err(adv, want["advantages"]), rel_err(ret, want["advantages"]))
 
 
+VERL_MODES = {
+    "token_mean": "token-mean",
+    "seq_mean_token_mean": "seq-mean-token-mean",
+    "seq_mean_token_sum": "seq-mean-token-sum",
+    "seq_mean_token_sum_norm": "seq-mean-token-sum-norm",
+}
+
+
+def verl_terms(mod, out, inp, want):
+    """The loss again from the package's TERMS, each token-level term
+    reduced by verl 0.9.1's own `agg_loss` (its mode; the term's weights
+    times the response mask as the loss mask; Dr. GRPO's norm as
+    `loss_scale_factor`), against Keel's loss."""
+    from verl.trainer.ppo.core_algos import agg_loss
+
+    mask = inp["mask"].to(torch.float64)
+    total = torch.zeros((), dtype=torch.float64)
+    for t in mod.TERMS:
+        p = "term." + t["section"]
+        if t["matrix"]:
+            kw = {}
+            if t["mode"] == "seq_mean_token_sum_norm" and t["norm"]:
+                kw["loss_scale_factor"] = float(out[p + ".norm"])
+            value = agg_loss(
+                loss_mat=out[p + ".value"].detach(),
+                loss_mask=(out[p + ".weight"] * mask).detach(),
+                loss_agg_mode=VERL_MODES[t["mode"]],
+                **kw,
+            )
+        else:
+            value = out[p + ".scalar"].detach()
+        coef = out[p + ".coef"].detach() if t["coef"] else 1.0
+        total = total + coef * value
+    return rel_err(total, want["loss"])
+
+
 def run_case(case):
     for m in [m for m in sys.modules if m.startswith("keel_")]:
         del sys.modules[m]
@@ -76,6 +112,8 @@ def run_case(case):
     out = mod.forward(inp, dtype=torch.float64)
     errs = {}
     for name, value in out.items():
+        if name.startswith("term."):
+            continue
         if name in want:
             errs[name] = rel_err(value, want[name])
         else:
@@ -93,6 +131,8 @@ def run_case(case):
         errs[gname] = rel_err(g * m, want[gname])
     if case.get("verl"):
         errs["verl.advantages"] = verl_advantages(case, inp, want)
+    if case.get("verl_terms"):
+        errs["verl.agg_loss"] = verl_terms(mod, out, inp, want)
     missing = [k for k in want if k not in errs]
     for k in missing:
         errs[k] = float("inf")

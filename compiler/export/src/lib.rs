@@ -60,9 +60,44 @@ pub fn torch_package(
     let compiled =
         keel_ir::compile_loss_for(checked, index, &|n: &str| has(n), LogitsPath::Program)?;
     let name = package_name(&recipe.name);
-    let module = forward_source(&compiled.graph, &recipe.name, source, Outputs::All);
+    // The loss's terms as outputs of their own (`term.S.value`, `.weight`,
+    // `.scalar`, `.coef`, `.norm`), and `TERMS` saying how each is reduced:
+    // what an engine's own aggregation needs.
+    let mut graph = compiled.graph.clone();
+    let mut terms = Vec::new();
+    for t in &compiled.terms {
+        let p = format!("term.{}", t.section);
+        let mut push = |what: &str, id: keel_ir::ir::NodeId| {
+            graph.outputs.push((format!("{p}.{what}"), id));
+        };
+        if let Some((m, w)) = t.matrix {
+            push("value", m);
+            push("weight", w);
+        }
+        push("scalar", t.scalar);
+        if let Some(c) = t.coef {
+            push("coef", c);
+        }
+        if let Some(n) = t.norm {
+            push("norm", n);
+        }
+        terms.push(serde_json::json!({
+            "section": t.section,
+            "mode": t.mode,
+            "matrix": t.matrix.is_some(),
+            "coef": t.coef.is_some(),
+            "norm": t.norm.is_some(),
+        }));
+    }
+    let mut module = forward_source(&graph, &recipe.name, source, Outputs::All);
+    module.push_str(&format!(
+        "\n\n# The loss is the sum over TERMS of coef · reduce(value) with the\n# term's mode (value and weight are token-level; masked-out tokens count\n# for neither); `term.S.*` outputs hold them.\nTERMS = {}\n",
+        serde_json::to_string(&terms).unwrap_or_else(|_| "[]".into())
+            .replace("true", "True")
+            .replace("false", "False")
+    ));
     let init = format!(
-        "\"\"\"The loss of Keel recipe `{r}`, exported by `keel export` (see README.md).\"\"\"\n\nfrom .loss import INPUTS, OUTPUTS, PARAMS, RECIPE, forward\n\n__all__ = [\"forward\", \"INPUTS\", \"OUTPUTS\", \"PARAMS\", \"RECIPE\"]\n",
+        "\"\"\"The loss of Keel recipe `{r}`, exported by `keel export` (see README.md).\"\"\"\n\nfrom .loss import INPUTS, OUTPUTS, PARAMS, RECIPE, TERMS, forward\n\n__all__ = [\"forward\", \"INPUTS\", \"OUTPUTS\", \"PARAMS\", \"RECIPE\", \"TERMS\"]\n",
         r = recipe.name
     );
     let pyproject = format!(

@@ -18,7 +18,10 @@ use std::fmt::Write;
 
 /// The outputs a module returns: the loss, the advantages and the metrics.
 fn exported(name: &str) -> bool {
-    name == "loss" || name == "advantages" || name.starts_with("metric.")
+    name == "loss"
+        || name == "advantages"
+        || name.starts_with("metric.")
+        || name.starts_with("term.")
 }
 
 fn level(l: Level) -> &'static str {

@@ -86,6 +86,8 @@ impl LogitsPath {
 /// A loss program compiled for one recipe and the inputs a batch provides.
 pub struct CompiledLoss {
     pub graph: ir::Graph,
+    /// The loss's terms as the recipe wrote them (nodes of `graph`).
+    pub terms: Vec<lower::LossTerm>,
     pub skipped_metrics: Vec<String>,
 }
 
@@ -126,6 +128,7 @@ pub fn compile_loss_for(
     })
     .map(|p| CompiledLoss {
         graph: p.graph,
+        terms: p.terms,
         skipped_metrics: p.skipped_metrics,
     })
 }

@@ -57,6 +57,9 @@ pub struct Lowering<'a> {
     /// A given `entropy` is differentiated (`d_entropy`), for callers that
     /// compute it with the fused logits kernel.
     pub entropy_grad: bool,
+    /// The token-level matrix the last `aggregate` reduced and its token
+    /// weights (`None` for a value already at batch level).
+    matrix: Option<(NodeId, NodeId)>,
 }
 
 type L<T> = Result<T, ()>;
@@ -78,6 +81,7 @@ impl<'a> Lowering<'a> {
             inputs: HashMap::new(),
             errors: Vec::new(),
             entropy_grad: false,
+            matrix: None,
         }
     }
 
@@ -847,6 +851,7 @@ impl<'a> Lowering<'a> {
         keep: Option<NodeId>,
     ) -> NodeId {
         if self.b.level(x) <= Level::Batch {
+            self.matrix = None;
             return self.b.broadcast(x, Level::Batch);
         }
         let x = self.b.float(x);
@@ -864,6 +869,7 @@ impl<'a> Lowering<'a> {
             }
             None => (x, ones),
         };
+        self.matrix = Some((x, ones));
         let b = &mut self.b;
         match mode {
             // verl 0.9.1 `agg_loss`: the mean over sequences with a valid
@@ -915,8 +921,33 @@ fn is_literal(e: &Expr) -> bool {
 }
 
 /// A compiled loss program and what it needs.
+/// One term of the loss as the recipe wrote it: `coef · reduce(value)`
+/// with the objective's reduction `mode` (and `norm`). The exporter hands a
+/// term's token-level matrix to an engine's own aggregation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossTerm {
+    /// `objective`, `divergence` or `entropy`.
+    pub section: String,
+    /// The token-level matrix reduced (the value broadcast to tokens, times
+    /// the term's mask) and the token weights it is counted with (1, or the
+    /// term's mask); `None` when the value is already a batch-level scalar
+    /// (then `scalar` is it). Masked-out tokens of the batch count for
+    /// neither.
+    pub matrix: Option<(NodeId, NodeId)>,
+    /// The term's aggregated value, before `coef`.
+    pub scalar: NodeId,
+    /// `token_mean`, `seq_mean_token_mean`, `seq_mean_token_sum` or
+    /// `seq_mean_token_sum_norm`.
+    pub mode: String,
+    pub norm: Option<NodeId>,
+    /// `S.coef` (`None`: 1, and always for the objective).
+    pub coef: Option<NodeId>,
+}
+
 pub struct Program0 {
     pub graph: Graph,
+    /// The loss's terms (their nodes are in `graph`; the loss is their sum).
+    pub terms: Vec<LossTerm>,
     /// Monitor keys left out because the batch lacks an input they read.
     pub skipped_metrics: Vec<String>,
 }
@@ -978,6 +1009,14 @@ pub fn loss_program_with(
         return Err(fail(lw));
     };
     let mut total = lw.aggregate(loss, &mode, norm, keep);
+    let mut terms = vec![LossTerm {
+        section: "objective".into(),
+        matrix: lw.matrix,
+        scalar: total,
+        mode: mode.clone(),
+        norm,
+        coef: None,
+    }];
     for sec in ["divergence", "entropy"] {
         if merged.section(sec).and_then(|s| s.entry("value")).is_none() {
             continue;
@@ -985,7 +1024,8 @@ pub fn loss_program_with(
         let Ok(v) = lw.entry(sec, "value") else {
             return Err(fail(lw));
         };
-        let coef = if merged.section(sec).and_then(|s| s.entry("coef")).is_some() {
+        let given = merged.section(sec).and_then(|s| s.entry("coef")).is_some();
+        let coef = if given {
             let Ok(c) = lw.entry(sec, "coef") else {
                 return Err(fail(lw));
             };
@@ -997,6 +1037,14 @@ pub fn loss_program_with(
             return Err(fail(lw));
         };
         let agg = lw.aggregate(v, &mode, norm, term_keep);
+        terms.push(LossTerm {
+            section: sec.into(),
+            matrix: lw.matrix,
+            scalar: agg,
+            mode: mode.clone(),
+            norm,
+            coef: given.then_some(coef),
+        });
         let term = lw.b.binary(Bin::Mul, coef, agg);
         total = lw.b.binary(Bin::Add, total, term);
     }
@@ -1109,6 +1157,7 @@ pub fn loss_program_with(
     graph.outputs = kept;
     Ok(Program0 {
         graph,
+        terms,
         skipped_metrics: skipped,
     })
 }
