@@ -16,7 +16,7 @@ mod torch;
 use keel_check::{Checked, Diagnostic};
 use keel_ir::LogitsPath;
 
-pub use torch::{Outputs, forward_source};
+pub use torch::{Keep, forward_source};
 
 /// The IR's semantics in torch, shipped as `_keel.py` in every package.
 pub const RUNTIME: &str = include_str!("keel_rt.py");
@@ -89,7 +89,7 @@ pub fn torch_package(
             "norm": t.norm.is_some(),
         }));
     }
-    let mut module = forward_source(&graph, &recipe.name, source, Outputs::All);
+    let mut module = forward_source(&graph, &recipe.name, source, Keep::All);
     module.push_str(&format!(
         "\n\n# The loss is the sum over TERMS of coef · reduce(value) with the\n# term's mode (value and weight are token-level; masked-out tokens count\n# for neither); `term.S.*` outputs hold them.\nTERMS = {}\n",
         serde_json::to_string(&terms).unwrap_or_else(|_| "[]".into())
@@ -152,7 +152,7 @@ pub fn verl_estimator(
     if g.output("advantages").is_none() {
         return Err("the recipe has no credit".into());
     }
-    let keep = Outputs::Only("advantages");
+    let keep = Keep::Only("advantages");
     let missing: Vec<String> = torch::inputs(g, keep)
         .into_iter()
         .filter(|n| !VERL_ESTIMATOR_INPUTS.contains(&n.as_str()))

@@ -66,41 +66,32 @@ fn red(r: Red) -> &'static str {
 
 /// Which outputs a module returns: all it exports, or one of them.
 #[derive(Clone, Copy)]
-pub enum Outputs<'a> {
+pub enum Keep<'a> {
     All,
     Only(&'a str),
 }
 
-impl Outputs<'_> {
+impl Keep<'_> {
     fn keeps(self, name: &str) -> bool {
         match self {
-            Outputs::All => exported(name),
-            Outputs::Only(n) => n == name,
+            Keep::All => exported(name),
+            Keep::Only(n) => n == name,
         }
     }
 }
 
 /// Which nodes the exported outputs depend on.
-fn needed(g: &Graph, keep: Outputs) -> Vec<bool> {
-    let mut live = vec![false; g.nodes.len()];
-    let mut stack: Vec<NodeId> = g
-        .outputs
-        .iter()
-        .filter(|(n, _)| keep.keeps(n))
-        .map(|(_, id)| *id)
-        .collect();
-    while let Some(id) = stack.pop() {
-        if live[id] {
-            continue;
-        }
-        live[id] = true;
-        stack.extend(g.nodes[id].args.iter().copied());
-    }
-    live
+fn needed(g: &Graph, keep: Keep) -> Vec<bool> {
+    g.live_from(
+        g.outputs
+            .iter()
+            .filter(|(n, _)| keep.keeps(n))
+            .map(|(_, id)| *id),
+    )
 }
 
 /// The hyperparameters the exported outputs read, with their values.
-pub fn params(g: &Graph, keep: Outputs) -> BTreeMap<String, f64> {
+pub fn params(g: &Graph, keep: Keep) -> BTreeMap<String, f64> {
     let live = needed(g, keep);
     g.nodes
         .iter()
@@ -114,7 +105,7 @@ pub fn params(g: &Graph, keep: Outputs) -> BTreeMap<String, f64> {
 }
 
 /// The batch inputs the exported outputs read (and `tokens` for a pick).
-pub fn inputs(g: &Graph, keep: Outputs) -> Vec<String> {
+pub fn inputs(g: &Graph, keep: Keep) -> Vec<String> {
     let live = needed(g, keep);
     let mut v: Vec<String> = Vec::new();
     for (i, n) in g.nodes.iter().enumerate() {
@@ -244,7 +235,7 @@ fn expr(g: &Graph, id: NodeId) -> String {
 
 /// The text of `loss.py`: the recipe's hyperparameters and inputs, and
 /// `forward(inp, params=None, dtype=None)`.
-pub fn forward_source(g: &Graph, recipe: &str, source: &str, keep: Outputs) -> String {
+pub fn forward_source(g: &Graph, recipe: &str, source: &str, keep: Keep) -> String {
     let live = needed(g, keep);
     let mut s = String::new();
     let _ = writeln!(
@@ -290,7 +281,7 @@ pub fn readme(g: &Graph, recipe: &str, package: &str, source: &str) -> String {
         s,
         "# `{package}`: the loss of Keel recipe `{recipe}`\n\nWritten by `keel export {source} --target torch`; export again instead of\nediting. The package imports only torch.\n\n```python\nimport torch\nfrom {package} import forward\n\nout = forward(batch)          # batch: dict of tensors by Keel's input names\nout[\"loss\"].backward()        # torch autograd: the gradient Keel derives\n```\n\n## Inputs\n\nShapes as in Keel's `docs/batch-format.md`: B sequences, T response\npositions, V vocabulary entries; `mask` [B, T] selects the tokens that count,\n`group` [B] marks responses to the same prompt. `position`, `index`,\n`length` and the step inputs (`step`, `total_steps`: 1; `epoch`,\n`progress`: 0) are derived when absent.\n"
     );
-    for n in inputs(g, Outputs::All) {
+    for n in inputs(g, Keep::All) {
         let shown = match keel_check::builtins::input(&n).map(|i| i.level) {
             Some(Level::Vocab) => "[B, T, V]",
             Some(Level::Token) => "[B, T]",
@@ -305,7 +296,7 @@ pub fn readme(g: &Graph, recipe: &str, package: &str, source: &str) -> String {
         s,
         "\n## Hyperparameters\n\n`PARAMS`, the recipe's values (`--set` applied); `forward(batch, params={{...}})`\noverrides them.\n"
     );
-    for (k, v) in params(g, Outputs::All) {
+    for (k, v) in params(g, Keep::All) {
         let _ = writeln!(s, "- `{k}` = {}", float(v));
     }
     let _ = writeln!(

@@ -235,8 +235,13 @@ impl Graph {
 
     /// Nodes reachable from the outputs (a dead-code sweep for printing).
     pub fn live(&self) -> Vec<bool> {
+        self.live_from(self.outputs.iter().map(|(_, id)| *id))
+    }
+
+    /// Nodes reachable from `roots` (some of the outputs, say).
+    pub fn live_from(&self, roots: impl IntoIterator<Item = NodeId>) -> Vec<bool> {
         let mut live = vec![false; self.nodes.len()];
-        let mut stack: Vec<NodeId> = self.outputs.iter().map(|(_, id)| *id).collect();
+        let mut stack: Vec<NodeId> = roots.into_iter().collect();
         while let Some(id) = stack.pop() {
             if live[id] {
                 continue;
