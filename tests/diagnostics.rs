@@ -654,3 +654,63 @@ fn batch_file_error_code_has_an_entry() {
     // E0604 (unreadable batch) is printed by the CLI, not as a compiler diagnostic.
     assert!(keel_compiler::codes::explain("E0604").is_some());
 }
+
+// ----- export (`keel export --target verl`) ---------------------------------
+
+/// `export_case!(name, "E08xx", source)`: `source` checks cleanly, and
+/// exporting it for verl is refused with code `E08xx`, rendered as the
+/// stored snapshot; `--allow-partial` exports it (E0801, E0802) or not
+/// (E0800 in the loss).
+macro_rules! export_case {
+    ($name:ident, $code:literal, $src:expr, $partial_ok:expr) => {
+        #[test]
+        fn $name() {
+            let mut c = check_str($src);
+            assert!(!c.has_errors(), "{}", render(&c));
+            let idx = c.recipes.len() - 1;
+            let refused = keel_export::verl_package(&c, idx, "test.recipe", false)
+                .err()
+                .expect("refused");
+            assert!(refused.iter().any(|d| d.code.0 == $code), "{refused:?}");
+            c.diagnostics = refused;
+            insta::assert_snapshot!(stringify!($name), render(&c));
+            let partial = keel_export::verl_package(&c, idx, "test.recipe", true);
+            assert_eq!(partial.is_ok(), $partial_ok);
+            if let Ok(p) = partial {
+                let readme = &p
+                    .package
+                    .files
+                    .iter()
+                    .find(|(n, _)| n == "README.md")
+                    .expect("README")
+                    .1;
+                assert!(readme.contains("## Dropped"), "{readme}");
+            }
+        }
+    };
+}
+
+export_case!(
+    e0800_export_reads_reward,
+    "E0800",
+    "import std/grpo\nrecipe r extends grpo {\n    objective.loss = -credit * logp * reward\n}\n",
+    false
+);
+export_case!(
+    e0800_export_credit_reads_values,
+    "E0800",
+    "import std/ppo\nrecipe r extends ppo {}\n",
+    true
+);
+export_case!(
+    e0801_export_guard,
+    "E0801",
+    "import std/grpo\nrecipe r extends grpo {\n    guard collapse: mean(entropy) over batch < 0.05 for 20 steps => { rollback 2 }\n}\n",
+    true
+);
+export_case!(
+    e0802_export_reward_section,
+    "E0802",
+    "import std/dapo\nrecipe r extends dapo {}\n",
+    true
+);

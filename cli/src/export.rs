@@ -1,4 +1,4 @@
-//! `keel export RECIPE --target torch --out DIR [--set NAME=VALUE]...`
+//! `keel export RECIPE --target torch|verl --out DIR [--set NAME=VALUE]... [--allow-partial]`
 
 use crate::{Color, ErrorFormat, diagnostics};
 use keel_compiler::{Error, codes};
@@ -9,12 +9,16 @@ use std::process::ExitCode;
 pub enum Target {
     /// A PyTorch package: `forward(batch)` → loss, advantages, metrics.
     Torch,
+    /// A package for verl 0.9.1: the loss and credit registered with verl,
+    /// `overrides.txt` and `run.sh`.
+    Verl,
 }
 
 pub struct Args {
     pub recipe: String,
     pub target: Target,
     pub out: String,
+    pub allow_partial: bool,
     pub set: Vec<String>,
     pub name: Option<String>,
     pub error_format: ErrorFormat,
@@ -28,21 +32,58 @@ pub fn run(a: Args) -> ExitCode {
     else {
         return ExitCode::from(1);
     };
-    let Target::Torch = a.target;
-    let has = keel_export::torch_inputs(&checked.recipes[index]);
-    let mut package = match keel_export::torch_package(&checked, index, &has, &a.recipe) {
-        Ok(p) => p,
-        Err(d) => {
-            diagnostics::print(&a.recipe, &d, checked.sources(), a.error_format, color);
-            return ExitCode::from(1);
+    let (package, note) = match a.target {
+        Target::Torch => {
+            let has = keel_export::torch_inputs(&checked.recipes[index]);
+            let mut package = match keel_export::torch_package(&checked, index, &has, &a.recipe) {
+                Ok(p) => p,
+                Err(d) => {
+                    diagnostics::print(&a.recipe, &d, checked.sources(), a.error_format, color);
+                    return ExitCode::from(1);
+                }
+            };
+            // The credit as a verl advantage estimator, when verl gives it
+            // what it reads (imported only by a user of verl).
+            let estimator = keel_export::verl_estimator(&checked, index, &a.recipe);
+            let note = match &estimator {
+                Ok(files) => {
+                    package.files.extend(files.iter().cloned());
+                    format!(
+                        "  the credit as a verl advantage estimator: import {}.verl_adv, algorithm.adv_estimator={}",
+                        package.name, package.name
+                    )
+                }
+                Err(why) => format!("  no verl advantage estimator: {why}"),
+            };
+            (package, note)
+        }
+        Target::Verl => {
+            match keel_export::verl_package(&checked, index, &a.recipe, a.allow_partial) {
+                Ok(v) => {
+                    let mut note = format!(
+                        "  for verl {}: the loss as {} (./run.sh launches verl.trainer.main_ppo with overrides.txt)",
+                        keel_export::VERL_VERSION,
+                        if v.mode == "policy_loss" {
+                            "a registered policy loss"
+                        } else {
+                            "a replacement of ppo_loss"
+                        }
+                    );
+                    for c in &v.caveats {
+                        note.push_str(&format!("\n  caveat: {c}"));
+                    }
+                    for d in &v.dropped {
+                        note.push_str(&format!("\n  dropped: {d}"));
+                    }
+                    (v.package, note)
+                }
+                Err(d) => {
+                    diagnostics::print(&a.recipe, &d, checked.sources(), a.error_format, color);
+                    return ExitCode::from(1);
+                }
+            }
         }
     };
-    // The credit as a verl advantage estimator, when verl gives it what it
-    // reads (imported only by a user of verl).
-    let estimator = keel_export::verl_estimator(&checked, index, &a.recipe);
-    if let Ok(files) = &estimator {
-        package.files.extend(files.iter().cloned());
-    }
     let out = Path::new(&a.out);
     for (rel, body) in &package.files {
         let path = out.join(rel);
@@ -69,12 +110,11 @@ pub fn run(a: Args) -> ExitCode {
         package.name,
         out.display()
     );
-    match estimator {
-        Ok(_) => eprintln!(
-            "  the credit as a verl advantage estimator: import {}.verl_adv, algorithm.adv_estimator={}",
-            package.name, package.name
-        ),
-        Err(why) => eprintln!("  no verl advantage estimator: {why}"),
+    eprintln!("{note}");
+    #[cfg(unix)]
+    if let Some((rel, _)) = package.files.iter().find(|(r, _)| r.ends_with(".sh")) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(out.join(rel), std::fs::Permissions::from_mode(0o755));
     }
     ExitCode::SUCCESS
 }

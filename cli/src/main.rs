@@ -103,9 +103,15 @@ enum Command {
     Export {
         /// The recipe file.
         recipe: String,
-        /// What to write: `torch`, a plain PyTorch package (see docs/export.md).
+        /// What to write: `torch`, a plain PyTorch package; `verl`, a package
+        /// registering the loss and credit with verl 0.9.1, its Hydra
+        /// overrides and `run.sh` (see docs/export.md).
         #[arg(long, value_enum, default_value = "torch")]
         target: export::Target,
+        /// Export what the target can run and list the rest (guards,
+        /// curriculum, state, a credit it cannot compute) in the README.
+        #[arg(long)]
+        allow_partial: bool,
         /// The directory to write (created; files in it are replaced).
         #[arg(long)]
         out: String,
@@ -251,11 +257,13 @@ fn main() -> ExitCode {
             out,
             set,
             name,
+            allow_partial,
             error_format,
             color,
         } => export::run(export::Args {
             recipe,
             target,
+            allow_partial,
             out,
             set,
             name,

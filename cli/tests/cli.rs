@@ -593,3 +593,111 @@ fn export_writes_a_torch_package_with_the_recipes_values() {
     );
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `keel export --target verl`: the package, `overrides.txt` with the
+/// recipe's values (`--set` applied), an executable `run.sh`; a recipe with
+/// a section verl cannot run is refused (E0802), and exported without it
+/// under `--allow-partial`, which lists what it dropped.
+#[test]
+fn export_verl_writes_overrides_and_run_sh_and_refuses_what_verl_cannot_run() {
+    let out = std::env::temp_dir().join(format!("keel-export-verl-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let o = out.to_string_lossy().to_string();
+    let r = keel(&[
+        "export",
+        "stdlib/grpo.recipe",
+        "--target",
+        "verl",
+        "--out",
+        &o,
+        "--set",
+        "divergence.coef=0.01",
+    ]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r.stderr));
+    assert!(
+        text(&r.stderr).contains("a registered policy loss"),
+        "{}",
+        text(&r.stderr)
+    );
+    for f in [
+        "README.md",
+        "pyproject.toml",
+        "overrides.txt",
+        "run.sh",
+        "keel_grpo/__init__.py",
+        "keel_grpo/loss.py",
+        "keel_grpo/objective.py",
+        "keel_grpo/verl_loss.py",
+        "keel_grpo/verl_adv.py",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let ov = std::fs::read_to_string(out.join("overrides.txt")).expect("overrides");
+    for line in [
+        "algorithm.adv_estimator=keel_grpo",
+        "actor_rollout_ref.actor.policy_loss.loss_mode=keel_grpo",
+        "actor_rollout_ref.actor.loss_agg_mode=token-mean",
+        "actor_rollout_ref.actor.use_kl_loss=True",
+        "actor_rollout_ref.actor.kl_loss_type=low_var_kl",
+        "actor_rollout_ref.actor.kl_loss_coef=0.01",
+        "actor_rollout_ref.rollout.n=8",
+    ] {
+        assert!(ov.lines().any(|l| l == line), "{line} not in:\n{ov}");
+    }
+    let sh = out.join("run.sh");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&sh).expect("run.sh").permissions().mode();
+        assert!(mode & 0o111 != 0, "run.sh is not executable");
+    }
+    let syntax = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&sh)
+        .status();
+    assert!(
+        syntax.is_ok_and(|s| s.success()),
+        "run.sh is not valid bash"
+    );
+    let init = std::fs::read_to_string(out.join("keel_grpo/__init__.py")).expect("init");
+    assert!(
+        init.contains("if _verl.__version__ != \"0.9.1\":"),
+        "{init}"
+    );
+
+    let r = keel(&[
+        "export",
+        "stdlib/dapo.recipe",
+        "--target",
+        "verl",
+        "--out",
+        &o,
+    ]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(
+        text(&r.stderr).contains("error[E0802]"),
+        "{}",
+        text(&r.stderr)
+    );
+    let r = keel(&[
+        "export",
+        "stdlib/dapo.recipe",
+        "--target",
+        "verl",
+        "--allow-partial",
+        "--out",
+        &o,
+    ]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r.stderr));
+    assert!(
+        text(&r.stderr).contains("dropped: the `reward` section"),
+        "{}",
+        text(&r.stderr)
+    );
+    let readme = std::fs::read_to_string(out.join("README.md")).expect("README");
+    assert!(
+        readme.contains("## Dropped (`--allow-partial`)"),
+        "{readme}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}

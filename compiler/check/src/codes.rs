@@ -82,6 +82,10 @@ codes! {
     RUNTIME_INPUT = "E0706": "the recipe's loss cannot run on the runtime's batch";
     WEIGHTS = "E0707": "weights file does not match the model";
     DEVICE = "E0708": "no usable device";
+    // Export to another engine (`keel export --target verl|trl`).
+    EXPORT_INPUT = "E0800": "the target engine does not give the loss or credit an input it reads";
+    EXPORT_GUARD = "E0801": "the target engine cannot run a guard";
+    EXPORT_HOST = "E0802": "the target engine cannot run a section of the recipe";
     // Warnings.
     UNUSED_LET = "W0001": "unused `let`";
     PROBABLE_TYPO_KEY = "W0002": "new key that looks like a typo of an inherited one";

@@ -12,11 +12,13 @@
 #![forbid(unsafe_code)]
 
 mod torch;
+mod verl;
 
 use keel_check::{Checked, Diagnostic};
 use keel_ir::LogitsPath;
 
 pub use torch::{Keep, forward_source};
+pub use verl::{VERL_VERSION, VerlExport, verl_package};
 
 /// The IR's semantics in torch, shipped as `_keel.py` in every package.
 pub const RUNTIME: &str = include_str!("keel_rt.py");
@@ -60,9 +62,37 @@ pub fn torch_package(
     let compiled =
         keel_ir::compile_loss_for(checked, index, &|n: &str| has(n), LogitsPath::Program)?;
     let name = package_name(&recipe.name);
-    // The loss's terms as outputs of their own (`term.S.value`, `.weight`,
-    // `.scalar`, `.coef`, `.norm`), and `TERMS` saying how each is reduced:
-    // what an engine's own aggregation needs.
+    let (graph, terms) = with_terms(&compiled);
+    let mut module = forward_source(&graph, &recipe.name, source, Keep::All);
+    module.push_str(&python_terms(&terms));
+    let init = format!(
+        "\"\"\"The loss of Keel recipe `{r}`, exported by `keel export` (see README.md).\"\"\"\n\nfrom .loss import INPUTS, OUTPUTS, PARAMS, RECIPE, TERMS, forward\n\n__all__ = [\"forward\", \"INPUTS\", \"OUTPUTS\", \"PARAMS\", \"RECIPE\", \"TERMS\"]\n",
+        r = recipe.name
+    );
+    let pyproject = format!(
+        "[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n\n[project]\nname = \"{dist}\"\nversion = \"0.1.0\"\ndescription = \"The loss of Keel recipe `{r}`, exported by keel export\"\nrequires-python = \">=3.9\"\ndependencies = [\"torch>=2.1\"]\n\n[tool.setuptools]\npackages = [\"{name}\"]\n",
+        dist = name.replace('_', "-"),
+        r = recipe.name,
+    );
+    let readme = torch::readme(&compiled.graph, &recipe.name, &name, source);
+    Ok(Package {
+        files: vec![
+            (format!("{name}/__init__.py"), init),
+            (format!("{name}/_keel.py"), RUNTIME.to_string()),
+            (format!("{name}/loss.py"), module),
+            ("pyproject.toml".into(), pyproject),
+            ("README.md".into(), readme),
+        ],
+        name,
+    })
+}
+
+/// The compiled loss's graph with each term's nodes as outputs of their
+/// own (`term.S.value`, `.weight`, `.scalar`, `.coef`, `.norm`), and the
+/// terms described for `TERMS`: what an engine's own aggregation needs.
+pub(crate) fn with_terms(
+    compiled: &keel_ir::CompiledLoss,
+) -> (keel_ir::ir::Graph, Vec<serde_json::Value>) {
     let mut graph = compiled.graph.clone();
     let mut terms = Vec::new();
     for t in &compiled.terms {
@@ -89,33 +119,18 @@ pub fn torch_package(
             "norm": t.norm.is_some(),
         }));
     }
-    let mut module = forward_source(&graph, &recipe.name, source, Keep::All);
-    module.push_str(&format!(
+    (graph, terms)
+}
+
+/// `TERMS = [...]` for a loss module.
+pub(crate) fn python_terms(terms: &[serde_json::Value]) -> String {
+    format!(
         "\n\n# The loss is the sum over TERMS of coef · reduce(value) with the\n# term's mode (value and weight are token-level; masked-out tokens count\n# for neither); `term.S.*` outputs hold them.\nTERMS = {}\n",
-        serde_json::to_string(&terms).unwrap_or_else(|_| "[]".into())
+        serde_json::to_string(terms)
+            .unwrap_or_else(|_| "[]".into())
             .replace("true", "True")
             .replace("false", "False")
-    ));
-    let init = format!(
-        "\"\"\"The loss of Keel recipe `{r}`, exported by `keel export` (see README.md).\"\"\"\n\nfrom .loss import INPUTS, OUTPUTS, PARAMS, RECIPE, TERMS, forward\n\n__all__ = [\"forward\", \"INPUTS\", \"OUTPUTS\", \"PARAMS\", \"RECIPE\", \"TERMS\"]\n",
-        r = recipe.name
-    );
-    let pyproject = format!(
-        "[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n\n[project]\nname = \"{dist}\"\nversion = \"0.1.0\"\ndescription = \"The loss of Keel recipe `{r}`, exported by keel export\"\nrequires-python = \">=3.9\"\ndependencies = [\"torch>=2.1\"]\n\n[tool.setuptools]\npackages = [\"{name}\"]\n",
-        dist = name.replace('_', "-"),
-        r = recipe.name,
-    );
-    let readme = torch::readme(&compiled.graph, &recipe.name, &name, source);
-    Ok(Package {
-        files: vec![
-            (format!("{name}/__init__.py"), init),
-            (format!("{name}/_keel.py"), RUNTIME.to_string()),
-            (format!("{name}/loss.py"), module),
-            ("pyproject.toml".into(), pyproject),
-            ("README.md".into(), readme),
-        ],
-        name,
-    })
+    )
 }
 
 /// The inputs verl hands an advantage estimator, by Keel's names:

@@ -69,6 +69,8 @@ fn red(r: Red) -> &'static str {
 pub enum Keep<'a> {
     All,
     Only(&'a str),
+    /// The outputs whose names start with this.
+    Prefix(&'a str),
 }
 
 impl Keep<'_> {
@@ -76,6 +78,7 @@ impl Keep<'_> {
         match self {
             Keep::All => exported(name),
             Keep::Only(n) => n == name,
+            Keep::Prefix(p) => name.starts_with(p),
         }
     }
 }
@@ -106,7 +109,11 @@ pub fn params(g: &Graph, keep: Keep) -> BTreeMap<String, f64> {
 
 /// The batch inputs the exported outputs read (and `tokens` for a pick).
 pub fn inputs(g: &Graph, keep: Keep) -> Vec<String> {
-    let live = needed(g, keep);
+    inputs_of(g, &needed(g, keep))
+}
+
+/// The batch inputs the nodes marked `live` read (and `tokens` for a pick).
+pub fn inputs_of(g: &Graph, live: &[bool]) -> Vec<String> {
     let mut v: Vec<String> = Vec::new();
     for (i, n) in g.nodes.iter().enumerate() {
         if !live[i] {
@@ -118,7 +125,7 @@ pub fn inputs(g: &Graph, keep: Keep) -> Vec<String> {
             _ => {}
         }
     }
-    if g.uses_groups() {
+    if g.uses_groups_in(live) {
         v.push("group".into());
     }
     v.push("mask".into());

@@ -209,8 +209,13 @@ impl Graph {
     }
     /// Whether any node reduces, broadcasts or ranks over groups.
     pub fn uses_groups(&self) -> bool {
-        self.nodes.iter().any(|n| {
-            n.level == Level::Group
+        self.uses_groups_in(&vec![true; self.nodes.len()])
+    }
+
+    /// Whether a node marked in `live` reads the group structure.
+    pub fn uses_groups_in(&self, live: &[bool]) -> bool {
+        self.nodes.iter().zip(live).any(|(n, &l)| {
+            l && n.level == Level::Group
                 || matches!(
                     n.op,
                     Op::Rank { over: Level::Group }
