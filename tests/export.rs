@@ -381,13 +381,56 @@ fn verl_packages_compute_keel_loss_inside_verl_ppo_loss() {
         worst.0,
         worst.1
     );
-    if failures.is_empty() {
-        let _ = std::fs::remove_dir_all(&dir);
-    } else {
-        eprintln!("the failing cases are kept in {}", dir.display());
-    }
     for r in ["grpo", "dr_grpo", "gspo", "clip_cov", "kl_cov", "rloo"] {
         assert!(exported.contains_key(r), "{r} does not export to verl");
+    }
+    // verl composes the exported config: Hydra's `--cfg job` with the
+    // overrides and run.sh's py_modules, for a registered loss and a
+    // replacement of ppo_loss.
+    for (recipe, package) in [("grpo", "keel_grpo"), ("aepo", "keel_aepo")] {
+        let case = dir.join(format!("{recipe}-0"));
+        if !case.is_dir() {
+            continue;
+        }
+        let overrides = std::fs::read_to_string(case.join("overrides.txt")).expect("overrides");
+        let mut args = vec!["-m".to_string(), "verl.trainer.main_ppo".to_string()];
+        args.extend(
+            overrides
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(String::from),
+        );
+        args.push(format!(
+            "+ray_kwargs.ray_init.runtime_env.py_modules=[{}]",
+            case.join(package).display()
+        ));
+        args.extend(["--cfg".to_string(), "job".to_string()]);
+        let job = Command::new(&py)
+            .args(&args)
+            .env("PYTHONPATH", &case)
+            .output()
+            .expect("python runs");
+        let printed = String::from_utf8_lossy(&job.stdout);
+        assert!(
+            job.status.success(),
+            "{recipe}: verl.trainer.main_ppo --cfg job failed:\n{}",
+            String::from_utf8_lossy(&job.stderr)
+        );
+        assert!(
+            printed.contains(&format!(
+                "loss_mode: {}",
+                if exported.get(recipe) == Some(&"policy_loss") {
+                    package
+                } else {
+                    "vanilla"
+                }
+            )),
+            "{recipe}: {printed}"
+        );
+        assert!(
+            printed.contains(&format!("VERL_USE_EXTERNAL_MODULES: {package}")),
+            "{printed}"
+        );
     }
     assert_eq!(
         exported.get("grpo"),
@@ -396,5 +439,10 @@ fn verl_packages_compute_keel_loss_inside_verl_ppo_loss() {
     );
     assert!(cases.len() >= 30, "only {} verl cases", cases.len());
     assert!(split >= 10, "only {split} four-micro-batch cases");
+    if failures.is_empty() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("the failing cases are kept in {}", dir.display());
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
