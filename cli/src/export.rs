@@ -12,6 +12,9 @@ pub enum Target {
     /// A package for verl 0.9.1: the loss and credit registered with verl,
     /// `overrides.txt` and `run.sh`.
     Verl,
+    /// A package for TRL 1.16.0: a `GRPOTrainer` subclass with the
+    /// recipe's loss and credit, and `train.py`.
+    Trl,
 }
 
 pub struct Args {
@@ -76,6 +79,25 @@ pub fn run(a: Args) -> ExitCode {
                         note.push_str(&format!("\n  dropped: {d}"));
                     }
                     (v.package, note)
+                }
+                Err(d) => {
+                    diagnostics::print(&a.recipe, &d, checked.sources(), a.error_format, color);
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        Target::Trl => {
+            match keel_export::trl_package(&checked, index, &a.recipe, a.allow_partial) {
+                Ok(t) => {
+                    let mut note = format!(
+                        "  for TRL {}: KeelGRPOTrainer (a GRPOTrainer) with the recipe's loss{}; python train.py MODEL DATA.jsonl",
+                        keel_export::TRL_VERSION,
+                        if t.credit { " and credit" } else { "" }
+                    );
+                    for d in &t.dropped {
+                        note.push_str(&format!("\n  dropped: {d}"));
+                    }
+                    (t.package, note)
                 }
                 Err(d) => {
                     diagnostics::print(&a.recipe, &d, checked.sources(), a.error_format, color);

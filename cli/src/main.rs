@@ -105,7 +105,8 @@ enum Command {
         recipe: String,
         /// What to write: `torch`, a plain PyTorch package; `verl`, a package
         /// registering the loss and credit with verl 0.9.1, its Hydra
-        /// overrides and `run.sh` (see docs/export.md).
+        /// overrides and `run.sh`; `trl`, a TRL 1.16 `GRPOTrainer` subclass
+        /// and `train.py` (see docs/export.md).
         #[arg(long, value_enum, default_value = "torch")]
         target: export::Target,
         /// Export what the target can run and list the rest (guards,

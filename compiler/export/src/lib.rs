@@ -12,12 +12,14 @@
 #![forbid(unsafe_code)]
 
 mod torch;
+mod trl;
 mod verl;
 
 use keel_check::{Checked, Diagnostic};
 use keel_ir::LogitsPath;
 
 pub use torch::{Keep, forward_source};
+pub use trl::{TRL_VERSION, TrlExport, trl_package};
 pub use verl::{VERL_VERSION, VerlExport, verl_package};
 
 /// The IR's semantics in torch, shipped as `_keel.py` in every package.

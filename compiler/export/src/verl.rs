@@ -68,11 +68,11 @@ fn verl_mode(mode: &str) -> String {
 }
 
 /// The inputs the nodes `roots` depend on.
-fn inputs_of(g: &Graph, roots: &[NodeId]) -> Vec<String> {
+pub(crate) fn inputs_of(g: &Graph, roots: &[NodeId]) -> Vec<String> {
     torch::inputs_of(g, &g.live_from(roots.iter().copied()))
 }
 
-fn term_roots(t: &LossTerm) -> Vec<NodeId> {
+pub(crate) fn term_roots(t: &LossTerm) -> Vec<NodeId> {
     let mut r = vec![t.scalar];
     if let Some((v, w)) = t.matrix {
         r.extend([v, w]);
@@ -242,6 +242,127 @@ fn at_input(r: &CheckedRecipe, input: &str, what: &str) -> Label {
     }
 }
 
+/// What an engine's messages say about it.
+pub(crate) struct Engine {
+    pub name: &'static str,
+    /// What the engine's loss is given (a help line starts with it).
+    pub loss_sees: &'static str,
+    pub credit_help: &'static str,
+    /// What to do when the credit is dropped (`--allow-partial`).
+    pub credit_dropped: &'static str,
+}
+
+/// E0800 for every input a term of the loss reads that `available` says
+/// the engine does not give it, one per input, at the first term's entry.
+pub(crate) fn loss_input_refusals(
+    recipe: &CheckedRecipe,
+    compiled: &keel_ir::CompiledLoss,
+    available: &dyn Fn(&str) -> bool,
+    engine: &Engine,
+) -> Vec<Diagnostic> {
+    let g = &compiled.graph;
+    // Each input the engine does not give, with the terms that read it
+    // (`tokens` and `vocab_index` come with the vocabulary's `logits`).
+    let mut missing: Vec<(String, Vec<String>)> = Vec::new();
+    for t in &compiled.terms {
+        for n in inputs_of(g, &term_roots(t)) {
+            if available(&n) {
+                continue;
+            }
+            match missing.iter_mut().find(|(m, _)| *m == n) {
+                Some((_, secs)) => secs.push(t.section.clone()),
+                None => missing.push((n, vec![t.section.clone()])),
+            }
+        }
+    }
+    if missing.len() > 1 {
+        missing.retain(|(n, _)| n != "tokens" && n != "vocab_index");
+    }
+    missing
+        .iter()
+        .map(|(n, secs)| {
+            refusal(
+                codes::EXPORT_INPUT,
+                format!(
+                    "the loss's `{}` term{} `{n}`, which {} does not give the loss",
+                    secs.join("` and `"),
+                    if secs.len() > 1 { "s read" } else { " reads" },
+                    engine.name
+                ),
+                at_term(recipe, &secs[0], n),
+                &format!(
+                    "{}: write the term over those, or train this recipe with `keel run`",
+                    engine.loss_sees
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The refusals (or, with `allow_partial`, the dropped lines) for what
+/// runs outside the loss: a credit the engine cannot compute (`credit`:
+/// why), guards (E0801), and the sections Keel's runtime runs (E0802).
+pub(crate) fn outside_loss(
+    recipe: &CheckedRecipe,
+    merged: &keel_check::resolve::Merged,
+    engine: &Engine,
+    credit: Option<&String>,
+    allow_partial: bool,
+    refused: &mut Vec<Diagnostic>,
+    dropped: &mut Vec<String>,
+) {
+    let e = engine.name;
+    if let Some(why) = credit {
+        let first = recipe
+            .inputs
+            .keys()
+            .find(|n| why.contains(&format!(" {n}")) || why.contains(&format!("{n},")))
+            .cloned()
+            .unwrap_or_default();
+        if allow_partial {
+            dropped.push(format!("the credit ({why}): {}", engine.credit_dropped));
+        } else {
+            refused.push(refusal(
+                codes::EXPORT_INPUT,
+                format!("the credit cannot run in {e}: {why}"),
+                at_input(recipe, &first, "read here"),
+                engine.credit_help,
+            ));
+        }
+    }
+    for guard in &recipe.guards {
+        let what = format!("guard `{}`", guard.name);
+        if allow_partial {
+            dropped.push(format!("{what} ({e} has no guards)"));
+        } else {
+            refused.push(refusal(
+                codes::EXPORT_GUARD,
+                format!("{e} cannot run {what}"),
+                Label::new(guard.file, guard.span, "this guard".to_string()),
+                "guards run in Keel's runtime between steps; pass --allow-partial to export without them (the README lists them)",
+            ));
+        }
+    }
+    for sec in ["curriculum", "state", "update", "reward"] {
+        let Some(s) = merged.section(sec) else {
+            continue;
+        };
+        if s.entries.is_empty() {
+            continue;
+        }
+        if allow_partial {
+            dropped.push(format!("the `{sec}` section (Keel's runtime runs it)"));
+        } else {
+            refused.push(refusal(
+                codes::EXPORT_HOST,
+                format!("{e} cannot run the recipe's `{sec}` section"),
+                Label::new(s.file, s.name_span, format!("`{sec}` runs in Keel's runtime")),
+                &format!("pass --allow-partial to export the loss and credit without it (the README lists it), and configure {e}'s own equivalent"),
+            ));
+        }
+    }
+}
+
 /// Where a diagnostic about term `section` reading `input` points: the
 /// term's entry (`objective.loss`, `S.value`), else the first read.
 fn at_term(r: &CheckedRecipe, section: &str, input: &str) -> Label {
@@ -256,7 +377,7 @@ fn at_term(r: &CheckedRecipe, section: &str, input: &str) -> Label {
     }
 }
 
-fn refusal(code: Code, msg: String, label: Label, help: &str) -> Diagnostic {
+pub(crate) fn refusal(code: Code, msg: String, label: Label, help: &str) -> Diagnostic {
     Diagnostic::error(code, msg, label).with_help(help.to_string())
 }
 
@@ -285,35 +406,13 @@ pub fn verl_package(
     let mut full = false;
     let mut kl = None;
     let mut entropy_coeff = None;
-    // Each input verl does not give, with the terms that read it (`tokens`
-    // and `vocab_index` come with the vocabulary's `logits`).
-    let mut missing: Vec<(String, Vec<String>)> = Vec::new();
-    for t in &compiled.terms {
-        for n in inputs_of(g, &term_roots(t)) {
-            if available(&n) {
-                continue;
-            }
-            match missing.iter_mut().find(|(m, _)| *m == n) {
-                Some((_, secs)) => secs.push(t.section.clone()),
-                None => missing.push((n, vec![t.section.clone()])),
-            }
-        }
-    }
-    if missing.len() > 1 {
-        missing.retain(|(n, _)| n != "tokens" && n != "vocab_index");
-    }
-    for (n, secs) in &missing {
-        refused.push(refusal(
-            codes::EXPORT_INPUT,
-            format!(
-                "the loss's `{}` term{} `{n}`, which verl does not give the actor's loss",
-                secs.join("` and `"),
-                if secs.len() > 1 { "s read" } else { " reads" }
-            ),
-            at_term(recipe, &secs[0], n),
-            "verl's loss sees log_prob, old_log_prob, advantages, response_mask, ref_log_prob and entropy: write the term over those, or train this recipe with `keel run`",
-        ));
-    }
+    let engine = Engine {
+        name: "verl",
+        loss_sees: "verl's loss sees log_prob, old_log_prob, advantages, response_mask, ref_log_prob and entropy",
+        credit_help: "verl's estimators get token_level_rewards, response_mask and the group uids: write the credit over reward, mask and group, or pass --allow-partial to export the loss alone and set algorithm.adv_estimator to one of verl's",
+        credit_dropped: "set `algorithm.adv_estimator` to one of verl's",
+    };
+    refused.extend(loss_input_refusals(recipe, &compiled, &available, &engine));
     for t in &compiled.terms {
         let reads = inputs_of(g, &term_roots(t));
         let coef = t.coef.map(|c| constant(g, c));
@@ -345,64 +444,21 @@ pub fn verl_package(
         caveats.push("`objective.norm` is not a constant: `loss_scale_factor` is left unset, and verl divides by the micro-batch's longest response where Keel divides by the batch's padded length; set `actor_rollout_ref.actor.loss_scale_factor` (e.g. to `data.max_response_length`) for a constant".to_string());
     }
 
-    // The credit: a registered estimator, or refused.
+    // The credit: a registered estimator, or refused; then what runs
+    // outside the loss.
     let has_credit = merged
         .section("credit")
         .is_some_and(|s| s.entry("value").is_some());
     let estimator = crate::verl_estimator(checked, index, source);
-    if let (Err(why), true) = (&estimator, has_credit) {
-        let first = recipe
-            .inputs
-            .keys()
-            .find(|n| why.contains(&format!(" {n}")) || why.contains(&format!("{n},")))
-            .cloned()
-            .unwrap_or_default();
-        if allow_partial {
-            dropped.push(format!(
-                "the credit ({why}): set `algorithm.adv_estimator` to one of verl's"
-            ));
-        } else {
-            refused.push(refusal(
-                codes::EXPORT_INPUT,
-                format!("the credit cannot be a verl advantage estimator: {why}"),
-                at_input(recipe, &first, "read here"),
-                "verl's estimators get token_level_rewards, response_mask and the group uids: write the credit over reward, mask and group, or pass --allow-partial to export the loss alone and set algorithm.adv_estimator to one of verl's",
-            ));
-        }
-    }
-
-    // What runs outside the loss.
-    for guard in &recipe.guards {
-        let what = format!("guard `{}`", guard.name);
-        if allow_partial {
-            dropped.push(format!("{what} (verl has no guards)"));
-        } else {
-            refused.push(refusal(
-                codes::EXPORT_GUARD,
-                format!("verl cannot run {what}"),
-                Label::new(guard.file, guard.span, "this guard".to_string()),
-                "guards run in Keel's runtime between steps; pass --allow-partial to export without them (the README lists them)",
-            ));
-        }
-    }
-    for sec in ["curriculum", "state", "update", "reward"] {
-        let Some(s) = merged.section(sec) else {
-            continue;
-        };
-        if s.entries.is_empty() {
-            continue;
-        }
-        if allow_partial {
-            dropped.push(format!("the `{sec}` section (Keel's runtime runs it)"));
-        } else {
-            refused.push(refusal(
-                codes::EXPORT_HOST,
-                format!("verl cannot run the recipe's `{sec}` section"),
-                Label::new(s.file, s.name_span, format!("`{sec}` runs in Keel's runtime")),
-                "pass --allow-partial to export the loss and credit without it (the README lists it), and configure verl's own equivalent",
-            ));
-        }
-    }
+    outside_loss(
+        recipe,
+        merged,
+        &engine,
+        estimator.as_ref().err().filter(|_| has_credit),
+        allow_partial,
+        &mut refused,
+        &mut dropped,
+    );
     if !refused.is_empty() {
         return Err(refused);
     }

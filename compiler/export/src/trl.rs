@@ -1,0 +1,312 @@
+//! `--target trl`: the recipe's loss (and credit) inside TRL's
+//! `GRPOTrainer`.
+//!
+//! The package's `KeelGRPOTrainer` subclasses `GRPOTrainer`: its
+//! `_compute_loss` gets the log-probs and entropies from TRL's own
+//! `_get_per_token_logps_and_entropies` and returns the recipe's loss on
+//! the micro-batch, divided by `current_gradient_accumulation_steps`; when
+//! the credit reads only the reward, the mask and the groups, it replaces
+//! TRL's advantages after `_generate_and_score_completions` with the
+//! recipe's credit over the rewards TRL computed (`_calculate_rewards`).
+
+use crate::torch::{Keep, forward_source};
+use crate::verl::{Engine, inputs_of, loss_input_refusals, outside_loss, term_roots};
+use crate::{Package, RUNTIME, package_name};
+use keel_check::{Checked, Diagnostic};
+use keel_ir::LogitsPath;
+
+/// The TRL release the package is written for (and checks at import).
+pub const TRL_VERSION: &str = "1.16.0";
+
+/// What TRL's `_compute_loss` has, by Keel's names.
+const TRL_INPUTS: &[&str] = &[
+    "logp",
+    "old_logp",
+    "ref_logp",
+    "entropy",
+    "advantages",
+    "mask",
+    "position",
+    "length",
+    "index",
+];
+
+/// A TRL package and what was left out of it.
+#[derive(Clone, Debug)]
+pub struct TrlExport {
+    pub package: Package,
+    pub dropped: Vec<String>,
+    pub caveats: Vec<String>,
+    /// Whether the recipe's credit replaces TRL's advantages.
+    pub credit: bool,
+}
+
+/// Export recipe `index` of `checked` for TRL (see the module's text);
+/// `Err` holds every refusal, as for verl.
+pub fn trl_package(
+    checked: &Checked,
+    index: usize,
+    source: &str,
+    allow_partial: bool,
+) -> Result<TrlExport, Vec<Diagnostic>> {
+    let recipe = checked.recipes.get(index).ok_or_else(Vec::new)?;
+    let merged = checked.merged.get(index).ok_or_else(Vec::new)?;
+    let reads_vocab = LogitsPath::fusable(recipe);
+    let has = |n: &str| n == "advantages" || (n != "logits" || !reads_vocab);
+    let compiled = keel_ir::compile_loss_for(checked, index, &has, LogitsPath::Program)?;
+    let g = &compiled.graph;
+    let engine = Engine {
+        name: "TRL",
+        loss_sees: "TRL's GRPOTrainer gives the loss the completion's log-probs, the old and reference log-probs, the entropies, the advantages and the completion mask",
+        credit_help: "the exported trainer computes the credit from TRL's rewards, the completion mask and the groups: write the credit over reward, mask and group, or pass --allow-partial to keep TRL's own advantages (scale_rewards)",
+        credit_dropped: "TRL's own advantages are kept (`scale_rewards`)",
+    };
+    let available = |n: &str| TRL_INPUTS.contains(&n);
+    let mut refused = loss_input_refusals(recipe, &compiled, &available, &engine);
+    let mut dropped = Vec::new();
+    let has_credit = merged
+        .section("credit")
+        .is_some_and(|s| s.entry("value").is_some());
+    let estimator = crate::verl_estimator(checked, index, source);
+    outside_loss(
+        recipe,
+        merged,
+        &engine,
+        estimator.as_ref().err().filter(|_| has_credit),
+        allow_partial,
+        &mut refused,
+        &mut dropped,
+    );
+    if !refused.is_empty() {
+        return Err(refused);
+    }
+    let roots: Vec<_> = compiled.terms.iter().flat_map(term_roots).collect();
+    let reads = inputs_of(g, &roots);
+    let reads_ref = reads.iter().any(|n| n == "ref_logp");
+    let reads_entropy = reads.iter().any(|n| n == "entropy");
+    let mut caveats = vec![
+        "the loss is computed on each micro-batch (`per_device_train_batch_size`) and divided by the gradient accumulation steps, as TRL's own `grpo` loss type: a mean over the micro-batch's tokens or sequences, not over the whole generation batch".to_string(),
+    ];
+    if reads_ref {
+        caveats.push("the loss reads `ref_logp`: TRL computes the reference log-probs only when `beta != 0`, so `train.py` sets `beta` (TRL's own KL is not added: the recipe's divergence is the loss's)".to_string());
+    }
+    let name = package_name(&recipe.name);
+    let loss_py = forward_source(g, &recipe.name, source, Keep::Only("loss"));
+    let mut files = vec![
+        (format!("{name}/_keel.py"), RUNTIME.to_string()),
+        (format!("{name}/loss.py"), loss_py),
+    ];
+    let credit = estimator.is_ok();
+    if let Ok(est) = &estimator {
+        // The credit alone (credit.py); verl_adv.py imports verl and is not
+        // shipped.
+        files.extend(
+            est.iter()
+                .filter(|(p, _)| p.ends_with("credit.py"))
+                .cloned(),
+        );
+    }
+    let group = recipe
+        .value("rollout", "group")
+        .and_then(|v| v.info.constant)
+        .map_or(4, |x| x as i64);
+    let py = |b: bool| if b { "True" } else { "False" };
+    let trainer = format!(
+        r#""""Keel recipe `{r}` in TRL {TRL_VERSION}'s GRPOTrainer, written by `keel export --target trl`.
+
+Do not edit: change the recipe and export again. `KeelGRPOTrainer` is a
+`trl.GRPOTrainer` whose loss is the recipe's (`_compute_loss`){credit_doc}.
+"""
+
+import torch
+from trl import GRPOTrainer
+
+from .loss import forward as _loss
+
+NAME = "{name}"
+CREDIT = {credit}
+READS_REF = {reads_ref}
+READS_ENTROPY = {reads_entropy}
+if CREDIT:
+    from .credit import forward as _credit
+
+
+class KeelGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer with the loss (and credit) of Keel recipe `{r}`."""
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._keel_rewards = rewards
+        return rewards
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        if not CREDIT:
+            return out
+        if self.accelerator.num_processes > 1:
+            raise NotImplementedError(
+                f"{{NAME}}: the recipe's credit runs on one process; with several, export with --allow-partial to keep TRL's advantages"
+            )
+        per_func = self._keel_rewards
+        reward = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
+        mask = out["completion_mask"].to(reward.dtype)
+        group = torch.arange(reward.shape[0], device=reward.device) // self.num_generations
+        with torch.no_grad():
+            adv = _credit({{"reward": reward, "mask": mask, "group": group}}, dtype=reward.dtype)["advantages"]
+        out["advantages"] = adv
+        return out
+
+    def _compute_loss(self, model, inputs):
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        logp, entropy, _ = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=READS_ENTROPY
+        )
+        mask = completion_mask.to(logp.dtype)
+        if "tool_mask" in inputs:
+            mask = mask * inputs["tool_mask"].to(logp.dtype)
+        adv = inputs["advantages"].to(logp.dtype)
+        if adv.dim() == 1:
+            adv = adv.unsqueeze(1).expand_as(logp)
+        old = inputs.get("old_per_token_logps")
+        inp = {{
+            "logp": logp,
+            "old_logp": logp.detach() if old is None else old,
+            "advantages": adv * mask,
+            "mask": mask,
+        }}
+        if READS_REF:
+            if inputs.get("ref_per_token_logps") is None:
+                raise ValueError(f"{{NAME}} reads ref_logp: set GRPOConfig(beta=...) to a value other than 0 so TRL computes it")
+            inp["ref_logp"] = inputs["ref_per_token_logps"]
+        if READS_ENTROPY:
+            inp["entropy"] = entropy
+        loss = _loss(inp, dtype=logp.dtype)["loss"]
+        self.keel_last = (inp, loss.detach())
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["keel_loss"].append(loss.detach().item())
+        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        return loss / normalizer
+"#,
+        r = recipe.name,
+        credit = py(credit),
+        reads_ref = py(reads_ref),
+        reads_entropy = py(reads_entropy),
+        credit_doc = if credit {
+            ", and its advantages the recipe's credit over TRL's rewards (`_generate_and_score_completions`)"
+        } else {
+            ""
+        },
+    );
+    files.push((format!("{name}/trainer.py"), trainer));
+    let init = format!(
+        r#""""Keel recipe `{r}` for TRL {TRL_VERSION} (`keel export --target trl`); see README.md."""
+
+import trl as _trl
+
+if _trl.__version__ != "{TRL_VERSION}":
+    raise ImportError(
+        "{name} was exported for TRL {TRL_VERSION}, found TRL " + _trl.__version__
+        + ": re-export the recipe with a keel built for this TRL, or install trl=={TRL_VERSION}"
+    )
+
+from .trainer import KeelGRPOTrainer  # noqa: E402
+
+__all__ = ["KeelGRPOTrainer"]
+"#,
+        r = recipe.name,
+    );
+    files.push((format!("{name}/__init__.py"), init));
+    let float = |s: &str, k: &str| recipe.value(s, k).and_then(|v| v.info.constant);
+    let mut config = vec![format!("num_generations={group}")];
+    if let Some(t) = float("rollout", "temperature") {
+        config.push(format!("temperature={t:?}"));
+    }
+    if let Some(t) = float("rollout", "top_p") {
+        config.push(format!("top_p={t:?}"));
+    }
+    if let Some(n) = float("rollout", "max_tokens") {
+        config.push(format!("max_completion_length={}", n as i64));
+    }
+    if let Some(n) = float("rollout", "epochs") {
+        config.push(format!("num_iterations={}", n as i64));
+    }
+    if let Some(lr) = float("optimizer", "lr") {
+        config.push(format!("learning_rate={lr:?}"));
+    }
+    config.push(format!("beta={}", if reads_ref { "1e-3" } else { "0.0" }));
+    let train = format!(
+        r#""""Train with Keel recipe `{r}` in TRL's GRPOTrainer (written by `keel export --target trl`).
+
+    python train.py MODEL DATASET.jsonl [OUTPUT_DIR]
+
+DATASET.jsonl has one {{"prompt": ..., "answer": ...}} per line; the reward is
+1 when the completion contains the answer. Replace `reward` with your own
+reward functions (TRL's `reward_funcs`).
+"""
+
+import sys
+
+from datasets import load_dataset
+from trl import GRPOConfig
+
+from {name} import KeelGRPOTrainer
+
+
+def reward(completions, answer, **kwargs):
+    return [1.0 if str(a) in (c if isinstance(c, str) else c[-1]["content"]) else 0.0 for c, a in zip(completions, answer)]
+
+
+def main(model, data, out="{name}-out"):
+    args = GRPOConfig(
+        output_dir=out,
+        {config},
+        per_device_train_batch_size={group},
+    )
+    dataset = load_dataset("json", data_files=data, split="train")
+    KeelGRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=dataset).train()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
+"#,
+        r = recipe.name,
+        config = config.join(",\n        "),
+    );
+    files.push(("train.py".into(), train));
+    let pyproject = format!(
+        "[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n\n[project]\nname = \"{dist}\"\nversion = \"0.1.0\"\ndescription = \"Keel recipe `{r}` for TRL {TRL_VERSION}, exported by keel export\"\nrequires-python = \">=3.10\"\ndependencies = [\"torch>=2.1\", \"trl=={TRL_VERSION}\"]\n\n[tool.setuptools]\npackages = [\"{name}\"]\n",
+        dist = name.replace('_', "-"),
+        r = recipe.name,
+    );
+    files.push(("pyproject.toml".into(), pyproject));
+    let mut md = format!(
+        "# `{r}` for TRL {TRL_VERSION}\n\nWritten by `keel export --target trl` from `{source}`; do not edit: change the recipe and export again.\n\n```python\nfrom {name} import KeelGRPOTrainer   # a trl.GRPOTrainer\ntrainer = KeelGRPOTrainer(model=..., reward_funcs=..., args=GRPOConfig(...), train_dataset=...)\n```\n\n`python train.py MODEL DATA.jsonl` runs it with the recipe's rollout settings ({}).\n\n| recipe | in TRL |\n| --- | --- |\n| `objective`, `divergence`, `entropy` | `KeelGRPOTrainer._compute_loss`: the recipe's loss over TRL's log-probs, entropies, old and reference log-probs and advantages; TRL's `loss_type`, `beta` and `epsilon` are not used |\n",
+        config.join(", "),
+        r = recipe.name,
+    );
+    md.push_str(if credit {
+        "| `credit` | replaces TRL's advantages: the recipe's credit over TRL's weighted rewards, groups of `num_generations` |\n"
+    } else {
+        "| `credit` | none exported: TRL's own advantages (`scale_rewards`) |\n"
+    });
+    md.push_str("\n## Caveats\n\n");
+    for c in &caveats {
+        md.push_str(&format!("- {c}\n"));
+    }
+    if !dropped.is_empty() {
+        md.push_str("\n## Dropped (`--allow-partial`)\n\n");
+        for d in &dropped {
+            md.push_str(&format!("- {d}\n"));
+        }
+    }
+    files.push(("README.md".into(), md));
+    Ok(TrlExport {
+        package: Package { name, files },
+        dropped,
+        caveats,
+        credit,
+    })
+}
