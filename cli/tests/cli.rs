@@ -701,3 +701,69 @@ fn export_verl_writes_overrides_and_run_sh_and_refuses_what_verl_cannot_run() {
     );
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `keel export --target trl`: the trainer subclass, `train.py` with the
+/// recipe's rollout settings, and the same refusals as for verl.
+#[test]
+fn export_trl_writes_a_grpo_trainer_subclass_and_train_py() {
+    let out = std::env::temp_dir().join(format!("keel-export-trl-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let o = out.to_string_lossy().to_string();
+    let r = keel(&[
+        "export",
+        "stdlib/grpo.recipe",
+        "--target",
+        "trl",
+        "--out",
+        &o,
+    ]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r.stderr));
+    assert!(
+        text(&r.stderr).contains("KeelGRPOTrainer"),
+        "{}",
+        text(&r.stderr)
+    );
+    for f in [
+        "README.md",
+        "pyproject.toml",
+        "train.py",
+        "keel_grpo/__init__.py",
+        "keel_grpo/trainer.py",
+        "keel_grpo/loss.py",
+        "keel_grpo/credit.py",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    assert!(
+        !out.join("keel_grpo/verl_adv.py").exists(),
+        "TRL's package imports no verl"
+    );
+    let trainer = std::fs::read_to_string(out.join("keel_grpo/trainer.py")).expect("trainer");
+    assert!(
+        trainer.contains("class KeelGRPOTrainer(GRPOTrainer):"),
+        "{trainer}"
+    );
+    assert!(
+        trainer.contains("def _compute_loss(self, model, inputs):"),
+        "{trainer}"
+    );
+    assert!(trainer.contains("CREDIT = True"), "{trainer}");
+    let train = std::fs::read_to_string(out.join("train.py")).expect("train.py");
+    assert!(train.contains("num_generations=8"), "{train}");
+    assert!(train.contains("beta=1e-3"), "grpo reads ref_logp: {train}");
+    let r = keel(&[
+        "export",
+        "stdlib/dapo.recipe",
+        "--target",
+        "trl",
+        "--out",
+        &o,
+    ]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(
+        text(&r.stderr).contains("error[E0802]: TRL cannot run"),
+        "{}",
+        text(&r.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
