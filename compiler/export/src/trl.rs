@@ -292,6 +292,9 @@ if __name__ == "__main__":
     } else {
         "| `credit` | none exported: TRL's own advantages (`scale_rewards`) |\n"
     });
+    if merged.section("monitor").is_some() {
+        md.push_str("| `monitor` | not exported: TRL logs its own metrics, and `keel_loss` |\n");
+    }
     md.push_str("\n## Caveats\n\n");
     for c in &caveats {
         md.push_str(&format!("- {c}\n"));

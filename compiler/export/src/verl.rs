@@ -677,6 +677,9 @@ exec python -m verl.trainer.main_ppo "${{overrides[@]}}" \
         ))
     ));
     md.push_str("| `rollout` | `rollout.n`, `temperature`, `top_p`, `data.max_response_length`, `ppo_epochs` where the recipe sets them |\n");
+    if merged.section("monitor").is_some() {
+        md.push_str("| `monitor` | not exported: verl logs its own actor metrics (`actor/pg_loss`, `actor/keel_*`, KL, entropy) |\n");
+    }
     md.push_str(&format!(
         "\nThe overrides (`overrides.txt`):\n\n```\n{overrides}```\n"
     ));
