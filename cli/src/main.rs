@@ -144,6 +144,10 @@ enum Command {
         /// Which recipe of the file.
         #[arg(long = "recipe")]
         name: Option<String>,
+        /// Run N seeds one after another into RUN_DIR/seed-1 … seed-N
+        /// (`model.seed` and `task.seed` = the seed).
+        #[arg(long, value_name = "N", conflicts_with = "resume")]
+        seeds: Option<u32>,
         /// No progress output.
         #[arg(long, short)]
         quiet: bool,
@@ -160,6 +164,17 @@ enum Command {
     Report {
         /// A directory written by `keel run`.
         run_dir: String,
+    },
+    /// Several runs on one page: OUT/compare.html (the metrics overlaid,
+    /// seeds of one arm as a mean with a min–max band) and OUT/summary.json
+    /// (final and best pass@1 and pass@k, entropy, response length, reward).
+    Compare {
+        /// Directories written by `keel run`.
+        #[arg(required = true)]
+        run_dirs: Vec<String>,
+        /// Where to write (default: the current directory).
+        #[arg(long, default_value = ".")]
+        out: String,
     },
     /// Run the language server on stdin/stdout.
     Lsp,
@@ -298,17 +313,24 @@ fn main() -> ExitCode {
             out,
             set,
             name,
+            seeds,
             quiet,
             color,
-        } => run::run(run::Args {
-            recipe,
-            resume,
-            out,
-            set,
-            name,
-            quiet,
-            color,
-        }),
+        } => {
+            let args = run::Args {
+                recipe,
+                resume,
+                out,
+                set,
+                name,
+                quiet,
+                color,
+            };
+            match seeds {
+                Some(n) => run::run_seeds(args, n),
+                None => run::run(args),
+            }
+        }
         Command::Bench {
             what:
                 BenchWhat::Loss {
@@ -354,6 +376,20 @@ fn main() -> ExitCode {
             match keel_runtime::report::write(std::path::Path::new(&run_dir)) {
                 Ok(path) => {
                     eprintln!("wrote {}", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Compare { run_dirs, out } => {
+            let dirs: Vec<std::path::PathBuf> =
+                run_dirs.iter().map(std::path::PathBuf::from).collect();
+            match keel_runtime::compare::write(&dirs, std::path::Path::new(&out)) {
+                Ok((html, json)) => {
+                    eprintln!("wrote {} and {}", html.display(), json.display());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

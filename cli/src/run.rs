@@ -31,6 +31,53 @@ fn default_out(name: &str) -> PathBuf {
         .unwrap_or(first)
 }
 
+/// `keel run RECIPE --seeds N`: the run N times, one after another, as
+/// `OUT/seed-1` … `OUT/seed-N` with `model.seed` and `task.seed` set to the
+/// seed (the model's initialisation, the sampler's stream and the task's
+/// problems); `keel compare OUT/seed-*` draws them as one arm.
+pub fn run_seeds(a: Args, seeds: u32) -> ExitCode {
+    if a.resume.is_some() {
+        eprintln!(
+            "error: `--seeds` starts new runs; resume each with `keel run --resume OUT/seed-N`"
+        );
+        return ExitCode::from(2);
+    }
+    let Some(recipe) = a.recipe.clone() else {
+        eprintln!("error: `--seeds` needs a recipe file");
+        return ExitCode::from(2);
+    };
+    let base = match &a.out {
+        Some(o) => PathBuf::from(o),
+        None => default_out(
+            &Path::new(&recipe)
+                .file_stem()
+                .map_or("run".to_string(), |s| s.to_string_lossy().into_owned()),
+        ),
+    };
+    for k in 1..=seeds {
+        let mut set = a.set.clone();
+        set.push(format!("model.seed={k}"));
+        set.push(format!("task.seed={k}"));
+        let out = base.join(format!("seed-{k}"));
+        if !a.quiet {
+            eprintln!("keel run: seed {k} of {seeds} → {}", out.display());
+        }
+        let code = run(Args {
+            recipe: Some(recipe.clone()),
+            resume: None,
+            out: Some(out.to_string_lossy().into_owned()),
+            set,
+            name: a.name.clone(),
+            quiet: a.quiet,
+            color: a.color,
+        });
+        if code != ExitCode::SUCCESS {
+            return code;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 pub fn run(a: Args) -> ExitCode {
     let color = diagnostics::use_color(a.color);
     // What to run: a recipe, or the run a directory describes.

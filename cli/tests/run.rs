@@ -816,3 +816,85 @@ fn bench_loss_reports_tokens_per_second() {
         );
     }
 }
+
+/// `keel compare`: two seeds of one setting form one arm (mean with a
+/// min–max band), a third run with another setting is an arm of its own;
+/// summary.json's numbers are the runs' own metrics.
+#[test]
+fn compare_groups_seeds_into_arms_with_bands_and_a_summary() {
+    let d = dir("compare");
+    std::fs::write(
+        d.join("small.recipe"),
+        SMALL.replace("steps = 12", "steps = 4"),
+    )
+    .expect("write");
+    // `--seeds 2`: seeds/seed-1 and seeds/seed-2, model and task seeds set.
+    let r = keel(
+        &d,
+        &[
+            "run",
+            "-q",
+            "small.recipe",
+            "--seeds",
+            "2",
+            "--out",
+            "seeds",
+        ],
+    );
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let r = keel(
+        &d,
+        &[
+            "run",
+            "-q",
+            "small.recipe",
+            "--out",
+            "hot",
+            "--set",
+            "rollout.temperature=1.5",
+        ],
+    );
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let (s1, s2) = ("seeds/seed-1", "seeds/seed-2");
+    assert_ne!(
+        metrics(&d.join(s1)),
+        metrics(&d.join(s2)),
+        "the seeds differ"
+    );
+    let r = keel(&d, &["compare", s1, s2, "hot", "--out", "cmp"]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(d.join("cmp/summary.json")).expect("summary.json"),
+    )
+    .expect("json");
+    let arms = summary["arms"].as_array().expect("arms");
+    assert_eq!(arms.len(), 2, "{summary}");
+    assert_eq!(arms[0]["arm"], "small");
+    assert_eq!(arms[0]["runs"].as_array().map(Vec::len), Some(2));
+    assert_eq!(arms[1]["arm"], "small (rollout.temperature=1.5)");
+    // The arm's final pass@1 is the mean of its seeds' last pass@1.
+    let last = |run: &str, key: &str| {
+        metrics(&d.join(run))
+            .iter()
+            .filter_map(|l| l.get(key)?.as_f64())
+            .next_back()
+            .expect("logged")
+    };
+    let want = (last(s1, "pass_at_1") + last(s2, "pass_at_1")) / 2.0;
+    let got = arms[0]["final_pass_at_1"]["mean"].as_f64().expect("mean");
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    assert_eq!(arms[0]["final_pass_at_1"]["n"], 2);
+    assert!(arms[0].get("final_pass_at_2").is_some(), "{summary}");
+    let html = std::fs::read_to_string(d.join("cmp/compare.html")).expect("compare.html");
+    assert!(html.contains("small (mean of 2 seeds)"), "legend per arm");
+    assert!(html.contains("class=\"band\""), "a band for the seeds");
+    assert!(html.contains("class=\"grid\""), "grid lines");
+    assert!(!html.contains("NaN") && !html.contains("<script"));
+    let bad = keel(&d, &["compare", s1, "nowhere"]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("error[E0704]"),
+        "{}",
+        text(&bad.stderr)
+    );
+}

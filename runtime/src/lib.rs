@@ -18,6 +18,8 @@ pub mod tokenizer;
 pub mod train;
 
 pub use error::Error;
+pub mod compare;
+pub mod plot;
 pub mod report;
 
 /// The device a run uses: burn's Flex CPU backend with autodiff, or with the

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::{Error, codes};
+use crate::plot::{self, Series, esc};
 
 /// The metrics plotted, in order: (key or key prefix, title).
-const PLOTS: &[(&str, &str)] = &[
+pub(crate) const PLOTS: &[(&str, &str)] = &[
     ("reward_mean", "reward (mean)"),
     ("pass_at_", "held-out pass@k"),
     ("entropy_mean", "entropy (mean per token)"),
@@ -23,9 +24,16 @@ const PLOTS: &[(&str, &str)] = &[
     ("tokens_per_s", "tokens / s"),
 ];
 
-const COLORS: &[&str] = &["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
-
 pub fn write(run_dir: &Path) -> Result<PathBuf, Error> {
+    let rows = read_metrics(run_dir)?;
+    let html = render(run_dir, &rows);
+    let out = run_dir.join("report.html");
+    crate::checkpoint::write_atomic(&out, html.as_bytes())?;
+    Ok(out)
+}
+
+/// The lines of `RUN_DIR/metrics.jsonl`.
+pub fn read_metrics(run_dir: &Path) -> Result<Vec<Value>, Error> {
     let path = run_dir.join("metrics.jsonl");
     let text = std::fs::read_to_string(&path).map_err(|e| {
         Error::new(
@@ -43,14 +51,11 @@ pub fn write(run_dir: &Path) -> Result<PathBuf, Error> {
         })?;
         rows.push(v);
     }
-    let html = render(run_dir, &rows);
-    let out = run_dir.join("report.html");
-    crate::checkpoint::write_atomic(&out, html.as_bytes())?;
-    Ok(out)
+    Ok(rows)
 }
 
 /// Series of `key` (or every key starting with a prefix ending in `_`).
-fn series(rows: &[Value], key: &str) -> Vec<(String, Vec<(f64, f64)>)> {
+pub(crate) fn series(rows: &[Value], key: &str) -> Vec<(String, Vec<(f64, f64)>)> {
     let mut names: Vec<String> = Vec::new();
     for r in rows {
         if let Some(o) = r.as_object() {
@@ -78,13 +83,6 @@ fn series(rows: &[Value], key: &str) -> Vec<(String, Vec<(f64, f64)>)> {
             (n, pts)
         })
         .collect()
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 fn render(run_dir: &Path, rows: &[Value]) -> String {
@@ -135,114 +133,14 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:4px 8px;fo
 }
 
 fn plot(title: &str, s: &[(String, Vec<(f64, f64)>)], events: &[(f64, String)]) -> String {
-    let (w, hgt, l, b, t, r) = (420.0, 220.0, 56.0, 28.0, 8.0, 8.0);
-    let pts: Vec<(f64, f64)> = s.iter().flat_map(|x| x.1.iter().copied()).collect();
-    let (mut x0, mut x1) = (f64::MAX, f64::MIN);
-    let (mut y0, mut y1) = (f64::MAX, f64::MIN);
-    for (x, y) in &pts {
-        x0 = x0.min(*x);
-        x1 = x1.max(*x);
-        y0 = y0.min(*y);
-        y1 = y1.max(*y);
-    }
-    if x1 <= x0 {
-        x1 = x0 + 1.0;
-    }
-    if y1 <= y0 {
-        // A constant series: centre it.
-        let pad = if y0 == 0.0 { 1.0 } else { y0.abs() * 0.1 };
-        y1 = y0 + pad;
-        y0 -= pad;
-    }
-    let sx = |x: f64| l + (x - x0) / (x1 - x0) * (w - l - r);
-    let sy = |y: f64| t + (1.0 - (y - y0) / (y1 - y0)) * (hgt - t - b);
-    let mut o = String::new();
-    let _ = write!(
-        o,
-        "<figure><figcaption>{}</figcaption><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{hgt}\" role=\"img\" aria-label=\"{}\">",
-        esc(title),
-        esc(title)
-    );
-    let _ = write!(
-        o,
-        "<rect x=\"{l}\" y=\"{t}\" width=\"{}\" height=\"{}\" fill=\"#fafafa\" stroke=\"#ccc\"/>",
-        w - l - r,
-        hgt - t - b
-    );
-    for (ev_step, _) in events {
-        if *ev_step >= x0 && *ev_step <= x1 {
-            let x = sx(*ev_step);
-            let _ = write!(
-                o,
-                "<line class=\"event\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{t}\" y2=\"{}\" stroke=\"#e377c2\" stroke-dasharray=\"3,3\"/>",
-                hgt - b
-            );
-        }
-    }
-    for (k, (name, p)) in s.iter().enumerate() {
-        let c = COLORS[k % COLORS.len()];
-        let d: Vec<String> = p
-            .iter()
-            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
-            .collect();
-        if d.len() == 1 {
-            let _ = write!(
-                o,
-                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{c}\"/>",
-                sx(p[0].0),
-                sy(p[0].1)
-            );
-        } else {
-            let _ = write!(
-                o,
-                "<polyline class=\"series\" fill=\"none\" stroke=\"{c}\" stroke-width=\"1.5\" points=\"{}\"/>",
-                d.join(" ")
-            );
-        }
-        if s.len() > 1 {
-            let _ = write!(
-                o,
-                "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"{c}\">{}</text>",
-                l + 6.0,
-                t + 12.0 + 12.0 * k as f64,
-                esc(name)
-            );
-        }
-    }
-    let fmt = |v: f64| {
-        if v.abs() >= 1e4 || (v != 0.0 && v.abs() < 1e-3) {
-            format!("{v:.2e}")
-        } else {
-            format!("{v:.3}")
-        }
-    };
-    let _ = write!(
-        o,
-        "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{}</text>",
-        l - 4.0,
-        t + 10.0,
-        fmt(y1)
-    );
-    let _ = write!(
-        o,
-        "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{}</text>",
-        l - 4.0,
-        hgt - b,
-        fmt(y0)
-    );
-    let _ = write!(
-        o,
-        "<text x=\"{l}\" y=\"{}\" font-size=\"11\">step {}</text>",
-        hgt - 8.0,
-        x0
-    );
-    let _ = write!(
-        o,
-        "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{}</text>",
-        w - r,
-        hgt - 8.0,
-        x1
-    );
-    o.push_str("</svg></figure>");
-    o
+    let series: Vec<Series> = s
+        .iter()
+        .map(|(name, points)| Series {
+            name: name.clone(),
+            points: points.clone(),
+            band: Vec::new(),
+        })
+        .collect();
+    let steps: Vec<f64> = events.iter().map(|e| e.0).collect();
+    plot::figure(title, &series, &steps)
 }

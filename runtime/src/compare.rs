@@ -1,0 +1,339 @@
+//! `keel compare RUN_DIR... [--out DIR]`: several runs on one page.
+//!
+//! Runs of the same recipe with the same settings but for the seeds
+//! (`model.seed`, `task.seed`) form one arm: drawn as the mean over seeds
+//! with a min–max band. `compare.html` holds a plot per metric (the style of
+//! `keel report`) and a table per arm; `summary.json` holds the same table.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::error::{Error, codes};
+use crate::plot::{self, Series, esc};
+use crate::report::{PLOTS, read_metrics, series};
+
+/// The settings that only choose a seed: runs differing in these are
+/// seeds of one arm.
+const SEED_KEYS: &[&str] = &["model.seed", "task.seed"];
+
+/// One run directory, read.
+struct Run {
+    dir: PathBuf,
+    arm: String,
+    rows: Vec<Value>,
+}
+
+/// The arm of a run: its recipe and its `--set` overrides but the seeds.
+fn arm_of(dir: &Path) -> Result<String, Error> {
+    let path = dir.join("run.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Error::new(
+            codes::CHECKPOINT,
+            format!("cannot read `{}`: {e}", path.display()),
+            "`keel compare` takes directories written by `keel run`",
+        )
+        .at(path.display().to_string())
+    })?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| {
+        Error::new(
+            codes::CHECKPOINT,
+            format!("damaged run file: {e}"),
+            "the file is written by `keel run`",
+        )
+        .at(path.display().to_string())
+    })?;
+    let recipe = v["recipe"]
+        .as_str()
+        .map(String::from)
+        .or_else(|| {
+            v["recipe_path"].as_str().map(|p| {
+                Path::new(p)
+                    .file_stem()
+                    .map_or(p.to_string(), |s| s.to_string_lossy().into_owned())
+            })
+        })
+        .unwrap_or_else(|| dir.display().to_string());
+    let mut set: Vec<String> = v["set"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|kv| {
+                    let k = kv.get(0)?.as_str()?;
+                    let val = kv.get(1)?.as_str()?;
+                    (!SEED_KEYS.contains(&k)).then(|| format!("{k}={val}"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    set.sort();
+    Ok(if set.is_empty() {
+        recipe
+    } else {
+        format!("{recipe} ({})", set.join(", "))
+    })
+}
+
+/// The mean over seeds at each step every seed logged, with min and max.
+fn mean_band(seeds: &[Vec<(f64, f64)>]) -> (Vec<(f64, f64)>, Vec<plot::Band>) {
+    let mut steps: Vec<f64> = seeds
+        .first()
+        .map_or(Vec::new(), |s| s.iter().map(|p| p.0).collect());
+    steps.retain(|x| seeds.iter().all(|s| s.iter().any(|p| p.0 == *x)));
+    let mut mean = Vec::new();
+    let mut band = Vec::new();
+    for x in steps {
+        let ys: Vec<f64> = seeds
+            .iter()
+            .filter_map(|s| s.iter().rev().find(|p| p.0 == x).map(|p| p.1))
+            .collect();
+        let m = ys.iter().sum::<f64>() / ys.len() as f64;
+        let lo = ys.iter().copied().fold(f64::MAX, f64::min);
+        let hi = ys.iter().copied().fold(f64::MIN, f64::max);
+        mean.push((x, m));
+        band.push((x, lo, hi));
+    }
+    (mean, band)
+}
+
+/// The last and the largest value of `key` in a run (`None`: never logged).
+fn last_and_best(rows: &[Value], key: &str) -> (Option<f64>, Option<f64>) {
+    let vals: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| r.get(key)?.as_f64())
+        .filter(|v| v.is_finite())
+        .collect();
+    (vals.last().copied(), vals.iter().copied().reduce(f64::max))
+}
+
+/// Mean, min and max of the values the seeds have.
+fn stat(vals: &[Option<f64>]) -> Value {
+    let v: Vec<f64> = vals.iter().flatten().copied().collect();
+    if v.is_empty() {
+        return Value::Null;
+    }
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+    json!({
+        "mean": mean,
+        "sd": sd,
+        "min": v.iter().copied().fold(f64::MAX, f64::min),
+        "max": v.iter().copied().fold(f64::MIN, f64::max),
+        "n": v.len(),
+    })
+}
+
+/// The pass@k key the runs log (`pass_at_8`), other than pass@1.
+fn pass_k_key(runs: &[Run]) -> Option<String> {
+    let mut keys: Vec<String> = runs
+        .iter()
+        .flat_map(|r| r.rows.iter())
+        .filter_map(|r| r.as_object())
+        .flat_map(|o| o.keys().cloned().collect::<Vec<_>>())
+        .filter(|k| k.starts_with("pass_at_") && k != "pass_at_1")
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter().next()
+}
+
+/// Write `compare.html` and `summary.json` into `out`; returns their paths.
+pub fn write(dirs: &[PathBuf], out: &Path) -> Result<(PathBuf, PathBuf), Error> {
+    if dirs.is_empty() {
+        return Err(Error::new(
+            codes::CHECKPOINT,
+            "no run directories to compare".to_string(),
+            "name one or more directories written by `keel run`: `keel compare runs/a runs/b`",
+        ));
+    }
+    let mut runs = Vec::new();
+    for d in dirs {
+        runs.push(Run {
+            dir: d.clone(),
+            arm: arm_of(d)?,
+            rows: read_metrics(d)?,
+        });
+    }
+    let mut arms: Vec<String> = Vec::new();
+    for r in &runs {
+        if !arms.contains(&r.arm) {
+            arms.push(r.arm.clone());
+        }
+    }
+    let members = |arm: &str| runs.iter().filter(|r| r.arm == arm).collect::<Vec<_>>();
+    let pk = pass_k_key(&runs);
+
+    // The table, per arm.
+    let mut summary = Vec::new();
+    for arm in &arms {
+        let m = members(arm);
+        let col = |key: &str, best: bool| -> Value {
+            stat(
+                &m.iter()
+                    .map(|r| {
+                        let (last, top) = last_and_best(&r.rows, key);
+                        if best { top } else { last }
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let mut row = json!({
+            "arm": arm,
+            "runs": m.iter().map(|r| r.dir.display().to_string()).collect::<Vec<_>>(),
+            "final_pass_at_1": col("pass_at_1", false),
+            "best_pass_at_1": col("pass_at_1", true),
+            "final_entropy": col("entropy_mean", false),
+            "final_response_len": col("response_len", false),
+            "final_reward": col("reward_mean", false),
+            "final_correct": col("correct_mean", false),
+        });
+        if let Some(k) = &pk {
+            row[format!("final_{k}")] = col(k, false);
+            row[format!("best_{k}")] = col(k, true);
+        }
+        summary.push(row);
+    }
+    std::fs::create_dir_all(out).map_err(|e| {
+        Error::new(
+            codes::CHECKPOINT,
+            format!("cannot create `{}`: {e}", out.display()),
+            "choose an --out directory you can write to",
+        )
+        .at(out.display().to_string())
+    })?;
+    let summary_path = out.join("summary.json");
+    let json = serde_json::to_vec_pretty(&json!({ "arms": summary }))
+        .map_err(|e| Error::new(codes::CHECKPOINT, e.to_string(), "this is a runtime bug"))?;
+    crate::checkpoint::write_atomic(&summary_path, &json)?;
+
+    // The page.
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>keel compare</title>\
+<style>body{{font-family:sans-serif;margin:24px;color:#222}}.grid{{display:flex;flex-wrap:wrap;gap:16px}}\
+figure{{margin:0;border:1px solid #ddd;padding:8px}}figcaption{{font-size:14px;margin-bottom:4px}}\
+table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:4px 8px;font-size:13px;text-align:right}}</style></head><body>\
+<h1>keel compare</h1><p>{} runs in {} arms; lines are the mean over an arm's seeds with a min–max band, smoothed (EMA {}) over the faint raw values.</p>",
+        runs.len(),
+        arms.len(),
+        plot::SMOOTHING
+    );
+    h.push_str("<table><tr><th>arm</th><th>seeds</th><th>final pass@1</th><th>best pass@1</th>");
+    if let Some(k) = &pk {
+        let _ = write!(h, "<th>final {}</th>", esc(&k.replace("pass_at_", "pass@")));
+    }
+    h.push_str("<th>entropy (end)</th><th>response length (end)</th><th>reward (end)</th><th>correct (end)</th></tr>");
+    let cell = |v: &Value| -> String {
+        match (v["mean"].as_f64(), v["min"].as_f64(), v["max"].as_f64()) {
+            (Some(m), Some(lo), Some(hi)) if v["n"].as_u64() > Some(1) => {
+                format!(
+                    "{} [{}, {}]",
+                    plot::label(m),
+                    plot::label(lo),
+                    plot::label(hi)
+                )
+            }
+            (Some(m), ..) => plot::label(m),
+            _ => "–".into(),
+        }
+    };
+    for row in &summary {
+        let _ = write!(
+            h,
+            "<tr><td style=\"text-align:left\">{}</td><td>{}</td><td>{}</td><td>{}</td>",
+            esc(row["arm"].as_str().unwrap_or("")),
+            row["runs"].as_array().map_or(0, Vec::len),
+            cell(&row["final_pass_at_1"]),
+            cell(&row["best_pass_at_1"])
+        );
+        if let Some(k) = &pk {
+            let _ = write!(h, "<td>{}</td>", cell(&row[format!("final_{k}")]));
+        }
+        let _ = write!(
+            h,
+            "<td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            cell(&row["final_entropy"]),
+            cell(&row["final_response_len"]),
+            cell(&row["final_reward"]),
+            cell(&row["final_correct"])
+        );
+    }
+    h.push_str("</table><div class=\"grid\">");
+    for (key, title) in PLOTS {
+        // Every metric name the key covers (pass@1 and pass@k).
+        let mut names: Vec<String> = runs
+            .iter()
+            .flat_map(|r| series(&r.rows, key).into_iter().map(|(n, _)| n))
+            .collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            let mut lines = Vec::new();
+            for arm in &arms {
+                let seeds: Vec<Vec<(f64, f64)>> = members(arm)
+                    .iter()
+                    .map(|r| {
+                        series(&r.rows, &name)
+                            .into_iter()
+                            .next()
+                            .map(|(_, p)| p)
+                            .unwrap_or_default()
+                    })
+                    .filter(|p| !p.is_empty())
+                    .collect();
+                if seeds.is_empty() {
+                    continue;
+                }
+                let (points, band) = mean_band(&seeds);
+                let n = seeds.len();
+                lines.push(Series {
+                    name: if n > 1 {
+                        format!("{arm} (mean of {n} seeds)")
+                    } else {
+                        arm.clone()
+                    },
+                    points,
+                    band: if n > 1 { band } else { Vec::new() },
+                });
+            }
+            if lines.is_empty() {
+                continue;
+            }
+            let t = if key.ends_with('_') {
+                format!("{title}: {}", name.replace("pass_at_", "pass@"))
+            } else {
+                title.to_string()
+            };
+            h.push_str(&plot::figure(&t, &lines, &[]));
+        }
+    }
+    h.push_str("</div></body></html>\n");
+    let html_path = out.join("compare.html");
+    crate::checkpoint::write_atomic(&html_path, h.as_bytes())?;
+    Ok((html_path, summary_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_band_over_seeds_at_shared_steps() {
+        let a = vec![(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)];
+        let b = vec![(0.0, 3.0), (1.0, 4.0)];
+        let (m, band) = mean_band(&[a, b]);
+        assert_eq!(m, vec![(0.0, 2.0), (1.0, 3.0)]);
+        assert_eq!(band, vec![(0.0, 1.0, 3.0), (1.0, 2.0, 4.0)]);
+    }
+
+    #[test]
+    fn stat_gives_mean_spread_and_count() {
+        let s = stat(&[Some(0.2), None, Some(0.4)]);
+        assert!((s["mean"].as_f64().unwrap_or(0.0) - 0.3).abs() < 1e-12);
+        assert!((s["sd"].as_f64().unwrap_or(0.0) - 0.1).abs() < 1e-12);
+        assert_eq!(s["n"], 2);
+        assert_eq!(stat(&[None]), Value::Null);
+    }
+}
