@@ -40,6 +40,25 @@ fn python() -> Option<PathBuf> {
     None
 }
 
+/// Whether `py` runs `check` (imports and a version assertion); when it
+/// does not, the test is skipped with a message, or fails under
+/// `KEEL_REQUIRE_TORCH` (CI).
+fn python_has(py: &std::path::Path, check: &str, what: &str) -> bool {
+    let ok = Command::new(py)
+        .args(["-c", check])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("KEEL_REQUIRE_TORCH").is_none(),
+            "KEEL_REQUIRE_TORCH is set but {what} is not installed in {}",
+            py.display()
+        );
+        eprintln!("skipped: {what} is not installed in {}", py.display());
+    }
+    ok
+}
+
 #[test]
 fn exported_torch_packages_equal_the_interpreter_on_every_stdlib_recipe() {
     let Some(py) = python() else {
@@ -233,20 +252,11 @@ fn verl_packages_compute_keel_loss_inside_verl_ppo_loss() {
     let Some(py) = python() else {
         return;
     };
-    let verl = Command::new(&py)
-        .args([
-            "-c",
-            "import verl, tensordict; assert verl.__version__ == '0.9.1'",
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !verl {
-        assert!(
-            std::env::var_os("KEEL_REQUIRE_TORCH").is_none(),
-            "KEEL_REQUIRE_TORCH is set but verl 0.9.1 is not installed in {}",
-            py.display()
-        );
-        eprintln!("skipped: verl 0.9.1 is not installed in {}", py.display());
+    if !python_has(
+        &py,
+        "import verl, tensordict; assert verl.__version__ == '0.9.1'",
+        "verl 0.9.1",
+    ) {
         return;
     }
     let dir = std::env::temp_dir().join(format!("keel-export-verl-{}", std::process::id()));
@@ -459,20 +469,11 @@ fn trl_trains_a_tiny_llama_with_the_exported_loss_equal_to_keel_loss() {
     let Some(py) = python() else {
         return;
     };
-    let trl = Command::new(&py)
-        .args([
-            "-c",
-            "import trl, transformers, datasets; assert trl.__version__ == '1.16.0'",
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !trl {
-        assert!(
-            std::env::var_os("KEEL_REQUIRE_TORCH").is_none(),
-            "KEEL_REQUIRE_TORCH is set but TRL 1.16.0 is not installed in {}",
-            py.display()
-        );
-        eprintln!("skipped: TRL 1.16.0 is not installed in {}", py.display());
+    if !python_has(
+        &py,
+        "import trl, transformers, datasets; assert trl.__version__ == '1.16.0'",
+        "TRL 1.16.0",
+    ) {
         return;
     }
     let file = "stdlib/grpo.recipe";

@@ -24,20 +24,11 @@ import json
 import sys
 
 import torch
+from export_parity import rel_err  # the same measure as the torch target's test
 from safetensors.torch import load_file
 
 
 VERL_PPO_LOSS = None
-
-
-def rel_err(got, want):
-    got = got.detach().to(torch.float64).reshape(-1)
-    want = want.to(torch.float64).reshape(-1)
-    if got.numel() != want.numel():
-        return float("inf")
-    floor = 0.1 if want.numel() == 1 else 1e-6
-    scale = max(floor, float(want.abs().max())) if want.numel() else floor
-    return float((got - want).abs().max()) / scale if got.numel() else 0.0
 
 
 def actor_config(case_dir):

@@ -10,7 +10,7 @@
 //! recipe's credit over the rewards TRL computed (`_calculate_rewards`).
 
 use crate::torch::{Keep, forward_source};
-use crate::verl::{Engine, inputs_of, loss_input_refusals, outside_loss, term_roots};
+use crate::verl::{Engine, credit_and_outside, inputs_of, loss_input_refusals, term_roots};
 use crate::{Package, RUNTIME, package_name};
 use keel_check::{Checked, Diagnostic};
 use keel_ir::LogitsPath;
@@ -64,15 +64,11 @@ pub fn trl_package(
     let available = |n: &str| TRL_INPUTS.contains(&n);
     let mut refused = loss_input_refusals(recipe, &compiled, &available, &engine);
     let mut dropped = Vec::new();
-    let has_credit = merged
-        .section("credit")
-        .is_some_and(|s| s.entry("value").is_some());
-    let estimator = crate::verl_estimator(checked, index, source);
-    outside_loss(
-        recipe,
-        merged,
+    let (estimator, _) = credit_and_outside(
+        checked,
+        index,
+        source,
         &engine,
-        estimator.as_ref().err().filter(|_| has_credit),
         allow_partial,
         &mut refused,
         &mut dropped,

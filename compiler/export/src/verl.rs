@@ -363,6 +363,38 @@ pub(crate) fn outside_loss(
     }
 }
 
+/// The credit as an estimator's files (`Err`: why not) and whether the
+/// recipe has a credit, with the refusals (or dropped lines) of
+/// [`outside_loss`] added.
+pub(crate) fn credit_and_outside(
+    checked: &Checked,
+    index: usize,
+    source: &str,
+    engine: &Engine,
+    allow_partial: bool,
+    refused: &mut Vec<Diagnostic>,
+    dropped: &mut Vec<String>,
+) -> (Result<Vec<(String, String)>, String>, bool) {
+    let (Some(recipe), Some(merged)) = (checked.recipes.get(index), checked.merged.get(index))
+    else {
+        return (Err("no such recipe".into()), false);
+    };
+    let has_credit = merged
+        .section("credit")
+        .is_some_and(|s| s.entry("value").is_some());
+    let estimator = crate::verl_estimator(checked, index, source);
+    outside_loss(
+        recipe,
+        merged,
+        engine,
+        estimator.as_ref().err().filter(|_| has_credit),
+        allow_partial,
+        refused,
+        dropped,
+    );
+    (estimator, has_credit)
+}
+
 /// Where a diagnostic about term `section` reading `input` points: the
 /// term's entry (`objective.loss`, `S.value`), else the first read.
 fn at_term(r: &CheckedRecipe, section: &str, input: &str) -> Label {
@@ -446,15 +478,11 @@ pub fn verl_package(
 
     // The credit: a registered estimator, or refused; then what runs
     // outside the loss.
-    let has_credit = merged
-        .section("credit")
-        .is_some_and(|s| s.entry("value").is_some());
-    let estimator = crate::verl_estimator(checked, index, source);
-    outside_loss(
-        recipe,
-        merged,
+    let (estimator, has_credit) = credit_and_outside(
+        checked,
+        index,
+        source,
         &engine,
-        estimator.as_ref().err().filter(|_| has_credit),
         allow_partial,
         &mut refused,
         &mut dropped,
