@@ -35,11 +35,23 @@ pub enum Verifier {
     Regex(regex::Regex),
 }
 
+/// What the arithmetic task's process reward (`step_reward`) rewards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Prm {
+    /// 1 for a step whose operands, operator and result are right.
+    #[default]
+    Exact,
+    /// 1 for every well-formed step `a+b=c`, right or wrong: an imperfect
+    /// PRM that a policy can hack on purpose (PURE's failure mode).
+    Format,
+}
+
 #[derive(Clone, Debug)]
 pub enum Task {
     Arithmetic {
         seed: u64,
         difficulty: f64,
+        prm: Prm,
     },
     Countdown {
         seed: u64,
@@ -59,9 +71,9 @@ impl Task {
     /// Problem `i` of `stream`.
     pub fn problem(&self, stream: u64, i: u64) -> Problem {
         match self {
-            Task::Arithmetic { seed, difficulty } => {
-                arithmetic(&mut Rng::derive(*seed, stream, i), *difficulty)
-            }
+            Task::Arithmetic {
+                seed, difficulty, ..
+            } => arithmetic(&mut Rng::derive(*seed, stream, i), *difficulty),
             Task::Countdown { seed, difficulty } => {
                 countdown(&mut Rng::derive(*seed, stream, i), *difficulty)
             }
@@ -88,7 +100,7 @@ impl Task {
 
     pub fn verify(&self, problem: &Problem, response: &str) -> Verdict {
         match self {
-            Task::Arithmetic { .. } => verify_arithmetic(problem, response),
+            Task::Arithmetic { prm, .. } => verify_arithmetic(problem, response, *prm),
             Task::Countdown { .. } => verify_countdown(problem, response),
             Task::Data { verifier, .. } => {
                 let got = response.trim();
@@ -166,7 +178,7 @@ fn int_prefix(s: &str) -> Option<(i64, usize)> {
     s[..k].parse().ok().map(|v| (v, k))
 }
 
-fn verify_arithmetic(p: &Problem, response: &str) -> Verdict {
+fn verify_arithmetic(p: &Problem, response: &str, prm: Prm) -> Verdict {
     let (work, final_answer) = match response.rsplit_once('|') {
         Some((w, a)) => (w, Some(a)),
         None => (response, None),
@@ -204,6 +216,7 @@ fn verify_arithmetic(p: &Problem, response: &str) -> Verdict {
     for (k, step) in pieces.iter().enumerate() {
         let end = offset + step.len(); // the ',' or '|' after the step
         let parsed = parse_step(step);
+        let formed = parsed.is_some();
         let right = match (parsed, acc, operands.get(k + 1), ops.get(k)) {
             (Some((a, op, b, c)), Some(x), Some(&y), Some(&o)) => {
                 let truth = if o == '+' { x + y } else { x - y };
@@ -217,7 +230,11 @@ fn verify_arithmetic(p: &Problem, response: &str) -> Verdict {
             }
             _ => false,
         };
-        steps.push((end, if right { 1.0 } else { 0.0 }));
+        let rewarded = match prm {
+            Prm::Exact => right,
+            Prm::Format => formed,
+        };
+        steps.push((end, if rewarded { 1.0 } else { 0.0 }));
         offset = end + 1;
     }
     Verdict {
@@ -458,6 +475,7 @@ mod tests {
         let t = Task::Arithmetic {
             seed: 7,
             difficulty: 1.0,
+            prm: Prm::Exact,
         };
         assert_eq!(t.problem(TRAIN_STREAM, 3), t.problem(TRAIN_STREAM, 3));
         assert_ne!(t.problem(TRAIN_STREAM, 3), t.problem(EVAL_STREAM, 3));
@@ -480,10 +498,24 @@ mod tests {
         let t = Task::Arithmetic {
             seed: 0,
             difficulty: 1.0,
+            prm: Prm::Exact,
         };
         let v = t.verify(&p, "7+12=18,18-5=13|13");
         assert!(!v.correct && v.format_ok);
         assert_eq!(v.steps, vec![(7, 0.0), (15, 0.0)]);
+        // The hackable PRM rewards the same wrong steps for their form
+        // alone, and still not a malformed one; correctness is unchanged.
+        let hackable = Task::Arithmetic {
+            seed: 0,
+            difficulty: 1.0,
+            prm: Prm::Format,
+        };
+        let v = hackable.verify(&p, "7+12=18,18-5=13|13");
+        assert!(!v.correct && v.format_ok);
+        assert_eq!(v.steps, vec![(7, 1.0), (15, 1.0)]);
+        let v = hackable.verify(&p, "7+12=18,oops|13");
+        assert_eq!(v.steps, vec![(7, 1.0), (12, 0.0)]);
+        assert!(!v.correct);
         let v = t.verify(&p, "7+12=19,19-5=14|14");
         assert_eq!(v.steps, vec![(7, 1.0), (15, 1.0)]);
         let v = t.verify(&p, "7+12=19|14");

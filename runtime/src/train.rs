@@ -25,7 +25,7 @@ use crate::rng::Rng;
 use crate::rollout::{Rollouts, StepInputs, provided};
 use crate::sample::{self, SampleConfig, left_pad};
 use crate::settings::Settings;
-use crate::tasks::{self, EVAL_STREAM, Problem, TRAIN_STREAM, Task, Verifier};
+use crate::tasks::{self, EVAL_STREAM, Prm, Problem, TRAIN_STREAM, Task, Verifier};
 
 /// The problem stream rehearsal samples are drawn from.
 const REHEARSAL_STREAM: u64 = 3;
@@ -190,7 +190,14 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
             )
         }
         _ => (
-            Task::Arithmetic { seed, difficulty },
+            Task::Arithmetic {
+                seed,
+                difficulty,
+                prm: match s.sym("task", "prm").as_deref() {
+                    Some("format") => Prm::Format,
+                    _ => Prm::Exact,
+                },
+            },
             format!("arithmetic seed={seed} difficulty={difficulty}"),
         ),
     };
@@ -1706,6 +1713,7 @@ mod tests {
         let task = Task::Arithmetic {
             seed: 1,
             difficulty: 0.5,
+            prm: Prm::Exact,
         };
         let problems: Vec<Problem> = (0..2).map(|i| task.problem(TRAIN_STREAM, i)).collect();
         let tok = Tokenizer::Char(CharTokenizer::default());

@@ -525,6 +525,15 @@ pub const SECTIONS: &[SectionSchema] = &[
                 "how answers are checked",
             ),
             key(
+                "prm",
+                K::Sym(&["exact", "format"]),
+                L::Step,
+                R::None,
+                true,
+                Some("exact"),
+                "the arithmetic task's process reward: `exact` rewards right steps, `format` every well-formed step (hackable on purpose)",
+            ),
+            key(
                 "difficulty",
                 K::Num,
                 L::Step,
