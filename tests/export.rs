@@ -59,6 +59,46 @@ fn python_has(py: &std::path::Path, check: &str, what: &str) -> bool {
     ok
 }
 
+/// A reference script's result judged against a bound.
+struct Judged {
+    /// Every (case, output, error relative to its scale).
+    errors: Vec<(String, String, f64)>,
+    /// Errors above the bound, and exceptions.
+    failures: Vec<String>,
+    /// The largest error, and where it is.
+    worst: (f64, String),
+}
+
+/// Judge a reference script's result (per case, the error of each output
+/// relative to its scale, or the exception it raised) against `bound`.
+fn judged(result: &serde_json::Value, bound: f64) -> Judged {
+    let mut errors = Vec::new();
+    let mut failures = Vec::new();
+    let mut worst = (0.0f64, String::new());
+    for case in result.as_array().expect("array") {
+        let name = case["case"].as_str().unwrap_or("?");
+        if let Some(e) = case.get("exception") {
+            failures.push(format!("{name}: {e}"));
+            continue;
+        }
+        for (out, e) in case["errors"].as_object().expect("errors") {
+            let e = e.as_f64().unwrap_or(f64::INFINITY);
+            if e > worst.0 {
+                worst = (e, format!("{name} {out}"));
+            }
+            if e > bound {
+                failures.push(format!("{name} {out}: error {e:.2e} of its scale"));
+            }
+            errors.push((name.to_string(), out.clone(), e));
+        }
+    }
+    Judged {
+        errors,
+        failures,
+        worst,
+    }
+}
+
 #[test]
 fn exported_torch_packages_equal_the_interpreter_on_every_stdlib_recipe() {
     let Some(py) = python() else {
@@ -179,28 +219,13 @@ fn exported_torch_packages_equal_the_interpreter_on_every_stdlib_recipe() {
     );
     let text = String::from_utf8_lossy(&run.stdout);
     let result: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON object");
-    let mut failures = Vec::new();
-    let mut worst = (0.0f64, String::new());
-    let mut checked = 0;
-    let mut above = 0;
-    for case in result.as_array().expect("array") {
-        let name = case["case"].as_str().unwrap_or("?");
-        if let Some(e) = case.get("exception") {
-            failures.push(format!("{name}: {e}"));
-            continue;
-        }
-        for (out, e) in case["errors"].as_object().expect("errors") {
-            let e = e.as_f64().unwrap_or(f64::INFINITY);
-            checked += 1;
-            above += usize::from(e > 1e-9);
-            if e > worst.0 {
-                worst = (e, format!("{name} {out}"));
-            }
-            if e > 1e-9 {
-                failures.push(format!("{name} {out}: error {e:.2e} of its scale"));
-            }
-        }
-    }
+    let Judged {
+        errors,
+        failures,
+        worst,
+    } = judged(&result, 1e-9);
+    let checked = errors.len();
+    let above = errors.iter().filter(|e| e.2 > 1e-9).count();
     eprintln!(
         "{verl_cases} cases of {} recipes checked the credit through verl's get_adv_estimator_fn: {verl_recipes:?}",
         verl_recipes.len()
@@ -364,26 +389,12 @@ fn verl_packages_compute_keel_loss_inside_verl_ppo_loss() {
     );
     let result: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&run.stdout).trim()).expect("one JSON object");
-    let mut failures = Vec::new();
-    let mut worst = (0.0f64, String::new());
-    let mut split = 0;
-    for case in result.as_array().expect("array") {
-        let name = case["case"].as_str().unwrap_or("?");
-        if let Some(e) = case.get("exception") {
-            failures.push(format!("{name}: {e}"));
-            continue;
-        }
-        for (out, e) in case["errors"].as_object().expect("errors") {
-            let e = e.as_f64().unwrap_or(f64::INFINITY);
-            split += usize::from(out == "split4.loss");
-            if e > worst.0 {
-                worst = (e, format!("{name} {out}"));
-            }
-            if e > 1e-6 {
-                failures.push(format!("{name} {out}: error {e:.2e} of its scale"));
-            }
-        }
-    }
+    let Judged {
+        errors,
+        failures,
+        worst,
+    } = judged(&result, 1e-6);
+    let split = errors.iter().filter(|e| e.1 == "split4.loss").count();
     eprintln!(
         "verl: {} recipes export ({exported:?}); {} cases through verl's ppo_loss, {split} also as four micro-batches; largest error {:.2e} ({})",
         exported.len(),

@@ -1,7 +1,7 @@
 //! `keel export RECIPE --target torch|verl --out DIR [--set NAME=VALUE]... [--allow-partial]`
 
 use crate::{Color, ErrorFormat, diagnostics};
-use keel_compiler::{Error, codes};
+use keel_compiler::{Diagnostic, Error, codes};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -35,75 +35,56 @@ pub fn run(a: Args) -> ExitCode {
     else {
         return ExitCode::from(1);
     };
-    let (package, note) = match a.target {
+    // The package and what to say of it, or the diagnostics of a refusal.
+    let exported: Result<(keel_export::Package, String), Vec<Diagnostic>> = match a.target {
         Target::Torch => {
             let has = keel_export::torch_inputs(&checked.recipes[index]);
-            let mut package = match keel_export::torch_package(&checked, index, &has, &a.recipe) {
-                Ok(p) => p,
-                Err(d) => {
-                    diagnostics::print(&a.recipe, &d, checked.sources(), a.error_format, color);
-                    return ExitCode::from(1);
-                }
-            };
-            // The credit as a verl advantage estimator, when verl gives it
-            // what it reads (imported only by a user of verl).
-            let estimator = keel_export::verl_estimator(&checked, index, &a.recipe);
-            let note = match &estimator {
-                Ok(files) => {
-                    package.files.extend(files.iter().cloned());
-                    format!(
-                        "  the credit as a verl advantage estimator: import {}.verl_adv, algorithm.adv_estimator={}",
-                        package.name, package.name
-                    )
-                }
-                Err(why) => format!("  no verl advantage estimator: {why}"),
-            };
-            (package, note)
+            keel_export::torch_package(&checked, index, &has, &a.recipe).map(|mut package| {
+                // The credit as a verl advantage estimator, when verl gives
+                // it what it reads (imported only by a user of verl).
+                let note = match keel_export::verl_estimator(&checked, index, &a.recipe) {
+                    Ok(files) => {
+                        package.files.extend(files);
+                        format!(
+                            "  the credit as a verl advantage estimator: import {}.verl_adv, algorithm.adv_estimator={}",
+                            package.name, package.name
+                        )
+                    }
+                    Err(why) => format!("  no verl advantage estimator: {why}"),
+                };
+                (package, note)
+            })
         }
-        Target::Verl => {
-            match keel_export::verl_package(&checked, index, &a.recipe, a.allow_partial) {
-                Ok(v) => {
-                    let mut note = format!(
-                        "  for verl {}: the loss as {} (./run.sh launches verl.trainer.main_ppo with overrides.txt)",
-                        keel_export::VERL_VERSION,
-                        if v.mode == "policy_loss" {
-                            "a registered policy loss"
-                        } else {
-                            "a replacement of ppo_loss"
-                        }
-                    );
-                    for c in &v.caveats {
-                        note.push_str(&format!("\n  caveat: {c}"));
+        Target::Verl => keel_export::verl_package(&checked, index, &a.recipe, a.allow_partial)
+            .map(|v| {
+                let mut note = format!(
+                    "  for verl {}: the loss as {} (./run.sh launches verl.trainer.main_ppo with overrides.txt)",
+                    keel_export::VERL_VERSION,
+                    if v.mode == "policy_loss" {
+                        "a registered policy loss"
+                    } else {
+                        "a replacement of ppo_loss"
                     }
-                    for d in &v.dropped {
-                        note.push_str(&format!("\n  dropped: {d}"));
-                    }
-                    (v.package, note)
-                }
-                Err(d) => {
-                    diagnostics::print(&a.recipe, &d, checked.sources(), a.error_format, color);
-                    return ExitCode::from(1);
-                }
-            }
-        }
-        Target::Trl => {
-            match keel_export::trl_package(&checked, index, &a.recipe, a.allow_partial) {
-                Ok(t) => {
-                    let mut note = format!(
-                        "  for TRL {}: KeelGRPOTrainer (a GRPOTrainer) with the recipe's loss{}; python train.py MODEL DATA.jsonl",
-                        keel_export::TRL_VERSION,
-                        if t.credit { " and credit" } else { "" }
-                    );
-                    for d in &t.dropped {
-                        note.push_str(&format!("\n  dropped: {d}"));
-                    }
-                    (t.package, note)
-                }
-                Err(d) => {
-                    diagnostics::print(&a.recipe, &d, checked.sources(), a.error_format, color);
-                    return ExitCode::from(1);
-                }
-            }
+                );
+                note.push_str(&listed(&v.caveats, &v.dropped));
+                (v.package, note)
+            }),
+        Target::Trl => keel_export::trl_package(&checked, index, &a.recipe, a.allow_partial)
+            .map(|t| {
+                let mut note = format!(
+                    "  for TRL {}: KeelGRPOTrainer (a GRPOTrainer) with the recipe's loss{}; python train.py MODEL DATA.jsonl",
+                    keel_export::TRL_VERSION,
+                    if t.credit { " and credit" } else { "" }
+                );
+                note.push_str(&listed(&[], &t.dropped));
+                (t.package, note)
+            }),
+    };
+    let (package, note) = match exported {
+        Ok(p) => p,
+        Err(d) => {
+            diagnostics::print(&a.recipe, &d, checked.sources(), a.error_format, color);
+            return ExitCode::from(1);
         }
     };
     let out = Path::new(&a.out);
@@ -139,4 +120,16 @@ pub fn run(a: Args) -> ExitCode {
         let _ = std::fs::set_permissions(out.join(rel), std::fs::Permissions::from_mode(0o755));
     }
     ExitCode::SUCCESS
+}
+
+/// `caveat:` and `dropped:` lines of the summary.
+fn listed(caveats: &[String], dropped: &[String]) -> String {
+    let mut s = String::new();
+    for c in caveats {
+        s.push_str(&format!("\n  caveat: {c}"));
+    }
+    for d in dropped {
+        s.push_str(&format!("\n  dropped: {d}"));
+    }
+    s
 }

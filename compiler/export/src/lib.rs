@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+mod engine;
 mod torch;
 mod trl;
 mod verl;
@@ -71,10 +72,11 @@ pub fn torch_package(
         "\"\"\"The loss of Keel recipe `{r}`, exported by `keel export` (see README.md).\"\"\"\n\nfrom .loss import INPUTS, OUTPUTS, PARAMS, RECIPE, TERMS, forward\n\n__all__ = [\"forward\", \"INPUTS\", \"OUTPUTS\", \"PARAMS\", \"RECIPE\", \"TERMS\"]\n",
         r = recipe.name
     );
-    let pyproject = format!(
-        "[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n\n[project]\nname = \"{dist}\"\nversion = \"0.1.0\"\ndescription = \"The loss of Keel recipe `{r}`, exported by keel export\"\nrequires-python = \">=3.9\"\ndependencies = [\"torch>=2.1\"]\n\n[tool.setuptools]\npackages = [\"{name}\"]\n",
-        dist = name.replace('_', "-"),
-        r = recipe.name,
+    let pyproject = pyproject(
+        &name,
+        &format!("The loss of Keel recipe `{}`", recipe.name),
+        "3.9",
+        "",
     );
     let readme = torch::readme(&compiled.graph, &recipe.name, &name, source);
     Ok(Package {
@@ -87,6 +89,20 @@ pub fn torch_package(
         ],
         name,
     })
+}
+
+/// `pyproject.toml` of package `name` for Python `python` and later: torch
+/// and `deps` (`"verl==0.9.1"`, or empty) as its dependencies.
+pub(crate) fn pyproject(name: &str, description: &str, python: &str, deps: &str) -> String {
+    let deps = if deps.is_empty() {
+        String::new()
+    } else {
+        format!(", {deps}")
+    };
+    format!(
+        "[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n\n[project]\nname = \"{dist}\"\nversion = \"0.1.0\"\ndescription = \"{description}, exported by keel export\"\nrequires-python = \">={python}\"\ndependencies = [\"torch>=2.1\"{deps}]\n\n[tool.setuptools]\npackages = [\"{name}\"]\n",
+        dist = name.replace('_', "-"),
+    )
 }
 
 /// The compiled loss's graph with each term's nodes as outputs of their

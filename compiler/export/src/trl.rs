@@ -9,9 +9,11 @@
 //! TRL's advantages after `_generate_and_score_completions` with the
 //! recipe's credit over the rewards TRL computed (`_calculate_rewards`).
 
+use crate::engine::{
+    Engine, credit_and_outside, inputs_of, loss_input_refusals, readme_lists, term_roots,
+};
 use crate::torch::{Keep, forward_source};
-use crate::verl::{Engine, credit_and_outside, inputs_of, loss_input_refusals, term_roots};
-use crate::{Package, RUNTIME, package_name};
+use crate::{Package, RUNTIME, package_name, pyproject};
 use keel_check::{Checked, Diagnostic};
 use keel_ir::LogitsPath;
 
@@ -272,12 +274,15 @@ if __name__ == "__main__":
         config = config.join(",\n        "),
     );
     files.push(("train.py".into(), train));
-    let pyproject = format!(
-        "[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n\n[project]\nname = \"{dist}\"\nversion = \"0.1.0\"\ndescription = \"Keel recipe `{r}` for TRL {TRL_VERSION}, exported by keel export\"\nrequires-python = \">=3.10\"\ndependencies = [\"torch>=2.1\", \"trl=={TRL_VERSION}\"]\n\n[tool.setuptools]\npackages = [\"{name}\"]\n",
-        dist = name.replace('_', "-"),
-        r = recipe.name,
-    );
-    files.push(("pyproject.toml".into(), pyproject));
+    files.push((
+        "pyproject.toml".into(),
+        pyproject(
+            &name,
+            &format!("Keel recipe `{}` for TRL {TRL_VERSION}", recipe.name),
+            "3.10",
+            &format!("\"trl=={TRL_VERSION}\""),
+        ),
+    ));
     let mut md = format!(
         "# `{r}` for TRL {TRL_VERSION}\n\nWritten by `keel export --target trl` from `{source}`; do not edit: change the recipe and export again.\n\n```python\nfrom {name} import KeelGRPOTrainer   # a trl.GRPOTrainer\ntrainer = KeelGRPOTrainer(model=..., reward_funcs=..., args=GRPOConfig(...), train_dataset=...)\n```\n\n`python train.py MODEL DATA.jsonl` runs it with the recipe's rollout settings ({}).\n\n| recipe | in TRL |\n| --- | --- |\n| `objective`, `divergence`, `entropy` | `KeelGRPOTrainer._compute_loss`: the recipe's loss over TRL's log-probs, entropies, old and reference log-probs and advantages; TRL's `loss_type`, `beta` and `epsilon` are not used |\n",
         config.join(", "),
@@ -291,16 +296,7 @@ if __name__ == "__main__":
     if merged.section("monitor").is_some() {
         md.push_str("| `monitor` | not exported: TRL logs its own metrics, and `keel_loss` |\n");
     }
-    md.push_str("\n## Caveats\n\n");
-    for c in &caveats {
-        md.push_str(&format!("- {c}\n"));
-    }
-    if !dropped.is_empty() {
-        md.push_str("\n## Dropped (`--allow-partial`)\n\n");
-        for d in &dropped {
-            md.push_str(&format!("- {d}\n"));
-        }
-    }
+    md.push_str(&readme_lists(&caveats, &dropped));
     files.push(("README.md".into(), md));
     Ok(TrlExport {
         package: Package { name, files },
