@@ -7,6 +7,7 @@ mod diagnostics;
 mod explain;
 mod export;
 mod fmt;
+mod inspect;
 mod loss;
 mod run;
 
@@ -176,6 +177,19 @@ enum Command {
         #[arg(long, default_value = ".")]
         out: String,
     },
+    /// What a pretrained checkpoint holds (a Hugging Face directory or a
+    /// GGUF file): architecture, parameters, dtype, tokenizer, chat
+    /// template; with --prompt, the next token's top-10 under the model.
+    Inspect {
+        /// A checkpoint directory (config.json, safetensors) or a .gguf file.
+        path: String,
+        /// Text to encode and continue by one token.
+        #[arg(long)]
+        prompt: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the language server on stdin/stdout.
     Lsp,
     /// Show what the compiler makes of a recipe: `--emit ir` (the typed IR
@@ -325,6 +339,7 @@ fn main() -> ExitCode {
                 name,
                 quiet,
                 color,
+                cache: None,
             };
             match seeds {
                 Some(n) => run::run_seeds(args, n),
@@ -384,6 +399,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Inspect { path, prompt, json } => inspect::run(&path, prompt.as_deref(), json),
         Command::Compare { run_dirs, out } => {
             let dirs: Vec<std::path::PathBuf> =
                 run_dirs.iter().map(std::path::PathBuf::from).collect();

@@ -16,6 +16,7 @@ pub mod codes {
     pub const RESUME_MISMATCH: Code = c::RESUME_MISMATCH;
     pub const LOSS_PROGRAM: Code = c::RUNTIME_INPUT;
     pub const WEIGHTS: Code = c::WEIGHTS;
+    pub const CHECKPOINT_FORMAT: Code = c::CHECKPOINT_FORMAT;
     pub const DEVICE: Code = c::DEVICE;
     pub const TOO_LARGE: Code = c::TOO_LARGE;
 }

@@ -6,9 +6,12 @@
 
 pub mod checkpoint;
 pub mod error;
+pub mod gguf;
+pub mod hf;
 pub mod hostprog;
 pub mod model;
 pub mod optim;
+pub mod pretrained;
 pub mod rng;
 pub mod rollout;
 pub mod sample;

@@ -14,18 +14,113 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use crate::error::{Error, codes};
 use crate::rng::Rng;
 
+/// Rotary positions: the base and an optional frequency rescaling.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rope {
+    pub theta: f64,
+    /// Llama 3.1's rescaling (`rope_scaling.rope_type = "llama3"`).
+    pub llama3: Option<Llama3Rope>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Llama3Rope {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_context: f64,
+}
+
+impl Rope {
+    /// The inverse frequency of each of the `hd / 2` feature pairs.
+    pub fn inv_freq(&self, hd: usize) -> Vec<f64> {
+        (0..hd / 2)
+            .map(|i| {
+                let f = self.theta.powf(-((2 * i) as f64) / hd as f64);
+                match &self.llama3 {
+                    None => f,
+                    Some(s) => {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        let low = s.original_context / s.low_freq_factor;
+                        let high = s.original_context / s.high_freq_factor;
+                        if wavelen < high {
+                            f
+                        } else if wavelen > low {
+                            f / s.factor
+                        } else {
+                            let smooth = (s.original_context / wavelen - s.low_freq_factor)
+                                / (s.high_freq_factor - s.low_freq_factor);
+                            (1.0 - smooth) * f / s.factor + smooth * f
+                        }
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+/// The transformer's shape. Keel's own small model (`ModelConfig::small`)
+/// and the checkpoint families it loads (Llama, Qwen2, Qwen3, SmolLM:
+/// `crate::hf`, `crate::gguf`) are the same architecture with these knobs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
     pub vocab: usize,
     pub d_model: usize,
     pub layers: usize,
+    /// Query heads.
     pub heads: usize,
+    /// Key/value heads (grouped-query attention): query head h reads kv head
+    /// h / (heads / kv_heads).
+    pub kv_heads: usize,
+    /// Width of one head (Qwen3 sets it apart from d_model / heads).
+    pub head_dim: usize,
+    /// SwiGLU width.
+    pub hidden: usize,
     pub context: usize,
+    /// Per-head RMSNorm of queries and keys before rotary positions (Qwen3).
     pub qk_norm: bool,
+    /// Biases on the q, k and v projections (Qwen2).
+    pub qkv_bias: bool,
+    pub norm_eps: f64,
+    pub rope: Rope,
+    /// The output layer is the embedding's transpose (no `head` weight).
+    pub tied: bool,
     pub seed: u64,
 }
 
 impl ModelConfig {
+    /// Keel's own model: d / heads per head, SwiGLU width 8/3·d rounded up
+    /// to a multiple of 8, no biases, eps 1e-6, rotary base 10,000, an
+    /// untied output layer.
+    pub fn small(
+        vocab: usize,
+        d_model: usize,
+        layers: usize,
+        heads: usize,
+        context: usize,
+        qk_norm: bool,
+        seed: u64,
+    ) -> ModelConfig {
+        ModelConfig {
+            vocab,
+            d_model,
+            layers,
+            heads,
+            kv_heads: heads,
+            head_dim: d_model.checked_div(heads).unwrap_or(0),
+            hidden: (8 * d_model / 3).div_ceil(8) * 8,
+            context,
+            qk_norm,
+            qkv_bias: false,
+            norm_eps: 1e-6,
+            rope: Rope {
+                theta: 10000.0,
+                llama3: None,
+            },
+            tied: false,
+            seed,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), Error> {
         if self.heads == 0
             || !self.d_model.is_multiple_of(self.heads)
@@ -44,30 +139,48 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// Whether the shape can be built (checkpoints' configs are checked by
+    /// their loaders with the key named; this is the last line).
+    pub fn consistent(&self) -> bool {
+        self.heads > 0
+            && self.kv_heads > 0
+            && self.heads.is_multiple_of(self.kv_heads)
+            && self.head_dim > 0
+            && self.head_dim.is_multiple_of(2)
+            && self.d_model > 0
+            && self.vocab > 0
+    }
+
     pub fn head_dim(&self) -> usize {
-        self.d_model / self.heads
+        self.head_dim
     }
 
     pub fn hidden(&self) -> usize {
-        // SwiGLU width: 8/3 · d rounded up to a multiple of 8.
-        (8 * self.d_model / 3).div_ceil(8) * 8
+        self.hidden
     }
 
     /// Names and shapes of every weight, in a fixed order.
     pub fn layout(&self) -> Vec<(String, [usize; 2])> {
         let d = self.d_model;
-        let h = self.hidden();
+        let h = self.hidden;
+        let q = self.heads * self.head_dim;
+        let kv = self.kv_heads * self.head_dim;
         let mut out = vec![("embed".to_string(), [self.vocab, d])];
         for l in 0..self.layers {
             let p = |n: &str| format!("layers.{l}.{n}");
             out.push((p("attn_norm"), [1, d]));
-            out.push((p("wq"), [d, d]));
-            out.push((p("wk"), [d, d]));
-            out.push((p("wv"), [d, d]));
-            out.push((p("wo"), [d, d]));
+            out.push((p("wq"), [d, q]));
+            out.push((p("wk"), [d, kv]));
+            out.push((p("wv"), [d, kv]));
+            if self.qkv_bias {
+                out.push((p("bq"), [1, q]));
+                out.push((p("bk"), [1, kv]));
+                out.push((p("bv"), [1, kv]));
+            }
+            out.push((p("wo"), [q, d]));
             if self.qk_norm {
-                out.push((p("q_norm"), [1, self.head_dim()]));
-                out.push((p("k_norm"), [1, self.head_dim()]));
+                out.push((p("q_norm"), [1, self.head_dim]));
+                out.push((p("k_norm"), [1, self.head_dim]));
             }
             out.push((p("mlp_norm"), [1, d]));
             out.push((p("w1"), [d, h]));
@@ -75,8 +188,18 @@ impl ModelConfig {
             out.push((p("w2"), [h, d]));
         }
         out.push(("final_norm".to_string(), [1, d]));
-        out.push(("head".to_string(), [d, self.vocab]));
+        if !self.tied {
+            out.push(("head".to_string(), [d, self.vocab]));
+        }
         out
+    }
+
+    /// The number of weights.
+    pub fn parameters(&self) -> usize {
+        self.layout()
+            .iter()
+            .map(|(_, [r, c])| r.saturating_mul(*c))
+            .fold(0usize, usize::saturating_add)
     }
 }
 
@@ -101,6 +224,8 @@ impl Weights {
             let n = shape[0] * shape[1];
             let v: Vec<f32> = if name.ends_with("norm") {
                 vec![1.0; n]
+            } else if name.ends_with(".bq") || name.ends_with(".bk") || name.ends_with(".bv") {
+                vec![0.0; n]
             } else {
                 let s = if name.ends_with("wo") || name.ends_with("w2") {
                     0.02 * out_scale
@@ -153,6 +278,71 @@ pub struct Policy {
     pub shapes: Vec<[usize; 2]>,
     pub params: Vec<Tensor<2>>,
     pub device: Device,
+    ix: Index,
+}
+
+/// Where each weight sits in the flat list, found by name once.
+#[derive(Clone, Debug, Default)]
+struct Index {
+    embed: usize,
+    final_norm: usize,
+    /// `None`: tied, the output layer is the embedding's transpose.
+    head: Option<usize>,
+    layers: Vec<LayerIx>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct LayerIx {
+    attn_norm: usize,
+    wq: usize,
+    wk: usize,
+    wv: usize,
+    wo: usize,
+    bias: Option<[usize; 3]>,
+    qk_norm: Option<[usize; 2]>,
+    mlp_norm: usize,
+    w1: usize,
+    w3: usize,
+    w2: usize,
+}
+
+impl Index {
+    /// Positions by name; a name the list lacks points at weight 0 (the
+    /// list comes from `ModelConfig::layout`, which names them all).
+    fn new(cfg: &ModelConfig, names: &[String]) -> Index {
+        let at = |n: &str| names.iter().position(|x| x == n);
+        let get = |n: &str| at(n).unwrap_or(0);
+        let layers = (0..cfg.layers)
+            .map(|l| {
+                let p = |n: &str| format!("layers.{l}.{n}");
+                LayerIx {
+                    attn_norm: get(&p("attn_norm")),
+                    wq: get(&p("wq")),
+                    wk: get(&p("wk")),
+                    wv: get(&p("wv")),
+                    wo: get(&p("wo")),
+                    bias: match (at(&p("bq")), at(&p("bk")), at(&p("bv"))) {
+                        (Some(q), Some(k), Some(v)) => Some([q, k, v]),
+                        _ => None,
+                    },
+                    qk_norm: match (at(&p("q_norm")), at(&p("k_norm"))) {
+                        (Some(q), Some(k)) => Some([q, k]),
+                        _ => None,
+                    },
+                    mlp_norm: get(&p("mlp_norm")),
+                    w1: get(&p("w1")),
+                    w3: get(&p("w3")),
+                    w2: get(&p("w2")),
+                }
+            })
+            .collect();
+        Index {
+            embed: get("embed"),
+            final_norm: get("final_norm"),
+            head: at("head"),
+            layers,
+        }
+    }
 }
 
 /// Per-layer keys and values of the positions seen so far.
@@ -168,6 +358,7 @@ const NEG: f32 = -1e9;
 impl Policy {
     pub fn new(cfg: ModelConfig, w: &Weights, device: &Device) -> Policy {
         Policy {
+            ix: Index::new(&cfg, &w.names),
             names: w.names.clone(),
             shapes: w.shapes.clone(),
             params: w.to_tensors(device),
@@ -202,7 +393,7 @@ impl Policy {
 
     fn rms(&self, x: Tensor<3>, gain: usize) -> Tensor<3> {
         let g = self.p(gain).unsqueeze_dim::<3>(0);
-        rms_norm(x, g)
+        rms_norm(x, g, self.cfg.norm_eps)
     }
 
     /// Logits [B, T, V] for `tokens` [B·T] with `valid` [B·T] (false for
@@ -253,11 +444,12 @@ impl Policy {
         mut cache: Option<&mut KvCache>,
     ) -> (Tensor<3>, ()) {
         let c = &self.cfg;
-        let (d, nh, hd) = (c.d_model, c.heads, c.head_dim());
+        let (d, nh, nkv, hd) = (c.d_model, c.heads, c.kv_heads, c.head_dim);
+        let rep = nh / nkv.max(1);
         let dev = &self.device;
         let ids: Vec<i64> = tokens.iter().map(|&x| x as i64).collect();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [b * t]), dev);
-        let mut x = self.p(0).select(0, ids).reshape([b, t, d]);
+        let mut x = self.p(self.ix.embed).select(0, ids).reshape([b, t, d]);
         // Key validity, including the cached positions.
         if let Some(cache) = cache.as_deref_mut() {
             for (bi, row) in cache.valid.iter_mut().enumerate() {
@@ -283,38 +475,29 @@ impl Policy {
             }
         }
         let bias = Tensor::<4>::from_data(TensorData::new(bias, [b, 1, t, tk]), dev);
-        let (cos, sin) = rope_tables(hd, pos0, t, dev);
-        let per_layer = 9 + if c.qk_norm { 2 } else { 0 };
-        for l in 0..c.layers {
-            let base = 1 + l * per_layer;
-            let mut k_ix = base + 1;
-            let mut next = || {
-                let i = k_ix;
-                k_ix += 1;
-                i
-            };
-            let (wq, wk, wv, wo) = (next(), next(), next(), next());
-            let (qn, kn) = if c.qk_norm {
-                (Some(next()), Some(next()))
-            } else {
-                (None, None)
-            };
-            let (mn, w1, w3, w2) = (next(), next(), next(), next());
-            let h = self.rms(x.clone(), base);
+        let (cos, sin) = rope_tables(&c.rope, hd, pos0, t, dev);
+        for (l, ix) in self.ix.layers.iter().enumerate() {
+            let h = self.rms(x.clone(), ix.attn_norm);
             let h2 = h.reshape([b * t, d]);
-            let heads = |w: usize| -> Tensor<4> {
-                h2.clone()
-                    .matmul(self.p(w))
-                    .reshape([b, t, nh, hd])
-                    .swap_dims(1, 2)
+            let heads = |w: usize, bias: Option<usize>, n: usize| -> Tensor<4> {
+                let mut y = h2.clone().matmul(self.p(w));
+                if let Some(bi) = bias {
+                    y = y + self.p(bi);
+                }
+                y.reshape([b, t, n, hd]).swap_dims(1, 2)
             };
-            let (mut q, mut k, v) = (heads(wq), heads(wk), heads(wv));
-            if let (Some(qn), Some(kn)) = (qn, kn) {
-                q = rms_norm(q, self.p(qn).reshape([1, 1, 1, hd]));
-                k = rms_norm(k, self.p(kn).reshape([1, 1, 1, hd]));
+            let bq = ix.bias.map(|[q, k, v]| (q, k, v));
+            let mut q = heads(ix.wq, bq.map(|x| x.0), nh);
+            let mut k = heads(ix.wk, bq.map(|x| x.1), nkv);
+            let v = heads(ix.wv, bq.map(|x| x.2), nkv);
+            if let Some([qn, kn]) = ix.qk_norm {
+                q = rms_norm(q, self.p(qn).reshape([1, 1, 1, hd]), c.norm_eps);
+                k = rms_norm(k, self.p(kn).reshape([1, 1, 1, hd]), c.norm_eps);
             }
             let q = rope(q, &cos, &sin, hd);
             let k = rope(k, &cos, &sin, hd);
+            // The cache keeps the kv heads as they are; grouped-query
+            // attention repeats them only for the product.
             let (k, v) = match cache.as_deref_mut() {
                 Some(cache) => {
                     let (k, v) = if cache.k.len() > l {
@@ -336,36 +519,61 @@ impl Policy {
                 }
                 None => (k, v),
             };
+            let (k, v) = (repeat_kv(k, rep), repeat_kv(v, rep));
             let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((hd as f64).sqrt()) + bias.clone();
             let att = softmax(scores, 3).matmul(v); // [B, H, T, hd]
-            let att = att.swap_dims(1, 2).reshape([b * t, d]).matmul(self.p(wo));
+            let att = att
+                .swap_dims(1, 2)
+                .reshape([b * t, nh * hd])
+                .matmul(self.p(ix.wo));
             x = x + att.reshape([b, t, d]);
-            let h = self.rms(x.clone(), mn).reshape([b * t, d]);
-            let gate = silu(h.clone().matmul(self.p(w1)));
-            let up = h.matmul(self.p(w3));
-            let y = (gate * up).matmul(self.p(w2));
+            let h = self.rms(x.clone(), ix.mlp_norm).reshape([b * t, d]);
+            let gate = silu(h.clone().matmul(self.p(ix.w1)));
+            let up = h.matmul(self.p(ix.w3));
+            let y = (gate * up).matmul(self.p(ix.w2));
             x = x + y.reshape([b, t, d]);
         }
-        let n = self.params.len();
-        let x = self.rms(x, n - 2).reshape([b * t, d]);
-        let logits = x.matmul(self.p(n - 1)).reshape([b, t, c.vocab]);
+        let x = self.rms(x, self.ix.final_norm).reshape([b * t, d]);
+        let head = match self.ix.head {
+            Some(h) => self.p(h),
+            None => self.p(self.ix.embed).transpose(),
+        };
+        let logits = x.matmul(head).reshape([b, t, c.vocab]);
         (logits, ())
     }
 }
 
-fn rms_norm<const D: usize>(x: Tensor<D>, gain: Tensor<D>) -> Tensor<D> {
+/// [B, KV, T, hd] → [B, KV·rep, T, hd], each kv head repeated `rep` times
+/// in place (head h reads kv head h / rep), as grouped-query attention needs.
+fn repeat_kv(x: Tensor<4>, rep: usize) -> Tensor<4> {
+    if rep == 1 {
+        return x;
+    }
+    let [b, kv, t, hd] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, kv, rep, t, hd])
+        .reshape([b, kv * rep, t, hd])
+}
+
+fn rms_norm<const D: usize>(x: Tensor<D>, gain: Tensor<D>, eps: f64) -> Tensor<D> {
     let ms = x.clone().powf_scalar(2.0).mean_dim(D - 1);
-    x * (ms + 1e-6).sqrt().recip() * gain
+    x * (ms + eps).sqrt().recip() * gain
 }
 
 /// cos and sin [1, 1, T, hd/2] for positions pos0..pos0+T.
-fn rope_tables(hd: usize, pos0: usize, t: usize, dev: &Device) -> (Tensor<4>, Tensor<4>) {
+fn rope_tables(
+    rope: &Rope,
+    hd: usize,
+    pos0: usize,
+    t: usize,
+    dev: &Device,
+) -> (Tensor<4>, Tensor<4>) {
     let half = hd / 2;
+    let inv = rope.inv_freq(hd);
     let mut cos = Vec::with_capacity(t * half);
     let mut sin = Vec::with_capacity(t * half);
     for p in pos0..pos0 + t {
-        for i in 0..half {
-            let freq = 10000f64.powf(-((2 * i) as f64) / hd as f64);
+        for &freq in &inv {
             let a = p as f64 * freq;
             cos.push(a.cos() as f32);
             sin.push(a.sin() as f32);
@@ -392,15 +600,7 @@ mod tests {
     use super::*;
 
     fn tiny(qk_norm: bool) -> Policy {
-        let cfg = ModelConfig {
-            vocab: 11,
-            d_model: 16,
-            layers: 2,
-            heads: 2,
-            context: 32,
-            qk_norm,
-            seed: 3,
-        };
+        let cfg = ModelConfig::small(11, 16, 2, 2, 32, qk_norm, 3);
         let mut w = Weights::init(&cfg);
         // Larger weights than the init so the test sees real differences.
         for d in &mut w.data {

@@ -28,6 +28,10 @@ pub struct SampleConfig {
     /// only a recipe that reads the behaviour policy's distribution needs
     /// them.
     pub keep_logits: bool,
+    /// Draw only among the first ids: a checkpoint's embedding can have
+    /// more rows than its tokenizer has ids (Qwen: 151,936 and 151,669);
+    /// the rows beyond are never sampled.
+    pub draw_limit: usize,
 }
 
 /// Left-pad `prompts` to a common length: tokens and validity, row-major.
@@ -47,37 +51,109 @@ pub fn left_pad(prompts: &[Vec<u32>]) -> (Vec<u32>, Vec<bool>, usize) {
 }
 
 /// log-softmax of `z / temperature` (f64) and its entropy.
-pub fn log_probs(z: &[f32], temperature: f64) -> (Vec<f64>, f64) {
-    let s: Vec<f64> = z.iter().map(|&x| x as f64 / temperature).collect();
-    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let lse = m + s.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
-    let lp: Vec<f64> = s.iter().map(|x| x - lse).collect();
-    let ent = -lp.iter().map(|l| l.exp() * l).sum::<f64>();
-    (lp, ent)
+#[cfg(test)]
+fn log_probs(z: &[f32], temperature: f64) -> (Vec<f64>, f64) {
+    let st = Stats::new(z, temperature);
+    let lp: Vec<f64> = z.iter().map(|&x| x as f64 / temperature - st.lse).collect();
+    (lp, st.entropy)
 }
 
-/// Draw from `lp` restricted to the smallest set of tokens with mass ≥ top_p.
-fn draw(lp: &[f64], top_p: f64, rng: &mut Rng) -> u32 {
-    let mut order: Vec<usize> = (0..lp.len()).collect();
-    order.sort_by(|&a, &b| lp[b].total_cmp(&lp[a]).then(a.cmp(&b)));
-    let mut keep = Vec::new();
-    let mut mass = 0.0;
-    for &i in &order {
-        keep.push(i);
-        mass += lp[i].exp();
-        if mass >= top_p {
-            break;
+/// One row's tempered distribution, summarised in two passes over the
+/// logits without storing anything of vocabulary size: the max, the
+/// log-sum-exp and the entropy H = lse − Σ p·s.
+struct Stats {
+    t: f64,
+    max: f64,
+    /// Σ exp(s − max).
+    z: f64,
+    lse: f64,
+    entropy: f64,
+}
+
+impl Stats {
+    fn new(row: &[f32], t: f64) -> Stats {
+        let max = row
+            .iter()
+            .map(|&x| x as f64 / t)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let (mut z, mut zs) = (0.0, 0.0);
+        for &x in row {
+            let s = x as f64 / t;
+            let e = (s - max).exp();
+            z += e;
+            zs += e * s;
+        }
+        let lse = max + z.ln();
+        Stats {
+            t,
+            max,
+            z,
+            lse,
+            entropy: lse - zs / z,
         }
     }
-    let u = rng.uniform() * mass;
-    let mut acc = 0.0;
-    for &i in &keep {
-        acc += lp[i].exp();
-        if u < acc {
-            return i as u32;
-        }
+
+    fn logp(&self, x: f32) -> f64 {
+        x as f64 / self.t - self.lse
     }
-    keep.last().map(|&i| i as u32).unwrap_or(0)
+}
+
+/// Draw from the tempered distribution of `row` restricted to the smallest
+/// set of tokens with mass ≥ top_p. At `top_p ≥ 1` that is the whole
+/// vocabulary, drawn by one pass in index order (no sort); below it, the
+/// nucleus is found by partial selection: the k most likely tokens (k = 64,
+/// doubled until their mass reaches top_p) are selected in O(V) and only
+/// they are sorted. Ties order by token id, so the nucleus is the one a
+/// full sort gives.
+fn draw(row: &[f32], st: &Stats, top_p: f64, rng: &mut Rng) -> u32 {
+    if top_p >= 1.0 {
+        let u = rng.uniform() * st.z;
+        let mut acc = 0.0;
+        let mut last = 0;
+        for (i, &x) in row.iter().enumerate() {
+            let e = (x as f64 / st.t - st.max).exp();
+            if e > 0.0 {
+                last = i;
+            }
+            acc += e;
+            if u < acc {
+                return i as u32;
+            }
+        }
+        return last as u32;
+    }
+    let before = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]).then(a.cmp(b));
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    let v = order.len();
+    let mut k = 64.min(v);
+    loop {
+        if k < v {
+            order.select_nth_unstable_by(k - 1, before);
+        }
+        let top = &mut order[..k];
+        top.sort_by(before);
+        let mut mass = 0.0;
+        let mut keep = 0;
+        for &i in top.iter() {
+            keep += 1;
+            mass += st.logp(row[i]).exp();
+            if mass >= top_p {
+                break;
+            }
+        }
+        if mass >= top_p || k == v {
+            let u = rng.uniform() * mass;
+            let mut acc = 0.0;
+            for &i in &top[..keep] {
+                acc += st.logp(row[i]).exp();
+                if u < acc {
+                    return i as u32;
+                }
+            }
+            return top[keep.saturating_sub(1)] as u32;
+        }
+        k = (2 * k).min(v);
+    }
 }
 
 /// Sample one response per prompt.
@@ -129,12 +205,13 @@ pub fn sample_limited(
                 continue;
             }
             let row = &z[bi * v..(bi + 1) * v];
-            let (lp, ent) = log_probs(row, cfg.temperature);
-            let tok = draw(&lp, cfg.top_p, rng);
+            let drawn = &row[..cfg.draw_limit.clamp(1, v)];
+            let st = Stats::new(drawn, cfg.temperature);
+            let tok = draw(drawn, &st, cfg.top_p, rng);
             let s = &mut out[bi];
             s.response.push(tok);
-            s.old_logp.push(lp[tok as usize]);
-            s.entropy.push(ent);
+            s.old_logp.push(st.logp(row[tok as usize]));
+            s.entropy.push(st.entropy);
             if cfg.keep_logits {
                 s.logits
                     .extend(row.iter().map(|&x| (x as f64 / cfg.temperature) as f32));
@@ -178,12 +255,14 @@ mod tests {
 
     #[test]
     fn top_p_keeps_the_smallest_nucleus() {
-        let lp: Vec<f64> = [0.6f64, 0.3, 0.1].iter().map(|p| p.ln()).collect();
+        let lp: Vec<f32> = [0.6f32, 0.3, 0.1].iter().map(|p| p.ln()).collect();
+        let st = Stats::new(&lp, 1.0);
+        let draw = |p: f64, rng: &mut Rng| draw(&lp, &st, p, rng);
         let mut rng = Rng::new(1);
-        assert!((0..200).all(|_| draw(&lp, 0.5, &mut rng) == 0));
+        assert!((0..200).all(|_| draw(0.5, &mut rng) == 0));
         let mut counts = [0usize; 3];
         for _ in 0..30_000 {
-            counts[draw(&lp, 0.85, &mut rng) as usize] += 1;
+            counts[draw(0.85, &mut rng) as usize] += 1;
         }
         assert_eq!(counts[2], 0, "outside the nucleus");
         let ratio = counts[0] as f64 / counts[1] as f64;
@@ -193,9 +272,55 @@ mod tests {
         );
         let mut all = [0usize; 3];
         for _ in 0..30_000 {
-            all[draw(&lp, 1.0, &mut rng) as usize] += 1;
+            all[draw(1.0, &mut rng) as usize] += 1;
         }
         assert!((all[2] as f64 / 30_000.0 - 0.1).abs() < 0.01);
+    }
+
+    /// At a real vocabulary's size the partial selection finds the nucleus
+    /// a full sort finds (ties by token id), including one wider than the
+    /// first 64 candidates, and top_p = 1 draws in proportion.
+    #[test]
+    fn partial_selection_matches_a_full_sort() {
+        let mut rng = Rng::new(9);
+        let v = 5000;
+        // Many equal logits (ties) and a long flat tail.
+        let row: Vec<f32> = (0..v)
+            .map(|i| {
+                if i % 7 == 0 {
+                    2.0
+                } else {
+                    (rng.uniform() * 3.0) as f32 - 1.5
+                }
+            })
+            .collect();
+        let st = Stats::new(&row, 0.7);
+        for p in [0.05, 0.5, 0.9, 0.99] {
+            let mut order: Vec<usize> = (0..v).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            let mut mass = 0.0;
+            let mut nucleus = std::collections::BTreeSet::new();
+            for &i in &order {
+                nucleus.insert(i as u32);
+                mass += st.logp(row[i]).exp();
+                if mass >= p {
+                    break;
+                }
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..4000 {
+                let t = draw(&row, &st, p, &mut rng);
+                assert!(nucleus.contains(&t), "p={p}: {t} outside the nucleus");
+                seen.insert(t);
+            }
+            if nucleus.len() <= 50 {
+                assert_eq!(seen, nucleus, "p={p}: every nucleus token is drawn");
+            }
+        }
+        // Entropy from the two-pass summary equals the direct sum.
+        let lp: Vec<f64> = row.iter().map(|&x| st.logp(x)).collect();
+        let h: f64 = -lp.iter().map(|l| l.exp() * l).sum::<f64>();
+        assert!((h - st.entropy).abs() < 1e-10, "{h} vs {}", st.entropy);
     }
 
     #[test]

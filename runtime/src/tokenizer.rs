@@ -63,7 +63,9 @@ pub enum Tokenizer {
     Char(CharTokenizer),
     Hf {
         tk: Box<tokenizers::Tokenizer>,
-        bos: u32,
+        /// Prepended to prompts; `None` where the tokenizer's config does
+        /// not ask for one (Qwen's `<s>` is an ordinary token).
+        bos: Option<u32>,
         eos: u32,
         vocab: usize,
     },
@@ -101,6 +103,33 @@ impl Tokenizer {
         let vocab = tk.get_vocab_size(true);
         Ok(Tokenizer::Hf {
             tk: Box::new(tk),
+            bos: Some(bos),
+            eos,
+            vocab,
+        })
+    }
+
+    /// The tokenizer of a pretrained checkpoint: its end-of-sequence id is
+    /// the checkpoint's (`eos_token_id` of config.json or
+    /// generation_config.json, the first where there are several: an
+    /// instruct model's `<|im_end|>`), and a BOS is added only when the
+    /// tokenizer's config asks for one.
+    pub fn pretrained(
+        tk: tokenizers::Tokenizer,
+        meta: &crate::hf::Meta,
+        add_bos: bool,
+    ) -> Result<Tokenizer, String> {
+        let eos = match meta.eos.first() {
+            Some(&e) => e,
+            None => EOS_NAMES
+                .iter()
+                .find_map(|n| tk.token_to_id(n))
+                .ok_or("the checkpoint names no eos_token_id and the tokenizer has no end-of-sequence token")?,
+        };
+        let bos = if add_bos { meta.bos } else { None };
+        let vocab = tk.get_vocab_size(true);
+        Ok(Tokenizer::Hf {
+            tk: Box::new(tk),
             bos,
             eos,
             vocab,
@@ -114,10 +143,36 @@ impl Tokenizer {
         }
     }
 
-    pub fn bos(&self) -> u32 {
+    /// The token that starts every prompt, if any.
+    pub fn bos(&self) -> Option<u32> {
         match self {
-            Tokenizer::Char(_) => BOS,
+            Tokenizer::Char(_) => Some(BOS),
             Tokenizer::Hf { bos, .. } => *bos,
+        }
+    }
+
+    /// The tokenizer as a Hugging Face tokenizer.json text (`None` for the
+    /// character tokenizer).
+    pub fn to_json(&self) -> Option<String> {
+        match self {
+            Tokenizer::Char(_) => None,
+            Tokenizer::Hf { tk, .. } => tk.to_string(false).ok(),
+        }
+    }
+
+    /// The string of one token id (`keel inspect`).
+    pub fn token_text(&self, id: u32) -> String {
+        match self {
+            Tokenizer::Char(c) => c.decode(&[id]),
+            Tokenizer::Hf { tk, .. } => tk
+                .id_to_token(id)
+                .map(|t| {
+                    tk.decode(&[id], false)
+                        .ok()
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or(t)
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -150,6 +205,23 @@ impl Tokenizer {
                 tk.decode(&tokens[..end], true).unwrap_or_default()
             }
         }
+    }
+}
+
+/// One line: kind, vocabulary, BOS and EOS.
+pub fn describe(t: &Tokenizer) -> String {
+    match t {
+        Tokenizer::Char(c) => format!("Keel's character tokenizer, {} ids", c.vocab_size()),
+        Tokenizer::Hf {
+            bos, eos, vocab, ..
+        } => format!(
+            "Hugging Face tokenizer, {vocab} ids, eos {eos} {:?}, bos {}",
+            t.token_text(*eos),
+            bos.map_or("none added".to_string(), |b| format!(
+                "{b} {:?}",
+                t.token_text(b)
+            ))
+        ),
     }
 }
 

@@ -63,6 +63,9 @@ struct RunConfig {
     tok: Tokenizer,
     z_loss: f64,
     init_path: Option<String>,
+    /// `model.init` names a pretrained checkpoint (a Hugging Face directory
+    /// or a GGUF file): its weights, in the runtime's layout, and metadata.
+    pretrained: Option<(Weights, crate::hf::Meta)>,
     model: ModelConfig,
     task: Task,
     task_desc: String,
@@ -103,27 +106,66 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
         )
     })?;
     let tok_path = s.sym("task", "tokenizer");
-    let tok = match &tok_path {
-        Some(path) => Tokenizer::from_file(path).map_err(|e| {
+    let given_tok = match &tok_path {
+        Some(path) => Some(Tokenizer::from_file(path).map_err(|e| {
             Error::new(
                 codes::TASK_SETTING,
                 format!("cannot load the tokenizer `{path}`: {e}"),
                 "`task.tokenizer` names a Hugging Face tokenizer.json with an end-of-sequence token",
             )
             .at(path.clone())
-        })?,
-        None => Tokenizer::Char(CharTokenizer::default()),
+        })?),
+        None => None,
     };
-    let model = ModelConfig {
-        vocab: tok.vocab_size(),
-        d_model: s.int("model", "d_model", 64),
-        layers: s.int("model", "layers", 2),
-        heads: s.int("model", "heads", 4),
-        context: s.int("model", "context", 128),
-        qk_norm: s.num("model", "qk_norm", 0.0) != 0.0,
-        seed: s.int("model", "seed", 0) as u64,
+    let init_path = s.sym("model", "init");
+    let seed_model = s.int("model", "seed", 0) as u64;
+    // A pretrained checkpoint brings its architecture and tokenizer; the
+    // `model` section then sets only the context.
+    let pretrained = match init_path.as_deref().map(Path::new) {
+        Some(p) if crate::pretrained::is_pretrained(p) => {
+            Some(crate::pretrained::open(p, seed_model).map_err(|mut e| {
+                e.diagnostics = located(checked, index, "model", "init", &e);
+                e
+            })?)
+        }
+        _ => None,
     };
-    if let Err(mut e) = model.validate() {
+    let (tok, model, pretrained) = match pretrained {
+        Some(p) => {
+            let tok = match (given_tok, p.tokenizer) {
+                (Some(t), _) | (None, Some(t)) => t,
+                (None, None) => {
+                    let mut e = Error::new(
+                        codes::CHECKPOINT_FORMAT,
+                        "the checkpoint has no tokenizer (tokenizer.json)",
+                        "put the model's tokenizer.json in the directory, or name one with `task.tokenizer`",
+                    )
+                    .at("model.init");
+                    e.diagnostics = located(checked, index, "model", "init", &e);
+                    return Err(e);
+                }
+            };
+            let mut cfg = p.cfg;
+            cfg.context = s.int("model", "context", p.meta.max_positions.min(512));
+            (tok, cfg, Some((p.weights, p.meta)))
+        }
+        None => {
+            let tok = given_tok.unwrap_or_else(|| Tokenizer::Char(CharTokenizer::default()));
+            let model = ModelConfig::small(
+                tok.vocab_size(),
+                s.int("model", "d_model", 64),
+                s.int("model", "layers", 2),
+                s.int("model", "heads", 4),
+                s.int("model", "context", 128),
+                s.num("model", "qk_norm", 0.0) != 0.0,
+                seed_model,
+            );
+            (tok, model, None)
+        }
+    };
+    if pretrained.is_none()
+        && let Err(mut e) = model.validate()
+    {
         e.diagnostics = located(checked, index, "model", "heads", &e);
         return Err(e);
     }
@@ -195,6 +237,7 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
                 difficulty,
                 prm: match s.sym("task", "prm").as_deref() {
                     Some("format") => Prm::Format,
+                    Some("noisy") => Prm::Noisy(s.num("task", "prm_false_positive", 0.5)),
                     _ => Prm::Exact,
                 },
             },
@@ -209,11 +252,7 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
     // logits with their gradient and one activation per layer kept for the
     // backward pass. An absurd rollout or model is refused here instead of
     // being killed mid-step.
-    let params: usize = model
-        .layout()
-        .iter()
-        .map(|(_, [r, c])| r.saturating_mul(*c))
-        .fold(0usize, usize::saturating_add);
+    let params = model.parameters();
     let samples = prompts.saturating_mul(group).div_ceil(minibatches);
     let per_position = model.vocab.saturating_mul(8).saturating_add(
         model
@@ -238,7 +277,8 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
     Ok(RunConfig {
         tok,
         z_loss: s.num("model", "z_loss", 0.0),
-        init_path: s.sym("model", "init"),
+        init_path,
+        pretrained,
         model,
         task,
         task_desc,
@@ -312,7 +352,7 @@ pub fn fnv(bytes: &[u8]) -> u64 {
 }
 
 fn encode_prompt(tok: &Tokenizer, p: &Problem) -> Vec<u32> {
-    let mut v = vec![tok.bos()];
+    let mut v: Vec<u32> = tok.bos().into_iter().collect();
     v.extend(tok.encode(&p.prompt).unwrap_or_default());
     v
 }
@@ -635,6 +675,7 @@ fn evaluate(
         max_tokens,
         eos: tok.eos(),
         keep_logits: false,
+        draw_limit: tok.vocab_size(),
     };
     let r = rollouts(
         &policy.detached(),
@@ -690,10 +731,22 @@ pub fn run(
     bar.finish_and_clear();
     t.summary.steps = t.st.step;
     t.summary.rl_s = rl_start.elapsed().as_secs_f64();
+    let last = t.policy.weights();
     checkpoint::write_atomic(
         &opts.out.join("final.safetensors"),
-        &checkpoint::weights_to_bytes(&[("", &t.policy.weights())])?,
+        &checkpoint::weights_to_bytes(&[("", &last)])?,
     )?;
+    // A pretrained model goes back in its users' format too: a directory
+    // transformers loads (config.json, model.safetensors).
+    if let Some((_, meta)) = &t.setup.pretrained {
+        crate::hf::write_dir(
+            &opts.out.join("final-hf"),
+            &t.setup.model,
+            &last,
+            meta,
+            t.setup.tok.to_json().as_deref(),
+        )?;
+    }
     Ok(t.summary)
 }
 
@@ -1073,6 +1126,7 @@ impl<'a> Trainer<'a> {
             max_tokens: k.max_tokens,
             eos: tok.eos(),
             keep_logits: setup.reads_old_logits,
+            draw_limit: tok.vocab_size(),
         };
         let mut rng = Rng(self.st.rng);
         let sampler = self.policy.detached();
@@ -1467,7 +1521,7 @@ fn loss_accepts_the_runtime_batch(loss: &mut Loss, setup: &RunConfig) -> Result<
     let tok = &setup.tok;
     let v = setup.model.vocab;
     let dry = Rollouts {
-        prompts: vec![vec![tok.bos()]],
+        prompts: vec![vec![tok.bos().unwrap_or(tok.eos())]],
         responses: vec![vec![tok.eos()]],
         old_logp: vec![vec![0.0]],
         entropy: vec![vec![0.0]],
@@ -1494,16 +1548,17 @@ fn loss_accepts_the_runtime_batch(loss: &mut Loss, setup: &RunConfig) -> Result<
 /// The weights before and after the warm start (cached by the recipe's
 /// model and task settings, the seed and the initial weights).
 fn warm_weights(setup: &RunConfig, opts: &RunOptions) -> Result<(Weights, Weights)> {
-    let seeded = Weights::init(&setup.model);
-    let init = match &setup.init_path {
-        Some(p) => {
+    let init = match (&setup.pretrained, &setup.init_path) {
+        (Some((w, _)), _) => w.clone(),
+        (None, Some(p)) => {
+            let seeded = Weights::init(&setup.model);
             let path = PathBuf::from(p);
             let bytes = fs::read(&path).map_err(|e| {
                 Error::new(codes::WEIGHTS, format!("cannot read `{p}`: {e}"), "`model.init` names a safetensors file of weights, such as RUN_DIR/final.safetensors of an earlier run").at(p.clone())
             })?;
             checkpoint::weights_from_bytes(&bytes, "", &seeded, &path)?
         }
-        None => seeded,
+        (None, None) => Weights::init(&setup.model),
     };
     let init_hash = fnv(&init
         .data
@@ -1555,6 +1610,7 @@ fn rehearsal_pool(setup: &RunConfig, reference: &Policy, opts: &RunOptions) -> R
         max_tokens: setup.model.context / 2,
         eos: tok.eos(),
         keep_logits: setup.reads_old_logits,
+        draw_limit: tok.vocab_size(),
     };
     let pool = rollouts(
         reference,
@@ -1700,15 +1756,7 @@ mod tests {
     /// carries the prefix's recorded log-probs.
     #[test]
     fn branching_cuts_at_high_entropy_tokens_and_keeps_prefixes() {
-        let cfg = ModelConfig {
-            vocab: 88,
-            d_model: 16,
-            layers: 1,
-            heads: 2,
-            context: 48,
-            qk_norm: false,
-            seed: 5,
-        };
+        let cfg = ModelConfig::small(88, 16, 1, 2, 48, false, 5);
         let policy = Policy::new(cfg.clone(), &Weights::init(&cfg), &Device::flex());
         let task = Task::Arithmetic {
             seed: 1,
@@ -1723,6 +1771,7 @@ mod tests {
             max_tokens: 10,
             eos: tok.eos(),
             keep_logits: true,
+            draw_limit: usize::MAX,
         };
         let mut rng = Rng::new(9);
         let (first, samples, top_k) = (3, 2, 2);

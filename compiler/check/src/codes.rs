@@ -82,6 +82,7 @@ codes! {
     RUNTIME_INPUT = "E0706": "the recipe's loss cannot run on the runtime's batch";
     WEIGHTS = "E0707": "weights file does not match the model";
     DEVICE = "E0708": "no usable device";
+    CHECKPOINT_FORMAT = "E0709": "checkpoint describes a model Keel cannot run";
     // Export to another engine (`keel export --target verl|trl`).
     EXPORT_INPUT = "E0800": "the target engine does not give the loss or credit an input it reads";
     EXPORT_GUARD = "E0801": "the target engine cannot run a guard";

@@ -1,0 +1,142 @@
+//! `keel inspect DIR|FILE.gguf [--prompt TEXT] [--json]`: what a pretrained
+//! checkpoint holds (architecture, parameter count, dtype, tokenizer, chat
+//! template) and, with a prompt, the model's next-token top-10, so a user
+//! can sanity-check a checkpoint before training on it.
+
+use crate::diagnostics;
+use keel_compiler::{Error, codes};
+use keel_runtime::pretrained;
+use serde_json::json;
+use std::path::Path;
+use std::process::ExitCode;
+
+pub fn run(path: &str, prompt: Option<&str>, as_json: bool) -> ExitCode {
+    let p = Path::new(path);
+    if !pretrained::is_pretrained(p) {
+        diagnostics::fail(
+            &Error::new(
+                codes::CHECKPOINT_FORMAT,
+                format!("`{path}` is neither a checkpoint directory (with config.json) nor a .gguf file"),
+                "give a Hugging Face checkpoint directory (config.json, model.safetensors, tokenizer.json) or a GGUF file",
+            )
+            .at(path.to_string()),
+        );
+        return ExitCode::from(1);
+    }
+    let m = match pretrained::open(p, 0) {
+        Ok(m) => m,
+        Err(e) => {
+            diagnostics::fail(&e);
+            return ExitCode::from(1);
+        }
+    };
+    let c = &m.cfg;
+    let mut top = Vec::new();
+    let mut prompt_ids = Vec::new();
+    if let Some(text) = prompt {
+        let Some(tok) = &m.tokenizer else {
+            diagnostics::fail(
+                &Error::new(
+                    codes::CHECKPOINT_FORMAT,
+                    "the checkpoint has no tokenizer to encode the prompt",
+                    "put the model's tokenizer.json in the directory",
+                )
+                .at(path.to_string()),
+            );
+            return ExitCode::from(1);
+        };
+        prompt_ids = tok.bos().into_iter().collect();
+        match tok.encode(text) {
+            Ok(ids) => prompt_ids.extend(ids),
+            Err(e) => {
+                eprintln!("error: cannot encode the prompt: {e}");
+                return ExitCode::from(1);
+            }
+        }
+        top = pretrained::next_token(&m, &prompt_ids, 10)
+            .into_iter()
+            .map(|(id, lp)| (id, tok.token_text(id), lp))
+            .collect();
+    }
+    let rope = match &c.rope.llama3 {
+        Some(s) => format!("theta {}, llama3 scaling ×{}", c.rope.theta, s.factor),
+        None => format!("theta {}", c.rope.theta),
+    };
+    let tokenizer = m.tokenizer.as_ref().map(pretrained::describe_tokenizer);
+    if as_json {
+        let v = json!({
+            "format": m.format,
+            "family": m.meta.family,
+            "dtype": m.meta.dtype,
+            "parameters": c.parameters(),
+            "vocab": c.vocab,
+            "d_model": c.d_model,
+            "layers": c.layers,
+            "heads": c.heads,
+            "kv_heads": c.kv_heads,
+            "head_dim": c.head_dim,
+            "hidden": c.hidden,
+            "max_positions": m.meta.max_positions,
+            "qk_norm": c.qk_norm,
+            "qkv_bias": c.qkv_bias,
+            "tied": c.tied,
+            "rms_norm_eps": c.norm_eps,
+            "rope_theta": c.rope.theta,
+            "rope_llama3": c.rope.llama3.as_ref().map(|s| s.factor),
+            "eos": m.meta.eos,
+            "bos": m.meta.bos,
+            "tokenizer": tokenizer,
+            "chat_template": m.chat_template.is_some(),
+            "prompt_ids": prompt_ids,
+            "next_token": top.iter().map(|(id, s, lp)| json!({"id": id, "text": s, "logp": lp})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    println!("{path}");
+    println!(
+        "  format        {} ({}), stored as {}",
+        m.format, m.meta.family, m.meta.dtype
+    );
+    println!(
+        "  parameters    {} ({:.1} M)",
+        c.parameters(),
+        c.parameters() as f64 / 1e6
+    );
+    println!(
+        "  shape         {} layers, d_model {}, {} heads ({} kv, width {}), MLP {}, vocabulary {}",
+        c.layers, c.d_model, c.heads, c.kv_heads, c.head_dim, c.hidden, c.vocab
+    );
+    println!(
+        "  features      rope {rope}; rms eps {}; {}{}{}",
+        c.norm_eps,
+        if c.tied {
+            "tied output layer"
+        } else {
+            "separate output layer"
+        },
+        if c.qk_norm { "; q/k norm" } else { "" },
+        if c.qkv_bias { "; q/k/v biases" } else { "" }
+    );
+    println!("  positions     {}", m.meta.max_positions);
+    println!(
+        "  tokenizer     {}",
+        tokenizer.unwrap_or_else(|| "none (give task.tokenizer)".into())
+    );
+    println!(
+        "  chat template {}",
+        if m.chat_template.is_some() {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    if !top.is_empty() {
+        println!("  prompt ids    {prompt_ids:?}");
+        println!("  next token    (top 10)");
+        for (id, s, lp) in &top {
+            println!("    {id:>7}  {lp:>9.4}  {s:?}");
+        }
+    }
+    ExitCode::SUCCESS
+}
