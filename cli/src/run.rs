@@ -16,6 +16,9 @@ pub struct Args {
     pub name: Option<String>,
     pub quiet: bool,
     pub color: Color,
+    /// The warm-start cache (`KEEL_CACHE` overrides it); `None`: next to
+    /// the run directory.
+    pub cache: Option<PathBuf>,
 }
 
 /// `runs/NAME`, or `runs/NAME-2`, … — the first that does not exist.
@@ -34,7 +37,9 @@ fn default_out(name: &str) -> PathBuf {
 /// `keel run RECIPE --seeds N`: the run N times, one after another, as
 /// `OUT/seed-1` … `OUT/seed-N` with `model.seed` and `task.seed` set to the
 /// seed (the model's initialisation, the sampler's stream and the task's
-/// problems); `keel compare OUT/seed-*` draws them as one arm.
+/// problems); `keel compare OUT/seed-*` draws them as one arm. The warm
+/// starts are cached next to OUT, so the arms of one experiment
+/// (`runs/exp/grpo`, `runs/exp/clip_cov`) share them.
 pub fn run_seeds(a: Args, seeds: u32) -> ExitCode {
     if a.resume.is_some() {
         eprintln!(
@@ -70,6 +75,10 @@ pub fn run_seeds(a: Args, seeds: u32) -> ExitCode {
             name: a.name.clone(),
             quiet: a.quiet,
             color: a.color,
+            cache: Some(
+                base.parent()
+                    .map_or_else(|| PathBuf::from(".warmstart"), |p| p.join(".warmstart")),
+            ),
         });
         if code != ExitCode::SUCCESS {
             return code;
@@ -185,6 +194,7 @@ pub fn run(a: Args) -> ExitCode {
     };
     let cache = std::env::var_os("KEEL_CACHE")
         .map(PathBuf::from)
+        .or(a.cache.clone())
         .unwrap_or_else(|| {
             out.parent()
                 .map(|p| p.join(".warmstart"))

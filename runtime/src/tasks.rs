@@ -36,7 +36,7 @@ pub enum Verifier {
 }
 
 /// What the arithmetic task's process reward (`step_reward`) rewards.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum Prm {
     /// 1 for a step whose operands, operator and result are right.
     #[default]
@@ -44,6 +44,11 @@ pub enum Prm {
     /// 1 for every well-formed step `a+b=c`, right or wrong: an imperfect
     /// PRM that a policy can hack on purpose (PURE's failure mode).
     Format,
+    /// 1 for a right step, and for a well-formed wrong one with this
+    /// probability (a PRM's false-positive rate): imperfect but informative,
+    /// like a learned PRM. The draw is a hash of the problem, the step's
+    /// place and its text, so the same step always gets the same score.
+    Noisy(f64),
 }
 
 #[derive(Clone, Debug)]
@@ -233,6 +238,13 @@ fn verify_arithmetic(p: &Problem, response: &str, prm: Prm) -> Verdict {
         let rewarded = match prm {
             Prm::Exact => right,
             Prm::Format => formed,
+            Prm::Noisy(fp) => {
+                right
+                    || (formed && {
+                        let h = crate::train::fnv(format!("{}|{k}|{step}", p.prompt).as_bytes());
+                        ((h >> 11) as f64 / (1u64 << 53) as f64) < fp
+                    })
+            }
         };
         steps.push((end, if rewarded { 1.0 } else { 0.0 }));
         offset = end + 1;
@@ -516,6 +528,38 @@ mod tests {
         let v = hackable.verify(&p, "7+12=18,oops|13");
         assert_eq!(v.steps, vec![(7, 1.0), (12, 0.0)]);
         assert!(!v.correct);
+        // The noisy PRM: right steps always 1; wrong well-formed steps 1 at
+        // its false-positive rate (0 and 1 are `exact` and `format`), the
+        // same score for the same step every time.
+        let noisy = |fp| Task::Arithmetic {
+            seed: 0,
+            difficulty: 1.0,
+            prm: Prm::Noisy(fp),
+        };
+        assert_eq!(
+            noisy(0.0).verify(&p, "7+12=18,18-5=13|13").steps,
+            vec![(7, 0.0), (15, 0.0)]
+        );
+        assert_eq!(
+            noisy(1.0).verify(&p, "7+12=18,18-5=13|13").steps,
+            vec![(7, 1.0), (15, 1.0)]
+        );
+        assert_eq!(
+            noisy(0.5).verify(&p, "7+12=19,19-5=14|14").steps,
+            vec![(7, 1.0), (15, 1.0)]
+        );
+        let wrong: Vec<String> = (0..400)
+            .map(|x| format!("7+12={x}"))
+            .filter(|s| s != "7+12=19")
+            .collect();
+        let hits = wrong
+            .iter()
+            .filter(|w| noisy(0.3).verify(&p, &format!("{w}|0")).steps[0].1 == 1.0)
+            .count();
+        let rate = hits as f64 / wrong.len() as f64;
+        assert!((rate - 0.3).abs() < 0.07, "false-positive rate {rate}");
+        let again = noisy(0.3).verify(&p, "7+12=33|0").steps;
+        assert_eq!(noisy(0.3).verify(&p, "7+12=33|0").steps, again);
         let v = t.verify(&p, "7+12=19,19-5=14|14");
         assert_eq!(v.steps, vec![(7, 1.0), (15, 1.0)]);
         let v = t.verify(&p, "7+12=19|14");

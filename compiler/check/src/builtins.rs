@@ -322,6 +322,8 @@ pub enum Range {
     AtLeast(f64),
     /// lo <= x < hi
     ClosedOpen(f64, f64),
+    /// lo <= x <= hi
+    Closed(f64, f64),
 }
 
 impl Range {
@@ -333,6 +335,7 @@ impl Range {
             Range::Above(a) => x > a,
             Range::AtLeast(a) => x >= a,
             Range::ClosedOpen(a, b) => x >= a && x < b,
+            Range::Closed(a, b) => x >= a && x <= b,
         }
     }
     pub fn describe(self) -> String {
@@ -343,6 +346,7 @@ impl Range {
             Range::Above(a) => format!("greater than {a}"),
             Range::AtLeast(a) => format!("at least {a}"),
             Range::ClosedOpen(a, b) => format!("in [{a}, {b})"),
+            Range::Closed(a, b) => format!("in [{a}, {b}]"),
         }
     }
 }
@@ -477,7 +481,7 @@ pub const SECTIONS: &[SectionSchema] = &[
                 R::None,
                 true,
                 None,
-                "safetensors file with initial weights",
+                "initial weights: a Hugging Face checkpoint directory, a .gguf file, or a .safetensors file written by `keel run`",
             ),
             key(
                 "seed",
@@ -526,12 +530,21 @@ pub const SECTIONS: &[SectionSchema] = &[
             ),
             key(
                 "prm",
-                K::Sym(&["exact", "format"]),
+                K::Sym(&["exact", "format", "noisy"]),
                 L::Step,
                 R::None,
                 true,
                 Some("exact"),
-                "the arithmetic task's process reward: `exact` rewards right steps, `format` every well-formed step (hackable on purpose)",
+                "the arithmetic task's process reward: `exact` rewards right steps, `format` every well-formed step (hackable on purpose), `noisy` right steps and wrong well-formed ones at `prm_false_positive`",
+            ),
+            key(
+                "prm_false_positive",
+                K::Num,
+                L::Step,
+                R::Closed(0.0, 1.0),
+                true,
+                Some("0.5"),
+                "with `prm = noisy`: the chance a wrong but well-formed step is rewarded",
             ),
             key(
                 "difficulty",
