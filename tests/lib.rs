@@ -19,18 +19,18 @@ pub fn recipes_in(dir: &str) -> Vec<(String, String)> {
     let Ok(entries) = std::fs::read_dir(root().join(dir)) else {
         return out;
     };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.extension().is_some_and(|x| x == "recipe") {
-            let name = format!(
-                "{dir}/{}",
-                p.file_name().and_then(|n| n.to_str()).unwrap_or("")
-            );
+    let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        let file = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if p.is_dir() {
+            // Subfolders too (examples/findings/NAME/*.recipe).
+            out.extend(recipes_in(&format!("{dir}/{file}")));
+        } else if p.extension().is_some_and(|x| x == "recipe") {
             let text = std::fs::read_to_string(&p).unwrap_or_default();
-            out.push((name, text));
+            out.push((format!("{dir}/{file}"), text));
         }
     }
-    out.sort();
     out
 }
 

@@ -1117,3 +1117,71 @@ fn compare_renders_in_chromium_and_refuses_what_cannot_be_compared() {
     let lines = cut.lines().count();
     fails(&["compare", "a", "b"], &format!("b/metrics.jsonl:{lines}"));
 }
+
+/// The three experiments of `examples/findings/` in their smallest form:
+/// every arm, one seed, 3 RL steps after a 20-step warm start, then
+/// `keel compare` over the arms of each (the READMEs' command, shrunk).
+#[test]
+fn findings_run_in_their_smallest_form() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/findings");
+    let d = dir("findings");
+    for finding in ["entropy", "divergence", "min_form"] {
+        let mut arms: Vec<PathBuf> = std::fs::read_dir(root.join(finding))
+            .expect("finding dir")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "recipe"))
+            .collect();
+        arms.sort();
+        assert!(arms.len() >= 3, "{finding}: {arms:?}");
+        let mut outs = Vec::new();
+        for arm in &arms {
+            let stem = arm.file_stem().and_then(|s| s.to_str()).expect("name");
+            let out = format!("{finding}/{stem}");
+            let r = keel(
+                &d,
+                &[
+                    "run",
+                    "-q",
+                    &arm.display().to_string(),
+                    "--out",
+                    &out,
+                    "--set",
+                    "optimizer.steps=3",
+                    "--set",
+                    "task.warmup_steps=20",
+                    "--set",
+                    "eval.problems=4",
+                    "--set",
+                    "eval.every=3",
+                ],
+            );
+            assert!(r.status.success(), "{finding}/{stem}: {}", text(&r.stderr));
+            let m = metrics(&d.join(&out));
+            assert_eq!(m.len(), 4, "{finding}/{stem}: warm start + 3 steps");
+            assert!(
+                m[1..]
+                    .iter()
+                    .all(|l| l["loss"].as_f64().is_some_and(f64::is_finite)),
+                "{finding}/{stem}: {m:?}"
+            );
+            outs.push(out);
+        }
+        let mut args = vec!["compare".to_string()];
+        args.extend(outs.iter().cloned());
+        args.extend(["--out".to_string(), format!("{finding}-cmp")]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = keel(&d, &args);
+        assert!(r.status.success(), "{finding}: {}", text(&r.stderr));
+        let s: Value = serde_json::from_str(
+            &std::fs::read_to_string(d.join(format!("{finding}-cmp/summary.json")))
+                .expect("summary"),
+        )
+        .expect("json");
+        assert_eq!(
+            s["arms"].as_array().map(Vec::len),
+            Some(arms.len()),
+            "{finding}"
+        );
+    }
+}

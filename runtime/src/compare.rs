@@ -333,8 +333,10 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:4px 8px;fo
     }
     h.push_str("</table><div class=\"grid\">");
     let mut svgs: Vec<(String, String)> = Vec::new();
-    for (key, title) in PLOTS {
-        // Every metric name the key covers (pass@1 and pass@k).
+    // The report's plots, and one per `monitor` value of the recipes.
+    let keys = PLOTS.iter().copied().chain([("monitor.", "monitor")]);
+    for (key, title) in keys {
+        // Every metric name the key covers (pass@1 and pass@k, monitors).
         let mut names: Vec<String> = runs
             .iter()
             .flat_map(|r| series(&r.rows, key).into_iter().map(|(n, _)| n))
@@ -375,6 +377,8 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:4px 8px;fo
             }
             let t = if key.ends_with('_') {
                 format!("{title}: {}", name.replace("pass_at_", "pass@"))
+            } else if key.ends_with('.') {
+                format!("{title}: {}", name.trim_start_matches(key))
             } else {
                 title.to_string()
             };

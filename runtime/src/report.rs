@@ -60,7 +60,7 @@ pub(crate) fn series(rows: &[Value], key: &str) -> Vec<(String, Vec<(f64, f64)>)
     for r in rows {
         if let Some(o) = r.as_object() {
             for k in o.keys() {
-                let hit = if key.ends_with('_') {
+                let hit = if key.ends_with('_') || key.ends_with('.') {
                     k.starts_with(key)
                 } else {
                     k == key

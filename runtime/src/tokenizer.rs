@@ -253,7 +253,7 @@ mod tests {
         let t = Tokenizer::from_file(path.to_str().expect("utf-8")).expect("loads");
         assert_eq!(t.vocab_size(), 6);
         assert_eq!(t.eos(), 1);
-        assert_eq!(t.bos(), 1, "no BOS token: the EOS id starts prompts");
+        assert_eq!(t.bos(), Some(1), "no BOS token: the EOS id starts prompts");
         assert_eq!(
             t.encode("two plus two is").expect("encodes"),
             vec![2, 3, 2, 4]

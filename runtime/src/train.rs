@@ -64,8 +64,11 @@ struct RunConfig {
     z_loss: f64,
     init_path: Option<String>,
     /// `model.init` names a pretrained checkpoint (a Hugging Face directory
-    /// or a GGUF file): its weights, in the runtime's layout, and metadata.
-    pretrained: Option<(Weights, crate::hf::Meta)>,
+    /// or a GGUF file): its metadata, to write the final weights back.
+    pretrained: Option<crate::hf::Meta>,
+    /// Its weights in the runtime's layout, until the warm start takes
+    /// them (one copy fewer of a real model held for the whole run).
+    pretrained_weights: Option<Weights>,
     model: ModelConfig,
     task: Task,
     task_desc: String,
@@ -274,10 +277,15 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
         let diagnostics = located(checked, index, "rollout", "prompts", &e);
         return Err(e.with_diagnostics(diagnostics));
     }
+    let (pretrained_weights, pretrained) = match pretrained {
+        Some((w, m)) => (Some(w), Some(m)),
+        None => (None, None),
+    };
     Ok(RunConfig {
         tok,
         z_loss: s.num("model", "z_loss", 0.0),
         init_path,
+        pretrained_weights,
         pretrained,
         model,
         task,
@@ -343,12 +351,14 @@ fn located(
 
 /// FNV-1a, for cache keys.
 pub fn fnv(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    fnv_stream(bytes.iter().copied())
+}
+
+/// FNV-1a over bytes as they come.
+pub fn fnv_stream(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn encode_prompt(tok: &Tokenizer, p: &Problem) -> Vec<u32> {
@@ -738,7 +748,7 @@ pub fn run(
     )?;
     // A pretrained model goes back in its users' format too: a directory
     // transformers loads (config.json, model.safetensors).
-    if let Some((_, meta)) = &t.setup.pretrained {
+    if let Some(meta) = &t.setup.pretrained {
         crate::hf::write_dir(
             &opts.out.join("final-hf"),
             &t.setup.model,
@@ -837,7 +847,8 @@ impl<'a> Trainer<'a> {
         run_file: RunFile,
         opts: &'a RunOptions,
     ) -> Result<Trainer<'a>> {
-        let setup = run_config(checked, index)?;
+        let mut setup = run_config(checked, index)?;
+        let pretrained = setup.pretrained_weights.take();
         let out = &opts.out;
         fs::create_dir_all(out).map_err(|e| io_error("create", out, e))?;
         if !opts.resume {
@@ -856,7 +867,7 @@ impl<'a> Trainer<'a> {
             .unwrap_or_default();
         let mut summary = Summary::default();
         let t0 = Instant::now();
-        let (init, warm) = warm_weights(&setup, opts)?;
+        let (init, warm) = warm_weights(&setup, opts, pretrained)?;
         summary.warm_s = t0.elapsed().as_secs_f64();
         let reference = Policy::new(setup.model.clone(), &warm, &opts.device).detached();
         let rehearsal = setup
@@ -1547,9 +1558,13 @@ fn loss_accepts_the_runtime_batch(loss: &mut Loss, setup: &RunConfig) -> Result<
 
 /// The weights before and after the warm start (cached by the recipe's
 /// model and task settings, the seed and the initial weights).
-fn warm_weights(setup: &RunConfig, opts: &RunOptions) -> Result<(Weights, Weights)> {
-    let init = match (&setup.pretrained, &setup.init_path) {
-        (Some((w, _)), _) => w.clone(),
+fn warm_weights(
+    setup: &RunConfig,
+    opts: &RunOptions,
+    pretrained: Option<Weights>,
+) -> Result<(Weights, Weights)> {
+    let init = match (pretrained, &setup.init_path) {
+        (Some(w), _) => w,
         (None, Some(p)) => {
             let seeded = Weights::init(&setup.model);
             let path = PathBuf::from(p);
@@ -1560,12 +1575,9 @@ fn warm_weights(setup: &RunConfig, opts: &RunOptions) -> Result<(Weights, Weight
         }
         (None, None) => Weights::init(&setup.model),
     };
-    let init_hash = fnv(&init
-        .data
-        .iter()
-        .flatten()
-        .flat_map(|x| x.to_le_bytes())
-        .collect::<Vec<u8>>());
+    // The same FNV-1a as `fnv` over the weights' bytes, streamed (a real
+    // model's bytes are not copied to be hashed).
+    let init_hash = fnv_stream(init.data.iter().flatten().flat_map(|x| x.to_le_bytes()));
     let key = fnv(format!(
         "{:?}|{}|{}|{}|{}|{:?}|{init_hash:x}",
         setup.model, setup.task_desc, setup.warm_steps, setup.warm_lr, setup.warm_batch, setup.adam
