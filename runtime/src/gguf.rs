@@ -476,57 +476,40 @@ pub fn load(g: &Gguf, seed: u64) -> Result<(ModelConfig, Weights, Meta), Error> 
         )
         .at(g.path.clone()));
     }
-    let mut w = Weights {
-        names: Vec::new(),
-        shapes: Vec::new(),
-        data: Vec::new(),
+    let heads_of = |name: &str| {
+        if arch != "llama" {
+            None
+        } else if name.ends_with(".wq") {
+            Some(heads)
+        } else if name.ends_with(".wk") {
+            Some(kv_heads)
+        } else {
+            None
+        }
     };
-    for (name, shape) in cfg.layout() {
-        let Some((hf, transposed)) = hf::hf_name(&name) else {
-            continue;
-        };
-        let Some(gn) = gguf_name(&hf) else { continue };
-        let (mut vals, dims) = g.tensor(&gn)?.ok_or_else(|| {
+    let w = hf::assemble(
+        &cfg,
+        |hf_name| {
+            let Some(gn) = gguf_name(hf_name) else {
+                return Ok(None);
+            };
+            // GGUF dims are innermost first: [in, out] is HF's [out, in].
+            Ok(g.tensor(&gn)?
+                .map(|(v, dims)| (v, dims.iter().rev().copied().collect())))
+        },
+        |name, v| match heads_of(name) {
+            Some(h) => unpermute(&v, h, d),
+            None => v,
+        },
+        |message| {
             Error::new(
                 codes::CHECKPOINT_FORMAT,
-                format!("the file has no tensor `{gn}`"),
+                message,
                 "the file's metadata and tensors do not describe the same model",
             )
             .at(g.path.clone())
-        })?;
-        // GGUF dims are innermost first: [in, out] is HF's [out, in].
-        let hf_shape: Vec<usize> = dims.iter().rev().copied().collect();
-        let want: Vec<usize> = if transposed {
-            vec![shape[1], shape[0]]
-        } else if shape[0] == 1 {
-            vec![shape[1]]
-        } else {
-            vec![shape[0], shape[1]]
-        };
-        if hf_shape != want {
-            return Err(Error::new(
-                codes::CHECKPOINT_FORMAT,
-                format!("tensor `{gn}` has shape {hf_shape:?}; the metadata implies {want:?}"),
-                "the file's metadata and tensors do not describe the same model",
-            )
-            .at(g.path.clone()));
-        }
-        if arch == "llama" {
-            if name.ends_with(".wq") {
-                vals = unpermute(&vals, heads, d);
-            } else if name.ends_with(".wk") {
-                vals = unpermute(&vals, kv_heads, d);
-            }
-        }
-        let data = if transposed {
-            hf::transpose(&vals, shape[1], shape[0])
-        } else {
-            vals
-        };
-        w.names.push(name);
-        w.shapes.push(shape);
-        w.data.push(data);
-    }
+        },
+    )?;
     let id = |k: &str| {
         g.key(k)
             .and_then(Val::as_usize)

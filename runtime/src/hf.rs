@@ -499,11 +499,17 @@ pub fn transpose(v: &[f32], r: usize, c: usize) -> Vec<f32> {
     out
 }
 
-/// A checkpoint directory's shape, weights (in the runtime's layout) and
-/// metadata.
-pub fn load_dir(dir: &Path, seed: u64) -> Result<(ModelConfig, Weights, Meta), Error> {
-    let tensors = Tensors::open(dir)?;
-    let (cfg, meta) = read_config(dir, &|n| tensors.has(n), seed)?;
+/// The runtime's weight list for `cfg`, from tensors looked up by their HF
+/// names: `get(hf)` gives a tensor's values and HF shape (`[out, in]` for
+/// a linear layer), `fix(name, values)` adjusts one before it is
+/// transposed (GGUF's permuted q/k rows), and `fail(message)` makes the
+/// error for a missing or misshapen tensor. One loop for every format.
+pub fn assemble(
+    cfg: &ModelConfig,
+    mut get: impl FnMut(&str) -> Result<Option<(Vec<f32>, Vec<usize>)>, Error>,
+    fix: impl Fn(&str, Vec<f32>) -> Vec<f32>,
+    fail: impl Fn(String) -> Error,
+) -> Result<Weights, Error> {
     let mut w = Weights {
         names: Vec::new(),
         shapes: Vec::new(),
@@ -513,14 +519,8 @@ pub fn load_dir(dir: &Path, seed: u64) -> Result<(ModelConfig, Weights, Meta), E
         let Some((hf, transposed)) = hf_name(&name) else {
             continue;
         };
-        let (vals, got) = tensors.get(&hf)?.ok_or_else(|| {
-            err(
-                dir,
-                "",
-                format!("the checkpoint has no tensor `{hf}`"),
-                "the config.json and the weights do not describe the same model; re-save the checkpoint",
-            )
-        })?;
+        let (vals, got) =
+            get(&hf)?.ok_or_else(|| fail(format!("the checkpoint has no tensor `{hf}`")))?;
         let want: Vec<usize> = if transposed {
             vec![shape[1], shape[0]]
         } else if shape[0] == 1 {
@@ -529,13 +529,11 @@ pub fn load_dir(dir: &Path, seed: u64) -> Result<(ModelConfig, Weights, Meta), E
             vec![shape[0], shape[1]]
         };
         if got != want {
-            return Err(err(
-                dir,
-                "",
-                format!("tensor `{hf}` has shape {got:?}; config.json implies {want:?}"),
-                "the config.json and the weights do not describe the same model; re-save the checkpoint",
-            ));
+            return Err(fail(format!(
+                "tensor `{hf}` has shape {got:?}; the config implies {want:?}"
+            )));
         }
+        let vals = fix(&name, vals);
         let data = if transposed {
             transpose(&vals, shape[1], shape[0])
         } else {
@@ -545,6 +543,27 @@ pub fn load_dir(dir: &Path, seed: u64) -> Result<(ModelConfig, Weights, Meta), E
         w.shapes.push(shape);
         w.data.push(data);
     }
+    Ok(w)
+}
+
+/// A checkpoint directory's shape, weights (in the runtime's layout) and
+/// metadata.
+pub fn load_dir(dir: &Path, seed: u64) -> Result<(ModelConfig, Weights, Meta), Error> {
+    let tensors = Tensors::open(dir)?;
+    let (cfg, meta) = read_config(dir, &|n| tensors.has(n), seed)?;
+    let w = assemble(
+        &cfg,
+        |hf| tensors.get(hf),
+        |_, v| v,
+        |message| {
+            err(
+                dir,
+                "",
+                message,
+                "config.json and the weights do not describe the same model; re-save the checkpoint",
+            )
+        },
+    )?;
     Ok((cfg, w, meta))
 }
 
