@@ -1185,3 +1185,72 @@ fn findings_run_in_their_smallest_form() {
         );
     }
 }
+
+/// `model.init = "DIR"`: a Hugging Face directory (the tiny random Qwen2 of
+/// tests/fixtures/hf, q/k/v biases and GQA, with a word-level tokenizer.json
+/// put beside it) trains, is written back as `final-hf/`, which `keel
+/// inspect` reads; a config Keel cannot run is refused with E0709 at the
+/// file and key, and at `model.init` in the recipe.
+#[test]
+fn hf_directory_trains_and_unsupported_configs_are_located() {
+    let d = dir("hf-dir");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf/qwen2");
+    let ck = d.join("ck");
+    std::fs::create_dir_all(&ck).expect("dir");
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(src.join(f), ck.join(f)).expect("copy");
+    }
+    // Ids 0..8 of the fixture's 96; its eos_token_id is 2.
+    let tok = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
+        "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
+        "model":{"type":"WordLevel","vocab":{"<unk>":0,"<s>":1,"</s>":2,"two":3,"plus":4,"is":5,"four":6,"one":7,"three":8},"unk_token":"<unk>"}}"#;
+    std::fs::write(ck.join("tokenizer.json"), tok).expect("write");
+    std::fs::write(
+        d.join("d.jsonl"),
+        "{\"prompt\":\"two plus two is\",\"answer\":\"four\"}\n{\"prompt\":\"one plus two is\",\"answer\":\"three\"}\n",
+    )
+    .expect("write");
+    let recipe = |init: &str| {
+        format!(
+            "import std/grpo\n\nrecipe hf extends grpo {{\n    model {{ init = \"{init}\", context = 24 }}\n    task {{ name = jsonl, path = \"d.jsonl\" }}\n    rollout {{ prompts = 2, group = 2, max_tokens = 4 }}\n    optimizer {{ steps = 2 }}\n    eval {{ every = 0, problems = 2, k = 2 }}\n}}\n"
+        )
+    };
+    std::fs::write(d.join("ok.recipe"), recipe("ck")).expect("write");
+    let out = keel(&d, &["run", "-q", "ok.recipe", "--out", "a"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m = metrics(&d.join("a"));
+    assert_eq!(m.len(), 3);
+    assert!(m[2]["loss"].as_f64().is_some_and(f64::is_finite), "{m:?}");
+    let i = keel(&d, &["inspect", "a/final-hf", "--json"]);
+    assert!(i.status.success(), "{}", text(&i.stderr));
+    let v: Value = serde_json::from_slice(&i.stdout).expect("json");
+    assert_eq!(
+        (
+            v["family"].as_str(),
+            v["kv_heads"].as_u64(),
+            v["qkv_bias"].as_bool()
+        ),
+        (Some("qwen2"), Some(2), Some(true))
+    );
+    // A family Keel cannot run.
+    let cfg = std::fs::read_to_string(ck.join("config.json")).expect("config");
+    std::fs::write(
+        ck.join("config.json"),
+        cfg.replace("\"model_type\": \"qwen2\"", "\"model_type\": \"gpt2\""),
+    )
+    .expect("write");
+    let out = keel(&d, &["run", "-q", "ok.recipe", "--out", "b"]);
+    let e = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        e.contains("[E0709]") && e.contains("ck/config.json: `model_type`: model_type `gpt2`"),
+        "{e}"
+    );
+    assert!(e.contains("ok.recipe:4"), "located in the recipe too: {e}");
+    let i = keel(&d, &["inspect", "d.jsonl"]);
+    assert!(
+        text(&i.stderr).contains("error[E0709]"),
+        "{}",
+        text(&i.stderr)
+    );
+}

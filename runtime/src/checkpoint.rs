@@ -76,40 +76,60 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-pub fn weights_to_bytes(sets: &[(&str, &Weights)]) -> Result<Vec<u8>, Error> {
-    let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (prefix, w) in sets {
-        for ((name, shape), data) in w.names.iter().zip(&w.shapes).zip(&w.data) {
-            let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-            let full = if prefix.is_empty() {
-                name.clone()
-            } else {
-                format!("{prefix}.{name}")
-            };
-            bufs.push((full, shape.to_vec(), bytes));
-        }
-    }
-    let views: Vec<(String, TensorView)> = bufs
-        .iter()
-        .map(|(n, s, b)| {
-            TensorView::new(Dtype::F32, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| {
-                    Error::new(
-                        codes::CHECKPOINT,
-                        format!("cannot encode `{n}`: {e}"),
-                        "this is a runtime bug; please report it",
-                    )
-                })
-        })
-        .collect::<Result<_, _>>()?;
-    safetensors::serialize(views, &None).map_err(|e| {
+/// `write_weights_file` into a temporary file, then renamed into place.
+pub fn write_weights_atomic(path: &Path, sets: &[(&str, &Weights)]) -> Result<(), Error> {
+    let tmp = path.with_extension("tmp");
+    write_weights_file(&tmp, sets)?;
+    fs::rename(&tmp, path).map_err(|e| io_err("rename into", path, e))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")));
+    Ok(())
+}
+
+/// Write `sets` as a safetensors file at `path` and fsync it, streaming:
+/// the tensors are viewed as bytes in place (no copy of a real model's
+/// weights or moments, no serialised buffer), so a checkpoint needs no
+/// memory beyond what the run holds.
+pub fn write_weights_file(path: &Path, sets: &[(&str, &Weights)]) -> Result<(), Error> {
+    let enc = |e: safetensors::SafeTensorError| {
         Error::new(
             codes::CHECKPOINT,
             format!("cannot encode weights: {e}"),
             "this is a runtime bug; please report it",
         )
-    })
+    };
+    let mut views: Vec<(String, TensorView)> = Vec::new();
+    let mut owned: Vec<Vec<u8>> = Vec::new();
+    // safetensors is little-endian; on a big-endian host the bytes are copied.
+    if cfg!(target_endian = "big") {
+        for (_, w) in sets {
+            for d in &w.data {
+                owned.push(d.iter().flat_map(|x| x.to_le_bytes()).collect());
+            }
+        }
+    }
+    let mut k = 0;
+    for (prefix, w) in sets {
+        for ((name, shape), data) in w.names.iter().zip(&w.shapes).zip(&w.data) {
+            let bytes: &[u8] = match owned.get(k) {
+                Some(b) => b,
+                None => bytemuck::cast_slice(data),
+            };
+            k += 1;
+            let full = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            views.push((
+                full,
+                TensorView::new(Dtype::F32, shape.to_vec(), bytes).map_err(enc)?,
+            ));
+        }
+    }
+    safetensors::serialize_to_file(views, &None, path).map_err(|e| io_err("write", path, e))?;
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_err("sync", path, e))
 }
 
 /// Read tensors `prefix.NAME` for every name of `like` (shapes must match).
@@ -182,13 +202,10 @@ pub fn save(root: &Path, ck: &Checkpoint, keep: usize) -> Result<PathBuf, Error>
     let tmp = root.join(format!(".tmp-{name}"));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).map_err(|e| io_err("create", &tmp, e))?;
-    write_synced(
-        &tmp.join("weights.safetensors"),
-        &weights_to_bytes(&[("", &ck.weights)])?,
-    )?;
-    write_synced(
+    write_weights_file(&tmp.join("weights.safetensors"), &[("", &ck.weights)])?;
+    write_weights_file(
         &tmp.join("optimizer.safetensors"),
-        &weights_to_bytes(&[("m", &ck.m), ("v", &ck.v)])?,
+        &[("m", &ck.m), ("v", &ck.v)],
     )?;
     let json = serde_json::to_vec_pretty(&ck.state).map_err(|e| io_err("encode", &tmp, e))?;
     write_synced(&tmp.join("state.json"), &json)?;

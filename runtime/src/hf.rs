@@ -620,14 +620,21 @@ pub fn write_dir(
                 .map(|v| (n.clone(), v))
         })
         .collect();
+    // Streamed to the file (no serialised copy of the weights in memory).
     let meta_map = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::serialize(views, &Some(meta_map)).map_err(|e| {
-        Error::new(
-            codes::CHECKPOINT,
-            format!("cannot serialise the weights: {e:?}"),
-            "report this as a bug",
-        )
-    })?;
+    let st_path = dir.join("model.safetensors");
+    let tmp = dir.join("model.safetensors.tmp");
+    safetensors::serialize_to_file(views, &Some(meta_map), &tmp)
+        .and_then(|()| Ok(fs::File::open(&tmp)?.sync_all()?))
+        .map_err(|e| {
+            Error::new(
+                codes::CHECKPOINT,
+                format!("cannot write `{}`: {e}", tmp.display()),
+                "check that the run directory is writable and the disk is not full",
+            )
+            .at(tmp.display().to_string())
+        })?;
+    fs::rename(&tmp, &st_path).map_err(|e| io(&st_path, e))?;
     let family = if meta.family.is_empty() {
         if cfg.qk_norm { "qwen3" } else { "llama" }
     } else {
@@ -686,7 +693,6 @@ pub fn write_dir(
     let write = |name: &str, bytes: &[u8]| -> Result<(), Error> {
         crate::checkpoint::write_atomic(&dir.join(name), bytes)
     };
-    write("model.safetensors", &bytes)?;
     write("config.json", &pretty(&config))?;
     write(
         "generation_config.json",

@@ -1,6 +1,9 @@
 //! The policy: a decoder-only transformer on burn tensors — token embedding,
 //! blocks of RMSNorm → causal self-attention with rotary positions (optional
-//! qk-norm) → RMSNorm → SwiGLU, a final RMSNorm and an untied output layer.
+//! qk-norm, q/k/v biases, grouped-query heads) → RMSNorm → SwiGLU, a final
+//! RMSNorm and an output layer (or the embedding's transpose, tied). Keel's
+//! own small model and the Llama/Qwen/SmolLM checkpoints `crate::hf` and
+//! `crate::gguf` load are this one architecture with different knobs.
 //!
 //! The weights are a flat list of named rank-2 tensors (norm gains are
 //! [1, d]), so saving, loading, the optimizer and gradient clipping are plain
@@ -149,14 +152,6 @@ impl ModelConfig {
             && self.head_dim.is_multiple_of(2)
             && self.d_model > 0
             && self.vocab > 0
-    }
-
-    pub fn head_dim(&self) -> usize {
-        self.head_dim
-    }
-
-    pub fn hidden(&self) -> usize {
-        self.hidden
     }
 
     /// Names and shapes of every weight, in a fixed order.

@@ -127,6 +127,11 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
     let pretrained = match init_path.as_deref().map(Path::new) {
         Some(p) if crate::pretrained::is_pretrained(p) => {
             Some(crate::pretrained::open(p, seed_model).map_err(|mut e| {
+                // The recipe's `model.init` is where the error shows; the
+                // message keeps the checkpoint's file and key.
+                if let Some(at) = &e.location {
+                    e.message = format!("{at}: {}", e.message);
+                }
                 e.diagnostics = located(checked, index, "model", "init", &e);
                 e
             })?)
@@ -742,10 +747,7 @@ pub fn run(
     t.summary.steps = t.st.step;
     t.summary.rl_s = rl_start.elapsed().as_secs_f64();
     let last = t.policy.weights();
-    checkpoint::write_atomic(
-        &opts.out.join("final.safetensors"),
-        &checkpoint::weights_to_bytes(&[("", &last)])?,
-    )?;
+    checkpoint::write_weights_atomic(&opts.out.join("final.safetensors"), &[("", &last)])?;
     // A pretrained model goes back in its users' format too: a directory
     // transformers loads (config.json, model.safetensors).
     if let Some(meta) = &t.setup.pretrained {
@@ -1602,7 +1604,7 @@ fn warm_weights(
         bar.finish_and_clear();
         let w = policy.weights();
         fs::create_dir_all(&opts.cache).map_err(|e| io_error("create", &opts.cache, e))?;
-        checkpoint::write_atomic(&cache_file, &checkpoint::weights_to_bytes(&[("", &w)])?)?;
+        checkpoint::write_weights_atomic(&cache_file, &[("", &w)])?;
         w
     };
     Ok((init, warm))
