@@ -244,7 +244,7 @@ impl Gguf {
     }
 
     /// `name` as f32, with its dims in GGUF order (innermost first).
-    pub fn tensor(&self, name: &str) -> Result<Option<(Vec<f32>, Vec<usize>)>, Error> {
+    pub fn tensor(&self, name: &str) -> Result<Option<hf::Loaded>, Error> {
         let Some(t) = self.tensors.get(name) else {
             return Ok(None);
         };

@@ -24,6 +24,9 @@ use serde_json::{Value, json};
 use crate::error::{Error, codes};
 use crate::model::{Llama3Rope, ModelConfig, Rope, Weights};
 
+/// A tensor read into f32: its values and its shape as stored.
+pub type Loaded = (Vec<f32>, Vec<usize>);
+
 /// What a checkpoint says beside its shape.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Meta {
@@ -426,7 +429,7 @@ impl Tensors {
     }
 
     /// The tensor `name` as f32 values and its shape.
-    pub fn get(&self, name: &str) -> Result<Option<(Vec<f32>, Vec<usize>)>, Error> {
+    pub fn get(&self, name: &str) -> Result<Option<Loaded>, Error> {
         for (path, bytes) in &self.files {
             let Ok(st) = SafeTensors::deserialize(bytes) else {
                 continue;
@@ -506,7 +509,7 @@ pub fn transpose(v: &[f32], r: usize, c: usize) -> Vec<f32> {
 /// error for a missing or misshapen tensor. One loop for every format.
 pub fn assemble(
     cfg: &ModelConfig,
-    mut get: impl FnMut(&str) -> Result<Option<(Vec<f32>, Vec<usize>)>, Error>,
+    mut get: impl FnMut(&str) -> Result<Option<Loaded>, Error>,
     fix: impl Fn(&str, Vec<f32>) -> Vec<f32>,
     fail: impl Fn(String) -> Error,
 ) -> Result<Weights, Error> {
