@@ -603,6 +603,9 @@ fn z_loss_knob_is_measured() {
     assert!((z - want).abs() < 0.1, "{z} vs {want}");
 }
 
+/// Two JSONL problems in words, for the word-level tokenizers below.
+const WORD_DATA: &str = "{\"prompt\":\"two plus two is\",\"answer\":\"four\"}\n{\"prompt\":\"one plus two is\",\"answer\":\"three\"}\n";
+
 /// JSONL data with a Hugging Face tokenizer.json trains; a missing tokenizer
 /// file is a located error.
 #[test]
@@ -612,11 +615,7 @@ fn jsonl_with_a_tokenizer_json_trains() {
         "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
         "model":{"type":"WordLevel","vocab":{"<unk>":0,"</s>":1,"two":2,"plus":3,"is":4,"four":5,"one":6,"three":7},"unk_token":"<unk>"}}"#;
     std::fs::write(d.join("tokenizer.json"), tok).expect("write");
-    std::fs::write(
-        d.join("d.jsonl"),
-        "{\"prompt\":\"two plus two is\",\"answer\":\"four\"}\n{\"prompt\":\"one plus two is\",\"answer\":\"three\"}\n",
-    )
-    .expect("write");
+    std::fs::write(d.join("d.jsonl"), WORD_DATA).expect("write");
     let recipe = |t: &str| {
         format!(
             "import std/grpo\n\nrecipe hf extends grpo {{\n    model {{ d_model = 16, layers = 1, heads = 2, context = 32 }}\n    task {{ name = jsonl, path = \"d.jsonl\", tokenizer = \"{t}\", warmup_steps = 20 }}\n    rollout {{ prompts = 2, group = 2, max_tokens = 4 }}\n    optimizer {{ steps = 2 }}\n    eval {{ every = 0, problems = 2, k = 2 }}\n}}\n"
@@ -1205,11 +1204,7 @@ fn hf_directory_trains_and_unsupported_configs_are_located() {
         "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
         "model":{"type":"WordLevel","vocab":{"<unk>":0,"<s>":1,"</s>":2,"two":3,"plus":4,"is":5,"four":6,"one":7,"three":8},"unk_token":"<unk>"}}"#;
     std::fs::write(ck.join("tokenizer.json"), tok).expect("write");
-    std::fs::write(
-        d.join("d.jsonl"),
-        "{\"prompt\":\"two plus two is\",\"answer\":\"four\"}\n{\"prompt\":\"one plus two is\",\"answer\":\"three\"}\n",
-    )
-    .expect("write");
+    std::fs::write(d.join("d.jsonl"), WORD_DATA).expect("write");
     let recipe = |init: &str| {
         format!(
             "import std/grpo\n\nrecipe hf extends grpo {{\n    model {{ init = \"{init}\", context = 24 }}\n    task {{ name = jsonl, path = \"d.jsonl\" }}\n    rollout {{ prompts = 2, group = 2, max_tokens = 4 }}\n    optimizer {{ steps = 2 }}\n    eval {{ every = 0, problems = 2, k = 2 }}\n}}\n"

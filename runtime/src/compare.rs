@@ -265,13 +265,15 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<(PathBuf, PathBuf), Error> 
         }
         summary.push(row);
     }
-    std::fs::create_dir_all(out).map_err(|e| {
+    // OUT and OUT/plots (each plot also as a standalone SVG file).
+    let plots = out.join("plots");
+    std::fs::create_dir_all(&plots).map_err(|e| {
         Error::new(
             codes::CHECKPOINT,
-            format!("cannot create `{}`: {e}", out.display()),
+            format!("cannot create `{}`: {e}", plots.display()),
             "choose an --out directory you can write to",
         )
-        .at(out.display().to_string())
+        .at(plots.display().to_string())
     })?;
     let summary_path = out.join("summary.json");
     let json = serde_json::to_vec_pretty(&json!({ "arms": summary }))
@@ -391,15 +393,6 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:4px 8px;fo
         }
     }
     h.push_str("</div></body></html>\n");
-    let plots = out.join("plots");
-    std::fs::create_dir_all(&plots).map_err(|e| {
-        Error::new(
-            codes::CHECKPOINT,
-            format!("cannot create `{}`: {e}", plots.display()),
-            "choose an --out directory you can write to",
-        )
-        .at(plots.display().to_string())
-    })?;
     for (name, svg) in &svgs {
         crate::checkpoint::write_atomic(&plots.join(format!("{name}.svg")), svg.as_bytes())?;
     }
