@@ -1,4 +1,4 @@
-//! `keel inspect DIR|FILE.gguf [--prompt TEXT] [--json]`: what a pretrained
+//! `keel inspect DIR|FILE.gguf [--prompt TEXT [--chat]] [--json]`: what a pretrained
 //! checkpoint holds (architecture, parameter count, dtype, tokenizer, chat
 //! template) and, with a prompt, the model's next-token top-10, so a user
 //! can sanity-check a checkpoint before training on it.
@@ -10,7 +10,7 @@ use serde_json::json;
 use std::path::Path;
 use std::process::ExitCode;
 
-pub fn run(path: &str, prompt: Option<&str>, as_json: bool) -> ExitCode {
+pub fn run(path: &str, prompt: Option<&str>, chat: bool, as_json: bool) -> ExitCode {
     let p = Path::new(path);
     if !pretrained::is_pretrained(p) {
         diagnostics::fail(
@@ -31,9 +31,38 @@ pub fn run(path: &str, prompt: Option<&str>, as_json: bool) -> ExitCode {
         }
     };
     let c = &m.cfg;
+    // The template compiles (or what is wrong with it).
+    let template = m.chat();
+    let template_line = match (&m.chat_template, &template) {
+        (None, _) => "none".to_string(),
+        (Some(_), Ok(_)) => format!("yes, from {}", m.chat_origin),
+        (Some(_), Err(e)) => format!("does not compile: {}", e.message),
+    };
     let mut top = Vec::new();
     let mut prompt_ids = Vec::new();
+    let mut prompt_text = None;
     if let Some(text) = prompt {
+        let text = if chat {
+            let rendered = match &template {
+                Ok(Some(t)) => t.render(&[keel_runtime::chat::user(text)], true),
+                Ok(None) => Err(keel_runtime::Error::new(
+                    codes::CHECKPOINT_FORMAT,
+                    "the checkpoint has no chat template",
+                    "drop --chat, or add the model's chat_template.jinja to the directory",
+                )
+                .at(path.to_string())),
+                Err(e) => Err(e.clone()),
+            };
+            match rendered {
+                Ok(t) => t,
+                Err(e) => {
+                    diagnostics::fail(&e);
+                    return ExitCode::from(1);
+                }
+            }
+        } else {
+            text.to_string()
+        };
         let Some(tok) = &m.tokenizer else {
             diagnostics::fail(
                 &Error::new(
@@ -45,8 +74,11 @@ pub fn run(path: &str, prompt: Option<&str>, as_json: bool) -> ExitCode {
             );
             return ExitCode::from(1);
         };
-        prompt_ids = tok.bos().into_iter().collect();
-        match tok.encode(text) {
+        // A chat template writes its own special tokens.
+        if !chat {
+            prompt_ids.extend(tok.bos());
+        }
+        match tok.encode(&text) {
             Ok(ids) => prompt_ids.extend(ids),
             Err(e) => {
                 eprintln!("error: cannot encode the prompt: {e}");
@@ -57,6 +89,7 @@ pub fn run(path: &str, prompt: Option<&str>, as_json: bool) -> ExitCode {
             .into_iter()
             .map(|(id, lp)| (id, tok.token_text(id), lp))
             .collect();
+        prompt_text = Some(text);
     }
     let rope = match &c.rope.llama3 {
         Some(s) => format!("theta {}, llama3 scaling ×{}", c.rope.theta, s.factor),
@@ -87,6 +120,8 @@ pub fn run(path: &str, prompt: Option<&str>, as_json: bool) -> ExitCode {
             "bos": m.meta.bos,
             "tokenizer": tokenizer,
             "chat_template": m.chat_template.is_some(),
+            "chat_template_compiles": matches!(template, Ok(Some(_))),
+            "prompt_text": prompt_text,
             "prompt_ids": prompt_ids,
             "next_token": top.iter().map(|(id, s, lp)| json!({"id": id, "text": s, "logp": lp})).collect::<Vec<_>>(),
         });
@@ -123,15 +158,11 @@ pub fn run(path: &str, prompt: Option<&str>, as_json: bool) -> ExitCode {
         "  tokenizer     {}",
         tokenizer.unwrap_or_else(|| "none (give task.tokenizer)".into())
     );
-    println!(
-        "  chat template {}",
-        if m.chat_template.is_some() {
-            "yes"
-        } else {
-            "no"
-        }
-    );
+    println!("  chat template {template_line}");
     if !top.is_empty() {
+        if chat && let Some(t) = &prompt_text {
+            println!("  prompt        {t:?}");
+        }
         println!("  prompt ids    {prompt_ids:?}");
         println!("  next token    (top 10)");
         for (id, s, lp) in &top {

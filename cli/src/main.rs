@@ -186,6 +186,11 @@ enum Command {
         /// Text to encode and continue by one token.
         #[arg(long)]
         prompt: Option<String>,
+        /// Put the prompt through the checkpoint's chat template first, as
+        /// a user message with the assistant's turn opened (as `keel run`
+        /// does for an instruct checkpoint).
+        #[arg(long, requires = "prompt")]
+        chat: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -399,7 +404,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Inspect { path, prompt, json } => inspect::run(&path, prompt.as_deref(), json),
+        Command::Inspect {
+            path,
+            prompt,
+            chat,
+            json,
+        } => inspect::run(&path, prompt.as_deref(), chat, json),
         Command::Compare { run_dirs, out } => {
             let dirs: Vec<std::path::PathBuf> =
                 run_dirs.iter().map(std::path::PathBuf::from).collect();

@@ -339,6 +339,20 @@ fn runtime_setting_errors_are_located() {
         "import std/grpo\n\nrecipe nopath extends grpo {\n    task { name = jsonl }\n}\n",
     );
     assert!(e.contains("nopath.recipe:4:12: error[E0702]"), "{e}");
+    // E0703: prompts that fill the context, at `model.context`.
+    let e = run(
+        "ctx.recipe",
+        "import std/grpo
+
+recipe ctx extends grpo {
+    model { d_model = 16, heads = 2, context = 6 }
+}
+",
+    );
+    assert!(
+        e.contains("ctx.recipe:4:38: error[E0703]") && e.contains("no room for a response"),
+        "{e}"
+    );
     // E0702: a character the tokenizer lacks, at its line.
     std::fs::write(
         d.join("u.jsonl"),
@@ -601,6 +615,46 @@ fn z_loss_knob_is_measured() {
     let z = m[1]["z_loss"].as_f64().expect("z_loss logged");
     let want = 88f64.ln().powi(2);
     assert!((z - want).abs() < 0.1, "{z} vs {want}");
+}
+
+/// Gradient accumulation is the same step in less memory: with the
+/// minibatch's 12 samples in 3 micro-batches, each step's loss and
+/// gradient norm are the unsplit ones (up to float rounding), and so are the
+/// weights the next step starts from.
+#[test]
+fn micro_batches_accumulate_the_unsplit_gradient() {
+    let d = dir("micro");
+    let base = SMALL
+        .replace("steps = 12", "steps = 2")
+        .replace("warmup_steps = 30", "warmup_steps = 0")
+        .replace(
+            "eval { every = 4, problems = 8, k = 2 }",
+            "eval { every = 0, problems = 2, k = 1 }",
+        );
+    std::fs::write(d.join("one.recipe"), &base).expect("write");
+    std::fs::write(
+        d.join("three.recipe"),
+        base.replace("max_tokens = 16 }", "max_tokens = 16, micro_batches = 3 }"),
+    )
+    .expect("write");
+    let a = keel(&d, &["run", "-q", "one.recipe", "--out", "one"]);
+    assert!(a.status.success(), "{}", text(&a.stderr));
+    let b = keel(&d, &["run", "-q", "three.recipe", "--out", "three"]);
+    assert!(b.status.success(), "{}", text(&b.stderr));
+    let (ma, mb) = (metrics(&d.join("one")), metrics(&d.join("three")));
+    assert_eq!(ma.len(), 3);
+    for step in 1..3 {
+        for key in ["loss", "grad_norm"] {
+            let (x, y) = (
+                ma[step][key].as_f64().expect("logged"),
+                mb[step][key].as_f64().expect("logged"),
+            );
+            assert!(
+                (x - y).abs() <= 1e-5 * x.abs().max(1e-3),
+                "step {step} {key}: {x} unsplit vs {y} in 3 micro-batches"
+            );
+        }
+    }
 }
 
 /// Two JSONL problems in words, for the word-level tokenizers below.
@@ -932,7 +986,7 @@ fn rl_on_smollm2_from_gguf_writes_an_hf_checkpoint() {
         r#"import std/grpo
 
 recipe smol extends grpo {{
-    model {{ init = "{}", context = 48 }}
+    model {{ init = "{}", context = 112 }}
     task {{ name = arithmetic, seed = 1, difficulty = 0.3 }}
     rollout {{ prompts = 2, group = 4, max_tokens = 16, temperature = 1.0 }}
     eval {{ every = 100, problems = 2, k = 1 }}
@@ -1200,7 +1254,9 @@ fn hf_directory_trains_and_unsupported_configs_are_located() {
         std::fs::copy(src.join(f), ck.join(f)).expect("copy");
     }
     // Ids 0..8 of the fixture's 96; its eos_token_id is 2.
-    let tok = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
+    let tok = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[
+        {"id":1,"content":"<s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},
+        {"id":2,"content":"</s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],
         "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
         "model":{"type":"WordLevel","vocab":{"<unk>":0,"<s>":1,"</s>":2,"two":3,"plus":4,"is":5,"four":6,"one":7,"three":8},"unk_token":"<unk>"}}"#;
     std::fs::write(ck.join("tokenizer.json"), tok).expect("write");
@@ -1226,6 +1282,54 @@ fn hf_directory_trains_and_unsupported_configs_are_located() {
             v["qkv_bias"].as_bool()
         ),
         (Some("qwen2"), Some(2), Some(true))
+    );
+    // A chat template: `keel inspect --chat` renders the prompt through
+    // it; a conversation in the data trains through it, and without a
+    // template (`task.chat = off`) it is refused at its line.
+    std::fs::write(
+        ck.join("chat_template.jinja"),
+        "{% for m in messages %}<s> {{ m.content }} </s> {% endfor %}{% if add_generation_prompt %}<s>{% endif %}",
+    )
+    .expect("write");
+    let i = keel(
+        &d,
+        &["inspect", "ck", "--json", "--chat", "--prompt", "two plus"],
+    );
+    assert!(i.status.success(), "{}", text(&i.stderr));
+    let v: Value = serde_json::from_slice(&i.stdout).expect("json");
+    assert_eq!(v["prompt_text"], "<s> two plus </s> <s>");
+    assert_eq!(v["prompt_ids"], serde_json::json!([1, 3, 4, 2, 1]));
+    assert_eq!(v["chat_template_compiles"], true);
+    std::fs::write(
+        d.join("c.jsonl"),
+        "{\"prompt\":[{\"role\":\"system\",\"content\":\"one\"},{\"role\":\"user\",\"content\":\"two plus two is\"}],\"answer\":\"four\"}\n{\"prompt\":\"one plus two is\",\"answer\":\"three\"}\n",
+    )
+    .expect("write");
+    let chat = recipe("ck").replace("d.jsonl", "c.jsonl");
+    std::fs::write(d.join("chat.recipe"), &chat).expect("write");
+    let out = keel(&d, &["run", "-q", "chat.recipe", "--out", "c"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::fs::write(
+        d.join("off.recipe"),
+        chat.replace("path = \"c.jsonl\"", "path = \"c.jsonl\", chat = off"),
+    )
+    .expect("write");
+    let out = keel(&d, &["run", "-q", "off.recipe", "--out", "o"]);
+    let e = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(e.contains("c.jsonl:1") && e.contains("conversation"), "{e}");
+    std::fs::write(
+        d.join("bad.recipe"),
+        chat.replace("path = \"c.jsonl\"", "path = \"d.jsonl\", chat = on"),
+    )
+    .expect("write");
+    std::fs::remove_file(ck.join("chat_template.jinja")).expect("rm");
+    let out = keel(&d, &["run", "-q", "bad.recipe", "--out", "o"]);
+    let e = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        e.contains("no chat template") && e.contains("bad.recipe:5"),
+        "{e}"
     );
     // A family Keel cannot run.
     let cfg = std::fs::read_to_string(ck.join("config.json")).expect("config");

@@ -7,11 +7,13 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::borrow::Cow;
+
+use safetensors::tensor::{Dtype, SafeTensors, View};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, codes};
-use crate::model::Weights;
+use crate::model::{Params, Weights};
 
 /// Everything but the tensors. Floats are stored as their bit patterns so a
 /// resumed run sees exactly the values it saved (NaN and infinity included).
@@ -77,7 +79,7 @@ fn sync_dir(dir: &Path) {
 }
 
 /// `write_weights_file` into a temporary file, then renamed into place.
-pub fn write_weights_atomic(path: &Path, sets: &[(&str, &Weights)]) -> Result<(), Error> {
+pub fn write_weights_atomic(path: &Path, sets: &[(&str, Params)]) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
     write_weights_file(&tmp, sets)?;
     fs::rename(&tmp, path).map_err(|e| io_err("rename into", path, e))?;
@@ -85,51 +87,83 @@ pub fn write_weights_atomic(path: &Path, sets: &[(&str, &Weights)]) -> Result<()
     Ok(())
 }
 
-/// Write `sets` as a safetensors file at `path` and fsync it, streaming:
-/// the tensors are viewed as bytes in place (no copy of a real model's
-/// weights or moments, no serialised buffer), so a checkpoint needs no
-/// memory beyond what the run holds.
-pub fn write_weights_file(path: &Path, sets: &[(&str, &Weights)]) -> Result<(), Error> {
-    let enc = |e: safetensors::SafeTensorError| {
-        Error::new(
-            codes::CHECKPOINT,
-            format!("cannot encode weights: {e}"),
-            "this is a runtime bug; please report it",
-        )
-    };
-    let mut views: Vec<(String, TensorView)> = Vec::new();
-    let mut owned: Vec<Vec<u8>> = Vec::new();
-    // safetensors is little-endian; on a big-endian host the bytes are copied.
-    if cfg!(target_endian = "big") {
-        for (_, w) in sets {
-            for d in &w.data {
-                owned.push(d.iter().flat_map(|x| x.to_le_bytes()).collect());
-            }
+/// An f32 tensor whose little-endian bytes are made when the writer reaches
+/// it: safetensors asks each view for its data in turn, so a file of a real
+/// model is written holding one tensor's bytes at a time.
+pub struct Lazy<'a> {
+    shape: Vec<usize>,
+    make: Box<dyn Fn() -> Cow<'a, [u8]> + 'a>,
+}
+
+impl<'a> Lazy<'a> {
+    pub fn new(shape: Vec<usize>, make: impl Fn() -> Cow<'a, [u8]> + 'a) -> Lazy<'a> {
+        Lazy {
+            shape,
+            make: Box::new(make),
         }
     }
-    let mut k = 0;
+
+    /// Values as f32 bytes (borrowed where they already are).
+    pub fn bytes(v: Cow<'a, [f32]>) -> Cow<'a, [u8]> {
+        if cfg!(target_endian = "big") {
+            return Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect());
+        }
+        match v {
+            Cow::Borrowed(b) => Cow::Borrowed(bytemuck::cast_slice(b)),
+            Cow::Owned(o) => Cow::Owned(bytemuck::cast_slice(&o).to_vec()),
+        }
+    }
+}
+
+impl View for &Lazy<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        (self.make)()
+    }
+    fn data_len(&self) -> usize {
+        self.shape.iter().product::<usize>() * 4
+    }
+}
+
+/// Write named lazy tensors to `path` (with safetensors metadata `meta`)
+/// and fsync the file.
+pub fn write_lazy(
+    path: &Path,
+    tensors: &[(String, Lazy)],
+    meta: Option<std::collections::HashMap<String, String>>,
+) -> Result<(), Error> {
+    safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), &meta, path)
+        .map_err(|e| io_err("write", path, e))?;
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_err("sync", path, e))
+}
+
+/// Write `sets` (each under its prefix) as a safetensors file at `path`
+/// and fsync it, one tensor at a time: host weights are viewed as bytes in
+/// place, live tensors copied to the host as they are written.
+pub fn write_weights_file(path: &Path, sets: &[(&str, Params)]) -> Result<(), Error> {
+    let mut tensors = Vec::new();
     for (prefix, w) in sets {
-        for ((name, shape), data) in w.names.iter().zip(&w.shapes).zip(&w.data) {
-            let bytes: &[u8] = match owned.get(k) {
-                Some(b) => b,
-                None => bytemuck::cast_slice(data),
-            };
-            k += 1;
+        for (i, (name, shape)) in w.names.iter().zip(w.shapes).enumerate() {
             let full = if prefix.is_empty() {
                 name.clone()
             } else {
                 format!("{prefix}.{name}")
             };
-            views.push((
+            let w = *w;
+            tensors.push((
                 full,
-                TensorView::new(Dtype::F32, shape.to_vec(), bytes).map_err(enc)?,
+                Lazy::new(shape.to_vec(), move || Lazy::bytes(w.values(i))),
             ));
         }
     }
-    safetensors::serialize_to_file(views, &None, path).map_err(|e| io_err("write", path, e))?;
-    fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io_err("sync", path, e))
+    write_lazy(path, &tensors, None)
 }
 
 /// Read tensors `prefix.NAME` for every name of `like` (shapes must match).
@@ -184,6 +218,7 @@ pub fn weights_from_bytes(
     })
 }
 
+/// A checkpoint as read back.
 pub struct Checkpoint {
     pub state: TrainState,
     pub weights: Weights,
@@ -195,19 +230,23 @@ pub fn dir_name(step: u64) -> String {
     format!("step-{step:07}")
 }
 
-/// Save into `root/step-NNNNNNN/` and keep only the newest `keep`.
-pub fn save(root: &Path, ck: &Checkpoint, keep: usize) -> Result<PathBuf, Error> {
+/// Save `state`, the weights and AdamW's moments into
+/// `root/step-NNNNNNN/` (written from where they live, one tensor at a
+/// time) and keep only the newest `keep`.
+pub fn save(
+    root: &Path,
+    state: &TrainState,
+    (weights, m, v): (Params, Params, Params),
+    keep: usize,
+) -> Result<PathBuf, Error> {
     fs::create_dir_all(root).map_err(|e| io_err("create", root, e))?;
-    let name = dir_name(ck.state.step);
+    let name = dir_name(state.step);
     let tmp = root.join(format!(".tmp-{name}"));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).map_err(|e| io_err("create", &tmp, e))?;
-    write_weights_file(&tmp.join("weights.safetensors"), &[("", &ck.weights)])?;
-    write_weights_file(
-        &tmp.join("optimizer.safetensors"),
-        &[("m", &ck.m), ("v", &ck.v)],
-    )?;
-    let json = serde_json::to_vec_pretty(&ck.state).map_err(|e| io_err("encode", &tmp, e))?;
+    write_weights_file(&tmp.join("weights.safetensors"), &[("", weights)])?;
+    write_weights_file(&tmp.join("optimizer.safetensors"), &[("m", m), ("v", v)])?;
+    let json = serde_json::to_vec_pretty(state).map_err(|e| io_err("encode", &tmp, e))?;
     write_synced(&tmp.join("state.json"), &json)?;
     sync_dir(&tmp);
     let dest = root.join(&name);

@@ -21,8 +21,9 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde_json::{Value, json};
 
+use crate::checkpoint::{Lazy, write_lazy};
 use crate::error::{Error, codes};
-use crate::model::{Llama3Rope, ModelConfig, Rope, Weights};
+use crate::model::{Llama3Rope, ModelConfig, Params, Rope, Weights};
 
 /// A tensor read into f32: its values and its shape as stored.
 pub type Loaded = (Vec<f32>, Vec<usize>);
@@ -581,7 +582,7 @@ pub fn is_checkpoint_dir(path: &Path) -> bool {
 pub fn write_dir(
     dir: &Path,
     cfg: &ModelConfig,
-    w: &Weights,
+    w: Params,
     meta: &Meta,
     tokenizer_json: Option<&str>,
 ) -> Result<(), Error> {
@@ -594,49 +595,37 @@ pub fn write_dir(
         .at(p.display().to_string())
     };
     fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for ((name, shape), data) in w.names.iter().zip(&w.shapes).zip(&w.data) {
+    // Each tensor is transposed back to HF's [out, in] as the writer
+    // reaches it: one tensor in memory at a time.
+    let mut tensors = Vec::new();
+    for (i, (name, shape)) in w.names.iter().zip(w.shapes).enumerate() {
         let Some((hf, transposed)) = hf_name(name) else {
             continue;
         };
-        let (vals, dims) = if transposed {
-            (
-                transpose(data, shape[0], shape[1]),
-                vec![shape[1], shape[0]],
-            )
-        } else if shape[0] == 1 {
-            (data.clone(), vec![shape[1]])
+        let (rows, cols) = (shape[0], shape[1]);
+        let dims = if transposed {
+            vec![cols, rows]
+        } else if rows == 1 {
+            vec![cols]
         } else {
-            (data.clone(), vec![shape[0], shape[1]])
+            vec![rows, cols]
         };
-        bufs.push((
+        tensors.push((
             hf,
-            dims,
-            vals.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Lazy::new(dims, move || {
+                let v = w.values(i);
+                Lazy::bytes(if transposed {
+                    std::borrow::Cow::Owned(transpose(&v, rows, cols))
+                } else {
+                    v
+                })
+            }),
         ));
     }
-    let views: Vec<(String, TensorView)> = bufs
-        .iter()
-        .filter_map(|(n, s, b)| {
-            TensorView::new(Dtype::F32, s.clone(), b)
-                .ok()
-                .map(|v| (n.clone(), v))
-        })
-        .collect();
-    // Streamed to the file (no serialised copy of the weights in memory).
     let meta_map = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     let st_path = dir.join("model.safetensors");
     let tmp = dir.join("model.safetensors.tmp");
-    safetensors::serialize_to_file(views, &Some(meta_map), &tmp)
-        .and_then(|()| Ok(fs::File::open(&tmp)?.sync_all()?))
-        .map_err(|e| {
-            Error::new(
-                codes::CHECKPOINT,
-                format!("cannot write `{}`: {e}", tmp.display()),
-                "check that the run directory is writable and the disk is not full",
-            )
-            .at(tmp.display().to_string())
-        })?;
+    write_lazy(&tmp, &tensors, Some(meta_map))?;
     fs::rename(&tmp, &st_path).map_err(|e| io(&st_path, e))?;
     let family = if meta.family.is_empty() {
         if cfg.qk_norm { "qwen3" } else { "llama" }
@@ -861,7 +850,7 @@ mod tests {
         let src = fixtures().join("qwen2");
         let (cfg, w, meta) = load_dir(&src, 0).expect("load");
         let tmp = std::env::temp_dir().join(format!("keel-hf-write-{}", std::process::id()));
-        write_dir(&tmp, &cfg, &w, &meta, None).expect("write");
+        write_dir(&tmp, &cfg, w.view(), &meta, None).expect("write");
         let (cfg2, w2, meta2) = load_dir(&tmp, 0).expect("reload");
         assert_eq!(cfg2.rope, cfg.rope);
         assert_eq!((cfg2.kv_heads, cfg2.qkv_bias, cfg2.tied), (2, true, false));

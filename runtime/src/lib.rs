@@ -4,6 +4,7 @@
 //! derived gradient fed back into burn's autodiff, AdamW, guards, atomic
 //! checkpoints with exact resume, metrics and an offline HTML report.
 
+pub mod chat;
 pub mod checkpoint;
 pub mod error;
 pub mod gguf;

@@ -257,6 +257,81 @@ impl Weights {
     }
 }
 
+/// Named 2-D tensors to read one at a time, wherever they live: host
+/// [`Weights`], or a policy's (or an optimizer's) tensors, copied to the
+/// host one tensor at a time when read. Checkpoints and exported
+/// directories are written from it, so writing a real model holds at most
+/// one extra tensor.
+#[derive(Clone, Copy)]
+pub struct Params<'a> {
+    pub names: &'a [String],
+    pub shapes: &'a [[usize; 2]],
+    data: ParamData<'a>,
+}
+
+#[derive(Clone, Copy)]
+enum ParamData<'a> {
+    Host(&'a [Vec<f32>]),
+    Live(&'a [Tensor<2>]),
+}
+
+impl<'a> Params<'a> {
+    /// Tensors `ts` under `names` and `shapes`.
+    pub fn live(names: &'a [String], shapes: &'a [[usize; 2]], ts: &'a [Tensor<2>]) -> Params<'a> {
+        Params {
+            names,
+            shapes,
+            data: ParamData::Live(ts),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Tensor `i`'s values.
+    pub fn values(&self, i: usize) -> std::borrow::Cow<'a, [f32]> {
+        match self.data {
+            ParamData::Host(d) => {
+                std::borrow::Cow::Borrowed(d.get(i).map_or(&[][..], |v| v.as_slice()))
+            }
+            ParamData::Live(ts) => {
+                std::borrow::Cow::Owned(ts.get(i).map(to_vec).unwrap_or_default())
+            }
+        }
+    }
+}
+
+impl Weights {
+    pub fn view(&self) -> Params<'_> {
+        Params {
+            names: &self.names,
+            shapes: &self.shapes,
+            data: ParamData::Host(&self.data),
+        }
+    }
+
+    /// The names and shapes alone (no values): what checkpoints are read
+    /// against.
+    pub fn layout(&self) -> Weights {
+        Weights {
+            names: self.names.clone(),
+            shapes: self.shapes.clone(),
+            data: Vec::new(),
+        }
+    }
+}
+
+impl Policy {
+    pub fn view(&self) -> Params<'_> {
+        Params::live(&self.names, &self.shapes, &self.params)
+    }
+}
+
 /// A tensor's values on the host.
 pub fn to_vec<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
     t.to_data()

@@ -99,15 +99,31 @@ pub fn clipped_step(
     max_norm: f64,
     lr: f64,
 ) -> Option<f64> {
+    let gs = param_grads(policy, grads);
+    step_with(policy, opt, gs, max_norm, lr)
+}
+
+/// Each parameter's gradient from a backward pass (zeros where it has none).
+pub fn param_grads(policy: &Policy, grads: &Gradients) -> Vec<Tensor<2>> {
     let dev = policy.device.clone();
-    let gs: Vec<Tensor<2>> = policy
+    policy
         .params
         .iter()
         .map(|p| {
             p.grad(grads)
                 .unwrap_or_else(|| Tensor::zeros(p.dims(), &dev))
         })
-        .collect();
+        .collect()
+}
+
+/// [`clipped_step`] from gradients already summed (gradient accumulation).
+pub fn step_with(
+    policy: &mut Policy,
+    opt: &mut AdamW,
+    gs: Vec<Tensor<2>>,
+    max_norm: f64,
+    lr: f64,
+) -> Option<f64> {
     let norm = global_norm(&gs);
     if !norm.is_finite() {
         return None;

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::chat::ChatTemplate;
 use crate::error::{Error, codes};
 use crate::hf::{self, Meta};
 use crate::model::{ModelConfig, Weights};
@@ -20,9 +21,50 @@ pub struct Pretrained {
     pub meta: Meta,
     /// `tokenizer.json` of the directory, or the GGUF metadata's.
     pub tokenizer: Option<Tokenizer>,
+    /// The chat template's source, where the checkpoint has one.
     pub chat_template: Option<String>,
+    /// Where it came from (a file, or the GGUF key), for errors.
+    pub chat_origin: String,
+    /// The tokenizer's `bos_token` and `eos_token` strings, which templates
+    /// read as variables.
+    pub special: (Option<String>, Option<String>),
     /// `hf` or `gguf`.
     pub format: &'static str,
+}
+
+impl Pretrained {
+    /// The compiled chat template, if the checkpoint has one.
+    pub fn chat(&self) -> Result<Option<ChatTemplate>, Error> {
+        self.chat_template
+            .as_deref()
+            .map(|src| {
+                ChatTemplate::new(
+                    src,
+                    self.special.0.clone(),
+                    self.special.1.clone(),
+                    &self.chat_origin,
+                )
+            })
+            .transpose()
+    }
+}
+
+/// The strings of the BOS and first EOS ids, where the tokenizer has them.
+fn special_of(tk: Option<&Tokenizer>, meta: &Meta) -> (Option<String>, Option<String>) {
+    let text = |id: Option<u32>| match (tk, id) {
+        (Some(Tokenizer::Hf { tk, .. }), Some(id)) => tk.id_to_token(id),
+        _ => None,
+    };
+    (text(meta.bos), text(meta.eos.first().copied()))
+}
+
+/// `"<s>"` or `{"content": "<s>", …}` in a tokenizer_config.json.
+fn token_string(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).map(String::from),
+        _ => None,
+    }
 }
 
 /// Whether `path` names a checkpoint [`open`] reads (and not a
@@ -56,10 +98,13 @@ pub fn open(path: &Path, seed: u64) -> Result<Pretrained, Error> {
             }
             None => None,
         };
+        let special = special_of(tokenizer.as_ref(), &meta);
         return Ok(Pretrained {
             cfg,
             weights,
             chat_template: gguf::chat_template(&g),
+            chat_origin: format!("{}: `tokenizer.chat_template`", path.display()),
+            special,
             meta,
             tokenizer,
             format: "gguf",
@@ -78,20 +123,33 @@ pub fn open(path: &Path, seed: u64) -> Result<Pretrained, Error> {
     } else {
         None
     };
-    let chat_template = fs::read_to_string(path.join("chat_template.jinja"))
-        .ok()
-        .or_else(|| {
+    let jinja = path.join("chat_template.jinja");
+    let (chat_template, chat_origin) = match fs::read_to_string(&jinja) {
+        Ok(t) => (Some(t), jinja.display().to_string()),
+        Err(_) => (
             tk_cfg
                 .get("chat_template")
                 .and_then(Value::as_str)
-                .map(String::from)
-        });
+                .map(String::from),
+            format!(
+                "{}: `chat_template`",
+                path.join("tokenizer_config.json").display()
+            ),
+        ),
+    };
+    let (bos, eos) = special_of(tokenizer.as_ref(), &meta);
+    let special = (
+        token_string(tk_cfg.get("bos_token")).or(bos),
+        token_string(tk_cfg.get("eos_token")).or(eos),
+    );
     Ok(Pretrained {
         cfg,
         weights,
         meta,
         tokenizer,
         chat_template,
+        chat_origin,
+        special,
         format: "hf",
     })
 }

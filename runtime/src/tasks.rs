@@ -6,9 +6,14 @@ use crate::error::{Error, codes};
 use crate::rng::Rng;
 
 /// One problem.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Problem {
+    /// The prompt text (for a conversation, its last message's content).
     pub prompt: String,
+    /// A JSONL record's conversation (`"prompt": [{"role": ..., "content":
+    /// ...}, ...]`), put through the checkpoint's chat template; `None` for
+    /// a plain prompt.
+    pub messages: Option<Vec<crate::chat::Message>>,
     /// The reference answer (the verifier's target).
     pub answer: String,
     /// A worked solution, the supervised target of the warm start.
@@ -57,6 +62,11 @@ pub enum Task {
         seed: u64,
         difficulty: f64,
         prm: Prm,
+        /// The problem in words and an answer in a chat model's style
+        /// (`\boxed{N}`, "the answer is N", or the last number), for a
+        /// pretrained tokenizer; otherwise the compact form `a+b=` →
+        /// `a+b=c|c` of the character-level models.
+        natural: bool,
     },
     Countdown {
         seed: u64,
@@ -77,8 +87,14 @@ impl Task {
     pub fn problem(&self, stream: u64, i: u64) -> Problem {
         match self {
             Task::Arithmetic {
-                seed, difficulty, ..
-            } => arithmetic(&mut Rng::derive(*seed, stream, i), *difficulty),
+                seed,
+                difficulty,
+                natural,
+                ..
+            } => {
+                let p = arithmetic(&mut Rng::derive(*seed, stream, i), *difficulty);
+                if *natural { in_words(p) } else { p }
+            }
             Task::Countdown { seed, difficulty } => {
                 countdown(&mut Rng::derive(*seed, stream, i), *difficulty)
             }
@@ -105,6 +121,9 @@ impl Task {
 
     pub fn verify(&self, problem: &Problem, response: &str) -> Verdict {
         match self {
+            Task::Arithmetic {
+                prm, natural: true, ..
+            } => verify_natural(problem, response, *prm),
             Task::Arithmetic { prm, .. } => verify_arithmetic(problem, response, *prm),
             Task::Countdown { .. } => verify_countdown(problem, response),
             Task::Data { verifier, .. } => {
@@ -130,12 +149,7 @@ impl Task {
 }
 
 fn empty() -> Problem {
-    Problem {
-        prompt: String::new(),
-        answer: String::new(),
-        solution: String::new(),
-        difficulty: 0.0,
-    }
+    Problem::default()
 }
 
 /// `a+b-c=` → `a+b=s,s-c=t|t`: left to right, every step written out.
@@ -159,6 +173,7 @@ fn arithmetic(r: &mut Rng, difficulty: f64) -> Problem {
     let answer = acc.to_string();
     let solution = format!("{}|{}", steps.join(","), answer);
     Problem {
+        messages: None,
         prompt,
         answer,
         solution,
@@ -190,25 +205,7 @@ fn verify_arithmetic(p: &Problem, response: &str, prm: Prm) -> Verdict {
     };
     let correct = final_answer.map(|a| a == p.answer).unwrap_or(false);
     // The operands of the prompt, in order.
-    let body = p.prompt.trim_end_matches('=');
-    let mut operands = Vec::new();
-    let mut ops = Vec::new();
-    let mut rest = body;
-    if let Some((v, k)) = int_prefix(rest) {
-        operands.push(v);
-        rest = &rest[k..];
-    }
-    while let Some(c) = rest.chars().next() {
-        ops.push(c);
-        rest = &rest[1..];
-        match int_prefix(rest) {
-            Some((v, k)) => {
-                operands.push(v);
-                rest = &rest[k..];
-            }
-            None => break,
-        }
-    }
+    let (operands, ops) = operands_of(p.prompt.trim_end_matches('='));
     let mut steps = Vec::new();
     let mut acc = operands.first().copied();
     let mut offset = 0;
@@ -272,6 +269,211 @@ fn parse_step(s: &str) -> Option<(i64, char, i64, i64)> {
     (k3 == rest.len()).then_some((a, op, b, c))
 }
 
+/// The compact problem in words, with a worked solution in a chat model's
+/// style: `17+25-8=` → "What is 17 + 25 - 8? …" and
+/// "17 + 25 = 42\n42 - 8 = 34\nThe answer is \boxed{34}."
+fn in_words(p: Problem) -> Problem {
+    let spaced = |e: &str| {
+        let mut out = String::new();
+        for (i, c) in e.char_indices() {
+            if (c == '+' || c == '-') && i > 0 {
+                out.push_str(&format!(" {c} "));
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    let expr = p.prompt.trim_end_matches('=');
+    let (work, answer) = p.solution.rsplit_once('|').unwrap_or(("", &p.answer));
+    let mut solution: Vec<String> = work
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| match s.split_once('=') {
+            Some((l, r)) => format!("{} = {r}", spaced(l)),
+            None => s.to_string(),
+        })
+        .collect();
+    solution.push(format!("The answer is \\boxed{{{answer}}}."));
+    Problem {
+        prompt: format!(
+            "What is {}? Work it out step by step, then give the final answer as \\boxed{{N}}.",
+            spaced(expr)
+        ),
+        solution: solution.join("\n"),
+        ..p
+    }
+}
+
+/// A piece of a natural-language response for [`verify_natural`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Lex {
+    /// An integer; its last byte's offset.
+    Int(i64, usize),
+    Op(char),
+    Eq,
+    /// Anything else (words, punctuation, line breaks): equations do not
+    /// run across it.
+    Other,
+}
+
+fn lex(s: &str) -> Vec<Lex> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut k = 0;
+    while k < b.len() {
+        let c = b[k];
+        let prev_int = matches!(out.last(), Some(Lex::Int(..)));
+        if c == b' ' || c == b'\t' {
+            k += 1;
+            continue;
+        }
+        let negative = c == b'-' && !prev_int && b.get(k + 1).is_some_and(u8::is_ascii_digit);
+        if c.is_ascii_digit() || negative {
+            match int_prefix(&s[k..]) {
+                Some((v, n)) => {
+                    out.push(Lex::Int(v, k + n - 1));
+                    k += n;
+                }
+                None => {
+                    // An absurdly long number.
+                    while k < b.len() && (b[k].is_ascii_digit() || b[k] == b'-') {
+                        k += 1;
+                    }
+                    out.push(Lex::Other);
+                }
+            }
+            continue;
+        }
+        out.push(match c {
+            b'+' => Lex::Op('+'),
+            b'-' => Lex::Op('-'),
+            b'=' => Lex::Eq,
+            _ => Lex::Other,
+        });
+        k += 1;
+    }
+    out
+}
+
+/// The final answer of a chat-style response: the last `\boxed{N}`, else the
+/// number after the last "answer is" / "answer:", else the last number. The
+/// second value says whether the answer was marked (boxed or announced).
+fn final_answer(response: &str) -> (Option<i64>, bool) {
+    let lower = response.to_ascii_lowercase();
+    let first_int = |s: &str| {
+        lex(s).into_iter().find_map(|l| match l {
+            Lex::Int(v, _) => Some(v),
+            _ => None,
+        })
+    };
+    if let Some(k) = lower.rfind("\\boxed{") {
+        let inner = &response[k + 7..];
+        let inner = inner.split('}').next().unwrap_or("");
+        return (first_int(inner), true);
+    }
+    for marker in ["answer is", "answer:"] {
+        if let Some(k) = lower.rfind(marker) {
+            let v = first_int(&response[k + marker.len()..]);
+            if v.is_some() {
+                return (v, true);
+            }
+        }
+    }
+    let last = lex(response).into_iter().rev().find_map(|l| match l {
+        Lex::Int(v, _) => Some(v),
+        _ => None,
+    });
+    (last, false)
+}
+
+/// The arithmetic task answered in a chat model's style: correct when the
+/// final answer ([`final_answer`]) is right; each equation `a ± b = c` in
+/// the text (spaces allowed; not part of a longer expression) is a step,
+/// checked in order against the left-to-right solution, its reward at the
+/// result's last byte.
+fn verify_natural(p: &Problem, response: &str, prm: Prm) -> Verdict {
+    let (answer, marked) = final_answer(response);
+    let correct = answer.is_some_and(|a| Some(a) == p.answer.parse().ok());
+    // The operands and operators of the question.
+    let expr: String = p
+        .prompt
+        .strip_prefix("What is ")
+        .and_then(|s| s.split('?').next())
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let (operands, ops) = operands_of(&expr);
+    let toks = lex(response);
+    let mut steps = Vec::new();
+    let mut acc = operands.first().copied();
+    let mut k = 0;
+    for w in 0..toks.len().saturating_sub(4) {
+        let (Lex::Int(a, _), Lex::Op(op), Lex::Int(b, _), Lex::Eq, Lex::Int(c, end)) =
+            (toks[w], toks[w + 1], toks[w + 2], toks[w + 3], toks[w + 4])
+        else {
+            continue;
+        };
+        // `17 + 25 - 8 = 34`: the tail of a longer expression is no step.
+        if w > 0 && matches!(toks[w - 1], Lex::Op(_)) {
+            continue;
+        }
+        if toks.get(w + 5).is_some_and(|t| matches!(t, Lex::Op(_))) {
+            continue;
+        }
+        let right = match (acc, operands.get(k + 1), ops.get(k)) {
+            (Some(x), Some(&y), Some(&o)) => {
+                let truth = if o == '+' { x + y } else { x - y };
+                acc = Some(truth);
+                a == x && op == o && b == y && c == truth
+            }
+            _ => false,
+        };
+        let rewarded = match prm {
+            Prm::Exact => right,
+            Prm::Format => true,
+            Prm::Noisy(fp) => {
+                right || {
+                    let h =
+                        crate::train::fnv(format!("{}|{k}|{a}{op}{b}={c}", p.prompt).as_bytes());
+                    Rng::new(h).uniform() < fp
+                }
+            }
+        };
+        steps.push((end, if rewarded { 1.0 } else { 0.0 }));
+        k += 1;
+    }
+    Verdict {
+        correct,
+        format_ok: marked,
+        steps,
+    }
+}
+
+/// `17+25-8` → ([17, 25, 8], ['+', '-']).
+fn operands_of(body: &str) -> (Vec<i64>, Vec<char>) {
+    let mut operands = Vec::new();
+    let mut ops = Vec::new();
+    let mut rest = body;
+    if let Some((v, k)) = int_prefix(rest) {
+        operands.push(v);
+        rest = &rest[k..];
+    }
+    while let Some(c) = rest.chars().next() {
+        ops.push(c);
+        rest = &rest[c.len_utf8()..];
+        match int_prefix(rest) {
+            Some((v, k)) => {
+                operands.push(v);
+                rest = &rest[k..];
+            }
+            None => break,
+        }
+    }
+    (operands, ops)
+}
+
 /// Numbers and a target: `3,5,7:22=` → an expression such as `3*5+7`.
 fn countdown(r: &mut Rng, difficulty: f64) -> Problem {
     let n = (3 + (difficulty.max(0.0)).round() as i64).clamp(3, 5) as usize;
@@ -300,6 +502,7 @@ fn countdown(r: &mut Rng, difficulty: f64) -> Problem {
     }
     let list: Vec<String> = nums.iter().map(|x| x.to_string()).collect();
     Problem {
+        messages: None,
         prompt: format!("{}:{}=", list.join(","), value),
         answer: value.to_string(),
         solution: expr,
@@ -406,8 +609,38 @@ impl Expr<'_> {
     }
 }
 
+/// A record's `prompt` given as messages: objects with a string `role` and
+/// a string `content` (other fields pass to the template as they are).
+fn conversation(list: &[serde_json::Value], at: &str) -> Result<Vec<crate::chat::Message>, Error> {
+    let bad = |k: usize, what: &str| {
+        Error::new(
+            codes::DATA_RECORD,
+            format!("message {k} of `prompt` {what}"),
+            "write the conversation as [{\"role\": \"user\", \"content\": \"...\"}, ...], or the prompt as one string",
+        )
+        .at(at.to_string())
+    };
+    if list.is_empty() {
+        return Err(bad(0, "is missing: the conversation is empty"));
+    }
+    for (k, m) in list.iter().enumerate() {
+        if !m.is_object() {
+            return Err(bad(k, "is not an object"));
+        }
+        if !m.get("role").is_some_and(serde_json::Value::is_string) {
+            return Err(bad(k, "has no string `role`"));
+        }
+        if !m.get("content").is_some_and(serde_json::Value::is_string) {
+            return Err(bad(k, "has no string `content`"));
+        }
+    }
+    Ok(list.to_vec())
+}
+
 /// Read a JSONL file of `{"prompt": ..., "answer": ...}` records (an optional
-/// `"solution"` is the warm-start target; the answer otherwise).
+/// `"solution"` is the warm-start target; the answer otherwise). A prompt is
+/// a string, or a conversation (a list of `{"role", "content"}` messages)
+/// for a checkpoint's chat template.
 pub fn load_jsonl(path: &str, text: &str) -> Result<Vec<Problem>, Error> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -444,7 +677,20 @@ pub fn load_jsonl(path: &str, text: &str) -> Result<Vec<Problem>, Error> {
             )
             .at(at));
         }
-        let prompt = field("prompt")?.ok_or_else(|| {
+        // A conversation: TRL's and verl's chat format.
+        let messages = match v.get("prompt") {
+            Some(serde_json::Value::Array(list)) => Some(conversation(list, &at)?),
+            _ => None,
+        };
+        let prompt = match &messages {
+            Some(m) => m
+                .last()
+                .and_then(|m| m.get("content"))
+                .and_then(serde_json::Value::as_str)
+                .map(String::from),
+            None => field("prompt")?,
+        }
+        .ok_or_else(|| {
             Error::new(
                 codes::DATA_RECORD,
                 "record has no `prompt` field",
@@ -463,6 +709,7 @@ pub fn load_jsonl(path: &str, text: &str) -> Result<Vec<Problem>, Error> {
         let solution = field("solution")?.unwrap_or_else(|| answer.clone());
         let difficulty = v.get("difficulty").and_then(|d| d.as_f64()).unwrap_or(0.5);
         out.push(Problem {
+            messages,
             prompt,
             answer,
             solution,
@@ -490,6 +737,7 @@ mod tests {
             seed: 7,
             difficulty: 1.0,
             prm: Prm::Exact,
+            natural: false,
         };
         assert_eq!(t.problem(TRAIN_STREAM, 3), t.problem(TRAIN_STREAM, 3));
         assert_ne!(t.problem(TRAIN_STREAM, 3), t.problem(EVAL_STREAM, 3));
@@ -504,6 +752,7 @@ mod tests {
     #[test]
     fn arithmetic_steps_are_checked_one_by_one() {
         let p = Problem {
+            messages: None,
             prompt: "7+12-5=".into(),
             answer: "14".into(),
             solution: "7+12=19,19-5=14|14".into(),
@@ -513,6 +762,7 @@ mod tests {
             seed: 0,
             difficulty: 1.0,
             prm: Prm::Exact,
+            natural: false,
         };
         let v = t.verify(&p, "7+12=18,18-5=13|13");
         assert!(!v.correct && v.format_ok);
@@ -523,6 +773,7 @@ mod tests {
             seed: 0,
             difficulty: 1.0,
             prm: Prm::Format,
+            natural: false,
         };
         let v = hackable.verify(&p, "7+12=18,18-5=13|13");
         assert!(!v.correct && v.format_ok);
@@ -537,6 +788,7 @@ mod tests {
             seed: 0,
             difficulty: 1.0,
             prm: Prm::Noisy(fp),
+            natural: false,
         };
         assert_eq!(
             noisy(0.0).verify(&p, "7+12=18,18-5=13|13").steps,
@@ -581,6 +833,7 @@ mod tests {
             assert!(t.verify(&p, &p.solution).correct, "{p:?}");
         }
         let p = Problem {
+            messages: None,
             prompt: "3,5,7,2:22=".into(),
             answer: "22".into(),
             solution: "3*5+7".into(),
@@ -613,5 +866,124 @@ mod tests {
         let e =
             load_jsonl("d.jsonl", "{\"prompt\":[1],\"answer\":\"2\"}\n").expect_err("bad field");
         assert!(e.message.contains("`prompt`"), "{e}");
+    }
+
+    #[test]
+    fn natural_answers_are_read_as_a_chat_model_writes_them() {
+        let t = Task::Arithmetic {
+            seed: 7,
+            difficulty: 1.0,
+            prm: Prm::Exact,
+            natural: true,
+        };
+        for i in 0..200 {
+            let p = t.problem(TRAIN_STREAM, i);
+            let v = t.verify(&p, &p.solution);
+            assert!(v.correct && v.format_ok, "{p:?} {v:?}");
+            let ops = p.solution.lines().count() - 1;
+            assert_eq!(v.steps.len(), ops, "{p:?}");
+            assert!(v.steps.iter().all(|s| s.1 == 1.0), "{p:?} {v:?}");
+        }
+        let p = in_words(Problem {
+            prompt: "7+12-5=".into(),
+            answer: "14".into(),
+            solution: "7+12=19,19-5=14|14".into(),
+            ..Problem::default()
+        });
+        assert_eq!(
+            p.prompt,
+            "What is 7 + 12 - 5? Work it out step by step, then give the final answer as \\boxed{N}."
+        );
+        assert_eq!(
+            p.solution,
+            "7 + 12 = 19\n19 - 5 = 14\nThe answer is \\boxed{14}."
+        );
+        // Steps end at their result's last byte.
+        let r = "First, 7 + 12 = 19. Then 19 - 5 = 14. The answer is 14.";
+        let v = t.verify(&p, r);
+        assert!(v.correct && v.format_ok);
+        let first = r.find("19.").expect("19") + 1;
+        let second = r.find("14.").expect("14") + 1;
+        assert_eq!(v.steps, vec![(first, 1.0), (second, 1.0)]);
+        // The last number, unannounced: right, but not in the asked form.
+        let v = t.verify(&p, "**14**");
+        assert!(v.correct && !v.format_ok);
+        // A chained expression is no step; its result is still the answer.
+        let v = t.verify(&p, "7+12-5 = 14");
+        assert!(v.correct && v.steps.is_empty(), "{v:?}");
+        assert!(!t.verify(&p, "\\boxed{13}").correct);
+        assert!(t.verify(&p, "The answer is 14, not 15.").correct);
+        assert!(!t.verify(&p, "The answer is 15, or 14.").correct);
+        assert!(!t.verify(&p, "").correct);
+        // A wrong first step: the second is checked against the truth.
+        let v = t.verify(&p, "7 + 12 = 18\n19 - 5 = 14\n\\boxed{14}");
+        assert_eq!(
+            v.steps.iter().map(|s| s.1).collect::<Vec<_>>(),
+            vec![0.0, 1.0]
+        );
+        // Negative intermediate results.
+        let p = in_words(Problem {
+            prompt: "3-9+2=".into(),
+            answer: "-4".into(),
+            solution: "3-9=-6,-6+2=-4|-4".into(),
+            ..Problem::default()
+        });
+        assert_eq!(
+            p.solution,
+            "3 - 9 = -6\n-6 + 2 = -4\nThe answer is \\boxed{-4}."
+        );
+        let v = t.verify(&p, &p.solution);
+        assert!(
+            v.correct && v.steps.iter().all(|s| s.1 == 1.0) && v.steps.len() == 2,
+            "{v:?}"
+        );
+        // The hackable PRM rewards any equation's form.
+        let hackable = Task::Arithmetic {
+            seed: 0,
+            difficulty: 1.0,
+            prm: Prm::Format,
+            natural: true,
+        };
+        let v = hackable.verify(&p, "1 + 1 = 3, 2 - 2 = 5");
+        assert_eq!(
+            v.steps.iter().map(|s| s.1).collect::<Vec<_>>(),
+            vec![1.0, 1.0]
+        );
+        assert!(!v.correct);
+    }
+
+    #[test]
+    fn conversations_in_jsonl() {
+        let ok = load_jsonl(
+            "c.jsonl",
+            "{\"prompt\":[{\"role\":\"system\",\"content\":\"Be brief.\"},{\"role\":\"user\",\"content\":\"1+1?\"}],\"answer\":\"2\"}\n",
+        )
+        .expect("valid");
+        assert_eq!(ok[0].prompt, "1+1?");
+        assert_eq!(ok[0].messages.as_ref().map(Vec::len), Some(2));
+        for (line, what) in [
+            ("{\"prompt\":[],\"answer\":\"2\"}", "empty"),
+            (
+                "{\"prompt\":[{\"content\":\"x\"}],\"answer\":\"2\"}",
+                "`role`",
+            ),
+            (
+                "{\"prompt\":[{\"role\":\"user\",\"content\":3}],\"answer\":\"2\"}",
+                "`content`",
+            ),
+            ("{\"prompt\":[\"hi\"],\"answer\":\"2\"}", "not an object"),
+        ] {
+            let e = load_jsonl(
+                "c.jsonl",
+                &format!("{{}}\n{line}\n").replacen(
+                    "{}\n",
+                    "{\"prompt\":\"a\",\"answer\":\"b\"}\n",
+                    1,
+                ),
+            )
+            .expect_err(what);
+            assert_eq!(e.location.as_deref(), Some("c.jsonl:2"), "{what}");
+            assert!(e.message.contains(what), "{what}: {e}");
+        }
     }
 }

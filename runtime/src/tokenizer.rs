@@ -68,6 +68,8 @@ pub enum Tokenizer {
         bos: Option<u32>,
         eos: u32,
         vocab: usize,
+        /// The checkpoint's chat template, when prompts go through it.
+        chat: Option<std::sync::Arc<crate::chat::Chat>>,
     },
 }
 
@@ -106,6 +108,7 @@ impl Tokenizer {
             bos: Some(bos),
             eos,
             vocab,
+            chat: None,
         })
     }
 
@@ -133,7 +136,64 @@ impl Tokenizer {
             bos,
             eos,
             vocab,
+            chat: None,
         })
+    }
+
+    /// Prompts go through `chat` (a Hugging Face tokenizer only: the
+    /// character tokenizer has no template and is returned as it is).
+    pub fn with_chat(mut self, with: crate::chat::Chat) -> Tokenizer {
+        if let Tokenizer::Hf { chat, .. } = &mut self {
+            *chat = Some(std::sync::Arc::new(with));
+        }
+        self
+    }
+
+    /// The chat template prompts go through, if any.
+    pub fn chat(&self) -> Option<&crate::chat::Chat> {
+        match self {
+            Tokenizer::Hf { chat, .. } => chat.as_deref(),
+            Tokenizer::Char(_) => None,
+        }
+    }
+
+    /// The prompt ids of a problem: through the chat template (which writes
+    /// its own special tokens), or the BOS and the prompt's text.
+    pub fn prompt(&self, p: &crate::tasks::Problem) -> Result<Vec<u32>, String> {
+        match self.chat() {
+            Some(c) => self.encode(&c.render(p).map_err(|e| e.message)?),
+            None => {
+                let mut v: Vec<u32> = self.bos().into_iter().collect();
+                v.extend(self.encode(&p.prompt)?);
+                Ok(v)
+            }
+        }
+    }
+
+    /// The index of the token of `tokens` whose decoded text holds byte
+    /// `offset` of the decoded response (where a verifier's step ends);
+    /// `tokens.len()` or more when no token does.
+    pub fn token_at_byte(&self, tokens: &[u32], offset: usize) -> usize {
+        match self {
+            // One ASCII character per token.
+            Tokenizer::Char(_) => offset,
+            Tokenizer::Hf { tk, eos, .. } => {
+                let end = tokens.iter().position(|t| t == eos).unwrap_or(tokens.len());
+                let len = |k: usize| tk.decode(&tokens[..k], true).map_or(0, |s| s.len());
+                // The first prefix whose text reaches past `offset`: a
+                // binary search over prefix lengths (a few decodes).
+                let (mut lo, mut hi) = (1, end + 1);
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    if len(mid) > offset {
+                        hi = mid;
+                    } else {
+                        lo = mid + 1;
+                    }
+                }
+                lo - 1
+            }
+        }
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -259,6 +319,18 @@ mod tests {
             vec![2, 3, 2, 4]
         );
         assert_eq!(t.decode(&[5, 1, 2]), "four");
+        // Byte offsets of the decoded text fall in their tokens: "two plus
+        // two is" decodes with spaces between words.
+        let ids = [2, 3, 2, 4];
+        assert_eq!(t.decode(&ids), "two plus two is");
+        let at = |b: usize| t.token_at_byte(&ids, b);
+        assert_eq!(
+            (at(0), at(2), at(4), at(7), at(9), at(14)),
+            (0, 0, 1, 1, 2, 3)
+        );
+        assert!(at(15) >= ids.len());
+        let c = Tokenizer::Char(CharTokenizer::default());
+        assert_eq!(c.token_at_byte(&[4, 5, 6], 2), 2);
         let bad = std::env::temp_dir().join(format!("keel-tok-bad-{}.json", std::process::id()));
         std::fs::write(&bad, json.replace("\"</s>\":1,", "")).expect("write");
         let e = Tokenizer::from_file(bad.to_str().expect("utf-8"))

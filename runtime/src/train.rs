@@ -16,10 +16,10 @@ use keel_compiler::{Checked, Diagnostic, Executor, LogitsPath, LossOutput, LossP
 use keel_compiler::{CheckedGuard, GuardAction as Action, GuardOp};
 use serde_json::{Map, Value, json};
 
-use crate::checkpoint::{self, Checkpoint, TrainState, bits, unbits};
+use crate::checkpoint::{self, TrainState, bits, unbits};
 use crate::error::{Error, Result, codes};
 use crate::hostprog::{HostProgram, params_of, set_params};
-use crate::model::{ModelConfig, Policy, Weights, to_vec};
+use crate::model::{ModelConfig, Params, Policy, Weights, to_vec};
 use crate::optim::{self, AdamW, AdamWConfig};
 use crate::rng::Rng;
 use crate::rollout::{Rollouts, StepInputs, provided};
@@ -82,6 +82,8 @@ struct RunConfig {
     top_p: f64,
     epochs: usize,
     minibatches: usize,
+    /// Micro-batches per minibatch, their gradients accumulated into one step.
+    micro_batches: usize,
     dynamic_sampling: bool,
     order: String,
     eval_every: u64,
@@ -138,8 +140,19 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
         }
         _ => None,
     };
+    let chat_mode = s.sym("task", "chat").unwrap_or_else(|| "auto".into());
+    let mut template = None;
     let (tok, model, pretrained) = match pretrained {
         Some(p) => {
+            if chat_mode != "off" {
+                template = p.chat().map_err(|mut e| {
+                    if let Some(at) = &e.location {
+                        e.message = format!("{at}: {}", e.message);
+                    }
+                    e.diagnostics = located(checked, index, "model", "init", &e);
+                    e
+                })?;
+            }
             let tok = match (given_tok, p.tokenizer) {
                 (Some(t), _) | (None, Some(t)) => t,
                 (None, None) => {
@@ -177,6 +190,26 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
         e.diagnostics = located(checked, index, "model", "heads", &e);
         return Err(e);
     }
+    // Prompts go through the checkpoint's chat template (`task.chat`:
+    // `auto` where there is one, `on` insists, `off` never).
+    let tok = match template {
+        Some(template) if matches!(tok, Tokenizer::Hf { .. }) => tok.with_chat(crate::chat::Chat {
+            template,
+            system: s.sym("task", "system"),
+        }),
+        _ if chat_mode == "on" => {
+            let mut e = Error::new(
+                codes::TASK_SETTING,
+                "`task.chat = on`, but the model has no chat template",
+                "load an instruct checkpoint with a chat template (chat_template.jinja, or `chat_template` in tokenizer_config.json), or set `task.chat = auto`",
+            )
+            .at("task.chat");
+            e.diagnostics = located(checked, index, "task", "chat", &e);
+            return Err(e);
+        }
+        _ => tok,
+    };
+    let chat = tok.chat().is_some();
     let seed = s.int("task", "seed", 0) as u64;
     let difficulty = s.num("task", "difficulty", 1.0);
     let name = s.sym("task", "name").unwrap_or_else(|| "arithmetic".into());
@@ -206,13 +239,26 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
             })?;
             let problems = tasks::load_jsonl(&path, &text)?;
             for (k, p) in problems.iter().enumerate() {
-                if let Err(c) = tok.encode(&p.prompt).and(tok.encode(&p.solution)) {
+                let at = format!("{path}:{}", k + 1);
+                if p.messages.is_some() && !chat {
+                    return Err(Error::new(
+                        codes::DATA_RECORD,
+                        "the prompt is a conversation, but the run has no chat template to render it",
+                        "give the prompt as one string, or load an instruct checkpoint with a chat template (`model.init`) and leave `task.chat` on `auto`",
+                    )
+                    .at(at));
+                }
+                if let Err(c) = tok.prompt(p).and(tok.encode(&p.solution)) {
                     return Err(Error::new(
                         codes::TASK_SETTING,
                         c,
-                        "use ASCII digits, letters and punctuation, remove the character, or set `task.tokenizer` to a tokenizer.json",
+                        if chat {
+                            "give the conversation the roles and order the chat template expects, or set `task.chat = off`"
+                        } else {
+                            "use ASCII digits, letters and punctuation, remove the character, or set `task.tokenizer` to a tokenizer.json"
+                        },
                     )
-                    .at(format!("{path}:{}", k + 1)));
+                    .at(at));
                 }
             }
             let verifier = match s.sym("task", "verifier").as_deref() {
@@ -239,8 +285,11 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
                 format!("jsonl {path} {hash:x}"),
             )
         }
-        _ => (
-            Task::Arithmetic {
+        _ => {
+            // A pretrained model reads the problem in words and answers as
+            // a chat model does.
+            let natural = pretrained.is_some();
+            let task = Task::Arithmetic {
                 seed,
                 difficulty,
                 prm: match s.sym("task", "prm").as_deref() {
@@ -248,10 +297,60 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
                     Some("noisy") => Prm::Noisy(s.num("task", "prm_false_positive", 0.5)),
                     _ => Prm::Exact,
                 },
-            },
-            format!("arithmetic seed={seed} difficulty={difficulty}"),
-        ),
+                natural,
+            };
+            // The template must take a problem (a refusal shows here, not
+            // mid-run).
+            if let Err(e) = tok.prompt(&task.problem(TRAIN_STREAM, 0)) {
+                let mut e = Error::new(
+                    codes::CHECKPOINT_FORMAT,
+                    format!("the chat template cannot render a prompt: {e}"),
+                    "fix the checkpoint's chat template, or set `task.chat = off`",
+                )
+                .at("model.init");
+                e.diagnostics = located(checked, index, "model", "init", &e);
+                return Err(e);
+            }
+            (
+                task,
+                format!(
+                    "arithmetic seed={seed} difficulty={difficulty}{}",
+                    if natural { " natural" } else { "" }
+                ),
+            )
+        }
     };
+    let task_desc = if chat {
+        format!("{task_desc} chat")
+    } else {
+        task_desc
+    };
+    // A prompt that fills the context leaves no room for a response.
+    let len = |p: &Problem| tok.prompt(p).map_or(0, |v| v.len());
+    let longest = match &task {
+        Task::Data { problems, .. } => problems.iter().map(len).max().unwrap_or(0),
+        _ => (0..16)
+            .map(|i| len(&task.problem(TRAIN_STREAM, i)))
+            .max()
+            .unwrap_or(0),
+    };
+    if longest >= model.context {
+        let mut e = Error::new(
+            codes::MODEL_SETTING,
+            format!(
+                "prompts take up to {longest} tokens{}, which fills `model.context` = {}: no room for a response",
+                if chat { " (with the chat template)" } else { "" },
+                model.context
+            ),
+            format!(
+                "raise `model.context` to at least {} (the prompt and `rollout.max_tokens`), or shorten the prompts",
+                longest + 32
+            ),
+        )
+        .at("model.context");
+        e.diagnostics = located(checked, index, "model", "context", &e);
+        return Err(e);
+    }
     let prompts = s.int("rollout", "prompts", 8).max(1);
     let group = s.int("rollout", "group", 8).max(1);
     let minibatches = s.int("rollout", "minibatches", 1).max(1);
@@ -260,24 +359,19 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
     // logits with their gradient and one activation per layer kept for the
     // backward pass. An absurd rollout or model is refused here instead of
     // being killed mid-step.
-    let params = model.parameters();
-    let samples = prompts.saturating_mul(group).div_ceil(minibatches);
-    let per_position = model.vocab.saturating_mul(8).saturating_add(
-        model
-            .d_model
-            .saturating_mul(model.layers)
-            .saturating_mul(16),
-    );
-    let need = params.saturating_mul(16).saturating_add(
-        samples
-            .saturating_mul(model.context)
-            .saturating_mul(per_position),
+    let micro_batches = s.int("rollout", "micro_batches", 1).max(1);
+    let need = step_memory(
+        &model,
+        prompts.saturating_mul(group),
+        minibatches,
+        micro_batches,
+        recipe.inputs.contains_key("ref_logp") || recipe.inputs.contains_key("source"),
     );
     if let Err(e) = keel_compiler::check_memory(
         "the model and one training step",
         need,
         keel_compiler::available_memory(),
-        "lower `rollout.prompts` or `rollout.group` (or raise `rollout.minibatches`), or the model's size and context; KEEL_MEMORY_LIMIT=BYTES sets the limit",
+        "lower `rollout.prompts` or `rollout.group`, raise `rollout.minibatches` or `rollout.micro_batches`, or lower the model's context; KEEL_MEMORY_LIMIT=BYTES sets the limit",
     ) {
         let diagnostics = located(checked, index, "rollout", "prompts", &e);
         return Err(e.with_diagnostics(diagnostics));
@@ -305,6 +399,7 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
         top_p: s.num("rollout", "top_p", 1.0),
         epochs: s.int("rollout", "epochs", 1).max(1),
         minibatches,
+        micro_batches,
         dynamic_sampling: s.num("rollout", "dynamic_sampling", 0.0) != 0.0,
         order: s
             .sym("curriculum", "order")
@@ -326,6 +421,45 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
             .any(|n| recipe.inputs.contains_key(*n)),
         reads_source: recipe.inputs.contains_key("source"),
     })
+}
+
+/// What one training step needs at the least, in bytes: the weights with
+/// their gradient and AdamW's two moments (16 bytes a parameter, f32), the
+/// frozen reference where the recipe reads it (4 more); for a minibatch's
+/// samples at `model.context` positions, the logits and their gradient on
+/// the host (8 bytes × vocabulary); and for a micro-batch's samples, what
+/// autodiff keeps: the logits, the injected gradient and the logits'
+/// gradient (12 bytes × vocabulary) and one activation per layer (16 bytes
+/// × d_model × layers).
+pub fn step_memory(
+    model: &ModelConfig,
+    samples: usize,
+    minibatches: usize,
+    micro_batches: usize,
+    reference: bool,
+) -> usize {
+    let per_minibatch = samples.div_ceil(minibatches.max(1));
+    let per_micro = per_minibatch.div_ceil(micro_batches.max(1));
+    let host = model.vocab.saturating_mul(8);
+    let graph = model.vocab.saturating_mul(12).saturating_add(
+        model
+            .d_model
+            .saturating_mul(model.layers)
+            .saturating_mul(16),
+    );
+    model
+        .parameters()
+        .saturating_mul(if reference { 20 } else { 16 })
+        .saturating_add(
+            per_minibatch
+                .saturating_mul(model.context)
+                .saturating_mul(host),
+        )
+        .saturating_add(
+            per_micro
+                .saturating_mul(model.context)
+                .saturating_mul(graph),
+        )
 }
 
 /// A diagnostic at `section.key` of the recipe (or its name), for an error
@@ -366,10 +500,10 @@ pub fn fnv_stream(bytes: impl IntoIterator<Item = u8>) -> u64 {
     })
 }
 
+/// A problem's prompt ids (every JSONL prompt, and the first generated one,
+/// were encoded and rendered once in [`run_config`], so this cannot fail).
 fn encode_prompt(tok: &Tokenizer, p: &Problem) -> Vec<u32> {
-    let mut v: Vec<u32> = tok.bos().into_iter().collect();
-    v.extend(tok.encode(&p.prompt).unwrap_or_default());
-    v
+    tok.prompt(p).unwrap_or_default()
 }
 
 /// The loss program, compiled once through the one loss driver
@@ -569,6 +703,11 @@ fn assemble(
     for ((s, pr), g) in samples.into_iter().zip(prompts).zip(groups) {
         let text = tok.decode(&s.response);
         let mut verdict = task.verify(&problems[g], &text);
+        // Steps end at byte offsets of the text; the rewards sit on the
+        // tokens that hold those bytes.
+        for step in &mut verdict.steps {
+            step.0 = tok.token_at_byte(&s.response, step.0);
+        }
         if s.truncated {
             verdict.format_ok = false;
         }
@@ -602,6 +741,15 @@ fn response_logits(policy: &Policy, r: &Rollouts, temperature: f64) -> Tensor<3>
     }
     let logits = policy.forward(&toks, &valid, b, p + t);
     logits.narrow(1, p - 1, t).div_scalar(temperature)
+}
+
+/// Rows `0..n` in `k` contiguous chunks of near-equal size (at most `n`).
+fn micro_chunks(n: usize, k: usize) -> Vec<Vec<usize>> {
+    let k = k.clamp(1, n.max(1));
+    (0..k)
+        .map(|j| (j * n / k..(j + 1) * n / k).collect())
+        .filter(|c: &Vec<usize>| !c.is_empty())
+        .collect()
 }
 
 /// log-probs of the response tokens under a (frozen) policy.
@@ -746,15 +894,16 @@ pub fn run(
     bar.finish_and_clear();
     t.summary.steps = t.st.step;
     t.summary.rl_s = rl_start.elapsed().as_secs_f64();
-    let last = t.policy.weights();
-    checkpoint::write_weights_atomic(&opts.out.join("final.safetensors"), &[("", &last)])?;
+    // Written from the policy's tensors, one at a time.
+    let last = t.policy.view();
+    checkpoint::write_weights_atomic(&opts.out.join("final.safetensors"), &[("", last)])?;
     // A pretrained model goes back in its users' format too: a directory
     // transformers loads (config.json, model.safetensors).
     if let Some(meta) = &t.setup.pretrained {
         crate::hf::write_dir(
             &opts.out.join("final-hf"),
             &t.setup.model,
-            &last,
+            last,
             meta,
             t.setup.tok.to_json().as_deref(),
         )?;
@@ -823,10 +972,11 @@ struct Trainer<'a> {
     loss: Loss,
     host: HostProgram,
     guards: Vec<CheckedGuard>,
-    /// The weights before the warm start (checkpoints are read against them).
+    /// The weights' names and shapes (checkpoints are read against them).
     init: Weights,
-    /// The frozen policy after the warm start (`ref_logp`, rehearsal).
-    reference: Policy,
+    /// The frozen policy after the warm start (`ref_logp`, rehearsal), where
+    /// the recipe reads it.
+    reference: Option<Policy>,
     /// Correct responses of the initial policy, when the recipe reads `source`.
     rehearsal: Option<Rollouts>,
     policy: Policy,
@@ -871,13 +1021,20 @@ impl<'a> Trainer<'a> {
         let t0 = Instant::now();
         let (init, warm) = warm_weights(&setup, opts, pretrained)?;
         summary.warm_s = t0.elapsed().as_secs_f64();
-        let reference = Policy::new(setup.model.clone(), &warm, &opts.device).detached();
-        let rehearsal = setup
-            .reads_source
-            .then(|| rehearsal_pool(&setup, &reference, opts));
+        let mut policy = Policy::new(setup.model.clone(), &warm, &opts.device);
+        drop(warm);
+        // The frozen reference, only where the recipe reads it: it shares
+        // the policy's tensors (burn's tensors are values; an update makes
+        // the policy new ones and leaves these as they were), so until the
+        // first update, and for every tensor an update leaves alone, the
+        // two hold one copy.
+        let reference = (setup.reads_ref || setup.reads_source).then(|| policy.detached());
+        let rehearsal = match (&reference, setup.reads_source) {
+            (Some(r), true) => Some(rehearsal_pool(&setup, r, opts)),
+            _ => None,
+        };
         let ck_dir = out.join("checkpoints");
         let metrics_path = out.join("metrics.jsonl");
-        let mut policy = Policy::new(setup.model.clone(), &warm, &opts.device);
         let mut opt = AdamW::new(setup.adam, &policy.params, &opts.device);
         let mut st = TrainState {
             rng: Rng::new(setup.seed ^ 0xA11CE).0,
@@ -942,15 +1099,15 @@ impl<'a> Trainer<'a> {
     }
 
     fn save(&self) -> Result<PathBuf> {
-        let (m, v) = self.opt.state(&self.policy.names, &self.policy.shapes);
+        let p = &self.policy;
         checkpoint::save(
             &self.ck_dir,
-            &Checkpoint {
-                state: self.st.clone(),
-                weights: self.policy.weights(),
-                m,
-                v,
-            },
+            &self.st,
+            (
+                p.view(),
+                Params::live(&p.names, &p.shapes, &self.opt.m),
+                Params::live(&p.names, &p.shapes, &self.opt.v),
+            ),
             self.setup.ck_keep,
         )
     }
@@ -1202,8 +1359,11 @@ impl<'a> Trainer<'a> {
                 pc.1 += rows.len() as u64;
             }
         }
-        if setup.reads_ref && !batch.is_empty() {
-            batch.ref_logp = Some(token_logp(&self.reference, &batch, k.temperature));
+        if let Some(reference) = &self.reference
+            && setup.reads_ref
+            && !batch.is_empty()
+        {
+            batch.ref_logp = Some(token_logp(reference, &batch, k.temperature));
         }
         Ok(batch)
     }
@@ -1310,8 +1470,10 @@ impl<'a> Trainer<'a> {
         r.group = vec![0; r.len()];
         r.difficulty = vec![0.0];
         r.source = vec![1.0; r.len()];
-        if self.setup.reads_ref {
-            r.ref_logp = Some(token_logp(&self.reference, &r, temperature));
+        if let Some(reference) = &self.reference
+            && self.setup.reads_ref
+        {
+            r.ref_logp = Some(token_logp(reference, &r, temperature));
         }
         batch.extend(r);
     }
@@ -1353,10 +1515,36 @@ impl<'a> Trainer<'a> {
                 } else {
                     batch.select_groups(&groups)
                 };
-                self.policy.require_grad();
-                let z = response_logits(&self.policy, &part, k.temperature);
-                let [b, t, v] = z.dims();
-                let zf: Vec<f32> = to_vec(&z);
+                // Gradient accumulation (`rollout.micro_batches`): the
+                // logits of every micro-batch without a graph, the loss and
+                // its gradient on the whole minibatch (exactly as unsplit),
+                // then each micro-batch's forward again with a graph and its
+                // share of the gradient, summed into one step.
+                let chunks = micro_chunks(part.len(), setup.micro_batches);
+                let (b, t, v) = (part.len(), part.t(), self.policy.cfg.vocab);
+                let mut kept = None;
+                let zf: Vec<f32> = if chunks.len() == 1 {
+                    self.policy.require_grad();
+                    let z = response_logits(&self.policy, &part, k.temperature);
+                    let zf = to_vec(&z);
+                    kept = Some(z);
+                    zf
+                } else {
+                    let mut zf = vec![0f32; b * t * v];
+                    for rows in &chunks {
+                        let z =
+                            response_logits(&self.policy, &part.select_rows(rows), k.temperature);
+                        let ts = z.dims()[1];
+                        let zs = to_vec(&z);
+                        for (i, &r) in rows.iter().enumerate() {
+                            for j in 0..ts {
+                                zf[(r * t + j) * v..(r * t + j + 1) * v]
+                                    .copy_from_slice(&zs[(i * ts + j) * v..(i * ts + j + 1) * v]);
+                            }
+                        }
+                    }
+                    zf
+                };
                 let si = StepInputs {
                     epoch: epoch as f64,
                     ..step_in
@@ -1408,25 +1596,65 @@ impl<'a> Trainer<'a> {
                     skip = true;
                     break 'epochs;
                 }
-                let d = Tensor::<3>::from_data(TensorData::new(d_logits, [b, t, v]), &dev);
-                // The recipe's gradient w.r.t. the logits enters burn's
-                // autodiff as the linear term <z, D>, whose derivative is D.
-                let mut surrogate = (z.clone() * d).sum();
-                if setup.z_loss > 0.0 {
-                    // model.z_loss: coef · mean over response tokens of logsumexp(z)².
-                    let m = z.clone().max_dim(2).detach();
-                    let lse = (z - m.clone()).exp().sum_dim(2).log() + m;
-                    let mask: Vec<f32> = part.mask().iter().map(|&x| x as f32).collect();
-                    let n = mask.iter().sum::<f32>().max(1.0);
-                    let mt = Tensor::<3>::from_data(TensorData::new(mask, [b, t, 1]), &dev);
-                    let zl = (lse.powf_scalar(2.0) * mt).sum().div_scalar(n);
-                    z_losses.push(to_vec(&zl).first().copied().unwrap_or(f32::NAN) as f64);
-                    surrogate = surrogate + zl.mul_scalar(setup.z_loss);
+                let mask = part.mask();
+                // z_loss's mean runs over the minibatch's response tokens.
+                let n_mask = mask.iter().sum::<f64>().max(1.0) as f32;
+                let mut acc: Option<Vec<Tensor<2>>> = None;
+                let mut zl_sum = 0.0;
+                for rows in &chunks {
+                    let (z, ts) = match kept.take() {
+                        Some(z) => (z, t),
+                        None => {
+                            self.policy.require_grad();
+                            let z = response_logits(
+                                &self.policy,
+                                &part.select_rows(rows),
+                                k.temperature,
+                            );
+                            let ts = z.dims()[1];
+                            (z, ts)
+                        }
+                    };
+                    let bs = rows.len();
+                    let mut ds = vec![0f32; bs * ts * v];
+                    let mut ms = vec![0f32; bs * ts];
+                    for (i, &r) in rows.iter().enumerate() {
+                        for j in 0..ts {
+                            ds[(i * ts + j) * v..(i * ts + j + 1) * v]
+                                .copy_from_slice(&d_logits[(r * t + j) * v..(r * t + j + 1) * v]);
+                            ms[i * ts + j] = mask[r * t + j] as f32;
+                        }
+                    }
+                    let d = Tensor::<3>::from_data(TensorData::new(ds, [bs, ts, v]), &dev);
+                    // The recipe's gradient w.r.t. the logits enters burn's
+                    // autodiff as the linear term <z, D>, whose derivative is D.
+                    let mut surrogate = (z.clone() * d).sum();
+                    if setup.z_loss > 0.0 {
+                        // model.z_loss: coef · mean over response tokens of logsumexp(z)².
+                        let m = z.clone().max_dim(2).detach();
+                        let lse = (z - m.clone()).exp().sum_dim(2).log() + m;
+                        let mt = Tensor::<3>::from_data(TensorData::new(ms, [bs, ts, 1]), &dev);
+                        let zl = (lse.powf_scalar(2.0) * mt).sum().div_scalar(n_mask);
+                        zl_sum += to_vec(&zl).first().copied().unwrap_or(f32::NAN) as f64;
+                        surrogate = surrogate + zl.mul_scalar(setup.z_loss);
+                    }
+                    let grads = surrogate.backward();
+                    let g = optim::param_grads(&self.policy, &grads);
+                    acc = Some(match acc {
+                        None => g,
+                        Some(a) => a.into_iter().zip(g).map(|(a, g)| a + g).collect(),
+                    });
                 }
-                let grads = surrogate.backward();
-                let Some(norm) =
-                    optim::clipped_step(&mut self.policy, &mut self.opt, &grads, k.grad_clip, k.lr)
-                else {
+                if setup.z_loss > 0.0 {
+                    z_losses.push(zl_sum);
+                }
+                let Some(norm) = optim::step_with(
+                    &mut self.policy,
+                    &mut self.opt,
+                    acc.unwrap_or_default(),
+                    k.grad_clip,
+                    k.lr,
+                ) else {
                     log.events
                         .push("non-finite gradient norm; step skipped".into());
                     skip = true;
@@ -1558,7 +1786,7 @@ fn loss_accepts_the_runtime_batch(loss: &mut Loss, setup: &RunConfig) -> Result<
     }
 }
 
-/// The weights before and after the warm start (cached by the recipe's
+/// The weights' layout (names and shapes) and the weights after the warm start (cached by the recipe's
 /// model and task settings, the seed and the initial weights).
 fn warm_weights(
     setup: &RunConfig,
@@ -1586,11 +1814,12 @@ fn warm_weights(
     )
     .as_bytes());
     let cache_file = opts.cache.join(format!("warmstart-{key:016x}.safetensors"));
+    let layout = init.layout();
     let warm = if setup.warm_steps == 0 {
-        init.clone()
+        init
     } else if let Some(w) = fs::read(&cache_file)
         .ok()
-        .and_then(|b| checkpoint::weights_from_bytes(&b, "", &init, &cache_file).ok())
+        .and_then(|b| checkpoint::weights_from_bytes(&b, "", &layout, &cache_file).ok())
     {
         say(
             opts,
@@ -1604,10 +1833,10 @@ fn warm_weights(
         bar.finish_and_clear();
         let w = policy.weights();
         fs::create_dir_all(&opts.cache).map_err(|e| io_error("create", &opts.cache, e))?;
-        checkpoint::write_weights_atomic(&cache_file, &[("", &w)])?;
+        checkpoint::write_weights_atomic(&cache_file, &[("", w.view())])?;
         w
     };
-    Ok((init, warm))
+    Ok((layout, warm))
 }
 
 /// Rehearsal samples (DPH-RL, retain sets): correct responses of the
@@ -1776,6 +2005,7 @@ mod tests {
             seed: 1,
             difficulty: 0.5,
             prm: Prm::Exact,
+            natural: false,
         };
         let problems: Vec<Problem> = (0..2).map(|i| task.problem(TRAIN_STREAM, i)).collect();
         let tok = Tokenizer::Char(CharTokenizer::default());
@@ -1832,5 +2062,34 @@ mod tests {
         }
         assert_eq!(checked, 2 * first * samples);
         assert_eq!(r.n_groups(), 2);
+    }
+
+    /// The sizing of docs/models.md: Qwen2.5-0.5B (494 M parameters, a
+    /// 151,936-row vocabulary) with a KL reference, 8 prompts × 8 samples at
+    /// 256 positions, does not fit 22 GB as one minibatch, nor as 4
+    /// minibatches unsplit, and fits as 4 minibatches of 4 micro-batches.
+    #[test]
+    fn qwen_half_billion_fits_24_gb_with_minibatches_and_micro_batches() {
+        let mut qwen = ModelConfig::small(151_936, 896, 24, 14, 256, false, 0);
+        qwen.kv_heads = 2;
+        qwen.head_dim = 64;
+        qwen.hidden = 4864;
+        qwen.qkv_bias = true;
+        qwen.tied = true;
+        let params = qwen.parameters();
+        assert!((params as f64 - 494.0e6).abs() < 0.5e6, "{params}");
+        let gb = |m: usize, k: usize| step_memory(&qwen, 64, m, k, true) as f64 / 1e9;
+        assert!(gb(1, 1) > 60.0, "{}", gb(1, 1));
+        assert!(gb(4, 1) > 22.0, "{}", gb(4, 1));
+        assert!((gb(4, 4) - 17.09).abs() < 0.05, "{}", gb(4, 4));
+        // No reference: 4 bytes a parameter fewer.
+        let without = step_memory(&qwen, 64, 4, 4, false) as f64 / 1e9;
+        assert!((gb(4, 4) - without - 4.0 * params as f64 / 1e9).abs() < 1e-6);
+        assert_eq!(
+            micro_chunks(12, 3),
+            vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9, 10, 11]]
+        );
+        assert_eq!(micro_chunks(2, 4), vec![vec![0], vec![1]]);
+        assert_eq!(micro_chunks(5, 2), vec![vec![0, 1], vec![2, 3, 4]]);
     }
 }
