@@ -884,12 +884,16 @@ mod tests {
             assert_eq!(v.steps.len(), ops, "{p:?}");
             assert!(v.steps.iter().all(|s| s.1 == 1.0), "{p:?} {v:?}");
         }
-        let p = in_words(Problem {
-            prompt: "7+12-5=".into(),
-            answer: "14".into(),
-            solution: "7+12=19,19-5=14|14".into(),
-            ..Problem::default()
-        });
+        // A compact problem in words.
+        let worded = |prompt: &str, answer: &str, solution: &str| {
+            in_words(Problem {
+                prompt: prompt.into(),
+                answer: answer.into(),
+                solution: solution.into(),
+                ..Problem::default()
+            })
+        };
+        let p = worded("7+12-5=", "14", "7+12=19,19-5=14|14");
         assert_eq!(
             p.prompt,
             "What is 7 + 12 - 5? Work it out step by step, then give the final answer as \\boxed{N}."
@@ -922,12 +926,7 @@ mod tests {
             vec![0.0, 1.0]
         );
         // Negative intermediate results.
-        let p = in_words(Problem {
-            prompt: "3-9+2=".into(),
-            answer: "-4".into(),
-            solution: "3-9=-6,-6+2=-4|-4".into(),
-            ..Problem::default()
-        });
+        let p = worded("3-9+2=", "-4", "3-9=-6,-6+2=-4|-4");
         assert_eq!(
             p.solution,
             "3 - 9 = -6\n-6 + 2 = -4\nThe answer is \\boxed{-4}."
