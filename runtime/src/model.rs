@@ -285,14 +285,6 @@ impl<'a> Params<'a> {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-
     /// Tensor `i`'s values.
     pub fn values(&self, i: usize) -> std::borrow::Cow<'a, [f32]> {
         match self.data {

@@ -369,12 +369,14 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
     // backward pass. An absurd rollout or model is refused here instead of
     // being killed mid-step.
     let micro_batches = s.int("rollout", "micro_batches", 1).max(1);
+    let reads_ref = recipe.inputs.contains_key("ref_logp");
+    let reads_source = recipe.inputs.contains_key("source");
     let need = step_memory(
         &model,
         prompts.saturating_mul(group),
         minibatches,
         micro_batches,
-        recipe.inputs.contains_key("ref_logp") || recipe.inputs.contains_key("source"),
+        reads_ref || reads_source,
     );
     if let Err(e) = keel_compiler::check_memory(
         "the model and one training step",
@@ -424,11 +426,11 @@ fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
             eps: s.num("optimizer", "eps", 1e-8),
             weight_decay: s.num("optimizer", "weight_decay", 0.01),
         },
-        reads_ref: recipe.inputs.contains_key("ref_logp"),
+        reads_ref,
         reads_old_logits: Rollouts::VOCAB_INPUTS
             .iter()
             .any(|n| recipe.inputs.contains_key(*n)),
-        reads_source: recipe.inputs.contains_key("source"),
+        reads_source,
     })
 }
 
