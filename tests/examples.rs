@@ -324,6 +324,14 @@ fn crate_graph_keeps_its_rules() {
             .collect();
         assert!(bad.is_empty(), "{krate} links {bad:?}");
     }
+    // The models' crate knows nothing of recipes: no compiler crate.
+    let model = crate_tree("keel-model", None).unwrap_or_default();
+    assert!(model.iter().any(|c| c.starts_with("burn")), "{model:?}");
+    let compiler: Vec<&String> = model
+        .iter()
+        .filter(|c| c.starts_with("keel-") && *c != "keel-model")
+        .collect();
+    assert!(compiler.is_empty(), "keel-model links {compiler:?}");
     let host = crate_tree("keel-host", None).unwrap_or_default();
     assert!(host.iter().any(|c| c.starts_with("cranelift")), "{host:?}");
     assert!(
@@ -332,4 +340,265 @@ fn crate_graph_keeps_its_rules() {
             .any(|c| c.starts_with("cubecl") || c.starts_with("burn") || c == "keel-kernel"),
         "keel-host: {host:?}"
     );
+}
+
+/// A crate's Rust source (`SRC/**/*.rs`) as text: each file's top-level
+/// module (`SRC/X.rs` or `SRC/X/…`; `None` for lib.rs and main.rs) and its
+/// text without comments and `#[cfg(test)]` modules.
+fn sources(src: &std::path::Path) -> Vec<(Option<String>, String, String)> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(src, &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .map(|f| {
+            let rel = f.strip_prefix(src).unwrap_or(&f).to_path_buf();
+            let first = rel.components().next().map(|c| {
+                c.as_os_str()
+                    .to_string_lossy()
+                    .trim_end_matches(".rs")
+                    .to_string()
+            });
+            let top = first.filter(|n| n != "lib" && n != "main");
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            (top, rel.display().to_string(), without_tests(&text))
+        })
+        .collect()
+}
+
+/// The text without `//` comments and `#[cfg(test)] mod … { … }` blocks.
+fn without_tests(text: &str) -> String {
+    let text: String = text
+        .lines()
+        .map(|l| match l.find("//") {
+            Some(k) => &l[..k],
+            None => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut out = String::new();
+    let mut rest = text.as_str();
+    while let Some(k) = rest.find("#[cfg(test)]") {
+        out.push_str(&rest[..k]);
+        let after = &rest[k..];
+        let body = after.find('{').filter(|&b| after[..b].contains("mod "));
+        let Some(b) = body else {
+            out.push_str("#[cfg(test)]");
+            rest = &after["#[cfg(test)]".len()..];
+            continue;
+        };
+        let mut depth = 0;
+        let mut end = after.len();
+        for (i, c) in after[b..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = b + i + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Which top-level modules each top-level module names (`crate::X`).
+fn module_imports(
+    src: &std::path::Path,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let files = sources(src);
+    let mods: std::collections::BTreeSet<String> =
+        files.iter().filter_map(|f| f.0.clone()).collect();
+    let mut edges: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = mods
+        .iter()
+        .map(|m| (m.clone(), Default::default()))
+        .collect();
+    for (top, _, text) in &files {
+        let Some(a) = top else { continue };
+        for (k, _) in text.match_indices("crate::") {
+            let name: String = text[k + 7..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if mods.contains(&name) && &name != a {
+                edges.entry(a.clone()).or_default().insert(name);
+            }
+        }
+    }
+    edges
+}
+
+/// A cycle of the graph, if it has one.
+fn cycle(
+    edges: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+) -> Option<Vec<String>> {
+    fn visit(
+        v: &str,
+        edges: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(k) = path.iter().position(|p| p == v) {
+            return Some(path[k..].to_vec());
+        }
+        if done.contains(v) {
+            return None;
+        }
+        path.push(v.to_string());
+        for w in edges.get(v).into_iter().flatten() {
+            if let Some(c) = visit(w, edges, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(v.to_string());
+        None
+    }
+    let mut done = Default::default();
+    edges
+        .keys()
+        .find_map(|v| visit(v, edges, &mut Vec::new(), &mut done))
+}
+
+/// The rooms of the runtime: no import cycle between the top-level modules
+/// of `keel-runtime` or of `keel-model`, and each room of the runtime
+/// imports only the rooms its README names (`runtime/src/lib.rs`).
+#[test]
+fn runtime_rooms_import_one_way() {
+    let root = keel_tests::root();
+    for src in ["runtime/src", "runtime/model/src"] {
+        let edges = module_imports(&root.join(src));
+        assert!(edges.len() > 5, "{src}: {edges:?}");
+        assert_eq!(cycle(&edges), None, "{src}: an import cycle");
+    }
+    let allowed: &[(&str, &[&str])] = &[
+        ("error", &[]),
+        ("settings", &["error"]),
+        ("env", &["error", "settings"]),
+        ("batch", &["env", "error"]),
+        ("rollout", &["batch", "env", "error"]),
+        ("roles", &["batch", "env", "rollout", "error"]),
+        (
+            "run",
+            &["batch", "env", "rollout", "roles", "error", "settings"],
+        ),
+        ("report", &["run", "error"]),
+    ];
+    let edges = module_imports(&root.join("runtime/src"));
+    assert_eq!(
+        edges.keys().collect::<Vec<_>>(),
+        {
+            let mut rooms: Vec<&str> = allowed.iter().map(|a| a.0).collect();
+            rooms.sort();
+            rooms
+        },
+        "the runtime's rooms"
+    );
+    for (room, may) in allowed {
+        let bad: Vec<&String> = edges[*room]
+            .iter()
+            .filter(|m| !may.contains(&m.as_str()))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "`{room}` imports {bad:?}; it may import {may:?}"
+        );
+    }
+}
+
+/// No function outside tests is longer than 150 lines in the runtime (the
+/// model crate included) and the CLI: a long one is split into named parts.
+#[test]
+fn no_function_over_150_lines_in_the_runtime_and_the_cli() {
+    let root = keel_tests::root();
+    let mut long = Vec::new();
+    for src in ["runtime/src", "runtime/model/src", "cli/src"] {
+        for (_, file, text) in sources(&root.join(src)) {
+            let lines: Vec<&str> = text.lines().collect();
+            for (k, line) in lines.iter().enumerate() {
+                let t = line.trim_start();
+                let t = t
+                    .strip_prefix("pub ")
+                    .or_else(|| t.strip_prefix("pub(crate) "))
+                    .unwrap_or(t);
+                let t = t.strip_prefix("const ").unwrap_or(t);
+                let Some(name) = t.strip_prefix("fn ") else {
+                    continue;
+                };
+                let name: String = name
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                let (mut depth, mut started) = (0i64, false);
+                for (j, l) in lines.iter().enumerate().skip(k) {
+                    for c in l.chars() {
+                        match c {
+                            '{' => {
+                                depth += 1;
+                                started = true;
+                            }
+                            '}' => depth -= 1,
+                            _ => {}
+                        }
+                    }
+                    if !started && l.trim_end().ends_with(';') {
+                        break;
+                    }
+                    if started && depth <= 0 {
+                        if j - k + 1 > 150 {
+                            long.push(format!("{src}/{file}::{name} {} lines", j - k + 1));
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    assert!(long.is_empty(), "functions over 150 lines: {long:?}");
+}
+
+/// docs/runtime.md's list of what the runtime provides follows the input
+/// table: every row of `INPUTS` and every name of `NOT_PRODUCED` is named
+/// in its paragraph.
+#[test]
+fn the_runtime_doc_lists_the_input_table() {
+    use keel_runtime::batch::inputs::{INPUTS, NOT_PRODUCED};
+    let doc = std::fs::read_to_string(keel_tests::root().join("docs/runtime.md")).expect("doc");
+    let start = doc
+        .find("## What the runtime provides to a recipe")
+        .expect("section");
+    let section = &doc[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |k| k + 3)];
+    let (provided, refused) = section
+        .split_once("anything else")
+        .expect("the refused list");
+    for i in INPUTS {
+        assert!(
+            provided.contains(&format!("`{}`", i.name)),
+            "`{}` is not in the list",
+            i.name
+        );
+    }
+    for n in NOT_PRODUCED {
+        assert!(
+            refused.contains(&format!("`{n}`")),
+            "`{n}` is not in the refused list"
+        );
+    }
 }

@@ -45,7 +45,7 @@ pub fn run(a: Args) -> ExitCode {
         checked: &checked,
         index,
     }
-    .int("rollout", "group", 8)
+    .int("rollout", "group")
     .max(1);
     let t = a.seq_len.max(1);
     let b = (a.tokens.max(1))

@@ -5,7 +5,8 @@
 
 use crate::diagnostics;
 use keel_compiler::{Error, codes};
-use keel_runtime::pretrained;
+use keel_model::pretrained;
+use keel_runtime::error::from_model;
 use serde_json::json;
 use std::path::Path;
 use std::process::ExitCode;
@@ -26,7 +27,7 @@ pub fn run(path: &str, prompt: Option<&str>, chat: bool, as_json: bool) -> ExitC
     let m = match pretrained::open(p, 0) {
         Ok(m) => m,
         Err(e) => {
-            diagnostics::fail(&e);
+            diagnostics::fail(&from_model(e));
             return ExitCode::from(1);
         }
     };
@@ -44,14 +45,16 @@ pub fn run(path: &str, prompt: Option<&str>, chat: bool, as_json: bool) -> ExitC
     if let Some(text) = prompt {
         let text = if chat {
             let rendered = match &template {
-                Ok(Some(t)) => t.render(&[keel_runtime::chat::user(text)], true),
+                Ok(Some(t)) => t
+                    .render(&[keel_model::chat::user(text)], true)
+                    .map_err(from_model),
                 Ok(None) => Err(keel_runtime::Error::new(
                     codes::CHECKPOINT_FORMAT,
                     "the checkpoint has no chat template",
                     "drop --chat, or add the model's chat_template.jinja to the directory",
                 )
                 .at(path.to_string())),
-                Err(e) => Err(e.clone()),
+                Err(e) => Err(from_model(e.clone())),
             };
             match rendered {
                 Ok(t) => t,

@@ -413,7 +413,7 @@ fn main() -> ExitCode {
         Command::Compare { run_dirs, out } => {
             let dirs: Vec<std::path::PathBuf> =
                 run_dirs.iter().map(std::path::PathBuf::from).collect();
-            match keel_runtime::compare::write(&dirs, std::path::Path::new(&out)) {
+            match keel_runtime::report::compare::write(&dirs, std::path::Path::new(&out)) {
                 Ok((html, json)) => {
                     eprintln!("wrote {} and {}", html.display(), json.display());
                     ExitCode::SUCCESS

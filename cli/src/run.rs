@@ -3,7 +3,7 @@
 
 use crate::{Color, diagnostics};
 use keel_compiler::{Disk, Error, check_source_with, codes};
-use keel_runtime::train::{self, RunFile, RunOptions};
+use keel_runtime::run::{self, RunFile, RunOptions};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -148,7 +148,7 @@ pub fn run(a: Args) -> ExitCode {
         );
         return ExitCode::from(1);
     };
-    let fingerprint = format!("{:016x}", train::fnv(text.as_bytes()));
+    let fingerprint = format!("{:016x}", keel_model::rng::fnv(text.as_bytes()));
     let out = if resume {
         // The recipe must be the one the run started with.
         let rf: Option<RunFile> = std::fs::read(out.join("run.json"))
@@ -224,7 +224,7 @@ pub fn run(a: Args) -> ExitCode {
         set,
         fingerprint,
     };
-    match train::run(&checked, index, rf, &opts) {
+    match run::run(&checked, index, rf, &opts) {
         Ok(s) => {
             if !a.quiet {
                 let f = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());

@@ -433,15 +433,7 @@ fn init_from_a_previous_run_and_resume_guard() {
 fn every_stdlib_recipe_runs_or_names_the_missing_input() {
     let d = dir("stdlib");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib");
-    const NOT_PRODUCED: &[&str] = &[
-        "values",
-        "teacher_logits",
-        "judge",
-        "novelty",
-        "budget",
-        "bundle",
-        "void",
-    ];
+    use keel_runtime::batch::inputs::NOT_PRODUCED;
     let mut ran = Vec::new();
     let mut refused = Vec::new();
     for e in std::fs::read_dir(&root).expect("stdlib").flatten() {

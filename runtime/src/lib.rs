@@ -1,30 +1,34 @@
-//! `keel-runtime`: runs a recipe end to end — a transformer policy on burn,
-//! built-in verifiable tasks, group rollouts with a KV cache, rewards and
+//! `keel-runtime`: runs a recipe end to end — its model (from
+//! `keel-model`) trained by group rollouts from an environment, rewards and
 //! schedules from the recipe's host code, the recipe's compiled loss and its
 //! derived gradient fed back into burn's autodiff, AdamW, guards, atomic
 //! checkpoints with exact resume, metrics and an offline HTML report.
+//!
+//! Rooms (top-level modules), each importing only those before it:
+//!
+//! | room | owns |
+//! | --- | --- |
+//! | [`error`], [`settings`] | the error codes; the recipe's constants with the schema's defaults |
+//! | [`env`] | the `Environment` trait, its registry, one file per task |
+//! | [`batch`] | rows of samples, the stored loss mask, the one table of inputs |
+//! | [`rollout`] | group and branched sampling, judged by the environment |
+//! | [`roles`] | models besides the policy that fill columns (the reference) |
+//! | [`run`] | the training loop, its config, warm start, guards, the update behind `LossStep`, checkpoints, the run directory |
+//! | [`report`] | `keel report`, `keel compare`, plots, reading runs through `run::dir` |
+//!
+//! `docs/architecture.md` has the rule at each boundary; `tests/examples.rs`
+//! checks them.
 
-pub mod chat;
-pub mod checkpoint;
+pub mod batch;
+pub mod env;
 pub mod error;
-pub mod gguf;
-pub mod hf;
-pub mod hostprog;
-pub mod model;
-pub mod optim;
-pub mod pretrained;
-pub mod rng;
+pub mod report;
+pub mod roles;
 pub mod rollout;
-pub mod sample;
+pub mod run;
 pub mod settings;
-pub mod tasks;
-pub mod tokenizer;
-pub mod train;
 
 pub use error::Error;
-pub mod compare;
-pub mod plot;
-pub mod report;
 
 /// The device a run uses: burn's Flex CPU backend with autodiff, or with the
 /// `cuda` feature the first CUDA GPU (unless `KEEL_DEVICE=cpu`). A CUDA build

@@ -3,7 +3,9 @@
 //! updates, guard conditions, the reward) compiled to host code.
 
 use keel_compiler::builtins::Ty;
-use keel_compiler::{Checked, builtins};
+use keel_compiler::{Checked, Diagnostic, Label, builtins};
+
+use crate::error::Error;
 
 /// A constant setting.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,21 +47,30 @@ impl Settings<'_> {
         })
     }
 
-    /// A numeric constant (or the default `or`).
-    pub fn num(&self, section: &str, key: &str, or: f64) -> f64 {
+    /// A numeric constant: the recipe's, else the schema's default (the
+    /// one place defaults live); NaN for a key with neither.
+    pub fn num(&self, section: &str, key: &str) -> f64 {
         match self.get(section, key) {
             Some(Setting::Num(x)) => x,
-            _ => or,
+            _ => f64::NAN,
         }
     }
 
-    pub fn int(&self, section: &str, key: &str, or: usize) -> usize {
-        let x = self.num(section, key, or as f64);
+    /// A count (a non-negative integer constant); 0 for a key with neither
+    /// a value nor a default.
+    pub fn int(&self, section: &str, key: &str) -> usize {
+        let x = self.num(section, key);
         if x.is_finite() && x >= 0.0 {
             x as usize
         } else {
-            or
+            0
         }
+    }
+
+    /// A switch (`true`/`false`).
+    pub fn flag(&self, section: &str, key: &str) -> bool {
+        let x = self.num(section, key);
+        x.is_finite() && x != 0.0
     }
 
     pub fn sym(&self, section: &str, key: &str) -> Option<String> {
@@ -76,5 +87,32 @@ impl Settings<'_> {
             .get(self.index)
             .and_then(|r| r.value(section, key))
             .is_some()
+    }
+
+    /// A diagnostic at `section.key` of the recipe (or at its name where it
+    /// does not set the key), for an error the runtime finds in a setting.
+    pub fn located(&self, section: &str, key: &str, e: &Error) -> Vec<Diagnostic> {
+        let Some(r) = self.checked.recipes.get(self.index) else {
+            return Vec::new();
+        };
+        let (file, span) = r
+            .value(section, key)
+            .map(|v| (v.file, v.name_span))
+            .unwrap_or((r.file, r.name_span));
+        vec![
+            Diagnostic::error(
+                e.code,
+                e.message.clone(),
+                Label::new(file, span, format!("`{section}.{key}`")),
+            )
+            .with_help(e.help.clone()),
+        ]
+    }
+
+    /// `e` located at `section.key`: its location and its diagnostic.
+    pub fn locate(&self, section: &str, key: &str, e: Error) -> Error {
+        let mut e = e.at(format!("{section}.{key}"));
+        e.diagnostics = self.located(section, key, &e);
+        e
     }
 }

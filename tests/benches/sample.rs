@@ -4,8 +4,8 @@
 //! the sampler did before, written out here as the baseline of the same run.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use keel_runtime::rng::Rng;
-use keel_runtime::sample::draw_row;
+use keel_model::rng::Rng;
+use keel_model::sample::draw_row;
 use std::hint::black_box;
 
 /// The sampler before: log-softmax into a vector, a full sort, the nucleus

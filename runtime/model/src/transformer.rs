@@ -14,7 +14,7 @@
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use crate::error::{Error, codes};
+use crate::error::{Error, Kind};
 use crate::rng::Rng;
 
 /// Rotary positions: the base and an optional frequency rescaling.
@@ -130,7 +130,7 @@ impl ModelConfig {
             || !(self.d_model / self.heads).is_multiple_of(2)
         {
             return Err(Error::new(
-                codes::MODEL_SETTING,
+                Kind::ModelSetting,
                 format!(
                     "model.d_model = {} is not a multiple of 2 × model.heads = {}",
                     self.d_model, self.heads
@@ -318,7 +318,7 @@ impl Weights {
     }
 }
 
-impl Policy {
+impl Transformer {
     pub fn view(&self) -> Params<'_> {
         Params::live(&self.names, &self.shapes, &self.params)
     }
@@ -334,7 +334,7 @@ pub fn to_vec<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
 
 /// The policy with its weights as (autodiff) tensors.
 #[derive(Clone)]
-pub struct Policy {
+pub struct Transformer {
     pub cfg: ModelConfig,
     pub names: Vec<String>,
     pub shapes: Vec<[usize; 2]>,
@@ -417,9 +417,9 @@ pub struct KvCache {
 
 const NEG: f32 = -1e9;
 
-impl Policy {
-    pub fn new(cfg: ModelConfig, w: &Weights, device: &Device) -> Policy {
-        Policy {
+impl Transformer {
+    pub fn new(cfg: ModelConfig, w: &Weights, device: &Device) -> Transformer {
+        Transformer {
             ix: Index::new(&cfg, &w.names),
             names: w.names.clone(),
             shapes: w.shapes.clone(),
@@ -443,7 +443,7 @@ impl Policy {
     }
 
     /// A copy whose tensors record nothing (sampling, the reference policy).
-    pub fn detached(&self) -> Policy {
+    pub fn detached(&self) -> Transformer {
         let mut p = self.clone();
         p.params = p.params.iter().map(|t| t.clone().detach()).collect();
         p
@@ -459,10 +459,31 @@ impl Policy {
     }
 
     /// Logits [B, T, V] for `tokens` [B·T] with `valid` [B·T] (false for
-    /// padding), causal attention.
+    /// padding), causal attention: the language-model head on the trunk.
     pub fn forward(&self, tokens: &[u32], valid: &[bool], b: usize, t: usize) -> Tensor<3> {
-        let (logits, _) = self.run(tokens, valid, b, t, 0, None);
-        logits
+        self.lm_head(self.hidden(tokens, valid, b, t))
+    }
+
+    /// The trunk: the final hidden states [B, T, d_model] (after the final
+    /// RMSNorm) for `tokens` [B·T] with `valid` [B·T]. Heads read them: the
+    /// language-model head ([`Transformer::lm_head`]), and a scalar value
+    /// head is one more.
+    pub fn hidden(&self, tokens: &[u32], valid: &[bool], b: usize, t: usize) -> Tensor<3> {
+        self.trunk(tokens, valid, b, t, 0, None)
+    }
+
+    /// The language-model head: hidden states [B, T, d] → logits [B, T, V]
+    /// (the output layer, or the embedding's transpose where tied).
+    pub fn lm_head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let [b, t, d] = hidden.dims();
+        let head = match self.ix.head {
+            Some(h) => self.p(h),
+            None => self.p(self.ix.embed).transpose(),
+        };
+        hidden
+            .reshape([b * t, d])
+            .matmul(head)
+            .reshape([b, t, self.cfg.vocab])
     }
 
     /// Run the prompt [B·P] and return the last position's logits [B, V] and the cache.
@@ -478,8 +499,11 @@ impl Policy {
             v: Vec::new(),
             valid: vec![Vec::new(); b],
         };
-        let (logits, _) = self.run(tokens, valid, b, p, 0, Some(&mut cache));
-        let last = logits.narrow(1, p - 1, 1).reshape([b, self.cfg.vocab]);
+        let hidden = self.trunk(tokens, valid, b, p, 0, Some(&mut cache));
+        let last = self
+            .lm_head(hidden)
+            .narrow(1, p - 1, 1)
+            .reshape([b, self.cfg.vocab]);
         (last, cache)
     }
 
@@ -492,11 +516,13 @@ impl Policy {
         pos: usize,
     ) -> Tensor<2> {
         let b = tokens.len();
-        let (logits, _) = self.run(tokens, valid, b, 1, pos, Some(cache));
-        logits.reshape([b, self.cfg.vocab])
+        let hidden = self.trunk(tokens, valid, b, 1, pos, Some(cache));
+        self.lm_head(hidden).reshape([b, self.cfg.vocab])
     }
 
-    fn run(
+    /// The blocks over `t` new positions after `pos0` cached ones (the
+    /// cache, where given, grows by them); the final RMSNorm's output.
+    fn trunk(
         &self,
         tokens: &[u32],
         valid: &[bool],
@@ -504,7 +530,7 @@ impl Policy {
         t: usize,
         pos0: usize,
         mut cache: Option<&mut KvCache>,
-    ) -> (Tensor<3>, ()) {
+    ) -> Tensor<3> {
         let c = &self.cfg;
         let (d, nh, nkv, hd) = (c.d_model, c.heads, c.kv_heads, c.head_dim);
         let rep = nh / nkv.max(1);
@@ -595,13 +621,7 @@ impl Policy {
             let y = (gate * up).matmul(self.p(ix.w2));
             x = x + y.reshape([b, t, d]);
         }
-        let x = self.rms(x, self.ix.final_norm).reshape([b * t, d]);
-        let head = match self.ix.head {
-            Some(h) => self.p(h),
-            None => self.p(self.ix.embed).transpose(),
-        };
-        let logits = x.matmul(head).reshape([b, t, c.vocab]);
-        (logits, ())
+        self.rms(x, self.ix.final_norm)
     }
 }
 
@@ -661,7 +681,7 @@ fn rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>, hd: usize) -> Tensor<4> 
 mod tests {
     use super::*;
 
-    fn tiny(qk_norm: bool) -> Policy {
+    fn tiny(qk_norm: bool) -> Transformer {
         let cfg = ModelConfig::small(11, 16, 2, 2, 32, qk_norm, 3);
         let mut w = Weights::init(&cfg);
         // Larger weights than the init so the test sees real differences.
@@ -670,7 +690,7 @@ mod tests {
                 *x *= 8.0;
             }
         }
-        Policy::new(cfg, &w, &Device::flex())
+        Transformer::new(cfg, &w, &Device::flex())
     }
 
     /// The KV-cache path (prefill + decode) equals the full forward pass, and
@@ -719,7 +739,7 @@ mod tests {
         p.cfg.seed = 1;
         let dev = Device::flex().autodiff();
         let w = p.weights();
-        let mut p = Policy::new(p.cfg.clone(), &w, &dev);
+        let mut p = Transformer::new(p.cfg.clone(), &w, &dev);
         p.require_grad();
         let toks: Vec<u32> = vec![1, 3, 4, 5, 6, 2];
         let logits = p.forward(&toks, &[true; 6], 1, 6);

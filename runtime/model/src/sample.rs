@@ -1,9 +1,9 @@
 //! Sampling with the KV cache: temperature, top-p, a token limit; records the
 //! behaviour log-prob and entropy of every sampled token.
 
-use crate::model::{Policy, to_vec};
 use crate::rng::Rng;
 use crate::tokenizer::PAD;
+use crate::transformer::{Transformer, to_vec};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
@@ -35,11 +35,17 @@ pub struct SampleConfig {
 }
 
 /// Left-pad `prompts` to a common length: tokens and validity, row-major.
-pub fn left_pad(prompts: &[Vec<u32>]) -> (Vec<u32>, Vec<bool>, usize) {
-    let p = prompts.iter().map(|x| x.len()).max().unwrap_or(1).max(1);
+pub fn left_pad<P: AsRef<[u32]>>(prompts: &[P]) -> (Vec<u32>, Vec<bool>, usize) {
+    let p = prompts
+        .iter()
+        .map(|x| x.as_ref().len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let mut toks = Vec::with_capacity(prompts.len() * p);
     let mut valid = Vec::with_capacity(prompts.len() * p);
     for pr in prompts {
+        let pr = pr.as_ref();
         for _ in pr.len()..p {
             toks.push(PAD);
             valid.push(false);
@@ -170,7 +176,7 @@ pub fn draw_row(row: &[f32], temperature: f64, top_p: f64, rng: &mut Rng) -> (u3
 
 /// Sample one response per prompt.
 pub fn sample(
-    policy: &Policy,
+    policy: &Transformer,
     prompts: &[Vec<u32>],
     cfg: SampleConfig,
     rng: &mut Rng,
@@ -181,7 +187,7 @@ pub fn sample(
 /// Sample one response per prompt, row `i` stopping after `limits[i]` tokens
 /// (`cfg.max_tokens` where `limits` is shorter).
 pub fn sample_limited(
-    policy: &Policy,
+    policy: &Transformer,
     prompts: &[Vec<u32>],
     cfg: SampleConfig,
     limits: &[usize],

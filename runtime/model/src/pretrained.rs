@@ -9,10 +9,11 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::chat::ChatTemplate;
-use crate::error::{Error, codes};
-use crate::hf::{self, Meta};
-use crate::model::{ModelConfig, Weights};
+use crate::error::{Error, Kind};
+use crate::family::Meta;
+use crate::hf;
 use crate::tokenizer::Tokenizer;
+use crate::transformer::{ModelConfig, Weights};
 use crate::{gguf, tokenizer};
 
 pub struct Pretrained {
@@ -75,7 +76,7 @@ pub fn is_pretrained(path: &Path) -> bool {
 
 fn tok_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::new(
-        codes::CHECKPOINT_FORMAT,
+        Kind::CheckpointFormat,
         format!("cannot build the checkpoint's tokenizer: {e}"),
         "the tokenizer.json (or the GGUF file's tokenizer metadata) must be a Hugging Face tokenizer; `task.tokenizer` names another",
     )
@@ -158,7 +159,7 @@ pub fn open(path: &Path, seed: u64) -> Result<Pretrained, Error> {
 /// `prompt` (the tokenizer's ids), under the checkpoint's model.
 pub fn next_token(p: &Pretrained, prompt: &[u32], k: usize) -> Vec<(u32, f64)> {
     let device = burn::tensor::Device::flex();
-    let policy = crate::model::Policy::new(p.cfg.clone(), &p.weights, &device);
+    let policy = crate::transformer::Transformer::new(p.cfg.clone(), &p.weights, &device);
     let t = prompt.len().max(1);
     let toks: Vec<u32> = if prompt.is_empty() {
         vec![0]
@@ -166,7 +167,7 @@ pub fn next_token(p: &Pretrained, prompt: &[u32], k: usize) -> Vec<(u32, f64)> {
         prompt.to_vec()
     };
     let (last, _) = policy.prefill(&toks, &vec![true; t], 1, t);
-    let row = crate::model::to_vec(&last);
+    let row = crate::transformer::to_vec(&last);
     let limit = p
         .tokenizer
         .as_ref()

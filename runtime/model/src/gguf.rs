@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
-use crate::error::{Error, codes};
-use crate::hf::{self, Meta, f16_to_f32};
-use crate::model::{ModelConfig, Rope, Weights};
+use crate::error::{Error, Kind};
+use crate::family::{self, Meta, f16_to_f32};
+use crate::transformer::{ModelConfig, Rope, Weights};
 
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,7 +66,7 @@ pub struct Gguf {
 
 fn bad(path: &str, message: String) -> Error {
     Error::new(
-        codes::CHECKPOINT_FORMAT,
+        Kind::CheckpointFormat,
         message,
         "the file is not a GGUF file Keel reads (GGUF version 2 or 3; F32, F16, BF16, Q8_0, Q4_0, Q4_1 tensors); convert it with llama.cpp's convert_hf_to_gguf.py",
     )
@@ -174,7 +174,7 @@ impl Gguf {
         let p = path.display().to_string();
         let bytes = fs::read(path).map_err(|e| {
             Error::new(
-                codes::CHECKPOINT_FORMAT,
+                Kind::CheckpointFormat,
                 format!("cannot read `{p}`: {e}"),
                 "`model.init` names a readable .gguf file",
             )
@@ -244,7 +244,7 @@ impl Gguf {
     }
 
     /// `name` as f32, with its dims in GGUF order (innermost first).
-    pub fn tensor(&self, name: &str) -> Result<Option<hf::Loaded>, Error> {
+    pub fn tensor(&self, name: &str) -> Result<Option<family::Loaded>, Error> {
         let Some(t) = self.tensors.get(name) else {
             return Ok(None);
         };
@@ -390,19 +390,22 @@ pub fn load(g: &Gguf, seed: u64) -> Result<(ModelConfig, Weights, Meta), Error> 
         .unwrap_or("")
         .to_string();
     let at = |k: &str| format!("{}: `{k}`", g.path);
-    if !["llama", "qwen2", "qwen3"].contains(&arch.as_str()) {
+    let Some(fam) = family::by_gguf(&arch) else {
         return Err(Error::new(
-            codes::CHECKPOINT_FORMAT,
+            Kind::CheckpointFormat,
             format!("general.architecture `{arch}` is not a family Keel can run"),
-            "Keel runs llama (SmolLM, Llama), qwen2 and qwen3 GGUF files",
+            format!(
+                "Keel runs {} GGUF files (llama: SmolLM, Llama)",
+                family::gguf_architectures()
+            ),
         )
         .at(at("general.architecture")));
-    }
+    };
     let need = |k: &str| -> Result<usize, Error> {
         let key = format!("{arch}.{k}");
         g.key(&key).and_then(Val::as_usize).ok_or_else(|| {
             Error::new(
-                codes::CHECKPOINT_FORMAT,
+                Kind::CheckpointFormat,
                 format!("the file has no integer `{key}`"),
                 "GGUF files written by llama.cpp's converter carry the model's shape in its metadata",
             )
@@ -426,7 +429,7 @@ pub fn load(g: &Gguf, seed: u64) -> Result<(ModelConfig, Weights, Meta), Error> 
         .filter(|k| *k != "none")
     {
         return Err(Error::new(
-            codes::CHECKPOINT_FORMAT,
+            Kind::CheckpointFormat,
             format!("rotary scaling `{kind}` is not supported"),
             "Keel computes default rotary positions (and llama3 scaling from HF configs)",
         )
@@ -468,7 +471,7 @@ pub fn load(g: &Gguf, seed: u64) -> Result<(ModelConfig, Weights, Meta), Error> 
     };
     if !cfg.consistent() || g.has("blk.0.attn_output.bias") {
         return Err(Error::new(
-            codes::CHECKPOINT_FORMAT,
+            Kind::CheckpointFormat,
             format!(
                 "the metadata describes a model Keel cannot build ({heads} heads, {kv_heads} kv heads, head width {head_dim})"
             ),
@@ -477,7 +480,7 @@ pub fn load(g: &Gguf, seed: u64) -> Result<(ModelConfig, Weights, Meta), Error> 
         .at(g.path.clone()));
     }
     let heads_of = |name: &str| {
-        if arch != "llama" {
+        if !fam.gguf_permuted_qk {
             None
         } else if name.ends_with(".wq") {
             Some(heads)
@@ -487,7 +490,7 @@ pub fn load(g: &Gguf, seed: u64) -> Result<(ModelConfig, Weights, Meta), Error> 
             None
         }
     };
-    let w = hf::assemble(
+    let w = family::assemble(
         &cfg,
         |hf_name| {
             let Some(gn) = gguf_name(hf_name) else {
@@ -503,7 +506,7 @@ pub fn load(g: &Gguf, seed: u64) -> Result<(ModelConfig, Weights, Meta), Error> 
         },
         |message| {
             Error::new(
-                codes::CHECKPOINT_FORMAT,
+                Kind::CheckpointFormat,
                 message,
                 "the file's metadata and tensors do not describe the same model",
             )
@@ -541,7 +544,7 @@ pub fn tokenizer_json(g: &Gguf) -> Result<Option<String>, Error> {
     }
     if model != Some("gpt2") {
         return Err(Error::new(
-            codes::CHECKPOINT_FORMAT,
+            Kind::CheckpointFormat,
             format!(
                 "tokenizer.ggml.model `{}` is not supported",
                 model.unwrap_or("")
@@ -680,7 +683,7 @@ mod tests {
         if let Some(p) = std::env::var_os("KEEL_SMOLLM2_GGUF") {
             return Some(p.into());
         }
-        let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
+        let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/lib");
         let found = fs::read_dir(lib).ok()?.flatten().find_map(|d| {
             let f = d
                 .path()
@@ -705,7 +708,7 @@ mod tests {
     /// logit's scale, by the full pass and by prefill + KV-cache decoding.
     #[test]
     fn smollm2_matches_transformers() {
-        use crate::model::{Policy, to_vec};
+        use crate::transformer::{Transformer, to_vec};
         use burn::tensor::Device;
         use safetensors::SafeTensors;
         let Some(path) = smollm2() else { return };
@@ -719,7 +722,7 @@ mod tests {
         assert_eq!(meta.eos, vec![2]);
         let golden = fs::read(
             Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../tests/fixtures/gguf/smollm2_golden.safetensors"),
+                .join("../../tests/fixtures/gguf/smollm2_golden.safetensors"),
         )
         .expect("golden");
         let st = SafeTensors::deserialize(&golden).expect("golden");
@@ -760,26 +763,27 @@ mod tests {
         let cases: Vec<serde_json::Value> = serde_json::from_str(
             &fs::read_to_string(
                 Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../tests/fixtures/chat/smollm2_ids.json"),
+                    .join("../../tests/fixtures/chat/smollm2_ids.json"),
             )
             .expect("smollm2_ids.json"),
         )
         .expect("json");
         assert_eq!(cases.len(), 2);
         for case in &cases {
-            let p = crate::tasks::Problem {
-                messages: case["messages"].as_array().cloned(),
-                ..Default::default()
-            };
+            let messages = case["messages"].as_array().cloned();
             let want: Vec<u32> = case["ids"]
                 .as_array()
                 .expect("ids")
                 .iter()
                 .filter_map(|x| x.as_u64().map(|x| x as u32))
                 .collect();
-            assert_eq!(run_tok.prompt(&p).expect("renders"), want, "{case}");
+            assert_eq!(
+                run_tok.prompt("", messages.as_deref()).expect("renders"),
+                want,
+                "{case}"
+            );
         }
-        let p = Policy::new(cfg.clone(), &w, &Device::flex());
+        let p = Transformer::new(cfg.clone(), &w, &Device::flex());
         let t = tokens.len();
         let v = cfg.vocab;
         let scale = want.iter().fold(1f32, |m, x| m.max(x.abs()));
@@ -820,7 +824,7 @@ mod tests {
             .concat(),
         ] {
             let e = Gguf::parse(bytes, "x.gguf").err().expect("an error");
-            assert_eq!(e.code, codes::CHECKPOINT_FORMAT);
+            assert_eq!(e.kind, Kind::CheckpointFormat);
             assert_eq!(e.location.as_deref(), Some("x.gguf"));
         }
     }

@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::error::{Error, codes};
-use crate::plot::{self, Series, esc};
-use crate::report::{PLOTS, read_metrics, series};
+use super::html::{PLOTS, read_metrics, series};
+use super::plot::{self, Series, esc};
+use crate::error::{Coded, Error, codes};
+use crate::run::dir::{METRICS, RUN_FILE, metric};
 
 /// The settings that only choose a seed: runs differing in these are
 /// seeds of one arm.
@@ -30,7 +31,7 @@ struct Run {
 /// The arm of a run (its recipe and its `--set` overrides but the seeds)
 /// and its recipe text's fingerprint.
 fn arm_of(dir: &Path) -> Result<(String, String), Error> {
-    let path = dir.join("run.json");
+    let path = dir.join(RUN_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| {
         Error::new(
             codes::CHECKPOINT,
@@ -86,7 +87,7 @@ fn pass_keys(rows: &[Value]) -> Vec<String> {
         .iter()
         .filter_map(|r| r.as_object())
         .flat_map(|o| o.keys().cloned().collect::<Vec<_>>())
-        .filter(|k| k.starts_with("pass_at_") && k != "pass_at_1")
+        .filter(|k| k.starts_with(metric::PASS_AT) && k != metric::PASS_AT_1)
         .collect();
     keys.sort();
     keys.dedup();
@@ -100,7 +101,7 @@ fn comparable(runs: &[Run]) -> Result<(), Error> {
     for (i, a) in runs.iter().enumerate() {
         for b in &runs[..i] {
             if a.arm == b.arm && a.fingerprint != b.fingerprint {
-                let at = a.dir.join("run.json");
+                let at = a.dir.join(RUN_FILE);
                 return Err(Error::new(
                     codes::CHECKPOINT,
                     format!(
@@ -132,7 +133,7 @@ fn comparable(runs: &[Run]) -> Result<(), Error> {
                     ),
                     "compare runs with the same `eval.k` (pass@k of different k cannot share a column)",
                 )
-                .at(r.dir.join("metrics.jsonl").display().to_string()));
+                .at(r.dir.join(METRICS).display().to_string()));
             }
         }
     }
@@ -206,8 +207,9 @@ fn pass_k_key(runs: &[Run]) -> Option<String> {
     runs.iter().flat_map(|r| pass_keys(&r.rows)).next()
 }
 
-/// Write `compare.html` and `summary.json` into `out`; returns their paths.
-pub fn write(dirs: &[PathBuf], out: &Path) -> Result<(PathBuf, PathBuf), Error> {
+/// The runs of `dirs`, each with its arm and metrics; refused unless they
+/// can be compared.
+fn load_runs(dirs: &[PathBuf]) -> Result<Vec<Run>, Error> {
     if dirs.is_empty() {
         return Err(Error::new(
             codes::CHECKPOINT,
@@ -226,19 +228,37 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<(PathBuf, PathBuf), Error> 
         });
     }
     comparable(&runs)?;
-    let mut arms: Vec<String> = Vec::new();
-    for r in &runs {
-        if !arms.contains(&r.arm) {
-            arms.push(r.arm.clone());
-        }
-    }
-    let members = |arm: &str| runs.iter().filter(|r| r.arm == arm).collect::<Vec<_>>();
-    let pk = pass_k_key(&runs);
+    Ok(runs)
+}
 
-    // The table, per arm.
+/// The runs grouped by arm, arms in order of first appearance.
+struct Arms<'a> {
+    names: Vec<String>,
+    runs: &'a [Run],
+}
+
+impl<'a> Arms<'a> {
+    fn of(runs: &'a [Run]) -> Arms<'a> {
+        let mut names: Vec<String> = Vec::new();
+        for r in runs {
+            if !names.contains(&r.arm) {
+                names.push(r.arm.clone());
+            }
+        }
+        Arms { names, runs }
+    }
+
+    fn members(&self, arm: &str) -> Vec<&'a Run> {
+        self.runs.iter().filter(|r| r.arm == arm).collect()
+    }
+}
+
+/// The table of `summary.json`: per arm, the final (and best) value of each
+/// summary metric over its seeds.
+fn summarize(arms: &Arms, pk: Option<&String>) -> Vec<Value> {
     let mut summary = Vec::new();
-    for arm in &arms {
-        let m = members(arm);
+    for arm in &arms.names {
+        let m = arms.members(arm);
         let col = |key: &str, best: bool| -> Value {
             stat(
                 &m.iter()
@@ -252,36 +272,40 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<(PathBuf, PathBuf), Error> 
         let mut row = json!({
             "arm": arm,
             "runs": m.iter().map(|r| r.dir.display().to_string()).collect::<Vec<_>>(),
-            "final_pass_at_1": col("pass_at_1", false),
-            "best_pass_at_1": col("pass_at_1", true),
-            "final_entropy": col("entropy_mean", false),
-            "final_response_len": col("response_len", false),
-            "final_reward": col("reward_mean", false),
-            "final_correct": col("correct_mean", false),
+            "final_pass_at_1": col(metric::PASS_AT_1, false),
+            "best_pass_at_1": col(metric::PASS_AT_1, true),
+            "final_entropy": col(metric::ENTROPY, false),
+            "final_response_len": col(metric::RESPONSE_LEN, false),
+            "final_reward": col(metric::REWARD, false),
+            "final_correct": col(metric::CORRECT, false),
         });
-        if let Some(k) = &pk {
+        if let Some(k) = pk {
             row[format!("final_{k}")] = col(k, false);
             row[format!("best_{k}")] = col(k, true);
         }
         summary.push(row);
     }
-    // OUT and OUT/plots (each plot also as a standalone SVG file).
-    let plots = out.join("plots");
-    std::fs::create_dir_all(&plots).map_err(|e| {
-        Error::new(
-            codes::CHECKPOINT,
-            format!("cannot create `{}`: {e}", plots.display()),
-            "choose an --out directory you can write to",
-        )
-        .at(plots.display().to_string())
-    })?;
-    let summary_path = out.join("summary.json");
-    let json = serde_json::to_vec_pretty(&json!({ "arms": summary }))
-        .map_err(|e| Error::new(codes::CHECKPOINT, e.to_string(), "this is a runtime bug"))?;
-    crate::checkpoint::write_atomic(&summary_path, &json)?;
+    summary
+}
 
-    // The page.
-    let mut h = String::new();
+/// A table cell: the mean with the min–max band over seeds.
+fn cell(v: &Value) -> String {
+    match (v["mean"].as_f64(), v["min"].as_f64(), v["max"].as_f64()) {
+        (Some(m), Some(lo), Some(hi)) if v["n"].as_u64() > Some(1) => {
+            format!(
+                "{} [{}, {}]",
+                plot::label(m),
+                plot::label(lo),
+                plot::label(hi)
+            )
+        }
+        (Some(m), ..) => plot::label(m),
+        _ => "–".into(),
+    }
+}
+
+/// The page's head, its summary table, and the opening of the plot grid.
+fn page_head(h: &mut String, runs: usize, arms: usize, summary: &[Value], pk: Option<&String>) {
     let _ = write!(
         h,
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>keel compare</title>\
@@ -289,30 +313,20 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<(PathBuf, PathBuf), Error> 
 figure{{margin:0;border:1px solid #ddd;padding:8px}}figcaption{{font-size:14px;margin-bottom:4px}}\
 table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:4px 8px;font-size:13px;text-align:right}}</style></head><body>\
 <h1>keel compare</h1><p>{} runs in {} arms; lines are the mean over an arm's seeds with a min–max band, smoothed (EMA {}) over the faint raw values.</p>",
-        runs.len(),
-        arms.len(),
+        runs,
+        arms,
         plot::SMOOTHING
     );
     h.push_str("<table><tr><th>arm</th><th>seeds</th><th>final pass@1</th><th>best pass@1</th>");
-    if let Some(k) = &pk {
-        let _ = write!(h, "<th>final {}</th>", esc(&k.replace("pass_at_", "pass@")));
+    if let Some(k) = pk {
+        let _ = write!(
+            h,
+            "<th>final {}</th>",
+            esc(&k.replace(metric::PASS_AT, "pass@"))
+        );
     }
     h.push_str("<th>entropy (end)</th><th>response length (end)</th><th>reward (end)</th><th>correct (end)</th></tr>");
-    let cell = |v: &Value| -> String {
-        match (v["mean"].as_f64(), v["min"].as_f64(), v["max"].as_f64()) {
-            (Some(m), Some(lo), Some(hi)) if v["n"].as_u64() > Some(1) => {
-                format!(
-                    "{} [{}, {}]",
-                    plot::label(m),
-                    plot::label(lo),
-                    plot::label(hi)
-                )
-            }
-            (Some(m), ..) => plot::label(m),
-            _ => "–".into(),
-        }
-    };
-    for row in &summary {
+    for row in summary {
         let _ = write!(
             h,
             "<tr><td style=\"text-align:left\">{}</td><td>{}</td><td>{}</td><td>{}</td>",
@@ -321,7 +335,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:4px 8px;fo
             cell(&row["final_pass_at_1"]),
             cell(&row["best_pass_at_1"])
         );
-        if let Some(k) = &pk {
+        if let Some(k) = pk {
             let _ = write!(h, "<td>{}</td>", cell(&row[format!("final_{k}")]));
         }
         let _ = write!(
@@ -334,51 +348,64 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:4px 8px;fo
         );
     }
     h.push_str("</table><div class=\"grid\">");
+}
+
+/// One line per arm of metric `name`: the mean over its seeds with a
+/// min–max band (none for a single seed).
+fn arm_lines(arms: &Arms, name: &str) -> Vec<Series> {
+    let mut lines = Vec::new();
+    for arm in &arms.names {
+        let seeds: Vec<Vec<(f64, f64)>> = arms
+            .members(arm)
+            .iter()
+            .map(|r| {
+                series(&r.rows, name)
+                    .into_iter()
+                    .next()
+                    .map(|(_, p)| p)
+                    .unwrap_or_default()
+            })
+            .filter(|p| !p.is_empty())
+            .collect();
+        if seeds.is_empty() {
+            continue;
+        }
+        let (points, band) = mean_band(&seeds);
+        let n = seeds.len();
+        lines.push(Series {
+            name: if n > 1 {
+                format!("{arm} (mean of {n} seeds)")
+            } else {
+                arm.clone()
+            },
+            points,
+            band: if n > 1 { band } else { Vec::new() },
+        });
+    }
+    lines
+}
+
+/// The report's plots, and one per `monitor` value of the recipes, into
+/// the page; each also as a standalone SVG (its slug and text).
+fn plots(h: &mut String, arms: &Arms) -> Vec<(String, String)> {
     let mut svgs: Vec<(String, String)> = Vec::new();
-    // The report's plots, and one per `monitor` value of the recipes.
-    let keys = PLOTS.iter().copied().chain([("monitor.", "monitor")]);
+    let keys = PLOTS.iter().copied().chain([(metric::MONITOR, "monitor")]);
     for (key, title) in keys {
         // Every metric name the key covers (pass@1 and pass@k, monitors).
-        let mut names: Vec<String> = runs
+        let mut names: Vec<String> = arms
+            .runs
             .iter()
             .flat_map(|r| series(&r.rows, key).into_iter().map(|(n, _)| n))
             .collect();
         names.sort();
         names.dedup();
         for name in names {
-            let mut lines = Vec::new();
-            for arm in &arms {
-                let seeds: Vec<Vec<(f64, f64)>> = members(arm)
-                    .iter()
-                    .map(|r| {
-                        series(&r.rows, &name)
-                            .into_iter()
-                            .next()
-                            .map(|(_, p)| p)
-                            .unwrap_or_default()
-                    })
-                    .filter(|p| !p.is_empty())
-                    .collect();
-                if seeds.is_empty() {
-                    continue;
-                }
-                let (points, band) = mean_band(&seeds);
-                let n = seeds.len();
-                lines.push(Series {
-                    name: if n > 1 {
-                        format!("{arm} (mean of {n} seeds)")
-                    } else {
-                        arm.clone()
-                    },
-                    points,
-                    band: if n > 1 { band } else { Vec::new() },
-                });
-            }
+            let lines = arm_lines(arms, &name);
             if lines.is_empty() {
                 continue;
             }
             let t = if key.ends_with('_') {
-                format!("{title}: {}", name.replace("pass_at_", "pass@"))
+                format!("{title}: {}", name.replace(metric::PASS_AT, "pass@"))
             } else if key.ends_with('.') {
                 format!("{title}: {}", name.trim_start_matches(key))
             } else {
@@ -392,12 +419,39 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:4px 8px;fo
             h.push_str(&fig);
         }
     }
+    svgs
+}
+
+/// Write `compare.html` and `summary.json` into `out`; returns their paths.
+pub fn write(dirs: &[PathBuf], out: &Path) -> Result<(PathBuf, PathBuf), Error> {
+    let runs = load_runs(dirs)?;
+    let arms = Arms::of(&runs);
+    let pk = pass_k_key(&runs);
+    let summary = summarize(&arms, pk.as_ref());
+    // OUT and OUT/plots (each plot also as a standalone SVG file).
+    let plots_dir = out.join("plots");
+    std::fs::create_dir_all(&plots_dir).map_err(|e| {
+        Error::new(
+            codes::CHECKPOINT,
+            format!("cannot create `{}`: {e}", plots_dir.display()),
+            "choose an --out directory you can write to",
+        )
+        .at(plots_dir.display().to_string())
+    })?;
+    let summary_path = out.join("summary.json");
+    let json = serde_json::to_vec_pretty(&json!({ "arms": summary }))
+        .map_err(|e| Error::new(codes::CHECKPOINT, e.to_string(), "this is a runtime bug"))?;
+    keel_model::io::write_atomic(&summary_path, &json).coded()?;
+    let mut h = String::new();
+    page_head(&mut h, runs.len(), arms.names.len(), &summary, pk.as_ref());
+    let svgs = plots(&mut h, &arms);
     h.push_str("</div></body></html>\n");
     for (name, svg) in &svgs {
-        crate::checkpoint::write_atomic(&plots.join(format!("{name}.svg")), svg.as_bytes())?;
+        keel_model::io::write_atomic(&plots_dir.join(format!("{name}.svg")), svg.as_bytes())
+            .coded()?;
     }
     let html_path = out.join("compare.html");
-    crate::checkpoint::write_atomic(&html_path, h.as_bytes())?;
+    keel_model::io::write_atomic(&html_path, h.as_bytes()).coded()?;
     Ok((html_path, summary_path))
 }
 

@@ -119,7 +119,7 @@ impl Tokenizer {
     /// tokenizer's config asks for one.
     pub fn pretrained(
         tk: tokenizers::Tokenizer,
-        meta: &crate::hf::Meta,
+        meta: &crate::family::Meta,
         add_bos: bool,
     ) -> Result<Tokenizer, String> {
         let eos = match meta.eos.first() {
@@ -157,14 +157,19 @@ impl Tokenizer {
         }
     }
 
-    /// The prompt ids of a problem: through the chat template (which writes
-    /// its own special tokens), or the BOS and the prompt's text.
-    pub fn prompt(&self, p: &crate::tasks::Problem) -> Result<Vec<u32>, String> {
+    /// The prompt ids of a prompt's text or conversation (`messages`):
+    /// through the chat template (which writes its own special tokens), or
+    /// the BOS and the text.
+    pub fn prompt(
+        &self,
+        text: &str,
+        messages: Option<&[crate::chat::Message]>,
+    ) -> Result<Vec<u32>, String> {
         match self.chat() {
-            Some(c) => self.encode(&c.render(p).map_err(|e| e.message)?),
+            Some(c) => self.encode(&c.render(text, messages).map_err(|e| e.message)?),
             None => {
                 let mut v: Vec<u32> = self.bos().into_iter().collect();
-                v.extend(self.encode(&p.prompt)?);
+                v.extend(self.encode(text)?);
                 Ok(v)
             }
         }

@@ -6,35 +6,36 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::error::{Error, codes};
-use crate::plot::{self, Series, esc};
+use super::plot::{self, Series, esc};
+use crate::error::{Coded, Error, codes};
+use crate::run::dir::{METRICS, metric};
 
 /// The metrics plotted, in order: (key or key prefix, title).
-pub(crate) const PLOTS: &[(&str, &str)] = &[
-    ("reward_mean", "reward (mean)"),
-    ("pass_at_", "held-out pass@k"),
-    ("entropy_mean", "entropy (mean per token)"),
-    ("kl_ref", "KL to the reference (k3)"),
-    ("clip_frac", "clip fraction"),
-    ("grad_norm", "gradient norm (before clipping)"),
-    ("loss", "loss"),
-    ("lr", "learning rate"),
-    ("z_loss", "z-loss (mean logsumexp²)"),
-    ("response_len", "response length"),
-    ("tokens_per_s", "tokens / s"),
+pub(super) const PLOTS: &[(&str, &str)] = &[
+    (metric::REWARD, "reward (mean)"),
+    (metric::PASS_AT, "held-out pass@k"),
+    (metric::ENTROPY, "entropy (mean per token)"),
+    (metric::KL_REF, "KL to the reference (k3)"),
+    (metric::CLIP_FRAC, "clip fraction"),
+    (metric::GRAD_NORM, "gradient norm (before clipping)"),
+    (metric::LOSS, "loss"),
+    (metric::LR, "learning rate"),
+    (metric::Z_LOSS, "z-loss (mean logsumexp²)"),
+    (metric::RESPONSE_LEN, "response length"),
+    (metric::TOKENS_PER_S, "tokens / s"),
 ];
 
 pub fn write(run_dir: &Path) -> Result<PathBuf, Error> {
     let rows = read_metrics(run_dir)?;
     let html = render(run_dir, &rows);
     let out = run_dir.join("report.html");
-    crate::checkpoint::write_atomic(&out, html.as_bytes())?;
+    keel_model::io::write_atomic(&out, html.as_bytes()).coded()?;
     Ok(out)
 }
 
 /// The lines of `RUN_DIR/metrics.jsonl`.
 pub fn read_metrics(run_dir: &Path) -> Result<Vec<Value>, Error> {
-    let path = run_dir.join("metrics.jsonl");
+    let path = run_dir.join(METRICS);
     let text = std::fs::read_to_string(&path).map_err(|e| {
         Error::new(
             codes::CHECKPOINT,
@@ -55,7 +56,7 @@ pub fn read_metrics(run_dir: &Path) -> Result<Vec<Value>, Error> {
 }
 
 /// Series of `key` (or every key starting with a prefix ending in `_`).
-pub(crate) fn series(rows: &[Value], key: &str) -> Vec<(String, Vec<(f64, f64)>)> {
+pub(super) fn series(rows: &[Value], key: &str) -> Vec<(String, Vec<(f64, f64)>)> {
     let mut names: Vec<String> = Vec::new();
     for r in rows {
         if let Some(o) = r.as_object() {
@@ -77,7 +78,7 @@ pub(crate) fn series(rows: &[Value], key: &str) -> Vec<(String, Vec<(f64, f64)>)
         .map(|n| {
             let pts = rows
                 .iter()
-                .filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(&n)?.as_f64()?)))
+                .filter_map(|r| Some((r.get(metric::STEP)?.as_f64()?, r.get(&n)?.as_f64()?)))
                 .filter(|(_, y)| y.is_finite())
                 .collect();
             (n, pts)
@@ -89,8 +90,8 @@ fn render(run_dir: &Path, rows: &[Value]) -> String {
     let events: Vec<(f64, String)> = rows
         .iter()
         .filter_map(|r| {
-            let s = r.get("step")?.as_f64()?;
-            let e = r.get("events")?.as_array()?;
+            let s = r.get(metric::STEP)?.as_f64()?;
+            let e = r.get(metric::EVENTS)?.as_array()?;
             Some(
                 e.iter()
                     .filter_map(|x| x.as_str())

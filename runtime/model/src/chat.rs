@@ -14,7 +14,7 @@
 
 use minijinja::{Environment, ErrorKind, Value};
 
-use crate::error::{Error, codes};
+use crate::error::{Error, Kind};
 
 /// A compiled chat template with the tokenizer's special-token strings.
 pub struct ChatTemplate {
@@ -98,7 +98,7 @@ impl ChatTemplate {
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| {
                 Error::new(
-                    codes::CHECKPOINT_FORMAT,
+                    Kind::CheckpointFormat,
                     format!("the chat template does not compile: {}", jinja_error(&e)),
                     "fix the template, or set `task.chat = off` to use prompts as they are",
                 )
@@ -121,7 +121,7 @@ impl ChatTemplate {
     ) -> Result<String, Error> {
         let t = self.env.get_template("chat").map_err(|e| {
             Error::new(
-                codes::CHECKPOINT_FORMAT,
+                Kind::CheckpointFormat,
                 jinja_error(&e),
                 "this is a runtime bug",
             )
@@ -134,7 +134,7 @@ impl ChatTemplate {
         }));
         t.render(ctx).map_err(|e| {
             Error::new(
-                codes::CHECKPOINT_FORMAT,
+                Kind::CheckpointFormat,
                 format!(
                     "the chat template of {} refuses the conversation: {}",
                     self.origin,
@@ -155,20 +155,22 @@ pub struct Chat {
 }
 
 impl Chat {
-    /// The conversation of a problem: its own (a JSONL record's messages),
-    /// or the prompt as one user message, after the system message.
-    pub fn conversation(&self, p: &crate::tasks::Problem) -> Vec<Message> {
+    /// The conversation of a prompt: its own messages (a JSONL record's
+    /// conversation), or its text as one user message, after the system
+    /// message.
+    pub fn conversation(&self, text: &str, messages: Option<&[Message]>) -> Vec<Message> {
         let mut out: Vec<Message> = self.system.as_deref().map(system).into_iter().collect();
-        match &p.messages {
+        match messages {
             Some(m) => out.extend(m.iter().cloned()),
-            None => out.push(user(&p.prompt)),
+            None => out.push(user(text)),
         }
         out
     }
 
-    /// The prompt text of a problem, the assistant's turn opened.
-    pub fn render(&self, p: &crate::tasks::Problem) -> Result<String, Error> {
-        self.template.render(&self.conversation(p), true)
+    /// The prompt text of a conversation, the assistant's turn opened.
+    pub fn render(&self, text: &str, messages: Option<&[Message]>) -> Result<String, Error> {
+        self.template
+            .render(&self.conversation(text, messages), true)
     }
 }
 
@@ -206,7 +208,7 @@ mod tests {
                 false,
             )
             .expect_err("the template raises");
-        assert_eq!(e.code, codes::CHECKPOINT_FORMAT);
+        assert_eq!(e.kind, Kind::CheckpointFormat);
         assert!(e.message.contains("no assistant turns here"), "{e}");
         let e = ChatTemplate::new("{% for %}", None, None, "bad.jinja").expect_err("syntax");
         assert_eq!(e.location.as_deref(), Some("bad.jinja"));
@@ -219,7 +221,8 @@ mod tests {
     /// messages, multi-turn histories and Qwen3's thinking blocks.
     #[test]
     fn real_templates_render_as_transformers_renders_them() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/chat");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/chat");
         let golden: Vec<serde_json::Value> = serde_json::from_str(
             &std::fs::read_to_string(dir.join("golden.json")).expect("golden.json"),
         )

@@ -3,7 +3,7 @@
 //! `save_pretrained` for Llama, Qwen2, Qwen3 and SmolLM (a Llama).
 //!
 //! Loading maps every tensor into the runtime's own named-weight list
-//! (`crate::model::ModelConfig::layout`): HF stores a linear layer as
+//! (`crate::transformer::ModelConfig::layout`): HF stores a linear layer as
 //! `[out, in]`, Keel as `[in, out]`, so projections are transposed once,
 //! here; norms and biases become `[1, n]` rows. F32, F16 and BF16 tensors
 //! are read into f32. Everything downstream (the policy, checkpoints,
@@ -21,26 +21,10 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde_json::{Value, json};
 
-use crate::checkpoint::{Lazy, write_lazy};
-use crate::error::{Error, codes};
-use crate::model::{Llama3Rope, ModelConfig, Params, Rope, Weights};
-
-/// A tensor read into f32: its values and its shape as stored.
-pub type Loaded = (Vec<f32>, Vec<usize>);
-
-/// What a checkpoint says beside its shape.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Meta {
-    /// `model_type` (`llama`, `qwen2`, `qwen3`, `mistral`).
-    pub family: String,
-    /// The stored dtype (`dtype`, or 4.x's `torch_dtype`).
-    pub dtype: String,
-    /// Every end-of-sequence id of config.json and generation_config.json.
-    pub eos: Vec<u32>,
-    pub bos: Option<u32>,
-    /// `max_position_embeddings`.
-    pub max_positions: usize,
-}
+use crate::error::{Error, Kind};
+use crate::family::{self, Loaded, Meta, Window, assemble, f16_to_f32, hf_name, transpose};
+use crate::io::{Lazy, io_error, write_lazy};
+use crate::transformer::{Llama3Rope, ModelConfig, Params, Rope, Weights};
 
 fn err(path: &Path, key: &str, message: String, help: &str) -> Error {
     let at = if key.is_empty() {
@@ -48,7 +32,7 @@ fn err(path: &Path, key: &str, message: String, help: &str) -> Error {
     } else {
         format!("{}: `{key}`", path.display())
     };
-    Error::new(codes::CHECKPOINT_FORMAT, message, help).at(at)
+    Error::new(Kind::CheckpointFormat, message, help).at(at)
 }
 
 fn read_json(path: &Path) -> Result<Value, Error> {
@@ -119,9 +103,6 @@ fn ids(v: Option<&Value>) -> Vec<u32> {
     }
 }
 
-/// Families whose layers are this runtime's transformer.
-const FAMILIES: &[&str] = &["llama", "qwen2", "qwen3", "mistral"];
-
 /// The rotary settings of either config form: transformers 5's
 /// `rope_parameters`, or 4.x's `rope_theta` + `rope_scaling`.
 fn rope(cfg: &Value, path: &Path) -> Result<Rope, Error> {
@@ -188,14 +169,18 @@ pub fn read_config(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    if !FAMILIES.contains(&family.as_str()) {
+    let Some(fam) = family::by_model_type(&family) else {
         return Err(err(
             &path,
             "model_type",
             format!("model_type `{family}` is not a family Keel can run"),
-            "Keel runs decoder-only Llama, Qwen2, Qwen3, Mistral and SmolLM checkpoints (model_type llama, qwen2, qwen3, mistral)",
+            &format!(
+                "Keel runs decoder-only {} and SmolLM checkpoints (model_type {})",
+                family::labels(),
+                family::model_types()
+            ),
         ));
-    }
+    };
     if let Some(act) = cfg.get("hidden_act").and_then(Value::as_str)
         && act != "silu"
     {
@@ -206,22 +191,18 @@ pub fn read_config(
             "Keel's MLP is SwiGLU with SiLU (hidden_act = \"silu\")",
         ));
     }
-    let sliding = match family.as_str() {
-        "qwen2" | "qwen3" => cfg
-            .get("use_sliding_window")
+    let window = fam.sliding_window;
+    let sliding = match window {
+        Window::Flag => cfg
+            .get(window.key())
             .and_then(Value::as_bool)
             .unwrap_or(false),
-        _ => cfg.get("sliding_window").is_some_and(|v| !v.is_null()),
+        Window::Size => cfg.get(window.key()).is_some_and(|v| !v.is_null()),
     };
     if sliding {
-        let key = if family.starts_with("qwen") {
-            "use_sliding_window"
-        } else {
-            "sliding_window"
-        };
         return Err(err(
             &path,
-            key,
+            window.key(),
             "sliding-window attention is not supported".into(),
             "Keel attends to every earlier position; a checkpoint trained with a sliding window would compute something else",
         ));
@@ -310,40 +291,6 @@ pub fn read_config(
             max_positions,
         },
     ))
-}
-
-/// The HF name of a runtime weight, and whether it is stored transposed
-/// (`[out, in]`). One table for loading and for writing.
-pub fn hf_name(name: &str) -> Option<(String, bool)> {
-    let fixed = match name {
-        "embed" => Some(("model.embed_tokens.weight", false)),
-        "final_norm" => Some(("model.norm.weight", false)),
-        "head" => Some(("lm_head.weight", true)),
-        _ => None,
-    };
-    if let Some((n, t)) = fixed {
-        return Some((n.to_string(), t));
-    }
-    let rest = name.strip_prefix("layers.")?;
-    let (l, part) = rest.split_once('.')?;
-    let (hf, t) = match part {
-        "attn_norm" => ("input_layernorm.weight", false),
-        "mlp_norm" => ("post_attention_layernorm.weight", false),
-        "wq" => ("self_attn.q_proj.weight", true),
-        "wk" => ("self_attn.k_proj.weight", true),
-        "wv" => ("self_attn.v_proj.weight", true),
-        "wo" => ("self_attn.o_proj.weight", true),
-        "bq" => ("self_attn.q_proj.bias", false),
-        "bk" => ("self_attn.k_proj.bias", false),
-        "bv" => ("self_attn.v_proj.bias", false),
-        "q_norm" => ("self_attn.q_norm.weight", false),
-        "k_norm" => ("self_attn.k_norm.weight", false),
-        "w1" => ("mlp.gate_proj.weight", true),
-        "w3" => ("mlp.up_proj.weight", true),
-        "w2" => ("mlp.down_proj.weight", true),
-        _ => return None,
-    };
-    Some((format!("model.layers.{l}.{hf}"), t))
 }
 
 /// The safetensors files of a checkpoint directory: `model.safetensors`, or
@@ -451,25 +398,6 @@ impl Tensors {
     }
 }
 
-/// f16 bits → f32.
-pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let man = (h & 0x3ff) as u32;
-    let bits = match (exp, man) {
-        (0, 0) => sign,
-        (0, m) => {
-            // Subnormal: value m · 2^-24.
-            let v = m as f32 * (1.0 / 16_777_216.0);
-            return if sign != 0 { -v } else { v };
-        }
-        (0x1f, 0) => sign | 0x7f80_0000,
-        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
-        (e, m) => sign | ((e + 112) << 23) | (m << 13),
-    };
-    f32::from_bits(bits)
-}
-
 fn to_f32(view: &TensorView) -> Option<Vec<f32>> {
     let b = view.data();
     match view.dtype() {
@@ -490,64 +418,6 @@ fn to_f32(view: &TensorView) -> Option<Vec<f32>> {
         ),
         _ => None,
     }
-}
-
-/// `[r, c]` row-major → `[c, r]`.
-pub fn transpose(v: &[f32], r: usize, c: usize) -> Vec<f32> {
-    let mut out = vec![0f32; v.len()];
-    for i in 0..r {
-        for j in 0..c {
-            out[j * r + i] = v[i * c + j];
-        }
-    }
-    out
-}
-
-/// The runtime's weight list for `cfg`, from tensors looked up by their HF
-/// names: `get(hf)` gives a tensor's values and HF shape (`[out, in]` for
-/// a linear layer), `fix(name, values)` adjusts one before it is
-/// transposed (GGUF's permuted q/k rows), and `fail(message)` makes the
-/// error for a missing or misshapen tensor. One loop for every format.
-pub fn assemble(
-    cfg: &ModelConfig,
-    mut get: impl FnMut(&str) -> Result<Option<Loaded>, Error>,
-    fix: impl Fn(&str, Vec<f32>) -> Vec<f32>,
-    fail: impl Fn(String) -> Error,
-) -> Result<Weights, Error> {
-    let mut w = Weights {
-        names: Vec::new(),
-        shapes: Vec::new(),
-        data: Vec::new(),
-    };
-    for (name, shape) in cfg.layout() {
-        let Some((hf, transposed)) = hf_name(&name) else {
-            continue;
-        };
-        let (vals, got) =
-            get(&hf)?.ok_or_else(|| fail(format!("the checkpoint has no tensor `{hf}`")))?;
-        let want: Vec<usize> = if transposed {
-            vec![shape[1], shape[0]]
-        } else if shape[0] == 1 {
-            vec![shape[1]]
-        } else {
-            vec![shape[0], shape[1]]
-        };
-        if got != want {
-            return Err(fail(format!(
-                "tensor `{hf}` has shape {got:?}; the config implies {want:?}"
-            )));
-        }
-        let vals = fix(&name, vals);
-        let data = if transposed {
-            transpose(&vals, shape[1], shape[0])
-        } else {
-            vals
-        };
-        w.names.push(name);
-        w.shapes.push(shape);
-        w.data.push(data);
-    }
-    Ok(w)
 }
 
 /// A checkpoint directory's shape, weights (in the runtime's layout) and
@@ -586,15 +456,7 @@ pub fn write_dir(
     meta: &Meta,
     tokenizer_json: Option<&str>,
 ) -> Result<(), Error> {
-    let io = |p: &Path, e: std::io::Error| {
-        Error::new(
-            codes::CHECKPOINT,
-            format!("cannot write `{}`: {e}", p.display()),
-            "check that the run directory is writable and the disk is not full",
-        )
-        .at(p.display().to_string())
-    };
-    fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    fs::create_dir_all(dir).map_err(|e| io_error("write", dir, e))?;
     // Each tensor is transposed back to HF's [out, in] as the writer
     // reaches it: one tensor in memory at a time.
     let mut tensors = Vec::new();
@@ -626,18 +488,8 @@ pub fn write_dir(
     let st_path = dir.join("model.safetensors");
     let tmp = dir.join("model.safetensors.tmp");
     write_lazy(&tmp, &tensors, Some(meta_map))?;
-    fs::rename(&tmp, &st_path).map_err(|e| io(&st_path, e))?;
-    let family = if meta.family.is_empty() {
-        if cfg.qk_norm { "qwen3" } else { "llama" }
-    } else {
-        meta.family.as_str()
-    };
-    let arch = match family {
-        "qwen2" => "Qwen2ForCausalLM",
-        "qwen3" => "Qwen3ForCausalLM",
-        "mistral" => "MistralForCausalLM",
-        _ => "LlamaForCausalLM",
-    };
+    fs::rename(&tmp, &st_path).map_err(|e| io_error("write", &st_path, e))?;
+    let fam = family::by_model_type(&meta.family).unwrap_or_else(|| family::of_own_model(cfg));
     let mut rope = json!({"rope_theta": cfg.rope.theta, "rope_type": "default"});
     if let Some(s) = &cfg.rope.llama3 {
         rope = json!({
@@ -655,8 +507,8 @@ pub fn write_dir(
         many => json!(many),
     };
     let mut config = json!({
-        "architectures": [arch],
-        "model_type": family,
+        "architectures": [fam.architecture],
+        "model_type": fam.model_type,
         "vocab_size": cfg.vocab,
         "hidden_size": cfg.d_model,
         "intermediate_size": cfg.hidden,
@@ -678,12 +530,12 @@ pub fn write_dir(
         "dtype": "float32",
         "torch_dtype": "float32",
     });
-    if family.starts_with("qwen") {
-        config["use_sliding_window"] = json!(false);
+    if fam.sliding_window == Window::Flag {
+        config[Window::Flag.key()] = json!(false);
     }
     let pretty = |v: &Value| serde_json::to_vec_pretty(v).unwrap_or_default();
     let write = |name: &str, bytes: &[u8]| -> Result<(), Error> {
-        crate::checkpoint::write_atomic(&dir.join(name), bytes)
+        crate::io::write_atomic(&dir.join(name), bytes)
     };
     write("config.json", &pretty(&config))?;
     write(
@@ -711,11 +563,11 @@ mod tests {
         assert_eq!(f16_to_f32(0x8000).to_bits(), (-0.0f32).to_bits());
     }
 
-    use crate::model::{Policy, to_vec};
+    use crate::transformer::{Transformer, to_vec};
     use burn::tensor::Device;
 
     fn fixtures() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf")
     }
 
     /// (tokens [2, 16], logits [2, 16, V]) that transformers computed.
@@ -762,7 +614,7 @@ mod tests {
             let (tokens, want, v) = golden(&dir);
             assert_eq!(cfg.vocab, v, "{name}");
             assert_eq!(meta.eos, vec![2], "{name}");
-            let p = Policy::new(cfg.clone(), &w, &Device::flex());
+            let p = Transformer::new(cfg.clone(), &w, &Device::flex());
             let (b, t) = (2, tokens.len() / 2);
             let full = to_vec(&p.forward(&tokens, &vec![true; b * t], b, t));
             let e = max_err(&full, &want);
@@ -824,7 +676,7 @@ mod tests {
             cfg[key] = val;
             fs::write(tmp.join("config.json"), cfg.to_string()).expect("write");
             let e = load_dir(&tmp, 0).expect_err(key);
-            assert_eq!(e.code, codes::CHECKPOINT_FORMAT, "{key}");
+            assert_eq!(e.kind, Kind::CheckpointFormat, "{key}");
             let at = e.location.clone().unwrap_or_default();
             assert!(
                 at.ends_with(&format!("config.json: `{located}`")),

@@ -1,44 +1,12 @@
-//! Verifiable tasks: procedurally generated arithmetic and countdown problems
-//! (a pure function of the seed and the problem index), and JSONL files with a
-//! verifier.
+//! Procedurally generated arithmetic (a pure function of the seed and the
+//! problem index): `a+b-c=` answered with every step written out, so a
+//! process reward can check each step. With a pretrained model the problem
+//! is asked in words and the answer read as a chat model writes it.
 
-use crate::error::{Error, codes};
-use crate::rng::Rng;
+use keel_model::rng::{Rng, fnv};
 
-/// One problem.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Problem {
-    /// The prompt text (for a conversation, its last message's content).
-    pub prompt: String,
-    /// A JSONL record's conversation (`"prompt": [{"role": ..., "content":
-    /// ...}, ...]`), put through the checkpoint's chat template; `None` for
-    /// a plain prompt.
-    pub messages: Option<Vec<crate::chat::Message>>,
-    /// The reference answer (the verifier's target).
-    pub answer: String,
-    /// A worked solution, the supervised target of the warm start.
-    pub solution: String,
-    /// A difficulty in [0, 1], for curricula.
-    pub difficulty: f64,
-}
-
-/// The verdict on one response.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Verdict {
-    pub correct: bool,
-    /// The response has the task's answer format.
-    pub format_ok: bool,
-    /// Process rewards: (character offset in the response of the character
-    /// that closes a step, 1 if the step is right else 0).
-    pub steps: Vec<(usize, f64)>,
-}
-
-#[derive(Clone, Debug)]
-pub enum Verifier {
-    Exact,
-    Numeric,
-    Regex(regex::Regex),
-}
+use super::{Context, Environment, Problem, TRAIN_STREAM, Verdict};
+use crate::error::{Error, Result, codes};
 
 /// What the arithmetic task's process reward (`step_reward`) rewards.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -56,100 +24,70 @@ pub enum Prm {
     Noisy(f64),
 }
 
+/// The arithmetic environment.
 #[derive(Clone, Debug)]
-pub enum Task {
-    Arithmetic {
-        seed: u64,
-        difficulty: f64,
-        prm: Prm,
-        /// The problem in words and an answer in a chat model's style
-        /// (`\boxed{N}`, "the answer is N", or the last number), for a
-        /// pretrained tokenizer; otherwise the compact form `a+b=` →
-        /// `a+b=c|c` of the character-level models.
-        natural: bool,
-    },
-    Countdown {
-        seed: u64,
-        difficulty: f64,
-    },
-    Data {
-        problems: Vec<Problem>,
-        verifier: Verifier,
-    },
+pub struct Arithmetic {
+    pub seed: u64,
+    pub difficulty: f64,
+    pub prm: Prm,
+    /// The problem in words and an answer in a chat model's style
+    /// (`\boxed{N}`, "the answer is N", or the last number), for a
+    /// pretrained tokenizer; otherwise the compact form `a+b=` →
+    /// `a+b=c|c` of the character-level models.
+    pub natural: bool,
 }
 
-/// Held-out problems come from a different stream of the same seed.
-pub const EVAL_STREAM: u64 = 1;
-pub const TRAIN_STREAM: u64 = 0;
+/// `task.name = arithmetic`: `task.seed`, `task.difficulty`, `task.prm`;
+/// in words when the model is pretrained. The chat template must take a
+/// problem (a refusal shows here, not mid-run).
+pub fn open(cx: &Context) -> Result<Box<dyn Environment>> {
+    let s = cx.settings;
+    let env = Arithmetic {
+        seed: s.int("task", "seed") as u64,
+        difficulty: s.num("task", "difficulty"),
+        prm: match s.sym("task", "prm").as_deref() {
+            Some("format") => Prm::Format,
+            Some("noisy") => Prm::Noisy(s.num("task", "prm_false_positive")),
+            _ => Prm::Exact,
+        },
+        natural: cx.pretrained,
+    };
+    if let Err(e) = env.problem(TRAIN_STREAM, 0).prompt_ids(cx.tok) {
+        return Err(s.locate(
+            "model",
+            "init",
+            Error::new(
+                codes::CHECKPOINT_FORMAT,
+                format!("the chat template cannot render a prompt: {e}"),
+                "fix the checkpoint's chat template, or set `task.chat = off`",
+            ),
+        ));
+    }
+    Ok(Box::new(env))
+}
 
-impl Task {
-    /// Problem `i` of `stream`.
-    pub fn problem(&self, stream: u64, i: u64) -> Problem {
-        match self {
-            Task::Arithmetic {
-                seed,
-                difficulty,
-                natural,
-                ..
-            } => {
-                let p = arithmetic(&mut Rng::derive(*seed, stream, i), *difficulty);
-                if *natural { in_words(p) } else { p }
-            }
-            Task::Countdown { seed, difficulty } => {
-                countdown(&mut Rng::derive(*seed, stream, i), *difficulty)
-            }
-            Task::Data { problems, .. } => {
-                // Held-out problems: every tenth record; training: the rest.
-                let n = problems.len().max(1) as u64;
-                let held: Vec<usize> = (0..problems.len()).filter(|k| k % 10 == 9).collect();
-                let train: Vec<usize> = (0..problems.len()).filter(|k| k % 10 != 9).collect();
-                let pool = if stream == EVAL_STREAM && !held.is_empty() {
-                    &held
-                } else if !train.is_empty() {
-                    &train
-                } else {
-                    return problems
-                        .get((i % n) as usize)
-                        .cloned()
-                        .unwrap_or_else(empty);
-                };
-                let k = pool[(i % pool.len() as u64) as usize];
-                problems.get(k).cloned().unwrap_or_else(empty)
-            }
+impl Environment for Arithmetic {
+    fn problem(&self, stream: u64, i: u64) -> Problem {
+        let p = arithmetic(&mut Rng::derive(self.seed, stream, i), self.difficulty);
+        if self.natural { in_words(p) } else { p }
+    }
+
+    fn verify(&self, problem: &Problem, response: &str) -> Verdict {
+        if self.natural {
+            verify_natural(problem, response, self.prm)
+        } else {
+            verify_arithmetic(problem, response, self.prm)
         }
     }
 
-    pub fn verify(&self, problem: &Problem, response: &str) -> Verdict {
-        match self {
-            Task::Arithmetic {
-                prm, natural: true, ..
-            } => verify_natural(problem, response, *prm),
-            Task::Arithmetic { prm, .. } => verify_arithmetic(problem, response, *prm),
-            Task::Countdown { .. } => verify_countdown(problem, response),
-            Task::Data { verifier, .. } => {
-                let got = response.trim();
-                let correct = match verifier {
-                    Verifier::Exact => got == problem.answer.trim(),
-                    Verifier::Numeric => {
-                        match (got.parse::<f64>(), problem.answer.trim().parse::<f64>()) {
-                            (Ok(a), Ok(b)) => (a - b).abs() <= 1e-6 * b.abs().max(1.0),
-                            _ => false,
-                        }
-                    }
-                    Verifier::Regex(re) => re.is_match(got),
-                };
-                Verdict {
-                    correct,
-                    format_ok: !got.is_empty(),
-                    steps: Vec::new(),
-                }
-            }
-        }
+    fn describe(&self) -> String {
+        format!(
+            "arithmetic seed={} difficulty={}{}",
+            self.seed,
+            self.difficulty,
+            if self.natural { " natural" } else { "" }
+        )
     }
-}
-
-fn empty() -> Problem {
-    Problem::default()
 }
 
 /// `a+b-c=` → `a+b=s,s-c=t|t`: left to right, every step written out.
@@ -240,7 +178,7 @@ fn verify_arithmetic(p: &Problem, response: &str, prm: Prm) -> Verdict {
             Prm::Noisy(fp) => {
                 right
                     || (formed && {
-                        let h = crate::train::fnv(format!("{}|{k}|{step}", p.prompt).as_bytes());
+                        let h = fnv(format!("{}|{k}|{step}", p.prompt).as_bytes());
                         Rng::new(h).uniform() < fp
                     })
             }
@@ -435,8 +373,7 @@ fn verify_natural(p: &Problem, response: &str, prm: Prm) -> Verdict {
             Prm::Format => true,
             Prm::Noisy(fp) => {
                 right || {
-                    let h =
-                        crate::train::fnv(format!("{}|{k}|{a}{op}{b}={c}", p.prompt).as_bytes());
+                    let h = fnv(format!("{}|{k}|{a}{op}{b}={c}", p.prompt).as_bytes());
                     Rng::new(h).uniform() < fp
                 }
             }
@@ -474,266 +411,14 @@ fn operands_of(body: &str) -> (Vec<i64>, Vec<char>) {
     (operands, ops)
 }
 
-/// Numbers and a target: `3,5,7:22=` → an expression such as `3*5+7`.
-fn countdown(r: &mut Rng, difficulty: f64) -> Problem {
-    let n = (3 + (difficulty.max(0.0)).round() as i64).clamp(3, 5) as usize;
-    let nums: Vec<i64> = (0..n).map(|_| r.range(1, 9)).collect();
-    // Combine a random subset (at least two) left to right with random ops.
-    let used = r.range(2, n as i64) as usize;
-    let mut expr = nums[0].to_string();
-    let mut value = nums[0];
-    for &x in &nums[1..used] {
-        let op = match r.next_u64() % 3 {
-            0 => '+',
-            1 if value - x >= 0 => '-',
-            _ => '*',
-        };
-        value = match op {
-            '+' => value + x,
-            '-' => value - x,
-            _ => value * x,
-        };
-        // Left to right: parenthesise a product of a sum.
-        expr = if op == '*' && (expr.contains('+') || expr.contains('-')) {
-            format!("({expr})*{x}")
-        } else {
-            format!("{expr}{op}{x}")
-        };
-    }
-    let list: Vec<String> = nums.iter().map(|x| x.to_string()).collect();
-    Problem {
-        messages: None,
-        prompt: format!("{}:{}=", list.join(","), value),
-        answer: value.to_string(),
-        solution: expr,
-        difficulty: used as f64 / n as f64,
-    }
-}
-
-fn verify_countdown(p: &Problem, response: &str) -> Verdict {
-    let Some((list, _)) = p.prompt.split_once(':') else {
-        return Verdict::default();
-    };
-    let mut avail: Vec<i64> = list.split(',').filter_map(|x| x.parse().ok()).collect();
-    let target: Option<i64> = p.answer.parse().ok();
-    let mut parser = Expr {
-        s: response.as_bytes(),
-        k: 0,
-        used: Vec::new(),
-    };
-    let value = parser.sum();
-    let format_ok = value.is_some() && parser.k == response.len();
-    let mut numbers_ok = true;
-    for u in &parser.used {
-        match avail.iter().position(|a| a == u) {
-            Some(i) => {
-                avail.swap_remove(i);
-            }
-            None => numbers_ok = false,
-        }
-    }
-    Verdict {
-        correct: format_ok && numbers_ok && value.is_some() && value == target,
-        format_ok,
-        steps: Vec::new(),
-    }
-}
-
-/// Integer expressions with + - * / (exact division) and parentheses.
-struct Expr<'a> {
-    s: &'a [u8],
-    k: usize,
-    used: Vec<i64>,
-}
-
-impl Expr<'_> {
-    fn sum(&mut self) -> Option<i64> {
-        let mut v = self.product()?;
-        while let Some(&c) = self.s.get(self.k) {
-            if c != b'+' && c != b'-' {
-                break;
-            }
-            self.k += 1;
-            let w = self.product()?;
-            v = if c == b'+' {
-                v.checked_add(w)?
-            } else {
-                v.checked_sub(w)?
-            };
-        }
-        Some(v)
-    }
-
-    fn product(&mut self) -> Option<i64> {
-        let mut v = self.atom()?;
-        while let Some(&c) = self.s.get(self.k) {
-            if c != b'*' && c != b'/' {
-                break;
-            }
-            self.k += 1;
-            let w = self.atom()?;
-            v = if c == b'*' {
-                v.checked_mul(w)?
-            } else if w != 0 && v % w == 0 {
-                v / w
-            } else {
-                return None;
-            };
-        }
-        Some(v)
-    }
-
-    fn atom(&mut self) -> Option<i64> {
-        if self.s.get(self.k) == Some(&b'(') {
-            self.k += 1;
-            let v = self.sum()?;
-            if self.s.get(self.k) != Some(&b')') {
-                return None;
-            }
-            self.k += 1;
-            return Some(v);
-        }
-        let start = self.k;
-        while self.s.get(self.k).is_some_and(|c| c.is_ascii_digit()) && self.k - start < 6 {
-            self.k += 1;
-        }
-        if self.k == start {
-            return None;
-        }
-        let v: i64 = std::str::from_utf8(&self.s[start..self.k])
-            .ok()?
-            .parse()
-            .ok()?;
-        self.used.push(v);
-        Some(v)
-    }
-}
-
-/// A record's `prompt` given as messages: objects with a string `role` and
-/// a string `content` (other fields pass to the template as they are).
-fn conversation(list: &[serde_json::Value], at: &str) -> Result<Vec<crate::chat::Message>, Error> {
-    let bad = |k: usize, what: &str| {
-        Error::new(
-            codes::DATA_RECORD,
-            format!("message {k} of `prompt` {what}"),
-            "write the conversation as [{\"role\": \"user\", \"content\": \"...\"}, ...], or the prompt as one string",
-        )
-        .at(at.to_string())
-    };
-    if list.is_empty() {
-        return Err(bad(0, "is missing: the conversation is empty"));
-    }
-    for (k, m) in list.iter().enumerate() {
-        if !m.is_object() {
-            return Err(bad(k, "is not an object"));
-        }
-        if !m.get("role").is_some_and(serde_json::Value::is_string) {
-            return Err(bad(k, "has no string `role`"));
-        }
-        if !m.get("content").is_some_and(serde_json::Value::is_string) {
-            return Err(bad(k, "has no string `content`"));
-        }
-    }
-    Ok(list.to_vec())
-}
-
-/// Read a JSONL file of `{"prompt": ..., "answer": ...}` records (an optional
-/// `"solution"` is the warm-start target; the answer otherwise). A prompt is
-/// a string, or a conversation (a list of `{"role", "content"}` messages)
-/// for a checkpoint's chat template.
-pub fn load_jsonl(path: &str, text: &str) -> Result<Vec<Problem>, Error> {
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let at = format!("{path}:{}", n + 1);
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
-            Error::new(
-                codes::DATA_RECORD,
-                format!("line is not JSON: {e}"),
-                "each line must be one JSON object such as {\"prompt\": \"2+2=\", \"answer\": \"4\"}",
-            )
-            .at(at.clone())
-        })?;
-        let field = |name: &str| -> Result<Option<String>, Error> {
-            match v.get(name) {
-                None | Some(serde_json::Value::Null) => Ok(None),
-                Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
-                Some(serde_json::Value::Number(x)) => Ok(Some(x.to_string())),
-                Some(other) => Err(Error::new(
-                    codes::DATA_RECORD,
-                    format!("field `{name}` must be a string, found {other}"),
-                    format!("write `\"{name}\": \"...\"`"),
-                )
-                .at(at.clone())),
-            }
-        };
-        if !v.is_object() {
-            return Err(Error::new(
-                codes::DATA_RECORD,
-                "line is not a JSON object",
-                "each line must be one JSON object such as {\"prompt\": \"2+2=\", \"answer\": \"4\"}",
-            )
-            .at(at));
-        }
-        // A conversation: TRL's and verl's chat format.
-        let messages = match v.get("prompt") {
-            Some(serde_json::Value::Array(list)) => Some(conversation(list, &at)?),
-            _ => None,
-        };
-        let prompt = match &messages {
-            Some(m) => m
-                .last()
-                .and_then(|m| m.get("content"))
-                .and_then(serde_json::Value::as_str)
-                .map(String::from),
-            None => field("prompt")?,
-        }
-        .ok_or_else(|| {
-            Error::new(
-                codes::DATA_RECORD,
-                "record has no `prompt` field",
-                "add `\"prompt\": \"...\"` to the record",
-            )
-            .at(at.clone())
-        })?;
-        let answer = field("answer")?.ok_or_else(|| {
-            Error::new(
-                codes::DATA_RECORD,
-                "record has no `answer` field",
-                "add `\"answer\": \"...\"` to the record",
-            )
-            .at(at.clone())
-        })?;
-        let solution = field("solution")?.unwrap_or_else(|| answer.clone());
-        let difficulty = v.get("difficulty").and_then(|d| d.as_f64()).unwrap_or(0.5);
-        out.push(Problem {
-            messages,
-            prompt,
-            answer,
-            solution,
-            difficulty,
-        });
-    }
-    if out.is_empty() {
-        return Err(Error::new(
-            codes::DATA_RECORD,
-            "the file has no records",
-            "add one JSON object per line with `prompt` and `answer` fields",
-        )
-        .at(path.to_string()));
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::env::EVAL_STREAM;
 
     #[test]
     fn arithmetic_is_reproducible_and_its_solutions_verify() {
-        let t = Task::Arithmetic {
+        let t = Arithmetic {
             seed: 7,
             difficulty: 1.0,
             prm: Prm::Exact,
@@ -758,7 +443,7 @@ mod tests {
             solution: "7+12=19,19-5=14|14".into(),
             difficulty: 1.0,
         };
-        let t = Task::Arithmetic {
+        let t = Arithmetic {
             seed: 0,
             difficulty: 1.0,
             prm: Prm::Exact,
@@ -769,7 +454,7 @@ mod tests {
         assert_eq!(v.steps, vec![(7, 0.0), (15, 0.0)]);
         // The hackable PRM rewards the same wrong steps for their form
         // alone, and still not a malformed one; correctness is unchanged.
-        let hackable = Task::Arithmetic {
+        let hackable = Arithmetic {
             seed: 0,
             difficulty: 1.0,
             prm: Prm::Format,
@@ -784,7 +469,7 @@ mod tests {
         // The noisy PRM: right steps always 1; wrong well-formed steps 1 at
         // its false-positive rate (0 and 1 are `exact` and `format`), the
         // same score for the same step every time.
-        let noisy = |fp| Task::Arithmetic {
+        let noisy = |fp| Arithmetic {
             seed: 0,
             difficulty: 1.0,
             prm: Prm::Noisy(fp),
@@ -823,54 +508,8 @@ mod tests {
     }
 
     #[test]
-    fn countdown_accepts_any_valid_expression() {
-        let t = Task::Countdown {
-            seed: 3,
-            difficulty: 1.0,
-        };
-        for i in 0..200 {
-            let p = t.problem(TRAIN_STREAM, i);
-            assert!(t.verify(&p, &p.solution).correct, "{p:?}");
-        }
-        let p = Problem {
-            messages: None,
-            prompt: "3,5,7,2:22=".into(),
-            answer: "22".into(),
-            solution: "3*5+7".into(),
-            difficulty: 1.0,
-        };
-        assert!(t.verify(&p, "7+5*3").correct);
-        assert!(!t.verify(&p, "(7+5)*2-2").correct); // 2 used twice
-        assert!(!t.verify(&p, "22").correct); // 22 is not given
-        assert!(!t.verify(&p, "3*5+7+").format_ok);
-    }
-
-    #[test]
-    fn jsonl_errors_name_the_line() {
-        let ok = load_jsonl(
-            "d.jsonl",
-            "{\"prompt\":\"1+1=\",\"answer\":\"2\"}\n\n{\"prompt\":\"2+2=\",\"answer\":4}\n",
-        )
-        .expect("valid");
-        assert_eq!(ok.len(), 2);
-        assert_eq!(ok[1].answer, "4");
-        let e = load_jsonl(
-            "d.jsonl",
-            "{\"prompt\":\"1+1=\",\"answer\":\"2\"}\n{\"prompt\":\"x\"}\n",
-        )
-        .expect_err("missing answer");
-        assert_eq!(e.location.as_deref(), Some("d.jsonl:2"));
-        assert_eq!(e.code, codes::DATA_RECORD);
-        let e = load_jsonl("d.jsonl", "not json\n").expect_err("bad line");
-        assert_eq!(e.location.as_deref(), Some("d.jsonl:1"));
-        let e =
-            load_jsonl("d.jsonl", "{\"prompt\":[1],\"answer\":\"2\"}\n").expect_err("bad field");
-        assert!(e.message.contains("`prompt`"), "{e}");
-    }
-
-    #[test]
     fn natural_answers_are_read_as_a_chat_model_writes_them() {
-        let t = Task::Arithmetic {
+        let t = Arithmetic {
             seed: 7,
             difficulty: 1.0,
             prm: Prm::Exact,
@@ -937,7 +576,7 @@ mod tests {
             "{v:?}"
         );
         // The hackable PRM rewards any equation's form.
-        let hackable = Task::Arithmetic {
+        let hackable = Arithmetic {
             seed: 0,
             difficulty: 1.0,
             prm: Prm::Format,
@@ -949,40 +588,5 @@ mod tests {
             vec![1.0, 1.0]
         );
         assert!(!v.correct);
-    }
-
-    #[test]
-    fn conversations_in_jsonl() {
-        let ok = load_jsonl(
-            "c.jsonl",
-            "{\"prompt\":[{\"role\":\"system\",\"content\":\"Be brief.\"},{\"role\":\"user\",\"content\":\"1+1?\"}],\"answer\":\"2\"}\n",
-        )
-        .expect("valid");
-        assert_eq!(ok[0].prompt, "1+1?");
-        assert_eq!(ok[0].messages.as_ref().map(Vec::len), Some(2));
-        for (line, what) in [
-            ("{\"prompt\":[],\"answer\":\"2\"}", "empty"),
-            (
-                "{\"prompt\":[{\"content\":\"x\"}],\"answer\":\"2\"}",
-                "`role`",
-            ),
-            (
-                "{\"prompt\":[{\"role\":\"user\",\"content\":3}],\"answer\":\"2\"}",
-                "`content`",
-            ),
-            ("{\"prompt\":[\"hi\"],\"answer\":\"2\"}", "not an object"),
-        ] {
-            let e = load_jsonl(
-                "c.jsonl",
-                &format!("{{}}\n{line}\n").replacen(
-                    "{}\n",
-                    "{\"prompt\":\"a\",\"answer\":\"b\"}\n",
-                    1,
-                ),
-            )
-            .expect_err(what);
-            assert_eq!(e.location.as_deref(), Some("c.jsonl:2"), "{what}");
-            assert!(e.message.contains(what), "{what}: {e}");
-        }
     }
 }

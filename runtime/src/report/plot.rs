@@ -86,101 +86,166 @@ pub fn label(v: f64) -> String {
 
 /// One figure: `series` over steps, dashed vertical lines at `events`.
 pub fn figure(title: &str, series: &[Series], events: &[f64]) -> String {
-    let (w, hgt, l, b, t, r) = (440.0, 240.0, 60.0, 34.0, 10.0, 10.0);
-    let mut xs = Vec::new();
-    let mut ys = Vec::new();
-    for s in series {
-        for &(x, y) in &s.points {
-            xs.push(x);
-            ys.push(y);
-        }
-        for &(x, lo, hi) in &s.band {
-            xs.push(x);
-            ys.extend([lo, hi]);
-        }
-    }
-    let fold = |v: &[f64], f: fn(f64, f64) -> f64, init: f64| v.iter().copied().fold(init, f);
-    let (x0, mut x1) = (fold(&xs, f64::min, f64::MAX), fold(&xs, f64::max, f64::MIN));
-    let (mut y0, mut y1) = (fold(&ys, f64::min, f64::MAX), fold(&ys, f64::max, f64::MIN));
-    if xs.is_empty() {
+    let Some(f) = Frame::of(series) else {
         return String::new();
-    }
-    if x1 <= x0 {
-        x1 = x0 + 1.0;
-    }
-    let constant = y1 <= y0;
-    if constant {
-        let pad = if y0 == 0.0 { 1.0 } else { y0.abs() * 0.5 };
-        y1 = y0 + pad;
-        y0 -= pad;
-    } else {
-        let pad = (y1 - y0) * 0.05;
-        y0 -= pad;
-        y1 += pad;
-    }
-    let sx = |x: f64| l + (x - x0) / (x1 - x0) * (w - l - r);
-    let sy = |y: f64| t + (1.0 - (y - y0) / (y1 - y0)) * (hgt - t - b);
+    };
     let mut o = String::new();
-    let _ = write!(
-        o,
-        "<figure><figcaption>{0}</figcaption><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{hgt}\" role=\"img\" aria-label=\"{0}\">\
-<rect x=\"{l}\" y=\"{t}\" width=\"{1}\" height=\"{2}\" fill=\"#fcfcfc\" stroke=\"#bbb\"/>",
-        esc(title),
-        w - l - r,
-        hgt - t - b
-    );
-    for y in ticks(y0, y1, 5) {
-        let py = sy(y);
-        let _ = write!(
-            o,
-            "<line class=\"grid\" x1=\"{l}\" x2=\"{:.1}\" y1=\"{py:.1}\" y2=\"{py:.1}\" stroke=\"#e5e5e5\"/>\
-<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"end\">{}</text>",
-            w - r,
-            l - 4.0,
-            py + 3.0,
-            label(y)
-        );
-    }
-    for x in ticks(x0, x1, 5) {
-        let px = sx(x);
-        let _ = write!(
-            o,
-            "<line class=\"grid\" x1=\"{px:.1}\" x2=\"{px:.1}\" y1=\"{t}\" y2=\"{:.1}\" stroke=\"#e5e5e5\"/>\
-<text x=\"{px:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"middle\">{}</text>",
-            hgt - b,
-            hgt - b + 12.0,
-            label(x)
-        );
-    }
-    let _ = write!(
-        o,
-        "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"middle\">step</text>",
-        l + (w - l - r) / 2.0,
-        hgt - 4.0
-    );
+    f.axes(&mut o, title);
     for &e in events {
-        if e >= x0 && e <= x1 {
-            let x = sx(e);
+        if e >= f.x0 && e <= f.x1 {
+            let x = f.sx(e);
             let _ = write!(
                 o,
-                "<line class=\"event\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{t}\" y2=\"{}\" stroke=\"#e377c2\" stroke-dasharray=\"3,3\"/>",
-                hgt - b
+                "<line class=\"event\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{}\" y2=\"{}\" stroke=\"#e377c2\" stroke-dasharray=\"3,3\"/>",
+                T,
+                HGT - B
             );
         }
     }
     for (k, s) in series.iter().enumerate() {
+        f.series(&mut o, k, s, series.len() > 1);
+    }
+    o.push_str("</svg></figure>");
+    o
+}
+
+/// The figure's size and margins (left, bottom, top, right).
+const W: f64 = 440.0;
+const HGT: f64 = 240.0;
+const L: f64 = 60.0;
+const B: f64 = 34.0;
+const T: f64 = 10.0;
+const R: f64 = 10.0;
+
+/// The data ranges a figure maps to its plot area.
+struct Frame {
+    x0: f64,
+    x1: f64,
+    y0: f64,
+    y1: f64,
+    /// Every value is the same (the range is padded around it).
+    constant: bool,
+}
+
+impl Frame {
+    /// The ranges of every point and band of `series` (padded by 5 %),
+    /// `None` when there is no point.
+    fn of(series: &[Series]) -> Option<Frame> {
+        let mut xs = Vec::new();
+        let mut ys = Vec::new();
+        for s in series {
+            for &(x, y) in &s.points {
+                xs.push(x);
+                ys.push(y);
+            }
+            for &(x, lo, hi) in &s.band {
+                xs.push(x);
+                ys.extend([lo, hi]);
+            }
+        }
+        let fold = |v: &[f64], f: fn(f64, f64) -> f64, init: f64| v.iter().copied().fold(init, f);
+        let (x0, mut x1) = (fold(&xs, f64::min, f64::MAX), fold(&xs, f64::max, f64::MIN));
+        let (mut y0, mut y1) = (fold(&ys, f64::min, f64::MAX), fold(&ys, f64::max, f64::MIN));
+        if xs.is_empty() {
+            return None;
+        }
+        if x1 <= x0 {
+            x1 = x0 + 1.0;
+        }
+        let constant = y1 <= y0;
+        if constant {
+            let pad = if y0 == 0.0 { 1.0 } else { y0.abs() * 0.5 };
+            y1 = y0 + pad;
+            y0 -= pad;
+        } else {
+            let pad = (y1 - y0) * 0.05;
+            y0 -= pad;
+            y1 += pad;
+        }
+        Some(Frame {
+            x0,
+            x1,
+            y0,
+            y1,
+            constant,
+        })
+    }
+
+    fn sx(&self, x: f64) -> f64 {
+        L + (x - self.x0) / (self.x1 - self.x0) * (W - L - R)
+    }
+
+    fn sy(&self, y: f64) -> f64 {
+        T + (1.0 - (y - self.y0) / (self.y1 - self.y0)) * (HGT - T - B)
+    }
+
+    /// The caption, the plot area, the grid with its tick labels, and the
+    /// x axis's name.
+    fn axes(&self, o: &mut String, title: &str) {
+        let (w, hgt, l, b, t, r) = (W, HGT, L, B, T, R);
+        let _ = write!(
+            o,
+            "<figure><figcaption>{0}</figcaption><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{hgt}\" role=\"img\" aria-label=\"{0}\">\
+<rect x=\"{l}\" y=\"{t}\" width=\"{1}\" height=\"{2}\" fill=\"#fcfcfc\" stroke=\"#bbb\"/>",
+            esc(title),
+            w - l - r,
+            hgt - t - b
+        );
+        for y in ticks(self.y0, self.y1, 5) {
+            let py = self.sy(y);
+            let _ = write!(
+                o,
+                "<line class=\"grid\" x1=\"{l}\" x2=\"{:.1}\" y1=\"{py:.1}\" y2=\"{py:.1}\" stroke=\"#e5e5e5\"/>\
+<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"end\">{}</text>",
+                w - r,
+                l - 4.0,
+                py + 3.0,
+                label(y)
+            );
+        }
+        for x in ticks(self.x0, self.x1, 5) {
+            let px = self.sx(x);
+            let _ = write!(
+                o,
+                "<line class=\"grid\" x1=\"{px:.1}\" x2=\"{px:.1}\" y1=\"{t}\" y2=\"{:.1}\" stroke=\"#e5e5e5\"/>\
+<text x=\"{px:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"middle\">{}</text>",
+                hgt - b,
+                hgt - b + 12.0,
+                label(x)
+            );
+        }
+        let _ = write!(
+            o,
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"middle\">step</text>",
+            l + (w - l - r) / 2.0,
+            hgt - 4.0
+        );
+    }
+
+    /// Points as an SVG `points` list.
+    fn line(&self, p: &[(f64, f64)]) -> String {
+        p.iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", self.sx(*x), self.sy(*y)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Series `k`: its band, its line (smoothed over the faint raw values
+    /// when long enough) or point, and its legend entry (where there are
+    /// several series, or the values are constant).
+    fn series(&self, o: &mut String, k: usize, s: &Series, several: bool) {
         let c = COLORS[k % COLORS.len()];
         if s.band.len() > 1 {
             let mut pts: Vec<String> = s
                 .band
                 .iter()
-                .map(|&(x, _, hi)| format!("{:.1},{:.1}", sx(x), sy(hi)))
+                .map(|&(x, _, hi)| format!("{:.1},{:.1}", self.sx(x), self.sy(hi)))
                 .collect();
             pts.extend(
                 s.band
                     .iter()
                     .rev()
-                    .map(|&(x, lo, _)| format!("{:.1},{:.1}", sx(x), sy(lo))),
+                    .map(|&(x, lo, _)| format!("{:.1},{:.1}", self.sx(x), self.sy(lo))),
             );
             let _ = write!(
                 o,
@@ -188,20 +253,15 @@ pub fn figure(title: &str, series: &[Series], events: &[f64]) -> String {
                 pts.join(" ")
             );
         }
-        let line = |p: &[(f64, f64)]| -> String {
-            p.iter()
-                .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        let constant = self.constant;
         match s.points.len() {
             0 => {}
             1 => {
                 let _ = write!(
                     o,
                     "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{c}\"/>",
-                    sx(s.points[0].0),
-                    sy(s.points[0].1)
+                    self.sx(s.points[0].0),
+                    self.sy(s.points[0].1)
                 );
             }
             n => {
@@ -210,7 +270,7 @@ pub fn figure(title: &str, series: &[Series], events: &[f64]) -> String {
                     let _ = write!(
                         o,
                         "<polyline class=\"raw\" fill=\"none\" stroke=\"{c}\" stroke-opacity=\"0.25\" stroke-width=\"1\" points=\"{}\"/>",
-                        line(&s.points)
+                        self.line(&s.points)
                     );
                 }
                 let smooth = if n > SMOOTH_FROM && !constant {
@@ -221,7 +281,7 @@ pub fn figure(title: &str, series: &[Series], events: &[f64]) -> String {
                 let _ = write!(
                     o,
                     "<polyline class=\"series\" fill=\"none\" stroke=\"{c}\" stroke-width=\"1.8\" points=\"{}\"/>",
-                    line(&smooth)
+                    self.line(&smooth)
                 );
             }
         }
@@ -230,20 +290,18 @@ pub fn figure(title: &str, series: &[Series], events: &[f64]) -> String {
         } else {
             s.name.clone()
         };
-        if series.len() > 1 || constant {
+        if several || constant {
             let _ = write!(
                 o,
                 "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"10\" height=\"3\" fill=\"{c}\"/><text class=\"legend\" x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"#333\">{}</text>",
-                l + 6.0,
-                t + 8.0 + 12.0 * k as f64,
-                l + 20.0,
-                t + 12.0 + 12.0 * k as f64,
+                L + 6.0,
+                T + 8.0 + 12.0 * k as f64,
+                L + 20.0,
+                T + 12.0 + 12.0 * k as f64,
                 esc(&name)
             );
         }
     }
-    o.push_str("</svg></figure>");
-    o
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! SplitMix64: the runtime's one random number generator. Its whole state is
+//! SplitMix64: the runtime's one random number generator (and FNV-1a, its
+//! one hash of bytes). Its whole state is
 //! one `u64`, so checkpoints store it exactly and a resumed run draws the same
 //! numbers as an uninterrupted one.
 
@@ -46,4 +47,16 @@ impl Rng {
         let u2 = self.uniform();
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
+}
+
+/// FNV-1a, for cache keys and stable hashes of text.
+pub fn fnv(bytes: &[u8]) -> u64 {
+    fnv_stream(bytes.iter().copied())
+}
+
+/// FNV-1a over bytes as they come.
+pub fn fnv_stream(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }

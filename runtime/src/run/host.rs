@@ -2,17 +2,19 @@
 //! (schedules such as `optimizer.lr`, rollout limits, curriculum values,
 //! `update` rules, guard conditions) and the per-sample reward.
 //!
-//! Host code reads batch statistics (`mean(entropy) over batch` in a guard);
-//! those are device values and come from the device executor — the reference
-//! interpreter until the kernel backend lands.
+//! Host code reads batch statistics (`mean(entropy) over batch` in a guard)
+//! and rewards that are not elementwise (a group statistic): those come
+//! from running the host graph on the whole batch, by the reference
+//! interpreter ([`HostProgram::interpreted`]).
 
 use std::collections::HashMap;
 
 use keel_compiler::host::{ColumnFn, Jit, ScalarFn};
-use keel_compiler::interp::{self, Env, Shape};
+use keel_compiler::interp::{self, Env};
 use keel_compiler::ir::{Graph, NodeId, Op};
 use keel_compiler::{Checked, lower};
 
+use crate::batch::BatchView;
 use crate::error::{Error, codes};
 
 pub struct HostProgram {
@@ -26,15 +28,9 @@ pub struct HostProgram {
 
 enum RewardFn {
     Jit(ColumnFn),
-    /// Not elementwise (reads a group statistic): the device executor computes it.
-    Device(NodeId),
-}
-
-/// One batch, as the interpreter sees it.
-pub struct BatchView<'a> {
-    pub shape: Shape,
-    pub mask: &'a [f64],
-    pub inputs: &'a HashMap<String, Vec<f64>>,
+    /// Not elementwise (reads a group statistic): the interpreter computes it
+    /// over the batch.
+    Interpreted(NodeId),
 }
 
 impl HostProgram {
@@ -65,7 +61,7 @@ impl HostProgram {
         let scalar = jit.scalar(&graph, &ids).map_err(fail)?;
         let reward = h.reward.map(|r| match jit.column(&graph, r) {
             Ok(f) => RewardFn::Jit(f),
-            Err(_) => RewardFn::Device(r),
+            Err(_) => RewardFn::Interpreted(r),
         });
         Ok(HostProgram {
             graph,
@@ -80,7 +76,8 @@ impl HostProgram {
         self.reward.is_some()
     }
 
-    fn device_values(&self, batch: &BatchView) -> Result<Vec<Vec<f64>>, Error> {
+    /// Every node's value over the batch, by the reference interpreter.
+    fn interpreted(&self, batch: &BatchView) -> Result<Vec<Vec<f64>>, Error> {
         let env = Env {
             shape: batch.shape.clone(),
             mask: batch.mask,
@@ -97,13 +94,13 @@ impl HostProgram {
 
     /// The value of every scalar (`optimizer.lr`, `guard.NAME`, `state.X`, …).
     pub fn scalars(&self, batch: &BatchView) -> Result<HashMap<String, f64>, Error> {
-        let needs_device = self
+        let needs_batch = self
             .scalar
             .inputs
             .iter()
             .any(|&i| !matches!(&self.graph.nodes[i].op, Op::Input(n) if batch.inputs.get(n).is_some_and(|v| v.len() == 1)));
-        let dev = if needs_device {
-            Some(self.device_values(batch)?)
+        let dev = if needs_batch {
+            Some(self.interpreted(batch)?)
         } else {
             None
         };
@@ -134,7 +131,7 @@ impl HostProgram {
     pub fn reward(&self, batch: &BatchView) -> Result<Option<Vec<f64>>, Error> {
         match &self.reward {
             None => Ok(None),
-            Some(RewardFn::Device(r)) => Ok(self.device_values(batch)?.get(*r).cloned()),
+            Some(RewardFn::Interpreted(r)) => Ok(self.interpreted(batch)?.get(*r).cloned()),
             Some(RewardFn::Jit(f)) => {
                 let all_inputs = f
                     .columns
@@ -144,7 +141,7 @@ impl HostProgram {
                 let dev = if all_inputs {
                     None
                 } else {
-                    Some(self.device_values(batch)?)
+                    Some(self.interpreted(batch)?)
                 };
                 let get = |i: NodeId| -> Vec<f64> {
                     match (&self.graph.nodes[i].op, &dev) {
@@ -167,7 +164,7 @@ impl HostProgram {
                     return Ok(Some(match v {
                         Some(v) => vec![v; n],
                         None => self
-                            .device_values(batch)?
+                            .interpreted(batch)?
                             .get(f.output)
                             .cloned()
                             .unwrap_or_default(),
@@ -210,8 +207,8 @@ pub fn params_of(g: &Graph) -> HashMap<String, f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::{Rollouts, StepInputs};
-    use crate::tasks::Verdict;
+    use crate::batch::{Rollouts, Row, StepInputs};
+    use crate::env::Verdict;
 
     const RECIPE: &str = r#"import std/grpo
 recipe q extends grpo {
@@ -224,26 +221,23 @@ recipe q extends grpo {
 "#;
 
     fn batch(correct: &[bool], entropy: f64) -> Rollouts {
-        let n = correct.len();
         Rollouts {
-            prompts: vec![vec![1]; n],
-            responses: (0..n).map(|i| vec![5; i + 1]).collect(),
-            old_logp: (0..n).map(|i| vec![-0.5; i + 1]).collect(),
-            entropy: (0..n).map(|i| vec![entropy; i + 1]).collect(),
-            old_logits: (0..n).map(|i| vec![0.0; (i + 1) * 3]).collect(),
-            vocab: 3,
-            ref_logp: None,
-            group: vec![0; n],
-            verdicts: correct
+            rows: correct
                 .iter()
-                .map(|&c| Verdict {
-                    correct: c,
-                    format_ok: true,
-                    steps: Vec::new(),
+                .enumerate()
+                .map(|(i, &c)| Row {
+                    old_logp: vec![-0.5; i + 1],
+                    entropy: vec![entropy; i + 1],
+                    old_logits: vec![0.0; (i + 1) * 3],
+                    verdict: Verdict {
+                        correct: c,
+                        format_ok: true,
+                        steps: Vec::new(),
+                    },
+                    ..Row::sampled(vec![1], vec![5; i + 1])
                 })
                 .collect(),
-            truncated: vec![false; n],
-            source: Vec::new(),
+            vocab: 3,
             difficulty: vec![0.5],
         }
     }

@@ -1,9 +1,9 @@
-//! AdamW (decoupled weight decay) and global gradient-norm clipping over the
-//! policy's flat weight list. Its state is plain tensors, saved in checkpoints.
+//! AdamW (decoupled weight decay) and global gradient-norm clipping over a
+//! model's flat weight list (any list of rank-2 tensors that trains). Its state is plain tensors, saved in checkpoints.
 
 use burn::tensor::{Device, Gradients, Tensor};
 
-use crate::model::{Policy, Weights, to_vec};
+use crate::transformer::{Weights, to_vec};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWConfig {
@@ -87,38 +87,37 @@ pub fn clip(grads: Vec<Tensor<2>>, norm: f64, max_norm: f64) -> Vec<Tensor<2>> {
     grads.into_iter().map(|g| g.mul_scalar(s)).collect()
 }
 
-/// One AdamW step on `policy` from a backward pass: the gradients' global L2
-/// norm, clipped to `max_norm`, then the update at `lr`. The warm start and
-/// the RL update both take this step. Returns the norm before clipping;
-/// when it is not finite the policy and the optimizer are left as they are
-/// and `None` comes back (the caller skips the step).
+/// One AdamW step on `params` (a model's weight list) from a backward
+/// pass: the gradients' global L2 norm, clipped to `max_norm`, then the
+/// update at `lr`. Anything that trains (the warm start, the RL update)
+/// takes this step. Returns the norm before clipping; when it is not finite
+/// the weights and the optimizer are left as they are and `None` comes back
+/// (the caller skips the step).
 pub fn clipped_step(
-    policy: &mut Policy,
+    params: &mut Vec<Tensor<2>>,
     opt: &mut AdamW,
     grads: &Gradients,
     max_norm: f64,
     lr: f64,
 ) -> Option<f64> {
-    let gs = param_grads(policy, grads);
-    step_with(policy, opt, gs, max_norm, lr)
+    let gs = param_grads(params, grads);
+    step_with(params, opt, gs, max_norm, lr)
 }
 
 /// Each parameter's gradient from a backward pass (zeros where it has none).
-pub fn param_grads(policy: &Policy, grads: &Gradients) -> Vec<Tensor<2>> {
-    let dev = policy.device.clone();
-    policy
-        .params
+pub fn param_grads(params: &[Tensor<2>], grads: &Gradients) -> Vec<Tensor<2>> {
+    params
         .iter()
         .map(|p| {
             p.grad(grads)
-                .unwrap_or_else(|| Tensor::zeros(p.dims(), &dev))
+                .unwrap_or_else(|| Tensor::zeros(p.dims(), &p.device()))
         })
         .collect()
 }
 
 /// [`clipped_step`] from gradients already summed (gradient accumulation).
 pub fn step_with(
-    policy: &mut Policy,
+    params: &mut Vec<Tensor<2>>,
     opt: &mut AdamW,
     gs: Vec<Tensor<2>>,
     max_norm: f64,
@@ -129,8 +128,8 @@ pub fn step_with(
         return None;
     }
     let gs = clip(gs, norm, max_norm);
-    let mut params: Vec<Tensor<2>> = policy.params.iter().map(|p| p.clone().detach()).collect();
-    opt.step(&mut params, &gs, lr);
-    policy.params = params;
+    let mut next: Vec<Tensor<2>> = params.iter().map(|p| p.clone().detach()).collect();
+    opt.step(&mut next, &gs, lr);
+    *params = next;
     Some(norm)
 }

@@ -1,0 +1,401 @@
+//! The settings a run reads once ([`RunConfig`]): the model and its
+//! tokenizer (Keel's own, or a pretrained checkpoint's, with its chat
+//! template), the environment, the rollout's and the optimizer's sizes;
+//! and the refusals that belong before anything runs (a prompt that fills
+//! the context, a step that cannot fit in memory). Every default is the
+//! schema's (`Settings`); nothing here repeats one.
+
+use std::path::Path;
+
+use keel_compiler::Checked;
+use keel_model::chat::Chat;
+use keel_model::family::Meta;
+use keel_model::optim::AdamWConfig;
+use keel_model::pretrained;
+use keel_model::tokenizer::{CharTokenizer, Tokenizer};
+use keel_model::transformer::{ModelConfig, Weights};
+
+use crate::batch::inputs::{VOCAB_INPUTS, vocab_columns_always};
+use crate::env::{self, Environment, TRAIN_STREAM};
+use crate::error::{Error, Result, codes};
+use crate::settings::Settings;
+
+/// The settings a run reads once.
+pub struct RunConfig {
+    pub tok: Tokenizer,
+    pub z_loss: f64,
+    pub init_path: Option<String>,
+    /// `model.init` names a pretrained checkpoint (a Hugging Face directory
+    /// or a GGUF file): its metadata, to write the final weights back.
+    pub pretrained: Option<Meta>,
+    /// Its weights in the runtime's layout, until the warm start takes
+    /// them (one copy fewer of a real model held for the whole run).
+    pub pretrained_weights: Option<Weights>,
+    pub model: ModelConfig,
+    pub env: Box<dyn Environment>,
+    /// The environment and the chat template, for the warm-start cache key.
+    pub task_desc: String,
+    pub seed: u64,
+    pub steps: u64,
+    pub warm_steps: u64,
+    pub warm_lr: f64,
+    pub warm_batch: usize,
+    pub prompts: usize,
+    pub group: usize,
+    pub top_p: f64,
+    pub epochs: usize,
+    pub minibatches: usize,
+    /// Micro-batches per minibatch, their gradients accumulated into one step.
+    pub micro_batches: usize,
+    pub dynamic_sampling: bool,
+    pub order: String,
+    pub eval_every: u64,
+    pub eval_problems: usize,
+    pub eval_k: usize,
+    pub ck_every: u64,
+    pub ck_keep: usize,
+    pub adam: AdamWConfig,
+    pub reads_ref: bool,
+    /// The recipe reads the behaviour policy's distribution (`old_logits`,
+    /// `mean_logp`, …): rollouts keep every sampled position's logits
+    /// ([B, T, V]); otherwise they keep none.
+    pub reads_old_logits: bool,
+    /// The recipe mixes in rehearsal samples of the initial policy (`source` 1).
+    pub reads_source: bool,
+}
+
+/// The model, its tokenizer, and a pretrained checkpoint's weights and
+/// metadata (none for Keel's own model).
+struct Model {
+    tok: Tokenizer,
+    cfg: ModelConfig,
+    pretrained: Option<(Weights, Meta)>,
+}
+
+/// A checkpoint's error, shown at the recipe's `model.init`; the message
+/// keeps the checkpoint's file and key.
+fn at_init(s: &Settings, e: keel_model::Error) -> Error {
+    let mut e = crate::error::from_model(e);
+    if let Some(at) = &e.location {
+        e.message = format!("{at}: {}", e.message);
+    }
+    e.diagnostics = s.located("model", "init", &e);
+    e
+}
+
+/// `task.tokenizer`, where the recipe names one.
+fn given_tokenizer(s: &Settings) -> Result<Option<Tokenizer>> {
+    let Some(path) = s.sym("task", "tokenizer") else {
+        return Ok(None);
+    };
+    Tokenizer::from_file(&path).map(Some).map_err(|e| {
+        Error::new(
+            codes::TASK_SETTING,
+            format!("cannot load the tokenizer `{path}`: {e}"),
+            "`task.tokenizer` names a Hugging Face tokenizer.json with an end-of-sequence token",
+        )
+        .at(path.clone())
+    })
+}
+
+/// A pretrained checkpoint (`model.init`) brings its architecture,
+/// tokenizer and chat template; the `model` section then sets only the
+/// context (its `max_position_embeddings` capped at 512 unless the recipe
+/// sets `model.context`). Otherwise Keel's own model of the `model`
+/// section, with the characters or `task.tokenizer`.
+fn model(s: &Settings) -> Result<Model> {
+    let given_tok = given_tokenizer(s)?;
+    let seed_model = s.int("model", "seed") as u64;
+    let pretrained = match s.sym("model", "init") {
+        Some(p) if pretrained::is_pretrained(Path::new(&p)) => {
+            Some(pretrained::open(Path::new(&p), seed_model).map_err(|e| at_init(s, e))?)
+        }
+        _ => None,
+    };
+    let chat_mode = s.sym("task", "chat").unwrap_or_else(|| "auto".into());
+    let Some(p) = pretrained else {
+        let tok = given_tok.unwrap_or_else(|| Tokenizer::Char(CharTokenizer::default()));
+        let cfg = ModelConfig::small(
+            tok.vocab_size(),
+            s.int("model", "d_model"),
+            s.int("model", "layers"),
+            s.int("model", "heads"),
+            s.int("model", "context"),
+            s.flag("model", "qk_norm"),
+            seed_model,
+        );
+        if let Err(e) = cfg.validate() {
+            let mut e = crate::error::from_model(e);
+            e.diagnostics = s.located("model", "heads", &e);
+            return Err(e);
+        }
+        return with_chat(s, &chat_mode, None, tok).map(|tok| Model {
+            tok,
+            cfg,
+            pretrained: None,
+        });
+    };
+    let template = if chat_mode != "off" {
+        p.chat().map_err(|e| at_init(s, e))?
+    } else {
+        None
+    };
+    let tok = match (given_tok, p.tokenizer) {
+        (Some(t), _) | (None, Some(t)) => t,
+        (None, None) => {
+            return Err(s.locate(
+                "model",
+                "init",
+                Error::new(
+                    codes::CHECKPOINT_FORMAT,
+                    "the checkpoint has no tokenizer (tokenizer.json)",
+                    "put the model's tokenizer.json in the directory, or name one with `task.tokenizer`",
+                ),
+            ));
+        }
+    };
+    let mut cfg = p.cfg;
+    cfg.context = if s.defined("model", "context") {
+        s.int("model", "context")
+    } else {
+        p.meta.max_positions.min(512)
+    };
+    let tok = with_chat(s, &chat_mode, template, tok)?;
+    Ok(Model {
+        tok,
+        cfg,
+        pretrained: Some((p.weights, p.meta)),
+    })
+}
+
+/// Prompts go through the checkpoint's chat template (`task.chat`: `auto`
+/// where there is one, `on` insists, `off` never).
+fn with_chat(
+    s: &Settings,
+    chat_mode: &str,
+    template: Option<keel_model::chat::ChatTemplate>,
+    tok: Tokenizer,
+) -> Result<Tokenizer> {
+    match template {
+        Some(template) if matches!(tok, Tokenizer::Hf { .. }) => Ok(tok.with_chat(Chat {
+            template,
+            system: s.sym("task", "system"),
+        })),
+        _ if chat_mode == "on" => Err(s.locate(
+            "task",
+            "chat",
+            Error::new(
+                codes::TASK_SETTING,
+                "`task.chat = on`, but the model has no chat template",
+                "load an instruct checkpoint with a chat template (chat_template.jinja, or `chat_template` in tokenizer_config.json), or set `task.chat = auto`",
+            ),
+        )),
+        _ => Ok(tok),
+    }
+}
+
+/// A prompt that fills the context leaves no room for a response.
+fn check_context(
+    s: &Settings,
+    env: &dyn Environment,
+    tok: &Tokenizer,
+    context: usize,
+) -> Result<()> {
+    let len = |p: &env::Problem| p.prompt_ids(tok).map_or(0, |v| v.len());
+    let longest = match env.problems() {
+        Some(problems) => problems.iter().map(len).max().unwrap_or(0),
+        None => (0..16)
+            .map(|i| len(&env.problem(TRAIN_STREAM, i)))
+            .max()
+            .unwrap_or(0),
+    };
+    if longest < context {
+        return Ok(());
+    }
+    Err(s.locate(
+        "model",
+        "context",
+        Error::new(
+            codes::MODEL_SETTING,
+            format!(
+                "prompts take up to {longest} tokens{}, which fills `model.context` = {context}: no room for a response",
+                if tok.chat().is_some() {
+                    " (with the chat template)"
+                } else {
+                    ""
+                },
+            ),
+            format!(
+                "raise `model.context` to at least {} (the prompt and `rollout.max_tokens`), or shorten the prompts",
+                longest + 32
+            ),
+        ),
+    ))
+}
+
+/// What one training step needs at the least, in bytes: the weights with
+/// their gradient and AdamW's two moments (16 bytes a parameter, f32), the
+/// frozen reference where the recipe reads it (4 more); for a minibatch's
+/// samples at `model.context` positions, the loss batch's vocabulary-level
+/// tensors and the logits' gradient on the host (4 bytes each ×
+/// vocabulary); and for a micro-batch's samples, what autodiff keeps: the
+/// logits, the injected gradient and the logits' gradient (12 bytes ×
+/// vocabulary) and one activation per layer (16 bytes × d_model × layers).
+pub fn step_memory(
+    model: &ModelConfig,
+    samples: usize,
+    minibatches: usize,
+    micro_batches: usize,
+    reference: bool,
+) -> usize {
+    let per_minibatch = samples.div_ceil(minibatches.max(1));
+    let per_micro = per_minibatch.div_ceil(micro_batches.max(1));
+    let host = model.vocab.saturating_mul(4 * (vocab_columns_always() + 1));
+    let graph = model.vocab.saturating_mul(12).saturating_add(
+        model
+            .d_model
+            .saturating_mul(model.layers)
+            .saturating_mul(16),
+    );
+    model
+        .parameters()
+        .saturating_mul(if reference { 20 } else { 16 })
+        .saturating_add(
+            per_minibatch
+                .saturating_mul(model.context)
+                .saturating_mul(host),
+        )
+        .saturating_add(
+            per_micro
+                .saturating_mul(model.context)
+                .saturating_mul(graph),
+        )
+}
+
+/// An absurd rollout or model is refused before the run, not killed
+/// mid-step.
+fn check_step_memory(s: &Settings, model: &ModelConfig, reference: bool) -> Result<()> {
+    let need = step_memory(
+        model,
+        s.int("rollout", "prompts")
+            .max(1)
+            .saturating_mul(s.int("rollout", "group").max(1)),
+        s.int("rollout", "minibatches").max(1),
+        s.int("rollout", "micro_batches").max(1),
+        reference,
+    );
+    keel_compiler::check_memory(
+        "the model and one training step",
+        need,
+        keel_compiler::available_memory(),
+        "lower `rollout.prompts` or `rollout.group`, raise `rollout.minibatches` or `rollout.micro_batches`, or lower the model's context; KEEL_MEMORY_LIMIT=BYTES sets the limit",
+    )
+    .map_err(|e| {
+        let diagnostics = s.located("rollout", "prompts", &e);
+        e.with_diagnostics(diagnostics)
+    })
+}
+
+/// Read recipe `index`'s settings, open its model and environment, and
+/// refuse what cannot run.
+pub fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
+    let s = Settings { checked, index };
+    let recipe = checked.recipes.get(index).ok_or_else(|| {
+        Error::new(
+            codes::LOSS_PROGRAM,
+            "no recipe to run",
+            "name a recipe with --recipe",
+        )
+    })?;
+    let Model {
+        tok,
+        cfg: model,
+        pretrained,
+    } = model(&s)?;
+    let env = env::open(&env::Context {
+        settings: &s,
+        tok: &tok,
+        pretrained: pretrained.is_some(),
+    })?;
+    let task_desc = if tok.chat().is_some() {
+        format!("{} chat", env.describe())
+    } else {
+        env.describe()
+    };
+    check_context(&s, env.as_ref(), &tok, model.context)?;
+    let reads_ref = recipe.inputs.contains_key("ref_logp");
+    let reads_source = recipe.inputs.contains_key("source");
+    check_step_memory(&s, &model, reads_ref || reads_source)?;
+    let (pretrained_weights, pretrained) = match pretrained {
+        Some((w, m)) => (Some(w), Some(m)),
+        None => (None, None),
+    };
+    Ok(RunConfig {
+        tok,
+        z_loss: s.num("model", "z_loss"),
+        init_path: s.sym("model", "init"),
+        pretrained_weights,
+        pretrained,
+        model,
+        env,
+        task_desc,
+        seed: s.int("task", "seed") as u64,
+        steps: s.int("optimizer", "steps") as u64,
+        warm_steps: s.int("task", "warmup_steps") as u64,
+        warm_lr: s.num("task", "warmup_lr"),
+        warm_batch: s.int("task", "warmup_batch").max(1),
+        prompts: s.int("rollout", "prompts").max(1),
+        group: s.int("rollout", "group").max(1),
+        top_p: s.num("rollout", "top_p"),
+        epochs: s.int("rollout", "epochs").max(1),
+        minibatches: s.int("rollout", "minibatches").max(1),
+        micro_batches: s.int("rollout", "micro_batches").max(1),
+        dynamic_sampling: s.flag("rollout", "dynamic_sampling"),
+        order: s
+            .sym("curriculum", "order")
+            .unwrap_or_else(|| "random".into()),
+        eval_every: s.int("eval", "every") as u64,
+        eval_problems: s.int("eval", "problems").max(1),
+        eval_k: s.int("eval", "k").max(1),
+        ck_every: s.int("checkpoint", "every").max(1) as u64,
+        ck_keep: s.int("checkpoint", "keep").max(1),
+        adam: AdamWConfig {
+            beta1: s.num("optimizer", "beta1"),
+            beta2: s.num("optimizer", "beta2"),
+            eps: s.num("optimizer", "eps"),
+            weight_decay: s.num("optimizer", "weight_decay"),
+        },
+        reads_ref,
+        reads_old_logits: VOCAB_INPUTS.iter().any(|n| recipe.inputs.contains_key(*n)),
+        reads_source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sizing of docs/models.md: Qwen2.5-0.5B (494 M parameters, a
+    /// 151,936-row vocabulary) with a KL reference, 8 prompts × 8 samples at
+    /// 256 positions, does not fit 22 GB as one minibatch, nor as 4
+    /// minibatches unsplit, and fits as 4 minibatches of 4 micro-batches
+    /// (`run::update::tests` checks the micro-batches' rows).
+    #[test]
+    fn qwen_half_billion_fits_24_gb_with_minibatches_and_micro_batches() {
+        let mut qwen = ModelConfig::small(151_936, 896, 24, 14, 256, false, 0);
+        qwen.kv_heads = 2;
+        qwen.head_dim = 64;
+        qwen.hidden = 4864;
+        qwen.qkv_bias = true;
+        qwen.tied = true;
+        let params = qwen.parameters();
+        assert!((params as f64 - 494.0e6).abs() < 0.5e6, "{params}");
+        let gb = |m: usize, k: usize| step_memory(&qwen, 64, m, k, true) as f64 / 1e9;
+        assert!(gb(1, 1) > 60.0, "{}", gb(1, 1));
+        assert!(gb(4, 1) > 22.0, "{}", gb(4, 1));
+        assert!((gb(4, 4) - 17.09).abs() < 0.05, "{}", gb(4, 4));
+        // No reference: 4 bytes a parameter fewer.
+        let without = step_memory(&qwen, 64, 4, 4, false) as f64 / 1e9;
+        assert!((gb(4, 4) - without - 4.0 * params as f64 / 1e9).abs() < 1e-6);
+    }
+}
