@@ -1,8 +1,10 @@
 //! `keel bench loss RECIPE --tokens N [--vocab V] [--backend ...]`: the
 //! recipe's compiled loss and gradient on a synthetic batch of N response
 //! tokens: time per evaluation, tokens/s and effective GB/s per backend.
+//! `keel bench logits` times the fused logits kernel, `keel bench parity`
+//! holds the device kernels to the interpreter.
 
-use crate::diagnostics;
+use crate::diagnostics::{self, Color, ErrorFormat};
 use keel_compiler::batch::Values;
 use keel_compiler::synth::{self, Dims};
 use keel_compiler::{Disk, check_source};
@@ -10,18 +12,91 @@ use std::borrow::Cow;
 use std::process::ExitCode;
 use std::time::Instant;
 
+#[derive(clap::Args)]
 pub struct Args {
-    pub recipe: String,
-    pub tokens: usize,
-    pub seq_len: usize,
-    pub vocab: usize,
-    pub backend: String,
-    pub iters: usize,
-    pub name: Option<String>,
-    pub json: bool,
+    #[command(subcommand)]
+    what: What,
 }
 
+#[derive(clap::Subcommand)]
+enum What {
+    /// The loss and its gradient on a synthetic batch.
+    Loss(LossArgs),
+    /// The fused logits kernel (logp, entropy, d_logits) on random logits,
+    /// with peak memory.
+    Logits(LogitsArgs),
+    /// Device kernels against the interpreter: every stdlib recipe on
+    /// randomized batches with edge cases, and the logits kernel; prints the
+    /// largest errors and fails above tolerance (for CUDA machines, where
+    /// the test suite cannot be built).
+    Parity(ParityArgs),
+}
+
+#[derive(clap::Args)]
+struct LossArgs {
+    recipe: String,
+    /// Positions in the batch, B × T (rounded up to whole groups of
+    /// sequences); responses fill between half and all of their T.
+    #[arg(long, default_value_t = 65_536)]
+    tokens: usize,
+    /// Positions per sequence.
+    #[arg(long, default_value_t = 512)]
+    seq_len: usize,
+    /// Vocabulary size, for recipes that read logits, entropy or mean_logp
+    /// (0: logp and entropy given per token, no logits).
+    #[arg(long, default_value_t = 64)]
+    vocab: usize,
+    /// `interp`, `kernel`, `device`, a comma-separated list of them
+    /// (`interp,kernel`), or `all`.
+    #[arg(long, default_value = "all")]
+    backend: String,
+    /// Evaluations timed (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    #[arg(long = "recipe")]
+    name: Option<String>,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct LogitsArgs {
+    #[arg(long, default_value_t = 4096)]
+    tokens: usize,
+    #[arg(long, default_value_t = 151_936)]
+    vocab: usize,
+    /// bf16 logits (default f32).
+    #[arg(long)]
+    bf16: bool,
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    /// Run the cubecl kernel on the device (CUDA with `--features cuda`,
+    /// else Vulkan), logits already there; f32, or bf16 with `--bf16`.
+    #[arg(long)]
+    device: bool,
+}
+
+#[derive(clap::Args)]
+struct ParityArgs {
+    /// Also a larger batch per recipe (sequences × positions).
+    #[arg(long, default_value_t = 64)]
+    seqs: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+/// `keel bench loss|logits|parity`.
 pub fn run(a: Args) -> ExitCode {
+    match a.what {
+        What::Loss(a) => loss(a),
+        What::Logits(a) => logits(a),
+        What::Parity(a) => parity(a),
+    }
+}
+
+/// `keel bench loss`.
+fn loss(a: LossArgs) -> ExitCode {
     let Some(text) = diagnostics::read(&a.recipe) else {
         return ExitCode::from(1);
     };
@@ -31,8 +106,8 @@ pub fn run(a: Args) -> ExitCode {
             &a.recipe,
             &checked.diagnostics,
             checked.sources(),
-            crate::ErrorFormat::Human,
-            diagnostics::use_color(crate::Color::Auto),
+            ErrorFormat::Human,
+            diagnostics::use_color(Color::Auto),
         );
         return ExitCode::from(1);
     }
@@ -161,13 +236,7 @@ pub fn run(a: Args) -> ExitCode {
         .unwrap_or(0);
     // Compile and check the batch once; the timings are of the evaluation.
     let fail = |d: Vec<keel_compiler::Diagnostic>| {
-        diagnostics::print(
-            &a.recipe,
-            &d,
-            checked.sources(),
-            crate::ErrorFormat::Human,
-            false,
-        );
+        diagnostics::print(&a.recipe, &d, checked.sources(), ErrorFormat::Human, false);
         ExitCode::from(1)
     };
     let have = |n: &str| batch.has(n);
@@ -471,17 +540,9 @@ fn peak_rss() -> Option<usize> {
     Some(kb * 1024)
 }
 
-pub struct LogitsArgs {
-    pub tokens: usize,
-    pub vocab: usize,
-    pub bf16: bool,
-    pub iters: usize,
-    pub device: bool,
-}
-
 /// `keel bench logits`: the fused logits kernel (logp, entropy, d_logits) on
 /// random [N, V] logits: time, GB/s and peak memory against one [N, V] buffer.
-pub fn logits(a: LogitsArgs) -> ExitCode {
+fn logits(a: LogitsArgs) -> ExitCode {
     use keel_compiler::logits::{self as lk, Bf16};
     let (n, v) = (a.tokens.max(1), a.vocab.max(2));
     // The logits and one f32 gradient of the same shape.
@@ -699,7 +760,8 @@ fn logits_parity(client: &keel_device::Client, failures: &mut Vec<String>) -> f6
     logits_worst
 }
 
-pub fn parity(seqs: usize, json: bool) -> ExitCode {
+fn parity(a: ParityArgs) -> ExitCode {
+    let (seqs, json) = (a.seqs, a.json);
     use keel_compiler::synth::{self, Dims};
     // The larger shape: `seqs` × 128 positions, up to 8 vocabulary entries
     // each, in every executor's copies (~700 bytes a position).

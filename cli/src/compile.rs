@@ -1,18 +1,32 @@
 //! `keel compile FILE --emit ir|kernels|kernel-source|clif|llvm-ir`
 
-use crate::{Color, ErrorFormat, diagnostics};
+use crate::diagnostics;
 use keel_compiler::{Disk, check_source, compile_loss};
 use std::process::ExitCode;
 
-pub fn run(
-    path: &str,
-    emit: &str,
-    name: Option<&str>,
+#[derive(clap::Args)]
+pub struct Args {
+    file: String,
+    #[arg(long, default_value = "ir")]
+    emit: String,
+    #[arg(long)]
+    recipe: Option<String>,
+    /// Compile for a batch that carries logits and tokens.
+    #[arg(long)]
     logits: bool,
-    format: ErrorFormat,
-    color: Color,
-) -> ExitCode {
-    let color = diagnostics::use_color(color);
+    #[command(flatten)]
+    options: diagnostics::Options,
+}
+
+pub fn run(a: Args) -> ExitCode {
+    let (path, emit, name, logits) = (
+        a.file.as_str(),
+        a.emit.as_str(),
+        a.recipe.as_deref(),
+        a.logits,
+    );
+    let format = a.options.error_format;
+    let color = diagnostics::use_color(a.options.color);
     let Some(text) = diagnostics::read(path) else {
         return ExitCode::from(1);
     };

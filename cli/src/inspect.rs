@@ -10,7 +10,25 @@ use serde_json::json;
 use std::path::Path;
 use std::process::ExitCode;
 
-pub fn run(path: &str, prompt: Option<&str>, chat: bool, as_json: bool) -> ExitCode {
+#[derive(clap::Args)]
+pub struct Args {
+    /// A checkpoint directory (config.json, safetensors) or a .gguf file.
+    path: String,
+    /// Text to encode and continue by one token.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Put the prompt through the checkpoint's chat template first, as
+    /// a user message with the assistant's turn opened (as `keel run`
+    /// does for an instruct checkpoint).
+    #[arg(long, requires = "prompt")]
+    chat: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> ExitCode {
+    let (path, prompt, chat, as_json) = (a.path.as_str(), a.prompt.as_deref(), a.chat, a.json);
     let p = Path::new(path);
     if !pretrained::is_pretrained(p) {
         diagnostics::fail(

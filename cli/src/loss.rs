@@ -1,25 +1,40 @@
 //! `keel loss RECIPE --batch BATCH.safetensors [--json] [--grad-out GRAD]
 //! [--set NAME=VALUE]... [--backend interp|kernel]`
 
-use crate::{Color, ErrorFormat, diagnostics};
+use crate::diagnostics;
 use keel_compiler::batch::Batch;
 use keel_compiler::{Backend, Error, codes, run_loss_on};
 use std::process::ExitCode;
 
+#[derive(clap::Args)]
 pub struct Args {
-    pub recipe: String,
-    pub batch: String,
-    pub json: bool,
-    pub grad_out: Option<String>,
-    pub set: Vec<String>,
-    pub backend: String,
-    pub name: Option<String>,
-    pub error_format: ErrorFormat,
-    pub color: Color,
+    /// The recipe file.
+    recipe: String,
+    /// A safetensors batch (see docs/batch-format.md).
+    #[arg(long)]
+    batch: String,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Write d_logp, advantages (and d_logits) to this safetensors file.
+    #[arg(long)]
+    grad_out: Option<String>,
+    /// Override a hyperparameter: `--set clip.eps_high=0.28` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// `interp` (the f64 reference interpreter) or `kernel`.
+    #[arg(long, default_value = "interp")]
+    backend: String,
+    /// Which recipe of the file.
+    #[arg(long = "recipe")]
+    name: Option<String>,
+    #[command(flatten)]
+    options: diagnostics::Options,
 }
 
 pub fn run(a: Args) -> ExitCode {
-    let color = diagnostics::use_color(a.color);
+    let error_format = a.options.error_format;
+    let color = diagnostics::use_color(a.options.color);
     let device = a.backend == "device";
     let backend = if device {
         None
@@ -36,7 +51,7 @@ pub fn run(a: Args) -> ExitCode {
         }
     };
     let Some((checked, index)) =
-        diagnostics::load(&a.recipe, &a.set, a.name.as_deref(), a.error_format, color)
+        diagnostics::load(&a.recipe, &a.set, a.name.as_deref(), error_format, color)
     else {
         return ExitCode::from(1);
     };
@@ -116,7 +131,7 @@ pub fn run(a: Args) -> ExitCode {
     let mut result = match result {
         Ok(r) => r,
         Err(diags) => {
-            diagnostics::print(&a.recipe, &diags, checked.sources(), a.error_format, color);
+            diagnostics::print(&a.recipe, &diags, checked.sources(), error_format, color);
             return ExitCode::from(1);
         }
     };

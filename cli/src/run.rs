@@ -1,24 +1,50 @@
-//! `keel run RECIPE [--out DIR] [--set K=V]...`, `keel run --resume DIR`, and
-//! `keel report DIR`.
+//! `keel run RECIPE [--out DIR] [--set K=V]... [--seeds N]` and
+//! `keel run --resume DIR`.
 
-use crate::{Color, diagnostics};
+use crate::diagnostics::{self, Color};
 use keel_compiler::{Disk, Error, check_source_with, codes};
 use keel_runtime::train::{self, RunFile, RunOptions};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+#[derive(clap::Args)]
 pub struct Args {
-    pub recipe: Option<String>,
-    pub resume: Option<String>,
-    pub out: Option<String>,
-    pub set: Vec<String>,
-    pub name: Option<String>,
-    pub quiet: bool,
-    pub color: Color,
+    /// The recipe file (omit with --resume).
+    recipe: Option<String>,
+    /// Continue the run in this directory from its newest checkpoint.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "recipe")]
+    resume: Option<String>,
+    /// Run directory (default: runs/RECIPE, runs/RECIPE-2, ...).
+    #[arg(long)]
+    out: Option<String>,
+    /// Override a setting: `--set optimizer.steps=50` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// Which recipe of the file.
+    #[arg(long = "recipe")]
+    name: Option<String>,
+    /// Run N seeds one after another into RUN_DIR/seed-1 … seed-N
+    /// (`model.seed` and `task.seed` = the seed).
+    #[arg(long, value_name = "N", conflicts_with = "resume")]
+    seeds: Option<u32>,
+    /// No progress output.
+    #[arg(long, short)]
+    quiet: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    color: Color,
     /// The warm-start cache (`KEEL_CACHE` overrides it); `None`: next to
-    /// the run directory.
-    pub cache: Option<PathBuf>,
+    /// the run directory. Not a flag: `--seeds` sets it for its runs.
+    #[arg(skip)]
+    cache: Option<PathBuf>,
+}
+
+/// `keel run`: one run, or with `--seeds N`, N of them.
+pub fn run(a: Args) -> ExitCode {
+    match a.seeds {
+        Some(n) => run_seeds(a, n),
+        None => run_one(a),
+    }
 }
 
 /// `runs/NAME`, or `runs/NAME-2`, … — the first that does not exist.
@@ -40,7 +66,7 @@ fn default_out(name: &str) -> PathBuf {
 /// problems); `keel compare OUT/seed-*` draws them as one arm. The warm
 /// starts are cached next to OUT, so the arms of one experiment
 /// (`runs/exp/grpo`, `runs/exp/clip_cov`) share them.
-pub fn run_seeds(a: Args, seeds: u32) -> ExitCode {
+fn run_seeds(a: Args, seeds: u32) -> ExitCode {
     if a.resume.is_some() {
         eprintln!(
             "error: `--seeds` starts new runs; resume each with `keel run --resume OUT/seed-N`"
@@ -67,12 +93,13 @@ pub fn run_seeds(a: Args, seeds: u32) -> ExitCode {
         if !a.quiet {
             eprintln!("keel run: seed {k} of {seeds} → {}", out.display());
         }
-        let code = run(Args {
+        let code = run_one(Args {
             recipe: Some(recipe.clone()),
             resume: None,
             out: Some(out.to_string_lossy().into_owned()),
             set,
             name: a.name.clone(),
+            seeds: None,
             quiet: a.quiet,
             color: a.color,
             cache: Some(
@@ -87,7 +114,8 @@ pub fn run_seeds(a: Args, seeds: u32) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub fn run(a: Args) -> ExitCode {
+/// One run: a new one from a recipe, or `--resume`.
+fn run_one(a: Args) -> ExitCode {
     let color = diagnostics::use_color(a.color);
     // What to run: a recipe, or the run a directory describes.
     let (recipe_path, name, set, out, resume) = match (&a.resume, &a.recipe) {
@@ -136,7 +164,7 @@ pub fn run(a: Args) -> ExitCode {
             &recipe_path,
             &checked.diagnostics,
             checked.sources(),
-            crate::ErrorFormat::Human,
+            diagnostics::ErrorFormat::Human,
             color,
         );
         return ExitCode::from(1);
@@ -250,7 +278,7 @@ pub fn run(a: Args) -> ExitCode {
                 &e,
                 &recipe_path,
                 checked.sources(),
-                crate::ErrorFormat::Human,
+                diagnostics::ErrorFormat::Human,
                 color,
             );
             ExitCode::from(1)
