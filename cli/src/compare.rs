@@ -1,6 +1,7 @@
 //! `keel compare RUN_DIR... [--out OUT]`: several runs on one page,
 //! OUT/compare.html and OUT/summary.json (drawn by `keel_runtime::compare`).
 
+use crate::diagnostics;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -22,7 +23,7 @@ pub fn run(a: Args) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("{e}");
+            diagnostics::fail(&e);
             ExitCode::from(1)
         }
     }

@@ -1,6 +1,7 @@
 //! `keel report RUN_DIR`: RUN_DIR/report.html, plots of a run's metrics and
 //! guard events (drawn by `keel_runtime::report`).
 
+use crate::diagnostics;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -17,7 +18,7 @@ pub fn run(a: Args) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("{e}");
+            diagnostics::fail(&e);
             ExitCode::from(1)
         }
     }
