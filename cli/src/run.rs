@@ -114,54 +114,32 @@ fn run_seeds(a: Args, seeds: u32) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// What a run runs: a recipe file with `--set`, or the run a directory
+/// describes (`--resume`).
+struct Source {
+    recipe_path: String,
+    /// Which recipe of the file.
+    name: Option<String>,
+    set: Vec<(String, String)>,
+    /// The run directory to continue.
+    resume: Option<PathBuf>,
+}
+
 /// One run: a new one from a recipe, or `--resume`.
 fn run_one(a: Args) -> ExitCode {
     let color = diagnostics::use_color(a.color);
-    // What to run: a recipe, or the run a directory describes.
-    let (recipe_path, name, set, out, resume) = match (&a.resume, &a.recipe) {
-        (Some(dir), None) => {
-            let path = Path::new(dir).join("run.json");
-            let rf: RunFile = match std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    diagnostics::fail(
-                        &Error::new(
-                            codes::RUN_DIR,
-                            format!("cannot read the run description: {e}"),
-                            "`--resume` takes a directory written by `keel run` (it holds run.json and checkpoints/)",
-                        )
-                        .at(path.display().to_string()),
-                    );
-                    return ExitCode::from(1);
-                }
-            };
-            (rf.recipe_path, rf.recipe, rf.set, PathBuf::from(dir), true)
-        }
-        (None, Some(recipe)) => {
-            let set = match diagnostics::parse_set(&a.set) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            (recipe.clone(), a.name.clone(), set, PathBuf::new(), false)
-        }
-        _ => {
-            eprintln!("error: give either a recipe file or `--resume RUN_DIR`");
-            return ExitCode::from(2);
-        }
+    let src = match source(&a) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
-    let Some(text) = diagnostics::read(&recipe_path) else {
+    let recipe_path = &src.recipe_path;
+    let Some(text) = diagnostics::read(recipe_path) else {
         return ExitCode::from(1);
     };
-    let checked = check_source_with(&Disk, &recipe_path, &text, &set);
+    let checked = check_source_with(&Disk, recipe_path, &text, &src.set);
     if checked.has_errors() {
         diagnostics::print(
-            &recipe_path,
+            recipe_path,
             &checked.diagnostics,
             checked.sources(),
             diagnostics::ErrorFormat::Human,
@@ -169,56 +147,19 @@ fn run_one(a: Args) -> ExitCode {
         );
         return ExitCode::from(1);
     }
-    let Some(index) = checked.main_recipe(name.as_deref()) else {
+    let Some(index) = checked.main_recipe(src.name.as_deref()) else {
         eprintln!(
             "error: `{recipe_path}` has no recipe{}",
-            name.map(|n| format!(" named `{n}`")).unwrap_or_default()
+            src.name
+                .map(|n| format!(" named `{n}`"))
+                .unwrap_or_default()
         );
         return ExitCode::from(1);
     };
     let fingerprint = format!("{:016x}", train::fnv(text.as_bytes()));
-    let out = if resume {
-        // The recipe must be the one the run started with.
-        let rf: Option<RunFile> = std::fs::read(out.join("run.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        if let Some(rf) = rf
-            && rf.fingerprint != fingerprint
-        {
-            diagnostics::fail(
-                &Error::new(
-                    codes::RESUME_MISMATCH,
-                    "the recipe changed since this run started",
-                    format!(
-                        "resume with the recipe as it was, or start a new run with `keel run {recipe_path}`"
-                    ),
-                )
-                .at(recipe_path.clone()),
-            );
-            return ExitCode::from(1);
-        }
-        out
-    } else {
-        match &a.out {
-            Some(o) => {
-                let p = PathBuf::from(o);
-                if p.join("run.json").exists() {
-                    diagnostics::fail(
-                        &Error::new(
-                            codes::RUN_DIR,
-                            "the directory already holds a run",
-                            format!(
-                                "continue it with `keel run --resume {o}`, or choose another --out"
-                            ),
-                        )
-                        .at(o.clone()),
-                    );
-                    return ExitCode::from(1);
-                }
-                p
-            }
-            None => default_out(&checked.recipes[index].name),
-        }
+    let recipe = &checked.recipes[index].name;
+    let Some(out) = run_dir(&src, a.out.as_deref(), &fingerprint, recipe) else {
+        return ExitCode::from(1);
     };
     let cache = std::env::var_os("KEEL_CACHE")
         .map(PathBuf::from)
@@ -237,7 +178,7 @@ fn run_one(a: Args) -> ExitCode {
     };
     let opts = RunOptions {
         out: out.clone(),
-        resume,
+        resume: src.resume.is_some(),
         progress: std::io::stderr().is_terminal(),
         cache,
         device,
@@ -248,35 +189,21 @@ fn run_one(a: Args) -> ExitCode {
     }
     let rf = RunFile {
         recipe_path: recipe_path.clone(),
-        recipe: Some(checked.recipes[index].name.clone()),
-        set,
+        recipe: Some(recipe.clone()),
+        set: src.set,
         fingerprint,
     };
     match train::run(&checked, index, rf, &opts) {
         Ok(s) => {
             if !a.quiet {
-                let f = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());
-                eprintln!(
-                    "done: {} steps in {:.1}s (warm start {:.1}s); held-out pass@1 {} after warm start → {} after RL; pass@k {}",
-                    s.steps,
-                    s.rl_s,
-                    s.warm_s,
-                    f(s.pass_at_1_warm),
-                    f(s.pass_at_1_final),
-                    f(s.pass_at_k_final)
-                );
-                eprintln!(
-                    "metrics: {}/metrics.jsonl; report: keel report {}",
-                    out.display(),
-                    out.display()
-                );
+                print_summary(&s, &out);
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
             diagnostics::fail_with(
                 &e,
-                &recipe_path,
+                recipe_path,
                 checked.sources(),
                 diagnostics::ErrorFormat::Human,
                 color,
@@ -284,4 +211,121 @@ fn run_one(a: Args) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// What to run: the recipe and `--set`, or what the directory's run.json
+/// says; a failure printed, with its exit code.
+fn source(a: &Args) -> Result<Source, ExitCode> {
+    match (&a.resume, &a.recipe) {
+        (Some(dir), None) => {
+            let path = Path::new(dir).join("run.json");
+            let rf: RunFile = match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    diagnostics::fail(
+                        &Error::new(
+                            codes::RUN_DIR,
+                            format!("cannot read the run description: {e}"),
+                            "`--resume` takes a directory written by `keel run` (it holds run.json and checkpoints/)",
+                        )
+                        .at(path.display().to_string()),
+                    );
+                    return Err(ExitCode::from(1));
+                }
+            };
+            Ok(Source {
+                recipe_path: rf.recipe_path,
+                name: rf.recipe,
+                set: rf.set,
+                resume: Some(PathBuf::from(dir)),
+            })
+        }
+        (None, Some(recipe)) => match diagnostics::parse_set(&a.set) {
+            Ok(set) => Ok(Source {
+                recipe_path: recipe.clone(),
+                name: a.name.clone(),
+                set,
+                resume: None,
+            }),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Err(ExitCode::from(1))
+            }
+        },
+        _ => {
+            eprintln!("error: give either a recipe file or `--resume RUN_DIR`");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// The run directory: the resumed one, if the recipe is still the one
+/// the run started with (its `fingerprint`); `--out`, if it holds no run;
+/// else `runs/RECIPE`. `None`: refused, the error printed.
+fn run_dir(src: &Source, out: Option<&str>, fingerprint: &str, recipe: &str) -> Option<PathBuf> {
+    let recipe_path = &src.recipe_path;
+    if let Some(dir) = &src.resume {
+        let rf: Option<RunFile> = std::fs::read(dir.join("run.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(rf) = rf
+            && rf.fingerprint != fingerprint
+        {
+            diagnostics::fail(
+                &Error::new(
+                    codes::RESUME_MISMATCH,
+                    "the recipe changed since this run started",
+                    format!(
+                        "resume with the recipe as it was, or start a new run with `keel run {recipe_path}`"
+                    ),
+                )
+                .at(recipe_path.clone()),
+            );
+            return None;
+        }
+        return Some(dir.clone());
+    }
+    match out {
+        Some(o) => {
+            let p = PathBuf::from(o);
+            if p.join("run.json").exists() {
+                diagnostics::fail(
+                    &Error::new(
+                        codes::RUN_DIR,
+                        "the directory already holds a run",
+                        format!(
+                            "continue it with `keel run --resume {o}`, or choose another --out"
+                        ),
+                    )
+                    .at(o),
+                );
+                return None;
+            }
+            Some(p)
+        }
+        None => Some(default_out(recipe)),
+    }
+}
+
+/// The closing lines: steps, time, pass@1 before and after RL, where the
+/// metrics are.
+fn print_summary(s: &train::Summary, out: &Path) {
+    let f = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());
+    eprintln!(
+        "done: {} steps in {:.1}s (warm start {:.1}s); held-out pass@1 {} after warm start → {} after RL; pass@k {}",
+        s.steps,
+        s.rl_s,
+        s.warm_s,
+        f(s.pass_at_1_warm),
+        f(s.pass_at_1_final),
+        f(s.pass_at_k_final)
+    );
+    eprintln!(
+        "metrics: {}/metrics.jsonl; report: keel report {}",
+        out.display(),
+        out.display()
+    );
 }
