@@ -14,8 +14,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> ExitCode {
-    let format = a.options.error_format;
-    let color = diagnostics::use_color(a.options.color);
+    let (format, color) = a.options.resolve();
     let mut failed = false;
     for path in &a.files {
         let Some(text) = diagnostics::read(path) else {

@@ -41,8 +41,7 @@ impl Recipe<'_> {
 
 pub fn run(a: Args) -> ExitCode {
     let path = a.file.as_str();
-    let format = a.options.error_format;
-    let color = diagnostics::use_color(a.options.color);
+    let (format, color) = a.options.resolve();
     let Some(text) = diagnostics::read(path) else {
         return ExitCode::from(1);
     };

@@ -34,6 +34,13 @@ pub struct Options {
     pub color: Color,
 }
 
+impl Options {
+    /// The error format, and whether to colour (see [`use_color`]).
+    pub fn resolve(&self) -> (ErrorFormat, bool) {
+        (self.error_format, use_color(self.color))
+    }
+}
+
 pub fn use_color(color: Color) -> bool {
     match color {
         Color::Always => true,

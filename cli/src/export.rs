@@ -45,8 +45,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> ExitCode {
-    let error_format = a.options.error_format;
-    let color = diagnostics::use_color(a.options.color);
+    let (error_format, color) = a.options.resolve();
     let Some((checked, index)) =
         diagnostics::load(&a.recipe, &a.set, a.name.as_deref(), error_format, color)
     else {

@@ -33,8 +33,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> ExitCode {
-    let error_format = a.options.error_format;
-    let color = diagnostics::use_color(a.options.color);
+    let (error_format, color) = a.options.resolve();
     // `None`: the device.
     let backend = if a.backend == "device" {
         None
