@@ -1,4 +1,4 @@
-//! `keel export RECIPE --target torch|verl --out DIR [--set NAME=VALUE]... [--allow-partial]`
+//! `keel export RECIPE --target torch|verl|trl --out DIR [--set NAME=VALUE]... [--allow-partial]`
 
 use crate::diagnostics;
 use keel_compiler::{Diagnostic, Error, codes};

@@ -1,5 +1,5 @@
 //! `keel loss RECIPE --batch BATCH.safetensors [--json] [--grad-out GRAD]
-//! [--set NAME=VALUE]... [--backend interp|kernel]`
+//! [--set NAME=VALUE]... [--backend interp|kernel|device]`
 
 use crate::diagnostics;
 use keel_compiler::batch::Batch;

@@ -1,6 +1,7 @@
 //! `keel`: the command-line tool. One module per subcommand, each with its
 //! `Args` (the subcommand's flags, as clap derives them) and a `run(Args) ->
-//! ExitCode`; this file only names the subcommands and dispatches.
+//! ExitCode`; this file names the subcommands and dispatches (`keel lsp`,
+//! which has no flags, is one call to `keel_lsp`).
 
 mod bench;
 mod check;
