@@ -1,13 +1,22 @@
 //! `keel check FILE...`
 
-use crate::{Color, ErrorFormat, diagnostics};
+use crate::diagnostics::{self, ErrorFormat};
 use keel_compiler::{Disk, check_source};
 use std::process::ExitCode;
 
-pub fn run(files: &[String], format: ErrorFormat, color: Color) -> ExitCode {
-    let color = diagnostics::use_color(color);
+#[derive(clap::Args)]
+pub struct Args {
+    /// Recipe files to check.
+    #[arg(required = true)]
+    files: Vec<String>,
+    #[command(flatten)]
+    options: diagnostics::Options,
+}
+
+pub fn run(a: Args) -> ExitCode {
+    let (format, color) = a.options.resolve();
     let mut failed = false;
-    for path in files {
+    for path in &a.files {
         let Some(text) = diagnostics::read(path) else {
             failed = true;
             continue;

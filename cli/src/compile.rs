@@ -1,18 +1,47 @@
 //! `keel compile FILE --emit ir|kernels|kernel-source|clif|llvm-ir`
 
-use crate::{Color, ErrorFormat, diagnostics};
-use keel_compiler::{Disk, check_source, compile_loss};
+use crate::diagnostics::{self, ErrorFormat};
+use keel_compiler::{Checked, Diagnostic, Disk, check_source, compile_loss};
 use std::process::ExitCode;
 
-pub fn run(
-    path: &str,
-    emit: &str,
-    name: Option<&str>,
+#[derive(clap::Args)]
+pub struct Args {
+    file: String,
+    #[arg(long, default_value = "ir")]
+    emit: String,
+    #[arg(long)]
+    recipe: Option<String>,
+    /// Compile for a batch that carries logits and tokens.
+    #[arg(long)]
     logits: bool,
+    #[command(flatten)]
+    options: diagnostics::Options,
+}
+
+/// The checked recipe to show, and how its diagnostics are printed.
+struct Recipe<'a> {
+    path: &'a str,
+    checked: Checked,
+    index: usize,
     format: ErrorFormat,
-    color: Color,
-) -> ExitCode {
-    let color = diagnostics::use_color(color);
+    color: bool,
+}
+
+impl Recipe<'_> {
+    fn print(&self, diags: &[Diagnostic]) {
+        diagnostics::print(
+            self.path,
+            diags,
+            self.checked.sources(),
+            self.format,
+            self.color,
+        );
+    }
+}
+
+pub fn run(a: Args) -> ExitCode {
+    let path = a.file.as_str();
+    let (format, color) = a.options.resolve();
     let Some(text) = diagnostics::read(path) else {
         return ExitCode::from(1);
     };
@@ -21,99 +50,117 @@ pub fn run(
         diagnostics::print(path, &checked.diagnostics, checked.sources(), format, color);
         return ExitCode::from(1);
     }
-    let Some(index) = checked.main_recipe(name) else {
+    let Some(index) = checked.main_recipe(a.recipe.as_deref()) else {
         eprintln!("error: `{path}` has no such recipe");
         return ExitCode::from(1);
     };
-    match emit {
-        "kernel-source" => {
-            // A small synthetic batch of what the recipe reads runs the
-            // kernels once, so the runtime compiles them.
-            let recipe = &checked.recipes[index];
-            let d = keel_compiler::synth::Dims {
-                b: 8,
-                t: 16,
-                v: if logits { 8 } else { 0 },
-                group: 4,
-            };
-            let batch = keel_compiler::synth::batch(recipe, d, 1);
-            let have = |n: &str| batch.has(n);
-            let source = compile_loss(&checked, index, &have)
-                .map_err(|d| {
-                    diagnostics::print(path, &d, checked.sources(), format, color);
-                })
-                .and_then(|c| {
-                    let p = keel_compiler::batch::prepare(&batch, "synthetic batch", &c.graph, recipe)
-                        .map_err(|d| diagnostics::print(path, &d, checked.sources(), format, color))?;
-                    keel_device::kernel_sources(&c.graph, &p).map_err(|e| {
-                        diagnostics::fail(&keel_compiler::Error::new(
-                            keel_compiler::codes::DEVICE,
-                            format!("cannot compile the kernels on a device: {e}"),
-                            "install a Vulkan driver (Debian: mesa-vulkan-drivers) or build with `--features cuda` on an NVIDIA machine",
-                        ));
-                    })
-                });
-            match source {
-                Ok((text, device)) => {
-                    println!(
-                        "// the kernels of `{}` as the {device} runtime compiles them",
-                        recipe.name
-                    );
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(()) => ExitCode::from(1),
-            }
-        }
-        "ir" | "kernels" => {
-            // Without a batch, assume the usual tensors (and logits if asked).
-            let have = move |n: &str| match n {
-                "logits" | "tokens" => logits,
-                "teacher_logits" | "advantages" => false,
-                _ => true,
-            };
-            match compile_loss(&checked, index, &have) {
-                Ok(c) if emit == "ir" => {
-                    print!("{}", c.graph.print());
-                    ExitCode::SUCCESS
-                }
-                Ok(c) => match keel_compiler::kernel::Plan::new(&c.graph) {
-                    Ok(plan) => {
-                        print!("{}", plan.print());
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("error: internal compiler error while planning kernels: {e}");
-                        ExitCode::from(101)
-                    }
-                },
-                Err(diags) => {
-                    diagnostics::print(path, &diags, checked.sources(), format, color);
-                    ExitCode::from(1)
-                }
-            }
-        }
-        "clif" => match keel_compiler::compile_host(&checked, index) {
-            Ok(h) => match emit_clif(&h) {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: cranelift: {e}");
-                    ExitCode::from(1)
-                }
-            },
-            Err(diags) => {
-                diagnostics::print(path, &diags, checked.sources(), format, color);
-                ExitCode::from(1)
-            }
-        },
-        "llvm-ir" => emit_llvm(&checked, index),
+    let r = Recipe {
+        path,
+        checked,
+        index,
+        format,
+        color,
+    };
+    match a.emit.as_str() {
+        "kernel-source" => kernel_source(&r, a.logits),
+        "ir" => ir(&r, a.logits, false),
+        "kernels" => ir(&r, a.logits, true),
+        "clif" => clif(&r),
+        "llvm-ir" => emit_llvm(&r.checked, r.index),
         other => {
             eprintln!(
                 "error: `--emit {other}` is not available; use `ir`, `kernels`, `kernel-source`, `clif` or `llvm-ir`"
             );
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `--emit kernel-source`: a small synthetic batch of what the recipe
+/// reads runs the kernels once, so the runtime compiles them.
+fn kernel_source(r: &Recipe, logits: bool) -> ExitCode {
+    let (checked, index) = (&r.checked, r.index);
+    let recipe = &checked.recipes[index];
+    let d = keel_compiler::synth::Dims {
+        b: 8,
+        t: 16,
+        v: if logits { 8 } else { 0 },
+        group: 4,
+    };
+    let batch = keel_compiler::synth::batch(recipe, d, 1);
+    let have = |n: &str| batch.has(n);
+    let source = compile_loss(checked, index, &have)
+        .map_err(|d| r.print(&d))
+        .and_then(|c| {
+            let p = keel_compiler::batch::prepare(&batch, "synthetic batch", &c.graph, recipe)
+                .map_err(|d| r.print(&d))?;
+            keel_device::kernel_sources(&c.graph, &p).map_err(|e| {
+                diagnostics::fail(&keel_compiler::Error::new(
+                    keel_compiler::codes::DEVICE,
+                    format!("cannot compile the kernels on a device: {e}"),
+                    "install a Vulkan driver (Debian: mesa-vulkan-drivers) or build with `--features cuda` on an NVIDIA machine",
+                ));
+            })
+        });
+    match source {
+        Ok((text, device)) => {
+            println!(
+                "// the kernels of `{}` as the {device} runtime compiles them",
+                recipe.name
+            );
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(()) => ExitCode::from(1),
+    }
+}
+
+/// `--emit ir`, or with `kernels`, `--emit kernels` (the fused kernel
+/// plan). Without a batch, the usual tensors are assumed (and logits if
+/// asked).
+fn ir(r: &Recipe, logits: bool, kernels: bool) -> ExitCode {
+    let have = move |n: &str| match n {
+        "logits" | "tokens" => logits,
+        "teacher_logits" | "advantages" => false,
+        _ => true,
+    };
+    match compile_loss(&r.checked, r.index, &have) {
+        Ok(c) if !kernels => {
+            print!("{}", c.graph.print());
+            ExitCode::SUCCESS
+        }
+        Ok(c) => match keel_compiler::kernel::Plan::new(&c.graph) {
+            Ok(plan) => {
+                print!("{}", plan.print());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: internal compiler error while planning kernels: {e}");
+                ExitCode::from(101)
+            }
+        },
+        Err(diags) => {
+            r.print(&diags);
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `--emit clif`: the host code as cranelift IR.
+fn clif(r: &Recipe) -> ExitCode {
+    match keel_compiler::compile_host(&r.checked, r.index) {
+        Ok(h) => match emit_clif(&h) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cranelift: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Err(diags) => {
+            r.print(&diags);
             ExitCode::from(1)
         }
     }

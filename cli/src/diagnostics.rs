@@ -1,10 +1,45 @@
 //! Printing diagnostics and errors the same way for every subcommand
-//! (human, short or JSON; colour or not), reading a recipe file with a
-//! located error, and finding the device for `--backend device`.
+//! (human, short or JSON; colour or not, as `--error-format` and `--color`
+//! ask), reading a recipe file with a located error, and finding the device
+//! for `--backend device`.
 
-use crate::{Color, ErrorFormat};
+use clap::ValueEnum;
 use keel_compiler::{Checked, Diagnostic, Disk, Error, Sources, check_source_with, codes};
 use std::io::IsTerminal;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ErrorFormat {
+    /// Drawn reports with source excerpts, then one line per diagnostic.
+    Human,
+    /// One `PATH:LINE:COL: error[CODE]: MESSAGE` line per diagnostic.
+    Short,
+    /// One JSON object per file on stdout.
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+/// `--error-format` and `--color`, for the subcommands that check a recipe
+/// (flattened into their `Args`).
+#[derive(clap::Args)]
+pub struct Options {
+    #[arg(long, value_enum, default_value = "human")]
+    pub error_format: ErrorFormat,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub color: Color,
+}
+
+impl Options {
+    /// The error format, and whether to colour (see [`use_color`]).
+    pub fn resolve(&self) -> (ErrorFormat, bool) {
+        (self.error_format, use_color(self.color))
+    }
+}
 
 pub fn use_color(color: Color) -> bool {
     match color {

@@ -11,7 +11,17 @@ fn looks_like_code(s: &str) -> bool {
         && s[1..].bytes().all(|b| b.is_ascii_digit())
 }
 
-pub fn run(what: &str, recipe: Option<&str>) -> ExitCode {
+#[derive(clap::Args)]
+pub struct Args {
+    /// An error code such as E0202, or a recipe file.
+    what: String,
+    /// Which recipe of the file (default: the one named like the file, else the last).
+    #[arg(long)]
+    recipe: Option<String>,
+}
+
+pub fn run(a: Args) -> ExitCode {
+    let (what, recipe) = (a.what.as_str(), a.recipe.as_deref());
     if looks_like_code(what) {
         return match keel_compiler::codes::explain(what) {
             Some(text) => {

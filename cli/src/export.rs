@@ -1,6 +1,6 @@
-//! `keel export RECIPE --target torch|verl --out DIR [--set NAME=VALUE]... [--allow-partial]`
+//! `keel export RECIPE --target torch|verl|trl --out DIR [--set NAME=VALUE]... [--allow-partial]`
 
-use crate::{Color, ErrorFormat, diagnostics};
+use crate::diagnostics;
 use keel_compiler::{Diagnostic, Error, codes};
 use std::path::Path;
 use std::process::ExitCode;
@@ -17,21 +17,37 @@ pub enum Target {
     Trl,
 }
 
+#[derive(clap::Args)]
 pub struct Args {
-    pub recipe: String,
-    pub target: Target,
-    pub out: String,
-    pub allow_partial: bool,
-    pub set: Vec<String>,
-    pub name: Option<String>,
-    pub error_format: ErrorFormat,
-    pub color: Color,
+    /// The recipe file.
+    recipe: String,
+    /// What to write: `torch`, a plain PyTorch package; `verl`, a package
+    /// registering the loss and credit with verl 0.9.1, its Hydra
+    /// overrides and `run.sh`; `trl`, a TRL 1.16 `GRPOTrainer` subclass
+    /// and `train.py` (see docs/export.md).
+    #[arg(long, value_enum, default_value = "torch")]
+    target: Target,
+    /// Export what the target can run and list the rest (guards,
+    /// curriculum, state, a credit it cannot compute) in the README.
+    #[arg(long)]
+    allow_partial: bool,
+    /// The directory to write (created; files in it are replaced).
+    #[arg(long)]
+    out: String,
+    /// Override a hyperparameter: `--set clip.eps_high=0.28` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// Which recipe of the file.
+    #[arg(long = "recipe")]
+    name: Option<String>,
+    #[command(flatten)]
+    options: diagnostics::Options,
 }
 
 pub fn run(a: Args) -> ExitCode {
-    let color = diagnostics::use_color(a.color);
+    let (error_format, color) = a.options.resolve();
     let Some((checked, index)) =
-        diagnostics::load(&a.recipe, &a.set, a.name.as_deref(), a.error_format, color)
+        diagnostics::load(&a.recipe, &a.set, a.name.as_deref(), error_format, color)
     else {
         return ExitCode::from(1);
     };
@@ -83,7 +99,7 @@ pub fn run(a: Args) -> ExitCode {
     let (package, note) = match exported {
         Ok(p) => p,
         Err(d) => {
-            diagnostics::print(&a.recipe, &d, checked.sources(), a.error_format, color);
+            diagnostics::print(&a.recipe, &d, checked.sources(), error_format, color);
             return ExitCode::from(1);
         }
     };

@@ -2,9 +2,18 @@
 
 use std::process::ExitCode;
 
-pub fn run(files: &[String], check: bool) -> ExitCode {
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(required = true)]
+    files: Vec<String>,
+    /// Do not write; exit 1 if a file is not formatted.
+    #[arg(long)]
+    check: bool,
+}
+
+pub fn run(a: Args) -> ExitCode {
     let mut failed = false;
-    for path in files {
+    for path in &a.files {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) => {
@@ -26,7 +35,7 @@ pub fn run(files: &[String], check: bool) -> ExitCode {
         if formatted == text {
             continue;
         }
-        if check {
+        if a.check {
             eprintln!("{path}: would be reformatted");
             failed = true;
         } else if let Err(e) = std::fs::write(path, formatted) {

@@ -1,24 +1,50 @@
-//! `keel run RECIPE [--out DIR] [--set K=V]...`, `keel run --resume DIR`, and
-//! `keel report DIR`.
+//! `keel run RECIPE [--out DIR] [--set K=V]... [--seeds N]` and
+//! `keel run --resume DIR`.
 
-use crate::{Color, diagnostics};
+use crate::diagnostics::{self, Color};
 use keel_compiler::{Disk, Error, check_source_with, codes};
 use keel_runtime::run::{self, RunFile, RunOptions};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+#[derive(clap::Args)]
 pub struct Args {
-    pub recipe: Option<String>,
-    pub resume: Option<String>,
-    pub out: Option<String>,
-    pub set: Vec<String>,
-    pub name: Option<String>,
-    pub quiet: bool,
-    pub color: Color,
+    /// The recipe file (omit with --resume).
+    recipe: Option<String>,
+    /// Continue the run in this directory from its newest checkpoint.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "recipe")]
+    resume: Option<String>,
+    /// Run directory (default: runs/RECIPE, runs/RECIPE-2, ...).
+    #[arg(long)]
+    out: Option<String>,
+    /// Override a setting: `--set optimizer.steps=50` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+    /// Which recipe of the file.
+    #[arg(long = "recipe")]
+    name: Option<String>,
+    /// Run N seeds one after another into RUN_DIR/seed-1 … seed-N
+    /// (`model.seed` and `task.seed` = the seed).
+    #[arg(long, value_name = "N", conflicts_with = "resume")]
+    seeds: Option<u32>,
+    /// No progress output.
+    #[arg(long, short)]
+    quiet: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    color: Color,
     /// The warm-start cache (`KEEL_CACHE` overrides it); `None`: next to
-    /// the run directory.
-    pub cache: Option<PathBuf>,
+    /// the run directory. Not a flag: `--seeds` sets it for its runs.
+    #[arg(skip)]
+    cache: Option<PathBuf>,
+}
+
+/// `keel run`: one run, or with `--seeds N`, N of them.
+pub fn run(a: Args) -> ExitCode {
+    match a.seeds {
+        Some(n) => run_seeds(a, n),
+        None => run_one(a),
+    }
 }
 
 /// `runs/NAME`, or `runs/NAME-2`, … — the first that does not exist.
@@ -40,7 +66,7 @@ fn default_out(name: &str) -> PathBuf {
 /// problems); `keel compare OUT/seed-*` draws them as one arm. The warm
 /// starts are cached next to OUT, so the arms of one experiment
 /// (`runs/exp/grpo`, `runs/exp/clip_cov`) share them.
-pub fn run_seeds(a: Args, seeds: u32) -> ExitCode {
+fn run_seeds(a: Args, seeds: u32) -> ExitCode {
     if a.resume.is_some() {
         eprintln!(
             "error: `--seeds` starts new runs; resume each with `keel run --resume OUT/seed-N`"
@@ -67,12 +93,13 @@ pub fn run_seeds(a: Args, seeds: u32) -> ExitCode {
         if !a.quiet {
             eprintln!("keel run: seed {k} of {seeds} → {}", out.display());
         }
-        let code = run(Args {
+        let code = run_one(Args {
             recipe: Some(recipe.clone()),
             resume: None,
             out: Some(out.to_string_lossy().into_owned()),
             set,
             name: a.name.clone(),
+            seeds: None,
             quiet: a.quiet,
             color: a.color,
             cache: Some(
@@ -87,110 +114,52 @@ pub fn run_seeds(a: Args, seeds: u32) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub fn run(a: Args) -> ExitCode {
+/// What a run runs: a recipe file with `--set`, or the run a directory
+/// describes (`--resume`).
+struct Source {
+    recipe_path: String,
+    /// Which recipe of the file.
+    name: Option<String>,
+    set: Vec<(String, String)>,
+    /// The run directory to continue.
+    resume: Option<PathBuf>,
+}
+
+/// One run: a new one from a recipe, or `--resume`.
+fn run_one(a: Args) -> ExitCode {
     let color = diagnostics::use_color(a.color);
-    // What to run: a recipe, or the run a directory describes.
-    let (recipe_path, name, set, out, resume) = match (&a.resume, &a.recipe) {
-        (Some(dir), None) => {
-            let path = Path::new(dir).join("run.json");
-            let rf: RunFile = match std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    diagnostics::fail(
-                        &Error::new(
-                            codes::RUN_DIR,
-                            format!("cannot read the run description: {e}"),
-                            "`--resume` takes a directory written by `keel run` (it holds run.json and checkpoints/)",
-                        )
-                        .at(path.display().to_string()),
-                    );
-                    return ExitCode::from(1);
-                }
-            };
-            (rf.recipe_path, rf.recipe, rf.set, PathBuf::from(dir), true)
-        }
-        (None, Some(recipe)) => {
-            let set = match diagnostics::parse_set(&a.set) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            (recipe.clone(), a.name.clone(), set, PathBuf::new(), false)
-        }
-        _ => {
-            eprintln!("error: give either a recipe file or `--resume RUN_DIR`");
-            return ExitCode::from(2);
-        }
+    let src = match source(&a) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
-    let Some(text) = diagnostics::read(&recipe_path) else {
+    let recipe_path = &src.recipe_path;
+    let Some(text) = diagnostics::read(recipe_path) else {
         return ExitCode::from(1);
     };
-    let checked = check_source_with(&Disk, &recipe_path, &text, &set);
+    let checked = check_source_with(&Disk, recipe_path, &text, &src.set);
     if checked.has_errors() {
         diagnostics::print(
-            &recipe_path,
+            recipe_path,
             &checked.diagnostics,
             checked.sources(),
-            crate::ErrorFormat::Human,
+            diagnostics::ErrorFormat::Human,
             color,
         );
         return ExitCode::from(1);
     }
-    let Some(index) = checked.main_recipe(name.as_deref()) else {
+    let Some(index) = checked.main_recipe(src.name.as_deref()) else {
         eprintln!(
             "error: `{recipe_path}` has no recipe{}",
-            name.map(|n| format!(" named `{n}`")).unwrap_or_default()
+            src.name
+                .map(|n| format!(" named `{n}`"))
+                .unwrap_or_default()
         );
         return ExitCode::from(1);
     };
     let fingerprint = format!("{:016x}", keel_model::rng::fnv(text.as_bytes()));
-    let out = if resume {
-        // The recipe must be the one the run started with.
-        let rf: Option<RunFile> = std::fs::read(out.join("run.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        if let Some(rf) = rf
-            && rf.fingerprint != fingerprint
-        {
-            diagnostics::fail(
-                &Error::new(
-                    codes::RESUME_MISMATCH,
-                    "the recipe changed since this run started",
-                    format!(
-                        "resume with the recipe as it was, or start a new run with `keel run {recipe_path}`"
-                    ),
-                )
-                .at(recipe_path.clone()),
-            );
-            return ExitCode::from(1);
-        }
-        out
-    } else {
-        match &a.out {
-            Some(o) => {
-                let p = PathBuf::from(o);
-                if p.join("run.json").exists() {
-                    diagnostics::fail(
-                        &Error::new(
-                            codes::RUN_DIR,
-                            "the directory already holds a run",
-                            format!(
-                                "continue it with `keel run --resume {o}`, or choose another --out"
-                            ),
-                        )
-                        .at(o.clone()),
-                    );
-                    return ExitCode::from(1);
-                }
-                p
-            }
-            None => default_out(&checked.recipes[index].name),
-        }
+    let recipe = &checked.recipes[index].name;
+    let Some(out) = run_dir(&src, a.out.as_deref(), &fingerprint, recipe) else {
+        return ExitCode::from(1);
     };
     let cache = std::env::var_os("KEEL_CACHE")
         .map(PathBuf::from)
@@ -209,7 +178,7 @@ pub fn run(a: Args) -> ExitCode {
     };
     let opts = RunOptions {
         out: out.clone(),
-        resume,
+        resume: src.resume.is_some(),
         progress: std::io::stderr().is_terminal(),
         cache,
         device,
@@ -220,40 +189,143 @@ pub fn run(a: Args) -> ExitCode {
     }
     let rf = RunFile {
         recipe_path: recipe_path.clone(),
-        recipe: Some(checked.recipes[index].name.clone()),
-        set,
+        recipe: Some(recipe.clone()),
+        set: src.set,
         fingerprint,
     };
     match run::run(&checked, index, rf, &opts) {
         Ok(s) => {
             if !a.quiet {
-                let f = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());
-                eprintln!(
-                    "done: {} steps in {:.1}s (warm start {:.1}s); held-out pass@1 {} after warm start → {} after RL; pass@k {}",
-                    s.steps,
-                    s.rl_s,
-                    s.warm_s,
-                    f(s.pass_at_1_warm),
-                    f(s.pass_at_1_final),
-                    f(s.pass_at_k_final)
-                );
-                eprintln!(
-                    "metrics: {}/metrics.jsonl; report: keel report {}",
-                    out.display(),
-                    out.display()
-                );
+                print_summary(&s, &out);
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
             diagnostics::fail_with(
                 &e,
-                &recipe_path,
+                recipe_path,
                 checked.sources(),
-                crate::ErrorFormat::Human,
+                diagnostics::ErrorFormat::Human,
                 color,
             );
             ExitCode::from(1)
         }
     }
+}
+
+/// What to run: the recipe and `--set`, or what the directory's run.json
+/// says; a failure printed, with its exit code.
+fn source(a: &Args) -> Result<Source, ExitCode> {
+    match (&a.resume, &a.recipe) {
+        (Some(dir), None) => {
+            let path = Path::new(dir).join("run.json");
+            let rf: RunFile = match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    diagnostics::fail(
+                        &Error::new(
+                            codes::RUN_DIR,
+                            format!("cannot read the run description: {e}"),
+                            "`--resume` takes a directory written by `keel run` (it holds run.json and checkpoints/)",
+                        )
+                        .at(path.display().to_string()),
+                    );
+                    return Err(ExitCode::from(1));
+                }
+            };
+            Ok(Source {
+                recipe_path: rf.recipe_path,
+                name: rf.recipe,
+                set: rf.set,
+                resume: Some(PathBuf::from(dir)),
+            })
+        }
+        (None, Some(recipe)) => match diagnostics::parse_set(&a.set) {
+            Ok(set) => Ok(Source {
+                recipe_path: recipe.clone(),
+                name: a.name.clone(),
+                set,
+                resume: None,
+            }),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Err(ExitCode::from(1))
+            }
+        },
+        _ => {
+            eprintln!("error: give either a recipe file or `--resume RUN_DIR`");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// The run directory: the resumed one, if the recipe is still the one
+/// the run started with (its `fingerprint`); `--out`, if it holds no run;
+/// else `runs/RECIPE`. `None`: refused, the error printed.
+fn run_dir(src: &Source, out: Option<&str>, fingerprint: &str, recipe: &str) -> Option<PathBuf> {
+    let recipe_path = &src.recipe_path;
+    if let Some(dir) = &src.resume {
+        let rf: Option<RunFile> = std::fs::read(dir.join("run.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(rf) = rf
+            && rf.fingerprint != fingerprint
+        {
+            diagnostics::fail(
+                &Error::new(
+                    codes::RESUME_MISMATCH,
+                    "the recipe changed since this run started",
+                    format!(
+                        "resume with the recipe as it was, or start a new run with `keel run {recipe_path}`"
+                    ),
+                )
+                .at(recipe_path.clone()),
+            );
+            return None;
+        }
+        return Some(dir.clone());
+    }
+    match out {
+        Some(o) => {
+            let p = PathBuf::from(o);
+            if p.join("run.json").exists() {
+                diagnostics::fail(
+                    &Error::new(
+                        codes::RUN_DIR,
+                        "the directory already holds a run",
+                        format!(
+                            "continue it with `keel run --resume {o}`, or choose another --out"
+                        ),
+                    )
+                    .at(o),
+                );
+                return None;
+            }
+            Some(p)
+        }
+        None => Some(default_out(recipe)),
+    }
+}
+
+/// The closing lines: steps, time, pass@1 before and after RL, where the
+/// metrics are.
+fn print_summary(s: &run::Summary, out: &Path) {
+    let f = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());
+    eprintln!(
+        "done: {} steps in {:.1}s (warm start {:.1}s); held-out pass@1 {} after warm start → {} after RL; pass@k {}",
+        s.steps,
+        s.rl_s,
+        s.warm_s,
+        f(s.pass_at_1_warm),
+        f(s.pass_at_1_final),
+        f(s.pass_at_k_final)
+    );
+    eprintln!(
+        "metrics: {}/metrics.jsonl; report: keel report {}",
+        out.display(),
+        out.display()
+    );
 }
