@@ -398,4 +398,45 @@ mod tests {
         let without = step_memory(&qwen, 64, 4, 4, false) as f64 / 1e9;
         assert!((gb(4, 4) - without - 4.0 * params as f64 / 1e9).abs() < 1e-6);
     }
+
+    /// A pretrained model's `model.context` is its `max_position_embeddings`
+    /// capped at 512, unless the recipe sets it (it was the schema's 128).
+    #[test]
+    fn a_pretrained_context_defaults_to_its_positions_capped_at_512() {
+        let dir = std::env::temp_dir().join(format!("keel-context-{}", std::process::id()));
+        let ck = dir.join("ck");
+        std::fs::create_dir_all(&ck).expect("dir");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf/qwen2");
+        for f in ["model.safetensors", "generation_config.json"] {
+            std::fs::copy(src.join(f), ck.join(f)).expect("copy");
+        }
+        let tok = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[
+            {"id":2,"content":"</s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],
+            "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
+            "model":{"type":"WordLevel","vocab":{"<unk>":0,"</s>":2,"two":3,"four":4},"unk_token":"<unk>"}}"#;
+        std::fs::write(ck.join("tokenizer.json"), tok).expect("write");
+        let data = dir.join("d.jsonl");
+        std::fs::write(&data, "{\"prompt\":\"two\",\"answer\":\"four\"}\n").expect("write");
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(src.join("config.json")).expect("config"))
+                .expect("json");
+        let context = |positions: u64, set: &str| {
+            let mut c = config.clone();
+            c["max_position_embeddings"] = positions.into();
+            std::fs::write(ck.join("config.json"), c.to_string()).expect("write");
+            let text = format!(
+                "import std/grpo\nrecipe r extends grpo {{\n    model {{ init = \"{}\"{set} }}\n    task {{ name = jsonl, path = \"{}\" }}\n}}\n",
+                ck.display(),
+                data.display()
+            );
+            let checked = keel_compiler::check_source(&keel_compiler::NoFiles, "r.recipe", &text);
+            assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
+            let index = checked.main_recipe(None).expect("a recipe");
+            run_config(&checked, index).map(|c| c.model.context)
+        };
+        assert_eq!(context(256, "").ok(), Some(256));
+        assert_eq!(context(32768, "").ok(), Some(512));
+        assert_eq!(context(32768, ", context = 48").ok(), Some(48));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
