@@ -381,26 +381,10 @@ fn unpermute(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// The model of a GGUF file: shape, weights in the runtime's layout, and
-/// metadata.
-pub fn load(g: &Gguf, seed: u64) -> Result<(ModelConfig, Weights, Meta), Error> {
-    let arch = g
-        .key("general.architecture")
-        .and_then(Val::as_str)
-        .unwrap_or("")
-        .to_string();
+/// The model's shape from a GGUF file's metadata (`ARCH.embedding_length`,
+/// …), refused where Keel cannot build it.
+fn config(g: &Gguf, arch: &str, seed: u64) -> Result<ModelConfig, Error> {
     let at = |k: &str| format!("{}: `{k}`", g.path);
-    let Some(fam) = family::by_gguf(&arch) else {
-        return Err(Error::new(
-            Kind::CheckpointFormat,
-            format!("general.architecture `{arch}` is not a family Keel can run"),
-            format!(
-                "Keel runs {} GGUF files (llama: SmolLM, Llama)",
-                family::gguf_architectures()
-            ),
-        )
-        .at(at("general.architecture")));
-    };
     let need = |k: &str| -> Result<usize, Error> {
         let key = format!("{arch}.{k}");
         g.key(&key).and_then(Val::as_usize).ok_or_else(|| {
@@ -479,6 +463,31 @@ pub fn load(g: &Gguf, seed: u64) -> Result<(ModelConfig, Weights, Meta), Error> 
         )
         .at(g.path.clone()));
     }
+    Ok(cfg)
+}
+
+/// The model of a GGUF file: shape, weights in the runtime's layout, and
+/// metadata.
+pub fn load(g: &Gguf, seed: u64) -> Result<(ModelConfig, Weights, Meta), Error> {
+    let arch = g
+        .key("general.architecture")
+        .and_then(Val::as_str)
+        .unwrap_or("")
+        .to_string();
+    let at = |k: &str| format!("{}: `{k}`", g.path);
+    let Some(fam) = family::by_gguf(&arch) else {
+        return Err(Error::new(
+            Kind::CheckpointFormat,
+            format!("general.architecture `{arch}` is not a family Keel can run"),
+            format!(
+                "Keel runs {} GGUF files (llama: SmolLM, Llama)",
+                family::gguf_architectures()
+            ),
+        )
+        .at(at("general.architecture")));
+    };
+    let cfg = config(g, &arch, seed)?;
+    let (heads, kv_heads, d, max_positions) = (cfg.heads, cfg.kv_heads, cfg.d_model, cfg.context);
     let heads_of = |name: &str| {
         if !fam.gguf_permuted_qk {
             None
