@@ -44,10 +44,6 @@ pub fn unbits(x: u64) -> f64 {
     f64::from_bits(x)
 }
 
-fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
-    crate::error::from_model(keel_model::io::io_error(what, path, e))
-}
-
 /// A checkpoint as read back.
 pub struct Checkpoint {
     pub state: TrainState,
@@ -69,11 +65,11 @@ pub fn save(
     (weights, m, v): (Params, Params, Params),
     keep: usize,
 ) -> Result<PathBuf, Error> {
-    fs::create_dir_all(root).map_err(|e| io_err("create", root, e))?;
+    fs::create_dir_all(root).map_err(|e| super::dir::io_error("create", root, e))?;
     let name = dir_name(state.step);
     let tmp = root.join(format!(".tmp-{name}"));
     let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).map_err(|e| io_err("create", &tmp, e))?;
+    fs::create_dir_all(&tmp).map_err(|e| super::dir::io_error("create", &tmp, e))?;
     write_weights_file(&tmp.join("weights.safetensors"), &[("", weights)]).coded()?;
     // Before AdamW's first update its moments are zeros by definition: a
     // step-0 checkpoint has no optimizer file (a real model's would be
@@ -81,12 +77,13 @@ pub fn save(
     if state.adam_t > 0 {
         write_weights_file(&tmp.join("optimizer.safetensors"), &[("m", m), ("v", v)]).coded()?;
     }
-    let json = serde_json::to_vec_pretty(state).map_err(|e| io_err("encode", &tmp, e))?;
+    let json =
+        serde_json::to_vec_pretty(state).map_err(|e| super::dir::io_error("encode", &tmp, e))?;
     write_synced(&tmp.join("state.json"), &json).coded()?;
     sync_dir(&tmp);
     let dest = root.join(&name);
     let _ = fs::remove_dir_all(&dest);
-    fs::rename(&tmp, &dest).map_err(|e| io_err("rename into", &dest, e))?;
+    fs::rename(&tmp, &dest).map_err(|e| super::dir::io_error("rename into", &dest, e))?;
     sync_dir(root);
     let mut all = list(root);
     while all.len() > keep.max(1) {
@@ -115,7 +112,7 @@ pub fn list(root: &Path) -> Vec<(u64, PathBuf)> {
 pub fn load(dir: &Path, like: &Weights) -> Result<Checkpoint, Error> {
     let read = |f: &str| {
         let p = dir.join(f);
-        fs::read(&p).map_err(|e| io_err("read", &p, e))
+        fs::read(&p).map_err(|e| super::dir::io_error("read", &p, e))
     };
     let state: TrainState = serde_json::from_slice(&read("state.json")?).map_err(|e| {
         Error::new(

@@ -12,12 +12,14 @@ use keel_model::chat::Chat;
 use keel_model::family::Meta;
 use keel_model::optim::AdamWConfig;
 use keel_model::pretrained;
+use keel_model::sample::SampleConfig;
 use keel_model::tokenizer::{CharTokenizer, Tokenizer};
-use keel_model::transformer::{ModelConfig, Weights};
+use keel_model::transformer::{ModelConfig, Transformer, Weights};
 
 use crate::batch::inputs::{VOCAB_INPUTS, vocab_columns_always};
 use crate::env::{self, Environment, TRAIN_STREAM};
 use crate::error::{Error, Result, codes};
+use crate::rollout::Sampler;
 use crate::settings::Settings;
 
 /// The settings a run reads once.
@@ -62,6 +64,34 @@ pub struct RunConfig {
     pub reads_old_logits: bool,
     /// The recipe mixes in rehearsal samples of the initial policy (`source` 1).
     pub reads_source: bool,
+}
+
+impl RunConfig {
+    /// The sampler over `model` at `temperature` and `max_tokens`, keeping
+    /// each position's logits where `keep_logits`; the recipe's top-p, the
+    /// tokenizer's EOS and ids, the environment's verifier.
+    pub fn sampler<'a>(
+        &'a self,
+        model: &'a Transformer,
+        temperature: f64,
+        max_tokens: usize,
+        keep_logits: bool,
+    ) -> Sampler<'a> {
+        let tok = &self.tok;
+        Sampler {
+            model,
+            env: self.env.as_ref(),
+            tok,
+            cfg: SampleConfig {
+                temperature,
+                top_p: self.top_p,
+                max_tokens,
+                eos: tok.eos(),
+                keep_logits,
+                draw_limit: tok.vocab_size(),
+            },
+        }
+    }
 }
 
 /// The model, its tokenizer, and a pretrained checkpoint's weights and

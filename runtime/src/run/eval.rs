@@ -2,12 +2,10 @@
 //! problem) and pass@k, on the environment's evaluation stream.
 
 use keel_model::rng::Rng;
-use keel_model::sample::SampleConfig;
 use keel_model::transformer::Transformer;
 
 use super::config::RunConfig;
 use crate::env::{EVAL_STREAM, Problem};
-use crate::rollout::Sampler;
 
 /// (pass@1, pass@k) of `policy` at `temperature`, `max_tokens`; the draws
 /// are a function of the seed and `step`.
@@ -18,25 +16,12 @@ pub fn evaluate(
     max_tokens: usize,
     step: u64,
 ) -> (f64, f64) {
-    let tok = &setup.tok;
     let problems: Vec<Problem> = (0..setup.eval_problems as u64)
         .map(|i| setup.env.problem(EVAL_STREAM, i))
         .collect();
     let mut rng = Rng::derive(setup.seed, 7, step);
     let model = policy.detached();
-    let sampler = Sampler {
-        model: &model,
-        env: setup.env.as_ref(),
-        tok,
-        cfg: SampleConfig {
-            temperature,
-            top_p: setup.top_p,
-            max_tokens,
-            eos: tok.eos(),
-            keep_logits: false,
-            draw_limit: tok.vocab_size(),
-        },
-    };
+    let sampler = setup.sampler(&model, temperature, max_tokens, false);
     let r = sampler.groups(&problems, setup.eval_k, &mut rng);
     let mut per = vec![(0usize, 0usize); problems.len()];
     for row in &r.rows {

@@ -29,7 +29,6 @@ use burn::tensor::Device;
 use keel_compiler::{Checked, CheckedGuard};
 use keel_model::optim::AdamW;
 use keel_model::rng::Rng;
-use keel_model::sample::SampleConfig;
 use keel_model::transformer::{Params, Transformer, Weights};
 use serde_json::{Map, Value, json};
 
@@ -42,7 +41,6 @@ use self::update::{CpuLoss, LossStep, UpdatePlan};
 use crate::batch::{Rollouts, StepInputs};
 use crate::error::{Coded, Error, Result, codes};
 use crate::roles::reference::Reference;
-use crate::rollout::Sampler;
 
 /// Where and how to run.
 #[derive(Clone, Debug)]
@@ -456,24 +454,6 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// The sampler over `model` at the step's settings.
-    fn sampler<'s>(&'s self, model: &'s Transformer, k: &Knobs) -> Sampler<'s> {
-        let tok = &self.setup.tok;
-        Sampler {
-            model,
-            env: self.setup.env.as_ref(),
-            tok,
-            cfg: SampleConfig {
-                temperature: k.temperature,
-                top_p: self.setup.top_p,
-                max_tokens: k.max_tokens,
-                eos: tok.eos(),
-                keep_logits: self.setup.reads_old_logits,
-                draw_limit: tok.vocab_size(),
-            },
-        }
-    }
-
     /// The step's rollouts: prompts in curriculum order, sampled in groups
     /// (or branched), refilled by dynamic sampling, with the reference
     /// policy's log-probs when the recipe reads them.
@@ -486,7 +466,12 @@ impl<'a> Trainer<'a> {
             let want = self.setup.prompts.saturating_sub(batch.n_groups());
             let problems =
                 curriculum::next_problems(&self.setup, &mut self.st, want, k.max_difficulty);
-            let sampler = self.sampler(&model, k);
+            let sampler = self.setup.sampler(
+                &model,
+                k.temperature,
+                k.max_tokens,
+                self.setup.reads_old_logits,
+            );
             let branch_first = k.get("rollout.branch_first", 0.0);
             let mut r = if branch_first >= 1.0 {
                 let b = (
@@ -757,20 +742,12 @@ fn groups_with_signal(host: &HostProgram, r: Rollouts, step_in: StepInputs) -> R
 /// Rehearsal samples (DPH-RL, retain sets): correct responses of the
 /// initial policy, sampled once from their own problem stream.
 fn rehearsal_pool(setup: &RunConfig, reference: &Reference, opts: &RunOptions) -> Rollouts {
-    let tok = &setup.tok;
-    let sampler = Sampler {
-        model: &reference.model,
-        env: setup.env.as_ref(),
-        tok,
-        cfg: SampleConfig {
-            temperature: 1.0,
-            top_p: setup.top_p,
-            max_tokens: setup.model.context / 2,
-            eos: tok.eos(),
-            keep_logits: setup.reads_old_logits,
-            draw_limit: tok.vocab_size(),
-        },
-    };
+    let sampler = setup.sampler(
+        &reference.model,
+        1.0,
+        setup.model.context / 2,
+        setup.reads_old_logits,
+    );
     let pool = reference.rehearsal_pool(sampler, setup.prompts, setup.group, setup.seed);
     say(
         opts,
