@@ -28,6 +28,13 @@ pub struct Args {
     /// (`model.seed` and `task.seed` = the seed).
     #[arg(long, value_name = "N", conflicts_with = "resume")]
     seeds: Option<u32>,
+    /// Refuse to start on any warning of the checker (W0001…).
+    #[arg(long, conflicts_with = "allow_warnings")]
+    deny_warnings: bool,
+    /// Train through a key that looks like a typo (W0002), which otherwise
+    /// stops the run before it starts.
+    #[arg(long)]
+    allow_warnings: bool,
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
@@ -100,6 +107,8 @@ fn run_seeds(a: Args, seeds: u32) -> ExitCode {
             set,
             name: a.name.clone(),
             seeds: None,
+            deny_warnings: a.deny_warnings,
+            allow_warnings: a.allow_warnings,
             quiet: a.quiet,
             color: a.color,
             cache: Some(
@@ -145,6 +154,9 @@ fn run_one(a: Args) -> ExitCode {
             diagnostics::ErrorFormat::Human,
             color,
         );
+        return ExitCode::from(1);
+    }
+    if !warnings_allow_the_run(&checked, recipe_path, &a, color) {
         return ExitCode::from(1);
     }
     let Some(index) = checked.main_recipe(src.name.as_deref()) else {
@@ -328,4 +340,64 @@ fn print_summary(s: &run::Summary, out: &Path) {
         out.display(),
         out.display()
     );
+}
+
+/// The checker's warnings, printed before anything runs. A key that looks
+/// like a typo of an inherited one (W0002) stops the run: the recipe would
+/// train with the old value, silently (`--allow-warnings` trains anyway);
+/// with `--deny-warnings` every warning does. Returns whether to go on.
+fn warnings_allow_the_run(
+    checked: &keel_compiler::Checked,
+    recipe_path: &str,
+    a: &Args,
+    color: bool,
+) -> bool {
+    if checked.diagnostics.is_empty() {
+        return true;
+    }
+    diagnostics::print(
+        recipe_path,
+        &checked.diagnostics,
+        checked.sources(),
+        diagnostics::ErrorFormat::Human,
+        color,
+    );
+    let stopping: Vec<&str> = checked
+        .diagnostics
+        .iter()
+        .filter(|d| a.deny_warnings || (d.code == codes::PROBABLE_TYPO_KEY && !a.allow_warnings))
+        .map(|d| d.code.0)
+        .collect();
+    if stopping.is_empty() {
+        return true;
+    }
+    let (message, help) = if a.deny_warnings {
+        (
+            format!(
+                "{} warning(s) and --deny-warnings: the run does not start",
+                stopping.len()
+            ),
+            "fix the warnings above, or run without --deny-warnings",
+        )
+    } else {
+        (
+            format!(
+                "{} like a typo of an inherited key (W0002): the recipe would train without {}",
+                plural(stopping.len(), "key looks", "keys look"),
+                if stopping.len() == 1 { "it" } else { "them" }
+            ),
+            "fix the key as the warning suggests, or pass --allow-warnings to train as written",
+        )
+    };
+    diagnostics::fail(&Error::new(codes::RUN_WARNINGS, message, help).at(recipe_path.to_string()));
+    false
+}
+
+/// `1 warning`, `2 warnings`.
+fn plural(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
 }

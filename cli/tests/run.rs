@@ -1328,3 +1328,48 @@ fn hf_directory_trains_and_unsupported_configs_are_located() {
         text(&i.stderr)
     );
 }
+
+/// `keel run` prints the checker's warnings before it trains. A key that
+/// looks like a typo of an inherited one (W0002) stops the run before
+/// anything is written (E0710), unless `--allow-warnings`; with
+/// `--deny-warnings` any warning does.
+#[test]
+fn warnings_are_printed_and_a_typo_key_stops_the_run() {
+    let d = dir("warnings");
+    let recipe = |extra: &str| {
+        format!(
+            "import std/grpo\n\nrecipe w extends grpo {{\n    model {{ d_model = 16, layers = 1, heads = 2, context = 48 }}\n    rollout {{ prompts = 2, group = 2, max_tokens = 4 }}\n    optimizer {{ steps = 1 }}\n    eval {{ every = 0, problems = 2, k = 1 }}\n    {extra}\n}}\n"
+        )
+    };
+    std::fs::write(d.join("typo.recipe"), recipe("clip.eps_hihg = 0.28")).expect("write");
+    let out = keel(&d, &["run", "-q", "typo.recipe", "--out", "a"]);
+    let e = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.contains("W0002") && e.contains("eps_high"), "{e}");
+    assert!(
+        e.contains("typo.recipe: error[E0710]") && e.contains("--allow-warnings"),
+        "{e}"
+    );
+    assert!(!d.join("a").exists(), "a refused run writes nothing");
+    let out = keel(
+        &d,
+        &["run", "-q", "typo.recipe", "--out", "b", "--allow-warnings"],
+    );
+    let e = text(&out.stderr);
+    assert!(out.status.success(), "{e}");
+    assert!(e.contains("W0002"), "the warning is still printed: {e}");
+    assert_eq!(metrics(&d.join("b")).len(), 2);
+    // Any warning, with --deny-warnings: an unusual learning rate (W0003).
+    std::fs::write(d.join("lr.recipe"), recipe("optimizer.lr = 0.5")).expect("write");
+    let out = keel(
+        &d,
+        &["run", "-q", "lr.recipe", "--out", "c", "--deny-warnings"],
+    );
+    let e = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("W0003") && e.contains("error[E0710]") && e.contains("--deny-warnings"),
+        "{e}"
+    );
+    assert!(!d.join("c").exists());
+}
