@@ -229,6 +229,20 @@ fn run_one(a: Args) -> ExitCode {
 /// says; a failure printed, with its exit code.
 fn source(a: &Args) -> Result<Source, ExitCode> {
     match (&a.resume, &a.recipe) {
+        (Some(dir), None) if !a.set.is_empty() => {
+            diagnostics::fail(
+                &Error::new(
+                    codes::RESUME_MISMATCH,
+                    format!(
+                        "`--set {}` with `--resume`: a resumed run continues with the settings it started with",
+                        a.set.join(" --set ")
+                    ),
+                    "drop `--set` to resume; to train on with other settings, start a new run from this one's weights (`--set model.init=\"RUN_DIR/final.safetensors\"`)",
+                )
+                .at(dir.clone()),
+            );
+            Err(ExitCode::from(1))
+        }
         (Some(dir), None) => {
             let path = Path::new(dir).join("run.json");
             let rf: RunFile = match std::fs::read(&path)

@@ -1373,3 +1373,31 @@ fn warnings_are_printed_and_a_typo_key_stops_the_run() {
     );
     assert!(!d.join("c").exists());
 }
+
+/// `keel run --resume DIR --set K=V` is refused (E0705): a resumed run
+/// continues with the settings it started with, and a `--set` it would
+/// ignore says so instead.
+#[test]
+fn resume_refuses_set_instead_of_ignoring_it() {
+    let d = dir("resume-set");
+    std::fs::write(
+        d.join("r.recipe"),
+        "import std/grpo\n\nrecipe r extends grpo {\n    model { d_model = 16, layers = 1, heads = 2, context = 48 }\n    rollout { prompts = 2, group = 2, max_tokens = 4 }\n    optimizer { steps = 1 }\n    eval { every = 0, problems = 2, k = 1 }\n}\n",
+    )
+    .expect("write");
+    let out = keel(&d, &["run", "-q", "r.recipe", "--out", "a"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = keel(
+        &d,
+        &["run", "-q", "--resume", "a", "--set", "optimizer.steps=60"],
+    );
+    let e = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("a: error[E0705]")
+            && e.contains("--set optimizer.steps=60")
+            && e.contains("final.safetensors"),
+        "{e}"
+    );
+    assert_eq!(metrics(&d.join("a")).len(), 2, "the run is left as it was");
+}
