@@ -312,12 +312,31 @@ fn run_dir(src: &Source, out: Option<&str>, fingerprint: &str, recipe: &str) -> 
             );
             return None;
         }
+        if !has_checkpoint(dir) {
+            diagnostics::fail(
+                &Error::new(
+                    codes::RUN_DIR,
+                    format!(
+                        "`{}` has no checkpoint to resume from: the run stopped before its first one (during the warm start)",
+                        dir.display()
+                    ),
+                    format!(
+                        "start it again with `keel run {recipe_path} --out {}` (the directory is reused)",
+                        dir.display()
+                    ),
+                )
+                .at(dir.display().to_string()),
+            );
+            return None;
+        }
         return Some(dir.clone());
     }
     match out {
         Some(o) => {
             let p = PathBuf::from(o);
-            if p.join("run.json").exists() {
+            // A directory whose run never reached a checkpoint holds
+            // nothing to lose: it is started again.
+            if p.join("run.json").exists() && has_checkpoint(&p) {
                 diagnostics::fail(
                     &Error::new(
                         codes::RUN_DIR,
@@ -334,6 +353,11 @@ fn run_dir(src: &Source, out: Option<&str>, fingerprint: &str, recipe: &str) -> 
         }
         None => Some(default_out(recipe)),
     }
+}
+
+/// Whether a run directory holds a checkpoint (a run that can be resumed).
+fn has_checkpoint(dir: &Path) -> bool {
+    !run::checkpoint::list(&run::dir::RunDir::new(dir).checkpoints()).is_empty()
 }
 
 /// The closing lines: steps, time, pass@1 before and after RL, where the

@@ -1401,3 +1401,44 @@ fn resume_refuses_set_instead_of_ignoring_it() {
     );
     assert_eq!(metrics(&d.join("a")).len(), 2, "the run is left as it was");
 }
+
+/// Half-made run directories do not trap: a run refused before training
+/// leaves no directory; a directory whose run stopped before its first
+/// checkpoint (Ctrl-C in the warm start) is refused by `--resume` at once,
+/// with the command that starts it again, and that command reuses it.
+#[test]
+fn half_made_run_directories_are_started_again() {
+    let d = dir("half-made");
+    let recipe = "import std/grpo\n\nrecipe h extends grpo {\n    model { d_model = 16, layers = 1, heads = 2, context = 48 }\n    rollout { prompts = 2, group = 2, max_tokens = 4 }\n    optimizer { steps = 1 }\n    eval { every = 0, problems = 2, k = 1 }\n}\n";
+    std::fs::write(d.join("h.recipe"), recipe).expect("write");
+    // Refused before training (E0706): nothing written.
+    std::fs::write(
+        d.join("t.recipe"),
+        recipe.replace(
+            "    optimizer { steps = 1 }",
+            "    optimizer { steps = 1 }\n    divergence { value = logsumexp(teacher_logits) over vocab - logsumexp(logits) over vocab }",
+        ),
+    )
+    .expect("write");
+    let out = keel(&d, &["run", "-q", "t.recipe", "--out", "t"]);
+    assert!(!out.status.success());
+    assert!(!d.join("t").exists(), "a refused run leaves a directory");
+    // Stopped in the warm start: run.json, no checkpoint.
+    let out = keel(&d, &["run", "-q", "h.recipe", "--out", "a"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run_json = std::fs::read(d.join("a/run.json")).expect("run.json");
+    std::fs::create_dir_all(d.join("b")).expect("dir");
+    std::fs::write(d.join("b/run.json"), run_json).expect("write");
+    let out = keel(&d, &["run", "-q", "--resume", "b"]);
+    let e = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("b: error[E0704]")
+            && e.contains("no checkpoint")
+            && e.contains("keel run h.recipe --out b"),
+        "{e}"
+    );
+    let out = keel(&d, &["run", "-q", "h.recipe", "--out", "b"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(metrics(&d.join("b")), metrics(&d.join("a")));
+}

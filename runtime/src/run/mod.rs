@@ -167,14 +167,6 @@ impl<'a> Trainer<'a> {
     ) -> Result<Trainer<'a>> {
         let mut setup = config::run_config(checked, index)?;
         let pretrained = setup.pretrained_weights.take();
-        let dir = RunDir::new(&opts.out);
-        fs::create_dir_all(&dir.root).map_err(|e| io_error("create", &dir.root, e))?;
-        if !opts.resume {
-            let json = serde_json::to_vec_pretty(&run_file).map_err(|e| {
-                Error::new(codes::CHECKPOINT, e.to_string(), "this is a runtime bug")
-            })?;
-            keel_model::io::write_atomic(&dir.run_file(), &json).coded()?;
-        }
         let mut loss: Box<dyn LossStep> =
             Box::new(CpuLoss::compile(checked, index, setup.reads_ref)?);
         let v = setup.model.vocab;
@@ -187,6 +179,16 @@ impl<'a> Trainer<'a> {
                 epoch: 0.0,
             },
         )?;
+        // The run directory exists once the recipe passed every check: a
+        // run refused before training leaves nothing behind.
+        let dir = RunDir::new(&opts.out);
+        fs::create_dir_all(&dir.root).map_err(|e| io_error("create", &dir.root, e))?;
+        if !opts.resume {
+            let json = serde_json::to_vec_pretty(&run_file).map_err(|e| {
+                Error::new(codes::CHECKPOINT, e.to_string(), "this is a runtime bug")
+            })?;
+            keel_model::io::write_atomic(&dir.run_file(), &json).coded()?;
+        }
         let base_params = loss.params();
         let guards = checked
             .recipes
