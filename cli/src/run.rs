@@ -35,6 +35,10 @@ pub struct Args {
     /// stops the run before it starts.
     #[arg(long)]
     allow_warnings: bool,
+    /// Write N trajectories a step to RUN_DIR/samples.jsonl (the prompt,
+    /// the response, its reward and correctness).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    log_samples: usize,
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
@@ -109,6 +113,7 @@ fn run_seeds(a: Args, seeds: u32) -> ExitCode {
             seeds: None,
             deny_warnings: a.deny_warnings,
             allow_warnings: a.allow_warnings,
+            log_samples: a.log_samples,
             quiet: a.quiet,
             color: a.color,
             cache: Some(
@@ -195,6 +200,7 @@ fn run_one(a: Args) -> ExitCode {
         cache,
         device,
         quiet: a.quiet,
+        log_samples: a.log_samples,
     };
     if !a.quiet {
         eprintln!("keel run: {} → {}", recipe_path, out.display());

@@ -1442,3 +1442,70 @@ fn half_made_run_directories_are_started_again() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(metrics(&d.join("b")), metrics(&d.join("a")));
 }
+
+/// `keel run --log-samples N` writes N trajectories a step to
+/// RUN_DIR/samples.jsonl (step, group, prompt, reward, correctness, and the
+/// policy's turn); a resumed run continues the file where its checkpoint
+/// was taken; `keel report` shows the last step's.
+#[test]
+fn log_samples_writes_trajectories_that_the_report_shows() {
+    let d = dir("samples");
+    std::fs::write(
+        d.join("s.recipe"),
+        "import std/grpo\n\nrecipe s extends grpo {\n    model { d_model = 16, layers = 1, heads = 2, context = 48 }\n    rollout { prompts = 2, group = 2, max_tokens = 4 }\n    optimizer { steps = 3 }\n    checkpoint { every = 2 }\n    eval { every = 0, problems = 2, k = 1 }\n}\n",
+    )
+    .expect("write");
+    let out = keel(
+        &d,
+        &["run", "-q", "s.recipe", "--out", "a", "--log-samples", "3"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let read = |run: &str| -> Vec<Value> {
+        std::fs::read_to_string(d.join(run).join("samples.jsonl"))
+            .expect("samples.jsonl")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect()
+    };
+    let s = read("a");
+    assert_eq!(s.len(), 3 * 3, "3 a step for 3 steps");
+    let m = metrics(&d.join("a"));
+    for (k, l) in s.iter().enumerate() {
+        let step = k / 3 + 1;
+        assert_eq!(l["step"], step as u64, "{l}");
+        assert!(l["group"].as_u64().is_some_and(|g| g < 2), "{l}");
+        assert!(
+            l["prompt"].as_str().is_some_and(|p| p.ends_with('=')),
+            "{l}"
+        );
+        let turns = l["turns"].as_array().expect("turns");
+        assert_eq!(turns.len(), 1);
+        assert_eq!(
+            (&turns[0]["role"], &turns[0]["trained"]),
+            (&serde_json::json!("policy"), &serde_json::json!(true))
+        );
+        assert!(turns[0]["text"].is_string(), "{l}");
+        assert!(l["reward"].is_number() && l["correct"].is_boolean(), "{l}");
+        // Without a `reward` section the reward is correctness.
+        assert_eq!(
+            l["reward"].as_f64() == Some(1.0),
+            l["correct"] == true,
+            "{l}"
+        );
+        assert!(m[step]["reward_mean"].is_number());
+    }
+    // Resumed from the step-2 checkpoint: the file is cut back to it and
+    // continued, equal to the uninterrupted one.
+    let state = d.join("a/checkpoints/step-0000003");
+    std::fs::remove_dir_all(&state).expect("drop the last checkpoint");
+    let out = keel(&d, &["run", "-q", "--resume", "a", "--log-samples", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(read("a"), s);
+    let rep = keel(&d, &["report", "a"]);
+    assert!(rep.status.success(), "{}", text(&rep.stderr));
+    let html = std::fs::read_to_string(d.join("a/report.html")).expect("report");
+    assert!(
+        html.contains("Samples of step 3"),
+        "no samples in the report"
+    );
+}

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::plot::{self, Series, esc};
 use crate::error::{Coded, Error, codes};
-use crate::run::dir::{METRICS, metric};
+use crate::run::dir::{METRICS, SAMPLES, metric};
 
 /// The metrics plotted, in order: (key or key prefix, title).
 pub(super) const PLOTS: &[(&str, &str)] = &[
@@ -129,8 +129,54 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:4px 8px;fo
         }
         h.push_str("</table>");
     }
+    samples(&mut h, run_dir);
     h.push_str("</body></html>\n");
     h
+}
+
+/// The last logged step's trajectories (`keel run --log-samples`), a few:
+/// the prompt, the policy's text, the reward and whether it is correct.
+fn samples(h: &mut String, run_dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(run_dir.join(SAMPLES)) else {
+        return;
+    };
+    let lines: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let Some(last) = lines
+        .last()
+        .and_then(|l| l.get("step"))
+        .and_then(Value::as_u64)
+    else {
+        return;
+    };
+    let _ = write!(
+        h,
+        "<h2>Samples of step {last}</h2><table><tr><th>group</th><th>prompt</th><th>response</th><th>reward</th><th>correct</th></tr>"
+    );
+    let shown = lines
+        .iter()
+        .filter(|l| l.get("step").and_then(Value::as_u64) == Some(last))
+        .take(4);
+    for l in shown {
+        let policy: Vec<&str> = l["turns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["text"].as_str())
+            .collect();
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td><pre>{}</pre></td><td><pre>{}</pre></td><td>{}</td><td>{}</td></tr>",
+            l["group"],
+            esc(l["prompt"].as_str().unwrap_or("")),
+            esc(&policy.join("\n")),
+            l["reward"],
+            l["correct"]
+        );
+    }
+    h.push_str("</table>");
 }
 
 fn plot(title: &str, s: &[(String, Vec<(f64, f64)>)], events: &[(f64, String)]) -> String {

@@ -32,6 +32,10 @@ pub struct TrainState {
     pub guard_run: BTreeMap<String, u64>,
     /// Lines of metrics.jsonl written when this checkpoint was taken.
     pub metrics_lines: u64,
+    /// Lines of samples.jsonl written when this checkpoint was taken
+    /// (`--log-samples`; absent from checkpoints of older runs).
+    #[serde(default)]
+    pub samples_lines: u64,
     /// Per difficulty bucket: (correct, attempts) — the curriculum's online pass rates.
     pub pass_counts: Vec<(u64, u64)>,
 }

@@ -4,6 +4,7 @@
 //! ```text
 //! RUN_DIR/run.json                 the recipe, its --set values, a fingerprint
 //! RUN_DIR/metrics.jsonl            one JSON object a step (metric names below)
+//! RUN_DIR/samples.jsonl            `--log-samples N`: N trajectories a step
 //! RUN_DIR/checkpoints/step-NNNNNNN/ weights, optimizer moments, state
 //! RUN_DIR/final.safetensors        the last weights
 //! RUN_DIR/final-hf/                a pretrained model's weights as HF loads them
@@ -19,6 +20,7 @@ use crate::error::{Error, Result, from_model};
 
 pub const RUN_FILE: &str = "run.json";
 pub const METRICS: &str = "metrics.jsonl";
+pub const SAMPLES: &str = "samples.jsonl";
 pub const CHECKPOINTS: &str = "checkpoints";
 pub const FINAL: &str = "final.safetensors";
 pub const FINAL_HF: &str = "final-hf";
@@ -77,6 +79,9 @@ impl RunDir {
     }
     pub fn metrics(&self) -> PathBuf {
         self.root.join(METRICS)
+    }
+    pub fn samples(&self) -> PathBuf {
+        self.root.join(SAMPLES)
     }
     pub fn checkpoints(&self) -> PathBuf {
         self.root.join(CHECKPOINTS)

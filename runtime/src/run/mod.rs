@@ -54,6 +54,8 @@ pub struct RunOptions {
     pub device: Device,
     /// Quiet: no progress output at all (tests).
     pub quiet: bool,
+    /// Trajectories a step written to `samples.jsonl` (0: none).
+    pub log_samples: usize,
 }
 
 /// What a finished run reports.
@@ -151,6 +153,8 @@ struct Trainer<'a> {
     st: TrainState,
     dir: RunDir,
     metrics_file: fs::File,
+    /// `samples.jsonl`, where `--log-samples` asks for it.
+    samples_file: Option<fs::File>,
     summary: Summary,
 }
 
@@ -207,12 +211,11 @@ impl<'a> Trainer<'a> {
             _ => None,
         };
         let (policy, opt, st) = restore(&setup, opts, &dir, &init, &base_params, policy)?;
-        let metrics_path = dir.metrics();
-        let metrics_file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| io_error("open", &metrics_path, e))?;
+        let metrics_file = append(&dir.metrics())?;
+        let samples_file = match opts.log_samples {
+            0 => None,
+            _ => Some(append(&dir.samples())?),
+        };
         let host_params = current_params(&base_params, &st);
         let host = HostProgram::compile(checked, index, &host_params)?;
         Ok(Trainer {
@@ -233,6 +236,7 @@ impl<'a> Trainer<'a> {
             st,
             dir,
             metrics_file,
+            samples_file,
             summary,
         })
     }
@@ -344,7 +348,8 @@ impl<'a> Trainer<'a> {
             events: Vec::new(),
         };
         log.line.insert(metric::STEP.into(), json!(step));
-        let mut d = self.score_and_guard(&batch, step_in, n_tokens, &mut log)?;
+        let (mut d, rewards) = self.score_and_guard(&batch, step_in, n_tokens, &mut log)?;
+        self.log_samples(&batch, &rewards, step)?;
         log.line.insert(metric::LR.into(), json!(k.lr));
         let t_train = Instant::now();
         self.add_rehearsal(&mut batch, step, k.temperature);
@@ -514,7 +519,7 @@ impl<'a> Trainer<'a> {
         step_in: StepInputs,
         n_tokens: usize,
         log: &mut StepLog,
-    ) -> Result<Decision> {
+    ) -> Result<(Decision, Vec<f64>)> {
         let mut d = Decision {
             skip: batch.is_empty(),
             ..Default::default()
@@ -523,7 +528,7 @@ impl<'a> Trainer<'a> {
             log.events.push(
                 "no group with differing rewards after dynamic sampling; step skipped".into(),
             );
-            return Ok(d);
+            return Ok((d, Vec::new()));
         }
         let rewards = rewards_of(&self.host, batch, step_in)?;
         batch_metrics(batch, &rewards, n_tokens, &mut log.line);
@@ -539,7 +544,32 @@ impl<'a> Trainer<'a> {
             self.summary.stopped_by_guard = true;
         }
         log.events.extend(events);
-        Ok(d)
+        Ok((d, rewards))
+    }
+
+    /// `--log-samples N`: the step's first N trajectories into
+    /// `samples.jsonl` (the step, the group, the prompt as the model read
+    /// it, the reward, correctness, and the turns: here the policy's one).
+    fn log_samples(&mut self, batch: &Rollouts, rewards: &[f64], step: u64) -> Result<()> {
+        let Some(f) = self.samples_file.as_mut() else {
+            return Ok(());
+        };
+        let tok = &self.setup.tok;
+        for (row, reward) in batch.rows.iter().zip(rewards).take(self.opts.log_samples) {
+            let mut line = Map::new();
+            line.insert("step".into(), json!(step));
+            line.insert("group".into(), json!(row.group));
+            line.insert("prompt".into(), json!(tok.decode(&row.prompt)));
+            line.insert("reward".into(), dir::json_num(*reward));
+            line.insert("correct".into(), json!(row.verdict.correct));
+            line.insert(
+                "turns".into(),
+                json!([{"role": "policy", "text": tok.decode(&row.response), "trained": true}]),
+            );
+            write_line(f, &line, &self.dir.samples())?;
+            self.st.samples_lines += 1;
+        }
+        Ok(())
     }
 
     /// Rehearsal samples of the initial policy join the batch (`source` 1),
@@ -659,6 +689,7 @@ fn restore(
     let metrics_path = dir.metrics();
     if !opts.resume {
         let _ = fs::remove_file(&metrics_path);
+        let _ = fs::remove_file(dir.samples());
         let _ = fs::remove_dir_all(dir.checkpoints());
         return Ok((policy, opt, st));
     }
@@ -675,6 +706,9 @@ fn restore(
     opt.load(&ck.m, &ck.v, ck.state.adam_t, &opts.device);
     st = ck.state;
     dir::truncate_lines(&metrics_path, st.metrics_lines)?;
+    if dir.samples().exists() {
+        dir::truncate_lines(&dir.samples(), st.samples_lines)?;
+    }
     say(
         opts,
         &format!("resuming {} at step {}", opts.out.display(), st.step),
@@ -759,6 +793,15 @@ fn rehearsal_pool(setup: &RunConfig, reference: &Reference, opts: &RunOptions) -
         ),
     );
     pool
+}
+
+/// A file opened for appending (created if missing).
+fn append(path: &std::path::Path) -> Result<fs::File> {
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| io_error("open", path, e))
 }
 
 /// A line for the user, unless the run is quiet.
