@@ -1509,3 +1509,43 @@ fn log_samples_writes_trajectories_that_the_report_shows() {
         "no samples in the report"
     );
 }
+
+/// `keel report` says which recipe and settings made the run and pass@1
+/// and pass@k after the warm start and at the end, and plots the recipe's
+/// `monitor` values as `keel compare` does.
+#[test]
+fn report_shows_the_recipe_pass_at_k_and_monitors() {
+    let d = dir("report-header");
+    std::fs::write(
+        d.join("m.recipe"),
+        "import std/grpo\n\nrecipe watched extends grpo {\n    model { d_model = 16, layers = 1, heads = 2, context = 48 }\n    rollout { prompts = 2, group = 2, max_tokens = 4 }\n    optimizer { steps = 3 }\n    eval { every = 1, problems = 2, k = 2 }\n    monitor { ratio_max = max(exp(logp - old_logp)) over batch }\n}\n",
+    )
+    .expect("write");
+    let out = keel(
+        &d,
+        &[
+            "run",
+            "-q",
+            "m.recipe",
+            "--out",
+            "r",
+            "--set",
+            "clip.eps_high=0.28",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rep = keel(&d, &["report", "r"]);
+    assert!(rep.status.success(), "{}", text(&rep.stderr));
+    let html = std::fs::read_to_string(d.join("r/report.html")).expect("report.html");
+    assert!(
+        html.contains("recipe: <code>watched</code> of <code>m.recipe</code> with <code>--set clip.eps_high=0.28</code>"),
+        "no header"
+    );
+    assert!(
+        html.contains("<th>pass@1</th><th>pass@2</th>")
+            && html.contains("<td>after the warm start</td><td>0</td>")
+            && html.contains("<td>final</td><td>3</td>"),
+        "no pass@k before and after"
+    );
+    assert!(html.contains("monitor: ratio_max"), "no monitor plot");
+}

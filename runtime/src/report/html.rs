@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::plot::{self, Series, esc};
+use super::plot::{self, Series, esc, label};
 use crate::error::{Coded, Error, codes};
-use crate::run::dir::{METRICS, SAMPLES, metric};
+use crate::run::dir::{METRICS, RUN_FILE, SAMPLES, metric};
 
 /// The metrics plotted, in order: (key or key prefix, title).
 pub(super) const PLOTS: &[(&str, &str)] = &[
@@ -108,11 +108,26 @@ fn render(run_dir: &Path, rows: &[Value]) -> String {
 <style>body{{font-family:sans-serif;margin:24px;color:#222}}.grid{{display:flex;flex-wrap:wrap;gap:16px}}\
 figure{{margin:0;border:1px solid #ddd;padding:8px}}figcaption{{font-size:14px;margin-bottom:4px}}\
 table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:4px 8px;font-size:13px}}</style></head><body>\
-<h1>keel report</h1><p>run: <code>{0}</code> — {1} metric lines</p><div class=\"grid\">",
+<h1>keel report</h1><p>run: <code>{0}</code> — {1} metric lines</p>",
         esc(&run_dir.display().to_string()),
         rows.len()
     );
-    for (key, title) in PLOTS {
+    header(&mut h, run_dir, rows);
+    h.push_str("<div class=\"grid\">");
+    // The report's plots, and one per `monitor` value of the recipe.
+    let monitors = series(rows, metric::MONITOR)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect::<Vec<_>>();
+    let keys = PLOTS
+        .iter()
+        .map(|(k, t)| (k.to_string(), t.to_string()))
+        .chain(monitors.into_iter().map(|n| {
+            let t = format!("monitor: {}", n.trim_start_matches(metric::MONITOR));
+            (n, t)
+        }));
+    for (key, title) in keys {
+        let (key, title) = (key.as_str(), title.as_str());
         let s = series(rows, key);
         if s.iter().all(|(_, p)| p.is_empty()) {
             continue;
@@ -132,6 +147,66 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ddd;padding:4px 8px;fo
     samples(&mut h, run_dir);
     h.push_str("</body></html>\n");
     h
+}
+
+/// Which recipe and settings made the run (run.json), and held-out pass@1
+/// and pass@k after the warm start and at the end.
+fn header(h: &mut String, run_dir: &Path, rows: &[Value]) {
+    let run: Value = std::fs::read(run_dir.join(RUN_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    let set: Vec<String> = run["set"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|kv| Some(format!("{}={}", kv[0].as_str()?, kv[1].as_str()?)))
+        .collect();
+    let _ = write!(
+        h,
+        "<p>recipe: <code>{}</code> of <code>{}</code>{}</p>",
+        esc(run["recipe"].as_str().unwrap_or("-")),
+        esc(run["recipe_path"].as_str().unwrap_or("-")),
+        if set.is_empty() {
+            String::new()
+        } else {
+            format!(" with <code>--set {}</code>", esc(&set.join(" --set ")))
+        }
+    );
+    let evals: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r.get(metric::PASS_AT_1).is_some())
+        .collect();
+    let pass_k = evals
+        .first()
+        .and_then(|r| r.as_object())
+        .and_then(|o| {
+            o.keys()
+                .find(|k| k.starts_with(metric::PASS_AT) && *k != metric::PASS_AT_1)
+        })
+        .cloned();
+    let (Some(first), Some(last)) = (evals.first(), evals.last()) else {
+        return;
+    };
+    let num = |r: &Value, k: &str| r.get(k).and_then(Value::as_f64).map_or("-".into(), label);
+    h.push_str("<table><tr><th></th><th>step</th><th>pass@1</th>");
+    if let Some(k) = &pass_k {
+        let _ = write!(h, "<th>{}</th>", esc(&k.replace(metric::PASS_AT, "pass@")));
+    }
+    h.push_str("</tr>");
+    for (what, r) in [("after the warm start", first), ("final", last)] {
+        let _ = write!(
+            h,
+            "<tr><td>{what}</td><td>{}</td><td>{}</td>",
+            num(r, metric::STEP),
+            num(r, metric::PASS_AT_1)
+        );
+        if let Some(k) = &pass_k {
+            let _ = write!(h, "<td>{}</td>", num(r, k));
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</table>");
 }
 
 /// The last logged step's trajectories (`keel run --log-samples`), a few:

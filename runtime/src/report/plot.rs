@@ -13,9 +13,22 @@ pub const COLORS: &[&str] = &[
 /// slider is 0.6; per-step RL metrics are noisier).
 pub const SMOOTHING: f64 = 0.8;
 
-/// Series with more points than this are smoothed; sparser ones (held-out
-/// evaluations every few steps) are drawn as they are.
+/// Series with more points than this are smoothed, if they are dense
+/// ([`smoothed`]); sparser ones are drawn as they are.
 pub const SMOOTH_FROM: usize = 12;
+
+/// Whether a series is smoothed: more than [`SMOOTH_FROM`] points, logged
+/// at (nearly) every step — on average at most two steps apart. A
+/// held-out evaluation every 25 steps is drawn as it is, however long the
+/// run: its last point is the final value, not an average lagging behind.
+pub fn smoothed(points: &[(f64, f64)]) -> bool {
+    let n = points.len();
+    if n <= SMOOTH_FROM {
+        return false;
+    }
+    let span = points[n - 1].0 - points[0].0;
+    span / (n - 1) as f64 <= 2.0
+}
 
 /// (x, lo, hi): one step of a band.
 pub type Band = (f64, f64, f64);
@@ -264,16 +277,17 @@ impl Frame {
                     self.sy(s.points[0].1)
                 );
             }
-            n => {
+            _ => {
                 // The raw values, faint, when smoothing changes them.
-                if n > SMOOTH_FROM && !constant {
+                let smooth_it = smoothed(&s.points) && !constant;
+                if smooth_it {
                     let _ = write!(
                         o,
                         "<polyline class=\"raw\" fill=\"none\" stroke=\"{c}\" stroke-opacity=\"0.25\" stroke-width=\"1\" points=\"{}\"/>",
                         self.line(&s.points)
                     );
                 }
-                let smooth = if n > SMOOTH_FROM && !constant {
+                let smooth = if smooth_it {
                     ema(&s.points, SMOOTHING)
                 } else {
                     s.points.clone()
@@ -322,6 +336,31 @@ mod tests {
                 .iter()
                 .all(|p| (p.1 - 3.0).abs() < 1e-12)
         );
+    }
+
+    /// Only dense series are smoothed: a held-out evaluation every 25 steps
+    /// (13 points over 300 steps) is drawn as it is, its last point the
+    /// final value; a per-step series of 13 points is smoothed.
+    #[test]
+    fn sparse_series_are_drawn_as_they_are() {
+        let eval: Vec<(f64, f64)> = (0..13)
+            .map(|k| (25.0 * k as f64, 0.3 + 0.01 * k as f64))
+            .collect();
+        let step: Vec<(f64, f64)> = (1..14).map(|k| (k as f64, 0.3 + 0.01 * k as f64)).collect();
+        assert!(!smoothed(&eval) && smoothed(&step) && !smoothed(&step[..12]));
+        let one = |points: Vec<(f64, f64)>| {
+            figure(
+                "t",
+                &[Series {
+                    name: "a".into(),
+                    points,
+                    band: Vec::new(),
+                }],
+                &[],
+            )
+        };
+        assert!(!one(eval).contains("class=\"raw\""));
+        assert!(one(step).contains("class=\"raw\""));
     }
 
     #[test]
