@@ -147,8 +147,28 @@ fn run_one(a: Args) -> ExitCode {
         Err(code) => return code,
     };
     let recipe_path = &src.recipe_path;
-    let Some(text) = diagnostics::read(recipe_path) else {
-        return ExitCode::from(1);
+    let text = match (&src.resume, std::fs::read_to_string(recipe_path)) {
+        (_, Ok(t)) => t,
+        (Some(dir), Err(e)) => {
+            diagnostics::fail(
+                &Error::new(
+                    codes::RUN_DIR,
+                    format!(
+                        "cannot read the recipe `{recipe_path}` that the run started from: {e}"
+                    ),
+                    format!(
+                        "the path comes from `{}`; put the recipe back there, or start a new run",
+                        dir.join("run.json").display()
+                    ),
+                )
+                .at(dir.join("run.json").display().to_string()),
+            );
+            return ExitCode::from(1);
+        }
+        (None, Err(_)) => match diagnostics::read(recipe_path) {
+            Some(t) => t,
+            None => return ExitCode::from(1),
+        },
     };
     let checked = check_source_with(&Disk, recipe_path, &text, &src.set);
     if checked.has_errors() {
@@ -206,7 +226,9 @@ fn run_one(a: Args) -> ExitCode {
         eprintln!("keel run: {} → {}", recipe_path, out.display());
     }
     let rf = RunFile {
-        recipe_path: recipe_path.clone(),
+        // Absolute, so that `--resume` works from any directory.
+        recipe_path: std::path::absolute(recipe_path)
+            .map_or_else(|_| recipe_path.clone(), |p| p.display().to_string()),
         recipe: Some(recipe.clone()),
         set: src.set,
         fingerprint,

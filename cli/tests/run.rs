@@ -1435,7 +1435,7 @@ fn half_made_run_directories_are_started_again() {
     assert!(
         e.contains("b: error[E0704]")
             && e.contains("no checkpoint")
-            && e.contains("keel run h.recipe --out b"),
+            && e.contains("h.recipe --out b"),
         "{e}"
     );
     let out = keel(&d, &["run", "-q", "h.recipe", "--out", "b"]);
@@ -1538,7 +1538,8 @@ fn report_shows_the_recipe_pass_at_k_and_monitors() {
     assert!(rep.status.success(), "{}", text(&rep.stderr));
     let html = std::fs::read_to_string(d.join("r/report.html")).expect("report.html");
     assert!(
-        html.contains("recipe: <code>watched</code> of <code>m.recipe</code> with <code>--set clip.eps_high=0.28</code>"),
+        html.contains("recipe: <code>watched</code> of <code>")
+            && html.contains("m.recipe</code> with <code>--set clip.eps_high=0.28</code>"),
         "no header"
     );
     assert!(
@@ -1548,4 +1549,48 @@ fn report_shows_the_recipe_pass_at_k_and_monitors() {
         "no pass@k before and after"
     );
     assert!(html.contains("monitor: ratio_max"), "no monitor plot");
+}
+
+/// Paths in a recipe resolve against the recipe's file, as `import` does
+/// (`--set` ones against the working directory); a "cannot read" error
+/// shows the resolved path; `run.json` records the recipe's absolute path,
+/// so a run resumes from any directory.
+#[test]
+fn recipe_paths_resolve_against_the_file_and_runs_resume_from_anywhere() {
+    let d = dir("paths");
+    let exp = d.join("exp");
+    std::fs::create_dir_all(&exp).expect("dir");
+    std::fs::write(exp.join("d.jsonl"), WORD_DATA).expect("write");
+    let recipe = |data: &str| {
+        format!(
+            "import std/grpo\n\nrecipe p extends grpo {{\n    model {{ d_model = 16, layers = 1, heads = 2, context = 64 }}\n    task {{ name = jsonl, path = \"{data}\" }}\n    rollout {{ prompts = 2, group = 2, max_tokens = 4 }}\n    optimizer {{ steps = 2 }}\n    checkpoint {{ every = 1 }}\n    eval {{ every = 0, problems = 2, k = 1 }}\n}}\n"
+        )
+    };
+    std::fs::write(exp.join("p.recipe"), recipe("d.jsonl")).expect("write");
+    std::fs::write(exp.join("missing.recipe"), recipe("nope.jsonl")).expect("write");
+    let out = keel(&d, &["run", "-q", "exp/missing.recipe", "--out", "m"]);
+    let e = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(e.contains("exp/nope.jsonl: error[E0700]"), "{e}");
+    let out = keel(&d, &["run", "-q", "exp/p.recipe", "--out", "a"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let full = metrics(&d.join("a"));
+    assert_eq!(full.len(), 3);
+    // Resumed from another directory, after losing the last step.
+    std::fs::remove_dir_all(d.join("a/checkpoints/step-0000002")).expect("drop a checkpoint");
+    let elsewhere = d.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("dir");
+    let run_dir = d.join("a").display().to_string();
+    let out = keel(&elsewhere, &["run", "-q", "--resume", &run_dir]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(metrics(&d.join("a")), full);
+    // A recipe gone from where run.json says: named, with where it came from.
+    std::fs::rename(exp.join("p.recipe"), exp.join("q.recipe")).expect("move");
+    let out = keel(&elsewhere, &["run", "-q", "--resume", &run_dir]);
+    let e = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        e.contains("error[E0704]") && e.contains("p.recipe") && e.contains("run.json"),
+        "{e}"
+    );
 }

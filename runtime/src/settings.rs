@@ -80,6 +80,30 @@ impl Settings<'_> {
         }
     }
 
+    /// A path setting (`model.init`, `task.path`, `task.tokenizer`),
+    /// resolved as `import` resolves: a relative path written in a file is
+    /// relative to that file's directory; one given with `--set` is relative
+    /// to the working directory, as command-line arguments are.
+    pub fn path(&self, section: &str, key: &str) -> Option<String> {
+        let text = self.sym(section, key)?;
+        let written_in = self
+            .checked
+            .recipes
+            .get(self.index)
+            .and_then(|r| r.value(section, key))
+            .map(|v| self.checked.sources().name(v.file).to_string());
+        let p = std::path::Path::new(&text);
+        match written_in {
+            Some(file) if p.is_relative() && !file.starts_with("--set ") => {
+                let dir = std::path::Path::new(&file)
+                    .parent()
+                    .unwrap_or(std::path::Path::new(""));
+                Some(dir.join(p).display().to_string())
+            }
+            _ => Some(text),
+        }
+    }
+
     /// Whether the recipe defines `section.key` itself (or inherits it).
     pub fn defined(&self, section: &str, key: &str) -> bool {
         self.checked

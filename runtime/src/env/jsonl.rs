@@ -46,7 +46,7 @@ impl Jsonl {
 /// and compiles `regex` answers.
 pub fn open(cx: &Context) -> Result<Box<dyn Environment>> {
     let s = cx.settings;
-    let Some(path) = s.sym("task", "path") else {
+    let Some(path) = s.path("task", "path") else {
         let mut e = Error::new(
             codes::TASK_SETTING,
             "task `jsonl` needs `task.path`",

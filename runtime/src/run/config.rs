@@ -115,7 +115,7 @@ fn at_init(s: &Settings, e: keel_model::Error) -> Error {
 
 /// `task.tokenizer`, where the recipe names one.
 fn given_tokenizer(s: &Settings) -> Result<Option<Tokenizer>> {
-    let Some(path) = s.sym("task", "tokenizer") else {
+    let Some(path) = s.path("task", "tokenizer") else {
         return Ok(None);
     };
     Tokenizer::from_file(&path).map(Some).map_err(|e| {
@@ -136,7 +136,7 @@ fn given_tokenizer(s: &Settings) -> Result<Option<Tokenizer>> {
 fn model(s: &Settings) -> Result<Model> {
     let given_tok = given_tokenizer(s)?;
     let seed_model = s.int("model", "seed") as u64;
-    let pretrained = match s.sym("model", "init") {
+    let pretrained = match s.path("model", "init") {
         Some(p) if pretrained::is_pretrained(Path::new(&p)) => {
             Some(pretrained::open(Path::new(&p), seed_model).map_err(|e| at_init(s, e))?)
         }
@@ -363,7 +363,7 @@ pub fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
     Ok(RunConfig {
         tok,
         z_loss: s.num("model", "z_loss"),
-        init_path: s.sym("model", "init"),
+        init_path: s.path("model", "init"),
         pretrained_weights,
         pretrained,
         model,
