@@ -978,7 +978,13 @@ recipe smol extends grpo {{
     assert_eq!(losses.len(), 2, "{m:?}");
     assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
     let hf = d.join("run/final-hf");
-    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ] {
         assert!(hf.join(f).exists(), "final-hf/{f}");
     }
     // Keel reads its own HF directory back: same shape, a next token.
@@ -1020,6 +1026,42 @@ recipe smol extends grpo {{
         assert_eq!(Some(id), top[0]["id"].as_u64(), "argmax");
         let keel_lp = top[0]["logp"].as_f64().expect("logp");
         assert!((lp - keel_lp).abs() < 1e-3, "{lp} vs {keel_lp}");
+        // The instruct model keeps its chat template and special tokens:
+        // transformers' apply_chat_template and `keel inspect --chat` give
+        // the same ids, and the tokenizer has an EOS and a pad token.
+        let c = keel(
+            &d,
+            &[
+                "inspect",
+                "run/final-hf",
+                "--json",
+                "--chat",
+                "--prompt",
+                "What is 12 + 7?",
+            ],
+        );
+        assert!(c.status.success(), "{}", text(&c.stderr));
+        let v: Value = serde_json::from_slice(&c.stdout).expect("json");
+        let script = format!(
+            "import transformers as t\n\
+             k = t.AutoTokenizer.from_pretrained({:?})\n\
+             ids = k.apply_chat_template([{{'role': 'user', 'content': 'What is 12 + 7?'}}], add_generation_prompt=True, tokenize=True)\n\
+             ids = ids['input_ids'] if hasattr(ids, 'keys') else ids\n\
+             print(list(ids), k.eos_token, k.pad_token is not None)\n",
+            hf.display().to_string()
+        );
+        let out = Command::new(&py)
+            .args(["-c", &script])
+            .output()
+            .expect("python");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let want = format!(
+            "{} <|im_end|> True",
+            serde_json::to_string(&v["prompt_ids"])
+                .expect("ids")
+                .replace(',', ", ")
+        );
+        assert_eq!(text(&out.stdout).trim(), want);
     }
 }
 

@@ -446,15 +446,29 @@ pub fn is_checkpoint_dir(path: &Path) -> bool {
     path.is_dir() && path.join("config.json").exists()
 }
 
+/// What a directory transformers loads needs of a tokenizer: its
+/// `tokenizer.json`, the special tokens' strings, whether a BOS is added,
+/// and the chat template (an instruct model's).
+#[derive(Clone, Debug, Default)]
+pub struct TokenizerFiles {
+    pub json: String,
+    pub bos: Option<String>,
+    pub eos: Option<String>,
+    pub add_bos: bool,
+    pub chat_template: Option<String>,
+}
+
 /// Write `w` as a Hugging Face directory (config.json, f32
-/// model.safetensors, generation_config.json, and `tokenizer_json` as
-/// tokenizer.json when given) that transformers loads.
+/// model.safetensors, generation_config.json; with `tokenizer`, its
+/// tokenizer.json, a tokenizer_config.json with the special tokens, the
+/// pad token (the EOS where the model has none) and the chat template, and
+/// chat_template.jinja) that transformers loads completely.
 pub fn write_dir(
     dir: &Path,
     cfg: &ModelConfig,
     w: Params,
     meta: &Meta,
-    tokenizer_json: Option<&str>,
+    tokenizer: Option<&TokenizerFiles>,
 ) -> Result<(), Error> {
     fs::create_dir_all(dir).map_err(|e| io_error("write", dir, e))?;
     // Each tensor is transposed back to HF's [out, in] as the writer
@@ -542,8 +556,23 @@ pub fn write_dir(
         "generation_config.json",
         &pretty(&json!({"bos_token_id": meta.bos, "eos_token_id": eos})),
     )?;
-    if let Some(t) = tokenizer_json {
-        write("tokenizer.json", t.as_bytes())?;
+    if let Some(t) = tokenizer {
+        write("tokenizer.json", t.json.as_bytes())?;
+        let mut tc = json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": t.bos,
+            "eos_token": t.eos,
+            "pad_token": t.eos,
+            "add_bos_token": t.add_bos,
+            "add_eos_token": false,
+            "clean_up_tokenization_spaces": false,
+            "model_max_length": meta.max_positions.max(cfg.context),
+        });
+        if let Some(src) = &t.chat_template {
+            tc["chat_template"] = json!(src);
+            write("chat_template.jinja", src.as_bytes())?;
+        }
+        write("tokenizer_config.json", &pretty(&tc))?;
     }
     Ok(())
 }

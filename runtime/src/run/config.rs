@@ -30,6 +30,10 @@ pub struct RunConfig {
     /// `model.init` names a pretrained checkpoint (a Hugging Face directory
     /// or a GGUF file): its metadata, to write the final weights back.
     pub pretrained: Option<Meta>,
+    /// Its tokenizer's special tokens and chat template, written back with
+    /// the final weights (`final-hf/`).
+    pub chat_source: Option<String>,
+    pub special: (Option<String>, Option<String>),
     /// Its weights in the runtime's layout, until the warm start takes
     /// them (one copy fewer of a real model held for the whole run).
     pub pretrained_weights: Option<Weights>,
@@ -100,6 +104,9 @@ struct Model {
     tok: Tokenizer,
     cfg: ModelConfig,
     pretrained: Option<(Weights, Meta)>,
+    /// A pretrained checkpoint's chat template source and special tokens.
+    chat_source: Option<String>,
+    special: (Option<String>, Option<String>),
 }
 
 /// A checkpoint's error, shown at the recipe's `model.init`; the message
@@ -163,6 +170,8 @@ fn model(s: &Settings) -> Result<Model> {
             tok,
             cfg,
             pretrained: None,
+            chat_source: None,
+            special: (None, None),
         });
     };
     let template = if chat_mode != "off" {
@@ -195,6 +204,8 @@ fn model(s: &Settings) -> Result<Model> {
         tok,
         cfg,
         pretrained: Some((p.weights, p.meta)),
+        chat_source: p.chat_template,
+        special: p.special,
     })
 }
 
@@ -341,6 +352,8 @@ pub fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
         tok,
         cfg: model,
         pretrained,
+        chat_source,
+        special,
     } = model(&s)?;
     let env = env::open(&env::Context {
         settings: &s,
@@ -366,6 +379,8 @@ pub fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
         init_path: s.path("model", "init"),
         pretrained_weights,
         pretrained,
+        chat_source,
+        special,
         model,
         env,
         task_desc,

@@ -280,12 +280,23 @@ impl<'a> Trainer<'a> {
             keel_model::io::write_weights_atomic(&final_path, &[("", last)]).coded()?;
         }
         if let Some(meta) = &self.setup.pretrained {
+            let setup = &self.setup;
+            let tokenizer = setup
+                .tok
+                .to_json()
+                .map(|json| keel_model::hf::TokenizerFiles {
+                    json,
+                    bos: setup.special.0.clone(),
+                    eos: setup.special.1.clone(),
+                    add_bos: setup.tok.bos().is_some(),
+                    chat_template: setup.chat_source.clone(),
+                });
             keel_model::hf::write_dir(
                 &self.dir.final_hf(),
-                &self.setup.model,
+                &setup.model,
                 last,
                 meta,
-                self.setup.tok.to_json().as_deref(),
+                tokenizer.as_ref(),
             )
             .coded()?;
         }
