@@ -933,6 +933,15 @@ fn compare_groups_seeds_into_arms_with_bands_and_a_summary() {
     let html = std::fs::read_to_string(d.join("cmp/compare.html")).expect("compare.html");
     assert!(html.contains("small (mean of 2 seeds)"), "legend per arm");
     assert!(html.contains("class=\"band\""), "a band for the seeds");
+    // The directory `--seeds` wrote stands for its seeds.
+    let r = keel(&d, &["compare", "seeds", "hot", "--out", "cmp2"]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let again = std::fs::read_to_string(d.join("cmp2/summary.json")).expect("summary.json");
+    assert_eq!(
+        serde_json::from_str::<Value>(&again).expect("json"),
+        summary,
+        "the same comparison"
+    );
     assert!(html.contains("class=\"grid\""), "grid lines");
     assert!(!html.contains("NaN") && !html.contains("<script"));
     let bad = keel(&d, &["compare", s1, "nowhere"]);

@@ -218,7 +218,8 @@ fn load_runs(dirs: &[PathBuf]) -> Result<Vec<Run>, Error> {
         ));
     }
     let mut runs = Vec::new();
-    for d in dirs {
+    for d in dirs.iter().flat_map(|d| expand_seeds(d)) {
+        let d = &d;
         let (arm, fingerprint) = arm_of(d)?;
         runs.push(Run {
             dir: d.clone(),
@@ -229,6 +230,34 @@ fn load_runs(dirs: &[PathBuf]) -> Result<Vec<Run>, Error> {
     }
     comparable(&runs)?;
     Ok(runs)
+}
+
+/// A directory `keel run --seeds N` wrote (no run.json of its own, runs in
+/// `seed-K/`) stands for its seeds, in order; any other directory for
+/// itself.
+fn expand_seeds(dir: &Path) -> Vec<PathBuf> {
+    if dir.join(RUN_FILE).exists() {
+        return vec![dir.to_path_buf()];
+    }
+    let mut seeds: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let k = e
+                .file_name()
+                .to_str()?
+                .strip_prefix("seed-")?
+                .parse()
+                .ok()?;
+            e.path().join(RUN_FILE).exists().then(|| (k, e.path()))
+        })
+        .collect();
+    seeds.sort();
+    if seeds.is_empty() {
+        return vec![dir.to_path_buf()];
+    }
+    seeds.into_iter().map(|(_, p)| p).collect()
 }
 
 /// The runs grouped by arm, arms in order of first appearance.
