@@ -392,11 +392,18 @@ fn has_checkpoint(dir: &Path) -> bool {
 /// metrics are.
 fn print_summary(s: &run::Summary, out: &Path) {
     let f = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());
+    let (warm, before) = if s.warm_start {
+        (
+            format!(" (warm start {:.1}s)", s.warm_s),
+            "after warm start",
+        )
+    } else {
+        (String::new(), "before RL")
+    };
     eprintln!(
-        "done: {} steps in {:.1}s (warm start {:.1}s); held-out pass@1 {} after warm start → {} after RL; pass@k {}",
+        "done: {} steps in {:.1}s{warm}; held-out pass@1 {} {before} → {} after RL; pass@k {}",
         s.steps,
         s.rl_s,
-        s.warm_s,
         f(s.pass_at_1_warm),
         f(s.pass_at_1_final),
         f(s.pass_at_k_final)

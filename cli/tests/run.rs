@@ -1645,3 +1645,26 @@ fn recipe_paths_resolve_against_the_file_and_runs_resume_from_anywhere() {
         "{e}"
     );
 }
+
+/// A run without warm-start steps (a pretrained model's usual case) says
+/// "before RL (no warm start)", not "after warm start (0.0s)".
+#[test]
+fn a_run_without_a_warm_start_does_not_claim_one() {
+    let d = dir("no-warm");
+    std::fs::write(
+        d.join("n.recipe"),
+        "import std/grpo\n\nrecipe n extends grpo {\n    model { d_model = 16, layers = 1, heads = 2, context = 48 }\n    rollout { prompts = 2, group = 2, max_tokens = 4 }\n    optimizer { steps = 1 }\n    eval { every = 0, problems = 2, k = 1 }\n}\n",
+    )
+    .expect("write");
+    let out = keel(&d, &["run", "n.recipe", "--out", "a"]);
+    let e = text(&out.stderr);
+    assert!(out.status.success(), "{e}");
+    assert!(
+        e.contains("before RL (no warm start): pass@1") && !e.contains("after warm start"),
+        "{e}"
+    );
+    assert!(
+        e.contains("held-out pass@1") && e.contains(" before RL → "),
+        "{e}"
+    );
+}

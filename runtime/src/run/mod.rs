@@ -66,6 +66,8 @@ pub struct Summary {
     pub pass_at_1_final: Option<f64>,
     pub pass_at_k_final: Option<f64>,
     pub warm_s: f64,
+    /// The run took warm-start steps (`task.warmup_steps` > 0).
+    pub warm_start: bool,
     pub rl_s: f64,
     pub stopped_by_guard: bool,
     pub events: Vec<String>,
@@ -203,6 +205,7 @@ impl<'a> Trainer<'a> {
         let t0 = Instant::now();
         let (init, warm) = warm::warm_weights(&setup, opts, pretrained)?;
         summary.warm_s = t0.elapsed().as_secs_f64();
+        summary.warm_start = setup.warm_steps > 0;
         let policy = Transformer::new(setup.model.clone(), &warm, &opts.device);
         drop(warm);
         let reference = (setup.reads_ref || setup.reads_source).then(|| Reference::of(&policy));
@@ -325,12 +328,14 @@ impl<'a> Trainer<'a> {
         line.insert(metric::PASS_AT_1.into(), json!(p1));
         line.insert(metric::pass_at(setup.eval_k), json!(pk));
         line.insert(metric::WARM_S.into(), json!(self.summary.warm_s));
+        let when = if setup.warm_steps > 0 {
+            format!("after warm start ({:.1}s)", self.summary.warm_s)
+        } else {
+            "before RL (no warm start)".to_string()
+        };
         say(
             self.opts,
-            &format!(
-                "after warm start ({:.1}s): pass@1 {:.3}, pass@{} {:.3}",
-                self.summary.warm_s, p1, setup.eval_k, pk
-            ),
+            &format!("{when}: pass@1 {p1:.3}, pass@{} {pk:.3}", setup.eval_k),
         );
         self.write_line(&line)?;
         self.save()?;
