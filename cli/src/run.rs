@@ -44,10 +44,6 @@ pub struct Args {
     quiet: bool,
     #[arg(long, value_enum, default_value = "auto")]
     color: Color,
-    /// The warm-start cache (`KEEL_CACHE` overrides it); `None`: next to
-    /// the run directory. Not a flag: `--seeds` sets it for its runs.
-    #[arg(skip)]
-    cache: Option<PathBuf>,
 }
 
 /// `keel run`: one run, or with `--seeds N`, N of them.
@@ -74,9 +70,9 @@ fn default_out(name: &str) -> PathBuf {
 /// `keel run RECIPE --seeds N`: the run N times, one after another, as
 /// `OUT/seed-1` … `OUT/seed-N` with `model.seed` and `task.seed` set to the
 /// seed (the model's initialisation, the sampler's stream and the task's
-/// problems); `keel compare OUT/seed-*` draws them as one arm. The warm
-/// starts are cached next to OUT, so the arms of one experiment
-/// (`runs/exp/grpo`, `runs/exp/clip_cov`) share them.
+/// problems); `keel compare OUT` draws them as one arm. The warm starts
+/// are cached per user ([`warm_start_cache`]), so every arm and experiment
+/// shares them.
 fn run_seeds(a: Args, seeds: u32) -> ExitCode {
     if a.resume.is_some() {
         eprintln!(
@@ -116,10 +112,6 @@ fn run_seeds(a: Args, seeds: u32) -> ExitCode {
             log_samples: a.log_samples,
             quiet: a.quiet,
             color: a.color,
-            cache: Some(
-                base.parent()
-                    .map_or_else(|| PathBuf::from(".warmstart"), |p| p.join(".warmstart")),
-            ),
         });
         if code != ExitCode::SUCCESS {
             return code;
@@ -198,14 +190,7 @@ fn run_one(a: Args) -> ExitCode {
     let Some(out) = run_dir(&src, a.out.as_deref(), &fingerprint, recipe) else {
         return ExitCode::from(1);
     };
-    let cache = std::env::var_os("KEEL_CACHE")
-        .map(PathBuf::from)
-        .or(a.cache.clone())
-        .unwrap_or_else(|| {
-            out.parent()
-                .map(|p| p.join(".warmstart"))
-                .unwrap_or_else(|| PathBuf::from(".warmstart"))
-        });
+    let cache = warm_start_cache(&out);
     let device = match keel_runtime::default_device() {
         Ok(d) => d,
         Err(e) => {
@@ -380,6 +365,26 @@ fn run_dir(src: &Source, out: Option<&str>, fingerprint: &str, recipe: &str) -> 
             Some(p)
         }
         None => Some(default_out(recipe)),
+    }
+}
+
+/// Where warm starts are cached: `KEEL_CACHE`, else the user's cache
+/// (`$XDG_CACHE_HOME/keel/warmstart`, `~/.cache/keel/warmstart`), as
+/// transformers and torch cache theirs, so a new experiment folder reuses
+/// them; without a home, next to the run directory.
+fn warm_start_cache(out: &Path) -> PathBuf {
+    if let Some(c) = std::env::var_os("KEEL_CACHE") {
+        return PathBuf::from(c);
+    }
+    let user = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|x| !x.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    match user {
+        Some(c) => c.join("keel").join("warmstart"),
+        None => out
+            .parent()
+            .map_or_else(|| PathBuf::from(".warmstart"), |p| p.join(".warmstart")),
     }
 }
 

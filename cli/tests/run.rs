@@ -1668,3 +1668,37 @@ fn a_run_without_a_warm_start_does_not_claim_one() {
         "{e}"
     );
 }
+
+/// Warm starts are cached per user (`$XDG_CACHE_HOME/keel/warmstart`), not
+/// beside each experiment folder: a run in a new folder reuses the warm
+/// start of another's.
+#[test]
+fn warm_starts_are_cached_per_user() {
+    let d = dir("user-cache");
+    std::fs::write(
+        d.join("small.recipe"),
+        SMALL.replace("steps = 12", "steps = 1"),
+    )
+    .expect("write");
+    let run = |out: &str| {
+        Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["run", "small.recipe", "--out", out])
+            .current_dir(&d)
+            .env_remove("KEEL_CACHE")
+            .env("XDG_CACHE_HOME", d.join("xdg"))
+            .output()
+            .expect("keel runs")
+    };
+    let a = run("exp1/a");
+    assert!(a.status.success(), "{}", text(&a.stderr));
+    let cached: Vec<_> = std::fs::read_dir(d.join("xdg/keel/warmstart"))
+        .expect("the user's cache")
+        .flatten()
+        .collect();
+    assert_eq!(cached.len(), 1);
+    let b = run("exp2/b");
+    let e = text(&b.stderr);
+    assert!(b.status.success(), "{e}");
+    assert!(e.contains("warm start: reusing"), "{e}");
+    assert_eq!(metrics(&d.join("exp1/a")), metrics(&d.join("exp2/b")));
+}
