@@ -1702,3 +1702,34 @@ fn warm_starts_are_cached_per_user() {
     assert!(e.contains("warm start: reusing"), "{e}");
     assert_eq!(metrics(&d.join("exp1/a")), metrics(&d.join("exp2/b")));
 }
+
+/// A string setting given with `--set` takes its text as it is on the
+/// command line (`--set task.path=d.jsonl`); a quoted value still works.
+#[test]
+fn set_takes_strings_without_inner_quotes() {
+    let d = dir("set-strings");
+    std::fs::write(d.join("d.jsonl"), WORD_DATA).expect("write");
+    std::fs::write(
+        d.join("s.recipe"),
+        "import std/grpo\n\nrecipe s extends grpo {\n    model { d_model = 16, layers = 1, heads = 2, context = 64 }\n    rollout { prompts = 2, group = 2, max_tokens = 4 }\n    optimizer { steps = 1 }\n    eval { every = 0, problems = 2, k = 1 }\n}\n",
+    )
+    .expect("write");
+    for (out, path) in [("a", "task.path=d.jsonl"), ("b", "task.path=\"d.jsonl\"")] {
+        let r = keel(
+            &d,
+            &[
+                "run",
+                "-q",
+                "s.recipe",
+                "--out",
+                out,
+                "--set",
+                "task.name=jsonl",
+                "--set",
+                path,
+            ],
+        );
+        assert!(r.status.success(), "{path}: {}", text(&r.stderr));
+    }
+    assert_eq!(metrics(&d.join("a")), metrics(&d.join("b")));
+}

@@ -205,6 +205,20 @@ fn apply_override(
     value: &str,
     diags: &mut Vec<Diagnostic>,
 ) {
+    // A string setting (a path, a system prompt) takes its text as it is
+    // on the command line: `--set task.path=data.jsonl` needs no inner
+    // quotes (a quoted value is taken as written).
+    let string_key = path
+        .split_once('.')
+        .and_then(|(s, k)| builtins::section(s)?.key(k))
+        .is_some_and(|k| matches!(k.ty, builtins::KeyTy::Str));
+    let quoted;
+    let value = if string_key && !value.trim_start().starts_with('"') {
+        quoted = format!("{value:?}");
+        quoted.as_str()
+    } else {
+        value
+    };
     let file = program
         .sources
         .add(format!("--set {path}"), value.to_string());
