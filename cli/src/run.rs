@@ -206,6 +206,7 @@ fn run_one(a: Args) -> ExitCode {
         device,
         quiet: a.quiet,
         log_samples: a.log_samples,
+        interrupt: interrupt_on_ctrl_c(),
     };
     if !a.quiet {
         eprintln!("keel run: {} → {}", recipe_path, out.display());
@@ -219,6 +220,14 @@ fn run_one(a: Args) -> ExitCode {
         fingerprint,
     };
     match run::run(&checked, index, rf, &opts) {
+        Ok(s) if s.interrupted => {
+            eprintln!(
+                "stopped after step {} with a checkpoint; continue with `keel run --resume {}`",
+                s.steps,
+                out.display()
+            );
+            ExitCode::from(130)
+        }
         Ok(s) => {
             if !a.quiet {
                 print_summary(&s, &out);
@@ -366,6 +375,34 @@ fn run_dir(src: &Source, out: Option<&str>, fingerprint: &str, recipe: &str) -> 
         }
         None => Some(default_out(recipe)),
     }
+}
+
+/// The first Ctrl-C (SIGINT) asks the run to stop after the step
+/// in progress, with a checkpoint, as Lightning's and TRL's trainers do; a
+/// second one stops at once (exit 130).
+fn interrupt_on_ctrl_c() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, OnceLock};
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    let flag = FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let seen = flag.clone();
+        let installed = ctrlc::set_handler(move || {
+            if seen.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!(
+                "\ninterrupted: finishing this step and writing a checkpoint (Ctrl-C again to stop at once)"
+            );
+        });
+        if let Err(e) = installed {
+            eprintln!("warning: Ctrl-C will stop the run at once ({e})");
+        }
+        flag
+    });
+    // Each run (of `--seeds`) starts uninterrupted.
+    flag.store(false, Ordering::SeqCst);
+    flag.clone()
 }
 
 /// Where warm starts are cached: `KEEL_CACHE`, else the user's cache

@@ -1733,3 +1733,44 @@ fn set_takes_strings_without_inner_quotes() {
     }
     assert_eq!(metrics(&d.join("a")), metrics(&d.join("b")));
 }
+
+/// The first Ctrl-C (SIGINT) finishes the step in progress and writes its
+/// checkpoint (exit 130, the resume command printed); the run resumes to
+/// the same metrics as an uninterrupted one.
+#[test]
+fn ctrl_c_finishes_the_step_and_writes_a_checkpoint() {
+    let d = dir("ctrl-c");
+    std::fs::write(
+        d.join("small.recipe"),
+        SMALL.replace("steps = 12", "steps = 400"),
+    )
+    .expect("write");
+    let child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["run", "-q", "small.recipe", "--out", "a"])
+        .current_dir(&d)
+        .env("KEEL_CACHE", d.join("cache"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let lines = d.join("a/metrics.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&lines).map_or(0, |t| t.lines().count()) < 4 {
+        assert!(start.elapsed() < Duration::from_secs(300), "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let out = child.wait_with_output().expect("wait");
+    let e = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{e}");
+    assert!(e.contains("keel run --resume a"), "{e}");
+    let m = metrics(&d.join("a"));
+    let last = m.last().and_then(|l| l["step"].as_u64()).expect("a step");
+    assert!((3..400).contains(&last), "{last}");
+    let ck = d.join(format!("a/checkpoints/step-{last:07}"));
+    assert!(ck.exists(), "no checkpoint of the last step {last}");
+}

@@ -56,6 +56,9 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Trajectories a step written to `samples.jsonl` (0: none).
     pub log_samples: usize,
+    /// Set (by the CLI's Ctrl-C handler) to stop after the step in
+    /// progress, with a checkpoint.
+    pub interrupt: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What a finished run reports.
@@ -70,6 +73,8 @@ pub struct Summary {
     pub warm_start: bool,
     pub rl_s: f64,
     pub stopped_by_guard: bool,
+    /// Stopped by an interrupt (Ctrl-C) after a step, with a checkpoint.
+    pub interrupted: bool,
     pub events: Vec<String>,
 }
 
@@ -97,12 +102,24 @@ pub fn run(
     bar.set_position(t.st.step);
     let rl_start = Instant::now();
     let mut stop = false;
-    while t.st.step < t.setup.steps && !stop {
+    let interrupted = || opts.interrupt.load(std::sync::atomic::Ordering::SeqCst);
+    while t.st.step < t.setup.steps && !stop && !interrupted() {
         stop = t.step(&bar)?;
     }
     bar.finish_and_clear();
     t.summary.steps = t.st.step;
     t.summary.rl_s = rl_start.elapsed().as_secs_f64();
+    if t.st.step < t.setup.steps && !stop {
+        // Interrupted: the last finished step's checkpoint, to resume from.
+        if checkpoint::list(&t.dir.checkpoints())
+            .last()
+            .is_none_or(|(s, _)| *s != t.st.step)
+        {
+            t.save()?;
+        }
+        t.summary.interrupted = true;
+        return Ok(t.summary);
+    }
     t.write_final()?;
     Ok(t.summary)
 }
