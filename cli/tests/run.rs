@@ -1774,3 +1774,24 @@ fn ctrl_c_finishes_the_step_and_writes_a_checkpoint() {
     let ck = d.join(format!("a/checkpoints/step-{last:07}"));
     assert!(ck.exists(), "no checkpoint of the last step {last}");
 }
+
+/// Without a terminal, a run logs lines: the warm start's beginning and
+/// end (and one every ten seconds), and the steps every ten or every ten
+/// seconds, whichever comes first.
+#[test]
+fn a_log_without_a_terminal_is_not_silent_in_the_warm_start() {
+    let d = dir("log-lines");
+    std::fs::write(
+        d.join("small.recipe"),
+        SMALL.replace("steps = 12", "steps = 2"),
+    )
+    .expect("write");
+    let out = keel(&d, &["run", "small.recipe", "--out", "a"]);
+    let e = text(&out.stderr);
+    assert!(out.status.success(), "{e}");
+    assert!(
+        e.contains("warm start: 30 steps") && e.contains("warm start: step 30/30"),
+        "{e}"
+    );
+    assert!(e.contains("step 2/2: reward"), "{e}");
+}

@@ -174,6 +174,8 @@ struct Trainer<'a> {
     metrics_file: fs::File,
     /// `samples.jsonl`, where `--log-samples` asks for it.
     samples_file: Option<fs::File>,
+    /// Progress lines without a terminal.
+    log_lines: LogLines,
     summary: Summary,
 }
 
@@ -257,6 +259,7 @@ impl<'a> Trainer<'a> {
             dir,
             metrics_file,
             samples_file,
+            log_lines: LogLines::new(opts),
             summary,
         })
     }
@@ -456,8 +459,7 @@ impl<'a> Trainer<'a> {
             num(metric::REWARD),
             num(metric::ENTROPY)
         ));
-        let opts = self.opts;
-        if !opts.progress && !opts.quiet && (step.is_multiple_of(10) || last) {
+        if self.log_lines.due(step.is_multiple_of(10) || last) {
             eprintln!("step {step}/{}: {}", self.setup.steps, bar.message());
         }
     }
@@ -826,6 +828,32 @@ fn rehearsal_pool(setup: &RunConfig, reference: &Reference, opts: &RunOptions) -
         ),
     );
     pool
+}
+
+/// Progress lines for a log (no terminal, not quiet): at the points a
+/// caller marks (every ten steps, the last), and whenever ten seconds have
+/// passed without one, so a slow step or a long warm start is not silent.
+pub(crate) struct LogLines {
+    on: bool,
+    last: std::cell::Cell<Instant>,
+}
+
+impl LogLines {
+    pub(crate) fn new(opts: &RunOptions) -> LogLines {
+        LogLines {
+            on: !opts.progress && !opts.quiet,
+            last: std::cell::Cell::new(Instant::now()),
+        }
+    }
+
+    /// Whether to print a line now (`marked`: a point that always gets one).
+    pub(crate) fn due(&self, marked: bool) -> bool {
+        if !self.on || !(marked || self.last.get().elapsed().as_secs_f64() >= 10.0) {
+            return false;
+        }
+        self.last.set(Instant::now());
+        true
+    }
 }
 
 /// A file opened for appending (created if missing).

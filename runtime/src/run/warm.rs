@@ -15,7 +15,7 @@ use keel_model::transformer::{Transformer, Weights};
 
 use super::config::RunConfig;
 use super::dir::io_error;
-use super::{RunOptions, bar, say};
+use super::{LogLines, RunOptions, bar, say};
 use crate::env::WARM_STREAM;
 use crate::error::{Coded, Error, Result, codes};
 use crate::rollout::encode_prompt;
@@ -71,7 +71,17 @@ pub fn warm_weights(
     }
     let mut policy = Transformer::new(setup.model.clone(), &init, &opts.device);
     let bar = bar(opts, setup.warm_steps, "warm start");
-    warm_start(setup, &mut policy, &|s| bar.set_position(s));
+    let log = LogLines::new(opts);
+    let n = setup.warm_steps;
+    if log.due(true) {
+        eprintln!("warm start: {n} steps");
+    }
+    warm_start(setup, &mut policy, &|s| {
+        bar.set_position(s);
+        if log.due(s == n) {
+            eprintln!("warm start: step {s}/{n}");
+        }
+    });
     bar.finish_and_clear();
     let w = policy.weights();
     fs::create_dir_all(&opts.cache).map_err(|e| io_error("create", &opts.cache, e))?;
