@@ -163,17 +163,7 @@ fn run_one(a: Args) -> ExitCode {
         },
     };
     let checked = check_source_with(&Disk, recipe_path, &text, &src.set);
-    if checked.has_errors() {
-        diagnostics::print(
-            recipe_path,
-            &checked.diagnostics,
-            checked.sources(),
-            diagnostics::ErrorFormat::Human,
-            color,
-        );
-        return ExitCode::from(1);
-    }
-    if !warnings_allow_the_run(&checked, recipe_path, &a, color) {
+    if !diagnostics_allow_the_run(&checked, recipe_path, &a, color) {
         return ExitCode::from(1);
     }
     let Some(index) = checked.main_recipe(src.name.as_deref()) else {
@@ -457,11 +447,12 @@ fn print_summary(s: &run::Summary, out: &Path) {
     );
 }
 
-/// The checker's warnings, printed before anything runs. A key that looks
-/// like a typo of an inherited one (W0002) stops the run: the recipe would
-/// train with the old value, silently (`--allow-warnings` trains anyway);
-/// with `--deny-warnings` every warning does. Returns whether to go on.
-fn warnings_allow_the_run(
+/// The checker's diagnostics, printed before anything runs. An error stops
+/// the run; so does a key that looks like a typo of an inherited one
+/// (W0002): the recipe would train with the old value, silently
+/// (`--allow-warnings` trains anyway); with `--deny-warnings` every warning
+/// does. Returns whether to go on.
+fn diagnostics_allow_the_run(
     checked: &keel_compiler::Checked,
     recipe_path: &str,
     a: &Args,
@@ -477,6 +468,9 @@ fn warnings_allow_the_run(
         diagnostics::ErrorFormat::Human,
         color,
     );
+    if checked.has_errors() {
+        return false;
+    }
     let stopping: Vec<&str> = checked
         .diagnostics
         .iter()

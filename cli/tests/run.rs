@@ -26,6 +26,15 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// A recipe `name` extending GRPO with the smallest model and rollout (two
+/// prompts, two samples, four tokens; no evaluation but the last), `steps`
+/// steps, and `extra` lines.
+fn tiny(name: &str, steps: u32, extra: &str) -> String {
+    format!(
+        "import std/grpo\n\nrecipe {name} extends grpo {{\n    model {{ d_model = 16, layers = 1, heads = 2, context = 48 }}\n    rollout {{ prompts = 2, group = 2, max_tokens = 4 }}\n    optimizer {{ steps = {steps} }}\n    eval {{ every = 0, problems = 2, k = 1 }}\n{extra}}}\n"
+    )
+}
+
 const SMALL: &str = r#"import std/grpo
 
 recipe small extends grpo {
@@ -1387,11 +1396,7 @@ fn hf_directory_trains_and_unsupported_configs_are_located() {
 #[test]
 fn warnings_are_printed_and_a_typo_key_stops_the_run() {
     let d = dir("warnings");
-    let recipe = |extra: &str| {
-        format!(
-            "import std/grpo\n\nrecipe w extends grpo {{\n    model {{ d_model = 16, layers = 1, heads = 2, context = 48 }}\n    rollout {{ prompts = 2, group = 2, max_tokens = 4 }}\n    optimizer {{ steps = 1 }}\n    eval {{ every = 0, problems = 2, k = 1 }}\n    {extra}\n}}\n"
-        )
-    };
+    let recipe = |extra: &str| tiny("w", 1, &format!("    {extra}\n"));
     std::fs::write(d.join("typo.recipe"), recipe("clip.eps_hihg = 0.28")).expect("write");
     let out = keel(&d, &["run", "-q", "typo.recipe", "--out", "a"]);
     let e = text(&out.stderr);
@@ -1431,11 +1436,7 @@ fn warnings_are_printed_and_a_typo_key_stops_the_run() {
 #[test]
 fn resume_refuses_set_instead_of_ignoring_it() {
     let d = dir("resume-set");
-    std::fs::write(
-        d.join("r.recipe"),
-        "import std/grpo\n\nrecipe r extends grpo {\n    model { d_model = 16, layers = 1, heads = 2, context = 48 }\n    rollout { prompts = 2, group = 2, max_tokens = 4 }\n    optimizer { steps = 1 }\n    eval { every = 0, problems = 2, k = 1 }\n}\n",
-    )
-    .expect("write");
+    std::fs::write(d.join("r.recipe"), tiny("r", 1, "")).expect("write");
     let out = keel(&d, &["run", "-q", "r.recipe", "--out", "a"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = keel(
@@ -1460,7 +1461,7 @@ fn resume_refuses_set_instead_of_ignoring_it() {
 #[test]
 fn half_made_run_directories_are_started_again() {
     let d = dir("half-made");
-    let recipe = "import std/grpo\n\nrecipe h extends grpo {\n    model { d_model = 16, layers = 1, heads = 2, context = 48 }\n    rollout { prompts = 2, group = 2, max_tokens = 4 }\n    optimizer { steps = 1 }\n    eval { every = 0, problems = 2, k = 1 }\n}\n";
+    let recipe = &tiny("h", 1, "");
     std::fs::write(d.join("h.recipe"), recipe).expect("write");
     // Refused before training (E0706): nothing written.
     std::fs::write(
@@ -1651,11 +1652,7 @@ fn recipe_paths_resolve_against_the_file_and_runs_resume_from_anywhere() {
 #[test]
 fn a_run_without_a_warm_start_does_not_claim_one() {
     let d = dir("no-warm");
-    std::fs::write(
-        d.join("n.recipe"),
-        "import std/grpo\n\nrecipe n extends grpo {\n    model { d_model = 16, layers = 1, heads = 2, context = 48 }\n    rollout { prompts = 2, group = 2, max_tokens = 4 }\n    optimizer { steps = 1 }\n    eval { every = 0, problems = 2, k = 1 }\n}\n",
-    )
-    .expect("write");
+    std::fs::write(d.join("n.recipe"), tiny("n", 1, "")).expect("write");
     let out = keel(&d, &["run", "n.recipe", "--out", "a"]);
     let e = text(&out.stderr);
     assert!(out.status.success(), "{e}");
@@ -1709,11 +1706,7 @@ fn warm_starts_are_cached_per_user() {
 fn set_takes_strings_without_inner_quotes() {
     let d = dir("set-strings");
     std::fs::write(d.join("d.jsonl"), WORD_DATA).expect("write");
-    std::fs::write(
-        d.join("s.recipe"),
-        "import std/grpo\n\nrecipe s extends grpo {\n    model { d_model = 16, layers = 1, heads = 2, context = 64 }\n    rollout { prompts = 2, group = 2, max_tokens = 4 }\n    optimizer { steps = 1 }\n    eval { every = 0, problems = 2, k = 1 }\n}\n",
-    )
-    .expect("write");
+    std::fs::write(d.join("s.recipe"), tiny("s", 1, "")).expect("write");
     for (out, path) in [("a", "task.path=d.jsonl"), ("b", "task.path=\"d.jsonl\"")] {
         let r = keel(
             &d,
