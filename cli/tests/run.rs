@@ -1728,8 +1728,9 @@ fn set_takes_strings_without_inner_quotes() {
 }
 
 /// The first Ctrl-C (SIGINT) finishes the step in progress and writes its
-/// checkpoint (exit 130, the resume command printed); the run resumes to
-/// the same metrics as an uninterrupted one.
+/// checkpoint (exit 130, the resume command printed): the last step in
+/// metrics.jsonl has its checkpoint, so no finished step is lost
+/// (resuming is bitwise exact, `resume_after_sigkill_is_bitwise_identical`).
 #[test]
 fn ctrl_c_finishes_the_step_and_writes_a_checkpoint() {
     let d = dir("ctrl-c");
