@@ -37,7 +37,7 @@ impl Reference {
 
     /// Rehearsal samples (DPH-RL, retain sets): correct responses of the
     /// initial policy to `4 × prompts` problems of their own stream, `group`
-    /// each, sampled once at temperature 1 (`sampler`'s other settings).
+    /// each, sampled once by `sampler` (over this reference's `model`).
     pub fn rehearsal_pool(
         &self,
         sampler: Sampler,
@@ -49,10 +49,6 @@ impl Reference {
             .map(|i| sampler.env.problem(REHEARSAL_STREAM, i))
             .collect();
         let mut rng = Rng::derive(seed, REHEARSAL_STREAM, 0);
-        let sampler = Sampler {
-            model: &self.model,
-            ..sampler
-        };
         let pool = sampler.groups(&problems, group, &mut rng);
         let rows: Vec<usize> = (0..pool.len())
             .filter(|&i| pool.rows[i].verdict.correct)
