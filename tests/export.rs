@@ -586,3 +586,234 @@ fn trl_trains_a_tiny_llama_with_the_exported_loss_equal_to_keel_loss() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `keel export --target trl` of a recipe with a warm-up schedule: the
+/// package's own `train.py` runs two steps on the CPU (tiny random Llama of
+/// `tests/reference/trl_run.py`, driven by `trl_train_py.py` through
+/// `train.main`), and the `GRPOConfig` it builds carries every mapped
+/// setting; the learning rate of each step is the recipe's (3e-4 · k/20 at
+/// step k, where TRL's own warm-up would give 3e-4 · (k−1)/20); the reward
+/// is an exact match on the final answer ("114" does not earn "14").
+#[test]
+fn trl_train_py_runs_on_the_cpu_with_the_recipes_settings() {
+    let Some(py) = python() else {
+        return;
+    };
+    if !python_has(
+        &py,
+        "import trl, transformers, datasets; assert trl.__version__ == '1.16.0'",
+        "TRL 1.16.0",
+    ) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("keel-export-trl-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let recipe = dir.join("warm.recipe");
+    let text = "import std/grpo\n\nrecipe warm extends grpo {\n    rollout { prompts = 2, group = 4, max_tokens = 6, temperature = 0.9 }\n    optimizer { lr = 3e-4 * min(1, step / 20), steps = 40, grad_clip = 0.5, weight_decay = 0.02 }\n}\n";
+    std::fs::write(&recipe, text).expect("write recipe");
+    let c = keel_compiler::check_source(&keel_compiler::Disk, &recipe.to_string_lossy(), text);
+    assert!(!c.has_errors(), "{}", keel_tests::render(&c));
+    let pkg = keel_export::trl_package(&c, 0, "warm.recipe", false).expect("exports to TRL");
+    assert!(pkg.unmapped.is_empty(), "{:?}", pkg.unmapped);
+    for (rel, body) in &pkg.package.files {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, body).expect("write");
+    }
+    let run = Command::new(&py)
+        .arg(root().join("tests/reference/trl_train_py.py"))
+        .arg(&dir)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("CUDA_VISIBLE_DEVICES", "")
+        .output()
+        .expect("python runs");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let line = stdout.lines().last().unwrap_or("");
+    let got: serde_json::Value = serde_json::from_str(line).expect("one JSON line");
+    let args = &got["args"];
+    let want = serde_json::json!({
+        "learning_rate": 3e-4,
+        "lr_scheduler_type": "constant_with_warmup",
+        "warmup_steps": 20,
+        "max_grad_norm": 0.5,
+        // `--max-steps 2` on the command line (the recipe's is 40).
+        "max_steps": 2,
+        "per_device_train_batch_size": 8,
+        "gradient_accumulation_steps": 1,
+        "num_generations": 4,
+        "steps_per_generation": 1,
+        "num_iterations": 1,
+        "temperature": 0.9,
+        "top_p": 1.0,
+        "max_completion_length": 6,
+        "weight_decay": 0.02,
+        "adam_beta1": 0.9,
+        "adam_beta2": 0.999,
+        "adam_epsilon": 1e-8,
+        "optim": "adamw_torch",
+        "use_cpu": true,
+        "bf16": false,
+    });
+    for (k, v) in want.as_object().expect("object") {
+        let g = &args[k];
+        let equal = match (g.as_f64(), v.as_f64()) {
+            (Some(a), Some(b)) => (a - b).abs() <= 1e-12 * b.abs().max(1.0),
+            _ => g == v,
+        };
+        assert!(equal, "GRPOConfig.{k} = {g}, the recipe's is {v}");
+    }
+    let lr: Vec<f64> = got["lr"]
+        .as_array()
+        .expect("lrs")
+        .iter()
+        .filter_map(|x| x.as_f64())
+        .collect();
+    assert_eq!(lr.len(), 2, "{got}");
+    for (k, l) in lr.iter().enumerate() {
+        let want = 3e-4 * (k + 1) as f64 / 20.0;
+        assert!(
+            (l - want).abs() < 1e-15,
+            "step {}: lr {l}, the recipe's {want}",
+            k + 1
+        );
+    }
+    assert_eq!(got["rewards"], serde_json::json!([1.0, 1.0, 0.0, 1.0, 1.0]));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `keel export --target verl` maps the optimizer and batch settings into
+/// verl's own config: `tests/reference/verl_schedule.py` composes verl
+/// 0.9.1's `ppo_trainer` config with each exported `overrides.txt` (Hydra,
+/// as `main_ppo` does), builds the scheduler with verl's FSDP engine and
+/// steps it; the learning rate of every step equals the one Keel's host
+/// program computes (`lower::schedule_values`, what `keel run` uses), for
+/// a warm-up written as an expression of `step`, for `warmup` with a cosine
+/// decay, and for a constant. A linear decay, which verl has not, is listed
+/// as not mapped.
+#[test]
+fn verl_overrides_carry_the_learning_rate_schedule_and_the_batch() {
+    let Some(py) = python() else {
+        return;
+    };
+    if !python_has(
+        &py,
+        "import verl, hydra; assert verl.__version__ == '0.9.1'",
+        "verl 0.9.1",
+    ) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("keel-export-verl-sched-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let cases = [
+        (
+            "expr",
+            "lr = 3e-4 * min(1, step / 20), steps = 60, grad_clip = 0.5",
+        ),
+        (
+            "cosine",
+            "lr = 1e-5, warmup = 7, schedule = cosine, steps = 50, name = adam, beta2 = 0.98",
+        ),
+        ("constant", "lr = 2e-6, steps = 10, weight_decay = 0.0"),
+        (
+            "linear",
+            "lr = 1e-4, warmup = 3, schedule = linear, steps = 10",
+        ),
+    ];
+    let mut files = Vec::new();
+    let mut expect = Vec::new();
+    for (name, optimizer) in cases {
+        let path = dir.join(format!("{name}.recipe"));
+        let text = format!(
+            "import std/grpo\n\nrecipe {name} extends grpo {{\n    rollout {{ prompts = 8, group = 4, minibatches = 2, micro_batches = 4 }}\n    optimizer {{ {optimizer} }}\n}}\n"
+        );
+        std::fs::write(&path, &text).expect("write");
+        let c = keel_compiler::check_source(&keel_compiler::Disk, &path.to_string_lossy(), &text);
+        assert!(!c.has_errors(), "{}", keel_tests::render(&c));
+        let v = keel_export::verl_package(&c, 0, "r.recipe", false).expect("exports to verl");
+        assert_eq!(
+            v.unmapped.iter().any(|u| u.contains("linear decay")),
+            name == "linear",
+            "{name}: {:?}",
+            v.unmapped
+        );
+        let ov = v
+            .package
+            .files
+            .iter()
+            .find(|(p, _)| p == "overrides.txt")
+            .map(|(_, b)| b.clone())
+            .expect("overrides.txt");
+        let file = dir.join(format!("{name}.txt"));
+        std::fs::write(&file, ov).expect("write");
+        files.push(file);
+        let h = keel_compiler::compile_host(&c, 0).expect("host");
+        let steps = c.recipes[0]
+            .value("optimizer", "steps")
+            .and_then(|v| v.info.constant)
+            .expect("steps") as u64;
+        expect.push((
+            name,
+            keel_compiler::lower::schedule_values(&h, "optimizer.lr", steps).expect("a schedule"),
+        ));
+    }
+    let run = Command::new(&py)
+        .arg(root().join("tests/reference/verl_schedule.py"))
+        .args(&files)
+        .output()
+        .expect("python runs");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(lines.len(), expect.len(), "{stdout}");
+    for ((name, keel), verl) in expect.iter().zip(&lines) {
+        // The batch: 8 prompts of 4 in 2 mini-batches of 4 micro-batches.
+        assert_eq!(verl["train_batch_size"], 8, "{name}");
+        assert_eq!(verl["n"], 4, "{name}");
+        assert_eq!(
+            verl["ppo_mini_batch_size"], 4,
+            "{name}: prompts per mini-batch"
+        );
+        assert_eq!(
+            verl["ppo_micro_batch_size_per_gpu"], 4,
+            "{name}: samples per micro-batch"
+        );
+        let lr: Vec<f64> = verl["lr"]
+            .as_array()
+            .expect("lr")
+            .iter()
+            .filter_map(|x| x.as_f64())
+            .collect();
+        assert_eq!(lr.len(), keel.len(), "{name}");
+        if *name == "linear" {
+            continue;
+        }
+        let peak = keel.iter().copied().fold(0.0, f64::max);
+        for (k, (a, b)) in lr.iter().zip(keel).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-12 * peak,
+                "{name} step {}: verl {a}, keel {b}",
+                k + 1
+            );
+        }
+    }
+    assert_eq!(lines[0]["clip_grad"], 0.5);
+    assert_eq!(lines[1]["optimizer"], "Adam");
+    assert_eq!(lines[1]["betas"], serde_json::json!([0.9, 0.98]));
+    assert_eq!(lines[2]["weight_decay"], 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -427,3 +427,53 @@ fn every_recipe_host_program_matches_the_interpreter() {
         "{programs} host programs, {rewards} reward programs"
     );
 }
+
+/// `optimizer.warmup` and `optimizer.schedule` shape `optimizer.lr` in the
+/// host program: at step k of T, lr · min(1, k / w) · decay(p) with
+/// p = clamp((k − w) / (T − w), 0, 1), worked out here by hand; a recipe
+/// that sets neither keeps its written lr (a schedule of `step` included).
+#[test]
+fn warmup_and_schedule_shape_the_learning_rate() {
+    let values = |optimizer: &str| {
+        let src = format!(
+            "recipe r {{ optimizer {{ {optimizer} }} objective.loss = -advantages * logp }}"
+        );
+        let c = keel_tests::check_str(&src);
+        let (m, r) = (&c.merged[0], &c.recipes[0]);
+        let h = keel_compiler::lower::host_graph(&c.program, m, r).expect("host graph");
+        keel_compiler::lower::schedule_values(&h, "optimizer.lr", 20).expect("a schedule")
+    };
+    let (lr, w, t) = (2e-3, 5.0, 20.0);
+    let ramp = |k: f64| f64::min(1.0, k / w);
+    let p = |k: f64| ((k - w) / (t - w)).clamp(0.0, 1.0);
+    type Decay = fn(f64) -> f64;
+    let cases: [(&str, Decay); 3] = [
+        ("constant", |_| 1.0),
+        ("linear", |p| 1.0 - p),
+        ("cosine", |p| 0.5 * (1.0 + (std::f64::consts::PI * p).cos())),
+    ];
+    for (schedule, decay) in cases {
+        let got = values(&format!(
+            "lr = 2e-3, warmup = 5, schedule = {schedule}, steps = 20"
+        ));
+        assert_eq!(got.len(), 20);
+        for (i, g) in got.iter().enumerate() {
+            let k = (i + 1) as f64;
+            let want = lr * ramp(k) * decay(p(k));
+            assert!(
+                (g - want).abs() < 1e-15,
+                "{schedule} step {k}: {g} against {want}"
+            );
+        }
+    }
+    // Step 1 of a 5-step warm-up is a fifth of the rate; a cosine ends at 0.
+    let cos = values("lr = 2e-3, warmup = 5, schedule = cosine, steps = 20");
+    assert!((cos[0] - 4e-4).abs() < 1e-15 && cos[19].abs() < 1e-15);
+    // A schedule of `step` alone is left as written.
+    let written = values("lr = 3e-4 * min(1, step / 4), steps = 20");
+    assert_eq!(written[0], 3e-4 / 4.0);
+    assert_eq!(written[10], 3e-4);
+    // A schedule without an lr applies to the default (1e-3).
+    let default = values("schedule = linear, steps = 20");
+    assert!((default[9] - 1e-3 * (1.0 - 10.0 / 20.0)).abs() < 1e-15);
+}

@@ -82,7 +82,7 @@ pub fn run(a: Args) -> ExitCode {
                         "a replacement of ppo_loss"
                     }
                 );
-                note.push_str(&listed(&v.caveats, &v.dropped));
+                note.push_str(&listed(&v.caveats, &v.dropped, &v.unmapped));
                 (v.package, note)
             }),
         Target::Trl => keel_export::trl_package(&checked, index, &a.recipe, a.allow_partial)
@@ -92,7 +92,7 @@ pub fn run(a: Args) -> ExitCode {
                     keel_export::TRL_VERSION,
                     if t.credit { " and credit" } else { "" }
                 );
-                note.push_str(&listed(&[], &t.dropped));
+                note.push_str(&listed(&t.caveats, &t.dropped, &t.unmapped));
                 (t.package, note)
             }),
     };
@@ -138,9 +138,12 @@ pub fn run(a: Args) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `caveat:` and `dropped:` lines of the summary.
-fn listed(caveats: &[String], dropped: &[String]) -> String {
+/// `caveat:`, `dropped:` and `not mapped:` lines of the summary.
+fn listed(caveats: &[String], dropped: &[String], unmapped: &[String]) -> String {
     let mut s = String::new();
+    for u in unmapped {
+        s.push_str(&format!("\n  not mapped: {u}"));
+    }
     for c in caveats {
         s.push_str(&format!("\n  caveat: {c}"));
     }

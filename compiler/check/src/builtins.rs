@@ -732,7 +732,7 @@ pub const SECTIONS: &[SectionSchema] = &[
                 L::Step,
                 R::AtLeast(1.0),
                 true,
-                Some("64"),
+                Some("32"),
                 "response length limit",
             ),
             key(

@@ -39,6 +39,8 @@ pub(crate) struct Engine {
     pub credit_help: &'static str,
     /// What to do when the credit is dropped (`--allow-partial`).
     pub credit_dropped: &'static str,
+    /// Where the engine computes rewards instead of the `reward` section.
+    pub reward_fn: &'static str,
 }
 
 /// E0800 for every input a term of the loss reads that `available` says
@@ -79,10 +81,18 @@ pub(crate) fn loss_input_refusals(
                     engine.name
                 ),
                 at_term(recipe, &secs[0], n),
-                &format!(
-                    "{}: write the term over those, or train this recipe with `keel run`",
-                    engine.loss_sees
-                ),
+                &match n.as_str() {
+                    // What reads the reward belongs in the credit, which the
+                    // engine computes from its rewards.
+                    "reward" | "correct" => format!(
+                        "{}, not the reward: move what reads `{n}` into `credit` (for example `credit {{ value = if {n} > 0 then 1 else -0.5 }}`, the sign and weight of each sample) and write the term over `advantages`; the exported credit runs on {}'s rewards",
+                        engine.loss_sees, engine.name
+                    ),
+                    _ => format!(
+                        "{}: write the term over those, or train this recipe with `keel run`",
+                        engine.loss_sees
+                    ),
+                },
             )
         })
         .collect()
@@ -140,13 +150,31 @@ pub(crate) fn outside_loss(
             continue;
         }
         if allow_partial {
-            dropped.push(format!("the `{sec}` section (Keel's runtime runs it)"));
+            dropped.push(if sec == "reward" {
+                format!("the `reward` section: {}", engine.reward_fn)
+            } else {
+                format!("the `{sec}` section (Keel's runtime runs it)")
+            });
         } else {
+            let help = if sec == "reward" {
+                format!(
+                    "{e} computes each sample's reward with its own reward function ({}), and the exported loss and credit read that as `reward`: pass --allow-partial to export without the section (the README lists it)",
+                    engine.reward_fn
+                )
+            } else {
+                format!(
+                    "pass --allow-partial to export the loss and credit without it (the README lists it), and configure {e}'s own equivalent"
+                )
+            };
             refused.push(refusal(
                 codes::EXPORT_HOST,
                 format!("{e} cannot run the recipe's `{sec}` section"),
-                Label::new(s.file, s.name_span, format!("`{sec}` runs in Keel's runtime")),
-                &format!("pass --allow-partial to export the loss and credit without it (the README lists it), and configure {e}'s own equivalent"),
+                Label::new(
+                    s.file,
+                    s.name_span,
+                    format!("`{sec}` runs in Keel's runtime"),
+                ),
+                &help,
             ));
         }
     }
@@ -216,6 +244,23 @@ pub(crate) fn readme_lists(caveats: &[String], dropped: &[String]) -> String {
         for i in items {
             md.push_str(&format!("- {i}\n"));
         }
+    }
+    md
+}
+
+/// The README's `Not mapped` section: the recipe's settings the engine
+/// has no place for (empty: none).
+pub(crate) fn readme_unmapped(unmapped: &[String], engine: &str) -> String {
+    if unmapped.is_empty() {
+        return format!(
+            "\n## Not mapped\n\nNone: every optimizer and rollout setting of the recipe has its {engine} setting.\n"
+        );
+    }
+    let mut md = format!(
+        "\n## Not mapped\n\nThe recipe's settings {engine} has no place for; its run differs from `keel run` there:\n\n"
+    );
+    for u in unmapped {
+        md.push_str(&format!("- {u}\n"));
     }
     md
 }

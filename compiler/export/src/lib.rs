@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod engine;
+mod settings;
 mod torch;
 mod trl;
 mod verl;
@@ -47,9 +48,13 @@ pub fn package_name(recipe: &str) -> String {
 /// The inputs a plain torch module takes: everything the recipe reads by
 /// name, `logp` given (not derived from `logits`) unless the recipe reads
 /// the vocabulary itself, and the credit computed (no `advantages` input).
+/// The recipe's `reward` section is computed from what it reads (the
+/// module runs it), not given.
 pub fn torch_inputs(recipe: &keel_check::CheckedRecipe) -> impl Fn(&str) -> bool + Sync + use<> {
     let fusable = LogitsPath::fusable(recipe);
-    move |n: &str| n != "advantages" && (n != "logits" || !fusable)
+    move |n: &str| {
+        n != "advantages" && n != keel_ir::lower::GIVEN_REWARD && (n != "logits" || !fusable)
+    }
 }
 
 /// Export recipe `index` of `checked` as a torch package whose `forward`
@@ -177,10 +182,12 @@ pub fn verl_estimator(
     source: &str,
 ) -> Result<Vec<(String, String)>, String> {
     let recipe = checked.recipes.get(index).ok_or("no such recipe")?;
-    let has = torch_inputs(recipe);
-    let compiled =
-        keel_ir::compile_loss_for(checked, index, &|n: &str| has(n), LogitsPath::Program)
-            .map_err(|d| d.first().map(|d| d.message.clone()).unwrap_or_default())?;
+    // verl's reward functions give the reward: the recipe's `reward`
+    // section is not the estimator's.
+    let torch = torch_inputs(recipe);
+    let has = |n: &str| n == keel_ir::lower::GIVEN_REWARD || torch(n);
+    let compiled = keel_ir::compile_loss_for(checked, index, &has, LogitsPath::Program)
+        .map_err(|d| d.first().map(|d| d.message.clone()).unwrap_or_default())?;
     let g = &compiled.graph;
     if g.output("advantages").is_none() {
         return Err("the recipe has no credit".into());
@@ -192,7 +199,7 @@ pub fn verl_estimator(
         .collect();
     if !missing.is_empty() {
         return Err(format!(
-            "the credit reads {}, which verl does not give an advantage estimator",
+            "the credit reads {}, which an engine does not give its advantage estimator (it has the reward, the response mask and the groups)",
             missing.join(", ")
         ));
     }

@@ -59,6 +59,8 @@ pub struct VerlExport {
     pub dropped: Vec<String>,
     /// Where verl computes something differently, one line each (README).
     pub caveats: Vec<String>,
+    /// The recipe's settings verl has no place for (README, command line).
+    pub unmapped: Vec<String>,
     /// How the loss reaches verl: `policy_loss` (a registered policy loss,
     /// with verl's own KL and entropy terms) or `ppo_loss` (the whole loss).
     pub mode: &'static str,
@@ -250,6 +252,7 @@ pub fn verl_package(
         loss_sees: "verl's loss sees log_prob, old_log_prob, advantages, response_mask, ref_log_prob and entropy",
         credit_help: "verl's estimators get token_level_rewards, response_mask and the group uids: write the credit over reward, mask and group, or pass --allow-partial to export the loss alone and set algorithm.adv_estimator to one of verl's",
         credit_dropped: "set `algorithm.adv_estimator` to one of verl's",
+        reward_fn: "verl's reward manager: `custom_reward_function.path` and `.name`, or the default `compute_score` of each `data_source`",
     };
     refused.extend(loss_input_refusals(recipe, &compiled, &available, &engine));
     for t in &compiled.terms {
@@ -412,37 +415,11 @@ NAME = "{name}"
     if full && reads_entropy {
         ov.push(format!("{a}.calculate_entropy=True"));
     }
-    let int = |s: &str, k: &str| {
-        recipe
-            .value(s, k)
-            .and_then(|v| v.info.constant)
-            .map(|x| x as i64)
-    };
-    let float = |s: &str, k: &str| recipe.value(s, k).and_then(|v| v.info.constant);
-    if let Some(n) = int("rollout", "group") {
-        ov.push(format!("actor_rollout_ref.rollout.n={n}"));
+    let settings = crate::settings::verl(checked, index);
+    for (k, v) in &settings.set {
+        ov.push(format!("{k}={v}"));
     }
-    if let Some(t) = float("rollout", "temperature") {
-        ov.push(format!(
-            "actor_rollout_ref.rollout.temperature={}",
-            torch_float(t)
-        ));
-    }
-    if let Some(t) = float("rollout", "top_p") {
-        ov.push(format!(
-            "actor_rollout_ref.rollout.top_p={}",
-            torch_float(t)
-        ));
-    }
-    if let Some(n) = int("rollout", "max_tokens") {
-        ov.push(format!("data.max_response_length={n}"));
-    }
-    if let Some(n) = int("rollout", "epochs") {
-        ov.push(format!("{a}.ppo_epochs={n}"));
-    }
-    if let Some(lr) = float("optimizer", "lr") {
-        ov.push(format!("{a}.optim.lr={}", torch_float(lr)));
-    }
+    caveats.extend(settings.caveats.iter().cloned());
     ov.push(format!(
         "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES={name}"
     ));
@@ -514,7 +491,7 @@ exec python -m verl.trainer.main_ppo "${{overrides[@]}}" \
             torch_float(s)
         ))
     ));
-    md.push_str("| `rollout` | `rollout.n`, `temperature`, `top_p`, `data.max_response_length`, `ppo_epochs` where the recipe sets them |\n");
+    md.push_str("| `rollout`, `optimizer` | `data.train_batch_size` (prompts), `rollout.n` (group), `ppo_mini_batch_size` (prompts ÷ minibatches), `ppo_micro_batch_size_per_gpu` (samples ÷ minibatches ÷ micro_batches), `ppo_epochs`, `temperature`, `top_p`, `data.max_response_length`, `trainer.total_training_steps`, `optim.lr` and its schedule, `optim.optimizer`, `weight_decay`, `betas`, `clip_grad`: the recipe's values, Keel's defaults where it writes none (see `overrides.txt`) |\n");
     if merged.section("monitor").is_some() {
         md.push_str("| `monitor` | not exported: verl logs its own actor metrics (`actor/pg_loss`, `actor/keel_*`, KL, entropy) |\n");
     }
@@ -533,11 +510,13 @@ exec python -m verl.trainer.main_ppo "${{overrides[@]}}" \
     }
     md.push_str("\n**Aggregation.** Each micro-batch's terms are divided by the mini-batch's token or sequence count (`global_batch_info`), so the micro-batches and ranks add up to the mini-batch's loss. Where a term counts tokens with weights other than the response mask (`S.mask`), verl's counts are of the response mask's tokens: the sum over micro-batches then differs from Keel's loss on the mini-batch.\n");
     md.push_str(&readme_lists(&caveats, &dropped));
+    md.push_str(&crate::engine::readme_unmapped(&settings.unmapped, "verl"));
     files.push(("README.md".into(), md));
     Ok(VerlExport {
         package: Package { name, files },
         dropped,
         caveats,
+        unmapped: settings.unmapped,
         mode: if full { "ppo_loss" } else { "policy_loss" },
     })
 }

@@ -38,6 +38,12 @@ impl<F: Fn(&str) -> bool + Sync> Available for F {
     }
 }
 
+/// What a batch says it has when its engine computes the reward itself (an
+/// export to verl or TRL, whose reward functions fill `reward`): the
+/// recipe's `reward` section is then the `reward` input, as given
+/// advantages replace its credit.
+pub const GIVEN_REWARD: &str = "reward (given by the engine)";
+
 #[derive(Clone, Copy)]
 struct Ctx<'a> {
     file: FileId,
@@ -173,6 +179,11 @@ impl<'a> Lowering<'a> {
         // Given advantages replace the recipe's credit.
         if section == "credit" && name == "value" && self.have.has("advantages") {
             let id = self.raw_input("advantages");
+            self.entries.insert(key, id);
+            return Ok(id);
+        }
+        if section == "reward" && name == "value" && self.have.has(GIVEN_REWARD) {
+            let id = self.raw_input("reward");
             self.entries.insert(key, id);
             return Ok(id);
         }
@@ -1206,6 +1217,79 @@ pub struct HostGraph {
     pub reward: Option<NodeId>,
 }
 
+/// `optimizer.lr` with the recipe's `warmup` and `schedule` applied, when
+/// it sets either: at step k (counted from 1) of T, the written `lr` (a
+/// number or a schedule of `step`) times `min(1, k / warmup)` and, after the
+/// warm-up, a decay over p = clamp((k − warmup) / (T − warmup), 0, 1):
+/// 1 (`constant`), 1 − p (`linear`), (1 + cos πp) / 2 (`cosine`). These
+/// are the schedules of verl's `get_cosine_schedule_with_warmup` with
+/// `zero_indexed_step=False` (steps counted from 1, as Keel's `step` is).
+fn scheduled_lr(
+    lw: &mut Lowering,
+    merged: &Merged,
+    checked: &CheckedRecipe,
+    scalars: &mut Vec<(String, NodeId)>,
+) {
+    let Some(opt) = merged.section("optimizer") else {
+        return;
+    };
+    let decay = match checked.value("optimizer", "schedule").map(|v| &v.info.ty) {
+        Some(builtins::Ty::Sym(s)) => s.clone(),
+        _ => "constant".to_string(),
+    };
+    let warmup = opt
+        .entry("warmup")
+        .and_then(|_| lw.entry("optimizer", "warmup").ok());
+    if warmup.is_none() && decay == "constant" {
+        return;
+    }
+    let lr = match scalars.iter().position(|(n, _)| n == "optimizer.lr") {
+        Some(i) => scalars.remove(i).1,
+        None => {
+            let default = builtins::section("optimizer")
+                .and_then(|s| s.key("lr"))
+                .and_then(|k| k.default)
+                .and_then(|d| d.parse::<f64>().ok())
+                .unwrap_or(1e-3);
+            lw.b.c(default)
+        }
+    };
+    let step = lw.input("step");
+    let total = lw.input("total_steps");
+    let b = &mut lw.b;
+    let one = b.c(1.0);
+    let w = warmup.unwrap_or_else(|| b.c(0.0));
+    let mut factor = one;
+    if warmup.is_some() {
+        // min(1, k / max(w, 1)): 1 throughout when w is 0.
+        let w1 = b.binary(Bin::Max, w, one);
+        let ramp = b.binary(Bin::Div, step, w1);
+        factor = b.binary(Bin::Min, one, ramp);
+    }
+    if decay != "constant" {
+        let zero = b.c(0.0);
+        let done = b.binary(Bin::Sub, step, w);
+        let span = b.binary(Bin::Sub, total, w);
+        let span = b.binary(Bin::Max, span, one);
+        let p = b.binary(Bin::Div, done, span);
+        let p = b.binary(Bin::Max, p, zero);
+        let p = b.binary(Bin::Min, p, one);
+        let d = if decay == "linear" {
+            b.binary(Bin::Sub, one, p)
+        } else {
+            let pi = b.c(std::f64::consts::PI);
+            let angle = b.binary(Bin::Mul, pi, p);
+            let cos = b.unary(Un::Cos, angle);
+            let half = b.c(0.5);
+            let up = b.binary(Bin::Add, one, cos);
+            b.binary(Bin::Mul, half, up)
+        };
+        factor = b.binary(Bin::Mul, factor, d);
+    }
+    let lr = b.binary(Bin::Mul, lr, factor);
+    scalars.push(("optimizer.lr".into(), lr));
+}
+
 pub fn host_graph(
     prog: &Program,
     merged: &Merged,
@@ -1232,6 +1316,7 @@ pub fn host_graph(
             }
         }
     }
+    scheduled_lr(&mut lw, merged, checked, &mut scalars);
     if let Some(u) = merged.section("update") {
         for e in u.entries.iter().filter(|e| !e.is_let) {
             if let Ok(id) = lw.entry("update", &e.name) {
@@ -1272,4 +1357,70 @@ pub fn host_graph(
         scalars,
         reward,
     })
+}
+
+/// Host scalar `name` (`optimizer.lr`) at each step 1..=`total`, by the
+/// reference interpreter, when it is a schedule: it reads nothing but the
+/// step (`step`, `total_steps`, `progress`, `epoch`) and constants. `Err`
+/// says what else it reads (a state variable, a batch statistic).
+pub fn schedule_values(h: &HostGraph, name: &str, total: u64) -> Result<Vec<f64>, String> {
+    let Some(&(_, id)) = h.scalars.iter().find(|(n, _)| n == name) else {
+        return Err(format!("the recipe has no `{name}`"));
+    };
+    let g = &h.graph;
+    let live = g.live_from([id]);
+    for node in g
+        .nodes
+        .iter()
+        .zip(&live)
+        .filter(|(_, l)| **l)
+        .map(|(n, _)| n)
+    {
+        let other = match &node.op {
+            Op::Input(n)
+                if !matches!(n.as_str(), "step" | "total_steps" | "progress" | "epoch") =>
+            {
+                Some(format!("`{n}`"))
+            }
+            Op::Param { name: p, .. } if p.starts_with("state.") => Some(format!("`{p}`")),
+            _ if node.level != Level::Step => Some("a batch value".to_string()),
+            _ => None,
+        };
+        if let Some(what) = other {
+            return Err(format!("`{name}` reads {what}, not only the step"));
+        }
+    }
+    let mut graph = g.clone();
+    graph.outputs = vec![(name.to_string(), id)];
+    let shape = crate::interp::Shape {
+        b: 0,
+        t: 0,
+        v: 0,
+        group_of: Vec::new(),
+        n_groups: 0,
+    };
+    (1..=total)
+        .map(|k| {
+            let t = total.max(1) as f64;
+            let inputs: HashMap<String, Vec<f64>> = [
+                ("step", k as f64),
+                ("total_steps", total as f64),
+                ("progress", (k as f64 / t).min(1.0)),
+                ("epoch", 0.0),
+            ]
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), vec![v]))
+            .collect();
+            let env = crate::interp::Env {
+                shape: shape.clone(),
+                mask: &[],
+                inputs: &inputs,
+            };
+            let vals = crate::interp::run(&graph, &env).map_err(|e| e.0)?;
+            vals.get(id)
+                .and_then(|v| v.first())
+                .copied()
+                .ok_or_else(|| format!("`{name}` has no value at step {k}"))
+        })
+        .collect()
 }

@@ -1,12 +1,41 @@
-//! AdamW (decoupled weight decay) and global gradient-norm clipping over a
-//! model's flat weight list (any list of rank-2 tensors that trains). Its state is plain tensors, saved in checkpoints.
+//! AdamW (decoupled weight decay), Adam (L2 decay added to the gradient)
+//! and plain SGD, as torch's `AdamW`, `Adam` and `SGD` (no momentum)
+//! define them, and global gradient-norm clipping over a model's flat
+//! weight list (any list of rank-2 tensors that trains). Its state is plain
+//! tensors, saved in checkpoints.
 
 use burn::tensor::{Device, Gradients, Tensor};
 
 use crate::transformer::{Weights, to_vec};
 
+/// The update rule (`optimizer.name`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Rule {
+    /// `torch.optim.AdamW`: the weights decay by `lr · weight_decay` apart
+    /// from the gradient.
+    #[default]
+    AdamW,
+    /// `torch.optim.Adam`: `weight_decay · w` is added to the gradient.
+    Adam,
+    /// `torch.optim.SGD` without momentum: `w -= lr · (g + weight_decay · w)`.
+    Sgd,
+}
+
+impl Rule {
+    /// The rule of `optimizer.name` (`adamw`, `adam`, `sgd`).
+    pub fn named(name: &str) -> Option<Rule> {
+        match name {
+            "adamw" => Some(Rule::AdamW),
+            "adam" => Some(Rule::Adam),
+            "sgd" => Some(Rule::Sgd),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWConfig {
+    pub rule: Rule,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
@@ -39,11 +68,27 @@ impl AdamW {
         let bc1 = 1.0 - c.beta1.powi(self.t as i32);
         let bc2 = 1.0 - c.beta2.powi(self.t as i32);
         for (k, (p, g)) in params.iter_mut().zip(grads).enumerate() {
+            let w = p.clone().detach();
+            // Adam and SGD add the L2 term to the gradient.
+            let g = match c.rule {
+                Rule::AdamW => g.clone(),
+                Rule::Adam | Rule::Sgd if c.weight_decay != 0.0 => {
+                    g.clone() + w.clone().mul_scalar(c.weight_decay)
+                }
+                Rule::Adam | Rule::Sgd => g.clone(),
+            };
+            if c.rule == Rule::Sgd {
+                *p = w - g.mul_scalar(lr);
+                continue;
+            }
             let m = self.m[k].clone().mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1);
             let v = self.v[k].clone().mul_scalar(c.beta2)
-                + g.clone().powf_scalar(2.0).mul_scalar(1.0 - c.beta2);
+                + g.powf_scalar(2.0).mul_scalar(1.0 - c.beta2);
             let update = m.clone().div_scalar(bc1) / (v.clone().div_scalar(bc2).sqrt() + c.eps);
-            let decayed = p.clone().detach().mul_scalar(1.0 - lr * c.weight_decay);
+            let decayed = match c.rule {
+                Rule::AdamW => w.mul_scalar(1.0 - lr * c.weight_decay),
+                _ => w,
+            };
             *p = decayed - update.mul_scalar(lr);
             self.m[k] = m;
             self.v[k] = v;
@@ -132,4 +177,69 @@ pub fn step_with(
     opt.step(&mut next, &gs, lr);
     *params = next;
     Some(norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    /// Two steps of each rule on one weight matrix, against the formulas of
+    /// torch's `AdamW`, `Adam` and `SGD` written out in f64.
+    #[test]
+    fn each_rule_takes_torchs_step() {
+        let dev = Device::flex();
+        let w0 = [0.5f64, -1.0, 2.0, 0.25];
+        let grads = [[0.1f64, -0.3, 0.2, 0.0], [-0.2, 0.1, 0.4, 0.3]];
+        let t = |v: &[f64]| {
+            let f: Vec<f32> = v.iter().map(|x| *x as f32).collect();
+            Tensor::<2>::from_data(TensorData::new(f, [2, 2]), &dev)
+        };
+        let (lr, wd, b1, b2, eps) = (0.1, 0.05, 0.9, 0.999, 1e-8);
+        for rule in [Rule::AdamW, Rule::Adam, Rule::Sgd] {
+            let cfg = AdamWConfig {
+                rule,
+                beta1: b1,
+                beta2: b2,
+                eps,
+                weight_decay: wd,
+            };
+            let mut params = vec![t(&w0)];
+            let mut opt = AdamW::new(cfg, &params, &dev);
+            let (mut w, mut m, mut v) = (w0, [0.0; 4], [0.0; 4]);
+            for (k, g) in grads.iter().enumerate() {
+                opt.step(&mut params, &[t(g)], lr);
+                let n = (k + 1) as i32;
+                for i in 0..4 {
+                    let gi = match rule {
+                        Rule::AdamW => g[i],
+                        _ => g[i] + wd * w[i],
+                    };
+                    if rule == Rule::Sgd {
+                        w[i] -= lr * gi;
+                        continue;
+                    }
+                    m[i] = b1 * m[i] + (1.0 - b1) * gi;
+                    v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+                    let upd =
+                        (m[i] / (1.0 - b1.powi(n))) / ((v[i] / (1.0 - b2.powi(n))).sqrt() + eps);
+                    if rule == Rule::AdamW {
+                        w[i] *= 1.0 - lr * wd;
+                    }
+                    w[i] -= lr * upd;
+                }
+            }
+            let got = to_vec(&params[0]);
+            for i in 0..4 {
+                assert!(
+                    (got[i] as f64 - w[i]).abs() < 1e-5,
+                    "{rule:?} weight {i}: {} against {}",
+                    got[i],
+                    w[i]
+                );
+            }
+        }
+        assert_eq!(Rule::named("sgd"), Some(Rule::Sgd));
+        assert_eq!(Rule::named("lion"), None);
+    }
 }

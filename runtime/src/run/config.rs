@@ -10,7 +10,7 @@ use std::path::Path;
 use keel_compiler::Checked;
 use keel_model::chat::Chat;
 use keel_model::family::Meta;
-use keel_model::optim::AdamWConfig;
+use keel_model::optim::{AdamWConfig, Rule};
 use keel_model::pretrained;
 use keel_model::sample::SampleConfig;
 use keel_model::tokenizer::{CharTokenizer, Tokenizer};
@@ -405,6 +405,10 @@ pub fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
         ck_every: s.int("checkpoint", "every").max(1) as u64,
         ck_keep: s.int("checkpoint", "keep").max(1),
         adam: AdamWConfig {
+            rule: s
+                .sym("optimizer", "name")
+                .and_then(|n| Rule::named(&n))
+                .unwrap_or_default(),
             beta1: s.num("optimizer", "beta1"),
             beta2: s.num("optimizer", "beta2"),
             eps: s.num("optimizer", "eps"),

@@ -334,13 +334,7 @@ impl<'a> Trainer<'a> {
         }
         let k = self.knobs()?;
         let setup = &self.setup;
-        let (p1, pk) = eval::evaluate(
-            setup,
-            &self.policy,
-            k.get("rollout.temperature", 1.0),
-            k.get("rollout.max_tokens", 32.0) as usize,
-            0,
-        );
+        let (p1, pk) = eval::evaluate(setup, &self.policy, k.temperature, k.max_tokens, 0);
         self.summary.pass_at_1_warm = Some(p1);
         let mut line = Map::new();
         line.insert(metric::STEP.into(), json!(0));
@@ -479,7 +473,16 @@ impl<'a> Trainer<'a> {
     /// The schedules' values at the next step, with guard adjustments.
     fn knobs(&self) -> Result<Knobs> {
         let scalars = step_scalars(&self.host, &self.st, self.setup.steps)?;
-        let adjusted = |name: &str, or: f64| -> f64 {
+        // A value the recipe does not compute is its setting (the schema's
+        // default where it writes none).
+        let settings = crate::settings::Settings {
+            checked: self.checked,
+            index: self.index,
+        };
+        let adjusted = |name: &str| -> f64 {
+            let or = name
+                .split_once('.')
+                .map_or(f64::NAN, |(sec, key)| settings.num(sec, key));
             let v = scalars.get(name).copied().unwrap_or(or);
             match self.st.adjust.get(name) {
                 Some((a, b)) => v * unbits(*a) + unbits(*b),
@@ -487,10 +490,10 @@ impl<'a> Trainer<'a> {
             }
         };
         Ok(Knobs {
-            lr: adjusted("optimizer.lr", 1e-3),
-            temperature: adjusted("rollout.temperature", 1.0),
-            max_tokens: adjusted("rollout.max_tokens", 32.0).max(1.0) as usize,
-            grad_clip: adjusted("optimizer.grad_clip", 1.0),
+            lr: adjusted("optimizer.lr"),
+            temperature: adjusted("rollout.temperature"),
+            max_tokens: adjusted("rollout.max_tokens").max(1.0) as usize,
+            grad_clip: adjusted("optimizer.grad_clip"),
             max_difficulty: scalars.get("curriculum.max_difficulty").copied(),
             scalars,
         })

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 use keel_model::io::{weights_from_bytes, write_weights_atomic};
-use keel_model::optim::{self, AdamW};
+use keel_model::optim::{self, AdamW, AdamWConfig, Rule};
 use keel_model::rng::{fnv, fnv_stream};
 use keel_model::sample::left_pad;
 use keel_model::transformer::{Transformer, Weights};
@@ -93,7 +93,13 @@ pub fn warm_weights(
 fn warm_start(setup: &RunConfig, policy: &mut Transformer, progress: &dyn Fn(u64)) {
     let dev = policy.device.clone();
     let tok = &setup.tok;
-    let mut opt = AdamW::new(setup.adam, &policy.params, &dev);
+    // The warm start is supervised and always takes AdamW steps; the
+    // recipe's `optimizer.name` is the RL update's rule.
+    let adamw = AdamWConfig {
+        rule: Rule::AdamW,
+        ..setup.adam
+    };
+    let mut opt = AdamW::new(adamw, &policy.params, &dev);
     for step in 0..setup.warm_steps {
         let mut prompts = Vec::new();
         let mut targets = Vec::new();
