@@ -714,3 +714,72 @@ export_case!(
     "import std/dapo\nrecipe r extends dapo {}\n",
     true
 );
+
+/// A recipe extending GRPO that removes `credit` and writes its own
+/// objective: the inherited `let pg` of PPO's objective and its
+/// `clip_frac` monitor still read `credit`. One error, at the user's
+/// `credit = none`, with each inherited read as a label in std/ppo.recipe
+/// and a help line naming the fix; the recipe with that fix checks clean.
+/// Likewise `objective = none` and PPO's monitor reading `objective.ratio`.
+#[test]
+fn an_inherited_read_of_a_removed_section_is_blamed_on_the_removal() {
+    let src = "import std/grpo\n\nrecipe mine extends grpo {\n    credit = none\n    objective { loss = -reward * logp }\n}\n";
+    let c = keel_tests::check_str(src);
+    assert_eq!(
+        keel_tests::codes(&c),
+        vec!["E0100"],
+        "{}",
+        keel_tests::render(&c)
+    );
+    let d = &c.diagnostics[0];
+    let sources = c.sources();
+    assert_eq!(sources.name(d.primary.file), "test.recipe");
+    assert_eq!(
+        &src[d.primary.span.start..d.primary.span.end],
+        "credit = none"
+    );
+    assert!(
+        d.message.contains("`objective.pg`") && d.message.contains("`monitor.clip_frac`"),
+        "{}",
+        d.message
+    );
+    assert!(d.secondary.len() >= 2);
+    assert!(
+        d.secondary
+            .iter()
+            .all(|l| sources.name(l.file) == "std/ppo.recipe"),
+        "{}",
+        keel_tests::render(&c)
+    );
+    let help = d.help.as_deref().unwrap_or("");
+    assert!(
+        help.contains("`objective = none` before your `objective { … }`")
+            && help.contains("`monitor.clip_frac = none`"),
+        "{help}"
+    );
+    let fixed = "import std/grpo\n\nrecipe mine extends grpo {\n    credit = none\n    objective = none\n    objective { loss = -reward * logp }\n    monitor.clip_frac = none\n}\n";
+    let c = keel_tests::check_str(fixed);
+    assert!(c.diagnostics.is_empty(), "{}", keel_tests::render(&c));
+
+    let src = "import std/grpo\n\nrecipe mine extends grpo {\n    objective = none\n    objective { loss = -credit * logp }\n}\n";
+    let c = keel_tests::check_str(src);
+    assert_eq!(
+        keel_tests::codes(&c),
+        vec!["E0109"],
+        "{}",
+        keel_tests::render(&c)
+    );
+    let d = &c.diagnostics[0];
+    assert_eq!(
+        &src[d.primary.span.start..d.primary.span.end],
+        "objective = none"
+    );
+    assert!(
+        d.help
+            .as_deref()
+            .unwrap_or("")
+            .contains("`monitor.clip_frac = none`"),
+        "{:?}",
+        d.help
+    );
+}

@@ -67,16 +67,12 @@ pub fn check_with(src: &str, files: &[(&str, &str)]) -> Checked {
     check_source(&db, "test.recipe", src)
 }
 
-/// Every diagnostic rendered as `keel check` prints it, colour off, followed
-/// by the plain lines.
+/// Every diagnostic rendered as `keel check` prints it, colour off: each a
+/// block whose first line is its one-line form.
 pub fn render(checked: &Checked) -> String {
     let mut out = String::new();
     for d in &checked.diagnostics {
         out.push_str(&d.render(checked.sources(), false));
-    }
-    for d in &checked.diagnostics {
-        out.push_str(&d.plain_line(checked.sources()));
-        out.push('\n');
     }
     out
 }

@@ -75,11 +75,10 @@ pub fn print(
             }
         }
         ErrorFormat::Human => {
+            // Each diagnostic once, as a block (`--error-format short` gives
+            // one line each), then the count.
             for d in diags {
                 eprint!("{}", d.render(sources, color));
-            }
-            for d in diags {
-                eprintln!("{}", d.plain_line(sources));
             }
             if !diags.is_empty() {
                 let n = |k: usize, w: &str| {

@@ -749,8 +749,20 @@ fn export_trl_writes_a_grpo_trainer_subclass_and_train_py() {
     );
     assert!(trainer.contains("CREDIT = True"), "{trainer}");
     let train = std::fs::read_to_string(out.join("train.py")).expect("train.py");
-    assert!(train.contains("num_generations=8"), "{train}");
-    assert!(train.contains("beta=1e-3"), "grpo reads ref_logp: {train}");
+    assert!(
+        train.contains(
+            "p.add_argument(\"--num-generations\", dest=\"num_generations\", type=int, default=8)"
+        ),
+        "{train}"
+    );
+    assert!(
+        train.contains("dest=\"beta\", type=float, default=1e-3)"),
+        "grpo reads ref_logp: {train}"
+    );
+    assert!(
+        train.contains("use_cpu=cpu"),
+        "runs on a CPU machine: {train}"
+    );
     let r = keel(&[
         "export",
         "stdlib/dapo.recipe",
@@ -766,4 +778,224 @@ fn export_trl_writes_a_grpo_trainer_subclass_and_train_py() {
         text(&r.stderr)
     );
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Each diagnostic is printed once: a block whose first line is the
+/// one-line form (`file:line:col: error[CODE]: message`), then the count.
+#[test]
+fn each_diagnostic_is_printed_once() {
+    let p = temp_recipe(
+        "twice.recipe",
+        "import std/grpo\n\nrecipe twice extends grpo {\n    rollout { temprature = 0.7 }\n}\n",
+    );
+    let out = keel(&["check", p.to_str().expect("utf-8"), "--color", "never"]);
+    let err = text(&out.stderr);
+    let line = format!(
+        "{}:4:15: error[E0106]: section `rollout` has no key `temprature`",
+        p.display()
+    );
+    assert_eq!(err.matches(&line).count(), 1, "{err}");
+    assert!(
+        err.starts_with(&line),
+        "the block starts with the line: {err}"
+    );
+    assert!(err.contains("Help: did you mean `temperature`?"), "{err}");
+    assert!(err.trim_end().ends_with("1 error, 0 warnings"), "{err}");
+}
+
+/// An inherited entry that reads what the recipe removed is reported at the
+/// removal in the user's file, once, with the fix (`objective = none`
+/// before the new objective, `monitor.clip_frac = none`); the fixed recipe
+/// checks.
+#[test]
+fn extends_with_a_replaced_objective_points_at_the_users_override() {
+    let p = temp_recipe(
+        "replaced.recipe",
+        "import std/grpo\n\nrecipe replaced extends grpo {\n    credit = none\n    objective { loss = -reward * logp }\n}\n",
+    );
+    let out = keel(&["check", p.to_str().expect("utf-8"), "--color", "never"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    let line = format!("{}:4:5: error[E0100]: `credit = none` removes", p.display());
+    assert_eq!(err.matches(&line).count(), 1, "{err}");
+    assert!(!err.contains("std/ppo.recipe:34:35: error"), "{err}");
+    assert!(
+        err.contains("write `objective = none` before your `objective { … }`")
+            && err.contains("`monitor.clip_frac = none`"),
+        "{err}"
+    );
+    let fixed = temp_recipe(
+        "replaced-fixed.recipe",
+        "import std/grpo\n\nrecipe fixed extends grpo {\n    credit = none\n    objective = none\n    objective { loss = -reward * logp }\n    monitor.clip_frac = none\n}\n",
+    );
+    let out = keel(&["check", fixed.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// `keel export` of a loss that reads `reward`: refused at the term with
+/// the rewrite (the reward's part in `credit`, the loss over `advantages`),
+/// naming `reward` as the recipe wrote it; the rewrite exports. A credit
+/// that reads `reward` reads the engine's reward, so the quickstart (whose
+/// `reward` section is Keel's) exports with --allow-partial, listing the
+/// section as dropped.
+#[test]
+fn export_of_a_loss_reading_reward_suggests_the_rewrite() {
+    let out_dir = std::env::temp_dir().join(format!("keel-cli-reward-{}", std::process::id()));
+    let o = out_dir.to_string_lossy().to_string();
+    let p = temp_recipe(
+        "wreinforce.recipe",
+        "import std/grpo\n\nrecipe wreinforce extends grpo {\n    objective = none\n    objective { loss = -(if reward > 0 then 1 else -0.5) * logp }\n    monitor = none\n}\n",
+    );
+    for target in ["verl", "trl"] {
+        let out = keel(&[
+            "export",
+            p.to_str().expect("utf-8"),
+            "--target",
+            target,
+            "--out",
+            &o,
+            "--error-format",
+            "short",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{target}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(":5:5: error[E0800]: the loss's `objective` term reads `reward`"),
+            "{target}: {err}"
+        );
+        let out = keel(&[
+            "export",
+            p.to_str().expect("utf-8"),
+            "--target",
+            target,
+            "--out",
+            &o,
+        ]);
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("move what reads `reward` into `credit`")
+                && err.contains("over `advantages`"),
+            "{target}: {err}"
+        );
+        assert!(!err.contains("`correct`"), "{target}: {err}");
+    }
+    let rewritten = temp_recipe(
+        "wreinforce2.recipe",
+        "import std/grpo\n\nrecipe wreinforce2 extends grpo {\n    credit = none\n    credit { value = if reward > 0 then 1 else -0.5 }\n    objective = none\n    objective { loss = -credit * logp }\n    monitor = none\n}\n",
+    );
+    for target in ["verl", "trl"] {
+        let out = keel(&[
+            "export",
+            rewritten.to_str().expect("utf-8"),
+            "--target",
+            target,
+            "--out",
+            &o,
+        ]);
+        assert!(out.status.success(), "{target}: {}", text(&out.stderr));
+    }
+    let out = keel(&[
+        "export",
+        "examples/quickstart.recipe",
+        "--target",
+        "trl",
+        "--out",
+        &o,
+        "--allow-partial",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("with the recipe's loss and credit"), "{err}");
+    assert!(
+        err.contains("dropped: the `reward` section: TRL's `reward_funcs`"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
+
+/// The exports carry the optimizer and batch settings (the quickstart's
+/// warm-up, clip, steps and batch) and list, in the README and on the
+/// command line, what the engine has no place for.
+#[test]
+fn exports_map_the_optimizer_and_list_what_they_cannot() {
+    let out_dir = std::env::temp_dir().join(format!("keel-cli-settings-{}", std::process::id()));
+    let o = out_dir.to_string_lossy().to_string();
+    let out = keel(&[
+        "export",
+        "examples/quickstart.recipe",
+        "--target",
+        "verl",
+        "--out",
+        &o,
+        "--allow-partial",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("not mapped"),
+        "{}",
+        text(&out.stderr)
+    );
+    let ov = std::fs::read_to_string(out_dir.join("overrides.txt")).expect("overrides");
+    for line in [
+        "actor_rollout_ref.actor.optim.lr=0.0003",
+        "actor_rollout_ref.actor.optim.lr_warmup_steps=20",
+        "actor_rollout_ref.actor.optim.min_lr_ratio=1.0",
+        "actor_rollout_ref.actor.optim.zero_indexed_step=False",
+        "actor_rollout_ref.actor.optim.clip_grad=1.0",
+        "trainer.total_training_steps=300",
+        "data.train_batch_size=8",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=8",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=64",
+    ] {
+        assert!(ov.lines().any(|l| l == line), "{line} missing:\n{ov}");
+    }
+    let p = temp_recipe(
+        "unmapped.recipe",
+        "import std/dapo\n\nrecipe unmapped extends dapo {\n    optimizer { lr = 1e-4, warmup = 3, schedule = linear, steps = 10 }\n    rollout { temperature = 1.2 - 0.4 * min(1, step / 10) }\n}\n",
+    );
+    let out = keel(&[
+        "export",
+        p.to_str().expect("utf-8"),
+        "--target",
+        "verl",
+        "--out",
+        &o,
+        "--allow-partial",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    for what in [
+        "not mapped: the linear decay of `optimizer.lr`",
+        "not mapped: `rollout.temperature` changes during the run",
+        "not mapped: `rollout.dynamic_sampling`: verl has no such setting",
+    ] {
+        assert!(err.contains(what), "{what}: {err}");
+    }
+    let readme = std::fs::read_to_string(out_dir.join("README.md")).expect("README");
+    assert!(
+        readme.contains("## Not mapped") && readme.contains("the linear decay of `optimizer.lr`"),
+        "{readme}"
+    );
+    let out = keel(&[
+        "export",
+        p.to_str().expect("utf-8"),
+        "--target",
+        "trl",
+        "--out",
+        &o,
+        "--allow-partial",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        !err.contains("linear decay"),
+        "TRL runs the recipe's rate: {err}"
+    );
+    let trainer =
+        std::fs::read_to_string(out_dir.join("keel_unmapped/trainer.py")).expect("trainer");
+    assert!(
+        trainer.contains("LR_SCHEDULE = [0.333") && trainer.contains("UPDATES_PER_STEP = 1"),
+        "{trainer}"
+    );
+    let _ = std::fs::remove_dir_all(&out_dir);
 }

@@ -214,6 +214,10 @@ pub(crate) struct Checker<'p> {
     res: Resolutions,
     types: HashMap<(FileId, usize, usize), Info>,
     guards: Vec<CheckedGuard>,
+    /// Errors about a missing value (index into `diags`, the section and
+    /// key it names): `blame::removals` moves those an inherited entry
+    /// raises to the removal that caused them.
+    unresolved: Vec<(usize, String, Option<String>)>,
 }
 
 impl<'p> Checker<'p> {
@@ -231,6 +235,7 @@ impl<'p> Checker<'p> {
             res: HashMap::new(),
             types: HashMap::new(),
             guards: Vec::new(),
+            unresolved: Vec::new(),
         }
     }
 
@@ -273,6 +278,7 @@ impl<'p> Checker<'p> {
             }
         }
         self.check_recipe_rules();
+        crate::blame::removals(recipe, &mut self.diags, &self.unresolved);
         let mut values = Vec::new();
         for sec in &recipe.sections {
             for e in &sec.entries {
@@ -807,6 +813,8 @@ impl<'p> Checker<'p> {
                 "section used as a value",
             )
             .help = Some(help);
+            self.unresolved
+                .push((self.diags.len() - 1, name.to_string(), None));
             return Info::unknown();
         }
         let mut candidates: Vec<String> = Vec::new();
@@ -953,6 +961,8 @@ impl<'p> Checker<'p> {
         if let Some(s) = schema {
             names.extend(s.keys.iter().map(|k| k.name));
         }
+        let mut seen = HashSet::new();
+        names.retain(|n| seen.insert(*n));
         let help = match suggest(&field.name, names.iter().copied()) {
             Some(s) => format!("did you mean `{sec_name}.{s}`?"),
             None if names.is_empty() => format!("section `{sec_name}` defines no keys here"),
@@ -966,6 +976,11 @@ impl<'p> Checker<'p> {
             "unknown key",
         )
         .help = Some(help);
+        self.unresolved.push((
+            self.diags.len() - 1,
+            sec_name.to_string(),
+            Some(field.name.clone()),
+        ));
         Info::unknown()
     }
 

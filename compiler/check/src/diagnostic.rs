@@ -160,7 +160,21 @@ impl Diagnostic {
         if report.finish().write(cache, &mut out).is_err() {
             return self.plain_line(sources);
         }
-        String::from_utf8_lossy(&out).into_owned()
+        // The block's first line is the one-line form (`file:line:col:
+        // error[CODE]: message`, as `--error-format short` prints it), so a
+        // diagnostic is printed once and still found by its location.
+        let text = String::from_utf8_lossy(&out);
+        let body = text.split_once('\n').map_or("", |(_, rest)| rest);
+        let mut head = self.plain_line(sources);
+        if color {
+            let word = format!("{}[{}]", severity_word(self.severity), self.code.0);
+            let paint = match self.severity {
+                Severity::Error => "\x1b[1;31m",
+                Severity::Warning => "\x1b[1;33m",
+            };
+            head = head.replacen(&word, &format!("{paint}{word}\x1b[0m"), 1);
+        }
+        format!("{head}\n{body}")
     }
 
     /// The machine-readable form (`--error-format json`).

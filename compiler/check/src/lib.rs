@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+mod blame;
 pub mod builtins;
 pub mod check;
 pub mod codes;

@@ -84,6 +84,20 @@ pub struct Merged {
     pub guards: Vec<GuardDef>,
     /// Whether some base could not be resolved (its contents are missing).
     pub base_missing: bool,
+    /// What `S = none` and `S.k = none` removed, in order: an inherited
+    /// entry that still reads it is blamed on the removal.
+    pub removed: Vec<Removal>,
+}
+
+/// One `S = none` (`key` is `None`) or `S.k = none`.
+#[derive(Clone, Debug)]
+pub struct Removal {
+    pub section: String,
+    pub key: Option<String>,
+    pub file: FileId,
+    pub span: Span,
+    /// The recipe whose text removes it.
+    pub by: String,
 }
 
 impl Merged {
@@ -385,6 +399,7 @@ impl Program {
                 sections: Vec::new(),
                 guards: Vec::new(),
                 base_missing: false,
+                removed: Vec::new(),
             },
             Some(path) => {
                 let base = self.find_base(module, file, path);
@@ -409,6 +424,7 @@ impl Program {
                         sections: Vec::new(),
                         guards: Vec::new(),
                         base_missing: true,
+                        removed: Vec::new(),
                     },
                 }
             }
@@ -640,6 +656,13 @@ fn apply_assign(
             }
             if is_none {
                 merged.sections.retain(|s| s.name != sec.name);
+                merged.removed.push(Removal {
+                    section: sec.name.clone(),
+                    key: None,
+                    file,
+                    span: a.span,
+                    by: owner.to_string(),
+                });
                 return;
             }
             let principal = builtins::section(&sec.name).and_then(|s| s.principal);
@@ -676,6 +699,13 @@ fn apply_assign(
             let def = section_mut(merged, &sec.name, file, sec.span);
             if is_none {
                 def.entries.retain(|e| e.name != key.name);
+                merged.removed.push(Removal {
+                    section: sec.name.clone(),
+                    key: Some(key.name.clone()),
+                    file,
+                    span: a.span,
+                    by: owner.to_string(),
+                });
             } else {
                 upsert(def, key, false, a.value.clone(), file, owner);
             }

@@ -52,9 +52,7 @@ pub fn package_name(recipe: &str) -> String {
 /// module runs it), not given.
 pub fn torch_inputs(recipe: &keel_check::CheckedRecipe) -> impl Fn(&str) -> bool + Sync + use<> {
     let fusable = LogitsPath::fusable(recipe);
-    move |n: &str| {
-        n != "advantages" && n != keel_ir::lower::GIVEN_REWARD && (n != "logits" || !fusable)
-    }
+    move |n: &str| n != "advantages" && (n != "logits" || !fusable)
 }
 
 /// Export recipe `index` of `checked` as a torch package whose `forward`
@@ -184,8 +182,7 @@ pub fn verl_estimator(
     let recipe = checked.recipes.get(index).ok_or("no such recipe")?;
     // verl's reward functions give the reward: the recipe's `reward`
     // section is not the estimator's.
-    let torch = torch_inputs(recipe);
-    let has = |n: &str| n == keel_ir::lower::GIVEN_REWARD || torch(n);
+    let has = keel_ir::lower::EngineReward(torch_inputs(recipe));
     let compiled = keel_ir::compile_loss_for(checked, index, &has, LogitsPath::Program)
         .map_err(|d| d.first().map(|d| d.message.clone()).unwrap_or_default())?;
     let g = &compiled.graph;

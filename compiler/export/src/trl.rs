@@ -56,7 +56,10 @@ pub fn trl_package(
     let recipe = checked.recipes.get(index).ok_or_else(Vec::new)?;
     let merged = checked.merged.get(index).ok_or_else(Vec::new)?;
     let reads_vocab = LogitsPath::fusable(recipe);
-    let has = |n: &str| n == "advantages" || (n != "logits" || !reads_vocab);
+    // The engine's reward functions give `reward`.
+    let has = keel_ir::lower::EngineReward(|n: &str| {
+        n == "advantages" || (n != "logits" || !reads_vocab)
+    });
     let compiled = keel_ir::compile_loss_for(checked, index, &has, LogitsPath::Program)?;
     let g = &compiled.graph;
     let engine = Engine {

@@ -30,6 +30,25 @@ use std::collections::HashMap;
 /// What the batch provides, which decides how inputs are derived.
 pub trait Available: Sync {
     fn has(&self, name: &str) -> bool;
+    /// Whether the engine computes the reward itself (an export to verl
+    /// or TRL, whose reward functions fill `reward`): the recipe's
+    /// `reward` section is then the `reward` input, as given advantages
+    /// replace its credit. Only [`EngineReward`] says so.
+    fn engine_reward(&self) -> bool {
+        false
+    }
+}
+
+/// The inputs `0` says, with the reward given by the engine.
+pub struct EngineReward<F>(pub F);
+
+impl<F: Fn(&str) -> bool + Sync> Available for EngineReward<F> {
+    fn has(&self, name: &str) -> bool {
+        (self.0)(name)
+    }
+    fn engine_reward(&self) -> bool {
+        true
+    }
 }
 
 impl<F: Fn(&str) -> bool + Sync> Available for F {
@@ -37,12 +56,6 @@ impl<F: Fn(&str) -> bool + Sync> Available for F {
         self(name)
     }
 }
-
-/// What a batch says it has when its engine computes the reward itself (an
-/// export to verl or TRL, whose reward functions fill `reward`): the
-/// recipe's `reward` section is then the `reward` input, as given
-/// advantages replace its credit.
-pub const GIVEN_REWARD: &str = "reward (given by the engine)";
 
 #[derive(Clone, Copy)]
 struct Ctx<'a> {
@@ -182,7 +195,7 @@ impl<'a> Lowering<'a> {
             self.entries.insert(key, id);
             return Ok(id);
         }
-        if section == "reward" && name == "value" && self.have.has(GIVEN_REWARD) {
+        if section == "reward" && name == "value" && self.have.engine_reward() {
             let id = self.raw_input("reward");
             self.entries.insert(key, id);
             return Ok(id);

@@ -102,8 +102,15 @@ pub fn figure(title: &str, series: &[Series], events: &[f64]) -> String {
     let Some(f) = Frame::of(series) else {
         return String::new();
     };
+    // The legend sits below the plot area, one row a series, not over the
+    // curves.
+    let rows = if series.len() > 1 {
+        series.len()
+    } else {
+        usize::from(f.constant)
+    };
     let mut o = String::new();
-    f.axes(&mut o, title);
+    f.axes(&mut o, title, LEGEND_ROW * rows as f64);
     for &e in events {
         if e >= f.x0 && e <= f.x1 {
             let x = f.sx(e);
@@ -129,6 +136,8 @@ const L: f64 = 60.0;
 const B: f64 = 34.0;
 const T: f64 = 10.0;
 const R: f64 = 10.0;
+/// The height of one legend row, below the figure.
+const LEGEND_ROW: f64 = 14.0;
 
 /// The data ranges a figure maps to its plot area.
 struct Frame {
@@ -194,15 +203,17 @@ impl Frame {
 
     /// The caption, the plot area, the grid with its tick labels, and the
     /// x axis's name.
-    fn axes(&self, o: &mut String, title: &str) {
+    /// `legend` is the height added below for the legend.
+    fn axes(&self, o: &mut String, title: &str, legend: f64) {
         let (w, hgt, l, b, t, r) = (W, HGT, L, B, T, R);
         let _ = write!(
             o,
-            "<figure><figcaption>{0}</figcaption><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{hgt}\" role=\"img\" aria-label=\"{0}\">\
+            "<figure><figcaption>{0}</figcaption><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{3}\" role=\"img\" aria-label=\"{0}\">\
 <rect x=\"{l}\" y=\"{t}\" width=\"{1}\" height=\"{2}\" fill=\"#fcfcfc\" stroke=\"#bbb\"/>",
             esc(title),
             w - l - r,
-            hgt - t - b
+            hgt - t - b,
+            hgt + legend
         );
         for y in ticks(self.y0, self.y1, 5) {
             let py = self.sy(y);
@@ -309,9 +320,9 @@ impl Frame {
                 o,
                 "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"10\" height=\"3\" fill=\"{c}\"/><text class=\"legend\" x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"#333\">{}</text>",
                 L + 6.0,
-                T + 8.0 + 12.0 * k as f64,
+                HGT + 2.0 + LEGEND_ROW * k as f64,
                 L + 20.0,
-                T + 12.0 + 12.0 * k as f64,
+                HGT + 6.0 + LEGEND_ROW * k as f64,
                 esc(&name)
             );
         }
@@ -321,6 +332,34 @@ impl Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The legend of several series lies below the plot area (and the
+    /// "step" label), in a figure tall enough for it: no entry over a curve.
+    #[test]
+    fn legends_sit_below_the_curves() {
+        let series: Vec<Series> = (0..3)
+            .map(|k| Series {
+                name: format!("arm {k}"),
+                points: (0..10).map(|x| (x as f64, (x * k) as f64)).collect(),
+                band: Vec::new(),
+            })
+            .collect();
+        let svg = figure("pass@1", &series, &[]);
+        assert!(
+            svg.contains(&format!("height=\"{}\"", HGT + 3.0 * LEGEND_ROW)),
+            "{svg}"
+        );
+        let ys: Vec<f64> = svg
+            .split("<text class=\"legend\"")
+            .skip(1)
+            .filter_map(|t| t.split("y=\"").nth(1)?.split('"').next()?.parse().ok())
+            .collect();
+        assert_eq!(ys.len(), 3, "{svg}");
+        assert!(
+            ys.iter().all(|&y| y > HGT && y < HGT + 3.0 * LEGEND_ROW),
+            "{ys:?}"
+        );
+    }
 
     #[test]
     fn ema_is_tensorboards_debiased_average() {
