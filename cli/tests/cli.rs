@@ -860,7 +860,7 @@ fn export_of_a_loss_reading_reward_suggests_the_rewrite() {
         assert_eq!(out.status.code(), Some(1), "{target}");
         let err = text(&out.stderr);
         assert!(
-            err.contains(":5:5: error[E0800]: the loss's `objective` term reads `reward`"),
+            err.contains(":5:17: error[E0800]: the loss's `objective` term reads `reward`"),
             "{target}: {err}"
         );
         let out = keel(&[
