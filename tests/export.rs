@@ -178,6 +178,20 @@ fn exported_torch_packages_equal_the_interpreter_on_every_stdlib_recipe() {
                 if let Some(a) = &want.advantages {
                     out.insert("expect.advantages", "f64", vec![b, t], a.clone());
                 }
+                // verl's estimator reads verl's reward (the batch's
+                // `reward`), not the recipe's `reward` section.
+                let reward_section = c.merged[idx].section("reward").is_some();
+                if estimator.is_some() && reward_section {
+                    let given =
+                        LossProgram::compile_engine_reward(&c, idx, LogitsPath::Program, &has)
+                            .expect("compiles with the engine's reward");
+                    let w = given
+                        .run(&mut Interp { memory: None }, &batch, "b")
+                        .expect("runs");
+                    if let Some(a) = &w.advantages {
+                        out.insert("expect.verl_advantages", "f64", vec![b, t], a.clone());
+                    }
+                }
                 for (m, x) in &want.metrics {
                     out.insert(&format!("expect.metric.{m}"), "f64", vec![], vec![*x]);
                 }

@@ -82,9 +82,31 @@ impl LossProgram {
         path: LogitsPath,
         has: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<LossProgram, Vec<Diagnostic>> {
-        let recipe = checked.recipes.get(index).cloned().ok_or_else(Vec::new)?;
         let have = |n: &str| path.program_has(n, has(n));
-        let compiled = compile_loss_for(checked, index, &have, path)?;
+        LossProgram::compiled(checked, index, path, &have)
+    }
+
+    /// [`LossProgram::compile`] with the reward given by the engine, as an
+    /// export to verl or TRL computes it: the batch's `reward` is the
+    /// recipe's reward (its `reward` section is not run).
+    pub fn compile_engine_reward(
+        checked: &Checked,
+        index: usize,
+        path: LogitsPath,
+        has: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<LossProgram, Vec<Diagnostic>> {
+        let have = lower::EngineReward(|n: &str| path.program_has(n, has(n)));
+        LossProgram::compiled(checked, index, path, &have)
+    }
+
+    fn compiled(
+        checked: &Checked,
+        index: usize,
+        path: LogitsPath,
+        have: &dyn lower::Available,
+    ) -> Result<LossProgram, Vec<Diagnostic>> {
+        let recipe = checked.recipes.get(index).cloned().ok_or_else(Vec::new)?;
+        let compiled = compile_loss_for(checked, index, have, path)?;
         Ok(LossProgram {
             graph: compiled.graph,
             recipe,

@@ -47,7 +47,13 @@ def actor_config(case_dir):
             if key == "policy_loss.loss_mode":
                 loss_mode = value
                 continue
-            if key == "optim.lr":
+            # The optimizer and the batch sizes are the trainer's settings,
+            # not the loss's (verl_schedule.py checks those).
+            if key.startswith("optim.") or key in (
+                "ppo_mini_batch_size",
+                "ppo_micro_batch_size_per_gpu",
+                "grad_clip",
+            ):
                 continue
             if value in ("True", "False"):
                 value = value == "True"
