@@ -1,9 +1,13 @@
-//! `keel compare RUN_DIR... [--out DIR]`: several runs on one page.
+//! `keel compare RUN_DIR... [--out DIR] [--baseline ARM]`: several runs on
+//! one page.
 //!
 //! Runs of the same recipe with the same settings but for the seeds
 //! (`model.seed`, `task.seed`) form one arm: drawn as the mean over seeds
 //! with a min–max band. `compare.html` holds a plot per metric (the style of
 //! `keel report`) and a table per arm; `summary.json` holds the same table.
+//! With `--baseline`, each other arm's seeds are paired with the
+//! baseline's same seeds and every summary metric gets the mean paired
+//! difference with a bootstrap interval ([`super::paired`]).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -11,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use super::html::{PLOTS, read_metrics, series};
+use super::paired::{self, Paired};
 use super::plot::{self, Series, esc};
 use crate::error::{Coded, Error, codes};
 use crate::run::dir::{METRICS, RUN_FILE, metric};
@@ -25,12 +30,15 @@ struct Run {
     arm: String,
     /// The recipe text's fingerprint (run.json).
     fingerprint: String,
+    /// The seed settings (`model.seed=3, task.seed=3`), or `recipe` when
+    /// the run set none: runs of two arms with equal seeds are a pair.
+    seed: String,
     rows: Vec<Value>,
 }
 
-/// The arm of a run (its recipe and its `--set` overrides but the seeds)
-/// and its recipe text's fingerprint.
-fn arm_of(dir: &Path) -> Result<(String, String), Error> {
+/// The arm of a run (its recipe and its `--set` overrides but the seeds),
+/// its recipe text's fingerprint and its seeds.
+fn arm_of(dir: &Path) -> Result<(String, String, String), Error> {
     let path = dir.join(RUN_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| {
         Error::new(
@@ -72,13 +80,31 @@ fn arm_of(dir: &Path) -> Result<(String, String), Error> {
         })
         .unwrap_or_default();
     set.sort();
+    let mut seeds: Vec<String> = v["set"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|kv| {
+                    let k = kv.get(0)?.as_str()?;
+                    let val = kv.get(1)?.as_str()?;
+                    SEED_KEYS.contains(&k).then(|| format!("{k}={val}"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    seeds.sort();
+    let seed = if seeds.is_empty() {
+        "recipe".to_string()
+    } else {
+        seeds.join(", ")
+    };
     let arm = if set.is_empty() {
         recipe
     } else {
         format!("{recipe} ({})", set.join(", "))
     };
     let fingerprint = v["fingerprint"].as_str().unwrap_or("").to_string();
-    Ok((arm, fingerprint))
+    Ok((arm, fingerprint, seed))
 }
 
 /// The pass@k keys a run logs (`pass_at_8`), other than pass@1.
@@ -220,11 +246,12 @@ fn load_runs(dirs: &[PathBuf]) -> Result<Vec<Run>, Error> {
     let mut runs = Vec::new();
     for d in dirs.iter().flat_map(|d| expand_seeds(d)) {
         let d = &d;
-        let (arm, fingerprint) = arm_of(d)?;
+        let (arm, fingerprint, seed) = arm_of(d)?;
         runs.push(Run {
             dir: d.clone(),
             arm,
             fingerprint,
+            seed,
             rows: read_metrics(d)?,
         });
     }
@@ -282,35 +309,224 @@ impl<'a> Arms<'a> {
     }
 }
 
+/// The summary metrics: (column, metric, best rather than final).
+fn columns(pk: Option<&String>) -> Vec<(String, String, bool)> {
+    let mut c: Vec<(String, String, bool)> = vec![
+        ("final_pass_at_1".into(), metric::PASS_AT_1.into(), false),
+        ("best_pass_at_1".into(), metric::PASS_AT_1.into(), true),
+    ];
+    if let Some(k) = pk {
+        c.push((format!("final_{k}"), k.clone(), false));
+        c.push((format!("best_{k}"), k.clone(), true));
+    }
+    for (col, m) in [
+        ("final_entropy", metric::ENTROPY),
+        ("final_response_len", metric::RESPONSE_LEN),
+        ("final_reward", metric::REWARD),
+        ("final_correct", metric::CORRECT),
+    ] {
+        c.push((col.into(), m.into(), false));
+    }
+    c
+}
+
+/// The value of column (`metric`, `best`) in one run.
+fn value_of(r: &Run, metric: &str, best: bool) -> Option<f64> {
+    let (last, top) = last_and_best(&r.rows, metric);
+    if best { top } else { last }
+}
+
+/// The arm `--baseline` names: an arm's full name, else the one arm of
+/// that recipe.
+fn baseline_arm(arms: &Arms, name: &str) -> Result<String, Error> {
+    if arms.names.iter().any(|a| a == name) {
+        return Ok(name.to_string());
+    }
+    let of_recipe: Vec<&String> = arms
+        .names
+        .iter()
+        .filter(|a| a.split(" (").next() == Some(name))
+        .collect();
+    match of_recipe.as_slice() {
+        [one] => Ok((*one).clone()),
+        _ => Err(Error::new(
+            codes::CHECKPOINT,
+            format!(
+                "--baseline `{name}` {} of the arms compared",
+                if of_recipe.is_empty() {
+                    "is none"
+                } else {
+                    "names several"
+                }
+            ),
+            &format!(
+                "name one arm exactly: {}",
+                arms.names
+                    .iter()
+                    .map(|a| format!("`{a}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// The paired comparisons against `baseline`: for each other arm, the
+/// seeds both ran and, per summary column, the paired difference. Refused
+/// when an arm's seeds are not the baseline's (or one seed runs twice in
+/// an arm): the pairs would not be the same warm starts and problems.
+fn pair(arms: &Arms, baseline: &str, pk: Option<&String>) -> Result<Value, Error> {
+    let base = arms.members(baseline);
+    let seeds_of = |arm: &str, runs: &[&Run]| -> Result<Vec<String>, Error> {
+        let mut seeds: Vec<String> = Vec::new();
+        for r in runs {
+            if seeds.contains(&r.seed) {
+                return Err(Error::new(
+                    codes::CHECKPOINT,
+                    format!("arm `{arm}` has two runs with seeds `{}`", r.seed),
+                    "each seed of an arm runs once: leave one of the directories out",
+                )
+                .at(r.dir.join(RUN_FILE).display().to_string()));
+            }
+            seeds.push(r.seed.clone());
+        }
+        seeds.sort();
+        Ok(seeds)
+    };
+    let base_seeds = seeds_of(baseline, &base)?;
+    let mut out = Vec::new();
+    for arm in arms.names.iter().filter(|a| *a != baseline) {
+        let m = arms.members(arm);
+        let seeds = seeds_of(arm, &m)?;
+        if seeds != base_seeds {
+            let at = m.first().map(|r| r.dir.join(RUN_FILE)).unwrap_or_default();
+            return Err(Error::new(
+                codes::CHECKPOINT,
+                format!(
+                    "arm `{arm}` ran seeds [{}] and the baseline `{baseline}` [{}]: paired differences need the same seeds",
+                    seeds.join("; "),
+                    base_seeds.join("; ")
+                ),
+                "run every arm with the same `--seeds N` (or the same `--set model.seed=… --set task.seed=…`), or compare without --baseline",
+            )
+            .at(at.display().to_string()));
+        }
+        let mut metrics = serde_json::Map::new();
+        for (col, metric, best) in columns(pk) {
+            let d: Vec<f64> = seeds
+                .iter()
+                .filter_map(|s| {
+                    let a = m.iter().find(|r| r.seed == *s)?;
+                    let b = base.iter().find(|r| r.seed == *s)?;
+                    Some(value_of(a, &metric, best)? - value_of(b, &metric, best)?)
+                })
+                .collect();
+            let seed = keel_model::rng::fnv(format!("{arm}/{col}").as_bytes());
+            if let Some(p) = paired::bootstrap(&d, paired::RESAMPLES, seed) {
+                metrics.insert(col, paired_json(&p));
+            }
+        }
+        out.push(json!({ "arm": arm, "seeds": seeds, "metrics": metrics }));
+    }
+    Ok(json!({
+        "baseline": baseline,
+        "statistic": "mean of arm − baseline over paired seeds",
+        "confidence": paired::CONFIDENCE,
+        "resamples": paired::RESAMPLES,
+        "arms": out,
+    }))
+}
+
+fn paired_json(p: &Paired) -> Value {
+    json!({
+        "mean": p.mean,
+        "lo": p.interval.map(|i| i.0),
+        "hi": p.interval.map(|i| i.1),
+        "n": p.n,
+        "agree": p.agree,
+        "excludes_zero": p.excludes_zero(),
+    })
+}
+
+/// A paired cell: `+0.023 [−0.012, 0.051] 2/3`, bold and starred when the
+/// interval excludes 0.
+fn paired_cell(v: &Value) -> String {
+    let Some(mean) = v["mean"].as_f64() else {
+        return "–".into();
+    };
+    let signed = |x: f64| {
+        if x > 0.0 {
+            format!("+{}", plot::label(x))
+        } else {
+            plot::label(x)
+        }
+    };
+    let mut s = signed(mean);
+    if let (Some(lo), Some(hi)) = (v["lo"].as_f64(), v["hi"].as_f64()) {
+        s.push_str(&format!(" [{}, {}]", signed(lo), signed(hi)));
+    }
+    s.push_str(&format!(
+        " {}/{}",
+        v["agree"].as_u64().unwrap_or(0),
+        v["n"].as_u64().unwrap_or(0)
+    ));
+    if v["excludes_zero"].as_bool() == Some(true) {
+        format!("<b>{s} *</b>")
+    } else {
+        s
+    }
+}
+
+/// The page's table of paired differences.
+fn paired_table(h: &mut String, paired: &Value, pk: Option<&String>) {
+    let _ = write!(
+        h,
+        "<h2>Paired differences against <code>{}</code></h2><p>For each arm, the mean over its seeds of (arm − baseline) on the same seed, its {}&nbsp;% bootstrap interval over seeds ({} resamples), and how many seeds agree in sign. <b>*</b>: the interval excludes 0.</p>",
+        esc(paired["baseline"].as_str().unwrap_or("")),
+        (paired::CONFIDENCE * 100.0).round(),
+        paired::RESAMPLES
+    );
+    let cols = columns(pk);
+    h.push_str("<table><tr><th>arm</th><th>seeds</th>");
+    for (col, _, _) in &cols {
+        let _ = write!(
+            h,
+            "<th>{}</th>",
+            esc(&col.replace('_', " ").replace("pass at ", "pass@"))
+        );
+    }
+    h.push_str("</tr>");
+    for a in paired["arms"].as_array().into_iter().flatten() {
+        let _ = write!(
+            h,
+            "<tr><td style=\"text-align:left\">{}</td><td>{}</td>",
+            esc(a["arm"].as_str().unwrap_or("")),
+            a["seeds"].as_array().map_or(0, Vec::len)
+        );
+        for (col, _, _) in &cols {
+            let _ = write!(h, "<td>{}</td>", paired_cell(&a["metrics"][col]));
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</table>");
+}
+
 /// The table of `summary.json`: per arm, the final (and best) value of each
 /// summary metric over its seeds.
 fn summarize(arms: &Arms, pk: Option<&String>) -> Vec<Value> {
     let mut summary = Vec::new();
     for arm in &arms.names {
         let m = arms.members(arm);
-        let col = |key: &str, best: bool| -> Value {
-            stat(
-                &m.iter()
-                    .map(|r| {
-                        let (last, top) = last_and_best(&r.rows, key);
-                        if best { top } else { last }
-                    })
-                    .collect::<Vec<_>>(),
-            )
-        };
         let mut row = json!({
             "arm": arm,
             "runs": m.iter().map(|r| r.dir.display().to_string()).collect::<Vec<_>>(),
-            "final_pass_at_1": col(metric::PASS_AT_1, false),
-            "best_pass_at_1": col(metric::PASS_AT_1, true),
-            "final_entropy": col(metric::ENTROPY, false),
-            "final_response_len": col(metric::RESPONSE_LEN, false),
-            "final_reward": col(metric::REWARD, false),
-            "final_correct": col(metric::CORRECT, false),
         });
-        if let Some(k) = pk {
-            row[format!("final_{k}")] = col(k, false);
-            row[format!("best_{k}")] = col(k, true);
+        for (col, key, best) in columns(pk) {
+            row[col] = stat(
+                &m.iter()
+                    .map(|r| value_of(r, &key, best))
+                    .collect::<Vec<_>>(),
+            );
         }
         summary.push(row);
     }
@@ -451,12 +667,22 @@ fn plots(h: &mut String, arms: &Arms) -> Vec<(String, String)> {
     svgs
 }
 
-/// Write `compare.html` and `summary.json` into `out`; returns their paths.
-pub fn write(dirs: &[PathBuf], out: &Path) -> Result<(PathBuf, PathBuf), Error> {
+/// Write `compare.html` and `summary.json` into `out`, with the paired
+/// differences against arm `baseline` when one is given; returns their
+/// paths.
+pub fn write(
+    dirs: &[PathBuf],
+    out: &Path,
+    baseline: Option<&str>,
+) -> Result<(PathBuf, PathBuf), Error> {
     let runs = load_runs(dirs)?;
     let arms = Arms::of(&runs);
     let pk = pass_k_key(&runs);
     let summary = summarize(&arms, pk.as_ref());
+    let paired = match baseline {
+        Some(b) => Some(pair(&arms, &baseline_arm(&arms, b)?, pk.as_ref())?),
+        None => None,
+    };
     // OUT and OUT/plots (each plot also as a standalone SVG file).
     let plots_dir = out.join("plots");
     std::fs::create_dir_all(&plots_dir).map_err(|e| {
@@ -468,11 +694,23 @@ pub fn write(dirs: &[PathBuf], out: &Path) -> Result<(PathBuf, PathBuf), Error> 
         .at(plots_dir.display().to_string())
     })?;
     let summary_path = out.join("summary.json");
-    let json = serde_json::to_vec_pretty(&json!({ "arms": summary }))
+    let mut doc = json!({ "arms": summary });
+    if let Some(p) = &paired {
+        doc["paired"] = p.clone();
+    }
+    let json = serde_json::to_vec_pretty(&doc)
         .map_err(|e| Error::new(codes::CHECKPOINT, e.to_string(), "this is a runtime bug"))?;
     keel_model::io::write_atomic(&summary_path, &json).coded()?;
     let mut h = String::new();
     page_head(&mut h, runs.len(), arms.names.len(), &summary, pk.as_ref());
+    if let Some(p) = &paired {
+        // Before the plot grid `page_head` opened.
+        if h.ends_with("<div class=\"grid\">") {
+            h.truncate(h.len() - "<div class=\"grid\">".len());
+            paired_table(&mut h, p, pk.as_ref());
+            h.push_str("<div class=\"grid\">");
+        }
+    }
     let svgs = plots(&mut h, &arms);
     h.push_str("</div></body></html>\n");
     for (name, svg) in &svgs {

@@ -1,7 +1,8 @@
 //! Reading finished runs: `keel report RUN_DIR` ([`html`]: one
 //! self-contained page of plots and guard events), `keel compare RUN_DIR...`
 //! ([`compare`]: arms by recipe and `--set` values, means over seeds) and
-//! the SVG plots both draw ([`plot`]).
+//! the SVG plots both draw ([`plot`]); [`paired`] is `keel compare
+//! --baseline`'s statistic.
 //!
 //! May import: `crate::run::dir` (the run directory's layout and metric
 //! names, its only way into a run), `crate::error` and `keel-model`'s
@@ -9,6 +10,7 @@
 
 pub mod compare;
 pub mod html;
+pub mod paired;
 pub mod plot;
 
 pub use html::write;
