@@ -960,6 +960,87 @@ fn compare_groups_seeds_into_arms_with_bands_and_a_summary() {
         "{}",
         text(&bad.stderr)
     );
+    // `--baseline`: the hot arm's seeds paired with the baseline's same
+    // seeds; the paired mean is the mean of the per-seed differences.
+    let r = keel(
+        &d,
+        &[
+            "run",
+            "-q",
+            "small.recipe",
+            "--seeds",
+            "2",
+            "--out",
+            "hotseeds",
+            "--set",
+            "rollout.temperature=1.5",
+        ],
+    );
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let r = keel(
+        &d,
+        &[
+            "compare",
+            "hotseeds",
+            "seeds",
+            "--baseline",
+            "small",
+            "--out",
+            "cmp3",
+        ],
+    );
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(d.join("cmp3/summary.json")).expect("summary.json"),
+    )
+    .expect("json");
+    let paired = &summary["paired"];
+    assert_eq!(paired["baseline"], "small", "{summary}");
+    let arm = &paired["arms"][0];
+    assert_eq!(arm["arm"], "small (rollout.temperature=1.5)");
+    assert_eq!(
+        arm["seeds"],
+        serde_json::json!(["model.seed=1, task.seed=1", "model.seed=2, task.seed=2"])
+    );
+    let diff = |k: usize| {
+        last(&format!("hotseeds/seed-{k}"), "pass_at_1")
+            - last(&format!("seeds/seed-{k}"), "pass_at_1")
+    };
+    let want = (diff(1) + diff(2)) / 2.0;
+    let p1 = &arm["metrics"]["final_pass_at_1"];
+    assert!(
+        (p1["mean"].as_f64().expect("mean") - want).abs() < 1e-12,
+        "{p1}"
+    );
+    assert_eq!(p1["n"], 2);
+    // Two seeds: the interval runs from the smaller difference to the larger.
+    let (lo, hi) = (diff(1).min(diff(2)), diff(1).max(diff(2)));
+    assert!((p1["lo"].as_f64().expect("lo") - lo).abs() < 1e-12, "{p1}");
+    assert!((p1["hi"].as_f64().expect("hi") - hi).abs() < 1e-12, "{p1}");
+    let html = std::fs::read_to_string(d.join("cmp3/compare.html")).expect("compare.html");
+    assert!(
+        html.contains("Paired differences against <code>small</code>"),
+        "{html}"
+    );
+    // An arm whose seeds are not the baseline's is refused, at its run.
+    let bad = keel(&d, &["compare", "seeds", "hot", "--baseline", "small"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let err = text(&bad.stderr);
+    assert!(
+        err.contains(
+            "hot/run.json: error[E0704]: arm `small (rollout.temperature=1.5)` ran seeds [recipe]"
+        ) && err.contains("paired differences need the same seeds"),
+        "{err}"
+    );
+    let bad = keel(
+        &d,
+        &["compare", "seeds", "hotseeds", "--baseline", "nothing"],
+    );
+    assert!(
+        text(&bad.stderr).contains("--baseline `nothing` is none of the arms"),
+        "{}",
+        text(&bad.stderr)
+    );
 }
 
 /// SmolLM2-135M-Instruct's GGUF file in the checkout's venv.
