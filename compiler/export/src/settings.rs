@@ -235,7 +235,7 @@ impl Batch {
     /// Samples per micro-batch, when the division is exact.
     pub fn per_micro(&self) -> Option<u64> {
         let d = self.minibatches * self.micro;
-        (self.samples() % d == 0).then(|| self.samples() / d)
+        self.samples().is_multiple_of(d).then(|| self.samples() / d)
     }
 }
 
@@ -253,7 +253,7 @@ pub(crate) fn verl(checked: &Checked, index: usize) -> Mapped {
             m.set("data.train_batch_size", b.prompts);
             m.set(&format!("{r}.n"), b.group);
             m.set(&format!("{a}.ppo_epochs"), b.epochs);
-            if b.prompts % b.minibatches == 0 {
+            if b.prompts.is_multiple_of(b.minibatches) {
                 m.set(
                     &format!("{a}.ppo_mini_batch_size"),
                     b.prompts / b.minibatches,

@@ -359,7 +359,7 @@ fn baseline_arm(arms: &Arms, name: &str) -> Result<String, Error> {
                     "names several"
                 }
             ),
-            &format!(
+            format!(
                 "name one arm exactly: {}",
                 arms.names
                     .iter()
