@@ -23,7 +23,7 @@ pub mod parity;
 pub use disk::Disk;
 pub use keel_check::{
     Checked, CheckedGuard, CheckedRecipe, Diagnostic, FileId, GuardAction, GuardOp, Label, Merged,
-    NoFiles, Program, Severity, SourceDb, Sources, builtins, check, check_source,
+    NoFiles, Program, Setting, Severity, SourceDb, Sources, builtins, check, check_source,
     check_source_with, codes, diagnostic, explain, format, on_big_stack, resolve, source, stdlib,
 };
 #[cfg(feature = "llvm")]

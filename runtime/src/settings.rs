@@ -2,19 +2,11 @@
 //! (with the schema's defaults), and the step-level values (schedules, state
 //! updates, guard conditions, the reward) compiled to host code.
 
-use keel_compiler::builtins::Ty;
-use keel_compiler::{Checked, Diagnostic, Label, builtins};
+use keel_compiler::{Checked, Diagnostic, Label};
 
 use crate::error::Error;
 
-/// A constant setting.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Setting {
-    Num(f64),
-    /// An option name (`arithmetic`, `adamw`).
-    Sym(String),
-    Str(String),
-}
+pub use keel_compiler::Setting;
 
 /// Reads constant settings of one recipe.
 pub struct Settings<'a> {
@@ -23,28 +15,10 @@ pub struct Settings<'a> {
 }
 
 impl Settings<'_> {
-    /// The setting `section.key`: the checked recipe's value (a string
-    /// literal's text, an option name, or a constant), else the schema's
-    /// default.
+    /// The setting `section.key` (`CheckedRecipe::setting`: the recipe's
+    /// value, else the schema's default).
     pub fn get(&self, section: &str, key: &str) -> Option<Setting> {
-        let recipe = self.checked.recipes.get(self.index)?;
-        if let Some(v) = recipe.value(section, key) {
-            if let Some(t) = &v.text {
-                return Some(Setting::Str(t.clone()));
-            }
-            return match (&v.info.ty, v.info.constant) {
-                (_, Some(c)) => Some(Setting::Num(c)),
-                (Ty::Sym(s), None) => Some(Setting::Sym(s.clone())),
-                _ => None,
-            };
-        }
-        let d = builtins::section(section)?.key(key)?.default?;
-        Some(match d.parse::<f64>() {
-            Ok(x) => Setting::Num(x),
-            Err(_) if d == "true" => Setting::Num(1.0),
-            Err(_) if d == "false" => Setting::Num(0.0),
-            Err(_) => Setting::Sym(d.trim_matches('"').to_string()),
-        })
+        self.checked.recipes.get(self.index)?.setting(section, key)
     }
 
     /// A numeric constant: the recipe's, else the schema's default (the

@@ -33,15 +33,12 @@ def tokenizer():
     )
 
 
-def main(pkg_dir, pkg_name, out_path):
-    from datasets import Dataset
-    from safetensors.torch import save_file
+def tiny_llama(where):
+    """A tiny random Llama (2 layers, d = 32, GQA 4/2 heads) and the character
+    tokenizer, saved to WHERE/tiny-llama (TRL loads the model, and its
+    reference model, by path, as a user's checkpoint); (tokenizer, path)."""
     from transformers import LlamaConfig, LlamaForCausalLM
-    from trl import GRPOConfig
 
-    torch.manual_seed(0)
-    sys.path.insert(0, pkg_dir)
-    pkg = importlib.import_module(pkg_name)
     tok = tokenizer()
     model = LlamaForCausalLM(
         LlamaConfig(
@@ -57,11 +54,21 @@ def main(pkg_dir, pkg_name, out_path):
             bos_token_id=None,
         )
     )
-    # Saved and passed by path, as a user's checkpoint is (TRL loads the
-    # reference model from it).
-    path = f"{pkg_dir}/tiny-llama"
+    path = f"{where}/tiny-llama"
     model.save_pretrained(path)
     tok.save_pretrained(path)
+    return tok, path
+
+
+def main(pkg_dir, pkg_name, out_path):
+    from datasets import Dataset
+    from safetensors.torch import save_file
+    from trl import GRPOConfig
+
+    torch.manual_seed(0)
+    sys.path.insert(0, pkg_dir)
+    pkg = importlib.import_module(pkg_name)
+    tok, path = tiny_llama(pkg_dir)
     prompts = [f"{a}+{b}=" for a in range(4) for b in range(4)]
     data = Dataset.from_dict({"prompt": prompts, "answer": [str(int(p[0]) + int(p[2])) for p in prompts]})
 

@@ -20,32 +20,13 @@ import torch
 
 
 def main(pkg_dir):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path.insert(0, here)
     sys.path.insert(0, pkg_dir)
-    from trl_run import tokenizer
+    from trl_run import tiny_llama
 
     torch.manual_seed(0)
-    tok = tokenizer()
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            bos_token_id=None,
-        )
-    )
-    path = os.path.join(pkg_dir, "tiny-llama")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
+    _, path = tiny_llama(pkg_dir)
     data = os.path.join(pkg_dir, "data.jsonl")
     with open(data, "w") as f:
         for a in range(4):

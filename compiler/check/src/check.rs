@@ -182,11 +182,44 @@ pub struct CheckedRecipe {
     pub guards: Vec<CheckedGuard>,
 }
 
+/// A constant setting of a recipe ([`CheckedRecipe::setting`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Setting {
+    Num(f64),
+    /// An option name (`arithmetic`, `adamw`).
+    Sym(String),
+    Str(String),
+}
+
 impl CheckedRecipe {
     pub fn value(&self, section: &str, name: &str) -> Option<&Value> {
         self.values
             .iter()
             .find(|v| v.section == section && v.name == name)
+    }
+
+    /// The setting `section.key`: the recipe's value (a string literal's
+    /// text, an option name, or a constant; `None` for a value that changes
+    /// during the run), else the schema's default — the one place defaults
+    /// are read (`true`/`false` as 1/0).
+    pub fn setting(&self, section: &str, key: &str) -> Option<Setting> {
+        if let Some(v) = self.value(section, key) {
+            if let Some(t) = &v.text {
+                return Some(Setting::Str(t.clone()));
+            }
+            return match (&v.info.ty, v.info.constant) {
+                (_, Some(c)) => Some(Setting::Num(c)),
+                (Ty::Sym(s), None) => Some(Setting::Sym(s.clone())),
+                _ => None,
+            };
+        }
+        let d = builtins::section(section)?.key(key)?.default?;
+        Some(match d.parse::<f64>() {
+            Ok(x) => Setting::Num(x),
+            Err(_) if d == "true" => Setting::Num(1.0),
+            Err(_) if d == "false" => Setting::Num(0.0),
+            Err(_) => Setting::Sym(d.trim_matches('"').to_string()),
+        })
     }
 }
 

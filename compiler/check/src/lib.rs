@@ -25,7 +25,7 @@ pub mod resolve;
 pub mod source;
 pub mod stdlib;
 
-pub use check::{CheckedGuard, CheckedRecipe, GuardAction, GuardOp};
+pub use check::{CheckedGuard, CheckedRecipe, GuardAction, GuardOp, Setting};
 pub use diagnostic::{Diagnostic, Label, Severity};
 pub use error::Error;
 pub use resolve::{Merged, Program};

@@ -4,7 +4,7 @@
 //! listed. The learning rate is read as the host program computes it
 //! (`lower::schedule_values`: warm-up, decay and any schedule of `step`).
 
-use keel_check::{Checked, CheckedRecipe, builtins};
+use keel_check::{Checked, CheckedRecipe, Setting};
 
 /// A recipe's setting: its constant, Keel's default, or neither (a value
 /// that changes during the run, or an option name).
@@ -15,21 +15,8 @@ pub(crate) struct Settings<'a> {
 impl Settings<'_> {
     /// The number the run uses for `section.key`, when it is one number.
     pub fn num(&self, section: &str, key: &str) -> Option<f64> {
-        match self.recipe.value(section, key) {
-            Some(v) => v.info.constant,
-            None => builtins::section(section)?
-                .key(key)?
-                .default?
-                .parse::<f64>()
-                .ok()
-                .or_else(|| self.flag_default(section, key)),
-        }
-    }
-
-    fn flag_default(&self, section: &str, key: &str) -> Option<f64> {
-        match builtins::section(section)?.key(key)?.default? {
-            "true" => Some(1.0),
-            "false" => Some(0.0),
+        match self.recipe.setting(section, key)? {
+            Setting::Num(x) => Some(x),
             _ => None,
         }
     }
@@ -42,13 +29,9 @@ impl Settings<'_> {
 
     /// An option's name (`optimizer.name`, `optimizer.schedule`).
     pub fn sym(&self, section: &str, key: &str) -> Option<String> {
-        match self.recipe.value(section, key).map(|v| &v.info.ty) {
-            Some(builtins::Ty::Sym(s)) => Some(s.clone()),
-            Some(_) => None,
-            None => builtins::section(section)?
-                .key(key)?
-                .default
-                .map(|d| d.trim_matches('"').to_string()),
+        match self.recipe.setting(section, key)? {
+            Setting::Sym(s) => Some(s),
+            _ => None,
         }
     }
 
@@ -152,6 +135,34 @@ pub(crate) struct Mapped {
 impl Mapped {
     pub fn set(&mut self, name: &str, value: impl ToString) {
         self.set.push((name.to_string(), value.to_string()));
+    }
+
+    /// Set the engine's `names` to the recipe's `section.key` when it is
+    /// one number (written as an integer when `int`); list it as not
+    /// mapped when it changes during the run.
+    pub fn number(
+        &mut self,
+        s: &Settings,
+        (section, key): (&str, &str),
+        engine: &str,
+        names: &[&str],
+        int: bool,
+    ) {
+        if let Some(why) = not_constant(s, section, key, engine) {
+            self.unmapped.push(why);
+            return;
+        }
+        let value = if int {
+            s.int(section, key).map(|n| n.to_string())
+        } else {
+            s.num(section, key).map(py_float)
+        };
+        let Some(v) = value else {
+            return;
+        };
+        for name in names {
+            self.set(name, &v);
+        }
     }
 }
 
@@ -268,27 +279,22 @@ pub(crate) fn verl(checked: &Checked, index: usize) -> Mapped {
         }
         None => m.unmapped.push("the batch (`rollout.prompts`, `group`, `epochs`, `minibatches`, `micro_batches`) changes during the run: verl's batch sizes are numbers, so none is set".into()),
     }
-    for (key, name) in [
-        ("temperature", format!("{r}.temperature")),
-        ("top_p", format!("{r}.top_p")),
-    ] {
-        match (
-            s.num("rollout", key),
-            not_constant(&s, "rollout", key, "verl"),
-        ) {
-            (_, Some(why)) => m.unmapped.push(why),
-            (Some(x), None) => m.set(&name, py_float(x)),
-            _ => {}
-        }
-    }
-    match (
-        s.int("rollout", "max_tokens"),
-        not_constant(&s, "rollout", "max_tokens", "verl"),
-    ) {
-        (_, Some(why)) => m.unmapped.push(why),
-        (Some(n), None) => m.set("data.max_response_length", n),
-        _ => {}
-    }
+    let (temperature, top_p) = (format!("{r}.temperature"), format!("{r}.top_p"));
+    m.number(
+        &s,
+        ("rollout", "temperature"),
+        "verl",
+        &[&temperature],
+        false,
+    );
+    m.number(&s, ("rollout", "top_p"), "verl", &[&top_p], false);
+    m.number(
+        &s,
+        ("rollout", "max_tokens"),
+        "verl",
+        &["data.max_response_length"],
+        true,
+    );
     keel_only(&s, "verl", &mut m.unmapped);
     optimizer_for_verl(checked, index, &s, &mut m);
     m
@@ -354,12 +360,8 @@ fn optimizer_for_verl(checked: &Checked, index: usize, s: &Settings, m: &mut Map
         )),
         None => {}
     }
-    match s.num("optimizer", "weight_decay") {
-        Some(x) => m.set(&format!("{o}.weight_decay"), py_float(x)),
-        None => m
-            .unmapped
-            .extend(not_constant(s, "optimizer", "weight_decay", "verl")),
-    }
+    let decay = format!("{o}.weight_decay");
+    m.number(s, ("optimizer", "weight_decay"), "verl", &[&decay], false);
     if class != "SGD"
         && let (Some(b1), Some(b2)) = (s.num("optimizer", "beta1"), s.num("optimizer", "beta2"))
     {
@@ -377,18 +379,10 @@ fn optimizer_for_verl(checked: &Checked, index: usize, s: &Settings, m: &mut Map
             format!("{{eps:{}}}", py_float(eps)),
         );
     }
-    match (
-        s.num("optimizer", "grad_clip"),
-        not_constant(s, "optimizer", "grad_clip", "verl"),
-    ) {
-        (_, Some(why)) => m.unmapped.push(why),
-        (Some(c), None) => {
-            // The engine workers read optim.clip_grad, the legacy actor grad_clip.
-            m.set(&format!("{o}.clip_grad"), py_float(c));
-            m.set("actor_rollout_ref.actor.grad_clip", py_float(c));
-        }
-        _ => {}
-    }
+    // The engine workers read optim.clip_grad, the legacy actor grad_clip.
+    let clip = format!("{o}.clip_grad");
+    let names = [clip.as_str(), "actor_rollout_ref.actor.grad_clip"];
+    m.number(s, ("optimizer", "grad_clip"), "verl", &names, false);
 }
 
 /// The rollout and optimizer settings as TRL 1.16's `GRPOConfig` keyword
@@ -430,24 +424,21 @@ pub(crate) fn trl(checked: &Checked, index: usize) -> TrlMapped {
         }
         None => m.unmapped.push("the batch (`rollout.prompts`, `group`, `epochs`, `minibatches`, `micro_batches`) changes during the run: TRL's batch sizes are numbers, so none is set".into()),
     }
-    for (key, name) in [("temperature", "temperature"), ("top_p", "top_p")] {
-        match (
-            s.num("rollout", key),
-            not_constant(&s, "rollout", key, "TRL"),
-        ) {
-            (_, Some(why)) => m.unmapped.push(why),
-            (Some(x), None) => m.set(name, py_float(x)),
-            _ => {}
-        }
-    }
-    match (
-        s.int("rollout", "max_tokens"),
-        not_constant(&s, "rollout", "max_tokens", "TRL"),
-    ) {
-        (_, Some(why)) => m.unmapped.push(why),
-        (Some(n), None) => m.set("max_completion_length", n),
-        _ => {}
-    }
+    m.number(
+        &s,
+        ("rollout", "temperature"),
+        "TRL",
+        &["temperature"],
+        false,
+    );
+    m.number(&s, ("rollout", "top_p"), "TRL", &["top_p"], false);
+    m.number(
+        &s,
+        ("rollout", "max_tokens"),
+        "TRL",
+        &["max_completion_length"],
+        true,
+    );
     keel_only(&s, "TRL", &mut m.unmapped);
     let name = s.sym("optimizer", "name").unwrap_or_else(|| "adamw".into());
     match name.as_str() {
@@ -497,12 +488,13 @@ pub(crate) fn trl(checked: &Checked, index: usize) -> TrlMapped {
     if out.lr_schedule.is_some() {
         m.caveats.push("TRL's schedulers count steps from 0 and Keel's `step` counts from 1: `KeelGRPOTrainer.create_scheduler` runs the recipe's own learning rate at each step (`LR_SCHEDULE`, a factor of `learning_rate` per Keel step); `lr_scheduler_type` and `warmup_steps` name the same shape".into());
     }
-    match s.num("optimizer", "weight_decay") {
-        Some(x) => m.set("weight_decay", py_float(x)),
-        None => m
-            .unmapped
-            .extend(not_constant(&s, "optimizer", "weight_decay", "TRL")),
-    }
+    m.number(
+        &s,
+        ("optimizer", "weight_decay"),
+        "TRL",
+        &["weight_decay"],
+        false,
+    );
     for (key, name) in [
         ("beta1", "adam_beta1"),
         ("beta2", "adam_beta2"),
@@ -512,14 +504,13 @@ pub(crate) fn trl(checked: &Checked, index: usize) -> TrlMapped {
             m.set(name, py_float(x));
         }
     }
-    match (
-        s.num("optimizer", "grad_clip"),
-        not_constant(&s, "optimizer", "grad_clip", "TRL"),
-    ) {
-        (_, Some(why)) => m.unmapped.push(why),
-        (Some(c), None) => m.set("max_grad_norm", py_float(c)),
-        _ => {}
-    }
+    m.number(
+        &s,
+        ("optimizer", "grad_clip"),
+        "TRL",
+        &["max_grad_norm"],
+        false,
+    );
     out
 }
 

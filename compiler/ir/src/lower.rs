@@ -18,7 +18,7 @@
 
 use crate::autodiff;
 use crate::builtins::{self, Level};
-use crate::check::{CheckedRecipe, Res};
+use crate::check::{CheckedRecipe, Res, Setting};
 use crate::codes;
 use crate::diagnostic::{Diagnostic, Label};
 use crate::ir::{Bin, Builder, DType, Graph, NodeId, Op, Red, ScanOp, Un};
@@ -1246,8 +1246,8 @@ fn scheduled_lr(
     let Some(opt) = merged.section("optimizer") else {
         return;
     };
-    let decay = match checked.value("optimizer", "schedule").map(|v| &v.info.ty) {
-        Some(builtins::Ty::Sym(s)) => s.clone(),
+    let decay = match checked.setting("optimizer", "schedule") {
+        Some(Setting::Sym(s)) => s,
         _ => "constant".to_string(),
     };
     let warmup = opt
@@ -1258,14 +1258,11 @@ fn scheduled_lr(
     }
     let lr = match scalars.iter().position(|(n, _)| n == "optimizer.lr") {
         Some(i) => scalars.remove(i).1,
-        None => {
-            let default = builtins::section("optimizer")
-                .and_then(|s| s.key("lr"))
-                .and_then(|k| k.default)
-                .and_then(|d| d.parse::<f64>().ok())
-                .unwrap_or(1e-3);
-            lw.b.c(default)
-        }
+        // No `lr` entry: the schema's default.
+        None => match checked.setting("optimizer", "lr") {
+            Some(Setting::Num(x)) => lw.b.c(x),
+            _ => lw.b.c(f64::NAN),
+        },
     };
     let step = lw.input("step");
     let total = lw.input("total_steps");

@@ -67,31 +67,23 @@ fn arm_of(dir: &Path) -> Result<(String, String, String), Error> {
             })
         })
         .unwrap_or_else(|| dir.display().to_string());
-    let mut set: Vec<String> = v["set"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|kv| {
-                    let k = kv.get(0)?.as_str()?;
-                    let val = kv.get(1)?.as_str()?;
-                    (!SEED_KEYS.contains(&k)).then(|| format!("{k}={val}"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    // The `--set` values, split into the seeds and the rest (the arm).
+    let (mut seeds, mut set) = (Vec::new(), Vec::new());
+    for kv in v["set"].as_array().into_iter().flatten() {
+        let (Some(k), Some(val)) = (
+            kv.get(0).and_then(Value::as_str),
+            kv.get(1).and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        let pair = format!("{k}={val}");
+        if SEED_KEYS.contains(&k) {
+            seeds.push(pair);
+        } else {
+            set.push(pair);
+        }
+    }
     set.sort();
-    let mut seeds: Vec<String> = v["set"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|kv| {
-                    let k = kv.get(0)?.as_str()?;
-                    let val = kv.get(1)?.as_str()?;
-                    SEED_KEYS.contains(&k).then(|| format!("{k}={val}"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     seeds.sort();
     let seed = if seeds.is_empty() {
         "recipe".to_string()
