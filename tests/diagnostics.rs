@@ -629,6 +629,14 @@ batch_case!(
     |_| {}
 );
 batch_case!(
+    e0406_policy_reads_vpred,
+    "E0406",
+    "recipe r {\n    objective.loss = -logp * vpred\n    critic.loss = (vpred - 1) ^ 2\n}\n",
+    |b| {
+        b.insert("vpred", "f32", vec![2, 3], vec![0.5; 6]);
+    }
+);
+batch_case!(
     e0500_not_lowerable,
     "E0500",
     "recipe r {\n    objective.loss = logp * (if step > 1 then [1, 2] else [3, 4])[0]\n}\n",

@@ -96,6 +96,62 @@ fn verl_parity_on_randomized_batches() {
     assert_eq!(checked_files, 2 * 2 * PRESETS.len());
 }
 
+/// PPO's critic agrees with verl 0.9.1 on randomized batches (B=16, T=24,
+/// `vpred` partly outside the clip range; `tests/reference/verl_critic.py`):
+/// the value loss (`compute_value_loss` over the returns of
+/// `compute_gae_advantage_return`) to 1e-6 relative, d(value loss)/d(vpred)
+/// against torch autograd to 1e-5, the whitened advantages, the policy
+/// loss, `vf_clipfrac` and `vf_explained_var`; on the f64 interpreter and
+/// the f32 kernel plan. d_vpred also matches finite differences.
+#[test]
+fn ppo_critic_matches_verl_value_loss_and_gae_returns() {
+    let c = check_file(&preset_path("ppo"), &[]);
+    let idx = c.main_recipe(None).expect("a recipe");
+    for variant in ["binary", "real"] {
+        let b = golden_batch(&format!("ppo_critic__{variant}"));
+        assert!(b.has("expect.value_loss"), "missing fixture {variant}");
+        let one = |n: &str| tensor(&b, n)[0];
+        let wd = tensor(&b, "expect.d_vpred");
+        let wa = tensor(&b, "expect.advantages");
+        for backend in [Backend::Interp, Backend::Kernel { threads: 2 }] {
+            let r = run_loss_with(&c, idx, &b, "batch", backend).expect("runs");
+            let (rel, floor) = match backend {
+                Backend::Interp => (1e-6, 1e-9),
+                _ => (1e-5, 1e-5 * wd.iter().fold(0.0f64, |m, x| m.max(x.abs()))),
+            };
+            let vl = r.value_loss.expect("value_loss");
+            let want = one("expect.value_loss");
+            assert!(close(vl, want, rel, 1e-9), "{variant} {backend:?}: value loss {vl} vs verl {want}");
+            assert!(close(r.loss, one("expect.loss"), 1e-5, 1e-9), "{variant}: loss");
+            assert_eq!(r.d_vpred.len(), wd.len());
+            for (i, (x, y)) in r.d_vpred.iter().zip(&wd).enumerate() {
+                assert!(close(*x, *y, 1e-5, floor), "{variant} {backend:?}: d_vpred[{i}] = {x} vs autograd {y}");
+            }
+            let adv = r.advantages.clone().expect("advantages");
+            let fa = 1e-5 * wa.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            for (i, (x, y)) in adv.iter().zip(&wa).enumerate() {
+                assert!(close(*x, *y, 1e-5, fa), "{variant} {backend:?}: advantages[{i}] = {x} vs verl {y}");
+            }
+            let m = |n: &str| r.metrics.iter().find(|(k, _)| k == n).map(|(_, v)| *v).expect(n);
+            assert!(close(m("value_clipfrac"), one("expect.value_clipfrac"), 1e-6, 1e-9), "{variant}: clipfrac");
+            assert!(close(m("explained_variance"), one("expect.explained_variance"), 1e-5, 1e-7), "{variant}: explained variance");
+        }
+        let n = keel_tests::fd_check(&c, None, &b, "vpred", 120);
+        assert!(n >= 40, "{variant}: only {n} points checked");
+    }
+}
+
+/// Without `vpred` in the batch there is no critic output: the recipe's
+/// policy loss is what it was, and the critic's monitors are skipped.
+#[test]
+fn a_batch_without_vpred_has_no_value_loss() {
+    let c = check_file(&preset_path("ppo"), &[]);
+    let b = golden_batch("ppo__binary");
+    let r = loss_of(&c, &b);
+    assert!(r.value_loss.is_none() && r.d_vpred.is_empty());
+    assert!(r.skipped_metrics.contains(&"vpred_mean".to_string()), "{:?}", r.skipped_metrics);
+}
+
 #[test]
 fn derived_d_logp_matches_finite_differences_for_every_preset() {
     for p in PRESETS {

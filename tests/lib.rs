@@ -244,14 +244,14 @@ pub fn fd_check(
     };
     let inputs64 = prep.inputs_f64();
     let base = run(&inputs64, None);
-    let loss_id = g.output("loss").expect("loss");
-    let grad_id = g
-        .output(if wrt == "logits" {
-            "d_logits"
-        } else {
-            "d_logp"
-        })
-        .expect("gradient");
+    // `vpred` is differentiated through the critic's loss alone.
+    let (loss_name, grad_name) = match wrt {
+        "logits" => ("loss", "d_logits"),
+        "vpred" => ("value_loss", "d_vpred"),
+        _ => ("loss", "d_logp"),
+    };
+    let loss_id = g.output(loss_name).expect("loss");
+    let grad_id = g.output(grad_name).expect("gradient");
     let grad = &base[grad_id];
     let x = inputs64.get(wrt).expect("input").clone();
     let h = 1e-6;

@@ -16,7 +16,7 @@ pub struct Args {
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
-    /// Write d_logp, advantages (and d_logits) to this safetensors file.
+    /// Write d_logp, advantages (and d_logits, d_vpred) to this safetensors file.
     #[arg(long)]
     grad_out: Option<String>,
     /// Override a hyperparameter: `--set clip.eps_high=0.28` (repeatable).
@@ -187,6 +187,14 @@ fn write_gradients(result: &mut LossResult, path: &str) -> Result<(), String> {
     if let Some(adv) = &result.advantages {
         out.insert("advantages", "f32", vec![result.b, result.t], adv.clone());
     }
+    if result.value_loss.is_some() {
+        out.insert(
+            "d_vpred",
+            "f32",
+            vec![result.b, result.t],
+            result.d_vpred.clone(),
+        );
+    }
     if let (Some(d), Some(v)) = (result.d_logits.take(), result.v) {
         out.insert_values("d_logits", "f32", vec![result.b, result.t, v], d);
     }
@@ -204,13 +212,16 @@ fn print_json(result: &LossResult, recipe_name: &str, backend: &str) {
         .iter()
         .map(|(k, v)| (k.clone(), serde_json::json!(v)))
         .collect();
-    let out = serde_json::json!({
+    let mut out = serde_json::json!({
         "recipe": recipe_name,
         "loss": result.loss,
         "metrics": metrics,
         "skipped_metrics": result.skipped_metrics,
         "backend": backend,
     });
+    if let Some(v) = result.value_loss {
+        out["value_loss"] = serde_json::json!(v);
+    }
     println!("{out}");
 }
 
@@ -227,6 +238,9 @@ fn print_text(result: &LossResult, recipe_name: &str, backend: Option<Backend>, 
         }
     );
     println!("loss     {:.9}", result.loss);
+    if let Some(v) = result.value_loss {
+        println!("value    {v:.9} (the critic's loss)");
+    }
     for (k, v) in &result.metrics {
         println!("metric   {k:<16} {v:.9}");
     }

@@ -69,6 +69,11 @@ pub struct LossOutput {
     pub d_logits: Option<batch::Values>,
     /// The fused logits kernel's logp [B·T] (f32), on the fused path.
     pub logp: Option<Vec<f32>>,
+    /// The critic's reduced `critic.loss`, where the recipe has one and the
+    /// batch holds `vpred`.
+    pub value_loss: Option<f64>,
+    /// d(value_loss)/d(vpred) [B·T] (empty without a critic loss).
+    pub d_vpred: Vec<f64>,
     /// Every other output, by name.
     pub rest: Outputs,
 }
@@ -207,6 +212,7 @@ impl LossProgram {
             })
             .collect();
         let loss = first(&values, "loss").unwrap_or(f64::NAN);
+        let value_loss = first(&values, "value_loss");
         let mut take = |n: &str| values.remove(n).map(batch::Values::into_f64);
         Ok(LossOutput {
             loss,
@@ -222,6 +228,8 @@ impl LossProgram {
             advantages: take("advantages"),
             d_logits,
             logp: fwd.map(|f| f.logp),
+            value_loss,
+            d_vpred: take("d_vpred").unwrap_or_default(),
             rest: values,
         })
     }
@@ -240,6 +248,10 @@ pub struct LossResult {
     pub advantages: Option<Vec<f64>>,
     /// [B·T·V]: f32 from the fused logits kernel, f64 from a program.
     pub d_logits: Option<batch::Values>,
+    /// The critic's loss and its gradient w.r.t. `vpred` [B·T], where the
+    /// recipe has `critic.loss` and the batch holds `vpred`.
+    pub value_loss: Option<f64>,
+    pub d_vpred: Vec<f64>,
 }
 
 /// Which executor evaluates a loss program.
@@ -344,7 +356,11 @@ pub fn run_loss_on(
     let program = LossProgram::for_batch(checked, index, batch, fuse)?;
     let out = program.run(exec, batch, batch_name)?;
     let loss = out.loss;
-    if !loss.is_finite() || out.d_logp.iter().any(|x| !x.is_finite()) {
+    if !loss.is_finite()
+        || out.d_logp.iter().any(|x| !x.is_finite())
+        || out.value_loss.is_some_and(|x| !x.is_finite())
+        || out.d_vpred.iter().any(|x| !x.is_finite())
+    {
         let what = if loss.is_finite() {
             "its gradient"
         } else {
@@ -367,5 +383,7 @@ pub fn run_loss_on(
         d_logp: out.d_logp,
         advantages: out.advantages,
         d_logits: out.d_logits,
+        value_loss: out.value_loss,
+        d_vpred: out.d_vpred,
     })
 }

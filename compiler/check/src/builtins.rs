@@ -157,7 +157,9 @@ inputs! {
     "mask": Token Num false "1 for response tokens that count, 0 for padding";
     "step_reward": Token Num false "process reward, non-zero only at step ends";
     "step_end": Token Bool false "true at the last token of each reasoning step";
-    "values": Token Num false "critic values";
+    "values": Token Num false "the critic's value of each token at rollout time (the prediction GAE reads)";
+    "vpred": Token Num true "the critic's value of each token during the update (differentiable; read by `critic.loss`)";
+    "teacher_logp": Token Num false "log-prob of each sampled token under the frozen teacher";
     "advantages": Token Num false "given advantages, replacing the recipe's credit";
     "tokens": Token Int false "sampled token ids";
     "position": Token Int false "index of the token in its response, from 0";
@@ -901,6 +903,69 @@ pub const SECTIONS: &[SectionSchema] = &[
                 true,
                 None,
                 "extra token mask of the loss: tokens where it is 0 or false leave every reduction (numerator and count)",
+            ),
+        ],
+    },
+    SectionSchema {
+        name: "critic",
+        principal: Some("loss"),
+        closed: false,
+        level: L::Token,
+        doc: "the value model (PPO's critic): its per-token loss on `vpred` and its optimizer; a copy of the policy's trunk with a fresh scalar head",
+        keys: &[
+            key(
+                "loss",
+                K::Num,
+                L::Token,
+                R::None,
+                true,
+                None,
+                "the critic's per-token loss; its gradient w.r.t. `vpred` trains the critic",
+            ),
+            key(
+                "reduce",
+                K::Sym(REDUCTIONS),
+                L::Step,
+                R::None,
+                true,
+                Some("token_mean"),
+                "how per-token critic losses become one number",
+            ),
+            key(
+                "lr",
+                K::Num,
+                L::Step,
+                R::Above(0.0),
+                true,
+                Some("1e-5"),
+                "the critic's learning rate (verl `critic.optim.lr`)",
+            ),
+            key(
+                "weight_decay",
+                K::Num,
+                L::Step,
+                R::AtLeast(0.0),
+                true,
+                Some("0.01"),
+                "the critic's decoupled weight decay",
+            ),
+            key(
+                "grad_clip",
+                K::Num,
+                L::Step,
+                R::Above(0.0),
+                true,
+                Some("1.0"),
+                "the critic's global gradient-norm clip",
+            ),
+            key(
+                "warmup",
+                K::Int,
+                L::Step,
+                R::AtLeast(0.0),
+                true,
+                Some("0"),
+                "RL steps at the start during which only the critic trains (verl `trainer.critic_warmup`)",
             ),
         ],
     },

@@ -60,6 +60,7 @@ codes! {
     COMPOUND_OUTSIDE_GUARD = "E0403": "compound assignment outside a guard";
     BAD_WINDOW = "E0404": "malformed guard window";
     NO_LOSS = "E0405": "recipe defines no loss";
+    CRITIC_INPUT = "E0406": "the policy's loss reads the critic's prediction during the update";
     // Compiling and running the loss.
     NOT_LOWERABLE = "E0500": "value cannot be compiled";
     NOT_DIFFERENTIABLE = "E0501": "gradient cannot flow through an operation";

@@ -235,7 +235,9 @@ impl Graph {
     /// writes 4 bytes a token instead of 8.
     pub fn keep_training_outputs(&mut self) {
         self.outputs
-            .retain(|(n, _)| n == "loss" || n.starts_with("d_") || n.starts_with("metric."));
+            .retain(|(n, _)| {
+                n == "loss" || n == "value_loss" || n.starts_with("d_") || n.starts_with("metric.")
+            });
     }
 
     /// Nodes reachable from the outputs (a dead-code sweep for printing).
@@ -356,7 +358,7 @@ impl Builder {
             return self.add(Op::Const(v), Vec::new(), level, dtype);
         }
         let grad = match &op {
-            Op::Input(name) => name == "logp" || name == "logits",
+            Op::Input(name) => matches!(name.as_str(), "logp" | "logits" | "vpred"),
             Op::Const(_)
             | Op::Param { .. }
             | Op::PaddedLength

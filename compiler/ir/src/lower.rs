@@ -1139,6 +1139,59 @@ pub fn loss_program_with(
         };
         outputs.push(("d_entropy".to_string(), d));
     }
+    // The critic: `critic.loss` reduced by `critic.reduce`, differentiated
+    // w.r.t. `vpred` alone, where the batch holds `vpred`. The policy's
+    // loss must not read `vpred`: its gradient would reach no model.
+    if let Some((file, span)) = checked.inputs.get("vpred").copied()
+        && inputs_of(&lw.b.graph, total).iter().any(|n| n == "vpred")
+    {
+        lw.errors.push(
+            Diagnostic::error(
+                codes::CRITIC_INPUT,
+                "the policy's loss reads `vpred`, the critic's prediction during the update",
+                Label::new(file, span, "read here"),
+            )
+            .with_note("`vpred` is differentiated only through `critic.loss`; the policy's terms (reward, credit, objective, divergence, entropy) read `values`, the critic's prediction at rollout time")
+            .with_help("read `values` here, or move the term into `critic { loss = ... }`"),
+        );
+        return Err(fail(lw));
+    }
+    if merged
+        .section("critic")
+        .and_then(|s| s.entry("loss"))
+        .is_some()
+        && have.has("vpred")
+    {
+        let Ok(v) = lw.entry("critic", "loss") else {
+            return Err(fail(lw));
+        };
+        let cmode = match checked.value("critic", "reduce").map(|v| &v.info.ty) {
+            Some(builtins::Ty::Sym(s)) => s.clone(),
+            _ => "token_mean".to_string(),
+        };
+        let value_loss = lw.aggregate(v, &cmode, None, None);
+        let vpred = lw.input("vpred");
+        let d = match autodiff::gradients(&mut lw.b, value_loss, &[vpred]) {
+            Ok(g) => g.first().copied().flatten(),
+            Err(op) => {
+                lw.errors.push(
+                    Diagnostic::error(
+                        codes::NOT_DIFFERENTIABLE,
+                        format!("the gradient of the critic's loss would flow through {op}, which has no derivative"),
+                        Label::new(merged.file, merged.name_span, "in this recipe's critic loss"),
+                    )
+                    .with_help("wrap the argument in `stopgrad(...)`"),
+                );
+                return Err(fail(lw));
+            }
+        };
+        let d_vpred = match d {
+            Some(g) => lw.b.binary(Bin::Mul, g, mask),
+            None => lw.b.broadcast(zero, Level::Token),
+        };
+        outputs.push(("value_loss".to_string(), value_loss));
+        outputs.push(("d_vpred".to_string(), d_vpred));
+    }
     // Metrics.
     let mut skipped = Vec::new();
     if let Some(mon) = merged.section("monitor") {

@@ -240,6 +240,34 @@ impl Weights {
         }
     }
 
+    /// A critic's weights from a policy's: the same trunk (embedding,
+    /// blocks, final norm), no language-model head, and a fresh scalar
+    /// value head as transformers' `AutoModelForTokenClassification` makes
+    /// one (weight N(0, 0.02) drawn from `seed`, bias 0).
+    pub fn critic(&self, d_model: usize, seed: u64) -> Weights {
+        let mut w = Weights {
+            names: Vec::new(),
+            shapes: Vec::new(),
+            data: Vec::new(),
+        };
+        for ((n, s), d) in self.names.iter().zip(&self.shapes).zip(&self.data) {
+            if n != "head" {
+                w.names.push(n.clone());
+                w.shapes.push(*s);
+                w.data.push(d.clone());
+            }
+        }
+        let mut rng = Rng::new(seed.wrapping_add(0xC217_1C));
+        w.names.push(VALUE_HEAD.into());
+        w.shapes.push([d_model, 1]);
+        w.data
+            .push((0..d_model).map(|_| (rng.normal() * 0.02) as f32).collect());
+        w.names.push(VALUE_BIAS.into());
+        w.shapes.push([1, 1]);
+        w.data.push(vec![0.0]);
+        w
+    }
+
     pub fn to_tensors(&self, device: &Device) -> Vec<Tensor<2>> {
         self.data
             .iter()
@@ -350,8 +378,15 @@ struct Index {
     final_norm: usize,
     /// `None`: tied, the output layer is the embedding's transpose.
     head: Option<usize>,
+    /// A critic's scalar value head ([`VALUE_HEAD`], [`VALUE_BIAS`]).
+    value: Option<[usize; 2]>,
     layers: Vec<LayerIx>,
 }
+
+/// The weight of a critic's value head, [d_model, 1].
+pub const VALUE_HEAD: &str = "value_head";
+/// Its bias, [1, 1].
+pub const VALUE_BIAS: &str = "value_bias";
 
 #[derive(Clone, Debug, Default)]
 struct LayerIx {
@@ -402,6 +437,10 @@ impl Index {
             embed: get("embed"),
             final_norm: get("final_norm"),
             head: at("head"),
+            value: match (at(VALUE_HEAD), at(VALUE_BIAS)) {
+                (Some(w), Some(b)) => Some([w, b]),
+                _ => None,
+            },
             layers,
         }
     }
@@ -484,6 +523,15 @@ impl Transformer {
             .reshape([b * t, d])
             .matmul(head)
             .reshape([b, t, self.cfg.vocab])
+    }
+
+    /// The value head: hidden states [B, T, d] → one value per position
+    /// [B, T]; `None` for a model without one (only a critic has it).
+    pub fn value_head(&self, hidden: Tensor<3>) -> Option<Tensor<2>> {
+        let [w, bias] = self.ix.value?;
+        let [b, t, d] = hidden.dims();
+        let v = hidden.reshape([b * t, d]).matmul(self.p(w)) + self.p(bias);
+        Some(v.reshape([b, t]))
     }
 
     /// Run the prompt [B·P] and return the last position's logits [B, V] and the cache.
