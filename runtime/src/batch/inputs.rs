@@ -45,7 +45,8 @@ pub enum VocabStat {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum When {
     Always,
-    /// Only where the recipe reads it (the frozen reference exists then).
+    /// Only where the run has the role that fills it (the frozen reference,
+    /// the critic).
     Read,
     /// Only from rows that kept their logits (a recipe that reads the
     /// behaviour policy's distribution).
@@ -116,6 +117,10 @@ pub const INPUTS: &[Input] = &[
     ),
     input("entropy", Fill::Token(|r| &r.entropy), None, When::Always),
     input("ref_logp", Fill::Extra, Some("f32"), When::Read),
+    // The critic's: its value of each token at rollout time, and during the
+    // update its prediction with a graph (the update fills `vpred`).
+    input("values", Fill::Extra, Some("f32"), When::Read),
+    input("vpred", Fill::Extra, Some("f32"), When::Read),
     input(
         "tokens",
         Fill::Batch(|b| b.tokens().iter().map(|&x| x as f64).collect()),
@@ -206,8 +211,8 @@ pub const INPUTS: &[Input] = &[
 /// Everything else the language lists is a row of [`INPUTS`] or derived by
 /// the loss from them (`keel_compiler::lower::derivable`).
 pub const NOT_PRODUCED: &[&str] = &[
-    "values",
     "teacher_logits",
+    "teacher_logp",
     "advantages",
     "judge",
     "novelty",
@@ -226,9 +231,9 @@ pub fn input_named(name: &str) -> Option<&'static Input> {
 }
 
 /// Whether the loss batch carries `name` (what the loss is compiled
-/// against); `ref_logp` only where the recipe reads it (`reads`).
-pub fn provided(name: &str, reads: impl Fn(&str) -> bool) -> bool {
-    input_named(name).is_some_and(|i| i.loss.is_some() && (i.when != When::Read || reads(i.name)))
+/// against); a role's column only where the run has the role (`roles`).
+pub fn provided(name: &str, roles: impl Fn(&str) -> bool) -> bool {
+    input_named(name).is_some_and(|i| i.loss.is_some() && (i.when != When::Read || roles(i.name)))
 }
 
 /// Vocabulary-level tensors every loss batch holds ([B, T, V] f32 each):

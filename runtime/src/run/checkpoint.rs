@@ -38,6 +38,9 @@ pub struct TrainState {
     pub samples_lines: u64,
     /// Per difficulty bucket: (correct, attempts) — the curriculum's online pass rates.
     pub pass_counts: Vec<(u64, u64)>,
+    /// The critic's AdamW update count (absent from runs without one).
+    #[serde(default)]
+    pub critic_adam_t: u64,
 }
 
 pub fn bits(x: f64) -> u64 {
@@ -56,6 +59,13 @@ pub struct Checkpoint {
     pub v: Weights,
 }
 
+/// A role's weights and moments in a checkpoint (`critic.safetensors`):
+/// read back as (weights, m, v).
+pub type RoleState = (Weights, Weights, Weights);
+
+/// The critic's file in a checkpoint directory.
+pub const CRITIC_FILE: &str = "critic.safetensors";
+
 pub fn dir_name(step: u64) -> String {
     format!("step-{step:07}")
 }
@@ -67,6 +77,7 @@ pub fn save(
     root: &Path,
     state: &TrainState,
     (weights, m, v): (Params, Params, Params),
+    critic: Option<(Params, Params, Params)>,
     keep: usize,
 ) -> Result<PathBuf, Error> {
     fs::create_dir_all(root).map_err(|e| super::dir::io_error("create", root, e))?;
@@ -80,6 +91,11 @@ pub fn save(
     // twice its weights' size in zeros).
     if state.adam_t > 0 {
         write_weights_file(&tmp.join("optimizer.safetensors"), &[("m", m), ("v", v)]).coded()?;
+    }
+    // The critic: weights and moments in one file of its own (the policy's
+    // `weights.safetensors` becomes `final.safetensors`).
+    if let Some((w, m, v)) = critic {
+        write_weights_file(&tmp.join(CRITIC_FILE), &[("w", w), ("m", m), ("v", v)]).coded()?;
     }
     let json =
         serde_json::to_vec_pretty(state).map_err(|e| super::dir::io_error("encode", &tmp, e))?;
@@ -111,6 +127,18 @@ pub fn list(root: &Path) -> Vec<(u64, PathBuf)> {
         .collect();
     out.sort();
     out
+}
+
+/// The critic's weights and moments of the checkpoint in `dir`, read
+/// against `like` (its layout).
+pub fn load_critic(dir: &Path, like: &Weights) -> Result<RoleState, Error> {
+    let p = dir.join(CRITIC_FILE);
+    let bytes = fs::read(&p).map_err(|e| super::dir::io_error("read", &p, e))?;
+    Ok((
+        weights_from_bytes(&bytes, "w", like, &p).coded()?,
+        weights_from_bytes(&bytes, "m", like, &p).coded()?,
+        weights_from_bytes(&bytes, "v", like, &p).coded()?,
+    ))
 }
 
 pub fn load(dir: &Path, like: &Weights) -> Result<Checkpoint, Error> {
@@ -175,7 +203,7 @@ mod tests {
             ..w.clone()
         };
         let mut state = TrainState::default();
-        let dir = save(&root, &state, (w.view(), m.view(), v.view()), 3).expect("save");
+        let dir = save(&root, &state, (w.view(), m.view(), v.view()), None, 3).expect("save");
         assert!(dir.join("weights.safetensors").exists());
         assert!(!dir.join("optimizer.safetensors").exists());
         let ck = load(&dir, &w.layout()).expect("load");
@@ -185,9 +213,19 @@ mod tests {
         assert_eq!(ck.v.data, ck.m.data);
         state.step = 1;
         state.adam_t = 1;
-        let dir = save(&root, &state, (w.view(), m.view(), v.view()), 3).expect("save");
+        let dir = save(
+            &root,
+            &state,
+            (w.view(), m.view(), v.view()),
+            Some((v.view(), w.view(), m.view())),
+            3,
+        )
+        .expect("save");
         let ck = load(&dir, &w.layout()).expect("load");
-        assert_eq!((ck.m, ck.v, ck.state), (m, v, state));
+        assert_eq!((ck.m, ck.v.clone(), ck.state), (m.clone(), v.clone(), state));
+        // A critic's file holds its weights and moments under their own names.
+        let (cw, cm, cv) = load_critic(&dir, &w.layout()).expect("critic");
+        assert_eq!((cw, cm.data, cv.data), (v, w.data.clone(), m.data));
         let _ = fs::remove_dir_all(&root);
     }
 }

@@ -19,6 +19,7 @@ use keel_model::transformer::{ModelConfig, Transformer, Weights};
 use crate::batch::inputs::{VOCAB_INPUTS, vocab_columns_always};
 use crate::env::{self, Environment, TRAIN_STREAM};
 use crate::error::{Error, Result, codes};
+use crate::roles::critic::CriticConfig;
 use crate::rollout::Sampler;
 use crate::settings::Settings;
 
@@ -62,6 +63,8 @@ pub struct RunConfig {
     pub ck_keep: usize,
     pub adam: AdamWConfig,
     pub reads_ref: bool,
+    /// The critic's settings, where the recipe reads `values` or `vpred`.
+    pub critic: Option<CriticConfig>,
     /// The recipe reads the behaviour policy's distribution (`old_logits`,
     /// `mean_logp`, …): rollouts keep every sampled position's logits
     /// ([B, T, V]); otherwise they keep none.
@@ -71,6 +74,17 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// Whether the run has the role that produces `name` (a row of the
+    /// input table filled only where its role exists): `ref_logp` from the
+    /// reference, `values` and `vpred` from the critic.
+    pub fn produces(&self, name: &str) -> bool {
+        match name {
+            "ref_logp" => self.reads_ref,
+            "values" | "vpred" => self.critic.is_some(),
+            _ => false,
+        }
+    }
+
     /// The sampler over `model` at `temperature` and `max_tokens`, keeping
     /// each position's logits where `keep_logits`; the recipe's top-p, the
     /// tokenizer's EOS and ids, the environment's verifier.
@@ -288,6 +302,7 @@ pub fn step_memory(
     minibatches: usize,
     micro_batches: usize,
     reference: bool,
+    critic: bool,
 ) -> usize {
     let per_minibatch = samples.div_ceil(minibatches.max(1));
     let per_micro = per_minibatch.div_ceil(micro_batches.max(1));
@@ -298,9 +313,21 @@ pub fn step_memory(
             .saturating_mul(model.layers)
             .saturating_mul(16),
     );
+    // A critic: its weights, gradients and moments (16 bytes a parameter)
+    // and its trunk's graph of one micro-batch.
+    let critic_graph = if critic {
+        model.d_model.saturating_mul(model.layers).saturating_mul(16)
+    } else {
+        0
+    };
     model
         .parameters()
-        .saturating_mul(if reference { 20 } else { 16 })
+        .saturating_mul(16 + if reference { 4 } else { 0 } + if critic { 16 } else { 0 })
+        .saturating_add(
+            per_micro
+                .saturating_mul(model.context)
+                .saturating_mul(critic_graph),
+        )
         .saturating_add(
             per_minibatch
                 .saturating_mul(model.context)
@@ -315,7 +342,12 @@ pub fn step_memory(
 
 /// An absurd rollout or model is refused before the run, not killed
 /// mid-step.
-fn check_step_memory(s: &Settings, model: &ModelConfig, reference: bool) -> Result<()> {
+fn check_step_memory(
+    s: &Settings,
+    model: &ModelConfig,
+    reference: bool,
+    critic: bool,
+) -> Result<()> {
     let need = step_memory(
         model,
         s.int("rollout", "prompts")
@@ -324,6 +356,7 @@ fn check_step_memory(s: &Settings, model: &ModelConfig, reference: bool) -> Resu
         s.int("rollout", "minibatches").max(1),
         s.int("rollout", "micro_batches").max(1),
         reference,
+        critic,
     );
     keel_compiler::check_memory(
         "the model and one training step",
@@ -335,6 +368,40 @@ fn check_step_memory(s: &Settings, model: &ModelConfig, reference: bool) -> Resu
         let diagnostics = s.located("rollout", "prompts", &e);
         e.with_diagnostics(diagnostics)
     })
+}
+
+/// The critic's settings where the recipe reads `values` or `vpred`; a
+/// recipe that reads them without a `critic.loss` is refused (E0706): its
+/// critic would never learn.
+fn critic_config(
+    s: &Settings,
+    recipe: &keel_compiler::CheckedRecipe,
+) -> Result<Option<CriticConfig>> {
+    let read = ["values", "vpred"]
+        .into_iter()
+        .find_map(|n| recipe.inputs.get(n).map(|at| (n, *at)));
+    let Some((name, (file, span))) = read else {
+        return Ok(None);
+    };
+    if recipe.value("critic", "loss").is_none() {
+        let message = format!(
+            "the recipe reads `{name}` but has no `critic.loss`: its critic would never learn"
+        );
+        let help = "add `critic { loss = ... }` (std/ppo's `clipped_value_loss` is verl's), or extend std/ppo";
+        let d = keel_compiler::Diagnostic::error(
+            keel_compiler::codes::RUNTIME_INPUT,
+            message.clone(),
+            keel_compiler::Label::new(file, span, "read here"),
+        )
+        .with_help(help);
+        return Err(Error::new(codes::LOSS_PROGRAM, message, help).with_diagnostics(vec![d]));
+    }
+    Ok(Some(CriticConfig {
+        lr: s.num("critic", "lr"),
+        grad_clip: s.num("critic", "grad_clip"),
+        weight_decay: s.num("critic", "weight_decay"),
+        warmup: s.int("critic", "warmup") as u64,
+    }))
 }
 
 /// Read recipe `index`'s settings, open its model and environment, and
@@ -368,7 +435,8 @@ pub fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
     check_context(&s, env.as_ref(), &tok, model.context)?;
     let reads_ref = recipe.inputs.contains_key("ref_logp");
     let reads_source = recipe.inputs.contains_key("source");
-    check_step_memory(&s, &model, reads_ref || reads_source)?;
+    let critic = critic_config(&s, recipe)?;
+    check_step_memory(&s, &model, reads_ref || reads_source, critic.is_some())?;
     let (pretrained_weights, pretrained) = match pretrained {
         Some((w, m)) => (Some(w), Some(m)),
         None => (None, None),
@@ -415,6 +483,7 @@ pub fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
             weight_decay: s.num("optimizer", "weight_decay"),
         },
         reads_ref,
+        critic,
         reads_old_logits: VOCAB_INPUTS.iter().any(|n| recipe.inputs.contains_key(*n)),
         reads_source,
     })
@@ -439,12 +508,12 @@ mod tests {
         qwen.tied = true;
         let params = qwen.parameters();
         assert!((params as f64 - 494.0e6).abs() < 0.5e6, "{params}");
-        let gb = |m: usize, k: usize| step_memory(&qwen, 64, m, k, true) as f64 / 1e9;
+        let gb = |m: usize, k: usize| step_memory(&qwen, 64, m, k, true, false) as f64 / 1e9;
         assert!(gb(1, 1) > 60.0, "{}", gb(1, 1));
         assert!(gb(4, 1) > 22.0, "{}", gb(4, 1));
         assert!((gb(4, 4) - 17.09).abs() < 0.05, "{}", gb(4, 4));
         // No reference: 4 bytes a parameter fewer.
-        let without = step_memory(&qwen, 64, 4, 4, false) as f64 / 1e9;
+        let without = step_memory(&qwen, 64, 4, 4, false, false) as f64 / 1e9;
         assert!((gb(4, 4) - without - 4.0 * params as f64 / 1e9).abs() < 1e-6);
     }
 

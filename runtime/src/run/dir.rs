@@ -44,6 +44,9 @@ pub mod metric {
     pub const GRAD_NORM: &str = "grad_norm";
     pub const CLIP_FRAC: &str = "clip_frac";
     pub const Z_LOSS: &str = "z_loss";
+    /// The critic's loss (`critic.loss` reduced) and its gradient's norm.
+    pub const VALUE_LOSS: &str = "value_loss";
+    pub const CRITIC_GRAD_NORM: &str = "critic_grad_norm";
     pub const SKIPPED: &str = "skipped";
     pub const ROLLED_BACK_TO: &str = "rolled_back_to";
     pub const SAMPLES: &str = "samples";

@@ -40,6 +40,7 @@ use self::host::HostProgram;
 use self::update::{CpuLoss, LossStep, UpdatePlan};
 use crate::batch::{Rollouts, StepInputs};
 use crate::error::{Coded, Error, Result, codes};
+use crate::roles::critic::Critic;
 use crate::roles::reference::Reference;
 
 /// Where and how to run.
@@ -167,6 +168,8 @@ struct Trainer<'a> {
     reference: Option<Reference>,
     /// Correct responses of the initial policy, when the recipe reads `source`.
     rehearsal: Option<Rollouts>,
+    /// The value model, where the recipe reads `values` or `vpred`.
+    critic: Option<Critic>,
     policy: Transformer,
     opt: AdamW,
     st: TrainState,
@@ -193,7 +196,7 @@ impl<'a> Trainer<'a> {
         let mut setup = config::run_config(checked, index)?;
         let pretrained = setup.pretrained_weights.take();
         let mut loss: Box<dyn LossStep> =
-            Box::new(CpuLoss::compile(checked, index, setup.reads_ref)?);
+            Box::new(CpuLoss::compile(checked, index, &|n| setup.produces(n))?);
         let v = setup.model.vocab;
         let tok = &setup.tok;
         loss.accepts(
@@ -232,7 +235,19 @@ impl<'a> Trainer<'a> {
             (Some(r), true) => Some(rehearsal_pool(&setup, r, opts)),
             _ => None,
         };
-        let (policy, opt, st) = restore(&setup, opts, &dir, &init, &base_params, policy)?;
+        // The critic starts from the policy's trunk after the warm start.
+        let critic = setup.critic.map(|cfg| {
+            Critic::new(
+                &setup.model,
+                &policy.weights(),
+                cfg,
+                setup.adam,
+                setup.seed,
+                &opts.device,
+            )
+        });
+        let (policy, opt, st, critic) =
+            restore(&setup, opts, &dir, &init, &base_params, policy, critic)?;
         let metrics_file = append(&dir.metrics())?;
         let samples_file = match opts.log_samples {
             0 => None,
@@ -253,6 +268,7 @@ impl<'a> Trainer<'a> {
             init,
             reference,
             rehearsal,
+            critic,
             policy,
             opt,
             st,
@@ -266,6 +282,14 @@ impl<'a> Trainer<'a> {
 
     fn save(&self) -> Result<PathBuf> {
         let p = &self.policy;
+        let critic = self.critic.as_ref().map(|c| {
+            let m = &c.model;
+            (
+                m.view(),
+                Params::live(&m.names, &m.shapes, &c.opt.m),
+                Params::live(&m.names, &m.shapes, &c.opt.v),
+            )
+        });
         checkpoint::save(
             &self.dir.checkpoints(),
             &self.st,
@@ -274,6 +298,7 @@ impl<'a> Trainer<'a> {
                 Params::live(&p.names, &p.shapes, &self.opt.m),
                 Params::live(&p.names, &p.shapes, &self.opt.v),
             ),
+            critic,
             self.setup.ck_keep,
         )
     }
@@ -418,6 +443,7 @@ impl<'a> Trainer<'a> {
         );
         self.write_line(&line)?;
         self.st.adam_t = self.opt.t;
+        self.st.critic_adam_t = self.critic.as_ref().map_or(0, |c| c.opt.t);
         self.report_progress(bar, step, last, &line);
         if step.is_multiple_of(self.setup.ck_every) || last {
             self.save()?;
@@ -546,6 +572,9 @@ impl<'a> Trainer<'a> {
         {
             reference.fill(&mut batch, k.temperature);
         }
+        if let Some(critic) = &self.critic {
+            critic.fill(&mut batch);
+        }
         Ok(batch)
     }
 
@@ -630,6 +659,9 @@ impl<'a> Trainer<'a> {
         {
             reference.fill(&mut r, temperature);
         }
+        if let Some(critic) = &self.critic {
+            critic.fill(&mut r);
+        }
         batch.extend(r);
     }
 
@@ -654,10 +686,16 @@ impl<'a> Trainer<'a> {
             micro_batches: setup.micro_batches,
             z_loss: setup.z_loss,
             eps: (param("clip.eps_low"), param("clip.eps_high")),
+            // `critic.warmup`: the first steps train the critic alone.
+            actor: self
+                .critic
+                .as_ref()
+                .is_none_or(|c| step_in.step as u64 > c.cfg.warmup),
         };
         let mut out = update::update(
             &mut self.policy,
             &mut self.opt,
+            self.critic.as_mut(),
             self.loss.as_mut(),
             batch,
             &plan,
@@ -692,6 +730,15 @@ impl<'a> Trainer<'a> {
                 Transformer::new(self.setup.model.clone(), &ck.weights, &self.opts.device);
             self.opt
                 .load(&ck.m, &ck.v, ck.state.adam_t, &self.opts.device);
+            if let Some(c) = self.critic.take() {
+                self.critic = Some(restore_critic(
+                    &self.setup,
+                    &dir,
+                    c,
+                    ck.state.critic_adam_t,
+                    &self.opts.device,
+                )?);
+            }
             self.st.host_state = ck.state.host_state;
             self.st.guard_run.clear();
             log.events
@@ -702,9 +749,27 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// The policy, its optimizer and the training state: from the newest
-/// checkpoint (`--resume`, `metrics.jsonl` cut back to it), or fresh (the
-/// run directory's old metrics and checkpoints removed).
+/// The critic `c` as the checkpoint in `dir` holds it (weights, moments,
+/// and its update count `t`).
+fn restore_critic(
+    setup: &RunConfig,
+    dir: &std::path::Path,
+    c: Critic,
+    t: u64,
+    device: &Device,
+) -> Result<Critic> {
+    let (w, m, v) = checkpoint::load_critic(dir, &c.layout())?;
+    let mut c = Critic::from_weights(&setup.model, &w, c.cfg, c.opt.cfg, device);
+    c.opt.load(&m, &v, t, device);
+    Ok(c)
+}
+
+/// The state a run starts a step from.
+type Restored = (Transformer, AdamW, TrainState, Option<Critic>);
+
+/// The policy, its optimizer, the training state and the critic: from the
+/// newest checkpoint (`--resume`, `metrics.jsonl` cut back to it), or fresh
+/// (the run directory's old metrics and checkpoints removed).
 fn restore(
     setup: &RunConfig,
     opts: &RunOptions,
@@ -712,7 +777,8 @@ fn restore(
     init: &Weights,
     base_params: &HashMap<String, f64>,
     policy: Transformer,
-) -> Result<(Transformer, AdamW, TrainState)> {
+    critic: Option<Critic>,
+) -> Result<Restored> {
     let mut opt = AdamW::new(setup.adam, &policy.params, &opts.device);
     let mut st = TrainState {
         rng: Rng::new(setup.seed ^ 0xA11CE).0,
@@ -729,7 +795,7 @@ fn restore(
         let _ = fs::remove_file(&metrics_path);
         let _ = fs::remove_file(dir.samples());
         let _ = fs::remove_dir_all(dir.checkpoints());
-        return Ok((policy, opt, st));
+        return Ok((policy, opt, st, critic));
     }
     let Some((_, ck_dir)) = checkpoint::list(&dir.checkpoints()).pop() else {
         return Err(Error::new(
@@ -742,6 +808,16 @@ fn restore(
     let ck = checkpoint::load(&ck_dir, init)?;
     let policy = Transformer::new(setup.model.clone(), &ck.weights, &opts.device);
     opt.load(&ck.m, &ck.v, ck.state.adam_t, &opts.device);
+    let critic = match critic {
+        Some(c) => Some(restore_critic(
+            setup,
+            &ck_dir,
+            c,
+            ck.state.critic_adam_t,
+            &opts.device,
+        )?),
+        None => None,
+    };
     st = ck.state;
     dir::truncate_lines(&metrics_path, st.metrics_lines)?;
     if dir.samples().exists() {
@@ -751,7 +827,7 @@ fn restore(
         opts,
         &format!("resuming {} at step {}", opts.out.display(), st.step),
     );
-    Ok((policy, opt, st))
+    Ok((policy, opt, st, critic))
 }
 
 /// The batch's metrics before the update: rewards, correctness, format,

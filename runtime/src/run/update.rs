@@ -19,6 +19,7 @@ use super::host::set_params;
 use crate::batch::inputs::provided;
 use crate::batch::{Rollouts, StepInputs};
 use crate::error::{Error, Result, codes};
+use crate::roles::critic::Critic;
 use crate::roles::response_logits;
 
 /// What the loss of one minibatch gives the update.
@@ -29,6 +30,10 @@ pub struct LossOut {
     /// The current policy's log-prob of each response token [B·T].
     pub logp: Vec<f32>,
     pub metrics: Vec<(String, f64)>,
+    /// The critic's loss and d(value loss)/d(vpred) [B·T], where the
+    /// recipe has a critic and the rows carry `vpred`.
+    pub value_loss: Option<f64>,
+    pub d_vpred: Vec<f32>,
 }
 
 /// The seam between the training loop and an executor of the recipe's
@@ -55,7 +60,13 @@ pub struct CpuLoss {
 }
 
 impl CpuLoss {
-    pub fn compile(checked: &Checked, index: usize, has_ref: bool) -> Result<CpuLoss> {
+    /// The loss of recipe `index` for the runtime's batch; `roles` says
+    /// which roles' columns the run fills (`RunConfig::produces`).
+    pub fn compile(
+        checked: &Checked,
+        index: usize,
+        roles: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<CpuLoss> {
         let recipe = checked.recipes.get(index).ok_or_else(|| {
             Error::new(
                 codes::LOSS_PROGRAM,
@@ -66,7 +77,7 @@ impl CpuLoss {
         // The runtime's batch: the tempered logits and what the input
         // table provides. A recipe that reads the distribution only
         // through `logp` and `entropy` takes the fused logits kernel.
-        let has = |n: &str| provided(n, |_| has_ref);
+        let has = |n: &str| provided(n, roles);
         let path = LogitsPath::of(recipe, &has);
         let mut program = LossProgram::compile(checked, index, path, &has).map_err(|d| {
             diag_error(
@@ -143,6 +154,8 @@ impl LossStep for CpuLoss {
             d_logits,
             logp,
             metrics: out.metrics.into_iter().collect(),
+            value_loss: out.value_loss,
+            d_vpred: out.d_vpred.iter().map(|&x| x as f32).collect(),
         })
     }
 
@@ -194,6 +207,9 @@ pub struct UpdatePlan {
     /// The clip bounds (`clip.eps_low`, `clip.eps_high`) the clip
     /// fraction counts against.
     pub eps: (f64, f64),
+    /// Whether the policy takes its step (false during `critic.warmup`:
+    /// only the critic trains).
+    pub actor: bool,
 }
 
 /// What the update logs.
@@ -203,6 +219,8 @@ pub struct UpdateLog {
     norms: Vec<f64>,
     clip_fracs: Vec<f64>,
     z_losses: Vec<f64>,
+    value_losses: Vec<f64>,
+    critic_norms: Vec<f64>,
     monitors: BTreeMap<String, Vec<f64>>,
     /// Why the step was skipped (a non-finite loss, gradient or norm).
     pub skipped: Option<String>,
@@ -226,18 +244,27 @@ impl UpdateLog {
                 line.insert(metric::Z_LOSS.into(), json_num(mean(&self.z_losses)));
             }
         }
+        if !self.value_losses.is_empty() {
+            line.insert(metric::VALUE_LOSS.into(), json_num(mean(&self.value_losses)));
+            line.insert(
+                metric::CRITIC_GRAD_NORM.into(),
+                json_num(mean(&self.critic_norms)),
+            );
+        }
         for (k, v) in self.monitors {
             line.insert(format!("{}{k}", metric::MONITOR), json_num(mean(&v)));
         }
     }
 }
 
-/// The update of `policy` on `batch`: every epoch's minibatches, each one
-/// clipped AdamW step. Stops at the first non-finite loss, gradient or
-/// norm (`UpdateLog::skipped`).
+/// The update of `policy` (and the critic, where the run has one) on
+/// `batch`: every epoch's minibatches, each one clipped AdamW step of each
+/// model. Stops at the first non-finite loss, gradient or norm
+/// (`UpdateLog::skipped`).
 pub fn update(
     policy: &mut Transformer,
     opt: &mut AdamW,
+    mut critic: Option<&mut Critic>,
     loss: &mut dyn LossStep,
     batch: &Rollouts,
     plan: &UpdatePlan,
@@ -258,7 +285,12 @@ pub fn update(
                 epoch: epoch as f64,
                 ..step_in
             };
-            if let Some(why) = minibatch(policy, opt, loss, &part, plan, si, &mut log)? {
+            let models = Models {
+                policy: &mut *policy,
+                opt: &mut *opt,
+                critic: critic.as_deref_mut(),
+            };
+            if let Some(why) = minibatch(models, loss, &part, plan, si, &mut log)? {
                 log.skipped = Some(why);
                 break 'epochs;
             }
@@ -268,24 +300,51 @@ pub fn update(
     Ok(log)
 }
 
+/// The models one minibatch trains.
+struct Models<'a> {
+    policy: &'a mut Transformer,
+    opt: &'a mut AdamW,
+    critic: Option<&'a mut Critic>,
+}
+
 /// One minibatch's step. Gradient accumulation (`rollout.micro_batches`):
 /// the logits of every micro-batch without a graph, the loss and its
 /// gradient on the whole minibatch (exactly as unsplit), then each
 /// micro-batch's forward again with a graph and its share of the
-/// gradient, summed into one step. Returns why the step was skipped, if
-/// it was.
+/// gradient, summed into one step. A critic predicts `vpred` for the whole
+/// minibatch with a graph and takes its own step from `d_vpred` (the two
+/// models share no weights, so their steps commute). Returns why the step
+/// was skipped, if it was.
 fn minibatch(
-    policy: &mut Transformer,
-    opt: &mut AdamW,
+    models: Models,
     loss: &mut dyn LossStep,
     part: &Rollouts,
     plan: &UpdatePlan,
     si: StepInputs,
     log: &mut UpdateLog,
 ) -> Result<Option<String>> {
+    let Models {
+        policy,
+        opt,
+        mut critic,
+    } = models;
     let chunks = micro_chunks(part.len(), plan.micro_batches);
     let (b, t, v) = (part.len(), part.t(), policy.cfg.vocab);
     let (zf, kept) = logits_of(policy, part, &chunks, plan.temperature);
+    let mut with_vpred;
+    let (part, vpred) = match critic.as_deref_mut() {
+        Some(c) => {
+            let (vp, flat) = c.predict(part);
+            with_vpred = part.clone();
+            for (i, row) in with_vpred.rows.iter_mut().enumerate() {
+                let n = row.response.len();
+                let vals = flat[i * t..i * t + n].iter().map(|&x| x as f64).collect();
+                row.extra.insert("vpred", vals);
+            }
+            (&with_vpred, Some(vp))
+        }
+        None => (part, None),
+    };
     let out = loss.loss(part, zf, si)?;
     let l = out.loss;
     log.clip_fracs
@@ -294,10 +353,32 @@ fn minibatch(
         log.monitors.entry(name).or_default().push(x);
     }
     let d_logits = out.d_logits;
-    if !l.is_finite() || d_logits.len() != b * t * v || d_logits.iter().any(|x| !x.is_finite()) {
+    let critic_bad = vpred.is_some()
+        && (out.value_loss.is_none_or(|x| !x.is_finite())
+            || out.d_vpred.len() != b * t
+            || out.d_vpred.iter().any(|x| !x.is_finite()));
+    if !l.is_finite()
+        || d_logits.len() != b * t * v
+        || d_logits.iter().any(|x| !x.is_finite())
+        || critic_bad
+    {
+        if let Some(c) = critic {
+            c.detach();
+        }
         return Ok(Some(format!(
-            "non-finite loss or gradient (loss = {l}); step skipped"
+            "non-finite loss or gradient (loss = {l}, value loss = {:?}); step skipped",
+            out.value_loss
         )));
+    }
+    if let (Some(c), Some(vp)) = (critic, vpred) {
+        let Some(norm) = c.step(vp, &out.d_vpred, c.cfg.lr) else {
+            return Ok(Some("non-finite critic gradient norm; step skipped".into()));
+        };
+        log.value_losses.push(out.value_loss.unwrap_or(f64::NAN));
+        log.critic_norms.push(norm);
+    }
+    if !plan.actor {
+        return Ok(None);
     }
     let (grads, zl_sum) = accumulate(policy, part, &chunks, kept, &d_logits, plan);
     if plan.z_loss > 0.0 {
