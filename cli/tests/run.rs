@@ -67,8 +67,50 @@ fn metrics(run: &Path) -> Vec<Value> {
 /// metrics (all but wall-clock times) and the final weights are bitwise equal.
 #[test]
 fn resume_after_sigkill_is_bitwise_identical() {
-    let d = dir("resume");
-    std::fs::write(d.join("small.recipe"), SMALL).expect("write");
+    resume_is_bitwise("resume", SMALL);
+}
+
+/// PPO's small form: the critic (two steps of critic warm-up, two
+/// minibatches) and the policy.
+const SMALL_PPO: &str = r#"import std/ppo
+
+recipe small extends ppo {
+    model { d_model = 32, layers = 1, heads = 2, context = 64 }
+    task { name = arithmetic, seed = 3, difficulty = 0.5, warmup_steps = 30, warmup_lr = 3e-3 }
+    rollout { prompts = 8, group = 1, max_tokens = 16, minibatches = 2 }
+    optimizer { lr = 1e-3, steps = 12 }
+    critic { lr = 1e-3, warmup = 2 }
+    checkpoint { every = 3, keep = 3 }
+    eval { every = 4, problems = 8, k = 2 }
+}
+"#;
+
+/// The same for a PPO run: the critic's weights and moments are saved and
+/// restored, so the metrics (value loss included), the final policy and the
+/// critic's last checkpoint are bitwise equal; during `critic.warmup` only
+/// the critic trains.
+#[test]
+fn ppo_resume_after_sigkill_is_bitwise_identical_critic_included() {
+    let d = resume_is_bitwise("resume-ppo", SMALL_PPO);
+    let m = metrics(&d.join("full"));
+    for (k, l) in m.iter().enumerate().skip(1) {
+        assert!(l["value_loss"].as_f64().is_some_and(f64::is_finite), "{l}");
+        assert!(l["critic_grad_norm"].as_f64().is_some_and(f64::is_finite), "{l}");
+        assert!(l["monitor.explained_variance"].as_f64().is_some(), "{l}");
+        assert_eq!(l.get("loss").is_some(), k > 2, "critic warm-up: {l}");
+    }
+    let critic = |run: &str| {
+        std::fs::read(d.join(run).join("checkpoints/step-0000012/critic.safetensors"))
+            .expect("critic checkpoint")
+    };
+    assert!(critic("full") == critic("killed"), "the critic differs after resume");
+}
+
+/// Run `recipe` 12 steps into `full`; run it again into `killed`, SIGKILL
+/// it after step 6 and resume to 12: metrics and final weights are equal.
+fn resume_is_bitwise(name: &str, recipe: &str) -> PathBuf {
+    let d = dir(name);
+    std::fs::write(d.join("small.recipe"), recipe).expect("write");
     let full = keel(&d, &["run", "-q", "small.recipe", "--out", "full"]);
     assert!(full.status.success(), "{}", text(&full.stderr));
     let m_full = metrics(&d.join("full"));
@@ -121,6 +163,7 @@ fn resume_after_sigkill_is_bitwise_identical() {
         .expect("dir")
         .count();
     assert_eq!(cks, 3);
+    d
 }
 
 /// An absurd learning rate drives the policy away from the reference (KL
@@ -523,7 +566,7 @@ fn every_stdlib_recipe_runs_or_names_the_missing_input() {
     );
     for must in [
         "grpo", "dapo", "dr_grpo", "gspo", "rloo", "pure", "siren", "rover", "lp_reg", "cure",
-        "bapo", "dph_rl",
+        "bapo", "dph_rl", "ppo", "epo", "epo_smooth",
     ] {
         assert!(ran.iter().any(|r| r == must), "{must} did not run");
     }
