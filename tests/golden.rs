@@ -121,20 +121,54 @@ fn ppo_critic_matches_verl_value_loss_and_gae_returns() {
             };
             let vl = r.value_loss.expect("value_loss");
             let want = one("expect.value_loss");
-            assert!(close(vl, want, rel, 1e-9), "{variant} {backend:?}: value loss {vl} vs verl {want}");
-            assert!(close(r.loss, one("expect.loss"), 1e-5, 1e-9), "{variant}: loss");
+            assert!(
+                close(vl, want, rel, 1e-9),
+                "{variant} {backend:?}: value loss {vl} vs verl {want}"
+            );
+            assert!(
+                close(r.loss, one("expect.loss"), 1e-5, 1e-9),
+                "{variant}: loss"
+            );
             assert_eq!(r.d_vpred.len(), wd.len());
             for (i, (x, y)) in r.d_vpred.iter().zip(&wd).enumerate() {
-                assert!(close(*x, *y, 1e-5, floor), "{variant} {backend:?}: d_vpred[{i}] = {x} vs autograd {y}");
+                assert!(
+                    close(*x, *y, 1e-5, floor),
+                    "{variant} {backend:?}: d_vpred[{i}] = {x} vs autograd {y}"
+                );
             }
             let adv = r.advantages.clone().expect("advantages");
             let fa = 1e-5 * wa.iter().fold(0.0f64, |m, x| m.max(x.abs()));
             for (i, (x, y)) in adv.iter().zip(&wa).enumerate() {
-                assert!(close(*x, *y, 1e-5, fa), "{variant} {backend:?}: advantages[{i}] = {x} vs verl {y}");
+                assert!(
+                    close(*x, *y, 1e-5, fa),
+                    "{variant} {backend:?}: advantages[{i}] = {x} vs verl {y}"
+                );
             }
-            let m = |n: &str| r.metrics.iter().find(|(k, _)| k == n).map(|(_, v)| *v).expect(n);
-            assert!(close(m("value_clipfrac"), one("expect.value_clipfrac"), 1e-6, 1e-9), "{variant}: clipfrac");
-            assert!(close(m("explained_variance"), one("expect.explained_variance"), 1e-5, 1e-7), "{variant}: explained variance");
+            let m = |n: &str| {
+                r.metrics
+                    .iter()
+                    .find(|(k, _)| k == n)
+                    .map(|(_, v)| *v)
+                    .expect(n)
+            };
+            assert!(
+                close(
+                    m("value_clipfrac"),
+                    one("expect.value_clipfrac"),
+                    1e-6,
+                    1e-9
+                ),
+                "{variant}: clipfrac"
+            );
+            assert!(
+                close(
+                    m("explained_variance"),
+                    one("expect.explained_variance"),
+                    1e-5,
+                    1e-7
+                ),
+                "{variant}: explained variance"
+            );
         }
         let n = keel_tests::fd_check(&c, None, &b, "vpred", 120);
         assert!(n >= 40, "{variant}: only {n} points checked");
@@ -154,7 +188,10 @@ fn gkd_matches_trl_generalized_jsd_for_each_beta() {
         let temperature = tensor(&b, "expect.temperature")[0].to_string();
         let c = check_file(
             &preset_path("gkd"),
-            &[("objective.beta", &beta), ("objective.temperature", &temperature)],
+            &[
+                ("objective.beta", &beta),
+                ("objective.temperature", &temperature),
+            ],
         );
         assert!(!c.has_errors(), "{}", keel_tests::render(&c));
         let idx = c.main_recipe(None).expect("a recipe");
@@ -166,11 +203,18 @@ fn gkd_matches_trl_generalized_jsd_for_each_beta() {
                 Backend::Interp => (1e-9, 1e-12),
                 _ => (1e-5, 1e-5 * wd.iter().fold(0.0f64, |m, x| m.max(x.abs()))),
             };
-            assert!(close(r.loss, want, rel, 1e-12), "beta {beta} {backend:?}: {} vs TRL {want}", r.loss);
+            assert!(
+                close(r.loss, want, rel, 1e-12),
+                "beta {beta} {backend:?}: {} vs TRL {want}",
+                r.loss
+            );
             let d = r.d_logits.clone().expect("d_logits").to_f64();
             assert_eq!(d.len(), wd.len());
             for (i, (x, y)) in d.iter().zip(&wd).enumerate() {
-                assert!(close(*x, *y, 1e-5, floor.max(1e-12)), "beta {beta} {backend:?}: d_logits[{i}] = {x} vs autograd {y}");
+                assert!(
+                    close(*x, *y, 1e-5, floor.max(1e-12)),
+                    "beta {beta} {backend:?}: d_logits[{i}] = {x} vs autograd {y}"
+                );
             }
         }
     }
@@ -184,7 +228,11 @@ fn a_batch_without_vpred_has_no_value_loss() {
     let b = golden_batch("ppo__binary");
     let r = loss_of(&c, &b);
     assert!(r.value_loss.is_none() && r.d_vpred.is_empty());
-    assert!(r.skipped_metrics.contains(&"vpred_mean".to_string()), "{:?}", r.skipped_metrics);
+    assert!(
+        r.skipped_metrics.contains(&"vpred_mean".to_string()),
+        "{:?}",
+        r.skipped_metrics
+    );
 }
 
 #[test]

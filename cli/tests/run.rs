@@ -95,15 +95,24 @@ fn ppo_resume_after_sigkill_is_bitwise_identical_critic_included() {
     let m = metrics(&d.join("full"));
     for (k, l) in m.iter().enumerate().skip(1) {
         assert!(l["value_loss"].as_f64().is_some_and(f64::is_finite), "{l}");
-        assert!(l["critic_grad_norm"].as_f64().is_some_and(f64::is_finite), "{l}");
+        assert!(
+            l["critic_grad_norm"].as_f64().is_some_and(f64::is_finite),
+            "{l}"
+        );
         assert!(l["monitor.explained_variance"].as_f64().is_some(), "{l}");
         assert_eq!(l.get("loss").is_some(), k > 2, "critic warm-up: {l}");
     }
     let critic = |run: &str| {
-        std::fs::read(d.join(run).join("checkpoints/step-0000012/critic.safetensors"))
-            .expect("critic checkpoint")
+        std::fs::read(
+            d.join(run)
+                .join("checkpoints/step-0000012/critic.safetensors"),
+        )
+        .expect("critic checkpoint")
     };
-    assert!(critic("full") == critic("killed"), "the critic differs after resume");
+    assert!(
+        critic("full") == critic("killed"),
+        "the critic differs after resume"
+    );
 }
 
 /// Run `recipe` 12 steps into `full`; run it again into `killed`, SIGKILL
@@ -565,8 +574,21 @@ fn every_stdlib_recipe_runs_or_names_the_missing_input() {
         ran.len()
     );
     for must in [
-        "grpo", "dapo", "dr_grpo", "gspo", "rloo", "pure", "siren", "rover", "lp_reg", "cure",
-        "bapo", "dph_rl", "ppo", "epo", "epo_smooth",
+        "grpo",
+        "dapo",
+        "dr_grpo",
+        "gspo",
+        "rloo",
+        "pure",
+        "siren",
+        "rover",
+        "lp_reg",
+        "cure",
+        "bapo",
+        "dph_rl",
+        "ppo",
+        "epo",
+        "epo_smooth",
     ] {
         assert!(ran.iter().any(|r| r == must), "{must} did not run");
     }

@@ -2181,10 +2181,16 @@ impl<'p> Checker<'p> {
                                 .filter(|s| s.name != "update" && s.name != "monitor")
                                 .map(|s| s.name.clone())
                                 .collect();
+                            // A role's section (the critic's `lr`) owns a
+                            // bare key only where the recipe has the role.
                             let owners = if owners.is_empty() {
                                 builtins::SECTIONS
                                     .iter()
                                     .filter(|s| s.key(&k.name).is_some())
+                                    .filter(|s| {
+                                        s.principal.is_none()
+                                            || self.recipe.sections.iter().any(|r| r.name == s.name)
+                                    })
                                     .map(|s| s.name.to_string())
                                     .collect()
                             } else {

@@ -234,10 +234,9 @@ impl Graph {
     /// neither computes nor stores them: on a device, GRPO's token pass
     /// writes 4 bytes a token instead of 8.
     pub fn keep_training_outputs(&mut self) {
-        self.outputs
-            .retain(|(n, _)| {
-                n == "loss" || n == "value_loss" || n.starts_with("d_") || n.starts_with("metric.")
-            });
+        self.outputs.retain(|(n, _)| {
+            n == "loss" || n == "value_loss" || n.starts_with("d_") || n.starts_with("metric.")
+        });
     }
 
     /// Nodes reachable from the outputs (a dead-code sweep for printing).

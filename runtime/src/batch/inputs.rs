@@ -39,6 +39,8 @@ pub enum Fill {
 pub enum VocabStat {
     Logits,
     MeanLogp,
+    /// The teacher's logits [B·T·V], filled per minibatch.
+    Teacher,
 }
 
 /// When the loss batch carries an input.
@@ -121,6 +123,15 @@ pub const INPUTS: &[Input] = &[
     // update its prediction with a graph (the update fills `vpred`).
     input("values", Fill::Extra, Some("f32"), When::Read),
     input("vpred", Fill::Extra, Some("f32"), When::Read),
+    // The frozen teacher's: its log-prob of each sampled token (rollout
+    // time) and its distribution (per minibatch, during the update).
+    input("teacher_logp", Fill::Extra, Some("f32"), When::Read),
+    input(
+        "teacher_logits",
+        Fill::Vocab(VocabStat::Teacher),
+        Some("f32"),
+        When::Read,
+    ),
     input(
         "tokens",
         Fill::Batch(|b| b.tokens().iter().map(|&x| x as f64).collect()),
@@ -210,16 +221,7 @@ pub const INPUTS: &[Input] = &[
 /// reads one is refused before training (E0706), at the place it reads it.
 /// Everything else the language lists is a row of [`INPUTS`] or derived by
 /// the loss from them (`keel_compiler::lower::derivable`).
-pub const NOT_PRODUCED: &[&str] = &[
-    "teacher_logits",
-    "teacher_logp",
-    "advantages",
-    "judge",
-    "novelty",
-    "budget",
-    "bundle",
-    "void",
-];
+pub const NOT_PRODUCED: &[&str] = &["advantages", "judge", "novelty", "budget", "bundle", "void"];
 
 /// Inputs read from the behaviour policy's distribution: a run keeps the
 /// sampled positions' logits only when its recipe reads one.
@@ -292,6 +294,9 @@ fn values(i: &Input, b: &Rollouts, s: &StepInputs) -> Vec<f64> {
         Fill::Step(f) => vec![f(s)],
         Fill::Vocab(VocabStat::Logits) => b.old_logits_flat().iter().map(|&x| x as f64).collect(),
         Fill::Vocab(VocabStat::MeanLogp) => mean_logp(b),
+        Fill::Vocab(VocabStat::Teacher) => {
+            b.teacher_logits_flat().iter().map(|&x| x as f64).collect()
+        }
     }
 }
 
@@ -299,9 +304,12 @@ fn values(i: &Input, b: &Rollouts, s: &StepInputs) -> Vec<f64> {
 /// vocabulary-level inputs only where the rows kept their logits.
 pub fn host_inputs(b: &Rollouts, s: StepInputs) -> HashMap<String, Vec<f64>> {
     let kept = b.keeps_logits();
+    // Host code never reads the teacher's distribution (a minibatch's
+    // loss does).
     INPUTS
         .iter()
         .filter(|i| kept || !matches!(i.fill, Fill::Vocab(_)))
+        .filter(|i| !matches!(i.fill, Fill::Vocab(VocabStat::Teacher)))
         .map(|i| (i.name.to_string(), values(i, b, &s)))
         .collect()
 }
@@ -331,6 +339,17 @@ pub fn loss_batch(b: &Rollouts, mut logits: Option<Vec<f32>>, v: usize, s: StepI
                     vec![n, t, b.vocab.max(1)],
                     b.old_logits_flat(),
                 );
+            }
+            // Only for a minibatch whose rows the teacher filled.
+            Fill::Vocab(VocabStat::Teacher) => {
+                if b.rows.iter().any(|r| !r.teacher_logits.is_empty()) {
+                    batch.insert_f32(
+                        i.name,
+                        dtype,
+                        vec![n, t, b.vocab.max(1)],
+                        b.teacher_logits_flat(),
+                    );
+                }
             }
             Fill::Token(_) | Fill::Extra | Fill::Batch(_) | Fill::Vocab(VocabStat::MeanLogp) => {
                 batch.insert(i.name, dtype, vec![n, t], values(i, b, &s));
@@ -395,6 +414,7 @@ mod tests {
         row.old_logp = vec![-1.0, -2.0, -3.0];
         row.entropy = vec![0.1, 0.2, 0.3];
         row.old_logits = vec![0.0; 3 * 4];
+        row.teacher_logits = vec![0.5; 3 * 4];
         row.extra.insert("ref_logp", vec![-1.5, -2.5, -3.5]);
         let b = Rollouts {
             rows: vec![row.clone(), Row { group: 1, ..row }],
@@ -408,7 +428,15 @@ mod tests {
         };
         let host = host_inputs(&b, s);
         let names: BTreeSet<&str> = host.keys().map(String::as_str).collect();
-        assert_eq!(names, INPUTS.iter().map(|i| i.name).collect());
+        // Host code never sees the teacher's distribution.
+        assert_eq!(
+            names,
+            INPUTS
+                .iter()
+                .map(|i| i.name)
+                .filter(|n| *n != "teacher_logits")
+                .collect()
+        );
         assert_eq!(host["ref_logp"], vec![-1.5, -2.5, -3.5, -1.5, -2.5, -3.5]);
         assert_eq!(host["position"], vec![0.0, 1.0, 2.0, 0.0, 1.0, 2.0]);
         assert_eq!(host["progress"], vec![0.5]);
@@ -421,7 +449,7 @@ mod tests {
                 let shape = match i.fill {
                     Fill::Seq(_) => vec![2],
                     Fill::Step(_) => vec![],
-                    Fill::Vocab(VocabStat::Logits) => vec![2, 3, 4],
+                    Fill::Vocab(VocabStat::Logits | VocabStat::Teacher) => vec![2, 3, 4],
                     _ => vec![2, 3],
                 };
                 assert_eq!(t.shape, shape, "`{}`", i.name);

@@ -33,6 +33,9 @@ pub struct Row {
     /// The behaviour policy's (temperature-scaled) logits, [len·V]; empty
     /// unless the recipe reads the distribution.
     pub old_logits: Vec<f32>,
+    /// The teacher's (temperature-scaled) logits, [len·V]: filled for a
+    /// minibatch's rows while its loss runs, empty otherwise.
+    pub teacher_logits: Vec<f32>,
     /// Its group (prompt) index, 0..n_groups.
     pub group: usize,
     pub verdict: Verdict,
@@ -221,10 +224,19 @@ impl Rollouts {
 
     /// The kept logits laid out [B·T·V], zeros past each response.
     pub fn old_logits_flat(&self) -> Vec<f32> {
+        self.vocab_flat(|r| &r.old_logits)
+    }
+
+    /// The teacher's logits laid out [B·T·V], zeros past each response.
+    pub fn teacher_logits_flat(&self) -> Vec<f32> {
+        self.vocab_flat(|r| &r.teacher_logits)
+    }
+
+    fn vocab_flat(&self, col: impl Fn(&Row) -> &[f32]) -> Vec<f32> {
         let (t, v) = (self.t(), self.vocab.max(1));
         let mut z = vec![0.0; self.len() * t * v];
         for (r, row) in self.rows.iter().enumerate() {
-            let row = &row.old_logits;
+            let row = col(row);
             let n = row.len().min(t * v) / v * v;
             z[r * t * v..r * t * v + n].copy_from_slice(&row[..n]);
         }
@@ -266,6 +278,7 @@ impl Rollouts {
         row.old_logp = vec![0.0];
         row.entropy = vec![0.0];
         row.old_logits = vec![0.0; vocab];
+        row.teacher_logits = vec![0.0; vocab];
         Rollouts {
             rows: vec![row],
             vocab,

@@ -80,7 +80,6 @@ impl Critic {
         }
     }
 
-
     /// Fill each row's `values`: the critic's value of each response token
     /// now (before the update).
     pub fn fill(&self, r: &mut Rollouts) {
@@ -126,7 +125,12 @@ impl Critic {
 
     /// Drop the graph (after a step, or a skipped one).
     pub fn detach(&mut self) {
-        self.model.params = self.model.params.iter().map(|p| p.clone().detach()).collect();
+        self.model.params = self
+            .model
+            .params
+            .iter()
+            .map(|p| p.clone().detach())
+            .collect();
     }
 }
 

@@ -2,13 +2,15 @@
 //! and fill columns of its rows: the frozen reference ([`reference`]:
 //! `ref_logp`, and the rehearsal samples of the initial policy) and the
 //! critic ([`critic`]: `values` at rollout time, `vpred` and its own step
-//! during the update).
+//! during the update) and the frozen teacher ([`teacher`]: `teacher_logp`,
+//! and `teacher_logits` per minibatch).
 //!
 //! May import: `crate::batch`, `crate::env`, `crate::rollout`, and
 //! `keel-model`; not `crate::run` (the training loop drives the roles).
 
 pub mod critic;
 pub mod reference;
+pub mod teacher;
 
 use burn::tensor::Tensor;
 use keel_model::sample::left_pad;
@@ -41,7 +43,9 @@ fn rows_of(r: &Rollouts) -> (Vec<u32>, Vec<bool>, usize) {
 pub fn response_hidden(model: &Transformer, r: &Rollouts) -> Tensor<3> {
     let (toks, valid, p) = rows_of(r);
     let t = r.t();
-    model.hidden(&toks, &valid, r.len(), p + t).narrow(1, p - 1, t)
+    model
+        .hidden(&toks, &valid, r.len(), p + t)
+        .narrow(1, p - 1, t)
 }
 
 /// A model's forward pass over prompt + response rows: the logits that

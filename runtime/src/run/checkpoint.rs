@@ -222,7 +222,10 @@ mod tests {
         )
         .expect("save");
         let ck = load(&dir, &w.layout()).expect("load");
-        assert_eq!((ck.m, ck.v.clone(), ck.state), (m.clone(), v.clone(), state));
+        assert_eq!(
+            (ck.m, ck.v.clone(), ck.state),
+            (m.clone(), v.clone(), state)
+        );
         // A critic's file holds its weights and moments under their own names.
         let (cw, cm, cv) = load_critic(&dir, &w.layout()).expect("critic");
         assert_eq!((cw, cm.data, cv.data), (v, w.data.clone(), m.data));

@@ -65,6 +65,9 @@ pub struct RunConfig {
     pub reads_ref: bool,
     /// The critic's settings, where the recipe reads `values` or `vpred`.
     pub critic: Option<CriticConfig>,
+    /// The teacher, where the recipe reads `teacher_logits` or
+    /// `teacher_logp`.
+    pub teacher: Option<TeacherSpec>,
     /// The recipe reads the behaviour policy's distribution (`old_logits`,
     /// `mean_logp`, …): rollouts keep every sampled position's logits
     /// ([B, T, V]); otherwise they keep none.
@@ -81,6 +84,7 @@ impl RunConfig {
         match name {
             "ref_logp" => self.reads_ref,
             "values" | "vpred" => self.critic.is_some(),
+            "teacher_logits" | "teacher_logp" => self.teacher.is_some(),
             _ => false,
         }
     }
@@ -316,7 +320,10 @@ pub fn step_memory(
     // A critic: its weights, gradients and moments (16 bytes a parameter)
     // and its trunk's graph of one micro-batch.
     let critic_graph = if critic {
-        model.d_model.saturating_mul(model.layers).saturating_mul(16)
+        model
+            .d_model
+            .saturating_mul(model.layers)
+            .saturating_mul(16)
     } else {
         0
     };
@@ -347,8 +354,30 @@ fn check_step_memory(
     model: &ModelConfig,
     reference: bool,
     critic: bool,
+    teacher: Option<&TeacherSpec>,
 ) -> Result<()> {
-    let need = step_memory(
+    let samples = s
+        .int("rollout", "prompts")
+        .max(1)
+        .saturating_mul(s.int("rollout", "group").max(1));
+    // A teacher: its weights, and one minibatch's [B, T, V] logits (f32)
+    // where the recipe reads them.
+    let teacher_bytes = teacher.map_or(0, |t| {
+        let logits = if t.reads_logits {
+            samples
+                .div_ceil(s.int("rollout", "minibatches").max(1))
+                .saturating_mul(model.context)
+                .saturating_mul(model.vocab)
+                .saturating_mul(4)
+        } else {
+            0
+        };
+        t.model
+            .parameters()
+            .saturating_mul(4)
+            .saturating_add(logits)
+    });
+    let need = teacher_bytes.saturating_add(step_memory(
         model,
         s.int("rollout", "prompts")
             .max(1)
@@ -357,7 +386,7 @@ fn check_step_memory(
         s.int("rollout", "micro_batches").max(1),
         reference,
         critic,
-    );
+    ));
     keel_compiler::check_memory(
         "the model and one training step",
         need,
@@ -368,6 +397,144 @@ fn check_step_memory(
         let diagnostics = s.located("rollout", "prompts", &e);
         e.with_diagnostics(diagnostics)
     })
+}
+
+/// The teacher of a distillation recipe: a pretrained checkpoint's model
+/// and weights (`teacher.init`), or a larger model of Keel's own trained by
+/// its own warm start (`warm_steps`).
+pub struct TeacherSpec {
+    pub model: ModelConfig,
+    /// A checkpoint's weights (`None`: a built-in teacher, warm-started).
+    pub weights: Option<Weights>,
+    pub warm_steps: u64,
+    pub reads_logits: bool,
+    pub reads_logp: bool,
+}
+
+/// The teacher where the recipe reads one. A checkpoint's tokenizer must
+/// be the student's (E0703 at `teacher.init`, naming both); without
+/// `teacher.init` a built-in teacher needs a built-in student.
+fn teacher_config(
+    s: &Settings,
+    recipe: &keel_compiler::CheckedRecipe,
+    student: &Model,
+) -> Result<Option<TeacherSpec>> {
+    let reads_logits = recipe.inputs.contains_key("teacher_logits");
+    let reads_logp = recipe.inputs.contains_key("teacher_logp");
+    if !reads_logits && !reads_logp {
+        return Ok(None);
+    }
+    let seed = if s.defined("teacher", "seed") {
+        s.int("teacher", "seed") as u64
+    } else {
+        s.int("model", "seed") as u64 + 1
+    };
+    if let Some(p) = s.path("teacher", "init") {
+        let path = Path::new(&p);
+        if !pretrained::is_pretrained(path) {
+            return Err(s.locate(
+                "teacher",
+                "init",
+                Error::new(
+                    codes::MODEL_SETTING,
+                    format!("`{p}` is not a checkpoint (a Hugging Face directory or a .gguf file)"),
+                    "name the teacher's checkpoint directory or .gguf file",
+                ),
+            ));
+        }
+        let t = pretrained::open(path, seed).map_err(|e| {
+            let mut e = crate::error::from_model(e);
+            e.diagnostics = s.located("teacher", "init", &e);
+            e
+        })?;
+        let same = match (&t.tokenizer, student.pretrained.is_some()) {
+            (Some(tt), true) => {
+                tt.vocab_size() == student.tok.vocab_size()
+                    && t.cfg.vocab == student.cfg.vocab
+                    && tt.to_json() == student.tok.to_json()
+            }
+            _ => false,
+        };
+        if !same {
+            let theirs = t
+                .tokenizer
+                .as_ref()
+                .map_or("no tokenizer".to_string(), |x| {
+                    format!(
+                        "{} ({} entries)",
+                        keel_model::tokenizer::describe(x),
+                        t.cfg.vocab
+                    )
+                });
+            let ours = format!(
+                "{} ({} entries)",
+                keel_model::tokenizer::describe(&student.tok),
+                student.cfg.vocab
+            );
+            return Err(s.locate(
+                "teacher",
+                "init",
+                Error::new(
+                    codes::MODEL_SETTING,
+                    format!("the teacher's tokenizer is {theirs}, the student's is {ours}: distillation over the vocabulary needs one tokenizer"),
+                    "choose a teacher of the student's family (the same tokenizer.json), or a student of the teacher's",
+                ),
+            ));
+        }
+        let mut model = t.cfg;
+        model.context = student.cfg.context;
+        return Ok(Some(TeacherSpec {
+            model,
+            weights: Some(t.weights),
+            warm_steps: 0,
+            reads_logits,
+            reads_logp,
+        }));
+    }
+    if student.pretrained.is_some() {
+        return Err(s.locate(
+            "model",
+            "init",
+            Error::new(
+                codes::MODEL_SETTING,
+                "a pretrained student needs a pretrained teacher: the recipe reads the teacher but sets no `teacher.init`",
+                "add `teacher { init = \"DIR\" }`: a checkpoint with the student's tokenizer",
+            ),
+        ));
+    }
+    let st = &student.cfg;
+    let or = |key: &str, default: usize| {
+        if s.defined("teacher", key) {
+            s.int("teacher", key)
+        } else {
+            default
+        }
+    };
+    let model = ModelConfig::small(
+        st.vocab,
+        or("d_model", 2 * st.d_model),
+        or("layers", 2 * st.layers),
+        or("heads", st.heads),
+        st.context,
+        s.flag("model", "qk_norm"),
+        seed,
+    );
+    if let Err(e) = model.validate() {
+        let mut e = crate::error::from_model(e);
+        e.diagnostics = s.located("teacher", "heads", &e);
+        return Err(e);
+    }
+    let warm_steps = or(
+        "warmup_steps",
+        (3 * s.int("task", "warmup_steps")).max(1000),
+    ) as u64;
+    Ok(Some(TeacherSpec {
+        model,
+        weights: None,
+        warm_steps,
+        reads_logits,
+        reads_logp,
+    }))
 }
 
 /// The critic's settings where the recipe reads `values` or `vpred`; a
@@ -415,13 +582,15 @@ pub fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
             "name a recipe with --recipe",
         )
     })?;
+    let student = model(&s)?;
+    let teacher = teacher_config(&s, recipe, &student)?;
     let Model {
         tok,
         cfg: model,
         pretrained,
         chat_source,
         special,
-    } = model(&s)?;
+    } = student;
     let env = env::open(&env::Context {
         settings: &s,
         tok: &tok,
@@ -436,7 +605,13 @@ pub fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
     let reads_ref = recipe.inputs.contains_key("ref_logp");
     let reads_source = recipe.inputs.contains_key("source");
     let critic = critic_config(&s, recipe)?;
-    check_step_memory(&s, &model, reads_ref || reads_source, critic.is_some())?;
+    check_step_memory(
+        &s,
+        &model,
+        reads_ref || reads_source,
+        critic.is_some(),
+        teacher.as_ref(),
+    )?;
     let (pretrained_weights, pretrained) = match pretrained {
         Some((w, m)) => (Some(w), Some(m)),
         None => (None, None),
@@ -484,6 +659,7 @@ pub fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
         },
         reads_ref,
         critic,
+        teacher,
         reads_old_logits: VOCAB_INPUTS.iter().any(|n| recipe.inputs.contains_key(*n)),
         reads_source,
     })

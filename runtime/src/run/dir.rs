@@ -33,6 +33,8 @@ pub mod metric {
     /// `pass_at_1`, `pass_at_K` (K = `eval.k`).
     pub const PASS_AT: &str = "pass_at_";
     pub const PASS_AT_1: &str = "pass_at_1";
+    /// A distillation run's teacher, measured once before RL.
+    pub const TEACHER_PASS_AT_1: &str = "teacher_pass_at_1";
     pub const REWARD: &str = "reward_mean";
     pub const CORRECT: &str = "correct_mean";
     pub const FORMAT_OK: &str = "format_ok";

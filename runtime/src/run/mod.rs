@@ -42,6 +42,7 @@ use crate::batch::{Rollouts, StepInputs};
 use crate::error::{Coded, Error, Result, codes};
 use crate::roles::critic::Critic;
 use crate::roles::reference::Reference;
+use crate::roles::teacher::Teacher;
 
 /// Where and how to run.
 #[derive(Clone, Debug)]
@@ -170,6 +171,9 @@ struct Trainer<'a> {
     rehearsal: Option<Rollouts>,
     /// The value model, where the recipe reads `values` or `vpred`.
     critic: Option<Critic>,
+    /// The frozen teacher, where the recipe reads `teacher_logits` or
+    /// `teacher_logp`.
+    teacher: Option<Teacher>,
     policy: Transformer,
     opt: AdamW,
     st: TrainState,
@@ -246,6 +250,7 @@ impl<'a> Trainer<'a> {
                 &opts.device,
             )
         });
+        let teacher = teacher_of(&mut setup, opts)?;
         let (policy, opt, st, critic) =
             restore(&setup, opts, &dir, &init, &base_params, policy, critic)?;
         let metrics_file = append(&dir.metrics())?;
@@ -269,6 +274,7 @@ impl<'a> Trainer<'a> {
             reference,
             rehearsal,
             critic,
+            teacher,
             policy,
             opt,
             st,
@@ -367,6 +373,12 @@ impl<'a> Trainer<'a> {
         line.insert(metric::PASS_AT_1.into(), json!(p1));
         line.insert(metric::pass_at(setup.eval_k), json!(pk));
         line.insert(metric::WARM_S.into(), json!(self.summary.warm_s));
+        // A distillation run measures its teacher once, on the same problems.
+        if let Some(teacher) = &self.teacher {
+            let (t1, _) = eval::evaluate(setup, &teacher.model, k.temperature, k.max_tokens, 0);
+            line.insert(metric::TEACHER_PASS_AT_1.into(), json!(t1));
+            say(self.opts, &format!("teacher: pass@1 {t1:.3}"));
+        }
         let when = if setup.warm_steps > 0 {
             format!("after warm start ({:.1}s)", self.summary.warm_s)
         } else {
@@ -575,6 +587,9 @@ impl<'a> Trainer<'a> {
         if let Some(critic) = &self.critic {
             critic.fill(&mut batch);
         }
+        if let Some(teacher) = &self.teacher {
+            teacher.fill(&mut batch, k.temperature);
+        }
         Ok(batch)
     }
 
@@ -662,6 +677,9 @@ impl<'a> Trainer<'a> {
         if let Some(critic) = &self.critic {
             critic.fill(&mut r);
         }
+        if let Some(teacher) = &self.teacher {
+            teacher.fill(&mut r, temperature);
+        }
         batch.extend(r);
     }
 
@@ -696,6 +714,7 @@ impl<'a> Trainer<'a> {
             &mut self.policy,
             &mut self.opt,
             self.critic.as_mut(),
+            self.teacher.as_ref(),
             self.loss.as_mut(),
             batch,
             &plan,
@@ -747,6 +766,28 @@ impl<'a> Trainer<'a> {
         }
         Ok(())
     }
+}
+
+/// The frozen teacher of a distillation recipe: a checkpoint's weights
+/// (taken from the setup), or a built-in one after its own warm start
+/// (cached like the policy's); with its held-out pass@1 reported.
+fn teacher_of(setup: &mut RunConfig, opts: &RunOptions) -> Result<Option<Teacher>> {
+    let Some(spec) = setup.teacher.as_mut() else {
+        return Ok(None);
+    };
+    let (model_cfg, steps, given) = (spec.model.clone(), spec.warm_steps, spec.weights.take());
+    let (reads_logits, reads_logp) = (spec.reads_logits, spec.reads_logp);
+    let weights = match given {
+        Some(w) => w,
+        None => warm::teacher_weights(setup, &model_cfg, steps, opts)?,
+    };
+    let model = Transformer::new(model_cfg, &weights, &opts.device);
+    drop(weights);
+    Ok(Some(Teacher {
+        model,
+        reads_logits,
+        reads_logp,
+    }))
 }
 
 /// The critic `c` as the checkpoint in `dir` holds it (weights, moments,

@@ -21,6 +21,7 @@ use crate::batch::{Rollouts, StepInputs};
 use crate::error::{Error, Result, codes};
 use crate::roles::critic::Critic;
 use crate::roles::response_logits;
+use crate::roles::teacher::Teacher;
 
 /// What the loss of one minibatch gives the update.
 pub struct LossOut {
@@ -245,7 +246,10 @@ impl UpdateLog {
             }
         }
         if !self.value_losses.is_empty() {
-            line.insert(metric::VALUE_LOSS.into(), json_num(mean(&self.value_losses)));
+            line.insert(
+                metric::VALUE_LOSS.into(),
+                json_num(mean(&self.value_losses)),
+            );
             line.insert(
                 metric::CRITIC_GRAD_NORM.into(),
                 json_num(mean(&self.critic_norms)),
@@ -265,6 +269,7 @@ pub fn update(
     policy: &mut Transformer,
     opt: &mut AdamW,
     mut critic: Option<&mut Critic>,
+    teacher: Option<&Teacher>,
     loss: &mut dyn LossStep,
     batch: &Rollouts,
     plan: &UpdatePlan,
@@ -289,6 +294,7 @@ pub fn update(
                 policy: &mut *policy,
                 opt: &mut *opt,
                 critic: critic.as_deref_mut(),
+                teacher,
             };
             if let Some(why) = minibatch(models, loss, &part, plan, si, &mut log)? {
                 log.skipped = Some(why);
@@ -305,6 +311,7 @@ struct Models<'a> {
     policy: &'a mut Transformer,
     opt: &'a mut AdamW,
     critic: Option<&'a mut Critic>,
+    teacher: Option<&'a Teacher>,
 }
 
 /// One minibatch's step. Gradient accumulation (`rollout.micro_batches`):
@@ -327,23 +334,32 @@ fn minibatch(
         policy,
         opt,
         mut critic,
+        teacher,
     } = models;
     let chunks = micro_chunks(part.len(), plan.micro_batches);
     let (b, t, v) = (part.len(), part.t(), policy.cfg.vocab);
     let (zf, kept) = logits_of(policy, part, &chunks, plan.temperature);
-    let mut with_vpred;
-    let (part, vpred) = match critic.as_deref_mut() {
-        Some(c) => {
+    // The roles' columns of this minibatch: the critic's `vpred` (with its
+    // graph kept for the critic's step) and the teacher's logits.
+    let mut filled;
+    let mut vpred = None;
+    let part = if critic.is_some() || teacher.is_some() {
+        filled = part.clone();
+        if let Some(c) = critic.as_deref_mut() {
             let (vp, flat) = c.predict(part);
-            with_vpred = part.clone();
-            for (i, row) in with_vpred.rows.iter_mut().enumerate() {
+            for (i, row) in filled.rows.iter_mut().enumerate() {
                 let n = row.response.len();
                 let vals = flat[i * t..i * t + n].iter().map(|&x| x as f64).collect();
                 row.extra.insert("vpred", vals);
             }
-            (&with_vpred, Some(vp))
+            vpred = Some(vp);
         }
-        None => (part, None),
+        if let Some(teacher) = teacher {
+            teacher.fill_logits(&mut filled, plan.temperature);
+        }
+        &filled
+    } else {
+        part
     };
     let out = loss.loss(part, zf, si)?;
     let l = out.loss;

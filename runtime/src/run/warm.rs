@@ -11,7 +11,7 @@ use keel_model::io::{weights_from_bytes, write_weights_atomic};
 use keel_model::optim::{self, AdamW, AdamWConfig, Rule};
 use keel_model::rng::{fnv, fnv_stream};
 use keel_model::sample::left_pad;
-use keel_model::transformer::{Transformer, Weights};
+use keel_model::transformer::{ModelConfig, Transformer, Weights};
 
 use super::config::RunConfig;
 use super::dir::io_error;
@@ -46,8 +46,32 @@ pub fn warm_weights(
     pretrained: Option<Weights>,
 ) -> Result<(Weights, Weights)> {
     let init = initial(setup, pretrained)?;
+    warm_from(setup, &setup.model, setup.warm_steps, init, opts)
+}
+
+/// A built-in teacher's weights: its own model (`model`), fresh from its
+/// seed, after its own `steps` of the same warm start, cached the same way.
+pub fn teacher_weights(
+    setup: &RunConfig,
+    model: &ModelConfig,
+    steps: u64,
+    opts: &RunOptions,
+) -> Result<Weights> {
+    warm_from(setup, model, steps, Weights::init(model), opts).map(|(_, w)| w)
+}
+
+/// `steps` of the warm start of `model` from `init` (the task's worked
+/// solutions, `task.warmup_lr` and `task.warmup_batch`), cached by
+/// everything they depend on; the layout and the weights.
+fn warm_from(
+    setup: &RunConfig,
+    model: &ModelConfig,
+    steps: u64,
+    init: Weights,
+    opts: &RunOptions,
+) -> Result<(Weights, Weights)> {
     let layout = init.layout();
-    if setup.warm_steps == 0 {
+    if steps == 0 {
         return Ok((layout, init));
     }
     // The same FNV-1a as `fnv` over the weights' bytes, streamed (a real
@@ -55,7 +79,7 @@ pub fn warm_weights(
     let init_hash = fnv_stream(init.data.iter().flatten().flat_map(|x| x.to_le_bytes()));
     let key = fnv(format!(
         "{:?}|{}|{}|{}|{}|{:?}|{init_hash:x}",
-        setup.model, setup.task_desc, setup.warm_steps, setup.warm_lr, setup.warm_batch, setup.adam
+        model, setup.task_desc, steps, setup.warm_lr, setup.warm_batch, setup.adam
     )
     .as_bytes());
     let cache_file = opts.cache.join(format!("warmstart-{key:016x}.safetensors"));
@@ -69,14 +93,14 @@ pub fn warm_weights(
         );
         return Ok((layout, w));
     }
-    let mut policy = Transformer::new(setup.model.clone(), &init, &opts.device);
-    let bar = bar(opts, setup.warm_steps, "warm start");
+    let mut policy = Transformer::new(model.clone(), &init, &opts.device);
+    let bar = bar(opts, steps, "warm start");
     let log = LogLines::new(opts);
-    let n = setup.warm_steps;
+    let n = steps;
     if log.due(true) {
         eprintln!("warm start: {n} steps");
     }
-    warm_start(setup, &mut policy, &|s| {
+    warm_start(setup, &mut policy, steps, &|s| {
         bar.set_position(s);
         if log.due(s == n) {
             eprintln!("warm start: step {s}/{n}");
@@ -90,7 +114,7 @@ pub fn warm_weights(
 }
 
 /// Cross-entropy on worked solutions.
-fn warm_start(setup: &RunConfig, policy: &mut Transformer, progress: &dyn Fn(u64)) {
+fn warm_start(setup: &RunConfig, policy: &mut Transformer, steps: u64, progress: &dyn Fn(u64)) {
     let dev = policy.device.clone();
     let tok = &setup.tok;
     // The warm start is supervised and always takes AdamW steps; the
@@ -100,7 +124,7 @@ fn warm_start(setup: &RunConfig, policy: &mut Transformer, progress: &dyn Fn(u64
         ..setup.adam
     };
     let mut opt = AdamW::new(adamw, &policy.params, &dev);
-    for step in 0..setup.warm_steps {
+    for step in 0..steps {
         let mut prompts = Vec::new();
         let mut targets = Vec::new();
         for k in 0..setup.warm_batch as u64 {
@@ -114,7 +138,7 @@ fn warm_start(setup: &RunConfig, policy: &mut Transformer, progress: &dyn Fn(u64
         }
         let (ptoks, pvalid, p) = left_pad(&prompts);
         let t = targets.iter().map(|x| x.len()).max().unwrap_or(1);
-        let t = t.min(setup.model.context.saturating_sub(p)).max(1);
+        let t = t.min(policy.cfg.context.saturating_sub(p)).max(1);
         let b = prompts.len();
         let mut toks = Vec::new();
         let mut valid = Vec::new();
