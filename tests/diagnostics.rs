@@ -147,7 +147,7 @@ case!(
 case!(
     e0105_unknown_section,
     "E0105",
-    "import std/grpo\nrecipe r extends grpo {\n    critic { gamma = 0.99 }\n}\n"
+    "import std/grpo\nrecipe r extends grpo {\n    value_model { gamma = 0.99 }\n}\n"
 );
 case!(
     e0106_unknown_key,
