@@ -831,3 +831,100 @@ fn verl_overrides_carry_the_learning_rate_schedule_and_the_batch() {
     assert_eq!(lines[2]["weight_decay"], 0.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A recipe whose credit is verl's GAE and whose `critic.loss` is verl's
+/// clipped value loss (std/ppo, here with lam 0.95, a clip of 0.2 and its
+/// own critic optimizer) exports to verl's own critic path: composed by
+/// verl's Hydra config (`tests/reference/verl_critic_config.py`), the
+/// overrides give `adv_estimator=gae`, gamma and lam, a critic
+/// (`need_critic`), its clip range, aggregation, learning rate, decay, clip
+/// and warm-up. A critic verl cannot run (an unclipped value loss) is
+/// refused with E0803, which says why.
+#[test]
+fn ppo_exports_verls_gae_and_critic_and_other_critics_are_refused() {
+    let dir = std::env::temp_dir().join(format!("keel-export-critic-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let check = |name: &str, body: &str| {
+        let text = format!("import std/ppo\n\nrecipe {name} extends ppo {{\n{body}}}\n");
+        let c =
+            keel_compiler::check_source(&keel_compiler::NoFiles, &format!("{name}.recipe"), &text);
+        assert!(!c.has_errors(), "{}", keel_tests::render(&c));
+        c
+    };
+    let ppo = check(
+        "ppo_lam",
+        "    credit.lam = 0.95\n    critic { value_clip = 0.2, lr = 2e-5, weight_decay = 0.0, grad_clip = 0.5, warmup = 3 }\n",
+    );
+    let v = keel_export::verl_package(&ppo, 0, "ppo_lam.recipe", false).expect("exports to verl");
+    let ov = v
+        .package
+        .files
+        .iter()
+        .find(|(p, _)| p == "overrides.txt")
+        .map(|(_, b)| b.clone())
+        .expect("overrides.txt");
+    assert!(ov.contains("algorithm.adv_estimator=gae\n"), "{ov}");
+    assert!(
+        !v.package
+            .files
+            .iter()
+            .any(|(p, _)| p.ends_with("verl_adv.py")),
+        "verl's own GAE: no registered estimator"
+    );
+    // An unclipped value loss is not verl's.
+    let mse = check(
+        "mse",
+        "    critic.loss = 0.5 * (vpred - credit.returns) ^ 2\n",
+    );
+    let e = keel_export::verl_package(&mse, 0, "mse.recipe", false).expect_err("refused");
+    let text = e
+        .iter()
+        .map(|d| format!("[{}] {}", d.code.0, d.message))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        text.contains("[E0803]") && text.contains("clipped value loss"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("[E0800]"),
+        "the credit is verl's GAE: {text}"
+    );
+    let Some(py) = python() else {
+        return;
+    };
+    if !python_has(
+        &py,
+        "import verl, hydra; assert verl.__version__ == '0.9.1'",
+        "verl 0.9.1",
+    ) {
+        return;
+    }
+    let file = dir.join("ppo_lam.txt");
+    std::fs::write(&file, &ov).expect("write");
+    let out = Command::new(&py)
+        .arg(root().join("tests/reference/verl_critic_config.py"))
+        .arg(&file)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let got: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("json");
+    assert_eq!(got["adv_estimator"], "gae");
+    assert_eq!(got["need_critic"], true);
+    assert_eq!(got["gamma"], 1.0);
+    assert_eq!(got["lam"], 0.95);
+    assert_eq!(got["cliprange_value"], 0.2);
+    assert_eq!(got["loss_agg_mode"], "token-mean");
+    assert_eq!(got["lr"], 2e-5);
+    assert_eq!(got["weight_decay"], 0.0);
+    assert_eq!(got["grad_clip"], 0.5);
+    assert_eq!(got["critic_warmup"], 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -115,6 +115,89 @@ fn ppo_resume_after_sigkill_is_bitwise_identical_critic_included() {
     );
 }
 
+/// GKD's small form: a built-in teacher (its own short warm start).
+const SMALL_KD: &str = r#"import std/gkd
+
+recipe small extends gkd {
+    model { d_model = 32, layers = 1, heads = 2, context = 64 }
+    task { name = arithmetic, seed = 3, difficulty = 0.5, warmup_steps = 30, warmup_lr = 3e-3 }
+    teacher { d_model = 32, layers = 2, warmup_steps = 60 }
+    rollout { prompts = 3, group = 2, max_tokens = 16 }
+    optimizer { lr = 1e-3, steps = 12 }
+    checkpoint { every = 3, keep = 3 }
+    eval { every = 4, problems = 8, k = 2 }
+}
+"#;
+
+/// A distillation run resumes bitwise too: the frozen teacher is rebuilt
+/// the same (its warm start cached), and line 0 reports its pass@1.
+#[test]
+fn distillation_resume_after_sigkill_is_bitwise_identical() {
+    let d = resume_is_bitwise("resume-kd", SMALL_KD);
+    let m = metrics(&d.join("full"));
+    assert!(m[0]["teacher_pass_at_1"].as_f64().is_some(), "{}", m[0]);
+    assert!(
+        m[12]["monitor.forward_kl"]
+            .as_f64()
+            .is_some_and(f64::is_finite),
+        "{}",
+        m[12]
+    );
+}
+
+/// A teacher checkpoint whose tokenizer is not the student's is refused at
+/// `teacher.init` (E0703), naming both tokenizers; nothing is trained.
+#[test]
+fn a_teacher_with_another_tokenizer_is_refused() {
+    let d = dir("teacher-tok");
+    let ck = d.join("teacher");
+    std::fs::create_dir_all(&ck).expect("dir");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf/qwen2");
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(src.join(f), ck.join(f)).expect("copy");
+    }
+    let tok = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[
+        {"id":2,"content":"</s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],
+        "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
+        "model":{"type":"WordLevel","vocab":{"<unk>":0,"</s>":2,"two":3,"four":4},"unk_token":"<unk>"}}"#;
+    std::fs::write(ck.join("tokenizer.json"), tok).expect("write");
+    let recipe = tiny("kd", 2, "    teacher { init = \"teacher\" }\n")
+        .replace("import std/grpo", "import std/gkd")
+        .replace("extends grpo", "extends gkd");
+    std::fs::write(d.join("kd.recipe"), recipe).expect("write");
+    let out = keel(&d, &["run", "-q", "kd.recipe", "--out", "kd"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("error[E0703]"), "{err}");
+    assert!(
+        err.contains("the teacher's tokenizer is") && err.contains("the student's is"),
+        "{err}"
+    );
+    assert!(
+        err.contains("teacher.init") || err.contains("init = \"teacher\""),
+        "{err}"
+    );
+    assert!(!d.join("kd/metrics.jsonl").exists());
+}
+
+/// A recipe that reads the critic's `values` without a `critic.loss` is
+/// refused before training (E0706, at the read): its critic would never
+/// learn.
+#[test]
+fn values_without_a_critic_loss_are_refused() {
+    let d = dir("no-critic-loss");
+    let recipe = tiny("v", 2, "    objective.loss = -(credit - values) * logp\n");
+    std::fs::write(d.join("v.recipe"), recipe).expect("write");
+    let out = keel(&d, &["run", "-q", "v.recipe", "--out", "v"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("error[E0706]") && err.contains("no `critic.loss`"),
+        "{err}"
+    );
+    assert!(!d.join("v/metrics.jsonl").exists());
+}
+
 /// Run `recipe` 12 steps into `full`; run it again into `killed`, SIGKILL
 /// it after step 6 and resume to 12: metrics and final weights are equal.
 fn resume_is_bitwise(name: &str, recipe: &str) -> PathBuf {

@@ -89,6 +89,7 @@ codes! {
     EXPORT_INPUT = "E0800": "the target engine does not give the loss or credit an input it reads";
     EXPORT_GUARD = "E0801": "the target engine cannot run a guard";
     EXPORT_HOST = "E0802": "the target engine cannot run a section of the recipe";
+    EXPORT_CRITIC = "E0803": "the target engine's critic cannot run the recipe's critic";
     // Warnings.
     UNUSED_LET = "W0001": "unused `let`";
     PROBABLE_TYPO_KEY = "W0002": "new key that looks like a typo of an inherited one";

@@ -115,7 +115,11 @@ pub(crate) fn outside_loss(
         let first = recipe
             .inputs
             .keys()
-            .find(|n| why.contains(&format!(" {n}")) || why.contains(&format!("{n},")))
+            .find(|n| {
+                // The inputs named before the reason's explanation.
+                let named = why.split(", which").next().unwrap_or(why);
+                named.contains(&format!(" {n}")) || named.contains(&format!("{n},"))
+            })
             .cloned()
             .unwrap_or_default();
         if allow_partial {
@@ -189,6 +193,7 @@ pub(crate) fn credit_and_outside(
     source: &str,
     engine: &Engine,
     allow_partial: bool,
+    builtin_credit: bool,
     refused: &mut Vec<Diagnostic>,
     dropped: &mut Vec<String>,
 ) -> (Result<Vec<(String, String)>, String>, bool) {
@@ -204,7 +209,10 @@ pub(crate) fn credit_and_outside(
         recipe,
         merged,
         engine,
-        estimator.as_ref().err().filter(|_| has_credit),
+        estimator
+            .as_ref()
+            .err()
+            .filter(|_| has_credit && !builtin_credit),
         allow_partial,
         refused,
         dropped,

@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+mod critic;
 mod engine;
 mod settings;
 mod torch;

@@ -78,6 +78,7 @@ pub fn trl_package(
         source,
         &engine,
         allow_partial,
+        false,
         &mut refused,
         &mut dropped,
     );

@@ -25,7 +25,7 @@ use crate::engine::{
 use crate::torch::{Keep, forward_source};
 use crate::{Package, RUNTIME, package_name, pyproject, python_terms, with_terms};
 use keel_check::builtins::Level;
-use keel_check::{Checked, Diagnostic};
+use keel_check::{Checked, Diagnostic, Label, codes};
 use keel_ir::LogitsPath;
 use keel_ir::interp::{self, Env, Shape};
 use keel_ir::ir::{Graph, NodeId};
@@ -289,14 +289,40 @@ pub fn verl_package(
         caveats.push("`objective.norm` is not a constant: `loss_scale_factor` is left unset, and verl divides by the micro-batch's longest response where Keel divides by the batch's padded length; set `actor_rollout_ref.actor.loss_scale_factor` (e.g. to `data.max_response_length`) for a constant".to_string());
     }
 
-    // The credit: a registered estimator, or refused; then what runs
-    // outside the loss.
+    // A critic: verl's own GAE and value loss, recognised, or refused.
+    let critic = match crate::critic::verl_critic(checked, index) {
+        Ok(c) => c,
+        Err(why) => {
+            let at = match recipe.value("critic", "loss") {
+                Some(v) => Label::new(v.file, v.name_span, "this critic"),
+                None => Label::new(
+                    recipe.file,
+                    recipe.name_span,
+                    "this recipe reads the critic",
+                ),
+            };
+            if allow_partial {
+                dropped.push(format!(
+                    "the critic ({why}): set `algorithm.adv_estimator` and `critic.*` yourself"
+                ));
+            } else {
+                refused.push(
+                    Diagnostic::error(codes::EXPORT_CRITIC, format!("verl's critic cannot run this recipe's: {why}"), at)
+                        .with_help("verl trains a critic only with its own GAE (`algorithm.adv_estimator=gae`) and clipped value loss: extend std/ppo's credit and critic, or pass --allow-partial to export the policy's loss alone"),
+                );
+            }
+            None
+        }
+    };
+    // The credit: a registered estimator (or verl's GAE, with a critic), or
+    // refused; then what runs outside the loss.
     let (estimator, has_credit) = credit_and_outside(
         checked,
         index,
         source,
         &engine,
         allow_partial,
+        critic.is_some(),
         &mut refused,
         &mut dropped,
     );
@@ -323,6 +349,10 @@ pub fn verl_package(
         files.push((format!("{name}/objective.py"), objective));
     }
     let mut imports = Vec::new();
+    let estimator = match &critic {
+        Some(_) => Err("verl's own `gae`".to_string()),
+        None => estimator,
+    };
     if let Ok(est) = &estimator {
         files.extend(est.iter().cloned());
         imports.push("verl_adv");
@@ -382,6 +412,9 @@ NAME = "{name}"
     let a = "actor_rollout_ref.actor";
     if estimator.is_ok() {
         ov.push(format!("algorithm.adv_estimator={name}"));
+    }
+    if let Some(c) = &critic {
+        ov.extend(critic_overrides(checked, index, c));
     }
     ov.push(format!(
         "{a}.policy_loss.loss_mode={}",
@@ -468,7 +501,11 @@ exec python -m verl.trainer.main_ppo "${{overrides[@]}}" \
         "# `{r}` for verl {VERL_VERSION}\n\nWritten by `keel export --target verl` from `{source}`; do not edit: change the recipe and export again.\n\n```sh\n./run.sh data.train_files=TRAIN.parquet data.val_files=VAL.parquet actor_rollout_ref.model.path=MODEL\n```\n\n`run.sh` imports `{name}` in the driver first (it checks verl's version and registers the loss), then starts `python -m verl.trainer.main_ppo` with `overrides.txt` and ships the package to every Ray worker (`VERL_USE_EXTERNAL_MODULES`, `py_modules`).\n\n| recipe | in verl |\n| --- | --- |\n",
         r = recipe.name,
     );
+    if let Some(c) = &critic {
+        md.push_str(&format!("| `credit` | verl's own GAE: `algorithm.adv_estimator=gae`, `algorithm.gamma={}`, `algorithm.lam={}` (recognised by value: `compute_gae_advantage_return`, then masked whitening) |\n| `critic` | verl's critic (the model with a fresh value head): `critic.cliprange_value={}`, `critic.loss_agg_mode={}` (recognised by value: `compute_value_loss`), `critic.optim.lr`, `critic.optim.weight_decay`, `critic.grad_clip`, `trainer.critic_warmup`; give `critic.model.path` (the actor's, as Keel starts the critic from the policy) |\n", torch_float(c.gamma), torch_float(c.lam), torch_float(c.cliprange_value), c.loss_agg_mode));
+    }
     match &estimator {
+        Err(_) if critic.is_some() => {}
         Ok(_) => md.push_str(&format!("| `credit` | `algorithm.adv_estimator={name}`, registered by `{name}.verl_adv` (`register_adv_est`); group statistics over the uids (`index`), taken over the whole step's batch |\n")),
         Err(_) if !has_credit => md.push_str("| (no `credit`) | the loss reads no advantages; verl's `algorithm.adv_estimator` is left as configured |\n"),
         Err(why) => md.push_str(&format!("| `credit` | dropped ({why}): choose `algorithm.adv_estimator` yourself |\n")),
@@ -723,4 +760,36 @@ fn batch_statistic(g: &Graph, v: NodeId) -> bool {
         .iter()
         .enumerate()
         .any(|(i, n)| live[i] && data[i] && n.level <= Level::Batch)
+}
+
+/// verl's critic path for a recognised critic: its estimator, its value
+/// loss, and the critic's optimizer, from the recipe's `critic` settings.
+fn critic_overrides(checked: &Checked, index: usize, c: &crate::critic::VerlCritic) -> Vec<String> {
+    let mut ov = vec![
+        "algorithm.adv_estimator=gae".to_string(),
+        format!("algorithm.gamma={}", torch_float(c.gamma)),
+        format!("algorithm.lam={}", torch_float(c.lam)),
+        format!("critic.cliprange_value={}", torch_float(c.cliprange_value)),
+        format!("critic.loss_agg_mode={}", c.loss_agg_mode),
+    ];
+    let Some(recipe) = checked.recipes.get(index) else {
+        return ov;
+    };
+    let num = |key: &str| match recipe.setting("critic", key) {
+        Some(keel_check::Setting::Num(x)) => Some(x),
+        _ => None,
+    };
+    for (key, verl) in [
+        ("lr", "critic.optim.lr"),
+        ("weight_decay", "critic.optim.weight_decay"),
+        ("grad_clip", "critic.grad_clip"),
+    ] {
+        if let Some(x) = num(key) {
+            ov.push(format!("{verl}={}", torch_float(x)));
+        }
+    }
+    if let Some(w) = num("warmup") {
+        ov.push(format!("trainer.critic_warmup={}", w as i64));
+    }
+    ov
 }
