@@ -705,9 +705,15 @@ export_case!(
     false
 );
 export_case!(
-    e0800_export_credit_reads_values,
+    e0800_export_credit_reads_step_reward,
     "E0800",
-    "import std/ppo\nrecipe r extends ppo {}\n",
+    "import std/grpo\nrecipe r extends grpo {\n    credit.value = step_reward\n}\n",
+    true
+);
+export_case!(
+    e0803_export_critic_not_verls,
+    "E0803",
+    "import std/ppo\nrecipe r extends ppo {\n    critic.loss = 0.5 * (vpred - credit.returns) ^ 2\n}\n",
     true
 );
 export_case!(

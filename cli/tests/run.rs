@@ -510,10 +510,10 @@ recipe ctx extends grpo {
     assert!(e.contains("u.jsonl:2: error[E0702]"), "{e}");
     // E0706: the loss reads an input the runtime does not produce.
     let e = run(
-        "teacher.recipe",
-        "import std/grpo\n\nrecipe teacher extends grpo {\n    model { d_model = 16, heads = 2 }\n    optimizer { steps = 1 }\n    divergence { value = logsumexp(teacher_logits) over vocab - logsumexp(logits) over vocab }\n}\n",
+        "judge.recipe",
+        "import std/grpo\n\nrecipe judged extends grpo {\n    model { d_model = 16, heads = 2 }\n    optimizer { steps = 1 }\n    divergence { value = judge * (logsumexp(logits) over vocab) }\n}\n",
     );
-    assert!(e.contains("teacher_logits") && e.contains("E0600"), "{e}");
+    assert!(e.contains("judge") && e.contains("E0600"), "{e}");
     // E0707: initial weights that do not exist, or do not fit.
     let e = run(
         "init.recipe",
@@ -1697,7 +1697,7 @@ fn half_made_run_directories_are_started_again() {
         d.join("t.recipe"),
         recipe.replace(
             "    optimizer { steps = 1 }",
-            "    optimizer { steps = 1 }\n    divergence { value = logsumexp(teacher_logits) over vocab - logsumexp(logits) over vocab }",
+            "    optimizer { steps = 1 }\n    divergence { value = judge * (logsumexp(logits) over vocab) }",
         ),
     )
     .expect("write");
