@@ -672,6 +672,9 @@ fn every_stdlib_recipe_runs_or_names_the_missing_input() {
         "ppo",
         "epo",
         "epo_smooth",
+        "bd_kd",
+        "pld",
+        "gkd",
     ] {
         assert!(ran.iter().any(|r| r == must), "{must} did not run");
     }

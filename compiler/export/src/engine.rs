@@ -194,8 +194,7 @@ pub(crate) fn credit_and_outside(
     engine: &Engine,
     allow_partial: bool,
     builtin_credit: bool,
-    refused: &mut Vec<Diagnostic>,
-    dropped: &mut Vec<String>,
+    (refused, dropped): (&mut Vec<Diagnostic>, &mut Vec<String>),
 ) -> (Result<Vec<(String, String)>, String>, bool) {
     let (Some(recipe), Some(merged)) = (checked.recipes.get(index), checked.merged.get(index))
     else {

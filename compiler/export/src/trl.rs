@@ -79,8 +79,7 @@ pub fn trl_package(
         &engine,
         allow_partial,
         false,
-        &mut refused,
-        &mut dropped,
+        (&mut refused, &mut dropped),
     );
     if !refused.is_empty() {
         return Err(refused);

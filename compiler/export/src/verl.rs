@@ -322,9 +322,9 @@ pub fn verl_package(
         source,
         &engine,
         allow_partial,
-        critic.is_some(),
-        &mut refused,
-        &mut dropped,
+        // A critic's credit is verl's GAE or refused with the critic (E0803).
+        recipe.inputs.contains_key("values") || recipe.inputs.contains_key("vpred"),
+        (&mut refused, &mut dropped),
     );
     if !refused.is_empty() {
         return Err(refused);

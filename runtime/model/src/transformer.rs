@@ -257,7 +257,7 @@ impl Weights {
                 w.data.push(d.clone());
             }
         }
-        let mut rng = Rng::new(seed.wrapping_add(0xC217_1C));
+        let mut rng = Rng::new(seed.wrapping_add(0x00C2_171C));
         w.names.push(VALUE_HEAD.into());
         w.shapes.push([d_model, 1]);
         w.data
@@ -525,6 +525,60 @@ impl Transformer {
             .reshape([b, t, self.cfg.vocab])
     }
 
+    /// The log-prob of `tokens` [B·T] at each position, from hidden states
+    /// [B, T, d] at `temperature`, without a [B, T, V] buffer: the
+    /// language-model head runs over the vocabulary in slices of `chunk`
+    /// columns with an online log-sum-exp (the sampled token's logit
+    /// picked in its slice). [B, T] on the host.
+    pub fn token_logp(
+        &self,
+        hidden: Tensor<3>,
+        tokens: &[u32],
+        temperature: f64,
+        chunk: usize,
+    ) -> Vec<f32> {
+        let [b, t, d] = hidden.dims();
+        let n = b * t;
+        let v = self.cfg.vocab;
+        let h = hidden.reshape([n, d]);
+        let head = match self.ix.head {
+            Some(i) => self.p(i),
+            None => self.p(self.ix.embed).transpose(),
+        };
+        let mut m = vec![f32::NEG_INFINITY; n];
+        let mut s = vec![0f32; n];
+        let mut picked = vec![f32::NAN; n];
+        let chunk = chunk.max(1);
+        let mut lo = 0;
+        while lo < v {
+            let hi = (lo + chunk).min(v);
+            let z = to_vec(
+                &h.clone()
+                    .matmul(head.clone().narrow(1, lo, hi - lo))
+                    .div_scalar(temperature),
+            );
+            let w = hi - lo;
+            for i in 0..n {
+                let row = &z[i * w..(i + 1) * w];
+                let cm = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+                let nm = m[i].max(cm);
+                let scaled = if m[i].is_finite() {
+                    s[i] * (m[i] - nm).exp()
+                } else {
+                    0.0
+                };
+                s[i] = scaled + row.iter().map(|&x| (x - nm).exp()).sum::<f32>();
+                m[i] = nm;
+                let tok = tokens.get(i).copied().unwrap_or(0) as usize;
+                if (lo..hi).contains(&tok) {
+                    picked[i] = row[tok - lo];
+                }
+            }
+            lo = hi;
+        }
+        (0..n).map(|i| picked[i] - m[i] - s[i].ln()).collect()
+    }
+
     /// The value head: hidden states [B, T, d] → one value per position
     /// [B, T]; `None` for a model without one (only a critic has it).
     pub fn value_head(&self, hidden: Tensor<3>) -> Option<Tensor<2>> {
@@ -739,6 +793,37 @@ mod tests {
             }
         }
         Transformer::new(cfg, &w, &Device::flex())
+    }
+
+    /// The vocabulary-sliced log-prob pass equals log_softmax of the full
+    /// head's logits at the sampled tokens (slices of 3 over 11 entries,
+    /// the last one short; temperature 0.7); a critic's value head reads
+    /// the same trunk and gives one value per position.
+    #[test]
+    fn sliced_token_logp_equals_the_full_head_and_the_value_head_reads_the_trunk() {
+        let m = tiny(false);
+        let (b, t) = (2, 5);
+        let toks: Vec<u32> = (0..b * t).map(|i| (i * 7 % 11) as u32).collect();
+        let valid = vec![true; b * t];
+        let h = m.hidden(&toks, &valid, b, t);
+        let full = to_vec(&burn::tensor::activation::log_softmax(
+            m.lm_head(h.clone()).div_scalar(0.7),
+            2,
+        ));
+        let got = m.token_logp(h, &toks, 0.7, 3);
+        for i in 0..b * t {
+            let want = full[i * 11 + toks[i] as usize];
+            assert!((got[i] - want).abs() < 1e-4, "{i}: {} vs {want}", got[i]);
+        }
+        let w = m.weights().critic(16, 5);
+        assert_eq!(w.names.iter().filter(|n| *n == "head").count(), 0);
+        let c = Transformer::new(m.cfg.clone(), &w, &Device::flex());
+        let v = c
+            .value_head(c.hidden(&toks, &valid, b, t))
+            .expect("a value head");
+        assert_eq!(v.dims(), [b, t]);
+        assert!(to_vec(&v).iter().all(|x| x.is_finite()));
+        assert!(m.value_head(m.hidden(&toks, &valid, b, t)).is_none());
     }
 
     /// The KV-cache path (prefill + decode) equals the full forward pass, and

@@ -9,8 +9,10 @@
 
 use keel_model::transformer::{Transformer, to_vec};
 
-use super::reference::token_logp;
-use super::response_logits;
+use super::{response_hidden, response_logits};
+
+/// Vocabulary columns per slice of the teacher's log-prob pass.
+const LOGP_CHUNK: usize = 4096;
 use crate::batch::Rollouts;
 
 /// The frozen teacher and which of its inputs the recipe reads.
@@ -21,14 +23,21 @@ pub struct Teacher {
 }
 
 impl Teacher {
-    /// Fill each row's `teacher_logp` (where the recipe reads it).
+    /// Fill each row's `teacher_logp` (where the recipe reads it), with
+    /// the vocabulary in slices: no [B, T, V] teacher buffer is made.
     pub fn fill(&self, r: &mut Rollouts, temperature: f64) {
         if !self.reads_logp || r.is_empty() {
             return;
         }
-        let lp = token_logp(&self.model, r, temperature);
-        for (row, lp) in r.rows.iter_mut().zip(lp) {
-            row.extra.insert("teacher_logp", lp);
+        let hidden = response_hidden(&self.model, r);
+        let t = r.t();
+        let lp = self
+            .model
+            .token_logp(hidden, &r.tokens(), temperature, LOGP_CHUNK);
+        for (i, row) in r.rows.iter_mut().enumerate() {
+            let n = row.response.len();
+            let vals = lp[i * t..i * t + n].iter().map(|&x| x as f64).collect();
+            row.extra.insert("teacher_logp", vals);
         }
     }
 

@@ -710,16 +710,13 @@ impl<'a> Trainer<'a> {
                 .as_ref()
                 .is_none_or(|c| step_in.step as u64 > c.cfg.warmup),
         };
-        let mut out = update::update(
-            &mut self.policy,
-            &mut self.opt,
-            self.critic.as_mut(),
-            self.teacher.as_ref(),
-            self.loss.as_mut(),
-            batch,
-            &plan,
-            step_in,
-        )?;
+        let models = update::Models {
+            policy: &mut self.policy,
+            opt: &mut self.opt,
+            critic: self.critic.as_mut(),
+            teacher: self.teacher.as_ref(),
+        };
+        let mut out = update::update(models, self.loss.as_mut(), batch, &plan, step_in)?;
         let skipped = out.skipped.take();
         out.write(&mut log.line);
         Ok(match skipped {

@@ -266,15 +266,18 @@ impl UpdateLog {
 /// model. Stops at the first non-finite loss, gradient or norm
 /// (`UpdateLog::skipped`).
 pub fn update(
-    policy: &mut Transformer,
-    opt: &mut AdamW,
-    mut critic: Option<&mut Critic>,
-    teacher: Option<&Teacher>,
+    models: Models,
     loss: &mut dyn LossStep,
     batch: &Rollouts,
     plan: &UpdatePlan,
     step_in: StepInputs,
 ) -> Result<UpdateLog> {
+    let Models {
+        policy,
+        opt,
+        mut critic,
+        teacher,
+    } = models;
     let mut log = UpdateLog::default();
     let n_groups = batch.n_groups();
     let mb = plan.minibatches.min(n_groups).max(1);
@@ -306,12 +309,13 @@ pub fn update(
     Ok(log)
 }
 
-/// The models one minibatch trains.
-struct Models<'a> {
-    policy: &'a mut Transformer,
-    opt: &'a mut AdamW,
-    critic: Option<&'a mut Critic>,
-    teacher: Option<&'a Teacher>,
+/// The models an update trains (the policy and its optimizer, the critic)
+/// and reads (the frozen teacher).
+pub struct Models<'a> {
+    pub policy: &'a mut Transformer,
+    pub opt: &'a mut AdamW,
+    pub critic: Option<&'a mut Critic>,
+    pub teacher: Option<&'a Teacher>,
 }
 
 /// One minibatch's step. Gradient accumulation (`rollout.micro_batches`):
