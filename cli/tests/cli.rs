@@ -369,6 +369,67 @@ fn loss_backends_agree() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `keel loss` on a PPO batch that holds `vpred` reports the critic's
+/// `value_loss` in its JSON and writes `d_vpred` with `--grad-out`, on the
+/// interpreter, the CPU kernel plan and the device (lavapipe in CI): each
+/// within its tolerance of verl 0.9.1's (`tests/reference/verl_critic.py`).
+#[test]
+fn loss_reports_the_critics_value_loss_and_d_vpred_on_every_backend() {
+    let dir = std::env::temp_dir().join(format!("keel-critic-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let golden = "tests/golden/ppo_critic__real.safetensors";
+    let g = keel_compiler::batch::Batch::from_bytes(
+        &std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(golden),
+        )
+        .expect("golden"),
+    )
+    .expect("safetensors");
+    let want = g.tensors["expect.value_loss"].data.to_f64()[0];
+    let wd = g.tensors["expect.d_vpred"].data.to_f64();
+    let scale = wd.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    for be in ["interp", "kernel", "device"] {
+        let grads = dir.join(format!("{be}.safetensors"));
+        let out = keel(&[
+            "loss",
+            "stdlib/ppo.recipe",
+            "--batch",
+            golden,
+            "--backend",
+            be,
+            "--json",
+            "--grad-out",
+            &grads.to_string_lossy(),
+        ]);
+        if be == "device"
+            && !out.status.success()
+            && std::env::var_os("KEEL_REQUIRE_VULKAN").is_none()
+        {
+            assert!(text(&out.stderr).contains("E0708"), "{}", text(&out.stderr));
+            continue;
+        }
+        assert!(out.status.success(), "{be}: {}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).expect("json");
+        let tol = if be == "interp" { 1e-9 } else { 1e-5 };
+        let vl = v["value_loss"].as_f64().expect("value_loss");
+        assert!(
+            (vl - want).abs() <= tol * want,
+            "{be}: value loss {vl} vs verl {want}"
+        );
+        let gb = keel_compiler::batch::Batch::from_bytes(&std::fs::read(&grads).expect("grads"))
+            .expect("safetensors");
+        let d = gb.tensors["d_vpred"].data.to_f64();
+        assert_eq!(gb.tensors["d_vpred"].shape, vec![16, 24]);
+        for (x, y) in d.iter().zip(&wd) {
+            // The file is f32.
+            assert!((x - y).abs() <= 1e-5 * scale, "{be}: d_vpred {x} vs {y}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn compile_emit_ir_and_explain_file() {
     let out = keel(&["compile", "stdlib/grpo.recipe", "--emit", "ir"]);
