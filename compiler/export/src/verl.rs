@@ -290,30 +290,7 @@ pub fn verl_package(
     }
 
     // A critic: verl's own GAE and value loss, recognised, or refused.
-    let critic = match crate::critic::verl_critic(checked, index) {
-        Ok(c) => c,
-        Err(why) => {
-            let at = match recipe.value("critic", "loss") {
-                Some(v) => Label::new(v.file, v.name_span, "this critic"),
-                None => Label::new(
-                    recipe.file,
-                    recipe.name_span,
-                    "this recipe reads the critic",
-                ),
-            };
-            if allow_partial {
-                dropped.push(format!(
-                    "the critic ({why}): set `algorithm.adv_estimator` and `critic.*` yourself"
-                ));
-            } else {
-                refused.push(
-                    Diagnostic::error(codes::EXPORT_CRITIC, format!("verl's critic cannot run this recipe's: {why}"), at)
-                        .with_help("verl trains a critic only with its own GAE (`algorithm.adv_estimator=gae`) and clipped value loss: extend std/ppo's credit and critic, or pass --allow-partial to export the policy's loss alone"),
-                );
-            }
-            None
-        }
-    };
+    let critic = critic_or_refusal(checked, index, allow_partial, &mut refused, &mut dropped);
     // The credit: a registered estimator (or verl's GAE, with a critic), or
     // refused; then what runs outside the loss.
     let (estimator, has_credit) = credit_and_outside(
@@ -792,4 +769,40 @@ fn critic_overrides(checked: &Checked, index: usize, c: &crate::critic::VerlCrit
         ov.push(format!("trainer.critic_warmup={}", w as i64));
     }
     ov
+}
+
+/// The recipe's critic as verl's (`None`: no critic, or refused: E0803
+/// into `refused`, or with `allow_partial` a line into `dropped`).
+fn critic_or_refusal(
+    checked: &Checked,
+    index: usize,
+    allow_partial: bool,
+    refused: &mut Vec<Diagnostic>,
+    dropped: &mut Vec<String>,
+) -> Option<crate::critic::VerlCritic> {
+    let recipe = checked.recipes.get(index)?;
+    match crate::critic::verl_critic(checked, index) {
+        Ok(c) => c,
+        Err(why) => {
+            let at = match recipe.value("critic", "loss") {
+                Some(v) => Label::new(v.file, v.name_span, "this critic"),
+                None => Label::new(
+                    recipe.file,
+                    recipe.name_span,
+                    "this recipe reads the critic",
+                ),
+            };
+            if allow_partial {
+                dropped.push(format!(
+                    "the critic ({why}): set `algorithm.adv_estimator` and `critic.*` yourself"
+                ));
+            } else {
+                refused.push(
+                    Diagnostic::error(codes::EXPORT_CRITIC, format!("verl's critic cannot run this recipe's: {why}"), at)
+                        .with_help("verl trains a critic only with its own GAE (`algorithm.adv_estimator=gae`) and clipped value loss: extend std/ppo's credit and critic, or pass --allow-partial to export the policy's loss alone"),
+                );
+            }
+            None
+        }
+    }
 }

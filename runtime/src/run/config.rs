@@ -430,66 +430,7 @@ fn teacher_config(
         s.int("model", "seed") as u64 + 1
     };
     if let Some(p) = s.path("teacher", "init") {
-        let path = Path::new(&p);
-        if !pretrained::is_pretrained(path) {
-            return Err(s.locate(
-                "teacher",
-                "init",
-                Error::new(
-                    codes::MODEL_SETTING,
-                    format!("`{p}` is not a checkpoint (a Hugging Face directory or a .gguf file)"),
-                    "name the teacher's checkpoint directory or .gguf file",
-                ),
-            ));
-        }
-        let t = pretrained::open(path, seed).map_err(|e| {
-            let mut e = crate::error::from_model(e);
-            e.diagnostics = s.located("teacher", "init", &e);
-            e
-        })?;
-        let same = match (&t.tokenizer, student.pretrained.is_some()) {
-            (Some(tt), true) => {
-                tt.vocab_size() == student.tok.vocab_size()
-                    && t.cfg.vocab == student.cfg.vocab
-                    && tt.to_json() == student.tok.to_json()
-            }
-            _ => false,
-        };
-        if !same {
-            let theirs = t
-                .tokenizer
-                .as_ref()
-                .map_or("no tokenizer".to_string(), |x| {
-                    format!(
-                        "{} ({} entries)",
-                        keel_model::tokenizer::describe(x),
-                        t.cfg.vocab
-                    )
-                });
-            let ours = format!(
-                "{} ({} entries)",
-                keel_model::tokenizer::describe(&student.tok),
-                student.cfg.vocab
-            );
-            return Err(s.locate(
-                "teacher",
-                "init",
-                Error::new(
-                    codes::MODEL_SETTING,
-                    format!("the teacher's tokenizer is {theirs}, the student's is {ours}: distillation over the vocabulary needs one tokenizer"),
-                    "choose a teacher of the student's family (the same tokenizer.json), or a student of the teacher's",
-                ),
-            ));
-        }
-        let mut model = t.cfg;
-        model.context = student.cfg.context;
-        return Ok(Some(TeacherSpec {
-            model,
-            weights: Some(t.weights),
-            warm_steps: 0,
-            reads_logits,
-            reads_logp,
-        }));
+        return pretrained_teacher(s, &p, seed, student, (reads_logits, reads_logp)).map(Some);
     }
     if student.pretrained.is_some() {
         return Err(s.locate(
@@ -535,6 +476,77 @@ fn teacher_config(
         reads_logits,
         reads_logp,
     }))
+}
+
+/// A teacher from a checkpoint (`teacher.init` = `p`), refused unless its
+/// tokenizer is the (pretrained) student's.
+fn pretrained_teacher(
+    s: &Settings,
+    p: &str,
+    seed: u64,
+    student: &Model,
+    (reads_logits, reads_logp): (bool, bool),
+) -> Result<TeacherSpec> {
+    let path = Path::new(p);
+    if !pretrained::is_pretrained(path) {
+        return Err(s.locate(
+            "teacher",
+            "init",
+            Error::new(
+                codes::MODEL_SETTING,
+                format!("`{p}` is not a checkpoint (a Hugging Face directory or a .gguf file)"),
+                "name the teacher's checkpoint directory or .gguf file",
+            ),
+        ));
+    }
+    let t = pretrained::open(path, seed).map_err(|e| {
+        let mut e = crate::error::from_model(e);
+        e.diagnostics = s.located("teacher", "init", &e);
+        e
+    })?;
+    let same = match (&t.tokenizer, student.pretrained.is_some()) {
+        (Some(tt), true) => {
+            tt.vocab_size() == student.tok.vocab_size()
+                && t.cfg.vocab == student.cfg.vocab
+                && tt.to_json() == student.tok.to_json()
+        }
+        _ => false,
+    };
+    if !same {
+        let theirs = t
+            .tokenizer
+            .as_ref()
+            .map_or("missing (no tokenizer.json)".to_string(), |x| {
+                format!(
+                    "{} ({} entries)",
+                    keel_model::tokenizer::describe(x),
+                    t.cfg.vocab
+                )
+            });
+        let ours = format!(
+            "{} ({} entries)",
+            keel_model::tokenizer::describe(&student.tok),
+            student.cfg.vocab
+        );
+        return Err(s.locate(
+            "teacher",
+            "init",
+            Error::new(
+                codes::MODEL_SETTING,
+                format!("the teacher's tokenizer is {theirs}, the student's is {ours}: distillation over the vocabulary needs one tokenizer"),
+                "choose a teacher of the student's family (the same tokenizer.json), or a student of the teacher's",
+            ),
+        ));
+    }
+    let mut model = t.cfg;
+    model.context = student.cfg.context;
+    Ok(TeacherSpec {
+        model,
+        weights: Some(t.weights),
+        warm_steps: 0,
+        reads_logits,
+        reads_logp,
+    })
 }
 
 /// The critic's settings where the recipe reads `values` or `vpred`; a
