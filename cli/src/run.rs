@@ -3,6 +3,7 @@
 
 use crate::diagnostics::{self, Color};
 use keel_compiler::{Disk, Error, check_source_with, codes};
+use keel_runtime::env::judge::{JudgeConfig, OnFailure};
 use keel_runtime::run::{self, RunFile, RunOptions};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,21 @@ pub struct Args {
     /// the response, its reward and correctness).
     #[arg(long, value_name = "N", default_value_t = 0)]
     log_samples: usize,
+    /// An external judge for recipes that read `judge`: a program that
+    /// reads one JSON request a line and writes one score a line
+    /// (docs/runtime.md), run with `sh -c`.
+    #[arg(long, value_name = "COMMAND", conflicts_with = "resume")]
+    judge: Option<String>,
+    /// Judge processes run at once; a step's requests are spread over them.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    judge_workers: usize,
+    /// Seconds to wait for one answer of the judge.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    judge_timeout: f64,
+    /// What a judge's failure does: `error` (stop the run, E0711) or
+    /// `skip` (score the sample 0 and flag it, as verl does).
+    #[arg(long, value_name = "MODE", default_value = "error", value_parser = ["error", "skip"])]
+    judge_failures: String,
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
@@ -110,6 +126,10 @@ fn run_seeds(a: Args, seeds: u32) -> ExitCode {
             deny_warnings: a.deny_warnings,
             allow_warnings: a.allow_warnings,
             log_samples: a.log_samples,
+            judge: a.judge.clone(),
+            judge_workers: a.judge_workers,
+            judge_timeout: a.judge_timeout,
+            judge_failures: a.judge_failures.clone(),
             quiet: a.quiet,
             color: a.color,
         });
@@ -129,6 +149,8 @@ struct Source {
     set: Vec<(String, String)>,
     /// The run directory to continue.
     resume: Option<PathBuf>,
+    /// The external judge (`--judge`, or the resumed run's).
+    judge: Option<JudgeConfig>,
 }
 
 /// One run: a new one from a recipe, or `--resume`.
@@ -197,6 +219,7 @@ fn run_one(a: Args) -> ExitCode {
         quiet: a.quiet,
         log_samples: a.log_samples,
         interrupt: interrupt_on_ctrl_c(),
+        judge: src.judge.clone(),
     };
     if !a.quiet {
         eprintln!("keel run: {} → {}", recipe_path, out.display());
@@ -208,6 +231,7 @@ fn run_one(a: Args) -> ExitCode {
         recipe: Some(recipe.clone()),
         set: src.set,
         fingerprint,
+        judge: src.judge,
     };
     match run::run(&checked, index, rf, &opts) {
         Ok(s) if s.interrupted => {
@@ -279,6 +303,7 @@ fn source(a: &Args) -> Result<Source, ExitCode> {
                 name: rf.recipe,
                 set: rf.set,
                 resume: Some(PathBuf::from(dir)),
+                judge: rf.judge,
             })
         }
         (None, Some(recipe)) => match diagnostics::parse_set(&a.set) {
@@ -287,6 +312,16 @@ fn source(a: &Args) -> Result<Source, ExitCode> {
                 name: a.name.clone(),
                 set,
                 resume: None,
+                judge: a.judge.as_ref().map(|command| JudgeConfig {
+                    command: command.clone(),
+                    workers: a.judge_workers.max(1),
+                    timeout_s: a.judge_timeout,
+                    on_failure: if a.judge_failures == "skip" {
+                        OnFailure::Skip
+                    } else {
+                        OnFailure::Error
+                    },
+                }),
             }),
             Err(e) => {
                 eprintln!("error: {e}");

@@ -675,6 +675,8 @@ fn every_stdlib_recipe_runs_or_names_the_missing_input() {
         "bd_kd",
         "pld",
         "gkd",
+        "stable_reinforce",
+        "craft_gui",
     ] {
         assert!(ran.iter().any(|r| r == must), "{must} did not run");
     }
@@ -2020,4 +2022,217 @@ fn a_log_without_a_terminal_is_not_silent_in_the_warm_start() {
         "{e}"
     );
     assert!(e.contains("step 2/2: reward"), "{e}");
+}
+
+/// A judge script: `body` is Python run for each request line `r` (a dict)
+/// with the request's index `i`; it prints the answer.
+fn judge_script(d: &Path, name: &str, body: &str) -> String {
+    let text = format!(
+        "import json, random, sys, time\nfor i, line in enumerate(sys.stdin):\n    r = json.loads(line)\n{}\n    sys.stdout.flush()\n",
+        body.lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    std::fs::write(d.join(name), text).expect("write");
+    format!("python3 {name}")
+}
+
+/// A recipe whose reward is the judge's score.
+fn judged(name: &str, steps: u32) -> String {
+    tiny(name, steps, "    reward = judge\n")
+}
+
+/// `--judge`: every response goes to the judge as one JSON line (with
+/// the prompt, the response and the answer), its score is `judge`, spread
+/// over two workers, and recorded in `judge.jsonl`. A judge that crashes,
+/// hangs past `--judge-timeout`, answers `banana` or `nan` stops the run
+/// with E0711 naming the step and row (within the timeout); with
+/// `--judge-failures skip` the run finishes with `judge_skipped` > 0.
+#[test]
+fn judges_score_responses_and_their_failures_are_coded() {
+    let d = dir("judge");
+    std::fs::write(d.join("j.recipe"), judged("j", 2)).expect("write");
+    let good = judge_script(
+        &d,
+        "good.py",
+        "assert set(r) == {'id', 'prompt', 'response', 'answer', 'data_source', 'extra_info'}\nprint(json.dumps({'score': 0.75}))",
+    );
+    let out = keel(
+        &d,
+        &[
+            "run",
+            "-q",
+            "j.recipe",
+            "--out",
+            "good",
+            "--judge",
+            &good,
+            "--judge-workers",
+            "2",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m = metrics(&d.join("good"));
+    for l in &m[1..] {
+        assert_eq!(l["reward_mean"].as_f64(), Some(0.75), "{l}");
+        assert_eq!(l["judge_skipped"].as_u64(), Some(0), "{l}");
+    }
+    let record = std::fs::read_to_string(d.join("good/judge.jsonl")).expect("record");
+    assert_eq!(record.lines().count(), 2 * 4, "two steps of 2 prompts × 2");
+    assert!(record.contains("\"id\":\"2/3\""), "{record}");
+    let failing = [
+        (
+            "crash.py",
+            "if i == 2:\n    sys.stderr.write('judge: out of memory\\n'); sys.exit(3)\nprint(0.5)",
+            "exited",
+            "out of memory",
+        ),
+        (
+            "hang.py",
+            "if i == 2:\n    time.sleep(600)\nprint(0.5)",
+            "did not answer",
+            "",
+        ),
+        (
+            "banana.py",
+            "print('banana' if i == 2 else 0.5)",
+            "`banana`",
+            "",
+        ),
+        ("nan.py", "print('nan' if i == 2 else 0.5)", "`nan`", ""),
+    ];
+    for (name, body, what, stderr) in failing {
+        let cmd = judge_script(&d, name, body);
+        let t0 = Instant::now();
+        let out = keel(
+            &d,
+            &[
+                "run",
+                "-q",
+                "j.recipe",
+                "--out",
+                name,
+                "--judge",
+                &cmd,
+                "--judge-timeout",
+                "2",
+            ],
+        );
+        let e = text(&out.stderr);
+        assert!(!out.status.success(), "{name}");
+        assert!(
+            e.contains("error[E0711]") && e.contains(what) && e.contains(stderr),
+            "{name}: {e}"
+        );
+        assert!(e.contains("at step 1, row 2"), "{name}: {e}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{name} took {:?}",
+            t0.elapsed()
+        );
+        let skip = format!("{name}-skip");
+        let out = keel(
+            &d,
+            &[
+                "run",
+                "-q",
+                "j.recipe",
+                "--out",
+                &skip,
+                "--judge",
+                &cmd,
+                "--judge-timeout",
+                "2",
+                "--judge-failures",
+                "skip",
+            ],
+        );
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        let m = metrics(&d.join(&skip));
+        let skipped: u64 = m[1..]
+            .iter()
+            .filter_map(|l| l["judge_skipped"].as_u64())
+            .sum();
+        assert!(skipped > 0, "{name}: {m:?}");
+        for l in &m[1..] {
+            assert!(
+                l["loss"].as_f64().is_some_and(f64::is_finite),
+                "{name}: {l}"
+            );
+        }
+    }
+}
+
+/// A resumed run replays the judge's recorded answers instead of asking
+/// again: with a judge that answers at random, a run resumed from its
+/// step-2 checkpoint ends with the uninterrupted run's metrics and weights.
+/// The resumed run uses the judge it started with (run.json).
+#[test]
+fn a_resumed_run_replays_the_judges_answers() {
+    let d = dir("judge-resume");
+    let recipe = judged("j", 4).replace(
+        "    eval {",
+        "    checkpoint { every = 2, keep = 8 }\n    eval {",
+    );
+    std::fs::write(d.join("j.recipe"), recipe).expect("write");
+    let cmd = judge_script(&d, "random.py", "print(random.random())");
+    let out = keel(
+        &d,
+        &["run", "-q", "j.recipe", "--out", "full", "--judge", &cmd],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // As if killed after step 3: the step-4 checkpoint is gone.
+    let copy = d.join("cut");
+    std::fs::create_dir_all(copy.join("checkpoints")).expect("dir");
+    for f in ["run.json", "metrics.jsonl", "judge.jsonl"] {
+        std::fs::copy(d.join("full").join(f), copy.join(f)).expect("copy");
+    }
+    for ck in ["step-0000000", "step-0000002"] {
+        let (from, to) = (
+            d.join("full/checkpoints").join(ck),
+            copy.join("checkpoints").join(ck),
+        );
+        std::fs::create_dir_all(&to).expect("dir");
+        for e in std::fs::read_dir(&from).expect("ck").flatten() {
+            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+        }
+    }
+    let out = keel(&d, &["run", "-q", "--resume", "cut"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(metrics(&d.join("cut")), metrics(&d.join("full")));
+    let a = std::fs::read(d.join("full/final.safetensors")).expect("weights");
+    let b = std::fs::read(d.join("cut/final.safetensors")).expect("weights");
+    assert!(a == b, "final weights differ after a replayed resume");
+}
+
+/// Without `--judge`: the built-in tasks' rule judge (arithmetic: the share
+/// of right steps) scores `judge`; a JSONL task has none and is refused
+/// before training (E0706) with a help line naming the flag.
+#[test]
+fn rule_judges_and_a_jsonl_task_without_a_judge() {
+    let d = dir("rule-judge");
+    std::fs::write(d.join("j.recipe"), judged("j", 2)).expect("write");
+    let out = keel(&d, &["run", "-q", "j.recipe", "--out", "rule"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for l in &metrics(&d.join("rule"))[1..] {
+        let r = l["reward_mean"].as_f64().expect("reward");
+        assert!((0.0..=1.0).contains(&r), "{l}");
+        assert!(l.get("judge_skipped").is_some(), "{l}");
+    }
+    std::fs::write(
+        d.join("d.jsonl"),
+        "{\"prompt\":\"1+1=\",\"answer\":\"2\"}\n",
+    )
+    .expect("write");
+    let recipe = judged("k", 2).replace(
+        "    rollout {",
+        "    task { name = jsonl, path = \"d.jsonl\" }\n    rollout {",
+    );
+    std::fs::write(d.join("k.recipe"), recipe).expect("write");
+    let out = keel(&d, &["run", "-q", "k.recipe", "--out", "k"]);
+    let e = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(e.contains("error[E0706]") && e.contains("--judge"), "{e}");
+    assert!(!d.join("k").exists(), "refused before the run directory");
 }

@@ -21,6 +21,7 @@ pub mod codes {
     pub const CHECKPOINT_FORMAT: Code = c::CHECKPOINT_FORMAT;
     pub const DEVICE: Code = c::DEVICE;
     pub const TOO_LARGE: Code = c::TOO_LARGE;
+    pub const JUDGE: Code = c::JUDGE;
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

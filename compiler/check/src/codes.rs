@@ -85,6 +85,7 @@ codes! {
     DEVICE = "E0708": "no usable device";
     CHECKPOINT_FORMAT = "E0709": "checkpoint describes a model Keel cannot run";
     RUN_WARNINGS = "E0710": "`keel run` does not start on these warnings";
+    JUDGE = "E0711": "the external judge failed";
     // Export to another engine (`keel export --target verl|trl`).
     EXPORT_INPUT = "E0800": "the target engine does not give the loss or credit an input it reads";
     EXPORT_GUARD = "E0801": "the target engine cannot run a guard";

@@ -42,6 +42,13 @@ pub struct Row {
     pub truncated: bool,
     /// 0 on-policy, 1 a rehearsal sample of the initial policy.
     pub source: f64,
+    /// The judge's score (`judge`): the external judge's, else the task's
+    /// rule judge's, else 0.
+    pub judge: f64,
+    /// The external judge failed on it (`--judge-failures skip`).
+    pub judge_skipped: bool,
+    /// The problem it answers (what a judge is sent).
+    pub problem: std::sync::Arc<crate::env::Problem>,
     /// Token-level columns filled by a role (`ref_logp` by the reference),
     /// by input name: a new input is a row of [`inputs::INPUTS`] and the
     /// code that fills it here. A row without one reads zeros.

@@ -73,11 +73,24 @@ impl Environment for Arithmetic {
     }
 
     fn verify(&self, problem: &Problem, response: &str) -> Verdict {
-        if self.natural {
+        let mut v = if self.natural {
             verify_natural(problem, response, self.prm)
         } else {
             verify_arithmetic(problem, response, self.prm)
-        }
+        };
+        // The rule judge: the fraction of the response's steps the task's
+        // PRM rewards (0 without steps).
+        let n = v.steps.len();
+        v.judge = Some(if n == 0 {
+            0.0
+        } else {
+            v.steps.iter().map(|s| s.1).sum::<f64>() / n as f64
+        });
+        v
+    }
+
+    fn has_rule_judge(&self) -> bool {
+        true
     }
 
     fn describe(&self) -> String {
@@ -116,6 +129,7 @@ fn arithmetic(r: &mut Rng, difficulty: f64) -> Problem {
         answer,
         solution,
         difficulty: n_ops as f64 / max_ops.max(1) as f64,
+        ..Default::default()
     }
 }
 
@@ -190,6 +204,7 @@ fn verify_arithmetic(p: &Problem, response: &str, prm: Prm) -> Verdict {
         correct,
         format_ok: well_formed && pieces.len() == ops.len(),
         steps,
+        judge: None,
     }
 }
 
@@ -385,6 +400,7 @@ fn verify_natural(p: &Problem, response: &str, prm: Prm) -> Verdict {
         correct,
         format_ok: marked,
         steps,
+        judge: None,
     }
 }
 

@@ -30,6 +30,10 @@ impl Environment for Countdown {
         verify_countdown(problem, response)
     }
 
+    fn has_rule_judge(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         format!(
             "countdown seed={} difficulty={}",
@@ -71,6 +75,7 @@ fn countdown(r: &mut Rng, difficulty: f64) -> Problem {
         answer: value.to_string(),
         solution: expr,
         difficulty: used as f64 / n as f64,
+        ..Default::default()
     }
 }
 
@@ -96,10 +101,19 @@ fn verify_countdown(p: &Problem, response: &str) -> Verdict {
             None => numbers_ok = false,
         }
     }
+    // The rule judge: partial credit by distance to the target, for a
+    // well-formed expression over the given numbers (else 0).
+    let judge = match (value, target) {
+        (Some(v), Some(t)) if format_ok && numbers_ok => {
+            1.0 - ((v - t).abs() as f64 / (t.abs().max(1)) as f64).min(1.0)
+        }
+        _ => 0.0,
+    };
     Verdict {
         correct: format_ok && numbers_ok && value.is_some() && value == target,
         format_ok,
         steps: Vec::new(),
+        judge: Some(judge),
     }
 }
 

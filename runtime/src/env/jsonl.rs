@@ -151,6 +151,7 @@ impl Environment for Jsonl {
             correct,
             format_ok: !got.is_empty(),
             steps: Vec::new(),
+            judge: None,
         }
     }
 
@@ -262,12 +263,20 @@ pub fn load_jsonl(path: &str, text: &str) -> Result<Vec<Problem>> {
         })?;
         let solution = field("solution")?.unwrap_or_else(|| answer.clone());
         let difficulty = v.get("difficulty").and_then(|d| d.as_f64()).unwrap_or(0.5);
+        // verl's fields, passed to a judge as they are.
+        let data_source = v
+            .get("data_source")
+            .and_then(serde_json::Value::as_str)
+            .map(String::from);
+        let extra_info = v.get("extra_info").cloned();
         out.push(Problem {
             messages,
             prompt,
             answer,
             solution,
             difficulty,
+            data_source,
+            extra_info,
         });
     }
     if out.is_empty() {

@@ -3,7 +3,9 @@
 //! (`task.name` → how to open it), and one file per environment:
 //! [`arithmetic`] (with checkable steps, compact or in a chat model's
 //! words), [`countdown`], and [`jsonl`] (a user's data with a verifier).
-//! A new task is one file and one row of the registry.
+//! A new task is one file and one row of the registry. Beside them: the
+//! external judges ([`judge`]) and the one module that runs external
+//! programs ([`process`]).
 //!
 //! May import: `crate::error`, `crate::settings` and `keel-model`
 //! (tokenizers, the RNG); nothing else of the runtime.
@@ -11,6 +13,8 @@
 pub mod arithmetic;
 pub mod countdown;
 pub mod jsonl;
+pub mod judge;
+pub mod process;
 
 use keel_model::tokenizer::Tokenizer;
 
@@ -32,6 +36,9 @@ pub struct Problem {
     pub solution: String,
     /// A difficulty in [0, 1], for curricula.
     pub difficulty: f64,
+    /// verl's `data_source` and `extra_info` of the row, passed to judges.
+    pub data_source: Option<String>,
+    pub extra_info: Option<serde_json::Value>,
 }
 
 /// The verdict on one response.
@@ -43,6 +50,8 @@ pub struct Verdict {
     /// Process rewards: (character offset in the response of the character
     /// that closes a step, 1 if the step is right else 0).
     pub steps: Vec<(usize, f64)>,
+    /// The task's rule judge (`judge` without `--judge`), where it has one.
+    pub judge: Option<f64>,
 }
 
 impl Problem {
@@ -74,6 +83,11 @@ pub trait Environment: Send + Sync {
     /// generated without end).
     fn problems(&self) -> Option<&[Problem]> {
         None
+    }
+    /// Whether its verdicts carry a rule judge's score (`Verdict::judge`),
+    /// used where a recipe reads `judge` and no `--judge` is given.
+    fn has_rule_judge(&self) -> bool {
+        false
     }
 }
 

@@ -139,6 +139,10 @@ impl Sampler<'_> {
             difficulty: problems.iter().map(|p| p.difficulty).collect(),
             ..Default::default()
         };
+        let shared: Vec<std::sync::Arc<Problem>> = problems
+            .iter()
+            .map(|p| std::sync::Arc::new(p.clone()))
+            .collect();
         for ((s, pr), g) in samples.into_iter().zip(prompts).zip(groups) {
             let text = tok.decode(&s.response);
             let mut verdict = self.env.verify(&problems[g], &text);
@@ -155,6 +159,8 @@ impl Sampler<'_> {
                 entropy: s.entropy,
                 old_logits: s.logits,
                 group: g,
+                judge: verdict.judge.unwrap_or(0.0),
+                problem: shared.get(g).cloned().unwrap_or_default(),
                 verdict,
                 truncated: s.truncated,
                 ..Row::sampled(pr, s.response)

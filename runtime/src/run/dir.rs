@@ -46,6 +46,8 @@ pub mod metric {
     pub const GRAD_NORM: &str = "grad_norm";
     pub const CLIP_FRAC: &str = "clip_frac";
     pub const Z_LOSS: &str = "z_loss";
+    /// Samples the external judge failed on, scored 0 (`--judge-failures skip`).
+    pub const JUDGE_SKIPPED: &str = "judge_skipped";
     /// The critic's loss (`critic.loss` reduced) and its gradient's norm.
     pub const VALUE_LOSS: &str = "value_loss";
     pub const CRITIC_GRAD_NORM: &str = "critic_grad_norm";
@@ -87,6 +89,10 @@ impl RunDir {
     }
     pub fn samples(&self) -> PathBuf {
         self.root.join(SAMPLES)
+    }
+    /// Every answer of the external judge (`--judge`), replayed on resume.
+    pub fn judge_record(&self) -> PathBuf {
+        self.root.join("judge.jsonl")
     }
     pub fn checkpoints(&self) -> PathBuf {
         self.root.join(CHECKPOINTS)

@@ -39,6 +39,7 @@ use self::guards::{Decision, current_params};
 use self::host::HostProgram;
 use self::update::{CpuLoss, LossStep, UpdatePlan};
 use crate::batch::{Rollouts, StepInputs};
+use crate::env::judge::{JudgeConfig, Judges, Request};
 use crate::error::{Coded, Error, Result, codes};
 use crate::roles::critic::Critic;
 use crate::roles::reference::Reference;
@@ -61,6 +62,8 @@ pub struct RunOptions {
     /// Set (by the CLI's Ctrl-C handler) to stop after the step in
     /// progress, with a checkpoint.
     pub interrupt: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The external judge (`--judge`), where one is given.
+    pub judge: Option<JudgeConfig>,
 }
 
 /// What a finished run reports.
@@ -87,6 +90,9 @@ pub struct RunFile {
     pub recipe: Option<String>,
     pub set: Vec<(String, String)>,
     pub fingerprint: String,
+    /// The external judge the run started with (`--resume` uses it).
+    #[serde(default)]
+    pub judge: Option<JudgeConfig>,
 }
 
 /// Run (or resume) a recipe: set up (the programs, the warm start, the
@@ -174,6 +180,9 @@ struct Trainer<'a> {
     /// The frozen teacher, where the recipe reads `teacher_logits` or
     /// `teacher_logp`.
     teacher: Option<Teacher>,
+    /// The external judges (`--judge`), where the recipe reads `judge`.
+    judges: Option<Judges>,
+    reads_judge: bool,
     policy: Transformer,
     opt: AdamW,
     st: TrainState,
@@ -211,6 +220,11 @@ impl<'a> Trainer<'a> {
                 epoch: 0.0,
             },
         )?;
+        let reads_judge = checked
+            .recipes
+            .get(index)
+            .is_some_and(|r| r.inputs.contains_key("judge"));
+        check_judge(checked, index, &setup, opts, reads_judge)?;
         // The run directory exists once the recipe passed every check: a
         // run refused before training leaves nothing behind.
         let dir = RunDir::new(&opts.out);
@@ -253,6 +267,10 @@ impl<'a> Trainer<'a> {
         let teacher = teacher_of(&mut setup, opts)?;
         let (policy, opt, st, critic) =
             restore(&setup, opts, &dir, &init, &base_params, policy, critic)?;
+        let judges = match (&opts.judge, reads_judge) {
+            (Some(cfg), true) => Some(Judges::open(cfg.clone(), &dir.judge_record(), opts.resume)?),
+            _ => None,
+        };
         let metrics_file = append(&dir.metrics())?;
         let samples_file = match opts.log_samples {
             0 => None,
@@ -275,6 +293,8 @@ impl<'a> Trainer<'a> {
             rehearsal,
             critic,
             teacher,
+            judges,
+            reads_judge,
             policy,
             opt,
             st,
@@ -415,6 +435,11 @@ impl<'a> Trainer<'a> {
             events: Vec::new(),
         };
         log.line.insert(metric::STEP.into(), json!(step));
+        if self.reads_judge {
+            let skipped = batch.rows.iter().filter(|r| r.judge_skipped).count();
+            log.line
+                .insert(metric::JUDGE_SKIPPED.into(), json!(skipped));
+        }
         let (mut d, rewards) = self.score_and_guard(&batch, step_in, n_tokens, &mut log)?;
         self.log_samples(&batch, &rewards, step)?;
         log.line.insert(metric::LR.into(), json!(k.lr));
@@ -566,6 +591,7 @@ impl<'a> Trainer<'a> {
             } else {
                 sampler.groups(&problems, self.setup.group, &mut rng)
             };
+            self.judge(&mut r, step_in.step as u64, batch.len())?;
             if self.setup.dynamic_sampling {
                 r = groups_with_signal(&self.host, r, step_in)?;
             }
@@ -591,6 +617,41 @@ impl<'a> Trainer<'a> {
             teacher.fill(&mut batch, k.temperature);
         }
         Ok(batch)
+    }
+
+    /// The external judge's scores of a round of rollouts (rows `offset..`
+    /// of step `step`'s batch); without one, the rows keep the task's rule
+    /// judge.
+    fn judge(&mut self, r: &mut Rollouts, step: u64, offset: usize) -> Result<()> {
+        let Some(judges) = self.judges.as_mut() else {
+            return Ok(());
+        };
+        let tok = &self.setup.tok;
+        let requests: Vec<Request> = r
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let p = &row.problem;
+                Request {
+                    id: format!("{step}/{}", offset + i),
+                    prompt: match &p.messages {
+                        Some(m) => serde_json::Value::Array(m.clone()),
+                        None => json!(p.prompt),
+                    },
+                    response: tok.decode(&row.response),
+                    answer: Some(p.answer.clone()),
+                    data_source: p.data_source.clone(),
+                    extra_info: p.extra_info.clone(),
+                }
+            })
+            .collect();
+        let scores = judges.score(&requests)?;
+        for (row, s) in r.rows.iter_mut().zip(scores) {
+            row.judge = s.score;
+            row.judge_skipped = s.skipped;
+        }
+        Ok(())
     }
 
     /// Rewards and the batch's metrics, the recipe's state updates, and the
@@ -925,6 +986,51 @@ fn groups_with_signal(host: &HostProgram, r: Rollouts, step_in: StepInputs) -> R
         })
         .collect();
     Ok(r.select_groups(&keep))
+}
+
+/// A recipe that reads `judge` needs `--judge` unless its task has a rule
+/// judge (E0706, at the read, naming the flag); `--judge` for a recipe that
+/// does not read it is said and ignored.
+fn check_judge(
+    checked: &Checked,
+    index: usize,
+    setup: &RunConfig,
+    opts: &RunOptions,
+    reads_judge: bool,
+) -> Result<()> {
+    if !reads_judge {
+        if opts.judge.is_some() {
+            say(
+                opts,
+                "note: the recipe does not read `judge`; --judge is not used",
+            );
+        }
+        return Ok(());
+    }
+    if opts.judge.is_some() || setup.env.has_rule_judge() {
+        return Ok(());
+    }
+    let message = format!(
+        "the recipe reads `judge`, but no judge was given and the task ({}) has no rule judge",
+        setup.env.describe()
+    );
+    let help = "run with --judge 'COMMAND' (a program that scores one JSON request a line; docs/runtime.md)";
+    let mut e = Error::new(codes::LOSS_PROGRAM, message.clone(), help);
+    if let Some((file, span)) = checked
+        .recipes
+        .get(index)
+        .and_then(|r| r.inputs.get("judge"))
+    {
+        e.diagnostics = vec![
+            keel_compiler::Diagnostic::error(
+                keel_compiler::codes::RUNTIME_INPUT,
+                message,
+                keel_compiler::Label::new(*file, *span, "read here"),
+            )
+            .with_help(help),
+        ];
+    }
+    Err(e)
 }
 
 /// Rehearsal samples (DPH-RL, retain sets): correct responses of the
