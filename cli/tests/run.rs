@@ -2105,6 +2105,7 @@ fn judges_score_responses_and_their_failures_are_coded() {
     for (name, body, what, stderr) in failing {
         let cmd = judge_script(&d, name, body);
         let t0 = Instant::now();
+        let stop = format!("out-{name}");
         let out = keel(
             &d,
             &[
@@ -2112,7 +2113,7 @@ fn judges_score_responses_and_their_failures_are_coded() {
                 "-q",
                 "j.recipe",
                 "--out",
-                name,
+                &stop,
                 "--judge",
                 &cmd,
                 "--judge-timeout",
@@ -2131,7 +2132,7 @@ fn judges_score_responses_and_their_failures_are_coded() {
             "{name} took {:?}",
             t0.elapsed()
         );
-        let skip = format!("{name}-skip");
+        let skip = format!("out-{name}-skip");
         let out = keel(
             &d,
             &[

@@ -458,6 +458,7 @@ mod tests {
             answer: "14".into(),
             solution: "7+12=19,19-5=14|14".into(),
             difficulty: 1.0,
+            ..Default::default()
         };
         let t = Arithmetic {
             seed: 0,
@@ -468,6 +469,10 @@ mod tests {
         let v = t.verify(&p, "7+12=18,18-5=13|13");
         assert!(!v.correct && v.format_ok);
         assert_eq!(v.steps, vec![(7, 0.0), (15, 0.0)]);
+        // The rule judge: the share of rewarded steps.
+        assert_eq!(v.judge, Some(0.0));
+        assert_eq!(t.verify(&p, "7+12=19,19-5=13|13").judge, Some(0.5));
+        assert_eq!(t.verify(&p, &p.solution).judge, Some(1.0));
         // The hackable PRM rewards the same wrong steps for their form
         // alone, and still not a malformed one; correctness is unchanged.
         let hackable = Arithmetic {

@@ -208,8 +208,13 @@ mod tests {
             answer: "22".into(),
             solution: "3*5+7".into(),
             difficulty: 1.0,
+            ..Default::default()
         };
         assert!(t.verify(&p, "7+5*3").correct);
+        // The rule judge: partial credit by distance to the target.
+        assert_eq!(t.verify(&p, "7+5*3").judge, Some(1.0));
+        assert_eq!(t.verify(&p, "7+5").judge, Some(1.0 - 10.0 / 22.0));
+        assert_eq!(t.verify(&p, "9+9").judge, Some(0.0), "9 is not given twice");
         assert!(!t.verify(&p, "(7+5)*2-2").correct); // 2 used twice
         assert!(!t.verify(&p, "22").correct); // 22 is not given
         assert!(!t.verify(&p, "3*5+7+").format_ok);

@@ -233,6 +233,7 @@ recipe q extends grpo {
                         correct: c,
                         format_ok: true,
                         steps: Vec::new(),
+                        judge: None,
                     },
                     ..Row::sampled(vec![1], vec![5; i + 1])
                 })
