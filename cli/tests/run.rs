@@ -2237,3 +2237,79 @@ fn rule_judges_and_a_jsonl_task_without_a_judge() {
     assert!(e.contains("error[E0706]") && e.contains("--judge"), "{e}");
     assert!(!d.join("k").exists(), "refused before the run directory");
 }
+
+/// verl's data and reward functions: a parquet file written by `datasets`
+/// as verl's GSM8K preprocessing writes it (tests/reference/verl_parquet.py)
+/// trains two steps, scored through `python/keel_verl_judge.py` by a
+/// `compute_score` written as verl's GSM8K one is (it asserts the
+/// `data_source` and `extra_info` it is given). The adapter scores known
+/// responses as the function does. A row without `reward_model` and a file
+/// that is not parquet are located errors.
+#[test]
+fn verl_parquet_data_and_compute_score_through_the_adapter() {
+    let d = dir("verl-data");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let fixtures = root.join("tests/fixtures/verl");
+    let adapter = format!(
+        "python3 {} {}",
+        root.join("python/keel_verl_judge.py").display(),
+        fixtures.join("gsm8k_reward.py").display()
+    );
+    // The adapter alone, on two known responses.
+    let mut child = Command::new("sh")
+        .args(["-c", &adapter])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("adapter");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        for response in ["so 3+11 makes #### 14", "#### 15"] {
+            let line = serde_json::json!({"id": "1/0", "prompt": "3+11=", "response": response,
+                "answer": "14", "data_source": "openai/gsm8k", "extra_info": {"split": "train"}});
+            writeln!(stdin, "{line}").expect("write");
+        }
+    }
+    let out = child.wait_with_output().expect("adapter output");
+    assert_eq!(text(&out.stdout), "{\"score\": 1.0}\n{\"score\": 0.1}\n");
+    let recipe = |file: &str| {
+        tiny("v", 2, "    reward = judge\n").replace(
+            "    rollout {",
+            &format!(
+                "    task {{ name = jsonl, path = \"{}\", chat = off }}\n    rollout {{",
+                fixtures.join(file).display()
+            ),
+        )
+    };
+    std::fs::write(d.join("v.recipe"), recipe("arith_train.parquet")).expect("write");
+    let out = keel(
+        &d,
+        &["run", "-q", "v.recipe", "--out", "v", "--judge", &adapter],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m = metrics(&d.join("v"));
+    assert_eq!(m.len(), 3);
+    for l in &m[1..] {
+        assert!(l["loss"].as_f64().is_some_and(f64::is_finite), "{l}");
+        assert_eq!(l["judge_skipped"].as_u64(), Some(0), "{l}");
+    }
+    let record = std::fs::read_to_string(d.join("v/judge.jsonl")).expect("record");
+    assert_eq!(record.lines().count(), 8);
+    std::fs::write(d.join("m.recipe"), recipe("missing_column.parquet")).expect("write");
+    let out = keel(&d, &["run", "-q", "m.recipe", "--out", "m"]);
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("missing_column.parquet: row 1: error[E0701]") && e.contains("`reward_model`"),
+        "{e}"
+    );
+    std::fs::write(d.join("garbage.parquet"), "not parquet").expect("write");
+    let bad = recipe("x").replace(&fixtures.join("x").display().to_string(), "garbage.parquet");
+    std::fs::write(d.join("b.recipe"), bad).expect("write");
+    let out = keel(&d, &["run", "-q", "b.recipe", "--out", "b"]);
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("garbage.parquet: error[E0700]") && e.contains("parquet"),
+        "{e}"
+    );
+}

@@ -56,19 +56,29 @@ pub fn open(cx: &Context) -> Result<Box<dyn Environment>> {
         e.diagnostics = s.located("task", "name", &e);
         return Err(e);
     };
-    let text = fs::read_to_string(&path).map_err(|e| {
-        Error::new(
-            codes::DATA_UNREADABLE,
-            format!("cannot read `{path}`: {e}"),
-            "check the path in `task.path` (relative to the working directory)",
-        )
-        .at(path.clone())
-    })?;
-    let problems = load_jsonl(&path, &text)?;
+    let (problems, places, hash) = if path.ends_with(".parquet") {
+        load_parquet(&path)?
+    } else {
+        let text = fs::read_to_string(&path).map_err(|e| {
+            Error::new(
+                codes::DATA_UNREADABLE,
+                format!("cannot read `{path}`: {e}"),
+                "check the path in `task.path` (relative to the working directory)",
+            )
+            .at(path.clone())
+        })?;
+        let problems = load_jsonl(&path, &text)?;
+        let places = (1..=problems.len())
+            .map(|k| format!("{path}:{k}"))
+            .collect();
+        (problems, places, fnv(text.as_bytes()))
+    };
     let chat = cx.tok.chat().is_some();
-    for (k, p) in problems.iter().enumerate() {
-        let at = format!("{path}:{}", k + 1);
-        if p.messages.is_some() && !chat {
+    // With `task.chat = off` a conversation's last message is the prompt.
+    let plain = s.sym("task", "chat").as_deref() == Some("off");
+    for (p, at) in problems.iter().zip(&places) {
+        let at = at.clone();
+        if p.messages.is_some() && !chat && !plain {
             return Err(Error::new(
                 codes::DATA_RECORD,
                 "the prompt is a conversation, but the run has no chat template to render it",
@@ -94,8 +104,30 @@ pub fn open(cx: &Context) -> Result<Box<dyn Environment>> {
         Some("regex") => Verifier::Regex(patterns(&path, &problems)?),
         _ => Verifier::Exact,
     };
-    let desc = format!("jsonl {path} {:x}", fnv(text.as_bytes()));
+    let desc = format!("jsonl {path} {hash:x}");
     Ok(Box::new(Jsonl::new(problems, verifier, desc)))
+}
+
+/// verl's parquet layout (`super::parquet`): the problems, where each came
+/// from (`PATH: row N`), and a hash of the file.
+fn load_parquet(path: &str) -> Result<(Vec<Problem>, Vec<String>, u64)> {
+    let rows = super::parquet::records(path)?;
+    if rows.is_empty() {
+        return Err(Error::new(
+            codes::DATA_RECORD,
+            "the file has no rows",
+            "write the dataset's rows (verl's `examples/data_preprocess` scripts write `train.parquet`)",
+        )
+        .at(path.to_string()));
+    }
+    let bytes = fs::read(path).unwrap_or_default();
+    let mut problems = Vec::new();
+    let mut places = Vec::new();
+    for (at, v) in rows {
+        problems.push(record(&v, &at)?);
+        places.push(at);
+    }
+    Ok((problems, places, fnv(&bytes)))
 }
 
 /// Each record's answer compiled as a regular expression; the first that
@@ -211,6 +243,23 @@ pub fn load_jsonl(path: &str, text: &str) -> Result<Vec<Problem>> {
             )
             .at(at.clone())
         })?;
+        out.push(record(&v, &at)?);
+    }
+    if out.is_empty() {
+        return Err(Error::new(
+            codes::DATA_RECORD,
+            "the file has no records",
+            "add one JSON object per line with `prompt` and `answer` fields",
+        )
+        .at(path.to_string()));
+    }
+    Ok(out)
+}
+
+/// One record (`at`: where it is, for errors) as a problem.
+pub fn record(v: &serde_json::Value, at: &str) -> Result<Problem> {
+    let at = at.to_string();
+    {
         let field = |name: &str| -> Result<Option<String>> {
             match v.get(name) {
                 None | Some(serde_json::Value::Null) => Ok(None),
@@ -269,7 +318,7 @@ pub fn load_jsonl(path: &str, text: &str) -> Result<Vec<Problem>> {
             .and_then(serde_json::Value::as_str)
             .map(String::from);
         let extra_info = v.get("extra_info").cloned();
-        out.push(Problem {
+        Ok(Problem {
             messages,
             prompt,
             answer,
@@ -277,17 +326,8 @@ pub fn load_jsonl(path: &str, text: &str) -> Result<Vec<Problem>> {
             difficulty,
             data_source,
             extra_info,
-        });
+        })
     }
-    if out.is_empty() {
-        return Err(Error::new(
-            codes::DATA_RECORD,
-            "the file has no records",
-            "add one JSON object per line with `prompt` and `answer` fields",
-        )
-        .at(path.to_string()));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod arithmetic;
 pub mod countdown;
 pub mod jsonl;
 pub mod judge;
+pub mod parquet;
 pub mod process;
 
 use keel_model::tokenizer::Tokenizer;
