@@ -677,6 +677,7 @@ fn every_stdlib_recipe_runs_or_names_the_missing_input() {
         "gkd",
         "stable_reinforce",
         "craft_gui",
+        "riskpo",
     ] {
         assert!(ran.iter().any(|r| r == must), "{must} did not run");
     }

@@ -801,6 +801,15 @@ pub const SECTIONS: &[SectionSchema] = &[
                 "interaction turns per episode (agent tasks); may follow a schedule",
             ),
             key(
+                "bundle",
+                K::Int,
+                L::Step,
+                R::AtLeast(1.0),
+                true,
+                Some("1"),
+                "prompts per bundle: each step's prompts, in order, form bundles of this many (the `bundle` input; RiskPO)",
+            ),
+            key(
                 "branch_first",
                 K::Int,
                 L::Step,

@@ -203,6 +203,8 @@ pub const INPUTS: &[Input] = &[
     input("source", Fill::Seq(|r| r.source), Some("i64"), When::Always),
     // The external judge's score (`--judge`), else the task's rule judge's.
     input("judge", Fill::Seq(|r| r.judge), Some("f32"), When::Always),
+    // Consecutive prompts in bundles of `rollout.bundle` (RiskPO).
+    input("bundle", Fill::Seq(|r| r.bundle), Some("i64"), When::Always),
     input("step", Fill::Step(|s| s.step), Some("i64"), When::Always),
     input(
         "total_steps",
@@ -223,7 +225,7 @@ pub const INPUTS: &[Input] = &[
 /// reads one is refused before training (E0706), at the place it reads it.
 /// Everything else the language lists is a row of [`INPUTS`] or derived by
 /// the loss from them (`keel_compiler::lower::derivable`).
-pub const NOT_PRODUCED: &[&str] = &["advantages", "novelty", "budget", "bundle", "void"];
+pub const NOT_PRODUCED: &[&str] = &["advantages", "novelty", "budget", "void"];
 
 /// Inputs read from the behaviour policy's distribution: a run keeps the
 /// sampled positions' logits only when its recipe reads one.

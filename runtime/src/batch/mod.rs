@@ -47,6 +47,8 @@ pub struct Row {
     pub judge: f64,
     /// The external judge failed on it (`--judge-failures skip`).
     pub judge_skipped: bool,
+    /// Its bundle of prompts (`rollout.bundle`; RiskPO).
+    pub bundle: f64,
     /// The problem it answers (what a judge is sent).
     pub problem: std::sync::Arc<crate::env::Problem>,
     /// Token-level columns filled by a role (`ref_logp` by the reference),
@@ -152,6 +154,15 @@ impl Rollouts {
             });
         }
         out
+    }
+
+    /// Bundles of `k` prompts: the rows of groups `0..k` form bundle 0,
+    /// the next `k` bundle 1, and so on (the last may be smaller).
+    pub fn assign_bundles(&mut self, k: usize) {
+        let k = k.max(1);
+        for row in &mut self.rows {
+            row.bundle = (row.group / k) as f64;
+        }
     }
 
     /// Append another set of rollouts (its groups renumbered after ours).
@@ -356,6 +367,31 @@ mod tests {
             epoch: 0.0,
         });
         assert!((inp["old_mean_logp"][0] - 0.5f64.ln()).abs() < 1e-12);
+    }
+
+    /// Seven prompts in bundles of three: groups 0-2 are bundle 0, 3-5
+    /// bundle 1, 6 bundle 2; the input `bundle` carries it per sequence.
+    #[test]
+    fn prompts_form_bundles_in_order() {
+        let mut r = rows(&[0, 0, 1, 2, 2], 1);
+        let mut more = rows(&[0, 1, 1, 2], 1);
+        r.difficulty = vec![0.0; 3];
+        more.difficulty = vec![0.0; 3];
+        let mut tail = rows(&[0], 1);
+        tail.difficulty = vec![0.0];
+        r.extend(more);
+        r.extend(tail);
+        assert_eq!(r.groups(), vec![0, 0, 1, 2, 2, 3, 4, 4, 5, 6]);
+        r.assign_bundles(3);
+        let s = StepInputs {
+            step: 1.0,
+            total_steps: 1.0,
+            epoch: 0.0,
+        };
+        assert_eq!(
+            r.inputs(s)["bundle"],
+            vec![0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 2.0]
+        );
     }
 
     /// The loss mask is stored: a token inside a response (a tool's

@@ -55,6 +55,8 @@ pub struct RunConfig {
     /// Micro-batches per minibatch, their gradients accumulated into one step.
     pub micro_batches: usize,
     pub dynamic_sampling: bool,
+    /// Prompts per bundle (`rollout.bundle`).
+    pub bundle: usize,
     pub order: String,
     pub eval_every: u64,
     pub eval_problems: usize,
@@ -651,6 +653,7 @@ pub fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
         minibatches: s.int("rollout", "minibatches").max(1),
         micro_batches: s.int("rollout", "micro_batches").max(1),
         dynamic_sampling: s.flag("rollout", "dynamic_sampling"),
+        bundle: s.int("rollout", "bundle").max(1),
         order: s
             .sym("curriculum", "order")
             .unwrap_or_else(|| "random".into()),

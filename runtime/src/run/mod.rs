@@ -603,6 +603,7 @@ impl<'a> Trainer<'a> {
             }
         }
         self.st.rng = rng.0;
+        batch.assign_bundles(self.setup.bundle);
         curriculum::count_passes(&mut self.st, &batch);
         if let Some(reference) = &self.reference
             && self.setup.reads_ref
