@@ -678,6 +678,7 @@ fn every_stdlib_recipe_runs_or_names_the_missing_input() {
         "stable_reinforce",
         "craft_gui",
         "riskpo",
+        "hbpo",
     ] {
         assert!(ran.iter().any(|r| r == must), "{must} did not run");
     }

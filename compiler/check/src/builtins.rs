@@ -801,6 +801,15 @@ pub const SECTIONS: &[SectionSchema] = &[
                 "interaction turns per episode (agent tasks); may follow a schedule",
             ),
             key(
+                "budgets",
+                K::Any,
+                L::Step,
+                R::None,
+                true,
+                None,
+                "token budgets (a list, HBPO): each group is split into equal subgroups, one per budget, whose prompts say the budget and whose responses stop at it (capped by `max_tokens`); the `budget` input",
+            ),
+            key(
                 "bundle",
                 K::Int,
                 L::Step,

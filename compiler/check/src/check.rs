@@ -83,6 +83,9 @@ pub struct Value {
     pub defined_in: String,
     /// The decoded text, when the entry is a string literal.
     pub text: Option<String>,
+    /// The numbers, when the entry is a list literal of numbers
+    /// (`rollout.budgets = [512, 1024]`).
+    pub list: Option<Vec<f64>>,
 }
 
 /// How a guard changes a value: `=`, `+=`, `-=`, `*=`, `/=`.
@@ -182,9 +185,21 @@ pub struct CheckedRecipe {
     pub guards: Vec<CheckedGuard>,
 }
 
+/// A number written as a literal (`512`, `-0.5`, `(2)`).
+fn literal_number(e: &Expr) -> Option<f64> {
+    match &e.kind {
+        ExprKind::Number { value, .. } => Some(*value),
+        ExprKind::Paren(x) => literal_number(x),
+        ExprKind::Unary(UnOp::Neg, x) => literal_number(x).map(|v| -v),
+        _ => None,
+    }
+}
+
 /// A constant setting of a recipe ([`CheckedRecipe::setting`]).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Setting {
+    /// A list literal of numbers.
+    List(Vec<f64>),
     Num(f64),
     /// An option name (`arithmetic`, `adamw`).
     Sym(String),
@@ -206,6 +221,9 @@ impl CheckedRecipe {
         if let Some(v) = self.value(section, key) {
             if let Some(t) = &v.text {
                 return Some(Setting::Str(t.clone()));
+            }
+            if let Some(l) = &v.list {
+                return Some(Setting::List(l.clone()));
             }
             return match (&v.info.ty, v.info.constant) {
                 (_, Some(c)) => Some(Setting::Num(c)),
@@ -330,6 +348,10 @@ impl<'p> Checker<'p> {
                     defined_in: e.defined_in.clone(),
                     text: match &e.value.kind {
                         ExprKind::Str(s) => Some(keel_grammar::unquote(s)),
+                        _ => None,
+                    },
+                    list: match &e.value.kind {
+                        ExprKind::List(items) => items.iter().map(literal_number).collect(),
                         _ => None,
                     },
                 });

@@ -205,6 +205,8 @@ pub const INPUTS: &[Input] = &[
     input("judge", Fill::Seq(|r| r.judge), Some("f32"), When::Always),
     // Consecutive prompts in bundles of `rollout.bundle` (RiskPO).
     input("bundle", Fill::Seq(|r| r.bundle), Some("i64"), When::Always),
+    // The token budget of the sequence's subgroup (HBPO).
+    input("budget", Fill::Seq(|r| r.budget), Some("f32"), When::Always),
     input("step", Fill::Step(|s| s.step), Some("i64"), When::Always),
     input(
         "total_steps",
@@ -225,7 +227,7 @@ pub const INPUTS: &[Input] = &[
 /// reads one is refused before training (E0706), at the place it reads it.
 /// Everything else the language lists is a row of [`INPUTS`] or derived by
 /// the loss from them (`keel_compiler::lower::derivable`).
-pub const NOT_PRODUCED: &[&str] = &["advantages", "novelty", "budget", "void"];
+pub const NOT_PRODUCED: &[&str] = &["advantages", "novelty", "void"];
 
 /// Inputs read from the behaviour policy's distribution: a run keeps the
 /// sampled positions' logits only when its recipe reads one.

@@ -39,6 +39,20 @@ fn replicate_prompts(
     (prompts, owner)
 }
 
+/// `p` with its token budget said at the end of its prompt (and of a
+/// conversation's last message).
+pub fn with_budget(p: &Problem, b: usize) -> Problem {
+    let say = format!(" I will answer the question within {b} tokens.");
+    let mut q = p.clone();
+    q.prompt.push_str(&say);
+    if let Some(last) = q.messages.as_mut().and_then(|m| m.last_mut())
+        && let Some(c) = last.get("content").and_then(|c| c.as_str())
+    {
+        last["content"] = serde_json::Value::String(format!("{c}{say}"));
+    }
+    q
+}
+
 /// What sampling reads: the model, the environment that judges, the
 /// tokenizer, and the sampler's settings.
 #[derive(Clone, Copy)]
@@ -55,6 +69,40 @@ impl Sampler<'_> {
         let (prompts, groups) = replicate_prompts(self.tok, problems, group);
         let samples = sample::sample(self.model, &prompts, self.cfg, rng);
         self.assemble(problems, samples, prompts, groups)
+    }
+
+    /// HBPO's budgets: each problem's `group` responses split into equal
+    /// subgroups, one per budget b (in order); their prompt ends with "I
+    /// will answer the question within b tokens." (a conversation's last
+    /// message does) and their responses stop at min(b, max_tokens).
+    /// Each row's `budget` is its b.
+    pub fn budgeted(
+        &self,
+        problems: &[Problem],
+        group: usize,
+        budgets: &[usize],
+        rng: &mut Rng,
+    ) -> Rollouts {
+        let per = (group / budgets.len().max(1)).max(1);
+        let (mut prompts, mut owner, mut limits, mut row_budget) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (g, p) in problems.iter().enumerate() {
+            for &b in budgets {
+                let enc = encode_prompt(self.tok, &with_budget(p, b));
+                for _ in 0..per {
+                    prompts.push(enc.clone());
+                    owner.push(g);
+                    limits.push(b.min(self.cfg.max_tokens).max(1));
+                    row_budget.push(b as f64);
+                }
+            }
+        }
+        let samples = sample::sample_limited(self.model, &prompts, self.cfg, &limits, rng);
+        let mut out = self.assemble(problems, samples, prompts, owner);
+        for (row, b) in out.rows.iter_mut().zip(row_budget) {
+            row.budget = b;
+        }
+        out
     }
 
     /// CURE's branching: `first` responses per problem; each is cut at one
@@ -178,6 +226,47 @@ mod tests {
     use burn::tensor::Device;
     use keel_model::tokenizer::CharTokenizer;
     use keel_model::transformer::{ModelConfig, Weights};
+
+    /// HBPO's budgets: a group of 4 with budgets [3, 5] is two subgroups of
+    /// two; each row's prompt says its budget, its response stops at it,
+    /// and `budget` holds it.
+    #[test]
+    fn budgets_split_groups_say_the_budget_and_stop_at_it() {
+        let cfg = ModelConfig::small(88, 16, 1, 2, 64, false, 5);
+        let policy = Transformer::new(cfg.clone(), &Weights::init(&cfg), &Device::flex());
+        let task = Arithmetic {
+            seed: 1,
+            difficulty: 0.5,
+            prm: Prm::Exact,
+            natural: false,
+        };
+        let problems: Vec<Problem> = (0..2).map(|i| task.problem(TRAIN_STREAM, i)).collect();
+        let tok = Tokenizer::Char(CharTokenizer::default());
+        let sampler = Sampler {
+            model: &policy,
+            env: &task,
+            tok: &tok,
+            cfg: SampleConfig {
+                temperature: 1.0,
+                top_p: 1.0,
+                max_tokens: 20,
+                eos: tok.eos(),
+                keep_logits: false,
+                draw_limit: usize::MAX,
+            },
+        };
+        let r = sampler.budgeted(&problems, 4, &[3, 5], &mut Rng::new(4));
+        assert_eq!(r.len(), 8);
+        assert_eq!(r.groups(), vec![0, 0, 0, 0, 1, 1, 1, 1]);
+        let budgets: Vec<f64> = r.rows.iter().map(|x| x.budget).collect();
+        assert_eq!(budgets, vec![3.0, 3.0, 5.0, 5.0, 3.0, 3.0, 5.0, 5.0]);
+        for row in &r.rows {
+            assert!(row.response.len() <= row.budget as usize, "{row:?}");
+            let prompt = tok.decode(&row.prompt);
+            let want = format!("within {} tokens.", row.budget);
+            assert!(prompt.ends_with(&want), "{prompt}");
+        }
+    }
 
     /// Branched groups: every continuation starts with a prefix of its first
     /// response, cut at one of that response's highest-entropy tokens, and

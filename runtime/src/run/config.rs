@@ -57,6 +57,9 @@ pub struct RunConfig {
     pub dynamic_sampling: bool,
     /// Prompts per bundle (`rollout.bundle`).
     pub bundle: usize,
+    /// Token budgets of each group's subgroups (`rollout.budgets`; empty:
+    /// none).
+    pub budgets: Vec<usize>,
     pub order: String,
     pub eval_every: u64,
     pub eval_problems: usize,
@@ -551,6 +554,45 @@ fn pretrained_teacher(
     })
 }
 
+/// `rollout.budgets`: positive whole numbers that divide `rollout.group`
+/// into equal subgroups (E0702 at the setting otherwise).
+fn budgets(s: &Settings) -> Result<Vec<usize>> {
+    let list = match s.get("rollout", "budgets") {
+        None => return Ok(Vec::new()),
+        Some(keel_compiler::Setting::List(l)) => l,
+        Some(_) => Vec::new(),
+    };
+    let group = s.int("rollout", "group").max(1);
+    let bad = |why: String| {
+        s.locate(
+            "rollout",
+            "budgets",
+            Error::new(
+                codes::TASK_SETTING,
+                why,
+                "write the budgets as a list of token counts whose number divides `rollout.group`, e.g. `budgets = [512, 1024, 2048, 2560]` with `group = 16`",
+            ),
+        )
+    };
+    if list.is_empty() {
+        return Err(bad(
+            "`rollout.budgets` must be a non-empty list of numbers".into()
+        ));
+    }
+    if let Some(b) = list.iter().find(|b| !(b.fract() == 0.0 && **b >= 1.0)) {
+        return Err(bad(format!(
+            "a budget must be a whole number of tokens, found {b}"
+        )));
+    }
+    if group % list.len() != 0 {
+        return Err(bad(format!(
+            "{} budgets do not split a group of {group} into equal subgroups",
+            list.len()
+        )));
+    }
+    Ok(list.iter().map(|b| *b as usize).collect())
+}
+
 /// The critic's settings where the recipe reads `values` or `vpred`; a
 /// recipe that reads them without a `critic.loss` is refused (E0706): its
 /// critic would never learn.
@@ -654,6 +696,7 @@ pub fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
         micro_batches: s.int("rollout", "micro_batches").max(1),
         dynamic_sampling: s.flag("rollout", "dynamic_sampling"),
         bundle: s.int("rollout", "bundle").max(1),
+        budgets: budgets(&s)?,
         order: s
             .sym("curriculum", "order")
             .unwrap_or_else(|| "random".into()),

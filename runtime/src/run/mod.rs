@@ -581,7 +581,9 @@ impl<'a> Trainer<'a> {
                 self.setup.reads_old_logits,
             );
             let branch_first = k.get("rollout.branch_first", 0.0);
-            let mut r = if branch_first >= 1.0 {
+            let mut r = if !self.setup.budgets.is_empty() {
+                sampler.budgeted(&problems, self.setup.group, &self.setup.budgets, &mut rng)
+            } else if branch_first >= 1.0 {
                 let b = (
                     branch_first as usize,
                     k.get("rollout.branch_samples", 3.0).max(0.0) as usize,
