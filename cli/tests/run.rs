@@ -679,6 +679,7 @@ fn every_stdlib_recipe_runs_or_names_the_missing_input() {
         "craft_gui",
         "riskpo",
         "hbpo",
+        "evol_rl",
     ] {
         assert!(ran.iter().any(|r| r == must), "{must} did not run");
     }

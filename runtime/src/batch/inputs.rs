@@ -207,6 +207,13 @@ pub const INPUTS: &[Input] = &[
     input("bundle", Fill::Seq(|r| r.bundle), Some("i64"), When::Always),
     // The token budget of the sequence's subgroup (HBPO).
     input("budget", Fill::Seq(|r| r.budget), Some("f32"), When::Always),
+    // EVOL-RL's novelty within the group, from the frozen reference.
+    input(
+        "novelty",
+        Fill::Seq(|r| r.novelty),
+        Some("f32"),
+        When::Always,
+    ),
     input("step", Fill::Step(|s| s.step), Some("i64"), When::Always),
     input(
         "total_steps",
@@ -227,7 +234,7 @@ pub const INPUTS: &[Input] = &[
 /// reads one is refused before training (E0706), at the place it reads it.
 /// Everything else the language lists is a row of [`INPUTS`] or derived by
 /// the loss from them (`keel_compiler::lower::derivable`).
-pub const NOT_PRODUCED: &[&str] = &["advantages", "novelty", "void"];
+pub const NOT_PRODUCED: &[&str] = &["advantages", "void"];
 
 /// Inputs read from the behaviour policy's distribution: a run keeps the
 /// sampled positions' logits only when its recipe reads one.

@@ -51,6 +51,8 @@ pub struct Row {
     pub bundle: f64,
     /// Its token budget (`rollout.budgets`; HBPO), 0 without budgets.
     pub budget: f64,
+    /// Its novelty within its group (EVOL-RL; filled by the reference).
+    pub novelty: f64,
     /// The problem it answers (what a judge is sent).
     pub problem: std::sync::Arc<crate::env::Problem>,
     /// Token-level columns filled by a role (`ref_logp` by the reference),

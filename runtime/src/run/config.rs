@@ -79,6 +79,8 @@ pub struct RunConfig {
     pub reads_old_logits: bool,
     /// The recipe mixes in rehearsal samples of the initial policy (`source` 1).
     pub reads_source: bool,
+    /// The recipe reads `novelty` (the reference embeds the responses).
+    pub reads_novelty: bool,
 }
 
 impl RunConfig {
@@ -664,7 +666,7 @@ pub fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
     check_step_memory(
         &s,
         &model,
-        reads_ref || reads_source,
+        reads_ref || reads_source || recipe.inputs.contains_key("novelty"),
         critic.is_some(),
         teacher.as_ref(),
     )?;
@@ -720,6 +722,7 @@ pub fn run_config(checked: &Checked, index: usize) -> Result<RunConfig> {
         teacher,
         reads_old_logits: VOCAB_INPUTS.iter().any(|n| recipe.inputs.contains_key(*n)),
         reads_source,
+        reads_novelty: recipe.inputs.contains_key("novelty"),
     })
 }
 

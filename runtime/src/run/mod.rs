@@ -248,7 +248,8 @@ impl<'a> Trainer<'a> {
         summary.warm_start = setup.warm_steps > 0;
         let policy = Transformer::new(setup.model.clone(), &warm, &opts.device);
         drop(warm);
-        let reference = (setup.reads_ref || setup.reads_source).then(|| Reference::of(&policy));
+        let reference = (setup.reads_ref || setup.reads_source || setup.reads_novelty)
+            .then(|| Reference::of(&policy));
         let rehearsal = match (&reference, setup.reads_source) {
             (Some(r), true) => Some(rehearsal_pool(&setup, r, opts)),
             _ => None,
@@ -594,6 +595,9 @@ impl<'a> Trainer<'a> {
                 sampler.groups(&problems, self.setup.group, &mut rng)
             };
             self.judge(&mut r, step_in.step as u64, batch.len())?;
+            if let Some(reference) = self.reference.as_ref().filter(|_| self.setup.reads_novelty) {
+                reference.fill_novelty(&mut r);
+            }
             if self.setup.dynamic_sampling {
                 r = groups_with_signal(&self.host, r, step_in)?;
             }
