@@ -2083,6 +2083,52 @@ fn judges_score_responses_and_their_failures_are_coded() {
     }
     let record = std::fs::read_to_string(d.join("good/judge.jsonl")).expect("record");
     assert_eq!(record.lines().count(), 2 * 4, "two steps of 2 prompts × 2");
+    // The stdlib's judge recipes with the script, two steps each.
+    let stdlib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib");
+    for name in ["stable_reinforce", "craft_gui"] {
+        let path = stdlib.join(format!("{name}.recipe"));
+        let out = keel(
+            &d,
+            &[
+                "run",
+                "-q",
+                path.to_str().expect("utf-8"),
+                "--out",
+                name,
+                "--set",
+                "optimizer.steps=2",
+                "--set",
+                "model.d_model=16",
+                "--set",
+                "model.heads=2",
+                "--set",
+                "model.layers=1",
+                "--set",
+                "rollout.max_tokens=8",
+                "--set",
+                "rollout.prompts=2",
+                "--set",
+                "eval.problems=2",
+                "--set",
+                "eval.k=1",
+                "--set",
+                "task.warmup_steps=0",
+                "--judge",
+                &good,
+            ],
+        );
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        for l in &metrics(&d.join(name))[1..] {
+            assert!(
+                l["loss"].as_f64().is_some_and(f64::is_finite),
+                "{name}: {l}"
+            );
+        }
+        assert!(
+            d.join(name).join("judge.jsonl").exists(),
+            "{name} asked the judge"
+        );
+    }
     assert!(record.contains("\"id\":\"2/3\""), "{record}");
     let failing = [
         (
