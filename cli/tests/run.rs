@@ -511,9 +511,9 @@ recipe ctx extends grpo {
     // E0706: the loss reads an input the runtime does not produce.
     let e = run(
         "judge.recipe",
-        "import std/grpo\n\nrecipe judged extends grpo {\n    model { d_model = 16, heads = 2 }\n    optimizer { steps = 1 }\n    divergence { value = judge * (logsumexp(logits) over vocab) }\n}\n",
+        "import std/grpo\n\nrecipe judged extends grpo {\n    model { d_model = 16, heads = 2 }\n    optimizer { steps = 1 }\n    divergence { value = float(void) * (logsumexp(logits) over vocab) }\n}\n",
     );
-    assert!(e.contains("judge") && e.contains("E0600"), "{e}");
+    assert!(e.contains("void") && e.contains("E0600"), "{e}");
     // E0707: initial weights that do not exist, or do not fit.
     let e = run(
         "init.recipe",
@@ -1586,10 +1586,10 @@ fn hf_directory_trains_and_unsupported_configs_are_located() {
         chat.replace("path = \"c.jsonl\"", "path = \"c.jsonl\", chat = off"),
     )
     .expect("write");
+    // With `task.chat = off` a conversation's last message is the prompt
+    // as it is (how verl's conversations reach a model without a template).
     let out = keel(&d, &["run", "-q", "off.recipe", "--out", "o"]);
-    let e = text(&out.stderr);
-    assert!(!out.status.success());
-    assert!(e.contains("c.jsonl:1") && e.contains("conversation"), "{e}");
+    assert!(out.status.success(), "{}", text(&out.stderr));
     std::fs::write(
         d.join("bad.recipe"),
         chat.replace("path = \"c.jsonl\"", "path = \"d.jsonl\", chat = on"),
@@ -1705,7 +1705,7 @@ fn half_made_run_directories_are_started_again() {
         d.join("t.recipe"),
         recipe.replace(
             "    optimizer { steps = 1 }",
-            "    optimizer { steps = 1 }\n    divergence { value = judge * (logsumexp(logits) over vocab) }",
+            "    optimizer { steps = 1 }\n    divergence { value = float(void) * (logsumexp(logits) over vocab) }",
         ),
     )
     .expect("write");
@@ -2085,6 +2085,8 @@ fn judges_score_responses_and_their_failures_are_coded() {
     assert_eq!(record.lines().count(), 2 * 4, "two steps of 2 prompts × 2");
     // The stdlib's judge recipes with the script, two steps each.
     let stdlib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib");
+    // Scores that differ within a group, so dynamic sampling keeps it.
+    let varied = judge_script(&d, "varied.py", "print((i % 3) / 2)");
     for name in ["stable_reinforce", "craft_gui"] {
         let path = stdlib.join(format!("{name}.recipe"));
         let out = keel(
@@ -2114,7 +2116,7 @@ fn judges_score_responses_and_their_failures_are_coded() {
                 "--set",
                 "task.warmup_steps=0",
                 "--judge",
-                &good,
+                &varied,
             ],
         );
         assert!(out.status.success(), "{name}: {}", text(&out.stderr));

@@ -79,12 +79,14 @@ pub struct Score {
 }
 
 /// A recorded answer: the response it scored (FNV-1a of its text) and the
-/// score.
+/// score, also as its bit pattern (`bits`: what a replay reads, so it is
+/// the answer to the last bit whatever a JSON parser rounds).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Recorded {
     id: String,
     hash: String,
     score: f64,
+    bits: u64,
     skipped: bool,
 }
 
@@ -137,7 +139,7 @@ impl Judges {
                     .get(&r.id)
                     .filter(|x| x.hash == hash(&r.response))
                     .map(|x| Score {
-                        score: x.score,
+                        score: f64::from_bits(x.bits),
                         skipped: x.skipped,
                     })
             })
@@ -179,6 +181,7 @@ impl Judges {
                     id: requests[i].id.clone(),
                     hash: hash(&requests[i].response),
                     score: s.score,
+                    bits: s.score.to_bits(),
                     skipped: s.skipped,
                 };
                 lines.push_str(&serde_json::to_string(&r).unwrap_or_default());
