@@ -1596,7 +1596,7 @@ fn hf_directory_trains_and_unsupported_configs_are_located() {
     )
     .expect("write");
     std::fs::remove_file(ck.join("chat_template.jinja")).expect("rm");
-    let out = keel(&d, &["run", "-q", "bad.recipe", "--out", "o"]);
+    let out = keel(&d, &["run", "-q", "bad.recipe", "--out", "o2"]);
     let e = text(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -2087,7 +2087,12 @@ fn judges_score_responses_and_their_failures_are_coded() {
     let stdlib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../stdlib");
     // Scores that differ within a group, so dynamic sampling keeps it.
     let varied = judge_script(&d, "varied.py", "print((i % 3) / 2)");
-    for name in ["stable_reinforce", "craft_gui"] {
+    // CRAFT-GUI's first stage wants problems of difficulty 0.3 or less,
+    // which the arithmetic task has none of: every stage takes them all.
+    for (name, extra) in [
+        ("stable_reinforce", "rollout.prompts=2"),
+        ("craft_gui", "curriculum.thresholds=[1.0, 1.0, 1.0]"),
+    ] {
         let path = stdlib.join(format!("{name}.recipe"));
         let out = keel(
             &d,
@@ -2115,6 +2120,8 @@ fn judges_score_responses_and_their_failures_are_coded() {
                 "eval.k=1",
                 "--set",
                 "task.warmup_steps=0",
+                "--set",
+                extra,
                 "--judge",
                 &varied,
             ],
