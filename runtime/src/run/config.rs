@@ -586,7 +586,7 @@ fn budgets(s: &Settings) -> Result<Vec<usize>> {
             "a budget must be a whole number of tokens, found {b}"
         )));
     }
-    if group % list.len() != 0 {
+    if !group.is_multiple_of(list.len()) {
         return Err(bad(format!(
             "{} budgets do not split a group of {group} into equal subgroups",
             list.len()
