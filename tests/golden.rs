@@ -97,7 +97,9 @@ fn verl_parity_on_randomized_batches() {
 }
 
 /// PPO's critic agrees with verl 0.9.1 on randomized batches (B=16, T=24,
-/// `vpred` partly outside the clip range; `tests/reference/verl_critic.py`):
+/// `vpred` partly outside the clip range; `multiturn`: environment tokens of
+/// mask 0 inside responses, across which verl carries the next value and
+/// the running GAE; `tests/reference/verl_critic.py`):
 /// the value loss (`compute_value_loss` over the returns of
 /// `compute_gae_advantage_return`) to 1e-6 relative, d(value loss)/d(vpred)
 /// against torch autograd to 1e-5, the whitened advantages, the policy
@@ -107,7 +109,7 @@ fn verl_parity_on_randomized_batches() {
 fn ppo_critic_matches_verl_value_loss_and_gae_returns() {
     let c = check_file(&preset_path("ppo"), &[]);
     let idx = c.main_recipe(None).expect("a recipe");
-    for variant in ["binary", "real"] {
+    for variant in ["binary", "real", "multiturn"] {
         let b = golden_batch(&format!("ppo_critic__{variant}"));
         assert!(b.has("expect.value_loss"), "missing fixture {variant}");
         let one = |n: &str| tensor(&b, n)[0];

@@ -1,7 +1,8 @@
-"""Generate tests/golden/ppo_critic__{binary,real}.safetensors: randomized
-PPO batches (B=16, T=24, variable lengths) with the critic's prediction
-during the update (`vpred`), and what verl 0.9.1 computes from them with its
-own functions, in float64 on CPU torch:
+"""Generate tests/golden/ppo_critic__{binary,real,multiturn}.safetensors:
+randomized PPO batches (B=16, T=24, variable lengths; `multiturn` with
+environment tokens of mask 0 inside responses) with the critic's
+prediction during the update (`vpred`), and what verl 0.9.1 computes from
+them with its own functions, in float64 on CPU torch:
 
 - `C.compute_gae_advantage_return` (gamma = lam = 1): the whitened
   advantages and the returns (advantages + values, before whitening);
@@ -58,10 +59,27 @@ def expect(b):
     }
 
 
+def multiturn(b32, rng):
+    """Environment tokens inside responses: every row of length >= 6 gets
+    one or two spans of mask 0 (a tool's output) strictly inside it; the
+    last token stays the policy's, where the reward goes."""
+    mask = b32["mask"].copy()
+    for i in range(mask.shape[0]):
+        n = int(mask[i].sum())
+        for _ in range(int(rng.integers(1, 3)) if n >= 6 else 0):
+            start = int(rng.integers(1, n - 3))
+            width = int(rng.integers(1, 3))
+            mask[i, start:start + width] = 0.0
+    b32["mask"] = mask.astype(np.float32)
+    return b32
+
+
 def main():
-    for k, variant in enumerate(("binary", "real")):
+    for k, variant in enumerate(("binary", "real", "multiturn")):
         rng = np.random.default_rng(7100 + k)
         b32 = gen_golden.make_batch(rng, variant == "binary")
+        if variant == "multiturn":
+            b32 = multiturn(b32, rng)
         # The critic moved during the update: some predictions leave the
         # clip range around the rollout-time values, some stay inside.
         b32["vpred"] = (b32["values"] + rng.normal(0.0, 0.5, size=b32["values"].shape)).astype(np.float32)
