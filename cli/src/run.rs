@@ -307,6 +307,17 @@ fn source(a: &Args) -> Result<Source, ExitCode> {
             })
         }
         (None, Some(recipe)) => match diagnostics::parse_set(&a.set) {
+            Ok(_)
+                if !(a.judge_timeout.is_finite()
+                    && a.judge_timeout > 0.0
+                    && a.judge_timeout < 1e9) =>
+            {
+                eprintln!(
+                    "error: --judge-timeout {} is not a number of seconds above 0",
+                    a.judge_timeout
+                );
+                Err(ExitCode::from(1))
+            }
             Ok(set) => Ok(Source {
                 recipe_path: recipe.clone(),
                 name: a.name.clone(),

@@ -185,6 +185,11 @@ pub struct CheckedRecipe {
     pub guards: Vec<CheckedGuard>,
 }
 
+/// The sections of model roles besides the policy: a guard names their
+/// keys in full (`critic.lr`), never by the bare key (`lr` is the
+/// optimizer's).
+const ROLE_SECTIONS: &[&str] = &["critic", "teacher"];
+
 /// A number written as a literal (`512`, `-0.5`, `(2)`).
 fn literal_number(e: &Expr) -> Option<f64> {
     match &e.kind {
@@ -2201,18 +2206,16 @@ impl<'p> Checker<'p> {
                                             .is_some()
                                 })
                                 .filter(|s| s.name != "update" && s.name != "monitor")
+                                // A model role's keys are always written
+                                // in full (`critic.lr`).
+                                .filter(|s| !ROLE_SECTIONS.contains(&s.name.as_str()))
                                 .map(|s| s.name.clone())
                                 .collect();
-                            // A role's section (the critic's `lr`) owns a
-                            // bare key only where the recipe has the role.
                             let owners = if owners.is_empty() {
                                 builtins::SECTIONS
                                     .iter()
                                     .filter(|s| s.key(&k.name).is_some())
-                                    .filter(|s| {
-                                        s.principal.is_none()
-                                            || self.recipe.sections.iter().any(|r| r.name == s.name)
-                                    })
+                                    .filter(|s| !ROLE_SECTIONS.contains(&s.name))
                                     .map(|s| s.name.to_string())
                                     .collect()
                             } else {

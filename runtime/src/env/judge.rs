@@ -78,7 +78,8 @@ pub struct Score {
     pub skipped: bool,
 }
 
-/// A recorded answer: the response it scored (FNV-1a of its text) and the
+/// A recorded answer: the request it scored (a hash of its prompt, answer
+/// and response) and the
 /// score, also as its bit pattern (`bits`: what a replay reads, so it is
 /// the answer to the last bit whatever a JSON parser rounds).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -98,8 +99,11 @@ pub struct Judges {
     record_path: PathBuf,
 }
 
-fn hash(text: &str) -> String {
-    format!("{:016x}", keel_model::rng::fnv(text.as_bytes()))
+/// What a recorded answer must match to be replayed: the request's prompt,
+/// answer and response (FNV-1a).
+fn hash(r: &Request) -> String {
+    let key = json!([r.prompt, r.answer, r.response]).to_string();
+    format!("{:016x}", keel_model::rng::fnv(key.as_bytes()))
 }
 
 impl Judges {
@@ -137,7 +141,7 @@ impl Judges {
             .map(|r| {
                 self.record
                     .get(&r.id)
-                    .filter(|x| x.hash == hash(&r.response))
+                    .filter(|x| x.hash == hash(r))
                     .map(|x| Score {
                         score: f64::from_bits(x.bits),
                         skipped: x.skipped,
@@ -159,7 +163,21 @@ impl Judges {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_default())
+                .zip(0..)
+                .map(|(h, w)| {
+                    h.join().unwrap_or_else(|_| {
+                        // A worker that panicked: its requests fail.
+                        todo.iter()
+                            .copied()
+                            .skip(w)
+                            .step_by(n)
+                            .map(|i| {
+                                let f = Failure::Io("the judge's worker thread failed".into());
+                                (i, Err(judge_error(&cfg.command, &requests[i].id, &f, None)))
+                            })
+                            .collect()
+                    })
+                })
                 .collect()
         });
         let mut first_error = None;
@@ -179,7 +197,7 @@ impl Judges {
             if let Some(s) = out[i] {
                 let r = Recorded {
                     id: requests[i].id.clone(),
-                    hash: hash(&requests[i].response),
+                    hash: hash(&requests[i]),
                     score: s.score,
                     bits: s.score.to_bits(),
                     skipped: s.skipped,
@@ -339,7 +357,7 @@ fn judge_error(command: &str, id: &str, f: &Failure, answer: Option<&str>) -> Er
     Error::new(
         codes::JUDGE,
         message,
-        "a judge reads one JSON object per line and writes one line per request: a number, or {\"score\": N} (docs/runtime.md); fix it and `keel run --resume RUN_DIR` from the last checkpoint, or pass --judge-failures skip to score failures 0",
+        "a judge reads one JSON object per line and writes one line per request: a number, or {\"score\": N} (docs/runtime.md); fix the judge and `keel run --resume RUN_DIR` from the last checkpoint (a resumed run keeps the command and --judge-* settings it started with), or start the run with --judge-failures skip to score failures 0",
     )
 }
 

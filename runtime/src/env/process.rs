@@ -2,13 +2,17 @@
 //! runtime starts a program (a judge, later an environment). A process is
 //! started with `sh -c COMMAND`; a reader thread turns its stdout into
 //! lines on a channel, so a question waits at most `timeout` for its
-//! answer; another keeps the last lines of its stderr for error messages.
-//! Dropping a [`LineProcess`] kills the program.
+//! answer; another keeps the last lines of its stderr for error messages;
+//! a third writes the questions (so a program that stops reading cannot
+//! block the run). Output is read as lines with invalid UTF-8 replaced.
+//! The program runs in a process group of its own, and dropping a
+//! [`LineProcess`] kills the group.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +23,9 @@ const STDERR_LINES: usize = 8;
 pub struct LineProcess {
     pub command: String,
     child: Child,
-    stdin: Option<ChildStdin>,
+    /// Lines to write, handed to a writer thread (a program that stops
+    /// reading cannot block the caller past its timeout).
+    to_write: Option<Sender<String>>,
     lines: Receiver<String>,
     stderr: Arc<Mutex<VecDeque<String>>>,
 }
@@ -35,8 +41,29 @@ pub enum Failure {
     Io(String),
 }
 
+/// Lines of `r`, invalid UTF-8 replaced (a stray byte does not end them).
+fn lossy_lines(r: impl std::io::Read, mut each: impl FnMut(String) -> bool) {
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match r.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string();
+                if !each(line) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 impl LineProcess {
-    /// Start `command` with `sh -c`.
+    /// Start `command` with `sh -c`, in a process group of its own (so
+    /// that stopping it stops what the shell started).
     pub fn spawn(command: &str) -> Result<LineProcess, Failure> {
         let mut child = Command::new("sh")
             .arg("-c")
@@ -44,54 +71,61 @@ impl LineProcess {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .spawn()
             .map_err(|e| Failure::Io(format!("cannot start `{command}`: {e}")))?;
         let (tx, lines) = channel();
         if let Some(out) = child.stdout.take() {
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
+            std::thread::spawn(move || lossy_lines(out, |line| tx.send(line).is_ok()));
         }
         let stderr = Arc::new(Mutex::new(VecDeque::new()));
         if let Some(err) = child.stderr.take() {
             let keep = Arc::clone(&stderr);
             std::thread::spawn(move || {
-                for line in BufReader::new(err).lines() {
-                    let Ok(line) = line else { break };
+                lossy_lines(err, |line| {
                     if let Ok(mut k) = keep.lock() {
                         if k.len() == STDERR_LINES {
                             k.pop_front();
                         }
                         k.push_back(line);
                     }
-                }
+                    true
+                })
             });
         }
-        let stdin = child.stdin.take();
+        let to_write = child.stdin.take().map(|mut stdin| {
+            let (tx, rx) = channel::<String>();
+            std::thread::spawn(move || {
+                for line in rx {
+                    let ok = stdin
+                        .write_all(line.as_bytes())
+                        .and_then(|_| stdin.write_all(b"\n"))
+                        .and_then(|_| stdin.flush());
+                    if ok.is_err() {
+                        break;
+                    }
+                }
+            });
+            tx
+        });
         Ok(LineProcess {
             command: command.to_string(),
             child,
-            stdin,
+            to_write,
             lines,
             stderr,
         })
     }
 
-    /// Write `line` and wait up to `timeout` for the next line it answers.
+    /// Write `line` and wait up to `timeout` for the next line it answers
+    /// (lines it wrote before the question are dropped first).
     pub fn ask(&mut self, line: &str, timeout: Duration) -> Result<String, Failure> {
-        let Some(stdin) = self.stdin.as_mut() else {
-            return Err(Failure::Exited(self.stderr_tail()));
-        };
-        let written = stdin
-            .write_all(line.as_bytes())
-            .and_then(|_| stdin.write_all(b"\n"))
-            .and_then(|_| stdin.flush());
-        if written.is_err() {
+        while self.lines.try_recv().is_ok() {}
+        let sent = self
+            .to_write
+            .as_ref()
+            .is_some_and(|w| w.send(line.to_string()).is_ok());
+        if !sent {
             return Err(self.exited());
         }
         match self.lines.recv_timeout(timeout) {
@@ -101,12 +135,32 @@ impl LineProcess {
         }
     }
 
-    /// The program ended: its last stderr lines (after it has flushed them).
+    /// The program closed its output: give it a moment to end (and its
+    /// stderr reader to catch up), stop it, and report its last stderr
+    /// lines.
     fn exited(&mut self) -> Failure {
-        let _ = self.child.wait();
-        // The stderr reader finishes at the program's end.
+        self.to_write.take();
+        for _ in 0..50 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         std::thread::sleep(Duration::from_millis(20));
+        self.stop();
         Failure::Exited(self.stderr_tail())
+    }
+
+    /// Kill the program's process group and reap the shell.
+    fn stop(&mut self) {
+        self.to_write.take();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// The last lines the program wrote to stderr.
@@ -120,9 +174,7 @@ impl LineProcess {
 
 impl Drop for LineProcess {
     fn drop(&mut self) {
-        self.stdin.take();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 

@@ -38,7 +38,9 @@ impl Reference {
     /// Fill each row's `novelty` (EVOL-RL): [`group_novelty`] within each
     /// group over embeddings that are the reference's final hidden states
     /// mean-pooled over the response's tokens; valid = `format_ok`, the
-    /// class = `correct` (agrees with the group's majority).
+    /// class = `correct` as the task verifies it (EVOL-RL's class is
+    /// agreement with the group's majority answer, which the built-in
+    /// tasks do not vote on: there it is the verifier's verdict).
     pub fn fill_novelty(&self, r: &mut Rollouts) {
         if r.is_empty() {
             return;

@@ -267,7 +267,18 @@ fn check_context(
     tok: &Tokenizer,
     context: usize,
 ) -> Result<()> {
-    let len = |p: &env::Problem| p.prompt_ids(tok).map_or(0, |v| v.len());
+    // With budgets, the longest budget's sentence ends every prompt.
+    let budget = s.get("rollout", "budgets").and_then(|b| match b {
+        keel_compiler::Setting::List(l) => l.iter().map(|x| x.max(0.0) as usize).max(),
+        _ => None,
+    });
+    let len = |p: &env::Problem| {
+        let p = match budget {
+            Some(b) => crate::rollout::with_budget(p, b),
+            None => p.clone(),
+        };
+        p.prompt_ids(tok).map_or(0, |v| v.len())
+    };
     let longest = match env.problems() {
         Some(problems) => problems.iter().map(len).max().unwrap_or(0),
         None => (0..16)
@@ -325,7 +336,7 @@ pub fn step_memory(
             .saturating_mul(16),
     );
     // A critic: its weights, gradients and moments (16 bytes a parameter)
-    // and its trunk's graph of one micro-batch.
+    // and its trunk's graph of one minibatch.
     let critic_graph = if critic {
         model
             .d_model
@@ -337,8 +348,9 @@ pub fn step_memory(
     model
         .parameters()
         .saturating_mul(16 + if reference { 4 } else { 0 } + if critic { 16 } else { 0 })
+        // The critic predicts the whole minibatch with a graph.
         .saturating_add(
-            per_micro
+            per_minibatch
                 .saturating_mul(model.context)
                 .saturating_mul(critic_graph),
         )

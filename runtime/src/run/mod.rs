@@ -139,6 +139,8 @@ struct Knobs {
     temperature: f64,
     max_tokens: usize,
     grad_clip: f64,
+    /// The critic's learning rate (`critic.lr`, after guard adjustments).
+    critic_lr: f64,
     max_difficulty: Option<f64>,
 }
 
@@ -182,6 +184,9 @@ struct Trainer<'a> {
     teacher: Option<Teacher>,
     /// The external judges (`--judge`), where the recipe reads `judge`.
     judges: Option<Judges>,
+    /// Rows sent to the judge so far in this step (its requests' `ROW`,
+    /// counted across dynamic-sampling rounds).
+    judged: usize,
     reads_judge: bool,
     policy: Transformer,
     opt: AdamW,
@@ -295,6 +300,7 @@ impl<'a> Trainer<'a> {
             critic,
             teacher,
             judges,
+            judged: 0,
             reads_judge,
             policy,
             opt,
@@ -558,6 +564,7 @@ impl<'a> Trainer<'a> {
             temperature: adjusted("rollout.temperature"),
             max_tokens: adjusted("rollout.max_tokens").max(1.0) as usize,
             grad_clip: adjusted("optimizer.grad_clip"),
+            critic_lr: adjusted("critic.lr"),
             max_difficulty: scalars.get("curriculum.max_difficulty").copied(),
             scalars,
         })
@@ -571,6 +578,7 @@ impl<'a> Trainer<'a> {
         let model = self.policy.detached();
         let mut batch = Rollouts::default();
         let mut rounds = 0;
+        self.judged = 0;
         loop {
             let want = self.setup.prompts.saturating_sub(batch.n_groups());
             let problems =
@@ -594,7 +602,7 @@ impl<'a> Trainer<'a> {
             } else {
                 sampler.groups(&problems, self.setup.group, &mut rng)
             };
-            self.judge(&mut r, step_in.step as u64, batch.len())?;
+            self.judge(&mut r, step_in.step as u64)?;
             if let Some(reference) = self.reference.as_ref().filter(|_| self.setup.reads_novelty) {
                 reference.fill_novelty(&mut r);
             }
@@ -626,10 +634,12 @@ impl<'a> Trainer<'a> {
         Ok(batch)
     }
 
-    /// The external judge's scores of a round of rollouts (rows `offset..`
-    /// of step `step`'s batch); without one, the rows keep the task's rule
-    /// judge.
-    fn judge(&mut self, r: &mut Rollouts, step: u64, offset: usize) -> Result<()> {
+    /// The external judge's scores of a round of rollouts of step `step`
+    /// (requests numbered across the step's rounds); without one, the rows
+    /// keep the task's rule judge.
+    fn judge(&mut self, r: &mut Rollouts, step: u64) -> Result<()> {
+        let offset = self.judged;
+        self.judged += r.len();
         let Some(judges) = self.judges.as_mut() else {
             return Ok(());
         };
@@ -772,6 +782,7 @@ impl<'a> Trainer<'a> {
             micro_batches: setup.micro_batches,
             z_loss: setup.z_loss,
             eps: (param("clip.eps_low"), param("clip.eps_high")),
+            critic_lr: k.critic_lr,
             // `critic.warmup`: the first steps train the critic alone.
             actor: self
                 .critic

@@ -211,6 +211,8 @@ pub struct UpdatePlan {
     /// Whether the policy takes its step (false during `critic.warmup`:
     /// only the critic trains).
     pub actor: bool,
+    /// The critic's learning rate at this step (`critic.lr`).
+    pub critic_lr: f64,
 }
 
 /// What the update logs.
@@ -390,17 +392,29 @@ fn minibatch(
             out.value_loss
         )));
     }
+    // Both models' gradients first: a step is taken by both or neither.
+    let policy_grads = if plan.actor {
+        let (grads, zl_sum) = accumulate(policy, part, &chunks, kept, &d_logits, plan);
+        if !optim::global_norm(&grads).is_finite() {
+            if let Some(c) = critic {
+                c.detach();
+            }
+            return Ok(Some("non-finite gradient norm; step skipped".into()));
+        }
+        Some((grads, zl_sum))
+    } else {
+        None
+    };
     if let (Some(c), Some(vp)) = (critic, vpred) {
-        let Some(norm) = c.step(vp, &out.d_vpred, c.cfg.lr) else {
+        let Some(norm) = c.step(vp, &out.d_vpred, plan.critic_lr) else {
             return Ok(Some("non-finite critic gradient norm; step skipped".into()));
         };
         log.value_losses.push(out.value_loss.unwrap_or(f64::NAN));
         log.critic_norms.push(norm);
     }
-    if !plan.actor {
+    let Some((grads, zl_sum)) = policy_grads else {
         return Ok(None);
-    }
-    let (grads, zl_sum) = accumulate(policy, part, &chunks, kept, &d_logits, plan);
+    };
     if plan.z_loss > 0.0 {
         log.z_losses.push(zl_sum);
     }
