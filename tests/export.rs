@@ -59,6 +59,36 @@ fn python_has(py: &std::path::Path, check: &str, what: &str) -> bool {
     ok
 }
 
+/// The `overrides.txt` of a verl export.
+fn overrides_txt(v: &keel_export::VerlExport) -> String {
+    v.package
+        .files
+        .iter()
+        .find(|(p, _)| p == "overrides.txt")
+        .map(|(_, b)| b.clone())
+        .expect("overrides.txt")
+}
+
+/// The JSON lines `tests/reference/SCRIPT FILES...` prints (it must
+/// succeed).
+fn json_lines(py: &std::path::Path, script: &str, files: &[PathBuf]) -> Vec<serde_json::Value> {
+    let run = Command::new(py)
+        .arg(root().join("tests/reference").join(script))
+        .args(files)
+        .output()
+        .expect("python runs");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect()
+}
+
 /// A reference script's result judged against a bound.
 struct Judged {
     /// Every (case, output, error relative to its scale).
@@ -757,13 +787,7 @@ fn verl_overrides_carry_the_learning_rate_schedule_and_the_batch() {
             "{name}: {:?}",
             v.unmapped
         );
-        let ov = v
-            .package
-            .files
-            .iter()
-            .find(|(p, _)| p == "overrides.txt")
-            .map(|(_, b)| b.clone())
-            .expect("overrides.txt");
+        let ov = overrides_txt(&v);
         let file = dir.join(format!("{name}.txt"));
         std::fs::write(&file, ov).expect("write");
         files.push(file);
@@ -777,23 +801,8 @@ fn verl_overrides_carry_the_learning_rate_schedule_and_the_batch() {
             keel_compiler::lower::schedule_values(&h, "optimizer.lr", steps).expect("a schedule"),
         ));
     }
-    let run = Command::new(&py)
-        .arg(root().join("tests/reference/verl_schedule.py"))
-        .args(&files)
-        .output()
-        .expect("python runs");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).expect("JSON"))
-        .collect();
-    assert_eq!(lines.len(), expect.len(), "{stdout}");
+    let lines = json_lines(&py, "verl_schedule.py", &files);
+    assert_eq!(lines.len(), expect.len(), "{lines:?}");
     for ((name, keel), verl) in expect.iter().zip(&lines) {
         // The batch: 8 prompts of 4 in 2 mini-batches of 4 micro-batches.
         assert_eq!(verl["train_batch_size"], 8, "{name}");
@@ -857,13 +866,7 @@ fn ppo_exports_verls_gae_and_critic_and_other_critics_are_refused() {
         "    credit.lam = 0.95\n    critic { value_clip = 0.2, lr = 2e-5, weight_decay = 0.0, grad_clip = 0.5, warmup = 3 }\n",
     );
     let v = keel_export::verl_package(&ppo, 0, "ppo_lam.recipe", false).expect("exports to verl");
-    let ov = v
-        .package
-        .files
-        .iter()
-        .find(|(p, _)| p == "overrides.txt")
-        .map(|(_, b)| b.clone())
-        .expect("overrides.txt");
+    let ov = overrides_txt(&v);
     assert!(ov.contains("algorithm.adv_estimator=gae\n"), "{ov}");
     assert!(
         !v.package
@@ -903,19 +906,9 @@ fn ppo_exports_verls_gae_and_critic_and_other_critics_are_refused() {
     }
     let file = dir.join("ppo_lam.txt");
     std::fs::write(&file, &ov).expect("write");
-    let out = Command::new(&py)
-        .arg(root().join("tests/reference/verl_critic_config.py"))
-        .arg(&file)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let got: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("json");
+    let got = json_lines(&py, "verl_critic_config.py", &[file])
+        .pop()
+        .expect("a JSON line");
     assert_eq!(got["adv_estimator"], "gae");
     assert_eq!(got["need_critic"], true);
     assert_eq!(got["gamma"], 1.0);

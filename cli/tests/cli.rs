@@ -316,6 +316,39 @@ fn loss_set_and_errors() {
     assert!(text(&out.stderr).contains("help:"));
 }
 
+/// `keel loss RECIPE --batch BATCH --backend BE --json --grad-out` (the
+/// gradients in `dir`): its JSON and its gradient file; `None` for a device
+/// backend without a device, unless KEEL_REQUIRE_VULKAN is set.
+fn loss_json_and_grads(
+    recipe: &str,
+    batch: &str,
+    be: &str,
+    dir: &std::path::Path,
+) -> Option<(serde_json::Value, keel_compiler::batch::Batch)> {
+    let grads = dir.join(format!("{be}.safetensors"));
+    let out = keel(&[
+        "loss",
+        recipe,
+        "--batch",
+        batch,
+        "--backend",
+        be,
+        "--json",
+        "--grad-out",
+        &grads.to_string_lossy(),
+    ]);
+    if be == "device" && !out.status.success() && std::env::var_os("KEEL_REQUIRE_VULKAN").is_none()
+    {
+        assert!(text(&out.stderr).contains("E0708"), "{}", text(&out.stderr));
+        return None;
+    }
+    assert!(out.status.success(), "{be}: {}", text(&out.stderr));
+    let v = serde_json::from_str(text(&out.stdout).trim()).expect("json");
+    let g = keel_compiler::batch::Batch::from_bytes(&std::fs::read(&grads).expect("grads"))
+        .expect("safetensors");
+    Some((v, g))
+}
+
 /// `--backend kernel` (fused loops on the CPU) and `--backend device` (the
 /// cubecl kernels, f32) report the interpreter's loss and gradients.
 #[test]
@@ -324,30 +357,15 @@ fn loss_backends_agree() {
     let _ = std::fs::create_dir_all(&dir);
     let mut results = Vec::new();
     for be in ["interp", "kernel", "device"] {
-        let grads = dir.join(format!("{be}.safetensors"));
-        let out = keel(&[
-            "loss",
+        let Some((v, g)) = loss_json_and_grads(
             "stdlib/dapo.recipe",
-            "--batch",
             "tests/golden/dapo__real.safetensors",
-            "--backend",
             be,
-            "--json",
-            "--grad-out",
-            &grads.to_string_lossy(),
-        ]);
-        if be == "device"
-            && !out.status.success()
-            && std::env::var_os("KEEL_REQUIRE_VULKAN").is_none()
-        {
-            assert!(text(&out.stderr).contains("E0708"), "{}", text(&out.stderr));
+            &dir,
+        ) else {
             continue;
-        }
-        assert!(out.status.success(), "{be}: {}", text(&out.stderr));
-        let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).expect("json");
+        };
         assert_eq!(v["backend"], be);
-        let g = keel_compiler::batch::Batch::from_bytes(&std::fs::read(&grads).expect("grads"))
-            .expect("safetensors");
         results.push((
             be,
             v["loss"].as_f64().expect("loss"),
@@ -391,35 +409,15 @@ fn loss_reports_the_critics_value_loss_and_d_vpred_on_every_backend() {
     let wd = g.tensors["expect.d_vpred"].data.to_f64();
     let scale = wd.iter().fold(0.0f64, |m, x| m.max(x.abs()));
     for be in ["interp", "kernel", "device"] {
-        let grads = dir.join(format!("{be}.safetensors"));
-        let out = keel(&[
-            "loss",
-            "stdlib/ppo.recipe",
-            "--batch",
-            golden,
-            "--backend",
-            be,
-            "--json",
-            "--grad-out",
-            &grads.to_string_lossy(),
-        ]);
-        if be == "device"
-            && !out.status.success()
-            && std::env::var_os("KEEL_REQUIRE_VULKAN").is_none()
-        {
-            assert!(text(&out.stderr).contains("E0708"), "{}", text(&out.stderr));
+        let Some((v, gb)) = loss_json_and_grads("stdlib/ppo.recipe", golden, be, &dir) else {
             continue;
-        }
-        assert!(out.status.success(), "{be}: {}", text(&out.stderr));
-        let v: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).expect("json");
+        };
         let tol = if be == "interp" { 1e-9 } else { 1e-5 };
         let vl = v["value_loss"].as_f64().expect("value_loss");
         assert!(
             (vl - want).abs() <= tol * want,
             "{be}: value loss {vl} vs verl {want}"
         );
-        let gb = keel_compiler::batch::Batch::from_bytes(&std::fs::read(&grads).expect("grads"))
-            .expect("safetensors");
         let d = gb.tensors["d_vpred"].data.to_f64();
         assert_eq!(gb.tensors["d_vpred"].shape, vec![16, 24]);
         for (x, y) in d.iter().zip(&wd) {

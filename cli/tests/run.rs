@@ -35,6 +35,25 @@ fn tiny(name: &str, steps: u32, extra: &str) -> String {
     )
 }
 
+/// `--set`s for the smallest model and rollout of a stdlib recipe: one
+/// block of width 16, 2 prompts, 8 tokens, 2 held-out problems × 1.
+const SMALLEST: &[&str] = &[
+    "--set",
+    "model.d_model=16",
+    "--set",
+    "model.heads=2",
+    "--set",
+    "model.layers=1",
+    "--set",
+    "rollout.max_tokens=8",
+    "--set",
+    "rollout.prompts=2",
+    "--set",
+    "eval.problems=2",
+    "--set",
+    "eval.k=1",
+];
+
 const SMALL: &str = r#"import std/grpo
 
 recipe small extends grpo {
@@ -156,11 +175,11 @@ fn a_teacher_with_another_tokenizer_is_refused() {
     for f in ["config.json", "model.safetensors", "generation_config.json"] {
         std::fs::copy(src.join(f), ck.join(f)).expect("copy");
     }
-    let tok = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[
-        {"id":2,"content":"</s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],
-        "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
-        "model":{"type":"WordLevel","vocab":{"<unk>":0,"</s>":2,"two":3,"four":4},"unk_token":"<unk>"}}"#;
-    std::fs::write(ck.join("tokenizer.json"), tok).expect("write");
+    std::fs::copy(
+        src.join("../wordlevel_tokenizer.json"),
+        ck.join("tokenizer.json"),
+    )
+    .expect("copy");
     let recipe = tiny("kd", 2, "    teacher { init = \"teacher\" }\n")
         .replace("import std/grpo", "import std/gkd")
         .replace("extends grpo", "extends gkd");
@@ -606,22 +625,11 @@ fn every_stdlib_recipe_runs_or_names_the_missing_input() {
                     "--set",
                     "optimizer.steps=2",
                     "--set",
-                    "model.d_model=16",
-                    "--set",
-                    "model.heads=2",
-                    "--set",
-                    "model.layers=1",
-                    "--set",
-                    "rollout.max_tokens=8",
-                    "--set",
-                    "rollout.prompts=2",
-                    "--set",
-                    "eval.problems=2",
-                    "--set",
-                    "eval.k=1",
-                    "--set",
                     "task.warmup_steps=0",
-                ],
+                ]
+                .into_iter()
+                .chain(SMALLEST.iter().copied())
+                .collect::<Vec<_>>(),
             );
             let err = text(&out.stderr);
             if out.status.success() {
@@ -908,21 +916,10 @@ fn cure_branches_in_stage_one_only() {
             "optimizer.steps=4",
             "--set",
             "curriculum.stage_steps=2",
-            "--set",
-            "model.d_model=16",
-            "--set",
-            "model.heads=2",
-            "--set",
-            "model.layers=1",
-            "--set",
-            "rollout.max_tokens=8",
-            "--set",
-            "rollout.prompts=2",
-            "--set",
-            "eval.problems=2",
-            "--set",
-            "eval.k=1",
-        ],
+        ]
+        .into_iter()
+        .chain(SMALLEST.iter().copied())
+        .collect::<Vec<_>>(),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let m = metrics(&d.join("c"));
@@ -2105,26 +2102,15 @@ fn judges_score_responses_and_their_failures_are_coded() {
                 "--set",
                 "optimizer.steps=2",
                 "--set",
-                "model.d_model=16",
-                "--set",
-                "model.heads=2",
-                "--set",
-                "model.layers=1",
-                "--set",
-                "rollout.max_tokens=8",
-                "--set",
-                "rollout.prompts=2",
-                "--set",
-                "eval.problems=2",
-                "--set",
-                "eval.k=1",
-                "--set",
                 "task.warmup_steps=0",
                 "--set",
                 extra,
                 "--judge",
                 &varied,
-            ],
+            ]
+            .into_iter()
+            .chain(SMALLEST.iter().copied())
+            .collect::<Vec<_>>(),
         );
         assert!(out.status.success(), "{name}: {}", text(&out.stderr));
         for l in &metrics(&d.join(name))[1..] {

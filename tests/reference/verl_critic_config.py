@@ -10,24 +10,15 @@ clip and warm-up.
 """
 
 import json
-import os
 import sys
+
+from verl_schedule import compose_config
 
 
 def main(path):
-    from hydra import compose, initialize_config_dir
-
-    import verl
     from verl.trainer.ppo.utils import need_critic
 
-    overrides = [
-        line.strip()
-        for line in open(path)
-        if line.strip() and not line.startswith("#") and not line.startswith("+ray_kwargs")
-    ]
-    config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
-    with initialize_config_dir(config_dir=config_dir, version_base=None):
-        cfg = compose(config_name="ppo_trainer", overrides=overrides)
+    cfg = compose_config(path)
     c = cfg.critic
     print(json.dumps({
         "adv_estimator": str(cfg.algorithm.adv_estimator),

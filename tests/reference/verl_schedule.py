@@ -19,13 +19,12 @@ import types
 import torch
 
 
-def schedule(path):
+def compose_config(path):
+    """verl's `ppo_trainer` config composed with Hydra and the overrides of
+    `path`, as `python -m verl.trainer.main_ppo` composes it."""
     from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
 
     import verl
-    from verl.utils.config import omega_conf_to_dataclass
-    from verl.workers.engine.fsdp.transformer_impl import FSDPEngine
 
     overrides = [
         line.strip()
@@ -35,7 +34,16 @@ def schedule(path):
     # The registered names of the package are plain strings to Hydra.
     config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
-        cfg = compose(config_name="ppo_trainer", overrides=overrides)
+        return compose(config_name="ppo_trainer", overrides=overrides)
+
+
+def schedule(path):
+    from omegaconf import open_dict
+
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngine
+
+    cfg = compose_config(path)
     total = cfg.trainer.total_training_steps
     with open_dict(cfg):
         cfg.actor_rollout_ref.actor.optim.total_training_steps = total

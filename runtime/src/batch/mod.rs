@@ -238,6 +238,17 @@ impl Rollouts {
         out
     }
 
+    /// A role's token-level column `name` into each row's `extra`, from
+    /// values laid out [B·T] (each row keeps its response's tokens).
+    pub fn put_token_column(&mut self, name: &'static str, flat: &[f32]) {
+        let t = self.t();
+        for (i, row) in self.rows.iter_mut().enumerate() {
+            let n = row.response.len();
+            let vals = flat[i * t..i * t + n].iter().map(|&x| x as f64).collect();
+            row.extra.insert(name, vals);
+        }
+    }
+
     /// Whether the rows carry the behaviour policy's distribution (they
     /// kept their logits; an empty batch counts as carrying it).
     pub fn keeps_logits(&self) -> bool {

@@ -87,12 +87,7 @@ impl Critic {
             return;
         }
         let v = to_vec(&values(&self.model.detached(), r));
-        let t = r.t();
-        for (i, row) in r.rows.iter_mut().enumerate() {
-            let n = row.response.len();
-            let vals = v[i * t..i * t + n].iter().map(|&x| x as f64).collect();
-            row.extra.insert("values", vals);
-        }
+        r.put_token_column("values", &v);
     }
 
     /// `vpred` for `part` with a graph (the critic's weights become fresh

@@ -30,15 +30,10 @@ impl Teacher {
             return;
         }
         let hidden = response_hidden(&self.model, r);
-        let t = r.t();
         let lp = self
             .model
             .token_logp(hidden, &r.tokens(), temperature, LOGP_CHUNK);
-        for (i, row) in r.rows.iter_mut().enumerate() {
-            let n = row.response.len();
-            let vals = lp[i * t..i * t + n].iter().map(|&x| x as f64).collect();
-            row.extra.insert("teacher_logp", vals);
-        }
+        r.put_token_column("teacher_logp", &lp);
     }
 
     /// Give each row of a minibatch its teacher logits [len·V] (where the

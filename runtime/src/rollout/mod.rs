@@ -227,12 +227,10 @@ mod tests {
     use keel_model::tokenizer::CharTokenizer;
     use keel_model::transformer::{ModelConfig, Weights};
 
-    /// HBPO's budgets: a group of 4 with budgets [3, 5] is two subgroups of
-    /// two; each row's prompt says its budget, its response stops at it,
-    /// and `budget` holds it.
-    #[test]
-    fn budgets_split_groups_say_the_budget_and_stop_at_it() {
-        let cfg = ModelConfig::small(88, 16, 1, 2, 64, false, 5);
+    /// A tiny random policy of `context` positions, the arithmetic task
+    /// and two of its problems, and the character tokenizer.
+    fn fixture(context: usize) -> (Transformer, Arithmetic, Vec<Problem>, Tokenizer) {
+        let cfg = ModelConfig::small(88, 16, 1, 2, context, false, 5);
         let policy = Transformer::new(cfg.clone(), &Weights::init(&cfg), &Device::flex());
         let task = Arithmetic {
             seed: 1,
@@ -241,19 +239,37 @@ mod tests {
             natural: false,
         };
         let problems: Vec<Problem> = (0..2).map(|i| task.problem(TRAIN_STREAM, i)).collect();
-        let tok = Tokenizer::Char(CharTokenizer::default());
+        (
+            policy,
+            task,
+            problems,
+            Tokenizer::Char(CharTokenizer::default()),
+        )
+    }
+
+    /// Sampling at temperature 1 (no top-p) up to `max_tokens`.
+    fn config(tok: &Tokenizer, max_tokens: usize, keep_logits: bool) -> SampleConfig {
+        SampleConfig {
+            temperature: 1.0,
+            top_p: 1.0,
+            max_tokens,
+            eos: tok.eos(),
+            keep_logits,
+            draw_limit: usize::MAX,
+        }
+    }
+
+    /// HBPO's budgets: a group of 4 with budgets [3, 5] is two subgroups of
+    /// two; each row's prompt says its budget, its response stops at it,
+    /// and `budget` holds it.
+    #[test]
+    fn budgets_split_groups_say_the_budget_and_stop_at_it() {
+        let (policy, task, problems, tok) = fixture(64);
         let sampler = Sampler {
             model: &policy,
             env: &task,
             tok: &tok,
-            cfg: SampleConfig {
-                temperature: 1.0,
-                top_p: 1.0,
-                max_tokens: 20,
-                eos: tok.eos(),
-                keep_logits: false,
-                draw_limit: usize::MAX,
-            },
+            cfg: config(&tok, 20, false),
         };
         let r = sampler.budgeted(&problems, 4, &[3, 5], &mut Rng::new(4));
         assert_eq!(r.len(), 8);
@@ -273,24 +289,8 @@ mod tests {
     /// carries the prefix's recorded log-probs.
     #[test]
     fn branching_cuts_at_high_entropy_tokens_and_keeps_prefixes() {
-        let cfg = ModelConfig::small(88, 16, 1, 2, 48, false, 5);
-        let policy = Transformer::new(cfg.clone(), &Weights::init(&cfg), &Device::flex());
-        let task = Arithmetic {
-            seed: 1,
-            difficulty: 0.5,
-            prm: Prm::Exact,
-            natural: false,
-        };
-        let problems: Vec<Problem> = (0..2).map(|i| task.problem(TRAIN_STREAM, i)).collect();
-        let tok = Tokenizer::Char(CharTokenizer::default());
-        let sc = SampleConfig {
-            temperature: 1.0,
-            top_p: 1.0,
-            max_tokens: 10,
-            eos: tok.eos(),
-            keep_logits: true,
-            draw_limit: usize::MAX,
-        };
+        let (policy, task, problems, tok) = fixture(48);
+        let sc = config(&tok, 10, true);
         let mut rng = Rng::new(9);
         let (first, samples, top_k) = (3, 2, 2);
         let sampler = Sampler {

@@ -607,6 +607,29 @@ fn budgets(s: &Settings) -> Result<Vec<usize>> {
     Ok(list.iter().map(|b| *b as usize).collect())
 }
 
+/// Input `input` of `recipe` that the run cannot give it (E0706), located
+/// at the recipe's read of it.
+pub fn refused_read(
+    recipe: Option<&keel_compiler::CheckedRecipe>,
+    input: &str,
+    message: String,
+    help: &str,
+) -> Error {
+    let diagnostics = recipe
+        .and_then(|r| r.inputs.get(input))
+        .map(|&(file, span)| {
+            keel_compiler::Diagnostic::error(
+                keel_compiler::codes::RUNTIME_INPUT,
+                message.clone(),
+                keel_compiler::Label::new(file, span, "read here"),
+            )
+            .with_help(help)
+        })
+        .into_iter()
+        .collect();
+    Error::new(codes::LOSS_PROGRAM, message, help).with_diagnostics(diagnostics)
+}
+
 /// The critic's settings where the recipe reads `values` or `vpred`; a
 /// recipe that reads them without a `critic.loss` is refused (E0706): its
 /// critic would never learn.
@@ -614,24 +637,21 @@ fn critic_config(
     s: &Settings,
     recipe: &keel_compiler::CheckedRecipe,
 ) -> Result<Option<CriticConfig>> {
-    let read = ["values", "vpred"]
+    let Some(name) = ["values", "vpred"]
         .into_iter()
-        .find_map(|n| recipe.inputs.get(n).map(|at| (n, *at)));
-    let Some((name, (file, span))) = read else {
+        .find(|n| recipe.inputs.contains_key(*n))
+    else {
         return Ok(None);
     };
     if recipe.value("critic", "loss").is_none() {
-        let message = format!(
-            "the recipe reads `{name}` but has no `critic.loss`: its critic would never learn"
-        );
-        let help = "add `critic { loss = ... }` (std/ppo's `clipped_value_loss` is verl's), or extend std/ppo";
-        let d = keel_compiler::Diagnostic::error(
-            keel_compiler::codes::RUNTIME_INPUT,
-            message.clone(),
-            keel_compiler::Label::new(file, span, "read here"),
-        )
-        .with_help(help);
-        return Err(Error::new(codes::LOSS_PROGRAM, message, help).with_diagnostics(vec![d]));
+        return Err(refused_read(
+            Some(recipe),
+            name,
+            format!(
+                "the recipe reads `{name}` but has no `critic.loss`: its critic would never learn"
+            ),
+            "add `critic { loss = ... }` (std/ppo's `clipped_value_loss` is verl's), or extend std/ppo",
+        ));
     }
     Ok(Some(CriticConfig {
         lr: s.num("critic", "lr"),
@@ -777,11 +797,12 @@ mod tests {
         for f in ["model.safetensors", "generation_config.json"] {
             std::fs::copy(src.join(f), ck.join(f)).expect("copy");
         }
-        let tok = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[
-            {"id":2,"content":"</s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],
-            "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
-            "model":{"type":"WordLevel","vocab":{"<unk>":0,"</s>":2,"two":3,"four":4},"unk_token":"<unk>"}}"#;
-        std::fs::write(ck.join("tokenizer.json"), tok).expect("write");
+        // A word-level tokenizer of four words ("two", "four", `</s>`, unk).
+        std::fs::copy(
+            src.join("../wordlevel_tokenizer.json"),
+            ck.join("tokenizer.json"),
+        )
+        .expect("copy");
         let data = dir.join("d.jsonl");
         std::fs::write(&data, "{\"prompt\":\"two\",\"answer\":\"four\"}\n").expect("write");
         let config: serde_json::Value =

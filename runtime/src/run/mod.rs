@@ -1028,27 +1028,15 @@ fn check_judge(
     if opts.judge.is_some() || setup.env.has_rule_judge() {
         return Ok(());
     }
-    let message = format!(
-        "the recipe reads `judge`, but no judge was given and the task ({}) has no rule judge",
-        setup.env.describe()
-    );
-    let help = "run with --judge 'COMMAND' (a program that scores one JSON request a line; docs/runtime.md)";
-    let mut e = Error::new(codes::LOSS_PROGRAM, message.clone(), help);
-    if let Some((file, span)) = checked
-        .recipes
-        .get(index)
-        .and_then(|r| r.inputs.get("judge"))
-    {
-        e.diagnostics = vec![
-            keel_compiler::Diagnostic::error(
-                keel_compiler::codes::RUNTIME_INPUT,
-                message,
-                keel_compiler::Label::new(*file, *span, "read here"),
-            )
-            .with_help(help),
-        ];
-    }
-    Err(e)
+    Err(config::refused_read(
+        checked.recipes.get(index),
+        "judge",
+        format!(
+            "the recipe reads `judge`, but no judge was given and the task ({}) has no rule judge",
+            setup.env.describe()
+        ),
+        "run with --judge 'COMMAND' (a program that scores one JSON request a line; docs/runtime.md)",
+    ))
 }
 
 /// Rehearsal samples (DPH-RL, retain sets): correct responses of the

@@ -268,18 +268,12 @@ impl UpdateLog {
 /// model. Stops at the first non-finite loss, gradient or norm
 /// (`UpdateLog::skipped`).
 pub fn update(
-    models: Models,
+    mut models: Models,
     loss: &mut dyn LossStep,
     batch: &Rollouts,
     plan: &UpdatePlan,
     step_in: StepInputs,
 ) -> Result<UpdateLog> {
-    let Models {
-        policy,
-        opt,
-        mut critic,
-        teacher,
-    } = models;
     let mut log = UpdateLog::default();
     let n_groups = batch.n_groups();
     let mb = plan.minibatches.min(n_groups).max(1);
@@ -295,18 +289,13 @@ pub fn update(
                 epoch: epoch as f64,
                 ..step_in
             };
-            let models = Models {
-                policy: &mut *policy,
-                opt: &mut *opt,
-                critic: critic.as_deref_mut(),
-                teacher,
-            };
-            if let Some(why) = minibatch(models, loss, &part, plan, si, &mut log)? {
+            if let Some(why) = minibatch(&mut models, loss, &part, plan, si, &mut log)? {
                 log.skipped = Some(why);
                 break 'epochs;
             }
         }
     }
+    let policy = &mut models.policy;
     policy.params = policy.params.iter().map(|p| p.clone().detach()).collect();
     Ok(log)
 }
@@ -329,19 +318,15 @@ pub struct Models<'a> {
 /// models share no weights, so their steps commute). Returns why the step
 /// was skipped, if it was.
 fn minibatch(
-    models: Models,
+    models: &mut Models,
     loss: &mut dyn LossStep,
     part: &Rollouts,
     plan: &UpdatePlan,
     si: StepInputs,
     log: &mut UpdateLog,
 ) -> Result<Option<String>> {
-    let Models {
-        policy,
-        opt,
-        mut critic,
-        teacher,
-    } = models;
+    let (policy, opt, teacher) = (&mut *models.policy, &mut *models.opt, models.teacher);
+    let mut critic = models.critic.as_deref_mut();
     let chunks = micro_chunks(part.len(), plan.micro_batches);
     let (b, t, v) = (part.len(), part.t(), policy.cfg.vocab);
     let (zf, kept) = logits_of(policy, part, &chunks, plan.temperature);
@@ -353,11 +338,7 @@ fn minibatch(
         filled = part.clone();
         if let Some(c) = critic.as_deref_mut() {
             let (vp, flat) = c.predict(part);
-            for (i, row) in filled.rows.iter_mut().enumerate() {
-                let n = row.response.len();
-                let vals = flat[i * t..i * t + n].iter().map(|&x| x as f64).collect();
-                row.extra.insert("vpred", vals);
-            }
+            filled.put_token_column("vpred", &flat);
             vpred = Some(vp);
         }
         if let Some(teacher) = teacher {
